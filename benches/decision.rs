@@ -1,0 +1,77 @@
+//! ns per Thompson decision (10 banners; carousel of 3) and generator rows/s.
+
+use chrono::{Duration, NaiveDate};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use slotbandit::bandit::{seeded_rng, BetaPosterior, SlotPolicy};
+use slotbandit::gen::{generate, GenSpec};
+use slotbandit::model::{Banner, SlotConfig};
+use slotbandit::time;
+
+fn slot(banners: usize) -> SlotConfig {
+    let from = time::parse_rfc3339("2026-11-01T00:00:00+05:30").unwrap();
+    SlotConfig {
+        tenant: "ajio".into(),
+        slot: "hero".into(),
+        banners: (0..banners)
+            .map(|i| Banner {
+                id: format!("b{i:02}"),
+                image: format!("b{i:02}.svg"),
+                valid_from: from,
+                valid_to: from + Duration::days(60),
+            })
+            .collect(),
+    }
+}
+
+fn decisions(c: &mut Criterion) {
+    let config = slot(10);
+    let mut i = 0u64;
+    let policy = SlotPolicy::new(&config, |_| {
+        i += 1;
+        BetaPosterior::uniform().updated(10_000, 100 + 20 * i)
+    });
+    let now = time::parse_rfc3339("2026-11-28T21:00:00+05:30").unwrap();
+    let mut rng = seeded_rng(42);
+    let mut out = Vec::with_capacity(4);
+    let mut group = c.benchmark_group("decision");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("thompson_10_banners", |b| {
+        b.iter(|| {
+            policy.decide(now, 1, &mut rng, &mut out).unwrap();
+            out[0]
+        })
+    });
+    group.bench_function("thompson_10_banners_top3", |b| {
+        b.iter(|| {
+            policy.decide(now, 3, &mut rng, &mut out).unwrap();
+            out[0]
+        })
+    });
+    group.finish();
+}
+
+fn generator(c: &mut Criterion) {
+    let spec = GenSpec {
+        impressions: 200_000,
+        days: 2,
+        seed: 1,
+        tenants: 3,
+        cities: 12,
+        banners: 10,
+        start: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+    };
+    let mut group = c.benchmark_group("generator");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(spec.impressions));
+    group.bench_function("impressions_to_parquet", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().unwrap(),
+            |dir| generate(&spec, dir.path(), |_| {}).unwrap().rows,
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decisions, generator);
+criterion_main!(benches);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need on a fresh machine of this kind; quick when done.
+# - Rust: rustfmt and clippy components.
+# - Python: a virtualenv with the packages in scripts/requirements-test.txt.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
+venv="$cache/venv"
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "install.sh: $1 is required but not installed" >&2; exit 1; }; }
+need cargo
+need python3
+
+if command -v rustup >/dev/null 2>&1; then
+  installed="$(rustup component list --installed 2>/dev/null || true)"
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed" || rustup component add "$c"
+  done
+fi
+
+req="$here/requirements-test.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "install.sh: preparing the Python environment in $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet -r "$req"
+  echo "$want" >"$stamp"
+fi

@@ -1,0 +1,19 @@
+//! Bandit math: Beta posteriors, empirical-Bayes priors, Thompson decisions and P(best).
+
+mod pbest;
+mod posterior;
+mod prior;
+mod thompson;
+
+pub use pbest::prob_best;
+pub use posterior::{BetaPosterior, PosteriorError};
+pub use prior::{empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors};
+pub use thompson::{thompson_select, Candidate, DecisionError, SlotPolicy};
+
+/// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).
+pub type DecisionRng = rand::rngs::SmallRng;
+
+/// A decision RNG from a seed (the same seed gives the same draws).
+pub fn seeded_rng(seed: u64) -> DecisionRng {
+    <DecisionRng as rand::SeedableRng>::seed_from_u64(seed)
+}

@@ -1,0 +1,74 @@
+//! `slotbandit slots`: validate and convert slot configurations.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use slotbandit::model::SlotConfig;
+use slotbandit::time;
+
+#[derive(Subcommand)]
+pub enum SlotsCommand {
+    /// Validate a slot CSV and print the parsed configuration with IST times.
+    Check {
+        /// CSV with columns platform,slotname,imageid,imagename,validfrom,validto.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+pub fn run(cmd: SlotsCommand) -> anyhow::Result<()> {
+    match cmd {
+        SlotsCommand::Check { file, format } => {
+            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let slots = SlotConfig::read_csv(f).with_context(|| format!("{}", file.display()))?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&slots)?),
+                Format::Csv => SlotConfig::write_csv(&slots, std::io::stdout())?,
+                Format::Table => print_table(&slots),
+            }
+            let banners: usize = slots.iter().map(|s| s.banners.len()).sum();
+            eprintln!(
+                "{}: ok, {} slots, {banners} banners",
+                file.display(),
+                slots.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_table(slots: &[SlotConfig]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "tenant",
+        "slot",
+        "banner",
+        "image",
+        "valid from (IST)",
+        "valid to (IST)",
+    ]);
+    for s in slots {
+        for b in &s.banners {
+            table.add_row([
+                s.tenant.as_str(),
+                s.slot.as_str(),
+                b.id.as_str(),
+                b.image.as_str(),
+                &time::format_ist(b.valid_from),
+                &time::format_ist(b.valid_to),
+            ]);
+        }
+    }
+    println!("{table}");
+}

@@ -1,0 +1,8 @@
+//! slotbandit: Thompson-sampling banner selection per (tenant, slot, city), learned from a
+//! clickstream. The library holds the domain model, the bandit math, IST time handling and the
+//! synthetic clickstream generator; the binary (`src/main.rs`) is a thin CLI over it.
+
+pub mod bandit;
+pub mod gen;
+pub mod model;
+pub mod time;

@@ -1,0 +1,12 @@
+//! The domain model: events, arms, slot configurations, and their codecs.
+
+mod arm;
+mod event;
+pub mod parquet;
+mod slot;
+mod validate;
+
+pub use arm::{ArmCounts, ArmKey};
+pub use event::{Event, EventError, EventKind, FIELDS as EVENT_FIELDS};
+pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
+pub use validate::{validate_name, FieldError};

@@ -1,0 +1,588 @@
+//! The Arrow schema of events and their Parquet codec: a writer partitioned by IST date
+//! (`dt=YYYY-MM-DD/part-N.parquet`) and a validating reader that accepts the usual variants
+//! other tools write (nullable columns, any timestamp unit, large or dictionary strings).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::event::{EventFields, FIELDS};
+use super::{Event, EventKind, FieldError};
+use crate::time;
+
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+const BATCH_ROWS: usize = 64 * 1024;
+const REQUIRED: [&str; 7] = ["event_id", "kind", "tenant", "slot", "city", "banner", "ts"];
+
+/// The documented schema: strings, `ts` as Timestamp(µs, UTC); only the last three nullable.
+pub fn event_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let fields: Vec<Field> = FIELDS
+            .iter()
+            .map(|&name| match name {
+                "ts" => Field::new(
+                    name,
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
+                _ => Field::new(name, DataType::Utf8, !REQUIRED.contains(&name)),
+            })
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    SCHEMA.clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetEventError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable Parquet file: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: column `{column}` {rule}")]
+    Schema {
+        path: PathBuf,
+        column: String,
+        rule: String,
+    },
+    #[error("{path}: row {row}: {error}")]
+    Row {
+        path: PathBuf,
+        row: u64,
+        error: FieldError,
+    },
+}
+
+impl ParquetEventError {
+    fn corrupt(path: &Path, e: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// One row to write, borrowed (the generator writes millions without allocating per row).
+#[derive(Debug, Clone, Copy)]
+pub struct EventRow<'a> {
+    pub event_id: &'a str,
+    pub kind: EventKind,
+    pub tenant: &'a str,
+    pub slot: &'a str,
+    pub city: &'a str,
+    pub banner: &'a str,
+    pub ts: DateTime<Utc>,
+    pub customer_id: Option<&'a str>,
+    pub referrer: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Event> for EventRow<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            event_id: &e.event_id,
+            kind: e.kind,
+            tenant: &e.tenant,
+            slot: &e.slot,
+            city: &e.city,
+            banner: &e.banner,
+            ts: e.ts,
+            customer_id: e.customer_id.as_deref(),
+            referrer: e.referrer.as_deref(),
+            request_id: e.request_id.as_deref(),
+        }
+    }
+}
+
+struct Columns {
+    strings: [StringBuilder; 9],
+    ts: TimestampMicrosecondBuilder,
+    len: usize,
+}
+
+impl Columns {
+    fn new() -> Self {
+        Self {
+            strings: std::array::from_fn(|_| {
+                StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)
+            }),
+            ts: TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, r: &EventRow<'_>) {
+        let [event_id, kind, tenant, slot, city, banner, customer_id, referrer, request_id] =
+            &mut self.strings;
+        event_id.append_value(r.event_id);
+        kind.append_value(r.kind.as_str());
+        tenant.append_value(r.tenant);
+        slot.append_value(r.slot);
+        city.append_value(r.city);
+        banner.append_value(r.banner);
+        customer_id.append_option(r.customer_id);
+        referrer.append_option(r.referrer);
+        request_id.append_option(r.request_id);
+        self.ts.append_value(r.ts.timestamp_micros());
+        self.len += 1;
+    }
+
+    fn finish(&mut self) -> RecordBatch {
+        let mut s: Vec<ArrayRef> = self
+            .strings
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let ts: ArrayRef = Arc::new(self.ts.finish());
+        // Field order: event_id, kind, tenant, slot, city, banner, ts, customer_id, referrer, request_id.
+        let tail = s.split_off(6);
+        s.push(ts);
+        s.extend(tail);
+        self.len = 0;
+        RecordBatch::try_new(event_schema(), s).expect("columns match the event schema")
+    }
+}
+
+/// Writes events under `root/dt=YYYY-MM-DD/part-N.parquet` by the IST date of `ts`, starting a
+/// new part every `rows_per_file` rows. Rows should come roughly in time order; a date seen again
+/// later gets a new part file.
+pub struct PartitionedWriter {
+    root: PathBuf,
+    rows_per_file: usize,
+    props: WriterProperties,
+    open: Option<OpenPart>,
+    next_part: HashMap<NaiveDate, usize>,
+    columns: Columns,
+    files: Vec<PathBuf>,
+    rows: u64,
+}
+
+struct OpenPart {
+    date: NaiveDate,
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: usize,
+}
+
+impl PartitionedWriter {
+    pub fn create(root: &Path, rows_per_file: usize) -> Result<Self, ParquetEventError> {
+        fs::create_dir_all(root).map_err(|source| ParquetEventError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("level 1 is valid"),
+            ))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        Ok(Self {
+            root: root.to_path_buf(),
+            rows_per_file: rows_per_file.max(1),
+            props,
+            open: None,
+            next_part: HashMap::new(),
+            columns: Columns::new(),
+            files: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, row: &EventRow<'_>) -> Result<(), ParquetEventError> {
+        let date = time::ist_date(row.ts);
+        let rotate = match &self.open {
+            Some(p) => p.date != date || p.rows + self.columns.len >= self.rows_per_file,
+            None => true,
+        };
+        if rotate {
+            self.flush_columns()?;
+            self.close_part()?;
+            self.open_part(date)?;
+        }
+        self.columns.push(row);
+        self.rows += 1;
+        if self.columns.len >= BATCH_ROWS {
+            self.flush_columns()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last file; returns the files written in order.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>, ParquetEventError> {
+        self.flush_columns()?;
+        self.close_part()?;
+        Ok(self.files)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    fn open_part(&mut self, date: NaiveDate) -> Result<(), ParquetEventError> {
+        let dir = self.root.join(format!("dt={}", date.format("%Y-%m-%d")));
+        fs::create_dir_all(&dir).map_err(|source| ParquetEventError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let n = self.next_part.entry(date).or_insert(0);
+        let path = dir.join(format!("part-{n}.parquet"));
+        *n += 1;
+        let file = File::create(&path).map_err(|source| ParquetEventError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let writer = ArrowWriter::try_new(file, event_schema(), Some(self.props.clone()))
+            .map_err(|e| ParquetEventError::corrupt(&path, e))?;
+        self.open = Some(OpenPart {
+            date,
+            path,
+            writer,
+            rows: 0,
+        });
+        Ok(())
+    }
+
+    fn flush_columns(&mut self) -> Result<(), ParquetEventError> {
+        if self.columns.len == 0 {
+            return Ok(());
+        }
+        let part = self
+            .open
+            .as_mut()
+            .expect("rows are only buffered into an open part");
+        let batch = self.columns.finish();
+        part.rows += batch.num_rows();
+        part.writer
+            .write(&batch)
+            .map_err(|e| ParquetEventError::corrupt(&part.path, e))
+    }
+
+    fn close_part(&mut self) -> Result<(), ParquetEventError> {
+        if let Some(part) = self.open.take() {
+            part.writer
+                .close()
+                .map_err(|e| ParquetEventError::corrupt(&part.path, e))?;
+            self.files.push(part.path);
+        }
+        Ok(())
+    }
+}
+
+/// Every `*.parquet` file below `dir`, sorted by path (so `dt=` partitions come in date order).
+pub fn list_parquet_files(dir: &Path) -> Result<Vec<PathBuf>, ParquetEventError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = fs::read_dir(&d).map_err(|source| ParquetEventError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| ParquetEventError::Io {
+                path: d.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and validates the events of one Parquet file, batch by batch.
+pub struct EventFileReader {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    columns: Vec<Option<usize>>,
+    row: u64,
+}
+
+impl EventFileReader {
+    pub fn open(path: &Path) -> Result<Self, ParquetEventError> {
+        let file = File::open(path).map_err(|source| ParquetEventError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| ParquetEventError::corrupt(path, e))?;
+        let schema = builder.schema().clone();
+        let mut wanted = Vec::new();
+        for name in FIELDS {
+            match schema.index_of(name) {
+                Ok(i) => {
+                    check_type(path, name, schema.field(i).data_type())?;
+                    wanted.push(i);
+                }
+                Err(_) if REQUIRED.contains(&name) => {
+                    return Err(ParquetEventError::Schema {
+                        path: path.to_path_buf(),
+                        column: name.to_string(),
+                        rule: "is required but missing".into(),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
+        wanted.sort_unstable();
+        // Projected batches hold the wanted columns in file order; map each field to its position.
+        let columns = FIELDS
+            .iter()
+            .map(|name| {
+                schema
+                    .index_of(name)
+                    .ok()
+                    .and_then(|i| wanted.iter().position(|&w| w == i))
+            })
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| ParquetEventError::corrupt(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            columns,
+            row: 0,
+        })
+    }
+
+    /// The next batch: each row an event or the rule it breaks.
+    #[allow(clippy::type_complexity)]
+    pub fn next_batch(
+        &mut self,
+    ) -> Option<Result<Vec<Result<Event, ParquetEventError>>, ParquetEventError>> {
+        let batch = match self.reader.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(ParquetEventError::corrupt(&self.path, e))),
+        };
+        Some(self.decode(&batch))
+    }
+
+    fn decode(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<Vec<Result<Event, ParquetEventError>>, ParquetEventError> {
+        let strings = |field: &str| -> Result<Option<StringArray>, ParquetEventError> {
+            let pos = FIELDS
+                .iter()
+                .position(|f| *f == field)
+                .expect("known field");
+            self.columns[pos]
+                .map(|c| {
+                    cast(batch.column(c), &DataType::Utf8)
+                        .map(|a| {
+                            a.as_any()
+                                .downcast_ref::<StringArray>()
+                                .expect("cast to Utf8")
+                                .clone()
+                        })
+                        .map_err(|e| ParquetEventError::corrupt(&self.path, e))
+                })
+                .transpose()
+        };
+        let [event_id, kind, tenant, slot, city, banner] =
+            ["event_id", "kind", "tenant", "slot", "city", "banner"].map(&strings);
+        let (event_id, kind, tenant, slot, city, banner) =
+            (event_id?, kind?, tenant?, slot?, city?, banner?);
+        let (customer_id, referrer, request_id) = (
+            strings("customer_id")?,
+            strings("referrer")?,
+            strings("request_id")?,
+        );
+        let ts_pos = self.columns[6].expect("ts is required");
+        let ts = cast(
+            batch.column(ts_pos),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )
+        .map_err(|e| ParquetEventError::corrupt(&self.path, e))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("cast to Timestamp(µs)");
+        fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
+            a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i))
+        }
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let row = self.row + i as u64;
+            let ts = if ts.is_valid(i) {
+                match DateTime::from_timestamp_micros(ts.value(i)) {
+                    Some(t) => Some(t),
+                    None => {
+                        out.push(Err(
+                            self.row_error(row, FieldError::new("ts", "is out of range"))
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let fields = EventFields {
+                event_id: get(&event_id, i),
+                kind: get(&kind, i),
+                tenant: get(&tenant, i),
+                slot: get(&slot, i),
+                city: get(&city, i),
+                banner: get(&banner, i),
+                ts,
+                customer_id: get(&customer_id, i),
+                referrer: get(&referrer, i),
+                request_id: get(&request_id, i),
+            };
+            out.push(fields.validate().map_err(|e| self.row_error(row, e)));
+        }
+        self.row += batch.num_rows() as u64;
+        Ok(out)
+    }
+
+    fn row_error(&self, row: u64, error: FieldError) -> ParquetEventError {
+        ParquetEventError::Row {
+            path: self.path.clone(),
+            row,
+            error,
+        }
+    }
+}
+
+fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), ParquetEventError> {
+    let ok = if column == "ts" {
+        matches!(t, DataType::Timestamp(_, _))
+    } else {
+        match t {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+            DataType::Dictionary(_, v) => matches!(**v, DataType::Utf8 | DataType::LargeUtf8),
+            _ => false,
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ParquetEventError::Schema {
+            path: path.to_path_buf(),
+            column: column.to_string(),
+            rule: format!(
+                "must be {} (found {t})",
+                if column == "ts" {
+                    "a timestamp (UTC)"
+                } else {
+                    "a string"
+                }
+            ),
+        })
+    }
+}
+
+/// Reads every valid event of one file; the first invalid row or unreadable batch is an error.
+pub fn read_events(path: &Path) -> Result<Vec<Event>, ParquetEventError> {
+    let mut reader = EventFileReader::open(path)?;
+    let mut events = Vec::new();
+    while let Some(batch) = reader.next_batch() {
+        for row in batch? {
+            events.push(row?);
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u32, ts: &str) -> Event {
+        Event {
+            event_id: format!("e{i}"),
+            kind: if i % 3 == 0 {
+                EventKind::Click
+            } else {
+                EventKind::Impression
+            },
+            tenant: "ajio".into(),
+            slot: "hero".into(),
+            city: "pune".into(),
+            banner: format!("b{}", i % 4),
+            ts: time::parse_rfc3339(ts).unwrap(),
+            customer_id: (i % 2 == 0).then(|| format!("c{i}")),
+            referrer: Some("ads".into()),
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn writes_ist_partitions_and_reads_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<Event> = (0..10)
+            .map(|i| {
+                event(
+                    i,
+                    if i < 5 {
+                        "2026-11-28T18:29:59Z"
+                    } else {
+                        "2026-11-28T18:30:00Z"
+                    },
+                )
+            })
+            .collect();
+        let mut w = PartitionedWriter::create(dir.path(), 3).unwrap();
+        for e in &events {
+            w.write(&e.into()).unwrap();
+        }
+        let files = w.finish().unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "dt=2026-11-28/part-0.parquet",
+                "dt=2026-11-28/part-1.parquet",
+                "dt=2026-11-29/part-0.parquet",
+                "dt=2026-11-29/part-1.parquet"
+            ]
+        );
+        assert_eq!(list_parquet_files(dir.path()).unwrap(), files);
+        let back: Vec<Event> = files.iter().flat_map(|f| read_events(f).unwrap()).collect();
+        assert_eq!(back, events);
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PartitionedWriter::create(dir.path(), 100).unwrap();
+        for i in 0..50 {
+            w.write(&(&event(i, "2026-11-28T10:00:00Z")).into())
+                .unwrap();
+        }
+        let file = w.finish().unwrap().remove(0);
+        let bytes = fs::read(&file).unwrap();
+        for cut in [0, 4, bytes.len() / 2, bytes.len() - 3] {
+            fs::write(&file, &bytes[..cut]).unwrap();
+            let err = read_events(&file).unwrap_err().to_string();
+            assert!(err.contains("part-0.parquet"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Slot configurations: which banners a (tenant, slot) may show, and when. Import and export of
+//! the prototype's CSV format `platform,slotname,imageid,imagename,validfrom,validto` with IST
+//! times `%d-%b-%y %H:%M:%S`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::validate::{shown, validate_name, FieldError};
+use crate::time;
+
+pub const SLOT_CSV_HEADER: [&str; 6] = [
+    "platform",
+    "slotname",
+    "imageid",
+    "imagename",
+    "validfrom",
+    "validto",
+];
+const IMAGE_MAX: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banner {
+    pub id: String,
+    /// Image file name or URL shown for the banner.
+    pub image: String,
+    pub valid_from: DateTime<Utc>,
+    pub valid_to: DateTime<Utc>,
+}
+
+impl Banner {
+    /// Valid on `[valid_from, valid_to)`.
+    pub fn is_valid_at(&self, t: DateTime<Utc>) -> bool {
+        self.valid_from <= t && t < self.valid_to
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotConfig {
+    pub tenant: String,
+    pub slot: String,
+    pub banners: Vec<Banner>,
+}
+
+/// A slot CSV that cannot be read, with the line and column at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotConfigError {
+    #[error("slot CSV: {0}")]
+    Csv(String),
+    #[error("slot CSV: header must name the columns {expected} (missing `{missing}`)")]
+    Header { expected: String, missing: String },
+    #[error("slot CSV line {line}: {error}")]
+    Row { line: u64, error: FieldError },
+    #[error("slot CSV: no banners")]
+    Empty,
+}
+
+impl SlotConfig {
+    /// Checks names, image, window order and banner uniqueness.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name("tenant", &self.tenant)?;
+        validate_name("slot", &self.slot)?;
+        if self.banners.is_empty() {
+            return Err(FieldError::new("banners", "must list at least one banner"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for b in &self.banners {
+            validate_banner(b)?;
+            if !seen.insert(b.id.as_str()) {
+                return Err(FieldError::new(
+                    "imageid",
+                    format!(
+                        "banner {} is listed twice in slot {}",
+                        shown(&b.id),
+                        self.slot
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn valid_banners_at(&self, t: DateTime<Utc>) -> impl Iterator<Item = &Banner> {
+        self.banners.iter().filter(move |b| b.is_valid_at(t))
+    }
+
+    /// Reads a CSV with any number of (platform, slot) groups, in order of first appearance.
+    pub fn read_csv<R: Read>(reader: R) -> Result<Vec<SlotConfig>, SlotConfigError> {
+        let mut csv = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(false)
+            .from_reader(reader);
+        let headers = csv
+            .headers()
+            .map_err(|e| SlotConfigError::Csv(e.to_string()))?
+            .clone();
+        let column = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.eq_ignore_ascii_case(name))
+                .ok_or_else(|| SlotConfigError::Header {
+                    expected: SLOT_CSV_HEADER.join(","),
+                    missing: name.to_string(),
+                })
+        };
+        let idx: Vec<usize> = SLOT_CSV_HEADER
+            .iter()
+            .map(|n| column(n))
+            .collect::<Result<_, _>>()?;
+
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut slots: BTreeMap<(String, String), SlotConfig> = BTreeMap::new();
+        for record in csv.records() {
+            let record = record.map_err(|e| match e.position() {
+                Some(p) => SlotConfigError::Row {
+                    line: p.line(),
+                    error: FieldError::new("row", e.to_string()),
+                },
+                None => SlotConfigError::Csv(e.to_string()),
+            })?;
+            let line = record.position().map_or(0, |p| p.line());
+            let row_err = |error| SlotConfigError::Row { line, error };
+            let get = |i: usize| record.get(idx[i]).unwrap_or("");
+            let (tenant, slot) = (get(0), get(1));
+            validate_name("platform", tenant).map_err(row_err)?;
+            validate_name("slotname", slot).map_err(row_err)?;
+            let banner = Banner {
+                id: get(2).to_string(),
+                image: get(3).to_string(),
+                valid_from: time::parse_any(get(4))
+                    .map_err(|e| row_err(FieldError::new("validfrom", e.to_string())))?,
+                valid_to: time::parse_any(get(5))
+                    .map_err(|e| row_err(FieldError::new("validto", e.to_string())))?,
+            };
+            validate_banner(&banner).map_err(row_err)?;
+            let key = (tenant.to_string(), slot.to_string());
+            let config = slots.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                SlotConfig {
+                    tenant: tenant.to_string(),
+                    slot: slot.to_string(),
+                    banners: Vec::new(),
+                }
+            });
+            if config.banners.iter().any(|b| b.id == banner.id) {
+                return Err(row_err(FieldError::new(
+                    "imageid",
+                    format!(
+                        "banner {} is listed twice for {}/{}",
+                        shown(&banner.id),
+                        tenant,
+                        slot
+                    ),
+                )));
+            }
+            config.banners.push(banner);
+        }
+        if order.is_empty() {
+            return Err(SlotConfigError::Empty);
+        }
+        Ok(order
+            .into_iter()
+            .map(|k| slots.remove(&k).expect("every key was inserted"))
+            .collect())
+    }
+
+    /// Writes slots in the prototype's CSV format, times in IST.
+    pub fn write_csv<W: Write>(configs: &[SlotConfig], writer: W) -> Result<(), SlotConfigError> {
+        let mut csv = csv::Writer::from_writer(writer);
+        let io = |e: csv::Error| SlotConfigError::Csv(e.to_string());
+        csv.write_record(SLOT_CSV_HEADER).map_err(io)?;
+        for c in configs {
+            for b in &c.banners {
+                csv.write_record([
+                    c.tenant.as_str(),
+                    c.slot.as_str(),
+                    b.id.as_str(),
+                    b.image.as_str(),
+                    &time::format_seed_ist(b.valid_from),
+                    &time::format_seed_ist(b.valid_to),
+                ])
+                .map_err(io)?;
+            }
+        }
+        csv.flush()
+            .map_err(|e| SlotConfigError::Csv(e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn validate_banner(b: &Banner) -> Result<(), FieldError> {
+    validate_name("imageid", &b.id)?;
+    if b.image.is_empty() || b.image.len() > IMAGE_MAX {
+        return Err(FieldError::new(
+            "imagename",
+            format!(
+                "must be 1 to {IMAGE_MAX} bytes (got {} bytes)",
+                b.image.len()
+            ),
+        ));
+    }
+    if b.image
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '<' || c == '>')
+    {
+        return Err(FieldError::new(
+            "imagename",
+            format!(
+                "must be a file name or URL without spaces, quotes or angle brackets (got {})",
+                shown(&b.image)
+            ),
+        ));
+    }
+    if b.valid_from >= b.valid_to {
+        return Err(FieldError::new(
+            "validto",
+            format!(
+                "must be after validfrom ({} is not after {})",
+                time::format_seed_ist(b.valid_to),
+                time::format_seed_ist(b.valid_from)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "platform,slotname,imageid,imagename,validfrom,validto\n\
+        ajio,hero,b01,b01.svg,01-Nov-26 00:00:00,01-Jan-27 00:00:00\n\
+        ajio,hero,b02,b02.svg,28-Nov-26 10:00:00,28-Nov-26 22:00:00\n";
+
+    fn parse(s: &str) -> Result<Vec<SlotConfig>, SlotConfigError> {
+        SlotConfig::read_csv(s.as_bytes())
+    }
+
+    #[test]
+    fn round_trips_the_seed_format() {
+        let slots = parse(CSV).unwrap();
+        assert_eq!(slots.len(), 1);
+        assert_eq!(slots[0].banners.len(), 2);
+        let mut out = Vec::new();
+        SlotConfig::write_csv(&slots, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), CSV);
+    }
+
+    #[test]
+    fn validity_windows_are_ist_and_half_open() {
+        let slots = parse(CSV).unwrap();
+        let b02 = &slots[0].banners[1];
+        assert!(b02.is_valid_at(time::parse_rfc3339("2026-11-28T10:00:00+05:30").unwrap()));
+        assert!(!b02.is_valid_at(time::parse_rfc3339("2026-11-28T22:00:00+05:30").unwrap()));
+        assert!(!b02.is_valid_at(time::parse_rfc3339("2026-11-28T09:59:59+05:30").unwrap()));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let bad_time = CSV.replace("28-Nov-26 22:00:00", "tomorrow");
+        let err = parse(&bad_time).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("validto"), "{err}");
+
+        let backwards = CSV.replace("28-Nov-26 22:00:00", "27-Nov-26 22:00:00");
+        let err = parse(&backwards).unwrap_err().to_string();
+        assert!(err.contains("must be after validfrom"), "{err}");
+
+        let dup = CSV.replace("b02,b02.svg", "b01,b02.svg");
+        assert!(parse(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+
+        let missing = CSV.replace("imagename", "picture");
+        assert!(matches!(
+            parse(&missing),
+            Err(SlotConfigError::Header { .. })
+        ));
+
+        let ragged = format!("{CSV}ajio,hero,b03\n");
+        let err = parse(&ragged).unwrap_err().to_string();
+        assert!(err.contains("line 4"), "{err}");
+
+        assert!(matches!(
+            parse("platform,slotname,imageid,imagename,validfrom,validto\n"),
+            Err(SlotConfigError::Empty)
+        ));
+        let upper = CSV.replace("ajio,hero,b01", "Ajio,hero,b01");
+        assert!(parse(&upper).unwrap_err().to_string().contains("platform"));
+    }
+}

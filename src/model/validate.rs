@@ -1,0 +1,115 @@
+//! Field rules shared by every input path (JSON events, Parquet rows, slot CSV, HTTP).
+
+use std::fmt;
+
+/// A rule broken by one named field. `Display` reads "`field`: rule".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FieldError {
+    pub field: String,
+    pub rule: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.rule)
+    }
+}
+
+pub const NAME_RULE: &str = "must match [a-z0-9_-]{1,64}";
+pub const NAME_MAX: usize = 64;
+
+/// Tenant, slot, city and banner names: lowercase `[a-z0-9_-]{1,64}`.
+pub fn validate_name(field: &str, value: &str) -> Result<(), FieldError> {
+    let ok = !value.is_empty()
+        && value.len() <= NAME_MAX
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("{NAME_RULE} (got {})", shown(value)),
+        ))
+    }
+}
+
+/// Free-text identifiers (event_id, customer_id, referrer, request_id): bounded length, no
+/// control characters or whitespace.
+pub fn validate_token(field: &str, value: &str, max_bytes: usize) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.len() > max_bytes {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max_bytes} bytes (got {})", value.len()),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "must not contain whitespace or control characters (got {})",
+                shown(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A value quoted for an error message, cut so that a huge input cannot flood a log.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.len() <= MAX {
+        format!("{value:?}")
+    } else {
+        let mut end = MAX;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{:?}… ({} bytes)", &value[..end], value.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for ok in ["ajio", "hero", "pune", "b-01", "new_delhi", &"a".repeat(64)] {
+            assert!(validate_name("city", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Pune", "new delhi", "a.b", "ü", &"a".repeat(65)] {
+            let err = validate_name("city", bad).unwrap_err();
+            assert_eq!(err.field, "city");
+            assert!(err.rule.contains("[a-z0-9_-]{1,64}"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_bounded() {
+        assert!(validate_token("customer_id", "c-42", 128).is_ok());
+        assert!(validate_token("customer_id", "", 128).is_err());
+        assert!(validate_token("customer_id", "a b", 128).is_err());
+        let err = validate_token("customer_id", &"x".repeat(129), 128).unwrap_err();
+        assert!(err.rule.contains("at most 128 bytes"), "{err}");
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let s = shown(&"é".repeat(100));
+        assert!(s.contains("(200 bytes)"));
+    }
+}

@@ -1,0 +1,234 @@
+//! The `slotbandit` binary as a user runs it: flags, files, exit codes and messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use slotbandit::model::parquet::{list_parquet_files, read_events};
+use slotbandit::model::{Event, EventKind};
+
+fn slotbandit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Fails with the named message and never with a panic.
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+fn all_events(dir: &Path) -> Vec<Event> {
+    list_parquet_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| read_events(f).unwrap())
+        .collect()
+}
+
+fn gen(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["gen", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    slotbandit(&args)
+}
+
+#[test]
+fn gen_flags_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    for (flag, value) in [
+        ("--events", "0"),
+        ("--events", "ten"),
+        ("--days", "0"),
+        ("--days", "100000"),
+        ("--tenants", "101"),
+        ("--cities", "0"),
+        ("--banners", "-3"),
+        ("--start", "2026-13-01"),
+        ("--seed", "1.5"),
+    ] {
+        let o = gen(&out, &[flag, value]);
+        assert_fails_with(&o, &[flag]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{flag} {value}: usage errors exit 2"
+        );
+    }
+    assert_fails_with(&slotbandit(&["gen"]), &["--out"]);
+    assert!(!out.exists(), "nothing is written on a usage error");
+}
+
+#[test]
+fn gen_is_deterministic_links_clicks_and_partitions_by_ist_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let args = [
+        "--events",
+        "20000",
+        "--days",
+        "3",
+        "--seed",
+        "7",
+        "--tenants",
+        "2",
+        "--cities",
+        "5",
+        "--banners",
+        "4",
+    ];
+    for out in [&a, &b] {
+        let o = gen(out, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("rows/s"));
+    }
+    let mut other_seed = args;
+    other_seed[5] = "8";
+    assert!(gen(&c, &other_seed).status.success());
+
+    let (ea, eb, ec) = (all_events(&a), all_events(&b), all_events(&c));
+    assert_eq!(ea, eb, "same seed, same events");
+    assert_ne!(ea, ec, "another seed, other events");
+
+    let impressions: Vec<&Event> = ea
+        .iter()
+        .filter(|e| e.kind == EventKind::Impression)
+        .collect();
+    assert_eq!(impressions.len(), 20_000);
+    let by_request: std::collections::HashMap<&str, &Event> = impressions
+        .iter()
+        .map(|e| (e.request_id.as_deref().unwrap(), *e))
+        .collect();
+    for click in ea.iter().filter(|e| e.kind == EventKind::Click) {
+        let imp = by_request[click.request_id.as_deref().unwrap()];
+        assert_eq!(imp.arm(), click.arm());
+        assert!(click.ts > imp.ts);
+        assert_eq!(imp.customer_id, click.customer_id);
+    }
+    for f in list_parquet_files(&a).unwrap() {
+        let dt = f
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        for e in read_events(&f).unwrap() {
+            assert_eq!(slotbandit::time::dt_partition(e.ts), dt);
+        }
+    }
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("truth.json")).unwrap()).unwrap();
+    assert_eq!(truth["best"].as_array().unwrap().len(), 2 * 2 * 5);
+    for arm in truth["arms"].as_array().unwrap() {
+        let ctr = arm["ctr"].as_f64().unwrap();
+        assert!((0.005..=0.08).contains(&ctr), "{ctr}");
+    }
+    let slots = slotbandit(&["slots", "check", a.join("slots.csv").to_str().unwrap()]);
+    assert!(slots.status.success(), "{}", stderr(&slots));
+}
+
+#[test]
+fn gen_refuses_a_non_empty_folder_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
+    let o = gen(dir.path(), &["--events", "10"]);
+    assert_fails_with(&o, &["not empty", "--force"]);
+    assert!(gen(dir.path(), &["--events", "10", "--force"])
+        .status
+        .success());
+}
+
+#[test]
+fn slots_check_prints_ist_times() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/slots/ajio_hero.csv");
+    let o = slotbandit(&["slots", "check", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("IST"));
+    assert_eq!(table.matches("ajio").count(), 10, "{table}");
+    let json = slotbandit(&["slots", "check", file.to_str().unwrap(), "--format", "json"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed[0]["banners"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn broken_slot_csvs_are_rejected_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "platform,slotname,imageid,imagename,validfrom,validto\n";
+    let cases = [
+        ("ajio,hero,b1,b1.png,01-Nov-26 00:00:00,soon\n", vec!["line 2", "validto"]),
+        ("ajio,hero,b1,b1.png,01-Nov-26 00:00:00\n", vec!["line 2"]),
+        ("AJIO,hero,b1,b1.png,01-Nov-26 00:00:00,01-Dec-26 00:00:00\n", vec!["line 2", "platform"]),
+        ("ajio,hero,b1,,01-Nov-26 00:00:00,01-Dec-26 00:00:00\n", vec!["imagename"]),
+        ("ajio,hero,b1,b1.png,01-Dec-26 00:00:00,01-Nov-26 00:00:00\n", vec!["validto", "after validfrom"]),
+        ("ajio,hero,b1,b1.png,01-Nov-26 00:00:00,01-Dec-26 00:00:00\najio,hero,b1,b2.png,01-Nov-26 00:00:00,01-Dec-26 00:00:00\n", vec!["line 3", "twice"]),
+        ("ajio,hero,b\"1,b1.png\n", vec!["slot CSV"]),
+    ];
+    for (i, (rows, needles)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.csv"));
+        std::fs::write(&path, format!("{header}{rows}")).unwrap();
+        let o = slotbandit(&["slots", "check", path.to_str().unwrap()]);
+        assert_fails_with(&o, needles);
+    }
+    let bin = dir.path().join("binary.csv");
+    std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x01, b'\n']).unwrap();
+    assert_fails_with(
+        &slotbandit(&["slots", "check", bin.to_str().unwrap()]),
+        &["binary.csv"],
+    );
+    let missing = dir.path().join("missing.csv");
+    assert_fails_with(
+        &slotbandit(&["slots", "check", missing.to_str().unwrap()]),
+        &["missing.csv"],
+    );
+}
+
+#[test]
+fn truncated_parquet_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(gen(&data, &["--events", "2000", "--days", "1"])
+        .status
+        .success());
+    let file = list_parquet_files(&data).unwrap().remove(0);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let o = slotbandit(&["demo", "--input", data.to_str().unwrap()]);
+    assert_fails_with(&o, &["part-0.parquet"]);
+}
+
+#[test]
+fn demo_prints_the_per_city_table_of_the_sample() {
+    let o = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in ["ajio", "hero", "mumbai", "P(best)", "true best"] {
+        assert!(out.contains(needle), "no {needle} in {out}");
+    }
+}
