@@ -3,6 +3,9 @@
 //! synthetic clickstream generator; the binary (`src/main.rs`) is a thin CLI over it.
 
 pub mod bandit;
+pub mod dataflow;
 pub mod gen;
 pub mod model;
+pub mod source;
+pub mod store;
 pub mod time;

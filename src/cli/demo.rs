@@ -1,5 +1,6 @@
-//! `slotbandit demo`: reads the committed sample and prints, per (tenant, slot, city), the
-//! counts, the banner with the highest posterior mean, and the true best banner.
+//! `slotbandit demo`: backfills the committed sample into an embedded store with the dataflow
+//! job, computes the cold-start priors, and prints per (tenant, slot, city) the counts, the
+//! leading banner with its 95% interval and P(best), and the true best banner from truth.json.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,19 +8,22 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior};
+use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DEFAULT_PRIOR_STRENGTH};
+use slotbandit::dataflow::Cluster;
 use slotbandit::gen::Truth;
-use slotbandit::model::parquet::{list_parquet_files, read_events};
-use slotbandit::model::ArmCounts;
+use slotbandit::store::{open_store, CountQuery, PosteriorRow};
 
 /// (tenant, slot, city)
 type SlotCity = (String, String, String);
 
 #[derive(Args, Default)]
 pub struct DemoArgs {
-    /// Folder with the Parquet sample and its truth.json.
+    /// Folder with Parquet history and its truth.json (default: the committed sample).
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Where the demo store lives (default: slotbandit-demo.redb in the temp folder).
+    #[arg(long)]
+    store: Option<PathBuf>,
 }
 
 /// The committed sample: relative to the working folder, else to the source tree.
@@ -34,18 +38,16 @@ fn sample_dir() -> PathBuf {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let input = args.input.unwrap_or_else(sample_dir);
-    let files = list_parquet_files(&input)?;
-    anyhow::ensure!(
-        !files.is_empty(),
-        "no Parquet files under {}; regenerate the sample with datasets/sample/regenerate.sh",
-        input.display()
-    );
-    let mut counts = ArmCounts::default();
-    for f in &files {
-        for e in read_events(f)? {
-            counts.add(&e);
-        }
-    }
+    let store_path = args
+        .store
+        .unwrap_or_else(|| std::env::temp_dir().join("slotbandit-demo.redb"));
+    let url = format!("embedded:{}", store_path.display());
+    let report =
+        super::backfill::backfill(&input, None, &url, &Cluster::single(2), 60, false, true)?;
+    let store = open_store(&url, true)?;
+    super::priors::write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
+    let rows = store.posteriors(&CountQuery::default())?;
+
     let truth: Option<Truth> = std::fs::read(input.join("truth.json"))
         .ok()
         .map(|b| serde_json::from_slice(&b))
@@ -61,14 +63,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
         })
         .collect();
-
-    let mut groups: BTreeMap<SlotCity, Vec<(String, u64, u64)>> = BTreeMap::new();
-    for (arm, &(imp, clk)) in &counts.0 {
+    let mut groups: BTreeMap<SlotCity, Vec<&PosteriorRow>> = BTreeMap::new();
+    for r in &rows {
         groups
-            .entry((arm.tenant.clone(), arm.slot.clone(), arm.city.clone()))
+            .entry((r.tenant.clone(), r.slot.clone(), r.city.clone()))
             .or_default()
-            .push((arm.banner.clone(), imp, clk));
+            .push(r);
     }
+
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
         "tenant",
@@ -86,22 +88,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut rng = seeded_rng(1);
     let (mut agree, mut total) = (0, 0);
     for (key, arms) in &groups {
-        let posteriors: Vec<BetaPosterior> = arms
+        let samplers: Vec<_> = arms
             .iter()
-            .map(|&(_, i, c)| BetaPosterior::uniform().updated(i, c))
+            .map(|r| {
+                BetaPosterior {
+                    alpha: r.alpha,
+                    beta: r.beta,
+                }
+                .distribution()
+            })
             .collect();
-        let samplers: Vec<_> = posteriors.iter().map(|p| p.distribution()).collect();
         let pbest = prob_best(&samplers, 4000, &mut rng);
         let leader = (0..arms.len())
-            .max_by(|&a, &b| posteriors[a].mean().total_cmp(&posteriors[b].mean()))
+            .max_by(|&a, &b| arms[a].mean.total_cmp(&arms[b].mean))
             .expect("a group has arms");
-        let imp: u64 = arms.iter().map(|a| a.1).sum();
-        let clk: u64 = arms.iter().map(|a| a.2).sum();
-        let (lo, hi) = posteriors[leader].interval95();
+        let imp: u64 = arms.iter().map(|a| a.impressions).sum();
+        let clk: u64 = arms.iter().map(|a| a.clicks).sum();
         let truth_cell = match true_best.get(key) {
             Some(b) => {
                 total += 1;
-                if *b == arms[leader].0 {
+                if *b == arms[leader].banner {
                     agree += 1;
                     format!("{b} ✓")
                 } else {
@@ -110,6 +116,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
             None => "-".into(),
         };
+        let lead = arms[leader];
         table.add_row([
             key.0.clone(),
             key.1.clone(),
@@ -117,22 +124,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             imp.to_string(),
             clk.to_string(),
             format!("{:.2}%", 100.0 * clk as f64 / imp.max(1) as f64),
-            arms[leader].0.clone(),
-            format!("{:.2}%", 100.0 * posteriors[leader].mean()),
-            format!("{:.2}–{:.2}%", 100.0 * lo, 100.0 * hi),
+            lead.banner.clone(),
+            format!("{:.2}%", 100.0 * lead.mean),
+            format!("{:.2}–{:.2}%", 100.0 * lead.lower95, 100.0 * lead.upper95),
             format!("{:.2}", pbest[leader]),
             truth_cell,
         ]);
     }
     println!("{table}");
     println!(
-        "{} events from {} files under {}; posterior = Beta(1 + clicks, 1 + impressions - clicks)",
-        counts.0.values().map(|(i, c)| i + c).sum::<u64>(),
-        files.len(),
-        input.display()
+        "{} events from {} backfilled by the timely/differential job into {}",
+        report.rows,
+        input.display(),
+        store_path.display()
     );
+    println!("posterior = empirical-Bayes prior (per tenant, slot, banner) + counts");
     if total > 0 {
         println!("the posterior leader is the true best banner in {agree} of {total} (tenant, slot, city)");
     }
+    println!("try: slotbandit posteriors --store {url} --tenant ajio --slot hero --city pune");
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! Argument parsing and dispatch. Handlers return `anyhow::Result`; errors print as one line
 //! with their causes and exit 1 (clap's own usage errors exit 2).
 
+mod backfill;
 mod demo;
 mod gen;
+mod posteriors;
+mod priors;
 mod slots;
 
 use std::process::ExitCode;
@@ -30,6 +33,12 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Generate a synthetic clickstream as Parquet partitioned by IST date, with its truth.
     Gen(gen::GenArgs),
+    /// Count Parquet history into a store with the timely/differential job.
+    Backfill(backfill::BackfillArgs),
+    /// Print posteriors per (tenant, slot, city, banner) from a store.
+    Posteriors(posteriors::PosteriorsArgs),
+    /// Compute cold-start priors from history into a store.
+    Priors(priors::PriorsArgs),
     /// Check or convert slot configurations (the prototype's CSV format).
     #[command(subcommand)]
     Slots(slots::SlotsCommand),
@@ -49,6 +58,9 @@ pub fn run() -> ExitCode {
     {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => gen::run(args),
+        Command::Backfill(args) => backfill::run(args),
+        Command::Posteriors(args) => posteriors::run(args),
+        Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
     };
     match result {
@@ -60,11 +72,118 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Validators for flags, shared by the subcommands.
+/// Flags shared by the subcommands, and their validators.
 pub mod flags {
-    use chrono::NaiveDate;
+    use std::path::PathBuf;
+
+    use chrono::{DateTime, NaiveDate, Utc};
+    use clap::Args;
+    use slotbandit::dataflow::Cluster;
 
     pub fn ist_date(s: &str) -> Result<NaiveDate, String> {
         slotbandit::time::parse_ist_date(s).map_err(|e| e.to_string())
+    }
+
+    pub fn instant(s: &str) -> Result<DateTime<Utc>, String> {
+        slotbandit::time::parse_any(s).map_err(|e| e.to_string())
+    }
+
+    pub fn name(s: &str) -> Result<String, String> {
+        slotbandit::model::validate_name("value", s)
+            .map(|()| s.to_string())
+            .map_err(|e| e.rule)
+    }
+
+    pub fn bucket_minutes(s: &str) -> Result<u32, String> {
+        let m: u32 = s
+            .parse()
+            .map_err(|_| format!("must be a whole number of minutes (got {s:?})"))?;
+        slotbandit::time::Buckets::of_minutes(m).map(|_| m)
+    }
+
+    pub fn positive_f64(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+            _ => Err(format!("must be a positive number (got {s:?})")),
+        }
+    }
+
+    fn store_url(s: &str) -> Result<String, String> {
+        match s.split_once(':') {
+            Some(("embedded", path)) if !path.is_empty() => Ok(s.to_string()),
+            _ => Err(format!("must be embedded:PATH (got {s:?})")),
+        }
+    }
+
+    #[derive(Args)]
+    pub struct StoreArg {
+        /// Where posteriors live: embedded:PATH (a redb file).
+        #[arg(long, env = "SLOTBANDIT_STORE", default_value = "embedded:slotbandit.redb", value_parser = store_url)]
+        pub store: String,
+    }
+
+    /// Worker threads, and timely's cluster flags for running the job as several processes.
+    #[derive(Args)]
+    pub struct ClusterArgs {
+        /// Worker threads per process.
+        #[arg(short = 'w', long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+        pub workers: u16,
+        /// Number of processes.
+        #[arg(short = 'n', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        pub processes: u16,
+        /// Index of this process, from 0.
+        #[arg(short = 'p', long, default_value_t = 0)]
+        pub process: u16,
+        /// File with one host:port per process (required when -n is more than 1).
+        #[arg(short = 'h', long)]
+        pub hostfile: Option<PathBuf>,
+    }
+
+    impl ClusterArgs {
+        pub fn cluster(&self) -> anyhow::Result<Cluster> {
+            let n = usize::from(self.processes);
+            anyhow::ensure!(
+                self.process < self.processes,
+                "--process must be below --processes ({} is not below {n})",
+                self.process
+            );
+            let hosts = match (&self.hostfile, n) {
+                (None, 1) => Vec::new(),
+                (None, _) => {
+                    anyhow::bail!("--hostfile is required when --processes is more than 1")
+                }
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?;
+                    let hosts: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect();
+                    for h in &hosts {
+                        anyhow::ensure!(
+                            h.rsplit_once(':').is_some_and(
+                                |(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()
+                            ),
+                            "--hostfile {}: {h:?} is not host:port",
+                            path.display()
+                        );
+                    }
+                    anyhow::ensure!(
+                        hosts.len() == n,
+                        "--hostfile {} lists {} hosts but --processes is {n}",
+                        path.display(),
+                        hosts.len()
+                    );
+                    hosts
+                }
+            };
+            Ok(Cluster {
+                workers: self.workers.into(),
+                process: self.process.into(),
+                hosts,
+            })
+        }
     }
 }

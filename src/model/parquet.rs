@@ -25,7 +25,8 @@ use crate::time;
 
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 const BATCH_ROWS: usize = 64 * 1024;
-const REQUIRED: [&str; 7] = ["event_id", "kind", "tenant", "slot", "city", "banner", "ts"];
+pub(crate) const REQUIRED: [&str; 7] =
+    ["event_id", "kind", "tenant", "slot", "city", "banner", "ts"];
 
 /// The documented schema: strings, `ts` as Timestamp(µs, UTC); only the last three nullable.
 pub fn event_schema() -> SchemaRef {
@@ -468,7 +469,7 @@ impl EventFileReader {
     }
 }
 
-fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), ParquetEventError> {
+pub(crate) fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), ParquetEventError> {
     let ok = if column == "ts" {
         matches!(t, DataType::Timestamp(_, _))
     } else {

@@ -1,0 +1,376 @@
+//! Parquet history for backfill. The plan reads every footer up front (schema, row groups, the
+//! newest timestamp) so that every worker and process agrees on the work; each worker then reads
+//! its share of row groups, only the six columns it needs, and pre-aggregates on dictionary
+//! indices: strings are looked at (and validated) once per distinct dictionary value.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, DictionaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
+use chrono::{DateTime, Utc};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::file::statistics::Statistics;
+use rustc_hash::FxHashMap;
+
+use crate::dataflow::CountKey;
+use crate::model::parquet::{check_type, list_parquet_files, ParquetEventError, REQUIRED};
+use crate::model::{validate_name, ArmKey, EventKind, FieldError};
+use crate::time::Buckets;
+
+const NEEDED: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "ts"];
+const BATCH_ROWS: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PlannedFile {
+    pub path: PathBuf,
+    pub rows: u64,
+    metadata: ArrowReaderMetadata,
+}
+
+/// One row group of one file: the unit of work a worker takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Unit {
+    pub file: u32,
+    pub row_group: usize,
+    pub rows: u64,
+}
+
+/// Every file checked, every row group listed, the same in every process.
+#[derive(Debug, Clone)]
+pub struct ParquetPlan {
+    pub files: Vec<PlannedFile>,
+    pub units: Vec<Unit>,
+    /// Files refused at planning (with `--skip-bad-files`), with the reason.
+    pub skipped: Vec<String>,
+    /// The newest `ts` by the footers' statistics.
+    pub newest: Option<DateTime<Utc>>,
+}
+
+impl ParquetPlan {
+    /// Reads the footers of every `*.parquet` file under `input`. A file that cannot be read or
+    /// has the wrong schema is an error naming it, or, with `skip_bad_files`, is left out and
+    /// reported.
+    pub fn new(input: &Path, skip_bad_files: bool) -> Result<Self, ParquetEventError> {
+        let mut plan = ParquetPlan {
+            files: Vec::new(),
+            units: Vec::new(),
+            skipped: Vec::new(),
+            newest: None,
+        };
+        for path in list_parquet_files(input)? {
+            match plan_file(&path) {
+                Ok((file, newest)) => {
+                    let index = plan.files.len() as u32;
+                    for (rg, meta) in file.metadata.metadata().row_groups().iter().enumerate() {
+                        plan.units.push(Unit {
+                            file: index,
+                            row_group: rg,
+                            rows: meta.num_rows().max(0) as u64,
+                        });
+                    }
+                    plan.newest = plan.newest.max(newest);
+                    plan.files.push(file);
+                }
+                Err(e) if skip_bad_files => plan.skipped.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(plan)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.units.iter().map(|u| u.rows).sum()
+    }
+
+    /// The units of worker `index` of `peers`: every peers-th row group.
+    pub fn share(&self, index: usize, peers: usize) -> impl Iterator<Item = &Unit> {
+        self.units.iter().skip(index).step_by(peers.max(1))
+    }
+}
+
+fn plan_file(path: &Path) -> Result<(PlannedFile, Option<DateTime<Utc>>), ParquetEventError> {
+    let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let file = File::open(path).map_err(|source| ParquetEventError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plain =
+        ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| corrupt(&e))?;
+    let schema = plain.schema().clone();
+    for name in NEEDED {
+        let Ok(field) = schema.field_with_name(name) else {
+            debug_assert!(REQUIRED.contains(&name));
+            return Err(ParquetEventError::Schema {
+                path: path.to_path_buf(),
+                column: name.to_string(),
+                rule: "is required but missing".into(),
+            });
+        };
+        check_type(path, name, field.data_type())?;
+    }
+    // Ask for the name columns as dictionaries so that aggregation works on their indices.
+    let hinted: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                if NEEDED.contains(&f.name().as_str()) =>
+            {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new_with_metadata(
+        hinted,
+        schema.metadata().clone(),
+    )));
+    let metadata = ArrowReaderMetadata::try_new(plain.metadata().clone(), options)
+        .or_else(|_| {
+            ArrowReaderMetadata::try_new(plain.metadata().clone(), ArrowReaderOptions::new())
+        })
+        .map_err(|e| corrupt(&e))?;
+    let newest = newest_ts(
+        &metadata,
+        schema
+            .field_with_name("ts")
+            .expect("checked above")
+            .data_type(),
+    );
+    let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
+    Ok((
+        PlannedFile {
+            path: path.to_path_buf(),
+            rows,
+            metadata,
+        },
+        newest,
+    ))
+}
+
+fn newest_ts(metadata: &ArrowReaderMetadata, ts_type: &DataType) -> Option<DateTime<Utc>> {
+    let DataType::Timestamp(unit, _) = ts_type else {
+        return None;
+    };
+    let per_micro = |v: i64| match unit {
+        TimeUnit::Second => v.checked_mul(1_000_000),
+        TimeUnit::Millisecond => v.checked_mul(1_000),
+        TimeUnit::Microsecond => Some(v),
+        TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
+    };
+    let column = metadata
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "ts")?;
+    metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .filter_map(|rg| match rg.column(column).statistics() {
+            Some(Statistics::Int64(s)) => s.max_opt().copied(),
+            _ => None,
+        })
+        .filter_map(per_micro)
+        .max()
+        .and_then(DateTime::from_timestamp_micros)
+}
+
+/// The pre-aggregated counts of one row group, and what was refused.
+#[derive(Debug, Default)]
+pub struct UnitCounts {
+    pub counts: HashMap<CountKey, (i64, i64)>,
+    pub rows: u64,
+    pub rejected: u64,
+    pub first_rejection: Option<String>,
+}
+
+/// Reads one row group and aggregates it per (arm, bucket). Rows at or after `until` are not
+/// counted; rows that break the contract are counted as rejected, never as events.
+pub fn read_unit(
+    file: &PlannedFile,
+    unit: &Unit,
+    buckets: Buckets,
+    until: Option<DateTime<Utc>>,
+) -> Result<UnitCounts, ParquetEventError> {
+    let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
+        path: file.path.clone(),
+        detail: format!("row group {}: {e}", unit.row_group),
+    };
+    let handle = File::open(&file.path).map_err(|source| ParquetEventError::Io {
+        path: file.path.clone(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, file.metadata.clone());
+    let roots: Vec<usize> = NEEDED
+        .iter()
+        .map(|n| builder.schema().index_of(n).expect("checked at planning"))
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_row_groups(vec![unit.row_group])
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| corrupt(&e))?;
+    let until = until.map(|t| t.timestamp_micros()).unwrap_or(i64::MAX);
+    let mut out = UnitCounts::default();
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(&e))?;
+        aggregate_batch(&batch, buckets, until, &mut out).map_err(|e| corrupt(&e))?;
+    }
+    Ok(out)
+}
+
+/// A dictionary column with each distinct value validated once.
+struct NameColumn {
+    keys: Vec<Option<u32>>,
+    values: StringArray,
+    valid: Vec<Result<(), FieldError>>,
+}
+
+impl NameColumn {
+    fn new(batch: &RecordBatch, name: &str) -> Result<Self, arrow::error::ArrowError> {
+        let column = batch.column_by_name(name).expect("projected");
+        let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let column = if column.data_type() == &dict_type {
+            column.clone()
+        } else {
+            cast(column, &dict_type)?
+        };
+        let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
+        let values = dict.values().as_string::<i32>().clone();
+        let valid = (0..values.len())
+            .map(|i| {
+                if values.is_null(i) {
+                    Err(FieldError::new(name, "is required"))
+                } else {
+                    validate_name(name, values.value(i))
+                }
+            })
+            .collect();
+        let keys = dict.keys().iter().map(|k| k.map(|k| k as u32)).collect();
+        Ok(Self {
+            keys,
+            values,
+            valid,
+        })
+    }
+
+    /// The dictionary index of row `i`, or the rule it breaks.
+    fn key(&self, i: usize, name: &str) -> Result<u32, FieldError> {
+        match self.keys[i] {
+            None => Err(FieldError::new(name, "is required")),
+            Some(k) => self.valid[k as usize].clone().map(|()| k),
+        }
+    }
+}
+
+fn aggregate_batch(
+    batch: &RecordBatch,
+    buckets: Buckets,
+    until: i64,
+    out: &mut UnitCounts,
+) -> Result<(), arrow::error::ArrowError> {
+    let names = [
+        NameColumn::new(batch, "tenant")?,
+        NameColumn::new(batch, "slot")?,
+        NameColumn::new(batch, "city")?,
+        NameColumn::new(batch, "banner")?,
+    ];
+    let kind = NameColumn::new(batch, "kind")?;
+    let kinds: Vec<Option<EventKind>> = (0..kind.values.len())
+        .map(|i| EventKind::parse("kind", kind.values.value(i)).ok())
+        .collect();
+    let ts = cast(
+        batch.column_by_name("ts").expect("projected"),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    )?;
+    let ts: &TimestampMicrosecondArray = ts.as_primitive();
+
+    let mut local: FxHashMap<([u32; 4], i64), (i64, i64)> = FxHashMap::default();
+    'rows: for i in 0..batch.num_rows() {
+        out.rows += 1;
+        let mut key = [0u32; 4];
+        for (slot, (col, name)) in key
+            .iter_mut()
+            .zip(names.iter().zip(["tenant", "slot", "city", "banner"]))
+        {
+            match col.key(i, name) {
+                Ok(k) => *slot = k,
+                Err(e) => {
+                    reject(out, e);
+                    continue 'rows;
+                }
+            }
+        }
+        let event_kind = match kind.keys[i].and_then(|k| kinds[k as usize]) {
+            Some(k) => k,
+            None => {
+                let got = kind.keys[i].map(|k| kind.values.value(k as usize).to_string());
+                reject(
+                    out,
+                    FieldError::new(
+                        "kind",
+                        match got {
+                            None => "is required".to_string(),
+                            Some(v) => format!("must be \"impression\" or \"click\" (got {v:?})"),
+                        },
+                    ),
+                );
+                continue;
+            }
+        };
+        if ts.is_null(i) {
+            reject(out, FieldError::new("ts", "is required"));
+            continue;
+        }
+        let micros = ts.value(i);
+        if micros >= until {
+            continue;
+        }
+        let entry = local
+            .entry((key, buckets.index_of_micros(micros)))
+            .or_default();
+        match event_kind {
+            EventKind::Impression => entry.0 += 1,
+            EventKind::Click => entry.1 += 1,
+        }
+    }
+    for (([t, s, c, b], bucket), (imp, clk)) in local {
+        let arm = ArmKey::new(
+            names[0].values.value(t as usize),
+            names[1].values.value(s as usize),
+            names[2].values.value(c as usize),
+            names[3].values.value(b as usize),
+        );
+        let e = out.counts.entry(CountKey { arm, bucket }).or_default();
+        e.0 += imp;
+        e.1 += clk;
+    }
+    Ok(())
+}
+
+fn reject(out: &mut UnitCounts, e: FieldError) {
+    out.rejected += 1;
+    if out.first_rejection.is_none() {
+        out.first_rejection = Some(e.to_string());
+    }
+}

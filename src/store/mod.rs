@@ -1,0 +1,189 @@
+//! Where posteriors live: one trait, one file per backend. A store keeps per-arm counts per IST
+//! bucket and all-time (bucket −1), the priors per (tenant, slot, banner), and the instant the data
+//! is "as of". Posteriors are prior + counts, combined when read.
+
+mod embedded;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::bandit::{BetaPosterior, SlotPriors};
+use crate::dataflow::CountKey;
+use crate::model::ArmKey;
+use crate::time::Buckets;
+
+pub use embedded::EmbeddedStore;
+
+/// The bucket of all-time totals.
+pub const ALL_TIME: i64 = -1;
+/// The city of a slot's all-city posterior (the fallback for an unknown city).
+pub const ALL_CITIES: &str = "*";
+pub const META_AS_OF: &str = "as_of";
+pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store URL {url:?}: {rule}")]
+    Url { url: String, rule: String },
+    #[error("store metadata `{key}`: {detail}")]
+    Meta { key: &'static str, detail: String },
+    #[error("embedded store {path}: {detail}")]
+    Embedded { path: PathBuf, detail: String },
+}
+
+/// The changed rows of one (tenant, city) shard in one epoch, as absolute values. A row whose
+/// counts are both zero is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardWrite {
+    pub rows: Vec<(CountKey, u64, u64)>,
+}
+
+/// Which arms to read, and whether all-time or over the buckets from `from_bucket` on.
+#[derive(Debug, Clone, Default)]
+pub struct CountQuery {
+    pub tenant: Option<String>,
+    pub slot: Option<String>,
+    pub city: Option<String>,
+    pub from_bucket: Option<i64>,
+}
+
+impl CountQuery {
+    pub fn matches(&self, arm: &ArmKey) -> bool {
+        self.tenant.as_ref().is_none_or(|t| *t == arm.tenant)
+            && self.slot.as_ref().is_none_or(|s| *s == arm.slot)
+            && self.city.as_ref().is_none_or(|c| *c == arm.city)
+    }
+}
+
+/// A posterior row as printed and served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PosteriorRow {
+    pub tenant: String,
+    pub slot: String,
+    pub city: String,
+    pub banner: String,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub alpha: f64,
+    pub beta: f64,
+    pub mean: f64,
+    pub lower95: f64,
+    pub upper95: f64,
+}
+
+impl PosteriorRow {
+    pub fn new(arm: ArmKey, impressions: u64, clicks: u64, posterior: BetaPosterior) -> Self {
+        let (lower95, upper95) = posterior.interval95();
+        Self {
+            tenant: arm.tenant,
+            slot: arm.slot,
+            city: arm.city,
+            banner: arm.banner,
+            impressions,
+            clicks,
+            alpha: posterior.alpha,
+            beta: posterior.beta,
+            mean: posterior.mean(),
+            lower95,
+            upper95,
+        }
+    }
+}
+
+pub trait PosteriorStore: Send + Sync {
+    /// Applies one epoch's shard writes atomically.
+    fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError>;
+    /// Removes every count (a backfill rebuilds them from history).
+    fn clear_counts(&self) -> Result<(), StoreError>;
+    /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on.
+    fn counts(&self, query: &CountQuery) -> Result<Vec<(ArmKey, u64, u64)>, StoreError>;
+    fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
+        -> Result<(), StoreError>;
+    /// The priors of a slot; Beta(1, 1) when none were computed.
+    fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Whether several processes may write to it at once (else process 0 writes for all).
+    fn shared_across_processes(&self) -> bool;
+
+    /// The instant the counts are current to (the end of a backfill), if recorded.
+    fn as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.meta(META_AS_OF)? {
+            None => Ok(None),
+            Some(s) => crate::time::parse_rfc3339(&s)
+                .map(Some)
+                .map_err(|e| StoreError::Meta {
+                    key: META_AS_OF,
+                    detail: e.to_string(),
+                }),
+        }
+    }
+
+    /// The bucket width the counts were written with (60 minutes if not recorded).
+    fn buckets(&self) -> Result<Buckets, StoreError> {
+        match self.meta(META_BUCKET_MINUTES)? {
+            None => Ok(Buckets::hourly()),
+            Some(s) => s
+                .parse::<u32>()
+                .map_err(|e| e.to_string())
+                .and_then(Buckets::of_minutes)
+                .map_err(|detail| StoreError::Meta {
+                    key: META_BUCKET_MINUTES,
+                    detail,
+                }),
+        }
+    }
+
+    /// Posteriors (prior + counts) per arm, in key order. A city without counts falls back to
+    /// the slot's all-city posterior, reported with city `*`.
+    fn posteriors(&self, query: &CountQuery) -> Result<Vec<PosteriorRow>, StoreError> {
+        let mut counts = self.counts(query)?;
+        if counts.is_empty() && query.city.is_some() {
+            let all_cities = CountQuery {
+                city: None,
+                ..query.clone()
+            };
+            let mut pooled: std::collections::BTreeMap<ArmKey, (u64, u64)> = Default::default();
+            for (arm, imp, clk) in self.counts(&all_cities)? {
+                let e = pooled
+                    .entry(ArmKey {
+                        city: ALL_CITIES.into(),
+                        ..arm
+                    })
+                    .or_default();
+                e.0 += imp;
+                e.1 += clk;
+            }
+            counts = pooled.into_iter().map(|(k, (i, c))| (k, i, c)).collect();
+        }
+        let mut priors: std::collections::BTreeMap<(String, String), SlotPriors> =
+            Default::default();
+        let mut rows = Vec::new();
+        for (arm, imp, clk) in counts {
+            let key = (arm.tenant.clone(), arm.slot.clone());
+            if !priors.contains_key(&key) {
+                let p = self.priors(&arm.tenant, &arm.slot)?;
+                priors.insert(key.clone(), p);
+            }
+            let prior = priors[&key].for_banner(&arm.banner);
+            rows.push(PosteriorRow::new(arm, imp, clk, prior.posterior(imp, clk)));
+        }
+        Ok(rows)
+    }
+}
+
+/// A store named by URL: `embedded:PATH` (redb file). Cassandra comes with its own backend.
+pub fn open_store(url: &str, writable: bool) -> Result<Box<dyn PosteriorStore>, StoreError> {
+    match url.split_once(':') {
+        Some(("embedded", path)) if !path.is_empty() => Ok(Box::new(EmbeddedStore::open(
+            PathBuf::from(path).as_path(),
+            writable,
+        )?)),
+        _ => Err(StoreError::Url {
+            url: url.to_string(),
+            rule: "must be embedded:PATH".into(),
+        }),
+    }
+}

@@ -1,0 +1,536 @@
+//! The backfill job as a user runs it, checked against an independent recount of the same
+//! Parquet (read row by row with the validating reader, no dataflow).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use slotbandit::model::parquet::{list_parquet_files, read_events};
+use slotbandit::model::{Event, EventKind};
+
+type Counts = BTreeMap<(String, String, String, String), (u64, u64)>;
+
+fn slotbandit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn gen(out: &Path, args: &[&str]) {
+    let mut all = vec!["gen", "--out", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    ok(slotbandit(&all));
+}
+
+fn events_of(files: &[std::path::PathBuf]) -> Vec<Event> {
+    files.iter().flat_map(|f| read_events(f).unwrap()).collect()
+}
+
+/// IST hour bucket, computed here independently: hours since 1970-01-01 00:00 IST.
+fn ist_hour(e: &Event) -> i64 {
+    (e.ts.timestamp() + 19_800).div_euclid(3600)
+}
+
+fn recount<'a>(events: impl IntoIterator<Item = &'a Event>) -> Counts {
+    let mut c = Counts::new();
+    for e in events {
+        let v = c
+            .entry((
+                e.tenant.clone(),
+                e.slot.clone(),
+                e.city.clone(),
+                e.banner.clone(),
+            ))
+            .or_default();
+        match e.kind {
+            EventKind::Impression => v.0 += 1,
+            EventKind::Click => v.1 += 1,
+        }
+    }
+    c
+}
+
+fn posteriors(store: &str, extra: &[&str]) -> Counts {
+    let mut args = vec!["posteriors", "--store", store, "--format", "csv"];
+    args.extend_from_slice(extra);
+    let csv = ok(slotbandit(&args));
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "tenant,slot,city,banner,impressions,clicks,alpha,beta,mean,lower95,upper95"
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let (imp, clk): (u64, u64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
+            let (alpha, beta): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
+            // No priors were computed: Beta(1 + clicks, 1 + impressions − clicks).
+            assert_eq!(alpha, 1.0 + clk as f64, "{l}");
+            assert_eq!(beta, 1.0 + (imp - clk.min(imp)) as f64, "{l}");
+            (
+                (f[0].into(), f[1].into(), f[2].into(), f[3].into()),
+                (imp, clk),
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn backfill_is_exact_for_1_2_4_workers_and_2_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gen(
+        &data,
+        &[
+            "--events",
+            "150000",
+            "--days",
+            "4",
+            "--tenants",
+            "2",
+            "--cities",
+            "6",
+            "--banners",
+            "5",
+            "--seed",
+            "3",
+        ],
+    );
+    let events = events_of(&list_parquet_files(&data).unwrap());
+    let expected = recount(&events);
+    assert!(expected.len() > 100);
+
+    for workers in ["1", "2", "4"] {
+        let store = format!(
+            "embedded:{}",
+            dir.path().join(format!("w{workers}.redb")).display()
+        );
+        ok(slotbandit(&[
+            "backfill",
+            "--input",
+            data.to_str().unwrap(),
+            "--store",
+            &store,
+            "-w",
+            workers,
+        ]));
+        assert_eq!(posteriors(&store, &[]), expected, "{workers} workers");
+    }
+
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let store = format!("embedded:{}", dir.path().join("n2.redb").display());
+    let spawn = |p: &str| {
+        Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+            .args([
+                "backfill",
+                "--input",
+                data.to_str().unwrap(),
+                "--store",
+                &store,
+                "-w",
+                "2",
+                "-n",
+                "2",
+                "-p",
+                p,
+                "-h",
+                hosts.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let (mut p0, mut p1) = (spawn("0"), spawn("1"));
+    assert!(p0.wait().unwrap().success());
+    assert!(p1.wait().unwrap().success());
+    assert_eq!(posteriors(&store, &[]), expected, "2 processes");
+
+    // Filters select the same rows.
+    let pune_like = expected.keys().next().unwrap().clone();
+    let filtered = posteriors(&store, &["--tenant", &pune_like.0, "--city", &pune_like.2]);
+    let want: Counts = expected
+        .iter()
+        .filter(|(k, _)| k.0 == pune_like.0 && k.2 == pune_like.2)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(filtered, want);
+}
+
+#[test]
+fn windows_and_until_match_a_recount_with_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gen(
+        &data,
+        &[
+            "--events",
+            "60000",
+            "--days",
+            "3",
+            "--tenants",
+            "1",
+            "--cities",
+            "4",
+            "--banners",
+            "4",
+            "--seed",
+            "5",
+        ],
+    );
+    let events = events_of(&list_parquet_files(&data).unwrap());
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    ok(slotbandit(&[
+        "backfill",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+    ]));
+
+    // "now" is the newest event; the window holds the whole IST hours starting at or after now − 720 min.
+    let now = events.iter().map(|e| e.ts).max().unwrap();
+    let from = now.timestamp() - 720 * 60 + 19_800;
+    let first_hour = from.div_euclid(3600) + i64::from(from.rem_euclid(3600) != 0);
+    let in_window = recount(events.iter().filter(|e| ist_hour(e) >= first_hour));
+    assert_eq!(posteriors(&store, &["--window-minutes", "720"]), in_window);
+    assert_ne!(in_window, recount(&events));
+
+    // --until counts only events before the cutoff.
+    let cutoff = "2026-11-02T12:00:00+05:30";
+    let cut = slotbandit::time::parse_rfc3339(cutoff).unwrap();
+    ok(slotbandit(&[
+        "backfill",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+        "--until",
+        cutoff,
+    ]));
+    assert_eq!(
+        posteriors(&store, &[]),
+        recount(events.iter().filter(|e| e.ts < cut))
+    );
+}
+
+#[test]
+fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gen(
+        &data,
+        &[
+            "--events",
+            "1500000",
+            "--days",
+            "2",
+            "--tenants",
+            "1",
+            "--cities",
+            "3",
+            "--banners",
+            "4",
+            "--seed",
+            "9",
+        ],
+    );
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    ok(slotbandit(&[
+        "backfill",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+    ]));
+    let counts = posteriors(&store, &[]);
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("truth.json")).unwrap()).unwrap();
+    let mut ctr: BTreeMap<(String, String, String), Vec<(String, f64)>> = BTreeMap::new();
+    for a in truth["arms"].as_array().unwrap() {
+        let s = |k: &str| a[k].as_str().unwrap().to_string();
+        ctr.entry((s("tenant"), s("slot"), s("city")))
+            .or_default()
+            .push((s("banner"), a["ctr"].as_f64().unwrap()));
+    }
+    let mut checked = 0;
+    for ((t, s, c), arms) in &ctr {
+        let mut sorted = arms.clone();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (best, second) = (&sorted[0], &sorted[1]);
+        let n_min = arms
+            .iter()
+            .map(|(b, _)| counts[&(t.clone(), s.clone(), c.clone(), b.clone())].0)
+            .min()
+            .unwrap() as f64;
+        // Enough data: the gap to the runner-up is at least 4 standard errors of both estimates.
+        let se = ((best.1 * (1.0 - best.1) + second.1 * (1.0 - second.1)) / n_min).sqrt();
+        if best.1 - second.1 < 4.0 * se {
+            continue;
+        }
+        let leader = arms
+            .iter()
+            .max_by(|x, y| {
+                let m = |b: &str| {
+                    let (i, k) = counts[&(t.clone(), s.clone(), c.clone(), b.to_string())];
+                    (1.0 + k as f64) / (2.0 + i as f64)
+                };
+                m(&x.0).total_cmp(&m(&y.0))
+            })
+            .unwrap();
+        assert_eq!(leader.0, best.0, "{t}/{s}/{c}");
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "only {checked} groups had enough data to tell"
+    );
+}
+
+#[test]
+fn bad_files_are_named_or_skipped_with_the_rest_counted_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gen(
+        &data,
+        &[
+            "--events",
+            "700000",
+            "--days",
+            "2",
+            "--tenants",
+            "1",
+            "--cities",
+            "3",
+            "--banners",
+            "3",
+            "--seed",
+            "4",
+        ],
+    );
+    let files = list_parquet_files(&data).unwrap();
+    let (victim, rest) = (files[0].clone(), files[1..].to_vec());
+    let expected = recount(&events_of(&rest));
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    let backfill = |extra: &[&str]| {
+        let mut a = vec![
+            "backfill",
+            "--input",
+            data.to_str().unwrap(),
+            "--store",
+            &store,
+        ];
+        a.extend_from_slice(extra);
+        slotbandit(&a)
+    };
+    let victim_name = victim.strip_prefix(&data).unwrap().display().to_string();
+
+    // A corrupt row group: the footer is intact, the page data in the middle is not.
+    let good = std::fs::read(&victim).unwrap();
+    let meta =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&victim).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    assert!(
+        meta.metadata().num_row_groups() >= 2,
+        "the victim needs several row groups"
+    );
+    // Overwrite the `city` column chunk of the second row group (a column the job reads).
+    let rg = meta.metadata().row_group(1);
+    let city = (0..rg.num_columns())
+        .find(|&i| rg.column(i).column_path().string() == "city")
+        .unwrap();
+    let (start, len) = rg.column(city).byte_range();
+    let mut bad = good.clone();
+    bad[start as usize..(start + len) as usize]
+        .iter_mut()
+        .for_each(|x| *x = 0xAB);
+    std::fs::write(&victim, &bad).unwrap();
+    for workers in ["1", "3"] {
+        let o = backfill(&["-w", workers]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(&victim_name) && !err.contains("panicked"),
+            "{err}"
+        );
+        let o = backfill(&["-w", workers, "--skip-bad-files"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&victim_name));
+        assert_eq!(
+            posteriors(&store, &[]),
+            expected,
+            "corrupt row group, {workers} workers"
+        );
+    }
+
+    // A wrong schema: `city` as a number.
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let batch = RecordBatch::try_from_iter([
+        ("event_id", Arc::new(StringArray::from(vec!["e1"])) as _),
+        ("kind", Arc::new(StringArray::from(vec!["click"])) as _),
+        ("tenant", Arc::new(StringArray::from(vec!["ajio"])) as _),
+        ("slot", Arc::new(StringArray::from(vec!["hero"])) as _),
+        ("city", Arc::new(Int64Array::from(vec![7])) as _),
+        ("banner", Arc::new(StringArray::from(vec!["b1"])) as _),
+        (
+            "ts",
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(vec![1_764_345_900_000_000])
+                    .with_timezone("UTC"),
+            ) as _,
+        ),
+    ])
+    .unwrap();
+    std::fs::write(&victim, &good).unwrap();
+    let wrong = data.join("dt=2026-11-01/wrong.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&wrong).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let o = backfill(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("wrong.parquet") && err.contains("city"),
+        "{err}"
+    );
+    let o = backfill(&["--skip-bad-files"]);
+    assert!(o.status.success());
+    assert_eq!(
+        posteriors(&store, &[]),
+        recount(&events_of(&files)),
+        "wrong schema skipped"
+    );
+
+    // Not Parquet at all, and truncated.
+    std::fs::write(&wrong, b"not parquet").unwrap();
+    let err = String::from_utf8_lossy(&backfill(&[]).stderr).to_string();
+    assert!(err.contains("wrong.parquet"), "{err}");
+}
+
+#[test]
+fn backfill_flags_are_validated() {
+    for (args, needle) in [
+        (vec!["backfill"], "--input"),
+        (
+            vec!["backfill", "--input", "x", "--bucket-minutes", "7"],
+            "divide",
+        ),
+        (
+            vec!["backfill", "--input", "x", "--until", "tomorrow"],
+            "--until",
+        ),
+        (
+            vec!["backfill", "--input", "x", "--store", "mysql://x"],
+            "embedded:PATH",
+        ),
+        (vec!["backfill", "--input", "x", "-w", "0"], "--workers"),
+        (vec!["backfill", "--input", "x", "-n", "2"], "--hostfile"),
+        (
+            vec!["backfill", "--input", "/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
+        (vec!["posteriors", "--city", "Pune"], "[a-z0-9_-]"),
+        (
+            vec!["posteriors", "--window-minutes", "0"],
+            "--window-minutes",
+        ),
+        (
+            vec!["posteriors", "--store", "embedded:/nonexistent/x.redb"],
+            "does not exist",
+        ),
+        (
+            vec!["priors", "--input", "x", "--prior-strength", "-1"],
+            "positive",
+        ),
+    ] {
+        let o = slotbandit(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn priors_from_history_feed_the_posteriors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gen(
+        &data,
+        &[
+            "--events",
+            "50000",
+            "--days",
+            "2",
+            "--tenants",
+            "1",
+            "--cities",
+            "4",
+            "--banners",
+            "3",
+        ],
+    );
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    ok(slotbandit(&[
+        "backfill",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+    ]));
+    ok(slotbandit(&[
+        "priors",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+        "--prior-strength",
+        "50",
+    ]));
+    let csv = ok(slotbandit(&[
+        "posteriors",
+        "--store",
+        &store,
+        "--format",
+        "csv",
+    ]));
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (imp, clk): (f64, f64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
+        let (alpha, beta): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
+        let strength = alpha + beta - imp;
+        assert!(strength > 0.0 && strength <= 50.0 + 1e-9, "{line}");
+        assert!(alpha > clk, "{line}");
+    }
+}
