@@ -3,36 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::{gen, ok, slotbandit};
 
 use slotbandit::model::parquet::{list_parquet_files, read_events};
 use slotbandit::model::{Event, EventKind};
 
 type Counts = BTreeMap<(String, String, String, String), (u64, u64)>;
-
-fn slotbandit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn gen(out: &Path, args: &[&str]) {
-    let mut all = vec!["gen", "--out", out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    ok(slotbandit(&all));
-}
 
 fn events_of(files: &[std::path::PathBuf]) -> Vec<Event> {
     files.iter().flat_map(|f| read_events(f).unwrap()).collect()
@@ -87,6 +66,39 @@ fn posteriors(store: &str, extra: &[&str]) -> Counts {
         .collect()
 }
 
+/// Generated history in a temp folder, and a store URL beside it.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    store: String,
+}
+
+impl Fixture {
+    fn new(gen_flags: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ok(gen(&data, gen_flags));
+        let store = format!("embedded:{}", dir.path().join("s.redb").display());
+        Self {
+            _dir: dir,
+            data,
+            store,
+        }
+    }
+
+    fn backfill(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "backfill",
+            "--input",
+            self.data.to_str().unwrap(),
+            "--store",
+            &self.store,
+        ];
+        args.extend_from_slice(extra);
+        slotbandit(&args)
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,23 +111,10 @@ fn free_port() -> u16 {
 fn backfill_is_exact_for_1_2_4_workers_and_2_processes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    gen(
+    ok(gen(
         &data,
-        &[
-            "--events",
-            "150000",
-            "--days",
-            "4",
-            "--tenants",
-            "2",
-            "--cities",
-            "6",
-            "--banners",
-            "5",
-            "--seed",
-            "3",
-        ],
-    );
+        "--events 150000 --days 4 --tenants 2 --cities 6 --banners 5 --seed 3",
+    ));
     let events = events_of(&list_parquet_files(&data).unwrap());
     let expected = recount(&events);
     assert!(expected.len() > 100);
@@ -183,91 +182,35 @@ fn backfill_is_exact_for_1_2_4_workers_and_2_processes() {
 
 #[test]
 fn windows_and_until_match_a_recount_with_the_same_rule() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    gen(
-        &data,
-        &[
-            "--events",
-            "60000",
-            "--days",
-            "3",
-            "--tenants",
-            "1",
-            "--cities",
-            "4",
-            "--banners",
-            "4",
-            "--seed",
-            "5",
-        ],
-    );
-    let events = events_of(&list_parquet_files(&data).unwrap());
-    let store = format!("embedded:{}", dir.path().join("s.redb").display());
-    ok(slotbandit(&[
-        "backfill",
-        "--input",
-        data.to_str().unwrap(),
-        "--store",
-        &store,
-    ]));
+    let f = Fixture::new("--events 60000 --days 3 --tenants 1 --cities 4 --banners 4 --seed 5");
+    let events = events_of(&list_parquet_files(&f.data).unwrap());
+    let store = &f.store;
+    ok(f.backfill(&[]));
 
     // "now" is the newest event; the window holds the whole IST hours starting at or after now − 720 min.
     let now = events.iter().map(|e| e.ts).max().unwrap();
     let from = now.timestamp() - 720 * 60 + 19_800;
     let first_hour = from.div_euclid(3600) + i64::from(from.rem_euclid(3600) != 0);
     let in_window = recount(events.iter().filter(|e| ist_hour(e) >= first_hour));
-    assert_eq!(posteriors(&store, &["--window-minutes", "720"]), in_window);
+    assert_eq!(posteriors(store, &["--window-minutes", "720"]), in_window);
     assert_ne!(in_window, recount(&events));
 
     // --until counts only events before the cutoff.
     let cutoff = "2026-11-02T12:00:00+05:30";
     let cut = slotbandit::time::parse_rfc3339(cutoff).unwrap();
-    ok(slotbandit(&[
-        "backfill",
-        "--input",
-        data.to_str().unwrap(),
-        "--store",
-        &store,
-        "--until",
-        cutoff,
-    ]));
+    ok(f.backfill(&["--until", cutoff]));
     assert_eq!(
-        posteriors(&store, &[]),
+        posteriors(store, &[]),
         recount(events.iter().filter(|e| e.ts < cut))
     );
 }
 
 #[test]
 fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    gen(
-        &data,
-        &[
-            "--events",
-            "1500000",
-            "--days",
-            "2",
-            "--tenants",
-            "1",
-            "--cities",
-            "3",
-            "--banners",
-            "4",
-            "--seed",
-            "9",
-        ],
-    );
-    let store = format!("embedded:{}", dir.path().join("s.redb").display());
-    ok(slotbandit(&[
-        "backfill",
-        "--input",
-        data.to_str().unwrap(),
-        "--store",
-        &store,
-    ]));
-    let counts = posteriors(&store, &[]);
+    let f = Fixture::new("--events 1500000 --days 2 --tenants 1 --cities 3 --banners 4 --seed 9");
+    ok(f.backfill(&[]));
+    let counts = posteriors(&f.store, &[]);
+    let data = &f.data;
     let truth: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("truth.json")).unwrap()).unwrap();
     let mut ctr: BTreeMap<(String, String, String), Vec<(String, f64)>> = BTreeMap::new();
@@ -313,41 +256,13 @@ fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
 
 #[test]
 fn bad_files_are_named_or_skipped_with_the_rest_counted_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    gen(
-        &data,
-        &[
-            "--events",
-            "700000",
-            "--days",
-            "2",
-            "--tenants",
-            "1",
-            "--cities",
-            "3",
-            "--banners",
-            "3",
-            "--seed",
-            "4",
-        ],
-    );
-    let files = list_parquet_files(&data).unwrap();
+    let f = Fixture::new("--events 700000 --days 2 --tenants 1 --cities 3 --banners 3 --seed 4");
+    let (data, store) = (&f.data, &f.store);
+    let files = list_parquet_files(data).unwrap();
     let (victim, rest) = (files[0].clone(), files[1..].to_vec());
     let expected = recount(&events_of(&rest));
-    let store = format!("embedded:{}", dir.path().join("s.redb").display());
-    let backfill = |extra: &[&str]| {
-        let mut a = vec![
-            "backfill",
-            "--input",
-            data.to_str().unwrap(),
-            "--store",
-            &store,
-        ];
-        a.extend_from_slice(extra);
-        slotbandit(&a)
-    };
-    let victim_name = victim.strip_prefix(&data).unwrap().display().to_string();
+    let backfill = |extra: &[&str]| f.backfill(extra);
+    let victim_name = victim.strip_prefix(data).unwrap().display().to_string();
 
     // A corrupt row group: the footer is intact, the page data in the middle is not.
     let good = std::fs::read(&victim).unwrap();
@@ -381,7 +296,7 @@ fn bad_files_are_named_or_skipped_with_the_rest_counted_exactly() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stderr).contains(&victim_name));
         assert_eq!(
-            posteriors(&store, &[]),
+            posteriors(store, &[]),
             expected,
             "corrupt row group, {workers} workers"
         );
@@ -425,7 +340,7 @@ fn bad_files_are_named_or_skipped_with_the_rest_counted_exactly() {
     let o = backfill(&["--skip-bad-files"]);
     assert!(o.status.success());
     assert_eq!(
-        posteriors(&store, &[]),
+        posteriors(store, &[]),
         recount(&events_of(&files)),
         "wrong schema skipped"
     );
@@ -484,44 +399,22 @@ fn backfill_flags_are_validated() {
 
 #[test]
 fn priors_from_history_feed_the_posteriors() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    gen(
-        &data,
-        &[
-            "--events",
-            "50000",
-            "--days",
-            "2",
-            "--tenants",
-            "1",
-            "--cities",
-            "4",
-            "--banners",
-            "3",
-        ],
-    );
-    let store = format!("embedded:{}", dir.path().join("s.redb").display());
-    ok(slotbandit(&[
-        "backfill",
-        "--input",
-        data.to_str().unwrap(),
-        "--store",
-        &store,
-    ]));
+    let f = Fixture::new("--events 50000 --days 2 --tenants 1 --cities 4 --banners 3");
+    ok(f.backfill(&[]));
+    let (data, store) = (&f.data, &f.store);
     ok(slotbandit(&[
         "priors",
         "--input",
         data.to_str().unwrap(),
         "--store",
-        &store,
+        store,
         "--prior-strength",
         "50",
     ]));
     let csv = ok(slotbandit(&[
         "posteriors",
         "--store",
-        &store,
+        store,
         "--format",
         "csv",
     ]));

@@ -3,24 +3,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+use common::{gen, slotbandit, stderr, stdout};
+
 use slotbandit::model::parquet::{list_parquet_files, read_events};
 use slotbandit::model::{Event, EventKind};
-
-fn slotbandit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Fails with the named message and never with a panic.
 fn assert_fails_with(o: &Output, needles: &[&str]) {
@@ -43,12 +30,6 @@ fn all_events(dir: &Path) -> Vec<Event> {
         .collect()
 }
 
-fn gen(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["gen", "--out", out.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    slotbandit(&args)
-}
-
 #[test]
 fn gen_flags_are_validated() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +45,7 @@ fn gen_flags_are_validated() {
         ("--start", "2026-13-01"),
         ("--seed", "1.5"),
     ] {
-        let o = gen(&out, &[flag, value]);
+        let o = gen(&out, &format!("{flag} {value}"));
         assert_fails_with(&o, &[flag]);
         assert_eq!(
             o.status.code(),
@@ -84,27 +65,13 @@ fn gen_is_deterministic_links_clicks_and_partitions_by_ist_date() {
         dir.path().join("b"),
         dir.path().join("c"),
     );
-    let args = [
-        "--events",
-        "20000",
-        "--days",
-        "3",
-        "--seed",
-        "7",
-        "--tenants",
-        "2",
-        "--cities",
-        "5",
-        "--banners",
-        "4",
-    ];
+    let args = "--events 20000 --days 3 --seed 7 --tenants 2 --cities 5 --banners 4";
     for out in [&a, &b] {
-        let o = gen(out, &args);
+        let o = gen(out, args);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stdout(&o).contains("rows/s"));
     }
-    let mut other_seed = args;
-    other_seed[5] = "8";
+    let other_seed = args.replace("--seed 7", "--seed 8");
     assert!(gen(&c, &other_seed).status.success());
 
     let (ea, eb, ec) = (all_events(&a), all_events(&b), all_events(&c));
@@ -154,11 +121,9 @@ fn gen_is_deterministic_links_clicks_and_partitions_by_ist_date() {
 fn gen_refuses_a_non_empty_folder_without_force() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("keep.txt"), "mine").unwrap();
-    let o = gen(dir.path(), &["--events", "10"]);
+    let o = gen(dir.path(), "--events 10");
     assert_fails_with(&o, &["not empty", "--force"]);
-    assert!(gen(dir.path(), &["--events", "10", "--force"])
-        .status
-        .success());
+    assert!(gen(dir.path(), "--events 10 --force").status.success());
 }
 
 #[test]
@@ -210,9 +175,7 @@ fn broken_slot_csvs_are_rejected_with_line_and_column() {
 fn truncated_parquet_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    assert!(gen(&data, &["--events", "2000", "--days", "1"])
-        .status
-        .success());
+    assert!(gen(&data, "--events 2000 --days 1").status.success());
     let file = list_parquet_files(&data).unwrap().remove(0);
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
