@@ -195,3 +195,60 @@ fn demo_prints_the_per_city_table_of_the_sample() {
         assert!(out.contains(needle), "no {needle} in {out}");
     }
 }
+
+#[test]
+fn job_files_set_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    let out = dir.path().join("out");
+    std::fs::write(
+        &job,
+        format!(
+            "[gen]\nout = {:?}\nevents = 500\ndays = 1\nseed = 3\nforce = true\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let cfg = job.to_str().unwrap();
+    let o = slotbandit(&["gen", "--config", cfg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("500 impressions"), "{}", stdout(&o));
+    let o = slotbandit(&["gen", "--config", cfg, "--events", "700"]);
+    assert!(stdout(&o).contains("700 impressions"), "{}", stdout(&o));
+
+    for (text, needles) in [
+        ("[gen]\nevnts = 5\n", vec!["--evnts"]),
+        ("[gen]\nevents = 0\n", vec!["--events"]),
+        (
+            "[gen]\nevents = [1, {a = 1}]\n",
+            vec!["must be a string, number or boolean"],
+        ),
+        ("[backfill]\ninput = \"x\"\n", vec!["no [gen] table"]),
+        ("[gen\n", vec![cfg]),
+    ] {
+        std::fs::write(&job, text).unwrap();
+        let o = slotbandit(&["gen", "--config", cfg]);
+        assert_fails_with(&o, &needles);
+    }
+    assert_fails_with(
+        &slotbandit(&["gen", "--config", "/nonexistent/job.toml"]),
+        &["/nonexistent/job.toml"],
+    );
+}
+
+#[test]
+fn the_store_env_var_overrides_the_job_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "[posteriors]\nstore = \"embedded:/nonexistent/from-file.redb\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["posteriors", "--config", job.to_str().unwrap()])
+        .env("SLOTBANDIT_STORE", "embedded:/nonexistent/from-env.redb")
+        .output()
+        .unwrap();
+    assert_fails_with(&o, &["from-env.redb"]);
+}

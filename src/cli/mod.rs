@@ -2,6 +2,7 @@
 //! with their causes and exit 1 (clap's own usage errors exit 2).
 
 mod backfill;
+mod config;
 mod demo;
 mod gen;
 mod posteriors;
@@ -22,9 +23,13 @@ use tracing_subscriber::EnvFilter;
                   every impression and click.\n\nWithout a subcommand it runs `demo` on the \
                   committed sample."
 )]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// A job file (TOML, see jobs/) whose [SUBCOMMAND] table sets flags; flags given here win.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -45,13 +50,23 @@ enum Command {
 }
 
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match config::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(path) = &cli.config {
+        tracing::debug!("job file {}", path.display());
+    }
     let result = match cli
         .command
         .unwrap_or(Command::Demo(demo::DemoArgs::default()))

@@ -1,0 +1,62 @@
+"""The backfill aggregation by a peer engine, for bench/backfill/run.sh.
+
+Usage: peers.py duckdb|pyspark PARQUET_DIR OUT_CSV
+Counts impressions and clicks per (tenant, slot, city, banner, IST hour) and per arm all-time
+(hour -1), as `slotbandit backfill` does, and writes the all-time rows as CSV.
+"""
+import sys
+
+engine, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
+IST_OFFSET = 19800
+
+if engine == "duckdb":
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    con.execute(
+        f"""
+        CREATE TABLE counts AS
+        SELECT tenant, slot, city, banner,
+               coalesce(floor((epoch(ts) + {IST_OFFSET}) / 3600)::BIGINT, -1) AS bucket,
+               count(*) FILTER (WHERE kind = 'impression') AS impressions,
+               count(*) FILTER (WHERE kind = 'click') AS clicks
+        FROM read_parquet('{data}/**/*.parquet')
+        GROUP BY GROUPING SETS ((tenant, slot, city, banner, floor((epoch(ts) + {IST_OFFSET}) / 3600)),
+                                (tenant, slot, city, banner))
+        """
+    )
+    con.execute(
+        f"COPY (SELECT tenant, slot, city, banner, impressions, clicks FROM counts WHERE bucket = -1 "
+        f"ORDER BY ALL) TO '{out}' (HEADER)"
+    )
+elif engine == "pyspark":
+    from pyspark.sql import SparkSession, functions as F
+
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("slotbandit-bench")
+        .config("spark.driver.memory", "4g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    events = spark.read.option("recursiveFileLookup", "true").parquet(data)
+    bucket = F.floor((F.unix_timestamp("ts") + IST_OFFSET) / 3600)
+    keys = ["tenant", "slot", "city", "banner"]
+    hourly = events.groupBy(*keys, bucket.alias("bucket")).agg(
+        F.sum(F.when(F.col("kind") == "impression", 1).otherwise(0)).alias("impressions"),
+        F.sum(F.when(F.col("kind") == "click", 1).otherwise(0)).alias("clicks"),
+    )
+    hourly = hourly.cache()
+    hourly.count()
+    totals = hourly.groupBy(*keys).agg(F.sum("impressions").alias("impressions"), F.sum("clicks").alias("clicks"))
+    rows = sorted(totals.collect())
+    with open(out, "w") as f:
+        f.write("tenant,slot,city,banner,impressions,clicks\n")
+        for r in rows:
+            f.write(f"{r.tenant},{r.slot},{r.city},{r.banner},{r.impressions},{r.clicks}\n")
+    spark.stop()
+else:
+    sys.exit(f"unknown engine {engine!r}: use duckdb or pyspark")

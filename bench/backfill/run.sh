@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Backfill throughput side by side: slotbandit (timely/differential, 2 workers), DuckDB (2
+# threads) and PySpark local[2], the same aggregation over the same generated Parquet. Reports
+# rows/s, wall time and peak RSS, checks that all three agree on every arm's all-time counts,
+# and runs slotbandit at a fifth of the size too, to show whether its memory stays flat.
+# Usage: bench/backfill/run.sh [IMPRESSIONS] (default 50,000,000; rows ≈ 1.03 × impressions)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+events="${1:-50000000}"
+cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+venv="$cache/bench-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import duckdb, pyspark' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet -r bench/requirements.txt
+fi
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/slotbandit"
+work="${SLOTBANDIT_BENCH_DIR:-$cache/bench-backfill}"
+mkdir -p "$work"
+
+generate() { # impressions -> folder
+  local n="$1" dir="$work/gen-$1"
+  if [ ! -f "$dir/truth.json" ]; then
+    rm -rf "$dir"
+    "$bin" gen --out "$dir" --events "$n" --days 30 --tenants 3 --cities 12 --banners 10 --seed 1 >&2
+  fi
+  echo "$dir"
+}
+
+measure() { # name rows command... ; prints a result line
+  local name="$1" rows="$2"; shift 2
+  local t="$work/time.txt"
+  /usr/bin/time -f "%e %M" -o "$t" "$@" >/dev/null
+  read -r secs kib <"$t"
+  awk -v n="$name" -v r="$rows" -v s="$secs" -v k="$kib" \
+    'BEGIN { printf "| %s | %d | %.2f | %.0f | %.0f |\n", n, r, s, r / s, k / 1024 }'
+}
+
+big="$(generate "$events")"
+small="$(generate $((events / 5)))"
+rows_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rows'])" "$1/truth.json"; }
+big_rows="$(rows_of "$big")"; small_rows="$(rows_of "$small")"
+
+echo "| engine | rows | wall s | rows/s | peak RSS MiB |"
+echo "|---|---|---|---|---|"
+store="$work/bench.redb"
+rm -f "$store"
+measure "slotbandit -w 2 ($((events / 5)) impressions)" "$small_rows" "$bin" backfill --input "$small" --store "embedded:$store" -w 2
+rm -f "$store"
+measure "slotbandit -w 2" "$big_rows" "$bin" backfill --input "$big" --store "embedded:$store" -w 2
+"$bin" posteriors --store "embedded:$store" --format csv | cut -d, -f1-6 >"$work/slotbandit.csv"
+measure "DuckDB (2 threads)" "$big_rows" "$venv/bin/python" bench/backfill/peers.py duckdb "$big" "$work/duckdb.csv"
+measure "PySpark local[2]" "$big_rows" "$venv/bin/python" bench/backfill/peers.py pyspark "$big" "$work/pyspark.csv"
+for peer in duckdb pyspark; do
+  if cmp -s "$work/slotbandit.csv" "$work/$peer.csv"; then
+    echo "all-time counts: slotbandit = $peer on every arm"
+  else
+    echo "all-time counts differ between slotbandit and $peer:" >&2
+    diff "$work/slotbandit.csv" "$work/$peer.csv" | head >&2
+    exit 1
+  fi
+done
