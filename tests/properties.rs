@@ -229,7 +229,7 @@ proptest! {
         let monte_carlo = prob_best(policy.samplers(), draws, &mut seeded_rng(seed ^ 0x5eed));
         // Tolerance: 4.5 binomial standard errors of a 20,000-draw frequency, plus quadrature error.
         for k in 0..params.len() {
-            let p = exact[k];
+            let p = exact[k].clamp(0.0, 1.0);
             let tol = 4.5 * (p * (1.0 - p) / draws as f64).sqrt() + 0.003;
             let freq = wins[k] as f64 / draws as f64;
             prop_assert!((freq - p).abs() <= tol, "arm {}: freq {} vs exact {} (tol {})", k, freq, p, tol);

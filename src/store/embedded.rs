@@ -9,9 +9,9 @@ use super::{CountQuery, PosteriorStore, ShardWrite, StoreError, ALL_TIME};
 use crate::bandit::{Prior, PriorSource, SlotPriors};
 use crate::model::ArmKey;
 
-/// (tenant, city, slot, banner, bucket) → (impressions, clicks)
-type ArmStateKey = (&'static str, &'static str, &'static str, &'static str, i64);
-const ARM_STATE: TableDefinition<ArmStateKey, (u64, u64)> = TableDefinition::new("arm_state");
+/// (tenant, city, slot, banner, bucket) → (impressions, clicks), the key encoded by
+/// [`arm_state_key`]: byte order is tuple order, and comparing keys is a memcmp.
+const ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
 /// (tenant, slot, banner) → (alpha0, beta0, source); banner "" is the slot prior.
 const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
     TableDefinition::new("priors");
@@ -89,24 +89,51 @@ fn source_of(s: &str) -> PriorSource {
     }
 }
 
+/// `tenant 0 city 0 slot 0 banner 0` then the bucket as big-endian with the sign bit flipped.
+/// Names are `[a-z0-9_-]+`, so the 0 separators keep the order of the (tenant, city, slot, banner,
+/// bucket) tuple.
+fn arm_state_key(tenant: &str, city: &str, slot: &str, banner: &str, bucket: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + city.len() + slot.len() + banner.len() + 12);
+    for name in [tenant, city, slot, banner] {
+        key.extend_from_slice(name.as_bytes());
+        key.push(0);
+    }
+    key.extend_from_slice(&((bucket as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+fn decode_arm_state_key(key: &[u8]) -> Option<(ArmKey, i64)> {
+    let (names, bucket) = key.split_at_checked(key.len().checked_sub(8)?)?;
+    let mut parts = names.split(|&b| b == 0).map(std::str::from_utf8);
+    let mut next = || parts.next()?.ok();
+    let (tenant, city, slot, banner) = (next()?, next()?, next()?, next()?);
+    let bucket = (u64::from_be_bytes(bucket.try_into().ok()?) ^ (1 << 63)) as i64;
+    Some((ArmKey::new(tenant, slot, city, banner), bucket))
+}
+
 impl PosteriorStore for EmbeddedStore {
     fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut t = tx.open_table(ARM_STATE)?;
-            for shard in shards {
-                for (k, imp, clk) in &shard.rows {
-                    let key = (
-                        k.arm.tenant.as_str(),
-                        k.arm.city.as_str(),
-                        k.arm.slot.as_str(),
-                        k.arm.banner.as_str(),
-                        k.bucket,
-                    );
-                    if *imp == 0 && *clk == 0 {
-                        t.remove(key)?;
-                    } else {
-                        t.insert(key, (*imp, *clk))?;
-                    }
+            // In key order, so that the B-tree is written front to back.
+            let mut rows: Vec<(Vec<u8>, u64, u64)> = shards
+                .iter()
+                .flat_map(|s| &s.rows)
+                .map(|(k, imp, clk)| {
+                    let a = &k.arm;
+                    (
+                        arm_state_key(&a.tenant, &a.city, &a.slot, &a.banner, k.bucket),
+                        *imp,
+                        *clk,
+                    )
+                })
+                .collect();
+            rows.sort_unstable();
+            for (key, imp, clk) in rows {
+                if imp == 0 && clk == 0 {
+                    t.remove(key.as_slice())?;
+                } else {
+                    t.insert(key.as_slice(), (imp, clk))?;
                 }
             }
             Ok(())
@@ -125,21 +152,26 @@ impl PosteriorStore for EmbeddedStore {
         self.read(|tx| {
             let t = tx.open_table(ARM_STATE)?;
             let mut sums: std::collections::BTreeMap<ArmKey, (u64, u64)> = Default::default();
-            let range = match &q.tenant {
-                Some(tenant) => t.range((tenant.as_str(), "", "", "", i64::MIN)..)?,
-                None => t.range::<(&str, &str, &str, &str, i64)>(..)?,
+            let (start, end) = match &q.tenant {
+                Some(tenant) => (
+                    format!("{tenant}\0").into_bytes(),
+                    format!("{tenant}\u{1}").into_bytes(),
+                ),
+                None => (Vec::new(), vec![0xff]),
             };
-            for entry in range {
+            for entry in t.range(start.as_slice()..end.as_slice())? {
                 let (k, v) = entry?;
-                let (tenant, city, slot, banner, bucket) = k.value();
-                if q.tenant.as_deref().is_some_and(|x| x != tenant) {
-                    break;
-                }
+                let Some((arm, bucket)) = decode_arm_state_key(k.value()) else {
+                    return Err(redb::StorageError::Corrupted(format!(
+                        "arm_state key {:?}",
+                        k.value()
+                    ))
+                    .into());
+                };
                 let wanted = match q.from_bucket {
                     None => bucket == ALL_TIME,
                     Some(from) => bucket != ALL_TIME && bucket >= from,
                 };
-                let arm = ArmKey::new(tenant, slot, city, banner);
                 if wanted && q.matches(&arm) {
                     let (imp, clk) = v.value();
                     let s = sums.entry(arm).or_default();
@@ -216,5 +248,37 @@ impl PosteriorStore for EmbeddedStore {
 
     fn shared_across_processes(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm_state_keys_sort_like_their_tuples_and_round_trip() {
+        let tuples = [
+            ("ajio", "pune", "hero", "b1", -1),
+            ("ajio", "pune", "hero", "b1", 0),
+            ("ajio", "pune", "hero", "b1", 490_000),
+            ("ajio", "pune", "hero", "b10", -1),
+            ("ajio", "pune-2", "hero", "b1", -1),
+            ("ajio2", "a", "a", "a", i64::MIN),
+            ("myntra", "delhi", "footer", "b2", i64::MAX),
+        ];
+        let keys: Vec<Vec<u8>> = tuples
+            .iter()
+            .map(|&(t, c, s, b, k)| arm_state_key(t, c, s, b, k))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+        for (key, &(t, c, s, b, k)) in keys.iter().zip(&tuples) {
+            assert_eq!(
+                decode_arm_state_key(key),
+                Some((ArmKey::new(t, s, c, b), k))
+            );
+        }
+        assert_eq!(decode_arm_state_key(b"short"), None);
     }
 }
