@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use differential_dataflow::input::Input;
+use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -155,7 +156,9 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
             } else {
                 counts
             };
-            let totals = good.flat_map(|(_, key)| [key.all_time(), key]).count();
+            let totals = good
+                .flat_map(|(_, key)| [key.all_time(), key])
+                .count_total();
             let probe = sink(
                 totals,
                 job.store.clone(),
