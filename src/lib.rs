@@ -5,4 +5,5 @@
 pub mod bandit;
 pub mod gen;
 pub mod model;
+pub mod sim;
 pub mod time;

@@ -3,6 +3,8 @@
 
 mod demo;
 mod gen;
+mod replay;
+mod simulate;
 mod slots;
 
 use std::process::ExitCode;
@@ -33,6 +35,10 @@ enum Command {
     /// Check or convert slot configurations (the prototype's CSV format).
     #[command(subcommand)]
     Slots(slots::SlotsCommand),
+    /// Simulate the policies in a Bernoulli environment: regret curves, CSV and plots.
+    Simulate(simulate::SimulateArgs),
+    /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
+    Replay(replay::ReplayArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -50,6 +56,8 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => gen::run(args),
         Command::Slots(cmd) => slots::run(cmd),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
