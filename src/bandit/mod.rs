@@ -7,7 +7,7 @@ mod thompson;
 
 pub use pbest::prob_best;
 pub use posterior::{BetaPosterior, PosteriorError};
-pub use prior::{empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors};
+pub use prior::{city_priors, empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors};
 pub use thompson::{thompson_select, Candidate, DecisionError, SlotPolicy};
 
 /// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).

@@ -30,8 +30,8 @@ pub struct SimulateArgs {
     /// Decisions between posterior refreshes for Thompson sampling; a list gives one curve each.
     #[arg(long, value_delimiter = ',')]
     refresh: Option<Vec<u64>>,
-    /// Policies: ts, ts-eb (empirical-Bayes priors), ts-window, ts-eb-window, ucb1, egreedy,
-    /// uniform, oracle.
+    /// Policies: ts, ts-eb (empirical-Bayes priors), ts-hb (hierarchical city priors), ts-window,
+    /// ts-eb-window, ucb1, egreedy, uniform, oracle.
     #[arg(long, value_delimiter = ',')]
     policy: Option<Vec<String>>,
     /// Base seed (run r uses a seed derived from it).
@@ -96,6 +96,9 @@ struct EnvConfig {
 /// The service's default cap on the empirical-Bayes prior strength (DESIGN.md §7).
 const DEFAULT_PRIOR_STRENGTH: f64 = 100.0;
 
+/// The largest prior strength the hierarchical priors' marginal likelihood may choose.
+const HIERARCHICAL_MAX_STRENGTH: f64 = 1e5;
+
 const DEFAULT_CTRS: [f64; 10] = [0.1, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08];
 
 fn read_config(path: &Path) -> anyhow::Result<SimulateConfig> {
@@ -130,6 +133,12 @@ fn policy_specs(
         match name.trim() {
             "ts" => specs.extend(thompson(PriorMode::Uniform, 0)),
             "ts-eb" => specs.extend(thompson(eb, 0)),
+            "ts-hb" => specs.extend(thompson(
+                PriorMode::Hierarchical {
+                    max_strength: HIERARCHICAL_MAX_STRENGTH,
+                },
+                0,
+            )),
             "ts-window" | "ts-eb-window" => {
                 ensure!(
                     window > 0,
@@ -147,7 +156,7 @@ fn policy_specs(
             "uniform" => specs.push(PolicySpec::Uniform),
             "oracle" => specs.push(PolicySpec::Oracle),
             other => bail!(
-                "unknown policy {other:?}; expected ts, ts-eb, ts-window, ts-eb-window, ucb1, \
+                "unknown policy {other:?}; expected ts, ts-eb, ts-hb, ts-window, ts-eb-window, ucb1, \
                  egreedy, uniform or oracle"
             ),
         }

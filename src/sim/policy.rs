@@ -10,7 +10,7 @@ use rand_distr::Beta;
 use serde::{Deserialize, Serialize};
 
 use super::env::argmax;
-use crate::bandit::{empirical_bayes, thompson_select, BannerCounts, Prior};
+use crate::bandit::{city_priors, empirical_bayes, thompson_select, BannerCounts, Prior};
 
 /// Which policy, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,10 @@ pub enum PriorMode {
     /// Empirical-Bayes priors of DESIGN.md §7 from the all-city pooled counts (plus the history
     /// sample, if any), recomputed at each refresh.
     EmpiricalBayes { strength: f64 },
+    /// Hierarchical pooling (`bandit::city_priors`): each city's prior is the banner's pooled
+    /// mean times the city's level, with the strength (at most `max_strength`) of highest
+    /// marginal likelihood; recomputed at each refresh.
+    Hierarchical { max_strength: f64 },
 }
 
 impl fmt::Display for PolicySpec {
@@ -53,8 +57,10 @@ impl fmt::Display for PolicySpec {
                 priors,
             } => {
                 write!(f, "ts")?;
-                if let PriorMode::EmpiricalBayes { strength } = priors {
-                    write!(f, "-eb{strength}")?;
+                match priors {
+                    PriorMode::Uniform => {}
+                    PriorMode::EmpiricalBayes { strength } => write!(f, "-eb{strength}")?,
+                    PriorMode::Hierarchical { max_strength } => write!(f, "-hb{max_strength}")?,
                 }
                 if *window > 0 {
                     write!(f, "-window{window}")?;
@@ -200,48 +206,71 @@ impl Thompson {
         &self.samplers
     }
 
-    /// The prior of each banner, as the service's job would publish it now.
-    fn banner_priors(&self) -> Vec<Prior> {
+    /// The pooled counts per banner: history plus every city.
+    fn pooled_counts(&self) -> Vec<BannerCounts> {
+        self.banner_names
+            .iter()
+            .enumerate()
+            .map(|(a, name)| {
+                let (mut impressions, mut clicks) = self.history[a];
+                for c in 0..self.counts.impressions.len() {
+                    impressions += self.counts.impressions[c][a];
+                    clicks += self.counts.clicks[c][a];
+                }
+                BannerCounts {
+                    banner: name.clone(),
+                    impressions,
+                    clicks,
+                }
+            })
+            .collect()
+    }
+
+    /// The prior of each (city, banner), as the service's job would publish it now.
+    fn arm_priors(&self) -> Vec<Vec<Prior>> {
+        let cities = self.counts.impressions.len();
         match self.priors {
-            PriorMode::Uniform => vec![Prior::UNIFORM; self.banner_names.len()],
+            PriorMode::Uniform => vec![vec![Prior::UNIFORM; self.banner_names.len()]; cities],
             PriorMode::EmpiricalBayes { strength } => {
-                let pooled: Vec<BannerCounts> = self
+                let slot = empirical_bayes(&self.pooled_counts(), strength);
+                let banners: Vec<Prior> = self
                     .banner_names
                     .iter()
-                    .enumerate()
-                    .map(|(a, name)| {
-                        let (mut impressions, mut clicks) = self.history[a];
-                        for c in 0..self.counts.impressions.len() {
-                            impressions += self.counts.impressions[c][a];
-                            clicks += self.counts.clicks[c][a];
-                        }
-                        BannerCounts {
-                            banner: name.clone(),
-                            impressions,
-                            clicks,
-                        }
+                    .map(|name| slot.for_banner(name))
+                    .collect();
+                vec![banners; cities]
+            }
+            PriorMode::Hierarchical { max_strength } => {
+                let slot = empirical_bayes(&self.pooled_counts(), max_strength);
+                let per_city: Vec<Vec<BannerCounts>> = (0..cities)
+                    .map(|c| {
+                        self.banner_names
+                            .iter()
+                            .enumerate()
+                            .map(|(a, name)| BannerCounts {
+                                banner: name.clone(),
+                                impressions: self.counts.impressions[c][a],
+                                clicks: self.counts.clicks[c][a],
+                            })
+                            .collect()
                     })
                     .collect();
-                let slot = empirical_bayes(&pooled, strength);
-                self.banner_names
-                    .iter()
-                    .map(|name| slot.for_banner(name))
-                    .collect()
+                city_priors(&slot, &per_city, max_strength)
             }
         }
     }
 
     fn refresh_posteriors(&mut self) {
-        let priors = self.banner_priors();
+        let priors = self.arm_priors();
         let sampler = |counts: &Counts, c: usize, a: usize| {
-            priors[a]
+            priors[c][a]
                 .posterior(counts.impressions[c][a], counts.clicks[c][a])
                 .distribution()
         };
-        let rebuild_all =
-            self.rebuild_all || matches!(self.priors, PriorMode::EmpiricalBayes { .. });
+        let rebuild_all = self.rebuild_all || !matches!(self.priors, PriorMode::Uniform);
+        let arms = self.banner_names.len();
         if rebuild_all {
-            let (cities, arms) = (self.counts.impressions.len(), priors.len());
+            let cities = self.counts.impressions.len();
             self.samplers = (0..cities)
                 .map(|c| (0..arms).map(|a| sampler(&self.counts, c, a)).collect())
                 .collect();
@@ -250,7 +279,6 @@ impl Thompson {
                 self.samplers[c][a] = sampler(&self.counts, c, a);
             }
         }
-        let arms = priors.len();
         for (c, a) in self.stale.drain(..) {
             self.is_stale[c * arms + a] = false;
         }
