@@ -28,6 +28,18 @@ pub enum PlotError {
 static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 static REGISTER_FONT: Once = Once::new();
 
+/// Distinct, readable series colours (matplotlib's tab10).
+const SERIES_COLORS: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
 fn register_font() {
     REGISTER_FONT.call_once(|| {
         // The bytes are a valid TrueType font, checked by the plot test.
@@ -129,7 +141,7 @@ fn draw<DB: DrawingBackend>(
         .draw()
         .map_err(|e| err(&e))?;
     for (i, c) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = SERIES_COLORS[i % SERIES_COLORS.len()].to_rgba();
         let upper = c.t.iter().zip(&c.mean).zip(&c.se);
         let band: Vec<(f64, f64)> = upper
             .clone()

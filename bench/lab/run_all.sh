@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Reproduces every table and plot of docs/lab.md into docs/lab/<experiment>/ with a release build.
+# Usage: bench/lab/run_all.sh [experiment …]   (default: all; names are the .toml files here)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slotbandit/target}"
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/slotbandit"
+experiments=("$@")
+if [ ${#experiments[@]} -eq 0 ]; then
+  experiments=(chapelle_li_eps002 chapelle_li_eps001 sharing coldstart nonstationary drift)
+fi
+for e in "${experiments[@]}"; do
+  echo "== $e" >&2
+  "$bin" simulate --config "bench/lab/$e.toml" --out "docs/lab/$e"
+done
