@@ -256,7 +256,9 @@ fn simulate_writes_the_csv_and_both_plots() {
 fn simulate_rejects_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["--arms", "1"], "--arms"),
+        (&["--arms", "5", "--ctr-range", "0.2,0.1"], "--ctr-range"),
         (&["--horizon", "0"], "--horizon"),
         (&["--runs", "0"], "--runs"),
         (&["--refresh", "0"], "--refresh"),

@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process; boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the embedded demo on the committed sample (the default).
     Demo(demo::DemoArgs),

@@ -9,7 +9,7 @@ use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
-use slotbandit::sim::env::{ChangeSpec, EnvSpec, Environment};
+use slotbandit::sim::env::{draw_banner_effects, ChangeSpec, EnvSpec, Environment};
 use slotbandit::sim::plot::{plot_regret, write_regret_csv, Reference};
 use slotbandit::sim::{log_spaced_checkpoints, simulate, Experiment, PolicySpec, PriorMode};
 
@@ -21,6 +21,12 @@ pub struct SimulateArgs {
     /// Comma-separated CTRs of the banners (the banner effects when there are several cities).
     #[arg(long, value_delimiter = ',')]
     ctrs: Option<Vec<f64>>,
+    /// Draw this many banner CTRs uniformly from --ctr-range instead of --ctrs.
+    #[arg(long)]
+    arms: Option<usize>,
+    /// Range LOW,HIGH of the drawn CTRs (with --arms).
+    #[arg(long, value_delimiter = ',')]
+    ctr_range: Option<Vec<f64>>,
     /// Decisions per run (T).
     #[arg(long)]
     horizon: Option<u64>,
@@ -87,6 +93,8 @@ struct SimulateConfig {
 #[serde(deny_unknown_fields)]
 struct EnvConfig {
     ctrs: Option<Vec<f64>>,
+    arms: Option<usize>,
+    ctr_range: Option<Vec<f64>>,
     cities: Option<usize>,
     city_sigma: Option<f64>,
     traffic_skew: Option<f64>,
@@ -199,17 +207,34 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .or(file.policies)
         .unwrap_or_else(|| vec!["ts".into(), "ucb1".into()]);
     let policies = policy_specs(&names, &refresh, window, epsilon, prior_strength)?;
+    let seed = args.seed.or(file.seed).unwrap_or(1);
+    let ctrs = match (args.ctrs, args.arms.or(env_file.arms)) {
+        (Some(ctrs), _) => ctrs,
+        (None, Some(arms)) => {
+            let range = args
+                .ctr_range
+                .or(env_file.ctr_range)
+                .unwrap_or_else(|| vec![0.01, 0.1]);
+            let (low, high) = match range[..] {
+                [low, high] => (low, high),
+                _ => bail!("--ctr-range takes two values LOW,HIGH (got {range:?})"),
+            };
+            draw_banner_effects(arms, low, high, seed).with_context(|| {
+                format!(
+                    "--arms must be at least 2 and --ctr-range must satisfy 0 < LOW < HIGH < 1 \
+                     (got {arms} arms, {low},{high})"
+                )
+            })?
+        }
+        (None, None) => env_file.ctrs.unwrap_or_else(|| DEFAULT_CTRS.to_vec()),
+    };
     let spec = EnvSpec {
-        ctrs: args
-            .ctrs
-            .or(env_file.ctrs)
-            .unwrap_or_else(|| DEFAULT_CTRS.to_vec()),
+        ctrs,
         cities: args.cities.or(env_file.cities).unwrap_or(1),
         city_sigma: args.city_sigma.or(env_file.city_sigma).unwrap_or(0.0),
         traffic_skew: args.traffic_skew.or(env_file.traffic_skew).unwrap_or(0.0),
         change: env_file.change,
     };
-    let seed = args.seed.or(file.seed).unwrap_or(1);
     let env = Environment::build(&spec, seed).context("invalid environment")?;
     let experiment = Experiment {
         env,

@@ -203,6 +203,16 @@ impl Environment {
     }
 }
 
+/// `arms` banner effects drawn uniformly from [low, high) with `seed` (the environment's
+/// "drawn CTRs"); `None` unless 2 ≤ arms and 0 < low < high < 1.
+pub fn draw_banner_effects(arms: usize, low: f64, high: f64, seed: u64) -> Option<Vec<f64>> {
+    if arms < 2 || !(low > 0.0 && low < high && high < 1.0) {
+        return None;
+    }
+    let mut rng = seeded_rng(seed ^ 0xc7_5eed);
+    Some((0..arms).map(|_| rng.random_range(low..high)).collect())
+}
+
 fn swap_best_and_worst(city: &[f64]) -> Vec<f64> {
     let mut out = city.to_vec();
     let best = argmax(city);
@@ -280,6 +290,15 @@ mod tests {
         let env = Environment::build(&s, 1).unwrap();
         assert_eq!(env.ctrs_at(9)[0], vec![0.1, 0.05, 0.02]);
         assert_eq!(env.ctrs_at(10)[0], vec![0.02, 0.05, 0.1]);
+    }
+
+    #[test]
+    fn drawn_ctrs_are_reproducible_and_in_range() {
+        let a = draw_banner_effects(20, 0.01, 0.05, 3).unwrap();
+        assert_eq!(a, draw_banner_effects(20, 0.01, 0.05, 3).unwrap());
+        assert!(a.iter().all(|p| (0.01..0.05).contains(p)));
+        assert!(draw_banner_effects(1, 0.01, 0.05, 3).is_none());
+        assert!(draw_banner_effects(5, 0.05, 0.01, 3).is_none());
     }
 
     #[test]
