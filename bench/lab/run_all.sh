@@ -5,10 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slotbandit/target}"
 cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/slotbandit"
+# The target folder may be shared with other checkouts: run a private copy of this build.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+bin="$work/slotbandit"
+cp "$CARGO_TARGET_DIR/release/slotbandit" "$bin"
+"$bin" simulate --help >/dev/null 2>&1 || {
+  echo "run_all.sh: $CARGO_TARGET_DIR/release/slotbandit was replaced by another checkout's build; rerun" >&2
+  exit 1
+}
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
-  experiments=(chapelle_li_eps002 chapelle_li_eps001 sharing coldstart nonstationary drift)
+  experiments=(chapelle_li_eps002 chapelle_li_eps001 refresh_eps002 refresh_eps001 sharing coldstart
+    nonstationary drift)
 fi
 for e in "${experiments[@]}"; do
   echo "== $e" >&2
