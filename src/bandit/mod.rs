@@ -8,7 +8,8 @@ mod thompson;
 pub use pbest::prob_best;
 pub use posterior::{BetaPosterior, PosteriorError};
 pub use prior::{
-    empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors, DEFAULT_PRIOR_STRENGTH,
+    city_priors, empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors,
+    DEFAULT_PRIOR_STRENGTH,
 };
 pub use thompson::{thompson_select, Candidate, DecisionError, SlotPolicy};
 

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use statrs::function::gamma::ln_gamma;
 
 use super::BetaPosterior;
 
@@ -135,6 +136,103 @@ pub fn empirical_bayes(counts: &[BannerCounts], prior_strength: f64) -> SlotPrio
     SlotPriors { slot, banners }
 }
 
+/// Clicks of pseudo-evidence that pull a city's level towards the slot's (level 1).
+const LEVEL_PSEUDO_CLICKS: f64 = 10.0;
+
+/// The prior strengths tried by [`city_priors`]: 10^0.5 to 10^5 pseudo-impressions.
+fn strength_grid() -> impl Iterator<Item = f64> {
+    (2..=20).map(|i| 10f64.powf(f64::from(i) / 4.0))
+}
+
+fn ln_beta(a: f64, b: f64) -> f64 {
+    ln_gamma(a) + ln_gamma(b) - ln_gamma(a + b)
+}
+
+/// Priors per (city, banner) for a slot whose CTRs are a banner effect times a city effect
+/// (hierarchical pooling). `cities[c]` lists city c's counts per banner, in the same banner order
+/// for every city; the result has the same shape.
+///
+/// The banner effect is the banner's pooled prior mean from `pooled` (see [`empirical_bayes`]);
+/// the city level is the city's clicks over the clicks those means predict for its impressions,
+/// shrunk towards 1 by ten pseudo-clicks; the prior mean of (city, banner) is their product. The
+/// strength is the one on a log grid up to `max_strength` that maximises the beta-binomial
+/// marginal likelihood of all cities' counts, but never more than the strength of the banner's
+/// pooled prior (the evidence behind its mean), so that a rarely shown banner keeps a weak prior
+/// and is still explored.
+pub fn city_priors(
+    pooled: &SlotPriors,
+    cities: &[Vec<BannerCounts>],
+    max_strength: f64,
+) -> Vec<Vec<Prior>> {
+    let mean = |p: Prior| p.alpha0 / (p.alpha0 + p.beta0);
+    let means: Vec<Vec<f64>> = cities
+        .iter()
+        .map(|counts| {
+            let banner_means: Vec<f64> = counts
+                .iter()
+                .map(|c| mean(pooled.for_banner(&c.banner)))
+                .collect();
+            let clicks: f64 = counts
+                .iter()
+                .map(|c| c.clicks.min(c.impressions) as f64)
+                .sum();
+            let expected: f64 = counts
+                .iter()
+                .zip(&banner_means)
+                .map(|(c, m)| c.impressions as f64 * m)
+                .sum();
+            let level = (clicks + LEVEL_PSEUDO_CLICKS) / (expected + LEVEL_PSEUDO_CLICKS);
+            banner_means
+                .iter()
+                .map(|m| (m * level).clamp(1e-6, 1.0 - 1e-6))
+                .collect()
+        })
+        .collect();
+    let log_likelihood = |strength: f64| -> f64 {
+        cities
+            .iter()
+            .zip(&means)
+            .flat_map(|(counts, ms)| counts.iter().zip(ms))
+            .filter(|(c, _)| c.impressions > 0)
+            .map(|(c, &m)| {
+                let (a, b) = (m * strength, (1.0 - m) * strength);
+                let k = c.clicks.min(c.impressions) as f64;
+                let misses = c.impressions as f64 - k;
+                ln_beta(a + k, b + misses) - ln_beta(a, b)
+            })
+            .sum()
+    };
+    let cap = if max_strength.is_finite() && max_strength > 0.0 {
+        max_strength
+    } else {
+        DEFAULT_PRIOR_STRENGTH
+    };
+    let strength = strength_grid()
+        .filter(|&s| s <= cap)
+        .map(|s| (log_likelihood(s), s))
+        .max_by(|x, y| x.0.total_cmp(&y.0))
+        .map_or(cap.min(2.0), |(_, s)| s);
+    cities
+        .iter()
+        .zip(&means)
+        .map(|(counts, ms)| {
+            counts
+                .iter()
+                .zip(ms)
+                .map(|(c, m)| {
+                    let evidence = pooled.for_banner(&c.banner);
+                    let strength = strength.min(evidence.alpha0 + evidence.beta0);
+                    Prior {
+                        alpha0: m * strength,
+                        beta0: (1.0 - m) * strength,
+                        source: PriorSource::EmpiricalBayes,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +289,38 @@ mod tests {
         assert!(a.alpha0 + a.beta0 <= 100.0);
         assert!(a.alpha0 > 0.0 && a.beta0 > 0.0);
         assert_eq!(p.for_banner("b").source, PriorSource::SlotMean);
+    }
+
+    #[test]
+    fn city_priors_follow_banner_times_city_effects() {
+        let banners = [("a", 0.05), ("b", 0.03), ("c", 0.02)];
+        let city = |level: f64, n: u64| -> Vec<BannerCounts> {
+            banners
+                .iter()
+                .map(|&(b, p)| BannerCounts {
+                    banner: b.into(),
+                    impressions: n,
+                    clicks: (p * level * n as f64).round() as u64,
+                })
+                .collect()
+        };
+        let cities = vec![city(1.0, 100_000), city(2.0, 100_000), city(0.5, 400)];
+        let mut pooled_counts = city(1.0, 0);
+        for c in &cities {
+            for (p, x) in pooled_counts.iter_mut().zip(c) {
+                p.impressions += x.impressions;
+                p.clicks += x.clicks;
+            }
+        }
+        let pooled = empirical_bayes(&pooled_counts, 1e9);
+        let priors = city_priors(&pooled, &cities, 1e5);
+        let mean = |p: &Prior| p.alpha0 / (p.alpha0 + p.beta0);
+        for city in &priors {
+            assert!(mean(&city[0]) > mean(&city[1]) && mean(&city[1]) > mean(&city[2]));
+        }
+        // The busy city at twice the level gets about twice the CTRs.
+        assert!((mean(&priors[1][0]) / mean(&priors[0][0]) - 2.0).abs() < 0.1);
+        // Exactly multiplicative data: the marginal likelihood wants a strong prior.
+        assert!(priors[0][0].alpha0 + priors[0][0].beta0 >= 1_000.0);
     }
 }

@@ -7,39 +7,50 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+/// Subcommands whose `--config` is a file of their own format.
+const OWN_CONFIG: [&str; 1] = ["simulate"];
+
 /// Keys that an environment variable overrides.
 const ENV_OVERRIDES: [(&str, &str); 1] = [("store", "SLOTBANDIT_STORE")];
 
-/// The command line with the job file's flags spliced in after the subcommand.
+/// The command line with `--config FILE` replaced by the file's flags, spliced in after the
+/// subcommand.
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
-    let Some(path) = config_path(&argv) else {
-        return Ok(argv);
-    };
-    let Some(subcommand) = argv
+    let subcommand = argv
         .get(1)
         .and_then(|a| a.to_str())
-        .filter(|a| !a.starts_with('-'))
-    else {
+        .filter(|a| !a.starts_with('-'));
+    if subcommand.is_some_and(|s| OWN_CONFIG.contains(&s)) {
+        return Ok(argv);
+    }
+    let Some((path, rest)) = take_config(&argv) else {
+        return Ok(argv);
+    };
+    let Some(subcommand) = subcommand else {
         return Err("--config goes after a subcommand, e.g. `slotbandit backfill --config jobs/backfill.toml`".into());
     };
     let flags = flags_from_file(Path::new(&path), subcommand)?;
-    let mut out = argv[..2].to_vec();
+    let mut out = rest[..2].to_vec();
     out.extend(flags.into_iter().map(OsString::from));
-    out.extend_from_slice(&argv[2..]);
+    out.extend_from_slice(&rest[2..]);
     Ok(out)
 }
 
-fn config_path(argv: &[OsString]) -> Option<OsString> {
+/// The `--config` path and the command line without it.
+fn take_config(argv: &[OsString]) -> Option<(OsString, Vec<OsString>)> {
+    let mut rest = Vec::with_capacity(argv.len());
+    let mut path = None;
     let mut args = argv.iter();
     while let Some(a) = args.next() {
         if a == "--config" {
-            return args.next().cloned();
-        }
-        if let Some(p) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
-            return Some(p.into());
+            path = Some(args.next().cloned().unwrap_or_default());
+        } else if let Some(p) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            path = Some(p.into());
+        } else {
+            rest.push(a.clone());
         }
     }
-    None
+    path.map(|p| (p, rest))
 }
 
 fn flags_from_file(path: &Path, subcommand: &str) -> Result<Vec<String>, String> {

@@ -7,6 +7,8 @@ mod demo;
 mod gen;
 mod posteriors;
 mod priors;
+mod replay;
+mod simulate;
 mod slots;
 
 use std::process::ExitCode;
@@ -21,18 +23,19 @@ use tracing_subscriber::EnvFilter;
     about = "Thompson-sampling banner selection per tenant, slot and city",
     long_about = "slotbandit decides which banner a site shows in each banner slot and learns from \
                   every impression and click.\n\nWithout a subcommand it runs `demo` on the \
-                  committed sample."
+                  committed sample.\n\nJob files: `slotbandit SUBCOMMAND --config jobs/FILE.toml` reads the \
+                  file's [SUBCOMMAND] table as flags; flags on the command line win (`simulate` \
+                  reads its own experiment file instead)."
 )]
 #[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// A job file (TOML, see jobs/) whose [SUBCOMMAND] table sets flags; flags given here win.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
+// Parsed once per process; boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the embedded demo on the committed sample (the default).
     Demo(demo::DemoArgs),
@@ -47,6 +50,10 @@ enum Command {
     /// Check or convert slot configurations (the prototype's CSV format).
     #[command(subcommand)]
     Slots(slots::SlotsCommand),
+    /// Simulate the policies in a Bernoulli environment: regret curves, CSV and plots.
+    Simulate(simulate::SimulateArgs),
+    /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
+    Replay(replay::ReplayArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -64,9 +71,6 @@ pub fn run() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(path) = &cli.config {
-        tracing::debug!("job file {}", path.display());
-    }
     let result = match cli
         .command
         .unwrap_or(Command::Demo(demo::DemoArgs::default()))
@@ -77,6 +81,8 @@ pub fn run() -> ExitCode {
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,186 @@
+//! Regret plots (PNG and SVG, log-x) and the regret CSV.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use super::run::RegretCurve;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("writing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("drawing {path}: {message}")]
+    Draw { path: String, message: String },
+    #[error("nothing to plot")]
+    Empty,
+}
+
+/// The bundled font (DejaVu Sans, see fonts/LICENSE-DejaVu.txt), so that PNG text renders
+/// without system font libraries.
+static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+static REGISTER_FONT: Once = Once::new();
+
+/// Distinct, readable series colours (matplotlib's tab10).
+const SERIES_COLORS: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
+fn register_font() {
+    REGISTER_FONT.call_once(|| {
+        // The bytes are a valid TrueType font, checked by the plot test.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Writes `regret.csv` with columns policy,t,mean,se.
+pub fn write_regret_csv(path: &Path, curves: &[RegretCurve]) -> Result<(), PlotError> {
+    let io = |source| PlotError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    writeln!(w, "policy,t,mean,se").map_err(io)?;
+    for c in curves {
+        for i in 0..c.t.len() {
+            writeln!(w, "{},{},{:.4},{:.4}", c.policy, c.t[i], c.mean[i], c.se[i]).map_err(io)?;
+        }
+    }
+    w.flush().map_err(io)
+}
+
+/// A reference line on the plot (the Lai–Robbins bound).
+pub struct Reference {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws the curves (mean with a 95% band) and the reference line as `stem.png` and
+/// `stem.svg` under `dir`.
+pub fn plot_regret(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    curves: &[RegretCurve],
+    reference: Option<&Reference>,
+) -> Result<(), PlotError> {
+    register_font();
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    let size = (1000, 640);
+    draw(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        curves,
+        reference,
+    )
+    .map_err(|message| PlotError::Draw {
+        path: png.display().to_string(),
+        message,
+    })?;
+    draw(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        title,
+        curves,
+        reference,
+    )
+    .map_err(|message| PlotError::Draw {
+        path: svg.display().to_string(),
+        message,
+    })
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    curves: &[RegretCurve],
+    reference: Option<&Reference>,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let horizon = curves
+        .iter()
+        .filter_map(|c| c.t.last())
+        .max()
+        .copied()
+        .ok_or_else(|| PlotError::Empty.to_string())?;
+    let top = curves
+        .iter()
+        .flat_map(|c| c.mean.iter().zip(&c.se).map(|(m, s)| m + 1.96 * s))
+        .chain(reference.iter().flat_map(|r| r.points.iter().map(|p| p.1)))
+        .fold(1.0f64, f64::max)
+        * 1.05;
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1f64..horizon as f64).log_scale(), 0f64..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("decisions t (log scale)")
+        .y_desc("cumulative expected regret")
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = SERIES_COLORS[i % SERIES_COLORS.len()].to_rgba();
+        let upper = c.t.iter().zip(&c.mean).zip(&c.se);
+        let band: Vec<(f64, f64)> = upper
+            .clone()
+            .map(|((&t, m), s)| (t as f64, m + 1.96 * s))
+            .chain(
+                upper
+                    .rev()
+                    .map(|((&t, m), s)| (t as f64, (m - 1.96 * s).max(0.0))),
+            )
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.2).filled())))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                c.t.iter().zip(&c.mean).map(|(&t, &m)| (t as f64, m)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(c.policy.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    if let Some(r) = reference {
+        chart
+            .draw_series(LineSeries::new(
+                r.points.iter().copied(),
+                BLACK.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(r.label.clone())
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
