@@ -42,7 +42,7 @@ elif engine == "pyspark":
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    events = spark.read.option("recursiveFileLookup", "true").parquet(data)
+    events = spark.read.option("recursiveFileLookup", "true").option("pathGlobFilter", "*.parquet").parquet(data)
     bucket = F.floor((F.unix_timestamp("ts") + IST_OFFSET) / 3600)
     keys = ["tenant", "slot", "city", "banner"]
     hourly = events.groupBy(*keys, bucket.alias("bucket")).agg(
