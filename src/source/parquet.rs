@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, DictionaryArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
@@ -241,13 +242,14 @@ pub fn read_unit(
 
 /// A dictionary column with each distinct value validated once.
 struct NameColumn {
-    keys: Vec<Option<u32>>,
+    name: &'static str,
+    keys: PrimitiveArray<Int32Type>,
     values: StringArray,
-    valid: Vec<Result<(), FieldError>>,
+    valid: Vec<bool>,
 }
 
 impl NameColumn {
-    fn new(batch: &RecordBatch, name: &str) -> Result<Self, arrow::error::ArrowError> {
+    fn new(batch: &RecordBatch, name: &'static str) -> Result<Self, arrow::error::ArrowError> {
         let column = batch.column_by_name(name).expect("projected");
         let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
         let column = if column.data_type() == &dict_type {
@@ -258,28 +260,42 @@ impl NameColumn {
         let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
         let values = dict.values().as_string::<i32>().clone();
         let valid = (0..values.len())
-            .map(|i| {
-                if values.is_null(i) {
-                    Err(FieldError::new(name, "is required"))
-                } else {
-                    validate_name(name, values.value(i))
-                }
-            })
+            .map(|i| values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
             .collect();
-        let keys = dict.keys().iter().map(|k| k.map(|k| k as u32)).collect();
         Ok(Self {
-            keys,
+            name,
+            keys: dict.keys().clone(),
             values,
             valid,
         })
     }
 
-    /// The dictionary index of row `i`, or the rule it breaks.
-    fn key(&self, i: usize, name: &str) -> Result<u32, FieldError> {
-        match self.keys[i] {
-            None => Err(FieldError::new(name, "is required")),
-            Some(k) => self.valid[k as usize].clone().map(|()| k),
+    /// The dictionary index of row `i` when its value follows the contract.
+    #[inline]
+    fn key(&self, i: usize) -> Option<u32> {
+        if self.keys.is_null(i) {
+            return None;
         }
+        let k = self.keys.value(i);
+        self.valid
+            .get(usize::try_from(k).ok()?)
+            .copied()
+            .unwrap_or(false)
+            .then_some(k as u32)
+    }
+
+    /// Why row `i` has no valid key (the slow path, for rejected rows only).
+    fn error(&self, i: usize) -> FieldError {
+        if self.keys.is_null(i) {
+            return FieldError::new(self.name, "is required");
+        }
+        let k = self.keys.value(i) as usize;
+        if self.values.is_null(k) {
+            return FieldError::new(self.name, "is required");
+        }
+        validate_name(self.name, self.values.value(k))
+            .err()
+            .unwrap_or_else(|| FieldError::new(self.name, "is invalid"))
     }
 }
 
@@ -309,22 +325,20 @@ fn aggregate_batch(
     'rows: for i in 0..batch.num_rows() {
         out.rows += 1;
         let mut key = [0u32; 4];
-        for (slot, (col, name)) in key
-            .iter_mut()
-            .zip(names.iter().zip(["tenant", "slot", "city", "banner"]))
-        {
-            match col.key(i, name) {
-                Ok(k) => *slot = k,
-                Err(e) => {
-                    reject(out, e);
+        for (slot, col) in key.iter_mut().zip(&names) {
+            match col.key(i) {
+                Some(k) => *slot = k,
+                None => {
+                    reject(out, col.error(i));
                     continue 'rows;
                 }
             }
         }
-        let event_kind = match kind.keys[i].and_then(|k| kinds[k as usize]) {
+        let kind_key = (!kind.keys.is_null(i)).then(|| kind.keys.value(i) as usize);
+        let event_kind = match kind_key.and_then(|k| kinds.get(k).copied().flatten()) {
             Some(k) => k,
             None => {
-                let got = kind.keys[i].map(|k| kind.values.value(k as usize).to_string());
+                let got = kind_key.map(|k| kind.values.value(k).to_string());
                 reject(
                     out,
                     FieldError::new(
