@@ -4,23 +4,13 @@ use chrono::{Duration, NaiveDate};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use slotbandit::bandit::{seeded_rng, BetaPosterior, SlotPolicy};
 use slotbandit::gen::{generate, GenSpec};
-use slotbandit::model::{Banner, SlotConfig};
+use slotbandit::model::SlotConfig;
 use slotbandit::time;
 
 fn slot(banners: usize) -> SlotConfig {
     let from = time::parse_rfc3339("2026-11-01T00:00:00+05:30").unwrap();
-    SlotConfig {
-        tenant: "ajio".into(),
-        slot: "hero".into(),
-        banners: (0..banners)
-            .map(|i| Banner {
-                id: format!("b{i:02}"),
-                image: format!("b{i:02}.svg"),
-                valid_from: from,
-                valid_to: from + Duration::days(60),
-            })
-            .collect(),
-    }
+    let ids = (0..banners).map(|i| format!("b{i:02}"));
+    SlotConfig::with_banners("ajio", "hero", ids, from, from + Duration::days(60))
 }
 
 fn decisions(c: &mut Criterion) {

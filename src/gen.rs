@@ -16,7 +16,7 @@ use rand_distr::{Distribution, Exp, LogNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::model::parquet::{EventRow, ParquetEventError, PartitionedWriter};
-use crate::model::{Banner, EventKind, SlotConfig, SlotConfigError};
+use crate::model::{EventKind, SlotConfig, SlotConfigError};
 use crate::time;
 
 const TENANTS: [&str; 8] = [
@@ -487,20 +487,7 @@ fn slot_configs(spec: &GenSpec, world: &World) -> Vec<SlotConfig> {
         .tenants
         .iter()
         .flat_map(|t| SLOTS.iter().map(move |(s, _)| (t, s)))
-        .map(|(t, s)| SlotConfig {
-            tenant: t.clone(),
-            slot: s.to_string(),
-            banners: world
-                .banners
-                .iter()
-                .map(|b| Banner {
-                    id: b.clone(),
-                    image: format!("{b}.svg"),
-                    valid_from: from,
-                    valid_to: to,
-                })
-                .collect(),
-        })
+        .map(|(t, s)| SlotConfig::with_banners(t, s, &world.banners, from, to))
         .collect()
 }
 

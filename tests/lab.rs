@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use chrono::Duration;
 use rand_distr::Beta;
 use slotbandit::bandit::{prob_best, seeded_rng, thompson_select, BetaPosterior, SlotPolicy};
-use slotbandit::model::{Banner, SlotConfig};
+use slotbandit::model::SlotConfig;
 use slotbandit::sim::env::{EnvSpec, Environment};
 use slotbandit::sim::{
     log_spaced_checkpoints, simulate, simulate_run, Experiment, Policy, PolicySpec, PriorMode,
@@ -116,18 +116,8 @@ fn prob_best_by_monte_carlo_matches_numerical_integration() {
 
 fn slot_config(arms: usize) -> SlotConfig {
     let from = time::parse_rfc3339("2026-11-01T00:00:00+05:30").unwrap();
-    SlotConfig {
-        tenant: "lab".into(),
-        slot: "hero".into(),
-        banners: (0..arms)
-            .map(|i| Banner {
-                id: format!("b{i}"),
-                image: format!("b{i}.svg"),
-                valid_from: from,
-                valid_to: from + Duration::days(30),
-            })
-            .collect(),
-    }
+    let ids = (0..arms).map(|i| format!("b{i}"));
+    SlotConfig::with_banners("lab", "hero", ids, from, from + Duration::days(30))
 }
 
 /// The simulator's Thompson policy decides with the service's function: with the same seed and

@@ -187,18 +187,8 @@ fn exact_prob_best(params: &[(f64, f64)]) -> Vec<f64> {
 
 fn always_valid_slot(n: usize) -> SlotConfig {
     let from = DateTime::from_timestamp(0, 0).unwrap();
-    SlotConfig {
-        tenant: "ajio".into(),
-        slot: "hero".into(),
-        banners: (0..n)
-            .map(|i| Banner {
-                id: format!("b{i}"),
-                image: format!("b{i}.svg"),
-                valid_from: from,
-                valid_to: from + Duration::days(365 * 200),
-            })
-            .collect(),
-    }
+    let ids = (0..n).map(|i| format!("b{i}"));
+    SlotConfig::with_banners("ajio", "hero", ids, from, from + Duration::days(365 * 200))
 }
 
 proptest! {

@@ -58,6 +58,32 @@ pub enum SlotConfigError {
 }
 
 impl SlotConfig {
+    /// A slot whose banners share one validity window, each shown as `<id>.svg`.
+    pub fn with_banners<I: Into<String>>(
+        tenant: &str,
+        slot: &str,
+        ids: impl IntoIterator<Item = I>,
+        valid_from: DateTime<Utc>,
+        valid_to: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            slot: slot.to_string(),
+            banners: ids
+                .into_iter()
+                .map(|id| {
+                    let id = id.into();
+                    Banner {
+                        image: format!("{id}.svg"),
+                        id,
+                        valid_from,
+                        valid_to,
+                    }
+                })
+                .collect(),
+        }
+    }
+
     /// Checks names, image, window order and banner uniqueness.
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name("tenant", &self.tenant)?;
