@@ -130,10 +130,9 @@ pub mod flags {
     }
 
     fn store_url(s: &str) -> Result<String, String> {
-        match s.split_once(':') {
-            Some(("embedded", path)) if !path.is_empty() => Ok(s.to_string()),
-            _ => Err(format!("must be embedded:PATH (got {s:?})")),
-        }
+        s.parse::<slotbandit::store::StoreUrl>()
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string())
     }
 
     #[derive(Args)]

@@ -174,16 +174,29 @@ pub trait PosteriorStore: Send + Sync {
     }
 }
 
-/// A store named by URL: `embedded:PATH` (redb file). Cassandra comes with its own backend.
+/// Where a store URL points; `embedded:PATH` (a redb file) for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Embedded(PathBuf),
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self, StoreError> {
+        match url.split_once(':') {
+            Some(("embedded", path)) if !path.is_empty() => Ok(StoreUrl::Embedded(path.into())),
+            _ => Err(StoreError::Url {
+                url: url.to_string(),
+                rule: "must be embedded:PATH".into(),
+            }),
+        }
+    }
+}
+
+/// Opens a store named by URL (see [`StoreUrl`]).
 pub fn open_store(url: &str, writable: bool) -> Result<Box<dyn PosteriorStore>, StoreError> {
-    match url.split_once(':') {
-        Some(("embedded", path)) if !path.is_empty() => Ok(Box::new(EmbeddedStore::open(
-            PathBuf::from(path).as_path(),
-            writable,
-        )?)),
-        _ => Err(StoreError::Url {
-            url: url.to_string(),
-            rule: "must be embedded:PATH".into(),
-        }),
+    match url.parse::<StoreUrl>()? {
+        StoreUrl::Embedded(path) => Ok(Box::new(EmbeddedStore::open(&path, writable)?)),
     }
 }
