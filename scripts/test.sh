@@ -14,6 +14,16 @@ step() { printf '\n== %s\n' "$*"; }
 step "install"
 scripts/install.sh
 
+step "services (real Apache Cassandra and Apache Kafka, from Maven jars)"
+for svc in cassandra kafka; do
+  # `start` prints SLOTBANDIT_CASSANDRA=… / SLOTBANDIT_KAFKA=… on stdout.
+  while IFS= read -r line; do
+    [[ "$line" == SLOTBANDIT_*=* ]] && export "${line?}"
+  done < <(scripts/services/$svc.sh start)
+done
+: "${SLOTBANDIT_CASSANDRA:?cassandra.sh start printed no address}" "${SLOTBANDIT_KAFKA:?kafka.sh start printed no address}"
+export SLOTBANDIT_REQUIRE_SERVICES=1
+
 step "format and lint"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

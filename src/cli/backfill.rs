@@ -58,6 +58,15 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         report.rows as f64 / secs.max(1e-9),
         args.store.store
     );
+    let sink = report.sink;
+    println!(
+        "sink: {} epochs, {} shard batches, {} rows written in {:.2} s ({:.0}% of the run)",
+        sink.epochs,
+        sink.shards,
+        sink.rows,
+        sink.seconds,
+        100.0 * sink.seconds / secs.max(1e-9)
+    );
     Ok(())
 }
 

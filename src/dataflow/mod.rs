@@ -110,6 +110,27 @@ pub struct BackfillReport {
     pub first_rejection: Option<String>,
     /// Files whose row groups failed to decode, skipped with `--skip-bad-files`.
     pub skipped: Vec<String>,
+    /// Epoch writes to the store, the shard batches and rows they carried, and the time the
+    /// sink spent in them (summed over this process's workers).
+    pub sink: SinkStats,
+}
+
+/// What a sink wrote, and the time it spent writing.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct SinkStats {
+    pub epochs: u64,
+    pub shards: u64,
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+impl SinkStats {
+    fn add(&mut self, other: SinkStats) {
+        self.epochs += other.epochs;
+        self.shards += other.shards;
+        self.rows += other.rows;
+        self.seconds += other.seconds;
+    }
 }
 
 impl BackfillReport {
@@ -120,6 +141,7 @@ impl BackfillReport {
             self.first_rejection = other.first_rejection;
         }
         self.skipped.extend(other.skipped);
+        self.sink.add(other.sink);
     }
 }
 
@@ -142,9 +164,12 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
     let read_rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let threads = cluster.workers as u64;
     let shared_failure = failure.clone();
+    let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
+    let process_sink_stats = sink_stats.clone();
     let guards = timely::execute(cluster.timely_config(), move |worker| {
         let job = job.clone();
         let failure = shared_failure.clone();
+        let sink_stats = process_sink_stats.clone();
         let index = worker.index();
         let peers = worker.peers();
         let mut report = BackfillReport::default();
@@ -165,6 +190,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
                 job.shared_store,
                 threads,
                 failure.clone(),
+                sink_stats.clone(),
             );
             (counts_in, bad_in, probe)
         });
@@ -220,6 +246,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
     if let Some(e) = failure.lock().expect("failure lock").take() {
         return Err(e);
     }
+    report.sink = *sink_stats.lock().expect("sink stats lock");
     Ok(report)
 }
 
@@ -239,6 +266,7 @@ fn sink(
     shared_store: bool,
     writer_threads: u64,
     failure: Arc<Mutex<Option<DataflowError>>>,
+    stats: Arc<Mutex<SinkStats>>,
 ) -> ProbeHandle<u64> {
     // A shared store is written by the worker that owns the shard (the count's own exchange);
     // a store only process 0 may open gets every shard routed to one of process 0's workers.
@@ -275,12 +303,20 @@ fn sink(
                     for t in complete {
                         let (_cap, updates) = pending.remove(&t).expect("listed");
                         if let Some(store) = &store {
-                            if let Err(e) = store.apply_epoch(&shard_writes(updates)) {
+                            let writes = shard_writes(updates);
+                            let started = std::time::Instant::now();
+                            if let Err(e) = store.apply_epoch(&writes) {
                                 failure
                                     .lock()
                                     .expect("failure lock")
                                     .get_or_insert(e.into());
                             }
+                            stats.lock().expect("sink stats lock").add(SinkStats {
+                                epochs: 1,
+                                shards: writes.len() as u64,
+                                rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
+                                seconds: started.elapsed().as_secs_f64(),
+                            });
                         }
                     }
                 }
@@ -304,7 +340,11 @@ fn shard_writes(updates: Vec<Update>) -> Vec<ShardWrite> {
     for (key, (imp, clk)) in latest {
         shards
             .entry((key.arm.tenant.clone(), key.arm.city.clone()))
-            .or_default()
+            .or_insert_with_key(|(tenant, city)| ShardWrite {
+                tenant: tenant.clone(),
+                city: city.clone(),
+                ..Default::default()
+            })
             .rows
             .push((key, imp, clk));
     }

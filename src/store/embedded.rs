@@ -5,9 +5,15 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{CountQuery, PosteriorStore, ShardWrite, StoreError, ALL_TIME};
+use std::collections::BTreeMap;
+
+use super::{
+    ApiKey, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite, StoreError,
+    ALL_TIME,
+};
 use crate::bandit::{Prior, PriorSource, SlotPriors};
-use crate::model::ArmKey;
+use crate::dataflow::CountKey;
+use crate::model::{ArmKey, Event, SlotConfig};
 
 /// (tenant, city, slot, banner, bucket) → (impressions, clicks), the key encoded by
 /// [`arm_state_key`]: byte order is tuple order, and comparing keys is a memcmp.
@@ -16,6 +22,17 @@ const ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_
 const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
     TableDefinition::new("priors");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// (tenant, city, partition) → the offset up to which the shard has applied that partition.
+const APPLIED: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("applied");
+/// (job, partition) → resume low-watermark.
+const CHECKPOINTS: TableDefinition<(&str, i32), i64> = TableDefinition::new("checkpoints");
+/// (tenant, slot) → the slot configuration as JSON.
+const SLOTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("slot_banners");
+/// key_sha256 → (tenant, role).
+const API_KEYS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("api_keys");
+/// (tenant, customer_id, ts µs, event_id) → the event as JSON.
+const CUSTOMER_EVENTS: TableDefinition<(&str, &str, i64, &str), &str> =
+    TableDefinition::new("customer_events");
 
 pub struct EmbeddedStore {
     path: PathBuf,
@@ -43,6 +60,11 @@ impl EmbeddedStore {
             tx.open_table(ARM_STATE)?;
             tx.open_table(PRIORS)?;
             tx.open_table(META)?;
+            tx.open_table(APPLIED)?;
+            tx.open_table(CHECKPOINTS)?;
+            tx.open_table(SLOTS)?;
+            tx.open_table(API_KEYS)?;
+            tx.open_table(CUSTOMER_EVENTS)?;
             Ok(())
         })?;
         Ok(store)
@@ -136,6 +158,12 @@ impl PosteriorStore for EmbeddedStore {
                     t.insert(key.as_slice(), (imp, clk))?;
                 }
             }
+            let mut applied = tx.open_table(APPLIED)?;
+            for shard in shards {
+                for (&partition, &offset) in &shard.applied {
+                    applied.insert((shard.tenant.as_str(), shard.city.as_str(), partition), offset)?;
+                }
+            }
             Ok(())
         })
     }
@@ -144,6 +172,8 @@ impl PosteriorStore for EmbeddedStore {
         self.write(|tx| {
             tx.delete_table(ARM_STATE)?;
             tx.open_table(ARM_STATE)?;
+            tx.delete_table(APPLIED)?;
+            tx.open_table(APPLIED)?;
             Ok(())
         })
     }
@@ -248,6 +278,168 @@ impl PosteriorStore for EmbeddedStore {
 
     fn shared_across_processes(&self) -> bool {
         false
+    }
+
+    fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
+        self.read(|tx| {
+            let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
+            let mut shard = |tenant: &str, city: &str| -> Option<&mut ShardState> {
+                if !owns(tenant, city) {
+                    return None;
+                }
+                Some(
+                    shards
+                        .entry((tenant.to_string(), city.to_string()))
+                        .or_insert_with(|| ShardState {
+                            tenant: tenant.to_string(),
+                            city: city.to_string(),
+                            ..Default::default()
+                        }),
+                )
+            };
+            for entry in tx.open_table(ARM_STATE)?.iter()? {
+                let (k, v) = entry?;
+                let (arm, bucket) = decode_arm_state_key(k.value()).ok_or_else(|| {
+                    redb::StorageError::Corrupted(format!("arm_state key {:?}", k.value()))
+                })?;
+                if let Some(state) = shard(&arm.tenant, &arm.city) {
+                    let (imp, clk) = v.value();
+                    state.rows.push((CountKey { arm, bucket }, imp, clk));
+                }
+            }
+            for entry in tx.open_table(APPLIED)?.iter()? {
+                let (k, v) = entry?;
+                let (tenant, city, partition) = k.value();
+                if let Some(state) = shard(tenant, city) {
+                    state.applied.insert(partition, v.value());
+                }
+            }
+            Ok(shards.into_values().collect())
+        })
+    }
+
+    fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError> {
+        self.read(|tx| {
+            let mut offsets = BTreeMap::new();
+            for entry in tx
+                .open_table(CHECKPOINTS)?
+                .range((job, i32::MIN)..=(job, i32::MAX))?
+            {
+                let (k, v) = entry?;
+                offsets.insert(k.value().1, v.value());
+            }
+            Ok(offsets)
+        })
+    }
+
+    fn set_checkpoints(
+        &self,
+        job: &str,
+        offsets: &BTreeMap<Partition, Offset>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(CHECKPOINTS)?;
+            for (&partition, &offset) in offsets {
+                t.insert((job, partition), offset)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_slot(&self, config: &SlotConfig) -> Result<(), StoreError> {
+        let json = serde_json::to_string(config).map_err(|e| self.fail(e))?;
+        self.write(|tx| {
+            tx.open_table(SLOTS)?
+                .insert((config.tenant.as_str(), config.slot.as_str()), json.as_str())?;
+            Ok(())
+        })
+    }
+
+    fn slot(&self, tenant: &str, slot: &str) -> Result<Option<SlotConfig>, StoreError> {
+        let json = self.read(|tx| {
+            let t = tx.open_table(SLOTS)?;
+            Ok(t.get((tenant, slot))?.map(|v| v.value().to_string()))
+        })?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| self.fail(e)))
+            .transpose()
+    }
+
+    fn slots(&self, tenant: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|tx| {
+            let mut slots = Vec::new();
+            for entry in tx.open_table(SLOTS)?.iter()? {
+                let (k, _) = entry?;
+                let (t, s) = k.value();
+                if tenant.is_none_or(|want| want == t) {
+                    slots.push((t.to_string(), s.to_string()));
+                }
+            }
+            Ok(slots)
+        })
+    }
+
+    fn put_api_key(&self, key_sha256: &str, key: &ApiKey) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(API_KEYS)?
+                .insert(key_sha256, (key.tenant.as_str(), key.role.as_str()))?;
+            Ok(())
+        })
+    }
+
+    fn api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
+        let found = self.read(|tx| {
+            let t = tx.open_table(API_KEYS)?;
+            Ok(t.get(key_sha256)?.map(|v| {
+                let (tenant, role) = v.value();
+                (tenant.to_string(), role.to_string())
+            }))
+        })?;
+        found
+            .map(|(tenant, role)| {
+                Ok(ApiKey {
+                    tenant,
+                    role: role.parse().map_err(|e: String| self.fail(e))?,
+                })
+            })
+            .transpose()
+    }
+
+    fn append_customer_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut t = tx.open_table(CUSTOMER_EVENTS)?;
+            for e in events {
+                if let Some(customer) = &e.customer_id {
+                    let key = (
+                        e.tenant.as_str(),
+                        customer.as_str(),
+                        e.ts.timestamp_micros(),
+                        e.event_id.as_str(),
+                    );
+                    t.insert(key, e.to_json().as_str())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn customer_events(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let json: Vec<String> = self.read(|tx| {
+            let t = tx.open_table(CUSTOMER_EVENTS)?;
+            let range = t.range((tenant, customer_id, i64::MIN, "")..=(tenant, customer_id, i64::MAX, "\u{10ffff}"))?;
+            let mut out = Vec::new();
+            for entry in range.rev().take(limit) {
+                out.push(entry?.1.value().to_string());
+            }
+            Ok(out)
+        })?;
+        json.iter()
+            .map(|j| Event::from_json(j.as_bytes()).map_err(|e| self.fail(e)))
+            .collect()
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod embedded;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use crate::bandit::{BetaPosterior, SlotPriors};
 use crate::dataflow::CountKey;
-use crate::model::ArmKey;
+use crate::model::{ArmKey, Event, SlotConfig};
 use crate::time::Buckets;
 
 pub use embedded::EmbeddedStore;
@@ -33,11 +34,66 @@ pub enum StoreError {
     Embedded { path: PathBuf, detail: String },
 }
 
-/// The changed rows of one (tenant, city) shard in one epoch, as absolute values. A row whose
-/// counts are both zero is deleted.
+/// A partition of an event log (a Kafka partition, or one of the file log's).
+pub type Partition = i32;
+/// An offset in one partition of an event log.
+pub type Offset = i64;
+
+/// The changed rows of one (tenant, city) shard in one epoch, as absolute values, and the offset
+/// per log partition up to which the shard has applied events (empty in a backfill). A row whose
+/// counts are both zero is deleted. A store applies a shard's rows and offsets atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShardWrite {
+    pub tenant: String,
+    pub city: String,
     pub rows: Vec<(CountKey, u64, u64)>,
+    pub applied: BTreeMap<Partition, Offset>,
+}
+
+/// One shard as stored: every row (all buckets) and its applied offsets. The streaming job
+/// loads the shards it owns from these on restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardState {
+    pub tenant: String,
+    pub city: String,
+    pub rows: Vec<(CountKey, u64, u64)>,
+    pub applied: BTreeMap<Partition, Offset>,
+}
+
+/// What an API key may do: decide and click (`serve`) or also configure slots (`admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Serve,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "serve" => Ok(Role::Serve),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("role must be serve or admin, not {s:?}")),
+        }
+    }
+}
+
+/// The tenant and role an API key (stored as the hex SHA-256 of the key) belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub tenant: String,
+    pub role: Role,
 }
 
 /// Which arms to read, and whether all-time or over the buckets from `from_bucket` on.
@@ -107,6 +163,38 @@ pub trait PosteriorStore: Send + Sync {
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Whether several processes may write to it at once (else process 0 writes for all).
     fn shared_across_processes(&self) -> bool;
+
+    /// Every stored shard for which `owns(tenant, city)` holds, with all its rows and applied
+    /// offsets (the streaming job's recovery).
+    fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError>;
+    /// The resume low-watermark per partition of a job: every event below it is applied by
+    /// every shard.
+    fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError>;
+    fn set_checkpoints(
+        &self,
+        job: &str,
+        offsets: &BTreeMap<Partition, Offset>,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a slot's configuration, replacing the previous one (banners left out are removed).
+    fn put_slot(&self, config: &SlotConfig) -> Result<(), StoreError>;
+    fn slot(&self, tenant: &str, slot: &str) -> Result<Option<SlotConfig>, StoreError>;
+    /// Every configured (tenant, slot), of one tenant or of all.
+    fn slots(&self, tenant: Option<&str>) -> Result<Vec<(String, String)>, StoreError>;
+
+    fn put_api_key(&self, key_sha256: &str, key: &ApiKey) -> Result<(), StoreError>;
+    fn api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Records events with a customer ID in the customer's history (idempotent per event_id);
+    /// events without one are ignored.
+    fn append_customer_events(&self, events: &[Event]) -> Result<(), StoreError>;
+    /// A customer's most recent events, newest first.
+    fn customer_events(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// The instant the counts are current to (the end of a backfill), if recorded.
     fn as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
