@@ -5,6 +5,7 @@ mod backfill;
 mod config;
 mod demo;
 mod gen;
+mod keys;
 mod posteriors;
 mod priors;
 mod replay;
@@ -54,6 +55,9 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
     Replay(replay::ReplayArgs),
+    /// Manage API keys of the lookup service.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 pub fn run() -> ExitCode {
@@ -83,6 +87,7 @@ pub fn run() -> ExitCode {
         Command::Slots(cmd) => slots::run(cmd),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Keys(cmd) => keys::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
