@@ -8,8 +8,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 
 use super::{
-    ApiKey, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite, StoreError,
-    ALL_TIME,
+    ApiKey, AppliedOffsets, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite,
+    StoreError, ALL_TIME,
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
 use crate::dataflow::CountKey;
@@ -288,41 +288,53 @@ impl PosteriorStore for EmbeddedStore {
             let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
             fn shard<'a>(
                 shards: &'a mut BTreeMap<(String, String), ShardState>,
-                owns: &dyn Fn(&str, &str) -> bool,
                 tenant: &str,
                 city: &str,
-            ) -> Option<&'a mut ShardState> {
-                if !owns(tenant, city) {
-                    return None;
-                }
-                Some(
-                    shards
-                        .entry((tenant.to_string(), city.to_string()))
-                        .or_insert_with(|| ShardState {
-                            tenant: tenant.to_string(),
-                            city: city.to_string(),
-                            ..Default::default()
-                        }),
-                )
+            ) -> &'a mut ShardState {
+                shards
+                    .entry((tenant.to_string(), city.to_string()))
+                    .or_insert_with(|| ShardState {
+                        tenant: tenant.to_string(),
+                        city: city.to_string(),
+                        ..Default::default()
+                    })
             }
             for entry in tx.open_table(ARM_STATE)?.iter()? {
                 let (k, v) = entry?;
                 let (arm, bucket) = decode_arm_state_key(k.value()).ok_or_else(|| {
                     redb::StorageError::Corrupted(format!("arm_state key {:?}", k.value()))
                 })?;
-                if let Some(state) = shard(&mut shards, owns, &arm.tenant, &arm.city) {
+                if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
+                    let state = shard(&mut shards, &arm.tenant, &arm.city);
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
                 }
             }
             for entry in tx.open_table(APPLIED)?.iter()? {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
-                if let Some(state) = shard(&mut shards, owns, tenant, city) {
-                    state.applied.insert(partition, v.value());
+                if owns(tenant, city) {
+                    shard(&mut shards, tenant, city)
+                        .applied
+                        .insert(partition, v.value());
                 }
             }
             Ok(shards.into_values().collect())
+        })
+    }
+
+    fn applied_offsets(&self) -> Result<AppliedOffsets, StoreError> {
+        self.read(|tx| {
+            let mut offsets = AppliedOffsets::new();
+            for entry in tx.open_table(APPLIED)?.iter()? {
+                let (k, v) = entry?;
+                let (tenant, city, partition) = k.value();
+                offsets
+                    .entry((tenant.to_string(), city.to_string()))
+                    .or_default()
+                    .insert(partition, v.value());
+            }
+            Ok(offsets)
         })
     }
 
