@@ -3,11 +3,13 @@
 
 mod backfill;
 mod config;
+mod consume;
 mod demo;
 mod gen;
 mod keys;
 mod posteriors;
 mod priors;
+mod produce;
 mod replay;
 mod simulate;
 mod slots;
@@ -58,6 +60,10 @@ enum Command {
     /// Manage API keys of the lookup service.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Replay Parquet history or a JSON-lines file into an event log (Kafka or a file log).
+    Produce(produce::ProduceArgs),
+    /// Read an event log, validating every message as an event (inspection, benchmarks).
+    Consume(consume::ConsumeArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -88,6 +94,8 @@ pub fn run() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -138,6 +146,20 @@ pub mod flags {
         s.parse::<slotbandit::store::StoreUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    fn log_url(s: &str) -> Result<String, String> {
+        s.parse::<slotbandit::source::LogUrl>()
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[derive(Args)]
+    pub struct LogArg {
+        /// The event log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?partitions=N&timeout_ms=T]
+        /// or file:PATH[?partitions=N&retention_hours=H&segment_mb=M] (a folder).
+        #[arg(long, env = "SLOTBANDIT_LOG", default_value = "file:slotbandit-events", value_parser = log_url)]
+        pub log: String,
     }
 
     #[derive(Args)]
