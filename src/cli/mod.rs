@@ -11,6 +11,7 @@ mod posteriors;
 mod priors;
 mod produce;
 mod replay;
+mod serve;
 mod simulate;
 mod slots;
 
@@ -57,6 +58,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
     Replay(replay::ReplayArgs),
+    /// Run the lookup service: decisions, clicks, slot admin, demo page and dashboard.
+    Serve(serve::ServeArgs),
     /// Manage API keys of the lookup service.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -93,6 +96,7 @@ pub fn run() -> ExitCode {
         Command::Slots(cmd) => slots::run(cmd),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
