@@ -64,9 +64,9 @@
     if (!pts.length) return sb.el("p", { class: "meta" }, "No counts in the store yet.");
     const ctr = banners.map((_, i) => pts.map((p) => (p.impressions[i] ? p.clicks[i] / p.impressions[i] : null)));
     const smooth = ctr.map((ys, i) => ys.map((_, j) => {
-      // CTR over a 6-bucket trailing window: single buckets hold few clicks.
+      // CTR over a 24-bucket trailing window: single buckets hold few clicks.
       let imp = 0, clk = 0;
-      for (let k = Math.max(0, j - 5); k <= j; k++) { imp += pts[k].impressions[i]; clk += pts[k].clicks[i]; }
+      for (let k = Math.max(0, j - 23); k <= j; k++) { imp += pts[k].impressions[i]; clk += pts[k].clicks[i]; }
       return imp ? clk / imp : null;
     }));
     const ymax = Math.max(0.001, ...smooth.flat().filter((y) => y !== null)) * 1.1;
