@@ -3,10 +3,12 @@
 
 mod backfill;
 mod config;
+mod consume;
 mod demo;
 mod gen;
 mod posteriors;
 mod priors;
+mod produce;
 mod replay;
 mod simulate;
 mod slots;
@@ -54,6 +56,10 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
     Replay(replay::ReplayArgs),
+    /// Replay Parquet history or a JSON-lines file into an event log (Kafka or a file log).
+    Produce(produce::ProduceArgs),
+    /// Read an event log, validating every message as an event (inspection, benchmarks).
+    Consume(consume::ConsumeArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -83,6 +89,8 @@ pub fn run() -> ExitCode {
         Command::Slots(cmd) => slots::run(cmd),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +141,20 @@ pub mod flags {
         s.parse::<slotbandit::store::StoreUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    fn log_url(s: &str) -> Result<String, String> {
+        s.parse::<slotbandit::source::LogUrl>()
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[derive(Args)]
+    pub struct LogArg {
+        /// The event log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?partitions=N&timeout_ms=T]
+        /// or file:PATH[?partitions=N&retention_hours=H&segment_mb=M] (a folder).
+        #[arg(long, env = "SLOTBANDIT_LOG", default_value = "file:slotbandit-events", value_parser = log_url)]
+        pub log: String,
     }
 
     #[derive(Args)]
