@@ -25,12 +25,17 @@ const CITIES: [&str; 7] = [
 fn event(producer: &str, seq: usize) -> Event {
     Event {
         event_id: format!("{producer}-{seq}"),
-        kind: if seq % 10 == 0 {
+        kind: if seq.is_multiple_of(10) {
             EventKind::Click
         } else {
             EventKind::Impression
         },
-        tenant: if seq % 3 == 0 { "ajio" } else { "tira" }.into(),
+        tenant: if seq.is_multiple_of(3) {
+            "ajio"
+        } else {
+            "tira"
+        }
+        .into(),
         slot: "hero".into(),
         city: CITIES[seq % CITIES.len()].into(),
         banner: format!("b{}", seq % 5),

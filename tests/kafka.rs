@@ -23,7 +23,7 @@ const CITIES: [&str; 9] = [
 fn event(tag: &str, i: usize) -> Event {
     Event {
         event_id: format!("{tag}-{i}"),
-        kind: if i % 4 == 0 {
+        kind: if i.is_multiple_of(4) {
             EventKind::Click
         } else {
             EventKind::Impression

@@ -12,6 +12,7 @@ mod produce;
 mod replay;
 mod simulate;
 mod slots;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ enum Command {
     Gen(gen::GenArgs),
     /// Count Parquet history into a store with the timely/differential job.
     Backfill(backfill::BackfillArgs),
+    /// Count the live event log into a store, with exactly-once effect across restarts.
+    Stream(stream::StreamArgs),
     /// Print posteriors per (tenant, slot, city, banner) from a store.
     Posteriors(posteriors::PosteriorsArgs),
     /// Compute cold-start priors from history into a store.
@@ -84,6 +87,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => gen::run(args),
         Command::Backfill(args) => backfill::run(args),
+        Command::Stream(args) => stream::run(args),
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
@@ -143,7 +147,7 @@ pub mod flags {
             .map_err(|e| e.to_string())
     }
 
-    fn log_url(s: &str) -> Result<String, String> {
+    pub fn log_url(s: &str) -> Result<String, String> {
         s.parse::<slotbandit::source::LogUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())

@@ -197,8 +197,13 @@ impl BodyHeader {
     }
 }
 
+/// A message to append: its key, if any, and its payload.
+type Message<'a> = (Option<&'a [u8]>, &'a [u8]);
+/// A record of a frame being written: append timestamp (ms), key, payload.
+type FramedRecord<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
+
 /// Appends one frame holding `records` (timestamp, key, payload) with offsets from `base`.
-fn encode_frame(out: &mut Vec<u8>, base: Offset, records: &[(i64, Option<&[u8]>, &[u8])]) {
+fn encode_frame(out: &mut Vec<u8>, base: Offset, records: &[FramedRecord<'_>]) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER]);
     out.extend_from_slice(&base.to_le_bytes());
@@ -785,7 +790,7 @@ impl FileLog {
     /// `MAX_FRAME_BYTES`), then one fsync per written segment.
     fn append_grouped(
         &self,
-        groups: &BTreeMap<Partition, Vec<(Option<&[u8]>, &[u8])>>,
+        groups: &BTreeMap<Partition, Vec<Message<'_>>>,
     ) -> Result<(), LogError> {
         for messages in groups.values() {
             for (key, payload) in messages {
@@ -831,7 +836,7 @@ impl FileLog {
 
     fn write_frames(
         &self,
-        groups: &BTreeMap<Partition, Vec<(Option<&[u8]>, &[u8])>>,
+        groups: &BTreeMap<Partition, Vec<Message<'_>>>,
         parts: &mut [Option<Active>],
         written: &mut Vec<Partition>,
     ) -> Result<(), LogError> {
@@ -1045,7 +1050,7 @@ impl EventLog for FileLog {
     }
 
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError> {
-        let mut groups: BTreeMap<Partition, Vec<(Option<&[u8]>, &[u8])>> = BTreeMap::new();
+        let mut groups: BTreeMap<Partition, Vec<Message<'_>>> = BTreeMap::new();
         let partitions = self.meta.partitions;
         for &(key, payload) in messages {
             let p = match key {
@@ -1406,7 +1411,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_with_and_without_keys() {
-        let records: Vec<(i64, Option<&[u8]>, &[u8])> = vec![
+        let records: Vec<FramedRecord<'_>> = vec![
             (5, Some(b"ajio|pune".as_slice()), b"{}".as_slice()),
             (6, None, b"".as_slice()),
             (7, Some(b"".as_slice()), b"\xff\x00binary".as_slice()),
@@ -1421,7 +1426,7 @@ mod tests {
         );
         let mut out = VecDeque::new();
         decode_records(body, 2, 41, &mut out).unwrap();
-        let got: Vec<(Offset, Option<Vec<u8>>, Vec<u8>, i64)> = out
+        let got: Vec<_> = out
             .into_iter()
             .map(|r| (r.offset, r.key, r.payload, r.timestamp_ms))
             .collect();
