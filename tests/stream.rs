@@ -187,3 +187,155 @@ fn handoff_counts_history_before_the_cutoff_and_the_log_after_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(f.counts(), recount(&events));
 }
+
+/// A Kafka topic (created with `partitions`) and an embedded store in a temp folder.
+fn kafka_fixture(broker: &str, prefix: &str, gen_flags: &str) -> Fixture {
+    let mut f = Fixture::new(gen_flags);
+    f.log = format!(
+        "kafka://{broker}/{}?partitions=4",
+        common::unique_name(prefix).replace('_', "-")
+    );
+    f
+}
+
+#[test]
+fn events_from_kafkas_own_console_producer_are_counted() {
+    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "console",
+        "--events 3000 --days 1 --tenants 2 --cities 3 --banners 3 --seed 15",
+    );
+    // Creates the topic with its partitions before the console producer writes to it.
+    let empty = f.dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    f.produce_from(&empty);
+    let topic = f.log.rsplit_once('/').unwrap().1.split('?').next().unwrap();
+    let events = f.events();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/kafka.sh");
+    let mut console = std::process::Command::new(script)
+        .args(["run-class", "org.apache.kafka.tools.ConsoleProducer"])
+        .args(["--bootstrap-server", &broker, "--topic", topic])
+        .args(["--reader-property", "parse.key=true"])
+        .args(["--reader-property", "key.separator=\t"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = std::io::BufWriter::new(console.stdin.take().unwrap());
+        for e in &events {
+            writeln!(
+                stdin,
+                "{}\t{}",
+                slotbandit::source::event_key(e),
+                e.to_json()
+            )
+            .unwrap();
+        }
+    }
+    let out = console.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = f.stream(&[]);
+    assert_eq!(
+        reported(&summary, "counted"),
+        events.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(f.counts(), recount(&events));
+}
+
+#[test]
+fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic() {
+    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "dlq",
+        "--events 980000 --days 3 --tenants 2 --cities 8 --banners 5 --seed 16",
+    );
+    let events = f.events();
+    assert!(events.len() >= 1_000_000, "{} events", events.len());
+    let kinds = [
+        |i: usize| format!("{{\"event_id\":\"bad{i}\""),
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"view","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"Pune!","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"yesterday"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z","referrer":"{}"}}"#,
+                "r".repeat(17_000)
+            )
+        },
+    ];
+    let mut lines = Vec::with_capacity(events.len() + 10_000);
+    let every = events.len() / 10_000;
+    let mut bad = 0;
+    for (i, e) in events.iter().enumerate() {
+        lines.push(e.to_json());
+        if i % every == every - 1 && bad < 10_000 {
+            lines.push(kinds[bad % kinds.len()](bad));
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 10_000);
+    let jsonl = f.dir.path().join("mixed.jsonl");
+    write_jsonl(&jsonl, &lines);
+    f.produce_from(&jsonl);
+
+    let summary = f.stream(&["-w", "2"]);
+    assert_eq!(reported(&summary, "dead letters"), 10_000, "{summary}");
+    assert_eq!(
+        reported(&summary, "counted"),
+        events.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(f.counts(), recount(&events));
+    let letters = slotbandit::source::dead_letters(&f.log).unwrap();
+    assert_eq!(letters.len(), 10_000);
+    let mut ids: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            assert!(!l.reason.is_empty());
+            let payload = String::from_utf8_lossy(&l.payload);
+            let id = payload.split('"').nth(3).unwrap_or_default().to_string();
+            match id.trim_start_matches("bad").parse::<usize>().unwrap() % kinds.len() {
+                0 => assert!(
+                    l.reason.contains("JSON") || l.reason.contains("json"),
+                    "{}",
+                    l.reason
+                ),
+                1 => assert!(l.reason.contains("kind"), "{}", l.reason),
+                2 | 3 => assert!(l.reason.contains("city"), "{}", l.reason),
+                4 => assert!(l.reason.contains("ts"), "{}", l.reason),
+                _ => assert!(l.reason.contains("16"), "{}", l.reason),
+            }
+            id
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10_000, "every malformed message once");
+}
