@@ -339,3 +339,52 @@ fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic()
     ids.dedup();
     assert_eq!(ids.len(), 10_000, "every malformed message once");
 }
+
+/// The value of a Prometheus sample in the text format.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_running_job_reports_its_counts_as_prometheus_metrics() {
+    let f = Fixture::new("--events 3000 --days 1 --tenants 1 --cities 3 --banners 3 --seed 17");
+    let events = f.events();
+    let mut lines: Vec<String> = events.iter().map(Event::to_json).collect();
+    lines.extend([
+        "{".to_string(),
+        "[]".to_string(),
+        "{\"kind\":1}".to_string(),
+    ]);
+    let jsonl = f.dir.path().join("events.jsonl");
+    write_jsonl(&jsonl, &lines);
+    f.produce_from(&jsonl);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["stream", "--log", &f.log, "--store", &f.store])
+        .args(["--epoch-ms", "50", "--metrics-listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::new();
+    let seen = loop {
+        if let Ok(text) = reqwest::blocking::get(&url).and_then(|r| r.text()) {
+            let counted = sample(&text, "slotbandit_stream_events_counted_total");
+            let dead = sample(&text, "slotbandit_stream_dead_letters_total");
+            if counted == Some(events.len() as u64) && dead == Some(3) {
+                break true;
+            }
+            last = text;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    job.kill().unwrap();
+    job.wait().unwrap();
+    assert!(seen, "metrics never showed every event counted:\n{last}");
+}

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::dataflow::{run_stream, Cluster, StreamJob, StreamReport};
+use slotbandit::dataflow::{run_stream, Cluster, StreamJob, StreamMetrics, StreamReport};
 use slotbandit::source::{open_log, EventLog};
 use slotbandit::store::{open_store, PosteriorStore, META_BUCKET_MINUTES};
 
@@ -59,6 +59,9 @@ pub struct StreamOptions {
     /// Stop once everything the log held at start is counted (catch-up runs, tests).
     #[arg(long)]
     pub stop_at_end: bool,
+    /// Serve the job's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: StreamArgs) -> anyhow::Result<()> {
@@ -104,6 +107,10 @@ pub fn stream(
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress_bar = bar.clone();
+    let metrics = Arc::new(StreamMetrics::default());
+    if let Some(addr) = options.metrics_listen {
+        serve_metrics(addr, metrics.clone())?;
+    }
     let started = Instant::now();
     let log_name = log.name().to_string();
     let job = StreamJob {
@@ -118,6 +125,7 @@ pub fn stream(
         stop_at_end: options.stop_at_end,
         shutdown,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
+        metrics,
     };
     let report = run_stream(job, cluster).with_context(|| format!("stream from {log_name}"))?;
     bar.finish_and_clear();
@@ -185,5 +193,40 @@ fn stop_on_signals(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
             shutdown.store(true, Ordering::Relaxed);
         })
         .context("signal handler thread")?;
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own for as long as the process runs.
+fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<StreamMetrics>) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("metrics runtime")?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let metrics = metrics.clone();
+                        async move { metrics.render() }
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::warn!("metrics endpoint stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("metrics endpoint: {e}"),
+                }
+            })
+        })
+        .context("metrics thread")?;
+    tracing::info!("metrics at http://{addr}/metrics");
     Ok(())
 }
