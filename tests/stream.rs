@@ -388,3 +388,63 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
     job.wait().unwrap();
     assert!(seen, "metrics never showed every event counted:\n{last}");
 }
+
+#[test]
+fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
+    let (Some(broker), Some(cassandra)) = (
+        common::service("SLOTBANDIT_KAFKA"),
+        common::service("SLOTBANDIT_CASSANDRA"),
+    ) else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "cluster",
+        "--events 60000 --days 2 --tenants 2 --cities 7 --banners 4 --seed 18",
+    );
+    f.produce_from(&f.data);
+    let events = f.events();
+    let store_of = |name: &str| {
+        let store = format!("cassandra://{cassandra}/{}", common::unique_name(name));
+        ok(slotbandit(&["schema", "apply", "--store", &store]));
+        store
+    };
+
+    let one = store_of("one");
+    ok(slotbandit(&[
+        "stream",
+        "--log",
+        &f.log,
+        "--store",
+        &one,
+        "--stop-at-end",
+        "-w",
+        "2",
+    ]));
+
+    let two = store_of("two");
+    let hosts = f.dir.path().join("hosts.txt");
+    let (p0, p1) = (common::free_port(), common::free_port());
+    std::fs::write(&hosts, format!("127.0.0.1:{p0}\n127.0.0.1:{p1}\n")).unwrap();
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+                .args(["stream", "--log", &f.log, "--store", &two, "--stop-at-end"])
+                .args(["-w", "2", "-n", "2", "-p", &p.to_string()])
+                .arg("-h")
+                .arg(&hosts)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in processes {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let expected = recount(&events);
+    assert_eq!(posteriors(&one, &[]), expected);
+    assert_eq!(posteriors(&two, &[]), expected);
+}
