@@ -50,15 +50,9 @@ pub trait EventLog: Send + Sync {
     /// return like [`EventLog::append`].
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError>;
     /// Opens a reader of the given partitions, each from its start offset (inclusive).
-    fn reader(
-        &self,
-        start: &BTreeMap<Partition, Offset>,
-    ) -> Result<Box<dyn LogReader>, LogError>;
+    fn reader(&self, start: &BTreeMap<Partition, Offset>) -> Result<Box<dyn LogReader>, LogError>;
     /// Per partition, the first offset appended at or after `ts` (the end offset if none).
-    fn offsets_for_time(
-        &self,
-        ts: DateTime<Utc>,
-    ) -> Result<BTreeMap<Partition, Offset>, LogError>;
+    fn offsets_for_time(&self, ts: DateTime<Utc>) -> Result<BTreeMap<Partition, Offset>, LogError>;
     /// Per partition, the offset the next appended record will get.
     fn end_offsets(&self) -> Result<BTreeMap<Partition, Offset>, LogError>;
     /// Sends malformed records to the dead-letter log with the reason (Kafka: topic

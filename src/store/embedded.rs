@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use std::collections::BTreeMap;
 
@@ -95,22 +95,6 @@ impl EmbeddedStore {
     }
 }
 
-fn source_name(s: PriorSource) -> &'static str {
-    match s {
-        PriorSource::EmpiricalBayes => "empirical_bayes",
-        PriorSource::SlotMean => "slot_mean",
-        PriorSource::Uniform => "uniform",
-    }
-}
-
-fn source_of(s: &str) -> PriorSource {
-    match s {
-        "empirical_bayes" => PriorSource::EmpiricalBayes,
-        "slot_mean" => PriorSource::SlotMean,
-        _ => PriorSource::Uniform,
-    }
-}
-
 /// `tenant 0 city 0 slot 0 banner 0` then the bucket as big-endian with the sign bit flipped.
 /// Names are `[a-z0-9_-]+`, so the 0 separators keep the order of the (tenant, city, slot, banner,
 /// bucket) tuple.
@@ -161,7 +145,10 @@ impl PosteriorStore for EmbeddedStore {
             let mut applied = tx.open_table(APPLIED)?;
             for shard in shards {
                 for (&partition, &offset) in &shard.applied {
-                    applied.insert((shard.tenant.as_str(), shard.city.as_str(), partition), offset)?;
+                    applied.insert(
+                        (shard.tenant.as_str(), shard.city.as_str(), partition),
+                        offset,
+                    )?;
                 }
             }
             Ok(())
@@ -222,14 +209,11 @@ impl PosteriorStore for EmbeddedStore {
         self.write(|tx| {
             let mut t = tx.open_table(PRIORS)?;
             let s = priors.slot;
-            t.insert(
-                (tenant, slot, ""),
-                (s.alpha0, s.beta0, source_name(s.source)),
-            )?;
+            t.insert((tenant, slot, ""), (s.alpha0, s.beta0, s.source.as_str()))?;
             for (banner, p) in &priors.banners {
                 t.insert(
                     (tenant, slot, banner.as_str()),
-                    (p.alpha0, p.beta0, source_name(p.source)),
+                    (p.alpha0, p.beta0, p.source.as_str()),
                 )?;
             }
             Ok(())
@@ -250,7 +234,7 @@ impl PosteriorStore for EmbeddedStore {
                 let prior = Prior {
                     alpha0,
                     beta0,
-                    source: source_of(source),
+                    source: PriorSource::parse(source).unwrap_or(PriorSource::Uniform),
                 };
                 if banner.is_empty() {
                     priors.slot = prior;
@@ -283,35 +267,37 @@ impl PosteriorStore for EmbeddedStore {
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.read(|tx| {
             let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
-            let mut shard = |tenant: &str, city: &str| -> Option<&mut ShardState> {
-                if !owns(tenant, city) {
-                    return None;
-                }
-                Some(
-                    shards
-                        .entry((tenant.to_string(), city.to_string()))
-                        .or_insert_with(|| ShardState {
-                            tenant: tenant.to_string(),
-                            city: city.to_string(),
-                            ..Default::default()
-                        }),
-                )
-            };
+            fn shard<'a>(
+                shards: &'a mut BTreeMap<(String, String), ShardState>,
+                tenant: &str,
+                city: &str,
+            ) -> &'a mut ShardState {
+                shards
+                    .entry((tenant.to_string(), city.to_string()))
+                    .or_insert_with(|| ShardState {
+                        tenant: tenant.to_string(),
+                        city: city.to_string(),
+                        ..Default::default()
+                    })
+            }
             for entry in tx.open_table(ARM_STATE)?.iter()? {
                 let (k, v) = entry?;
                 let (arm, bucket) = decode_arm_state_key(k.value()).ok_or_else(|| {
                     redb::StorageError::Corrupted(format!("arm_state key {:?}", k.value()))
                 })?;
-                if let Some(state) = shard(&arm.tenant, &arm.city) {
+                if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
+                    let state = shard(&mut shards, &arm.tenant, &arm.city);
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
                 }
             }
             for entry in tx.open_table(APPLIED)?.iter()? {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
-                if let Some(state) = shard(tenant, city) {
-                    state.applied.insert(partition, v.value());
+                if owns(tenant, city) {
+                    shard(&mut shards, tenant, city)
+                        .applied
+                        .insert(partition, v.value());
                 }
             }
             Ok(shards.into_values().collect())
@@ -349,8 +335,10 @@ impl PosteriorStore for EmbeddedStore {
     fn put_slot(&self, config: &SlotConfig) -> Result<(), StoreError> {
         let json = serde_json::to_string(config).map_err(|e| self.fail(e))?;
         self.write(|tx| {
-            tx.open_table(SLOTS)?
-                .insert((config.tenant.as_str(), config.slot.as_str()), json.as_str())?;
+            tx.open_table(SLOTS)?.insert(
+                (config.tenant.as_str(), config.slot.as_str()),
+                json.as_str(),
+            )?;
             Ok(())
         })
     }
@@ -430,7 +418,9 @@ impl PosteriorStore for EmbeddedStore {
     ) -> Result<Vec<Event>, StoreError> {
         let json: Vec<String> = self.read(|tx| {
             let t = tx.open_table(CUSTOMER_EVENTS)?;
-            let range = t.range((tenant, customer_id, i64::MIN, "")..=(tenant, customer_id, i64::MAX, "\u{10ffff}"))?;
+            let range = t.range(
+                (tenant, customer_id, i64::MIN, "")..=(tenant, customer_id, i64::MAX, "\u{10ffff}"),
+            )?;
             let mut out = Vec::new();
             for entry in range.rev().take(limit) {
                 out.push(entry?.1.value().to_string());
