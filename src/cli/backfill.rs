@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{run_backfill, BackfillJob, BackfillReport, Cluster};
 use slotbandit::source::open_log;
 use slotbandit::source::parquet::ParquetPlan;
-use slotbandit::store::{open_store, PosteriorStore, META_AS_OF, META_BUCKET_MINUTES};
+use slotbandit::store::{open_store, PosteriorStore, StoreUrl, META_AS_OF, META_BUCKET_MINUTES};
 use slotbandit::time::{self, Buckets};
 
 use super::flags;
@@ -115,17 +115,21 @@ pub fn backfill(
     for s in &plan.skipped {
         tracing::warn!("skipped: {s}");
     }
-    let writer = cluster.process == 0;
-    let store = if writer {
-        let store = slotbandit::store::open_store(store_url, true)?;
-        store.clear_counts()?;
+    // A store that several processes may write (Cassandra) is opened by every process, each
+    // writing the shards its workers own; an embedded file only by process 0, which writes all.
+    // Process 0 clears the counts before its workers start, and no epoch completes anywhere
+    // before they do, so no process writes before the clear.
+    let leader = cluster.process == 0;
+    let shared_store = store_url.parse::<StoreUrl>()?.shared_across_processes();
+    let store: Option<Arc<dyn PosteriorStore>> = if leader || shared_store {
+        let store = open_store(store_url, true)?;
+        if leader {
+            store.clear_counts()?;
+        }
         Some(Arc::from(store))
     } else {
         None
     };
-    let shared_store = store
-        .as_ref()
-        .is_some_and(|s: &Arc<dyn slotbandit::store::PosteriorStore>| s.shared_across_processes());
     let bar = if show_progress {
         ProgressBar::new(plan.rows())
     } else {
@@ -152,7 +156,7 @@ pub fn backfill(
     let mut report =
         run_backfill(job, cluster).with_context(|| format!("backfill of {}", input.display()))?;
     bar.finish_and_clear();
-    if let Some(store) = &store {
+    if let Some(store) = store.as_ref().filter(|_| leader) {
         if let Some(t) = as_of {
             store.set_meta(META_AS_OF, &time::format_utc(t))?;
         }

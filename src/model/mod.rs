@@ -7,6 +7,8 @@ mod slot;
 mod validate;
 
 pub use arm::{ArmCounts, ArmKey};
-pub use event::{Event, EventError, EventKind, FIELDS as EVENT_FIELDS};
+pub use event::{
+    Event, EventError, EventFields, EventKind, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,
+};
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
-pub use validate::{validate_name, FieldError};
+pub use validate::{validate_name, validate_token, FieldError};
