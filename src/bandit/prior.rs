@@ -34,6 +34,27 @@ pub enum PriorSource {
     Uniform,
 }
 
+impl PriorSource {
+    /// The stored name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriorSource::EmpiricalBayes => "empirical_bayes",
+            PriorSource::SlotMean => "slot_mean",
+            PriorSource::Uniform => "uniform",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            PriorSource::EmpiricalBayes,
+            PriorSource::SlotMean,
+            PriorSource::Uniform,
+        ]
+        .into_iter()
+        .find(|source| source.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Prior {
     pub alpha0: f64,

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{run_backfill, BackfillJob, BackfillReport, Cluster};
+use slotbandit::source::open_log;
 use slotbandit::source::parquet::ParquetPlan;
-use slotbandit::store::{META_AS_OF, META_BUCKET_MINUTES};
+use slotbandit::store::{open_store, PosteriorStore, StoreUrl, META_AS_OF, META_BUCKET_MINUTES};
 use slotbandit::time::{self, Buckets};
 
 use super::flags;
@@ -34,6 +35,15 @@ pub struct BackfillArgs {
     /// Report unreadable files and count the rest, instead of failing.
     #[arg(long)]
     skip_bad_files: bool,
+    /// After the backfill, stream from --log: history covers ts < cutoff (--until, else the
+    /// start of the run) and the stream starts at the cutoff, dropping anything earlier.
+    #[arg(long, requires = "log")]
+    then_stream: bool,
+    /// The event log to stream from with --then-stream: kafka://HOST:PORT/TOPIC or file:PATH.
+    #[arg(long, value_parser = flags::log_url, requires = "then_stream")]
+    log: Option<String>,
+    #[command(flatten)]
+    stream: super::stream::StreamOptions,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -41,9 +51,13 @@ pub struct BackfillArgs {
 
 pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let until = match args.then_stream {
+        true => Some(args.until.unwrap_or_else(Utc::now)),
+        false => args.until,
+    };
     let report = backfill(
         &args.input,
-        args.until,
+        until,
         &args.store.store,
         &args.cluster.cluster()?,
         args.bucket_minutes,
@@ -67,6 +81,17 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         sink.seconds,
         100.0 * sink.seconds / secs.max(1e-9)
     );
+    if let (Some(log_url), Some(cutoff)) = (args.log.filter(|_| args.then_stream), until) {
+        let cluster = args.cluster.cluster()?;
+        let store: Arc<dyn PosteriorStore> = Arc::from(open_store(&args.store.store, true)?);
+        let log = open_log(&log_url)?;
+        // Process 0 hands off before it joins the cluster, and the others read the checkpoints
+        // only once every process has joined.
+        if cluster.process == 0 {
+            super::stream::hand_off(log.as_ref(), store.as_ref(), &args.stream.job_name, cutoff)?;
+        }
+        super::stream::stream(log, store, &args.stream, &cluster, true)?;
+    }
     Ok(())
 }
 
@@ -90,17 +115,21 @@ pub fn backfill(
     for s in &plan.skipped {
         tracing::warn!("skipped: {s}");
     }
-    let writer = cluster.process == 0;
-    let store = if writer {
-        let store = slotbandit::store::open_store(store_url, true)?;
-        store.clear_counts()?;
+    // A store that several processes may write (Cassandra) is opened by every process, each
+    // writing the shards its workers own; an embedded file only by process 0, which writes all.
+    // Process 0 clears the counts before its workers start, and no epoch completes anywhere
+    // before they do, so no process writes before the clear.
+    let leader = cluster.process == 0;
+    let shared_store = store_url.parse::<StoreUrl>()?.shared_across_processes();
+    let store: Option<Arc<dyn PosteriorStore>> = if leader || shared_store {
+        let store = open_store(store_url, true)?;
+        if leader {
+            store.clear_counts()?;
+        }
         Some(Arc::from(store))
     } else {
         None
     };
-    let shared_store = store
-        .as_ref()
-        .is_some_and(|s: &Arc<dyn slotbandit::store::PosteriorStore>| s.shared_across_processes());
     let bar = if show_progress {
         ProgressBar::new(plan.rows())
     } else {
@@ -127,7 +156,7 @@ pub fn backfill(
     let mut report =
         run_backfill(job, cluster).with_context(|| format!("backfill of {}", input.display()))?;
     bar.finish_and_clear();
-    if let Some(store) = &store {
+    if let Some(store) = store.as_ref().filter(|_| leader) {
         if let Some(t) = as_of {
             store.set_meta(META_AS_OF, &time::format_utc(t))?;
         }

@@ -4,6 +4,7 @@
 mod backfill;
 mod config;
 mod consume;
+mod customer;
 mod demo;
 mod gen;
 mod keys;
@@ -11,9 +12,11 @@ mod posteriors;
 mod priors;
 mod produce;
 mod replay;
+mod schema;
 mod serve;
 mod simulate;
 mod slots;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -47,6 +50,8 @@ enum Command {
     Gen(gen::GenArgs),
     /// Count Parquet history into a store with the timely/differential job.
     Backfill(backfill::BackfillArgs),
+    /// Count the live event log into a store, with exactly-once effect across restarts.
+    Stream(stream::StreamArgs),
     /// Print posteriors per (tenant, slot, city, banner) from a store.
     Posteriors(posteriors::PosteriorsArgs),
     /// Compute cold-start priors from history into a store.
@@ -54,6 +59,11 @@ enum Command {
     /// Check or convert slot configurations (the prototype's CSV format).
     #[command(subcommand)]
     Slots(slots::SlotsCommand),
+    /// Apply or print the Cassandra schema (keyspace and tables).
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
+    /// List a customer's recent impressions and clicks with IST times.
+    Customer(customer::CustomerArgs),
     /// Simulate the policies in a Bernoulli environment: regret curves, CSV and plots.
     Simulate(simulate::SimulateArgs),
     /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
@@ -80,7 +90,8 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,scylla=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -91,9 +102,12 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => gen::run(args),
         Command::Backfill(args) => backfill::run(args),
+        Command::Stream(args) => stream::run(args),
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
+        Command::Schema(cmd) => schema::run(cmd),
+        Command::Customer(args) => customer::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Serve(args) => serve::run(args),
@@ -146,13 +160,23 @@ pub mod flags {
         }
     }
 
+    pub fn customer_id(s: &str) -> Result<String, String> {
+        slotbandit::model::validate_token("customer", s, slotbandit::model::CUSTOMER_ID_MAX)
+            .map(|()| s.to_string())
+            .map_err(|e| e.rule)
+    }
+
+    pub fn replication(s: &str) -> Result<slotbandit::store::Replication, String> {
+        s.parse()
+    }
+
     fn store_url(s: &str) -> Result<String, String> {
         s.parse::<slotbandit::store::StoreUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())
     }
 
-    fn log_url(s: &str) -> Result<String, String> {
+    pub fn log_url(s: &str) -> Result<String, String> {
         s.parse::<slotbandit::source::LogUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())
@@ -168,7 +192,9 @@ pub mod flags {
 
     #[derive(Args)]
     pub struct StoreArg {
-        /// Where posteriors live: embedded:PATH (a redb file).
+        /// Where posteriors live: embedded:PATH (a redb file) or
+        /// cassandra://HOST:PORT[,HOST:PORT...]/KEYSPACE[?deadline_s=SECONDS] (a Cassandra
+        /// cluster; operations retry until the deadline, 60 s by default).
         #[arg(long, env = "SLOTBANDIT_STORE", default_value = "embedded:slotbandit.redb", value_parser = store_url)]
         pub store: String,
     }

@@ -18,8 +18,8 @@ use super::flags;
 pub struct ProduceArgs {
     #[command(flatten)]
     log: flags::LogArg,
-    /// A folder of Parquet history (searched recursively; each valid row is appended as event
-    /// JSON keyed tenant|city) or a JSON-lines file (each non-empty line is appended as it is,
+    /// A Parquet file or a folder of Parquet history (searched recursively; each valid row is
+    /// appended as event JSON keyed tenant|city) or a JSON-lines file (each non-empty line is appended as it is,
     /// keyed tenant|city when it is a valid event, else without a key).
     #[arg(long)]
     from: PathBuf,
@@ -111,8 +111,16 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     };
     let mut skipped = 0u64;
     let mut first_skip = None;
-    if args.from.is_dir() {
-        let files = list_parquet_files(&args.from)?;
+    let parquet_file = args.from.is_file()
+        && args
+            .from
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    if args.from.is_dir() || parquet_file {
+        let files = match parquet_file {
+            true => vec![args.from.clone()],
+            false => list_parquet_files(&args.from)?,
+        };
         anyhow::ensure!(
             !files.is_empty(),
             "--from {}: no *.parquet files in this folder",

@@ -57,6 +57,83 @@ pub struct StreamJob {
     pub shutdown: Arc<AtomicBool>,
     /// Called with the number of records this process has read so far.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+    pub metrics: Arc<StreamMetrics>,
+}
+
+/// The job's live counters, for Prometheus (`stream --metrics-listen`).
+pub struct StreamMetrics {
+    pub registry: prometheus::Registry,
+    records: prometheus::IntCounter,
+    counted: prometheus::IntCounter,
+    already_applied: prometheus::IntCounter,
+    repeated_clicks: prometheus::IntCounter,
+    before_cutoff: prometheus::IntCounter,
+    dead_letters: prometheus::IntCounter,
+    epochs_stored: prometheus::IntCounter,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        let registry = prometheus::Registry::new_custom(Some("slotbandit_stream".into()), None)
+            .expect("a constant prefix is valid");
+        let counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("a valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        Self {
+            records: counter("records_total", "Records read from the event log"),
+            counted: counter("events_counted_total", "Events counted into the posteriors"),
+            already_applied: counter(
+                "events_already_applied_total",
+                "Events skipped because their shard had applied them before a restart",
+            ),
+            repeated_clicks: counter(
+                "repeated_clicks_total",
+                "Clicks dropped as repeats of a (request_id, banner)",
+            ),
+            before_cutoff: counter(
+                "events_before_cutoff_total",
+                "Events dropped for a timestamp before the handoff cutoff",
+            ),
+            dead_letters: counter(
+                "dead_letters_total",
+                "Malformed messages sent to the dead-letter log",
+            ),
+            epochs_stored: counter(
+                "epochs_stored_total",
+                "Epochs whose changes are in the store (summed over readers)",
+            ),
+            registry,
+        }
+    }
+}
+
+impl StreamMetrics {
+    fn add(&self, before: &StreamReport, after: &StreamReport) {
+        self.records.inc_by(after.records - before.records);
+        self.counted.inc_by(after.counted - before.counted);
+        self.already_applied
+            .inc_by(after.already_applied - before.already_applied);
+        self.repeated_clicks
+            .inc_by(after.repeated_clicks - before.repeated_clicks);
+        self.before_cutoff
+            .inc_by(after.before_cutoff - before.before_cutoff);
+        self.dead_letters
+            .inc_by(after.dead_letters - before.dead_letters);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
 }
 
 /// What one process's workers did.
@@ -162,7 +239,10 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         loop {
             let mut done = failed(&failure) || job.shutdown.load(Ordering::Relaxed);
             if let (Some(r), false) = (reader.as_mut(), done) {
-                match r.read_epoch(&job, &mut report) {
+                let before = report.clone();
+                let outcome = r.read_epoch(&job, &mut report);
+                job.metrics.add(&before, &report);
+                match outcome {
                     Ok(batch) => {
                         log_failing_since = None;
                         (job.progress)(
@@ -236,6 +316,7 @@ fn checkpoint(
         newest = in_flight.pop_front().map(|(_, positions)| positions);
     }
     if let Some(positions) = newest {
+        job.metrics.epochs_stored.inc();
         if let Err(e) = job.store.set_checkpoints(&job.name, &positions) {
             fail(failure, e);
         }

@@ -197,13 +197,13 @@ impl BodyHeader {
     }
 }
 
-/// A record to write: (timestamp ms, key, payload).
-type RecordRef<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
-/// Messages (key, payload) grouped by the partition they go to.
-type Grouped<'a> = BTreeMap<Partition, Vec<(Option<&'a [u8]>, &'a [u8])>>;
+/// A message to append: its key, if any, and its payload.
+type Message<'a> = (Option<&'a [u8]>, &'a [u8]);
+/// A record of a frame being written: append timestamp (ms), key, payload.
+type FramedRecord<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
 
 /// Appends one frame holding `records` (timestamp, key, payload) with offsets from `base`.
-fn encode_frame(out: &mut Vec<u8>, base: Offset, records: &[RecordRef<'_>]) {
+fn encode_frame(out: &mut Vec<u8>, base: Offset, records: &[FramedRecord<'_>]) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER]);
     out.extend_from_slice(&base.to_le_bytes());
@@ -788,7 +788,10 @@ impl FileLog {
 
     /// Appends messages grouped by partition: one frame per partition (split past
     /// `MAX_FRAME_BYTES`), then one fsync per written segment.
-    fn append_grouped(&self, groups: &Grouped<'_>) -> Result<(), LogError> {
+    fn append_grouped(
+        &self,
+        groups: &BTreeMap<Partition, Vec<Message<'_>>>,
+    ) -> Result<(), LogError> {
         for messages in groups.values() {
             for (key, payload) in messages {
                 let size = record_size(*key, payload);
@@ -833,7 +836,7 @@ impl FileLog {
 
     fn write_frames(
         &self,
-        groups: &Grouped<'_>,
+        groups: &BTreeMap<Partition, Vec<Message<'_>>>,
         parts: &mut [Option<Active>],
         written: &mut Vec<Partition>,
     ) -> Result<(), LogError> {
@@ -1047,7 +1050,7 @@ impl EventLog for FileLog {
     }
 
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError> {
-        let mut groups: Grouped<'_> = BTreeMap::new();
+        let mut groups: BTreeMap<Partition, Vec<Message<'_>>> = BTreeMap::new();
         let partitions = self.meta.partitions;
         for &(key, payload) in messages {
             let p = match key {
@@ -1408,7 +1411,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_with_and_without_keys() {
-        let records: Vec<RecordRef<'_>> = vec![
+        let records: Vec<FramedRecord<'_>> = vec![
             (5, Some(b"ajio|pune".as_slice()), b"{}".as_slice()),
             (6, None, b"".as_slice()),
             (7, Some(b"".as_slice()), b"\xff\x00binary".as_slice()),
@@ -1423,8 +1426,7 @@ mod tests {
         );
         let mut out = VecDeque::new();
         decode_records(body, 2, 41, &mut out).unwrap();
-        #[allow(clippy::type_complexity)]
-        let got: Vec<(Offset, Option<Vec<u8>>, Vec<u8>, i64)> = out
+        let got: Vec<_> = out
             .into_iter()
             .map(|r| (r.offset, r.key, r.payload, r.timestamp_ms))
             .collect();

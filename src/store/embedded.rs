@@ -95,22 +95,6 @@ impl EmbeddedStore {
     }
 }
 
-fn source_name(s: PriorSource) -> &'static str {
-    match s {
-        PriorSource::EmpiricalBayes => "empirical_bayes",
-        PriorSource::SlotMean => "slot_mean",
-        PriorSource::Uniform => "uniform",
-    }
-}
-
-fn source_of(s: &str) -> PriorSource {
-    match s {
-        "empirical_bayes" => PriorSource::EmpiricalBayes,
-        "slot_mean" => PriorSource::SlotMean,
-        _ => PriorSource::Uniform,
-    }
-}
-
 /// `tenant 0 city 0 slot 0 banner 0` then the bucket as big-endian with the sign bit flipped.
 /// Names are `[a-z0-9_-]+`, so the 0 separators keep the order of the (tenant, city, slot, banner,
 /// bucket) tuple.
@@ -225,14 +209,11 @@ impl PosteriorStore for EmbeddedStore {
         self.write(|tx| {
             let mut t = tx.open_table(PRIORS)?;
             let s = priors.slot;
-            t.insert(
-                (tenant, slot, ""),
-                (s.alpha0, s.beta0, source_name(s.source)),
-            )?;
+            t.insert((tenant, slot, ""), (s.alpha0, s.beta0, s.source.as_str()))?;
             for (banner, p) in &priors.banners {
                 t.insert(
                     (tenant, slot, banner.as_str()),
-                    (p.alpha0, p.beta0, source_name(p.source)),
+                    (p.alpha0, p.beta0, p.source.as_str()),
                 )?;
             }
             Ok(())
@@ -253,7 +234,7 @@ impl PosteriorStore for EmbeddedStore {
                 let prior = Prior {
                     alpha0,
                     beta0,
-                    source: source_of(source),
+                    source: PriorSource::parse(source).unwrap_or(PriorSource::Uniform),
                 };
                 if banner.is_empty() {
                     priors.slot = prior;

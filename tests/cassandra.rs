@@ -1,0 +1,723 @@
+//! The Cassandra store against a real Cassandra (`SLOTBANDIT_CASSANDRA`), each test in its own
+//! keyspace: the same posteriors as the embedded store, idempotent backfills, one process per
+//! share of the shards, isolated shard writes, the other tables, and a Cassandra that stops in
+//! the middle of a backfill (a second node of our own, so the shared one is left alone).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+mod common;
+use common::{gen, ok, service, slotbandit, stderr, unique_name};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use slotbandit::dataflow::CountKey;
+use slotbandit::model::{ArmKey, Event, EventFields, SlotConfig};
+use slotbandit::store::{open_store, ApiKey, PosteriorStore, Role, ShardState, ShardWrite};
+
+/// Runs CQL on a node directly with the driver (what the store does not offer: DROP).
+fn cql(node: &str, statement: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(node)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .query_unpaged(statement, &[])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// A keyspace of this test with the schema applied; dropped at the end.
+struct Keyspace {
+    node: String,
+    name: String,
+    url: String,
+}
+
+impl Keyspace {
+    fn new(node: &str, prefix: &str) -> Self {
+        Self::with_url_suffix(node, prefix, "")
+    }
+
+    fn with_url_suffix(node: &str, prefix: &str, suffix: &str) -> Self {
+        let name = unique_name(prefix);
+        let url = format!("cassandra://{node}/{name}{suffix}");
+        let applied = ok(slotbandit(&["schema", "apply", "--store", &url]));
+        assert!(applied.contains("applied schema version(s) 1"), "{applied}");
+        Self {
+            node: node.to_string(),
+            name,
+            url,
+        }
+    }
+
+    fn store(&self) -> Box<dyn PosteriorStore> {
+        open_store(&self.url, true).unwrap()
+    }
+}
+
+impl Drop for Keyspace {
+    fn drop(&mut self) {
+        if let Err(e) = cql(
+            &self.node,
+            &format!("DROP KEYSPACE IF EXISTS {}", self.name),
+        ) {
+            eprintln!("could not drop keyspace {}: {e}", self.name);
+        }
+    }
+}
+
+fn backfill(data: &Path, store: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "backfill",
+        "--input",
+        data.to_str().unwrap(),
+        "--store",
+        store,
+    ];
+    args.extend_from_slice(extra);
+    slotbandit(&args)
+}
+
+fn posteriors_csv(store: &str, view: &[&str]) -> String {
+    let mut args = vec!["posteriors", "--store", store, "--format", "csv"];
+    args.extend_from_slice(view);
+    ok(slotbandit(&args))
+}
+
+/// The shard batches the `sink:` line of a backfill reports.
+fn shard_batches(stdout: &str) -> u64 {
+    let sink = stdout
+        .lines()
+        .find(|l| l.starts_with("sink:"))
+        .unwrap_or_else(|| panic!("no sink line in {stdout}"));
+    let words: Vec<&str> = sink.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "shard").unwrap();
+    words[at - 1].parse().unwrap()
+}
+
+/// The posteriors of a store seen several ways: all-time, windowed, one slot, one slot in a
+/// city without counts (the all-city fallback), one city windowed.
+fn views(store: &str, tenant: &str, slot: &str, city: &str) -> Vec<String> {
+    let views: [&[&str]; 5] = [
+        &[],
+        &["--window-minutes", "720"],
+        &["--tenant", tenant, "--slot", slot],
+        &["--tenant", tenant, "--slot", slot, "--city", "nowhere"],
+        &[
+            "--tenant",
+            tenant,
+            "--city",
+            city,
+            "--window-minutes",
+            "180",
+        ],
+    ];
+    views.iter().map(|v| posteriors_csv(store, v)).collect()
+}
+
+/// tenant, slot and city of the first posterior row.
+fn first_arm(csv: &str) -> (String, String, String) {
+    let f: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    (f[0].into(), f[1].into(), f[2].into())
+}
+
+struct History {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+fn history(flags: &str) -> History {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(gen(&data, flags));
+    History { dir, data }
+}
+
+#[test]
+fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothing() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_backfill");
+    let h = history("--events 80000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 21");
+    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
+    ok(backfill(&h.data, &embedded, &["-w", "2"]));
+    let first = ok(backfill(&h.data, &ks.url, &["-w", "2"]));
+    assert!(shard_batches(&first) > 0, "{first}");
+
+    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
+    let want = views(&embedded, &t, &s, &c);
+    // 2 tenants × 2 slots × 5 cities × 4 banners, and the header.
+    assert_eq!(want[0].lines().count(), 81, "{}", want[0]);
+    assert!(
+        want[3].contains(",*,"),
+        "the fallback shows city *: {}",
+        want[3]
+    );
+    assert_eq!(views(&ks.url, &t, &s, &c), want);
+
+    ok(backfill(&h.data, &ks.url, &["-w", "3"]));
+    assert_eq!(
+        views(&ks.url, &t, &s, &c),
+        want,
+        "a second backfill changed the posteriors"
+    );
+
+    // Priors written to and read from Cassandra give the same posteriors too.
+    for store in [&embedded, &ks.url] {
+        ok(slotbandit(&[
+            "priors",
+            "--input",
+            h.data.to_str().unwrap(),
+            "--store",
+            store,
+        ]));
+    }
+    let with_priors = views(&embedded, &t, &s, &c);
+    assert_ne!(with_priors, want);
+    assert_eq!(views(&ks.url, &t, &s, &c), with_priors);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_twoproc");
+    let h = history("--events 60000 --days 4 --tenants 2 --cities 6 --banners 3 --seed 8");
+    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
+    ok(backfill(&h.data, &embedded, &["-w", "1"]));
+
+    let hosts = h.dir.path().join("hosts.txt");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let spawn = |p: &str| {
+        Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+            .args(["backfill", "--input", h.data.to_str().unwrap()])
+            .args(["--store", &ks.url, "-w", "2", "-n", "2", "-p", p])
+            .args(["-h", hosts.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p0, p1) = (spawn("0"), spawn("1"));
+    let (out0, out1) = (
+        ok(p0.wait_with_output().unwrap()),
+        ok(p1.wait_with_output().unwrap()),
+    );
+    // Both processes wrote shards: each its own workers' share.
+    assert!(shard_batches(&out0) > 0, "{out0}");
+    assert!(shard_batches(&out1) > 0, "{out1}");
+    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
+    assert_eq!(views(&ks.url, &t, &s, &c), views(&embedded, &t, &s, &c));
+}
+
+/// What the writer of the isolation test writes to every shard in epoch `e`: rows whose counts
+/// are a function of `e`, one row that exists only in even epochs, and applied offsets
+/// {0: e, 1: 1000 + e}.
+fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
+    let mut rows = Vec::new();
+    for banner in 1..=6u64 {
+        for bucket in [-1, 490_000, 490_001] {
+            rows.push((
+                CountKey {
+                    arm: ArmKey::new(tenant, "hero", city, &format!("b{banner}")),
+                    bucket,
+                },
+                10 * e + banner,
+                e + banner,
+            ));
+        }
+    }
+    let even = e.is_multiple_of(2);
+    rows.push((
+        CountKey {
+            arm: ArmKey::new(tenant, "hero", city, "b0"),
+            bucket: -1,
+        },
+        if even { e } else { 0 },
+        if even { e } else { 0 },
+    ));
+    rows
+}
+
+fn expected_state(tenant: &str, city: &str, e: u64) -> ShardState {
+    let mut rows: Vec<_> = epoch_rows(tenant, city, e)
+        .into_iter()
+        .filter(|(_, i, c)| (*i, *c) != (0, 0))
+        .collect();
+    rows.sort();
+    ShardState {
+        tenant: tenant.into(),
+        city: city.into(),
+        rows,
+        applied: BTreeMap::from([(0, e as i64), (1, 1000 + e as i64)]),
+    }
+}
+
+#[test]
+fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_isolation");
+    let store: Arc<dyn PosteriorStore> = Arc::from(ks.store());
+    let shards: Vec<(String, String)> = ["t1", "t2"]
+        .iter()
+        .flat_map(|t| ["c1", "c2", "c3"].map(|c| (t.to_string(), c.to_string())))
+        .collect();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    // The writer runs on a plain thread (as timely workers do) until the reader has read a good
+    // many times, so the two overlap however fast either is.
+    let writer = {
+        let (store, reads, done, shards) =
+            (store.clone(), reads.clone(), done.clone(), shards.clone());
+        std::thread::spawn(move || {
+            let mut e = 0;
+            while e < 5 || (reads.load(Ordering::SeqCst) < 40 && e < 5000) {
+                e += 1;
+                let writes: Vec<ShardWrite> = shards
+                    .iter()
+                    .map(|(t, c)| ShardWrite {
+                        tenant: t.clone(),
+                        city: c.clone(),
+                        rows: epoch_rows(t, c, e),
+                        applied: BTreeMap::from([(0, e as i64), (1, 1000 + e as i64)]),
+                    })
+                    .collect();
+                store.apply_epoch(&writes).unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+            e
+        })
+    };
+
+    // The reader runs where the lookup service calls the store: a tokio blocking thread.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let epochs_seen = runtime
+        .block_on(runtime.spawn_blocking({
+            let (store, reads, done) = (store.clone(), reads.clone(), done.clone());
+            move || {
+                let mut seen = std::collections::BTreeSet::new();
+                loop {
+                    let finished = done.load(Ordering::SeqCst);
+                    for state in store.shards(&|_, _| true).unwrap() {
+                        let e = state.applied[&0] as u64;
+                        assert_eq!(state, expected_state(&state.tenant, &state.city, e));
+                        seen.insert(e);
+                    }
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    if finished {
+                        return seen;
+                    }
+                }
+            }
+        }))
+        .unwrap();
+    let last = writer.join().unwrap();
+    eprintln!(
+        "{} reads saw {} of {last} epochs",
+        reads.load(Ordering::SeqCst),
+        epochs_seen.len()
+    );
+    assert!(reads.load(Ordering::SeqCst) >= 40);
+    assert!(
+        epochs_seen.contains(&last),
+        "the final read sees the last epoch"
+    );
+
+    // Recovery reads only the shards a worker owns.
+    let t1 = store.shards(&|t, _| t == "t1").unwrap();
+    assert_eq!(
+        t1,
+        ["c1", "c2", "c3"].map(|c| expected_state("t1", c, last))
+    );
+    // A backfill's clear removes rows and offsets alike.
+    store.clear_counts().unwrap();
+    assert_eq!(store.shards(&|_, _| true).unwrap(), []);
+}
+
+fn event(id: &str, kind: &str, customer: &str, ts: DateTime<Utc>, referrer: Option<&str>) -> Event {
+    EventFields {
+        event_id: Some(id),
+        kind: Some(kind),
+        tenant: Some("ajio"),
+        slot: Some("hero"),
+        city: Some("pune"),
+        banner: Some("b2"),
+        ts: Some(ts),
+        customer_id: Some(customer),
+        referrer,
+        request_id: Some("req-1"),
+    }
+    .validate()
+    .unwrap()
+}
+
+/// The same calls on a store, with what each returned, for comparing two stores.
+fn exercise(store: &dyn PosteriorStore) -> Vec<String> {
+    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let mut seen = Vec::new();
+    let hero = SlotConfig::with_banners(
+        "ajio",
+        "hero",
+        ["b1", "b2", "b3"],
+        from,
+        from + Duration::days(30),
+    );
+    let footer = SlotConfig::with_banners("ajio", "footer", ["f1"], from, from + Duration::days(1));
+    let other = SlotConfig::with_banners("myntra", "hero", ["m1"], from, from + Duration::days(2));
+    for slot in [&hero, &footer, &other] {
+        store.put_slot(slot).unwrap();
+    }
+    seen.push(format!("{:?}", store.slot("ajio", "hero").unwrap()));
+    // Banners left out of a new configuration are removed.
+    let smaller =
+        SlotConfig::with_banners("ajio", "hero", ["b2", "b4"], from, from + Duration::days(7));
+    store.put_slot(&smaller).unwrap();
+    seen.push(format!("{:?}", store.slot("ajio", "hero").unwrap()));
+    seen.push(format!("{:?}", store.slot("ajio", "nope").unwrap()));
+    seen.push(format!("{:?}", store.slots(Some("ajio")).unwrap()));
+    seen.push(format!("{:?}", store.slots(None).unwrap()));
+
+    let key = ApiKey {
+        tenant: "ajio".into(),
+        role: Role::Admin,
+    };
+    store.put_api_key(&"ab".repeat(32), &key).unwrap();
+    seen.push(format!("{:?}", store.api_key(&"ab".repeat(32)).unwrap()));
+    seen.push(format!("{:?}", store.api_key(&"cd".repeat(32)).unwrap()));
+
+    store
+        .set_checkpoints("stream", &BTreeMap::from([(0, 10), (1, 20)]))
+        .unwrap();
+    store
+        .set_checkpoints("stream", &BTreeMap::from([(1, 25), (2, 5)]))
+        .unwrap();
+    seen.push(format!("{:?}", store.checkpoints("stream").unwrap()));
+    seen.push(format!("{:?}", store.checkpoints("other").unwrap()));
+
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 18, 29, 59).unwrap();
+    let micro = Duration::microseconds(1);
+    let events = vec![
+        event("e1", "impression", "cust-1", t0, Some("ads")),
+        event("e2", "click", "cust-1", t0 + micro, Some("ads")),
+        // Same millisecond as e2; the microseconds order them.
+        event("e3", "impression", "cust-1", t0 + micro * 2, None),
+        event(
+            "e4",
+            "impression",
+            "cust-2",
+            t0 + Duration::hours(1),
+            Some("direct"),
+        ),
+    ];
+    let mut anonymous = event("e5", "impression", "x", t0, None);
+    anonymous.customer_id = None;
+    store.append_customer_events(&events).unwrap();
+    store.append_customer_events(&events[..2]).unwrap();
+    store.append_customer_events(&[anonymous]).unwrap();
+    for limit in [10, 2] {
+        seen.push(format!(
+            "{:?}",
+            store.customer_events("ajio", "cust-1", limit).unwrap()
+        ));
+    }
+    seen.push(format!(
+        "{:?}",
+        store.customer_events("ajio", "cust-2", 10).unwrap()
+    ));
+    seen.push(format!(
+        "{:?}",
+        store.customer_events("ajio", "x", 10).unwrap()
+    ));
+    seen.push(format!(
+        "{:?}",
+        store.customer_events("myntra", "cust-1", 10).unwrap()
+    ));
+
+    store.set_meta("as_of", "2026-11-03T00:00:00Z").unwrap();
+    seen.push(format!("{:?}", store.meta("as_of").unwrap()));
+    seen.push(format!("{:?}", store.meta("nothing").unwrap()));
+    seen
+}
+
+#[test]
+fn slots_api_keys_checkpoints_and_customer_events_behave_as_in_the_embedded_store() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_tables");
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = open_store(
+        &format!("embedded:{}", dir.path().join("e.redb").display()),
+        true,
+    )
+    .unwrap();
+    let want = exercise(embedded.as_ref());
+    assert_eq!(exercise(ks.store().as_ref()), want);
+
+    // The customer command lists the newest first, in IST.
+    let json = ok(slotbandit(&[
+        "customer",
+        "--store",
+        &ks.url,
+        "--tenant",
+        "ajio",
+        "--customer",
+        "cust-1",
+        "--format",
+        "json",
+    ]));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e3", "e2", "e1"]);
+    assert_eq!(listed[2]["ts"], "2026-11-02T18:29:59Z");
+    assert_eq!(listed[2]["ts_ist"], "2026-11-02T23:59:59+05:30");
+    assert_eq!(listed[2]["referrer"], "ads");
+    let table = ok(slotbandit(&[
+        "customer",
+        "--store",
+        &ks.url,
+        "--tenant",
+        "ajio",
+        "--customer",
+        "cust-1",
+        "--limit",
+        "1",
+    ]));
+    assert!(table.contains("2026-11-02 23:59:59 IST"), "{table}");
+    assert!(table.contains("1 event(s) of customer cust-1"), "{table}");
+    let bad = slotbandit(&[
+        "customer",
+        "--store",
+        &ks.url,
+        "--tenant",
+        "ajio",
+        "--customer",
+        "a b",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("whitespace"), "{}", stderr(&bad));
+}
+
+#[test]
+fn the_schema_applies_once_and_a_store_without_it_is_named() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_schema");
+    let again = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(again.contains("nothing to do"), "{again}");
+
+    let missing = format!("cassandra://{node}/{}", unique_name("sbt_none"));
+    let out = slotbandit(&["posteriors", "--store", &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("has no slotbandit schema") && err.contains("slotbandit schema apply --store"),
+        "{err}"
+    );
+
+    let printed = ok(slotbandit(&[
+        "schema",
+        "print",
+        "--store",
+        &ks.url,
+        "--replication",
+        "dc1:3,dc2:2",
+    ]));
+    assert!(printed.contains(&format!(
+        "CREATE KEYSPACE IF NOT EXISTS {}\n    WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}}",
+        ks.name
+    )));
+    let bad = slotbandit(&[
+        "schema",
+        "apply",
+        "--store",
+        &ks.url,
+        "--replication",
+        "dc1",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("simple:RF or DC:RF"),
+        "{}",
+        stderr(&bad)
+    );
+    let embedded = slotbandit(&["schema", "apply", "--store", "embedded:x.redb"]);
+    assert!(
+        stderr(&embedded).contains("only cassandra:// stores"),
+        "{}",
+        stderr(&embedded)
+    );
+}
+
+/// A second Cassandra node on ports and a data folder of its own, which this test may stop.
+struct OwnNode {
+    dir: tempfile::TempDir,
+    port: u16,
+    storage_port: u16,
+}
+
+impl OwnNode {
+    fn script(&self, action: &str) -> Output {
+        Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/services/cassandra.sh"
+        ))
+        .arg(action)
+        .env("SLOTBANDIT_CASSANDRA_PORT", self.port.to_string())
+        .env(
+            "SLOTBANDIT_CASSANDRA_STORAGE_PORT",
+            self.storage_port.to_string(),
+        )
+        .env(
+            "SLOTBANDIT_CASSANDRA_DATA",
+            self.dir.path().join("cassandra"),
+        )
+        .env("SLOTBANDIT_CASSANDRA_HEAP", "512m")
+        .output()
+        .unwrap()
+    }
+
+    fn start() -> Self {
+        let node = Self {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            storage_port: free_port(),
+        };
+        node.run("start");
+        node
+    }
+
+    fn run(&self, action: &str) {
+        let out = self.script(action);
+        assert!(
+            out.status.success(),
+            "cassandra.sh {action}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+impl Drop for OwnNode {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() {
+    if service("SLOTBANDIT_CASSANDRA").is_none() {
+        return;
+    }
+    let own = OwnNode::start();
+    let address = format!("127.0.0.1:{}", own.port);
+    let ks = Keyspace::with_url_suffix(&address, "sbt_stop", "?deadline_s=8");
+    let h = history("--events 400000 --days 6 --tenants 2 --cities 6 --banners 4 --seed 13");
+    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
+    ok(backfill(&h.data, &embedded, &["-w", "2"]));
+
+    // A sentinel row that the backfill's clear removes: once it is gone, the job is past
+    // connecting and clearing, and is reading and writing.
+    let sentinel = ShardWrite {
+        tenant: "sentinel".into(),
+        city: "gone".into(),
+        rows: vec![(
+            CountKey {
+                arm: ArmKey::new("sentinel", "s", "gone", "b"),
+                bucket: -1,
+            },
+            1,
+            0,
+        )],
+        applied: BTreeMap::new(),
+    };
+    let probe = ks.store();
+    probe.apply_epoch(&[sentinel]).unwrap();
+    let mut job = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["backfill", "--input", h.data.to_str().unwrap()])
+        .args(["--store", &ks.url, "-w", "2"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !probe.shards(&|t, _| t == "sentinel").unwrap().is_empty() {
+        if job.try_wait().unwrap().is_some() {
+            panic!(
+                "the backfill ended before its clear: {}",
+                stderr(&job.wait_with_output().unwrap())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Hold the job still while the node goes down, so that it meets the stop mid-run however
+    // fast it is.
+    signal(job.id(), "-STOP");
+    assert!(
+        job.try_wait().unwrap().is_none(),
+        "the backfill ended before Cassandra stopped; give it more history"
+    );
+    drop(probe);
+    own.run("stop");
+    signal(job.id(), "-CONT");
+    let failed = job.wait_with_output().unwrap();
+    let err = stderr(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cassandra store {address}/{}", ks.name))
+            && err.contains("gave up after")
+            && err.contains("deadline_s=8")
+            && err.contains("last error"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retrying in"),
+        "the job retried before giving up: {err}"
+    );
+
+    own.run("start");
+    ok(backfill(&h.data, &ks.url, &["-w", "2"]));
+    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
+    assert_eq!(views(&ks.url, &t, &s, &c), views(&embedded, &t, &s, &c));
+}
