@@ -42,13 +42,19 @@ def clicks_accepted(service):
     return 0.0
 
 
+def options(driver, select_id):
+    """The values of a select's options, read in one call (the page replaces them as it loads)."""
+    return driver.execute_script(
+        "return Array.from(document.getElementById(arguments[0]).options, o => o.value)", select_id)
+
+
 def test_demo_page_decides_and_records_a_click(service, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 20)
     browser.get(f"{service.base}/#key={service.serve_key}")
-    wait.until(lambda d: len(Select(d.find_element(By.ID, "city")).options) >= 8)
+    wait.until(lambda d: len(options(d, "city")) >= 8)
     Select(browser.find_element(By.ID, "slot")).select_by_value("hero")
-    wait.until(lambda d: "pune" in [o.get_attribute("value") for o in Select(d.find_element(By.ID, "city")).options])
+    wait.until(lambda d: "pune" in options(d, "city") and d.execute_script("return document.getElementById('post-city').textContent") != "…")
     Select(browser.find_element(By.ID, "city")).select_by_value("pune")
     browser.find_element(By.ID, "decide").click()
     img = wait.until(EC.visibility_of_element_located((By.ID, "banner-img")))
@@ -69,8 +75,9 @@ def test_dashboard_draws_every_city(service, browser):
     browser.set_window_size(1280, 2400)
     browser.get(f"{service.base}/dashboard#key={service.serve_key}")
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
-    curves = browser.find_elements(By.CSS_SELECTOR, "svg.curves")
-    cities = {c.get_attribute("data-city") for c in curves}
+    # Read in one call: the dashboard redraws every few seconds.
+    cities = set(browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg.curves'), c => c.dataset.city)"))
     _, body = service.request("GET", "/v1/tenants/ajio/slots/footer/posteriors")
     assert cities == {c["city"] for c in json.loads(body)["cities"]}, cities
     assert len(cities) == 9, "8 cities and the pooled posterior"
