@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh machine of this kind; quick when done.
 # - Rust: rustfmt and clippy components.
+# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages).
 # - Python: a virtualenv with the packages in scripts/requirements-test.txt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,6 +17,17 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     grep -q "^$c" <<<"$installed" || rustup component add "$c"
   done
+fi
+
+missing=()
+for pkg in chromium chromium-driver; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install.sh: installing ${missing[*]} (apt-get)" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
 req="$here/requirements-test.txt"

@@ -6,6 +6,7 @@ pub mod bandit;
 pub mod dataflow;
 pub mod gen;
 pub mod model;
+pub mod serve;
 pub mod sim;
 pub mod source;
 pub mod store;

@@ -2,69 +2,12 @@
 //! Parquet (read row by row with the validating reader, no dataflow).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::Command;
 
 mod common;
-use common::{gen, ok, slotbandit};
+use common::{events_of, free_port, gen, ist_hour, ok, posteriors, recount, slotbandit, Counts};
 
-use slotbandit::model::parquet::{list_parquet_files, read_events};
-use slotbandit::model::{Event, EventKind};
-
-type Counts = BTreeMap<(String, String, String, String), (u64, u64)>;
-
-fn events_of(files: &[std::path::PathBuf]) -> Vec<Event> {
-    files.iter().flat_map(|f| read_events(f).unwrap()).collect()
-}
-
-/// IST hour bucket, computed here independently: hours since 1970-01-01 00:00 IST.
-fn ist_hour(e: &Event) -> i64 {
-    (e.ts.timestamp() + 19_800).div_euclid(3600)
-}
-
-fn recount<'a>(events: impl IntoIterator<Item = &'a Event>) -> Counts {
-    let mut c = Counts::new();
-    for e in events {
-        let v = c
-            .entry((
-                e.tenant.clone(),
-                e.slot.clone(),
-                e.city.clone(),
-                e.banner.clone(),
-            ))
-            .or_default();
-        match e.kind {
-            EventKind::Impression => v.0 += 1,
-            EventKind::Click => v.1 += 1,
-        }
-    }
-    c
-}
-
-fn posteriors(store: &str, extra: &[&str]) -> Counts {
-    let mut args = vec!["posteriors", "--store", store, "--format", "csv"];
-    args.extend_from_slice(extra);
-    let csv = ok(slotbandit(&args));
-    let mut lines = csv.lines();
-    assert_eq!(
-        lines.next().unwrap(),
-        "tenant,slot,city,banner,impressions,clicks,alpha,beta,mean,lower95,upper95"
-    );
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let (imp, clk): (u64, u64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
-            let (alpha, beta): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
-            // No priors were computed: Beta(1 + clicks, 1 + impressions − clicks).
-            assert_eq!(alpha, 1.0 + clk as f64, "{l}");
-            assert_eq!(beta, 1.0 + (imp - clk.min(imp)) as f64, "{l}");
-            (
-                (f[0].into(), f[1].into(), f[2].into(), f[3].into()),
-                (imp, clk),
-            )
-        })
-        .collect()
-}
+use slotbandit::model::parquet::list_parquet_files;
 
 /// Generated history in a temp folder, and a store URL beside it.
 struct Fixture {
@@ -97,14 +40,6 @@ impl Fixture {
         args.extend_from_slice(extra);
         slotbandit(&args)
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
             ));
         }
     }
-    let even = e % 2 == 0;
+    let even = e.is_multiple_of(2);
     rows.push((
         CountKey {
             arm: ArmKey::new(tenant, "hero", city, "b0"),

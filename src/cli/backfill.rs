@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{run_backfill, BackfillJob, BackfillReport, Cluster};
+use slotbandit::source::open_log;
 use slotbandit::source::parquet::ParquetPlan;
 use slotbandit::store::{open_store, PosteriorStore, StoreUrl, META_AS_OF, META_BUCKET_MINUTES};
 use slotbandit::time::{self, Buckets};
@@ -34,6 +35,15 @@ pub struct BackfillArgs {
     /// Report unreadable files and count the rest, instead of failing.
     #[arg(long)]
     skip_bad_files: bool,
+    /// After the backfill, stream from --log: history covers ts < cutoff (--until, else the
+    /// start of the run) and the stream starts at the cutoff, dropping anything earlier.
+    #[arg(long, requires = "log")]
+    then_stream: bool,
+    /// The event log to stream from with --then-stream: kafka://HOST:PORT/TOPIC or file:PATH.
+    #[arg(long, value_parser = flags::log_url, requires = "then_stream")]
+    log: Option<String>,
+    #[command(flatten)]
+    stream: super::stream::StreamOptions,
     /// Print help.
     #[arg(long, action = ArgAction::Help)]
     help: Option<bool>,
@@ -41,9 +51,13 @@ pub struct BackfillArgs {
 
 pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let until = match args.then_stream {
+        true => Some(args.until.unwrap_or_else(Utc::now)),
+        false => args.until,
+    };
     let report = backfill(
         &args.input,
-        args.until,
+        until,
         &args.store.store,
         &args.cluster.cluster()?,
         args.bucket_minutes,
@@ -67,6 +81,17 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         sink.seconds,
         100.0 * sink.seconds / secs.max(1e-9)
     );
+    if let (Some(log_url), Some(cutoff)) = (args.log.filter(|_| args.then_stream), until) {
+        let cluster = args.cluster.cluster()?;
+        let store: Arc<dyn PosteriorStore> = Arc::from(open_store(&args.store.store, true)?);
+        let log = open_log(&log_url)?;
+        // Process 0 hands off before it joins the cluster, and the others read the checkpoints
+        // only once every process has joined.
+        if cluster.process == 0 {
+            super::stream::hand_off(log.as_ref(), store.as_ref(), &args.stream.job_name, cutoff)?;
+        }
+        super::stream::stream(log, store, &args.stream, &cluster, true)?;
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! becomes flags (`bucket_minutes = 60` is `--bucket-minutes 60`, `skip_bad_files = true` is
 //! `--skip-bad-files`) placed before the command line's own, so every value goes through the same
 //! validation as a flag, and flags given on the command line win. An environment override
-//! (`SLOTBANDIT_STORE`) wins over the file.
+//! (`SLOTBANDIT_STORE`, `SLOTBANDIT_LOG`) wins over the file.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::path::Path;
 const OWN_CONFIG: [&str; 1] = ["simulate"];
 
 /// Keys that an environment variable overrides.
-const ENV_OVERRIDES: [(&str, &str); 1] = [("store", "SLOTBANDIT_STORE")];
+const ENV_OVERRIDES: [(&str, &str); 2] = [("store", "SLOTBANDIT_STORE"), ("log", "SLOTBANDIT_LOG")];
 
 /// The command line with `--config FILE` replaced by the file's flags, spliced in after the
 /// subcommand.

@@ -3,15 +3,20 @@
 
 mod backfill;
 mod config;
+mod consume;
 mod customer;
 mod demo;
 mod gen;
+mod keys;
 mod posteriors;
 mod priors;
+mod produce;
 mod replay;
 mod schema;
+mod serve;
 mod simulate;
 mod slots;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -45,6 +50,8 @@ enum Command {
     Gen(gen::GenArgs),
     /// Count Parquet history into a store with the timely/differential job.
     Backfill(backfill::BackfillArgs),
+    /// Count the live event log into a store, with exactly-once effect across restarts.
+    Stream(stream::StreamArgs),
     /// Print posteriors per (tenant, slot, city, banner) from a store.
     Posteriors(posteriors::PosteriorsArgs),
     /// Compute cold-start priors from history into a store.
@@ -61,6 +68,15 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Off-policy evaluation on the Open Bandit Dataset: replay and IPW with bootstrap intervals.
     Replay(replay::ReplayArgs),
+    /// Run the lookup service: decisions, clicks, slot admin, demo page and dashboard.
+    Serve(serve::ServeArgs),
+    /// Manage API keys of the lookup service.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Replay Parquet history or a JSON-lines file into an event log (Kafka or a file log).
+    Produce(produce::ProduceArgs),
+    /// Read an event log, validating every message as an event (inspection, benchmarks).
+    Consume(consume::ConsumeArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -86,6 +102,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => gen::run(args),
         Command::Backfill(args) => backfill::run(args),
+        Command::Stream(args) => stream::run(args),
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
@@ -93,6 +110,10 @@ pub fn run() -> ExitCode {
         Command::Customer(args) => customer::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Produce(args) => produce::run(args),
+        Command::Consume(args) => consume::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,6 +174,20 @@ pub mod flags {
         s.parse::<slotbandit::store::StoreUrl>()
             .map(|_| s.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    pub fn log_url(s: &str) -> Result<String, String> {
+        s.parse::<slotbandit::source::LogUrl>()
+            .map(|_| s.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[derive(Args)]
+    pub struct LogArg {
+        /// The event log: kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?partitions=N&timeout_ms=T]
+        /// or file:PATH[?partitions=N&retention_hours=H&segment_mb=M] (a folder).
+        #[arg(long, env = "SLOTBANDIT_LOG", default_value = "file:slotbandit-events", value_parser = log_url)]
+        pub log: String,
     }
 
     #[derive(Args)]

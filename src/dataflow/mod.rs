@@ -2,27 +2,32 @@
 //! pre-aggregates it to one record per (arm, bucket) per epoch; records are exchanged by
 //! (tenant, city), so one worker owns each shard; differential keeps the counts with a pair diff
 //! (impressions, clicks) per (arm, bucket) and per arm all-time (bucket −1); the sink writes each
-//! shard's changed rows once the frontier passes their epoch.
+//! shard's changed rows, with its applied log offsets, once the frontier passes their epoch.
+//! Backfill (`backfill.rs`, Parquet) and stream (`stream.rs`, an event log) differ only in the
+//! source; both end in [`count_and_sink`].
+
+mod backfill;
+mod stream;
+
+pub use backfill::{run_backfill, BackfillJob, BackfillReport};
+pub use stream::{run_stream, StreamJob, StreamMetrics, StreamReport};
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
-use differential_dataflow::input::Input;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Capability, Operator, Probe};
-use timely::dataflow::ProbeHandle;
+use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::model::parquet::ParquetEventError;
 use crate::model::ArmKey;
-use crate::source::parquet::{read_unit, ParquetPlan};
-use crate::store::{PosteriorStore, ShardWrite, StoreError, ALL_TIME};
-use crate::time::Buckets;
+use crate::source::LogError;
+use crate::store::{Offset, Partition, PosteriorStore, ShardWrite, StoreError, ALL_TIME};
 
 /// An arm in one bucket (an IST hour, or −1 for all-time): the key of the counts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -40,6 +45,14 @@ impl Hash for CountKey {
     }
 }
 
+/// One (tenant, city) shard: the unit of partitioning and of atomic writes.
+pub type Shard = (String, String);
+
+/// The hash that places a shard on a worker (the same as a [`CountKey`] of the shard).
+pub fn shard_hash(tenant: &str, city: &str) -> u64 {
+    (tenant, city).hashed()
+}
+
 impl CountKey {
     pub fn all_time(&self) -> Self {
         Self {
@@ -55,6 +68,10 @@ pub enum DataflowError {
     Source(#[from] ParquetEventError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Config(String),
     #[error("timely: {0}")]
     Timely(String),
 }
@@ -102,20 +119,8 @@ impl Cluster {
     }
 }
 
-/// What one process saw during a backfill.
-#[derive(Debug, Default, Clone)]
-pub struct BackfillReport {
-    pub rows: u64,
-    pub rejected: u64,
-    pub first_rejection: Option<String>,
-    /// Files whose row groups failed to decode, skipped with `--skip-bad-files`.
-    pub skipped: Vec<String>,
-    /// Epoch writes to the store, the shard batches and rows they carried, and the time the
-    /// sink spent in them (summed over this process's workers).
-    pub sink: SinkStats,
-}
-
-/// What a sink wrote, and the time it spent writing.
+/// Epoch writes to the store, the shard batches and rows they carried, and the time the sink
+/// spent in them (summed over a process's workers).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct SinkStats {
     pub epochs: u64,
@@ -133,191 +138,112 @@ impl SinkStats {
     }
 }
 
-impl BackfillReport {
-    fn merge(&mut self, other: BackfillReport) {
-        self.rows += other.rows;
-        self.rejected += other.rejected;
-        if self.first_rejection.is_none() {
-            self.first_rejection = other.first_rejection;
-        }
-        self.skipped.extend(other.skipped);
-        self.sink.add(other.sink);
-    }
+/// The first error of any worker; every worker stops at its next epoch once one is set.
+type Failure = Arc<Mutex<Option<DataflowError>>>;
+
+fn fail(failure: &Failure, e: impl Into<DataflowError>) {
+    failure
+        .lock()
+        .expect("failure lock")
+        .get_or_insert(e.into());
 }
 
-pub struct BackfillJob {
-    pub plan: ParquetPlan,
-    pub buckets: Buckets,
-    pub until: Option<DateTime<Utc>>,
-    pub skip_bad_files: bool,
+fn failed(failure: &Failure) -> bool {
+    failure.lock().expect("failure lock").is_some()
+}
+
+/// Where the sink writes, and which epochs it skips.
+struct SinkSpec {
     /// `None` in a process that does not write (a store only process 0 may open).
-    pub store: Option<Arc<dyn PosteriorStore>>,
-    pub shared_store: bool,
-    /// Called with the number of rows read so far by this process.
-    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+    store: Option<Arc<dyn PosteriorStore>>,
+    /// Whether every process writes its own shards (else all go to process 0's workers).
+    shared_store: bool,
+    /// Worker threads per process.
+    threads: u64,
+    /// Epochs before this one only load state that is already in the store; not written back.
+    first_written_epoch: u64,
+    failure: Failure,
+    stats: Arc<Mutex<SinkStats>>,
 }
 
-/// Runs the backfill on this process's workers and returns what they saw.
-pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillReport, DataflowError> {
-    let job = Arc::new(job);
-    let failure: Arc<Mutex<Option<DataflowError>>> = Arc::new(Mutex::new(None));
-    let read_rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let threads = cluster.workers as u64;
-    let shared_failure = failure.clone();
-    let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
-    let process_sink_stats = sink_stats.clone();
-    let guards = timely::execute(cluster.timely_config(), move |worker| {
-        let job = job.clone();
-        let failure = shared_failure.clone();
-        let sink_stats = process_sink_stats.clone();
-        let index = worker.index();
-        let peers = worker.peers();
-        let mut report = BackfillReport::default();
-        let (mut counts_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (counts_in, counts) = scope.new_collection::<(u32, CountKey), (i64, i64)>();
-            let (bad_in, bad_files) = scope.new_collection::<u32, isize>();
-            let good = if job.skip_bad_files {
-                counts.antijoin(bad_files.distinct_core::<i64>())
-            } else {
-                counts
-            };
-            let totals = good
-                .flat_map(|(_, key)| [key.all_time(), key])
-                .count_total();
-            let probe = sink(
-                totals,
-                job.store.clone(),
-                job.shared_store,
-                threads,
-                failure.clone(),
-                sink_stats.clone(),
-            );
-            (counts_in, bad_in, probe)
-        });
-        for (epoch, unit) in job.plan.share(index, peers).enumerate() {
-            let file = &job.plan.files[unit.file as usize];
-            match read_unit(file, unit, job.buckets, job.until) {
-                Ok(read) => {
-                    report.rows += read.rows;
-                    report.rejected += read.rejected;
-                    if report.first_rejection.is_none() {
-                        report.first_rejection = read.first_rejection.map(|r| {
-                            format!("{} row group {}: {r}", file.path.display(), unit.row_group)
-                        });
-                    }
-                    for (key, diff) in read.counts {
-                        counts_in.update((unit.file, key), diff);
-                    }
-                }
-                Err(e) if job.skip_bad_files => {
-                    report.skipped.push(e.to_string());
-                    bad_in.insert(unit.file);
-                }
-                Err(e) => {
-                    failure
-                        .lock()
-                        .expect("failure lock")
-                        .get_or_insert(e.into());
-                    break;
-                }
-            }
-            (job.progress)(read_rows_add(&read_rows, unit.rows));
-            let next = epoch as u64 + 1;
-            counts_in.advance_to(next);
-            bad_in.advance_to(next);
-            counts_in.flush();
-            bad_in.flush();
-            // Keep at most two epochs in flight so memory stays flat.
-            worker.step_while(|| probe.less_than(&next.saturating_sub(2)));
-            if failure.lock().expect("failure lock").is_some() {
-                break;
-            }
-        }
-        drop(counts_in);
-        drop(bad_in);
-        while worker.step_or_park(None) {}
-        report
-    })
-    .map_err(DataflowError::Timely)?;
-    let mut report = BackfillReport::default();
-    for r in guards.join() {
-        report.merge(r.map_err(DataflowError::Timely)?);
-    }
-    if let Some(e) = failure.lock().expect("failure lock").take() {
-        return Err(e);
-    }
-    report.sink = *sink_stats.lock().expect("sink stats lock");
-    Ok(report)
-}
+/// A shard's applied offset in one partition after an epoch.
+pub type AppliedOffset = (Shard, Partition, Offset);
 
-fn read_rows_add(counter: &std::sync::atomic::AtomicU64, rows: u64) -> u64 {
-    counter.fetch_add(rows, std::sync::atomic::Ordering::Relaxed) + rows
-}
-
-type Totals<'s> = VecCollection<'s, u64, (CountKey, (i64, i64)), isize>;
 /// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
 type Update = ((CountKey, (i64, i64)), u64, isize);
 
-/// Writes each completed epoch's changed shards, holding a capability per pending epoch so that
-/// the returned probe passes an epoch only once it is in the store.
-fn sink(
-    totals: Totals<'_>,
-    store: Option<Arc<dyn PosteriorStore>>,
-    shared_store: bool,
-    writer_threads: u64,
-    failure: Arc<Mutex<Option<DataflowError>>>,
-    stats: Arc<Mutex<SinkStats>>,
+/// Counts `records` per key (a pair diff of impressions and clicks) and writes each completed
+/// epoch's changed shards, with their applied offsets, in one batch per shard. The returned probe
+/// passes an epoch only once it is in the store.
+fn count_and_sink<'s>(
+    records: VecCollection<'s, u64, CountKey, (i64, i64)>,
+    applied: StreamVec<'s, u64, AppliedOffset>,
+    spec: SinkSpec,
 ) -> ProbeHandle<u64> {
-    // A shared store is written by the worker that owns the shard (the count's own exchange);
-    // a store only process 0 may open gets every shard routed to one of process 0's workers.
-    let route = move |u: &Update| {
-        let h = u.0 .0.hashed();
-        if shared_store {
-            h
-        } else {
-            h % writer_threads.max(1)
-        }
-    };
+    // A shared store is written by the worker that owns the shard; a store only process 0 may
+    // open gets every shard routed to one of process 0's workers.
+    let shared = spec.shared_store;
+    let threads = spec.threads.max(1);
+    let route = move |hash: u64| if shared { hash } else { hash % threads };
+    let totals = records.count_total();
     let stream = totals
         .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Exchange::new(route),
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+            applied,
+            Exchange::new(move |u: &Update| route(u.0 .0.hashed())),
+            Exchange::new(move |a: &AppliedOffset| route(shard_hash(&a.0 .0, &a.0 .1))),
             "Sink",
             move |_cap, _info| {
-                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<Update>)> = BTreeMap::new();
-                move |(input, frontier), _output| {
-                    input.for_each(|cap, data| {
+                type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
+                let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+                move |(counts, counts_frontier), (offsets, offsets_frontier), _output| {
+                    counts.for_each(|cap, data| {
                         for update in data.drain(..) {
                             pending
                                 .entry(update.1)
-                                .or_insert_with(|| (cap.delayed(&update.1, 0), Vec::new()))
+                                .or_insert_with(|| (cap.delayed(&update.1, 0), vec![], vec![]))
                                 .1
                                 .push(update);
                         }
                     });
+                    offsets.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), vec![], vec![]))
+                            .2
+                            .append(data);
+                    });
                     let complete: Vec<u64> = pending
                         .keys()
                         .copied()
-                        .filter(|t| !frontier.less_equal(t))
+                        .filter(|t| {
+                            !counts_frontier.less_equal(t) && !offsets_frontier.less_equal(t)
+                        })
                         .collect();
                     for t in complete {
-                        let (_cap, updates) = pending.remove(&t).expect("listed");
-                        if let Some(store) = &store {
-                            let writes = shard_writes(updates);
-                            let started = std::time::Instant::now();
-                            if let Err(e) = store.apply_epoch(&writes) {
-                                failure
-                                    .lock()
-                                    .expect("failure lock")
-                                    .get_or_insert(e.into());
-                            }
-                            stats.lock().expect("sink stats lock").add(SinkStats {
-                                epochs: 1,
-                                shards: writes.len() as u64,
-                                rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
-                                seconds: started.elapsed().as_secs_f64(),
-                            });
+                        let (_cap, updates, applied) = pending.remove(&t).expect("listed");
+                        let Some(store) = spec
+                            .store
+                            .as_ref()
+                            .filter(|_| t >= spec.first_written_epoch)
+                        else {
+                            continue;
+                        };
+                        if failed(&spec.failure) {
+                            continue;
                         }
+                        let writes = shard_writes(updates, applied);
+                        let started = std::time::Instant::now();
+                        if let Err(e) = store.apply_epoch(&writes) {
+                            fail(&spec.failure, e);
+                        }
+                        spec.stats.lock().expect("sink stats lock").add(SinkStats {
+                            epochs: 1,
+                            shards: writes.len() as u64,
+                            rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
+                            seconds: started.elapsed().as_secs_f64(),
+                        });
                     }
                 }
             },
@@ -326,8 +252,9 @@ fn sink(
     probe
 }
 
-/// The new absolute value of every key changed in one epoch, grouped by (tenant, city).
-fn shard_writes(updates: Vec<Update>) -> Vec<ShardWrite> {
+/// The new absolute value of every key changed in one epoch and the highest applied offset per
+/// partition, grouped by shard.
+fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardWrite> {
     let mut latest: BTreeMap<CountKey, (u64, u64)> = BTreeMap::new();
     for ((key, (imp, clk)), _, diff) in updates {
         if diff > 0 {
@@ -336,17 +263,28 @@ fn shard_writes(updates: Vec<Update>) -> Vec<ShardWrite> {
             latest.entry(key).or_insert((0, 0));
         }
     }
-    let mut shards: BTreeMap<(String, String), ShardWrite> = BTreeMap::new();
-    for (key, (imp, clk)) in latest {
+    let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
+    fn shard<'a>(
+        shards: &'a mut BTreeMap<Shard, ShardWrite>,
+        tenant: &str,
+        city: &str,
+    ) -> &'a mut ShardWrite {
         shards
-            .entry((key.arm.tenant.clone(), key.arm.city.clone()))
-            .or_insert_with_key(|(tenant, city)| ShardWrite {
-                tenant: tenant.clone(),
-                city: city.clone(),
+            .entry((tenant.to_string(), city.to_string()))
+            .or_insert_with(|| ShardWrite {
+                tenant: tenant.to_string(),
+                city: city.to_string(),
                 ..Default::default()
             })
-            .rows
-            .push((key, imp, clk));
+    }
+    for (key, (imp, clk)) in latest {
+        let write = shard(&mut shards, &key.arm.tenant, &key.arm.city);
+        write.rows.push((key, imp, clk));
+    }
+    for ((tenant, city), partition, offset) in applied {
+        let offsets = &mut shard(&mut shards, &tenant, &city).applied;
+        let entry = offsets.entry(partition).or_insert(offset);
+        *entry = (*entry).max(offset);
     }
     shards.into_values().collect()
 }

@@ -516,7 +516,7 @@ mod tests {
     fn event(i: u32, ts: &str) -> Event {
         Event {
             event_id: format!("e{i}"),
-            kind: if i % 3 == 0 {
+            kind: if i.is_multiple_of(3) {
                 EventKind::Click
             } else {
                 EventKind::Impression
@@ -526,7 +526,7 @@ mod tests {
             city: "pune".into(),
             banner: format!("b{}", i % 4),
             ts: time::parse_rfc3339(ts).unwrap(),
-            customer_id: (i % 2 == 0).then(|| format!("c{i}")),
+            customer_id: i.is_multiple_of(2).then(|| format!("c{i}")),
             referrer: Some("ads".into()),
             request_id: None,
         }

@@ -5,16 +5,27 @@
 //! Offsets: a record's offset is its position in its partition (0, 1, 2, …). A shard's `applied`
 //! offset is the offset of the last record it has counted; a job's checkpoint is the next offset
 //! to read, below which every shard has applied everything.
+//!
+//! Both backends put a keyed message in partition `positive(murmur2(key)) % partitions`
+//! ([`partition_for_key`]), the rule of Kafka's Java clients, so a message keyed `tenant|city`
+//! lands in the same partition whoever produced it.
 
+pub mod filelog;
+pub mod kafka;
 pub mod parquet;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::Event;
 use crate::store::{Offset, Partition};
+
+pub use filelog::{FileLog, FileLogOptions};
+pub use kafka::{KafkaLog, KafkaOptions};
 
 /// One message read from a log partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +46,19 @@ pub enum LogError {
     Unavailable { log: String, detail: String },
     #[error("event log {log}: {detail}")]
     Corrupt { log: String, detail: String },
+    /// A reader was asked to start where the partition holds no record: before its earliest
+    /// offset (deleted by retention) or past its end.
+    #[error("event log {log}: partition {partition} has no offset {offset} (it holds offsets {earliest}..{end})")]
+    OffsetOutOfRange {
+        log: String,
+        partition: Partition,
+        offset: Offset,
+        earliest: Offset,
+        end: Offset,
+    },
+    /// A message the log cannot take (too large for the backend).
+    #[error("event log {log}: {detail}")]
+    Rejected { log: String, detail: String },
 }
 
 /// An append-only, partitioned event log. Events are keyed `tenant|city`, so one shard's events
@@ -69,4 +93,265 @@ pub trait LogReader: Send {
 /// The key of an event's message: `tenant|city`.
 pub fn event_key(event: &Event) -> String {
     format!("{}|{}", event.tenant, event.city)
+}
+
+/// The partition of a keyed message among `partitions`: `positive(murmur2(key)) % partitions`,
+/// the rule of Kafka's Java clients' default partitioner (and of librdkafka's `murmur2`
+/// partitioners, whose implementation this calls).
+pub fn partition_for_key(key: &[u8], partitions: i32) -> Partition {
+    assert!(partitions > 0, "a log has at least one partition");
+    // SAFETY: librdkafka's murmur2 partitioner reads `keylen` bytes at `key` and touches none of
+    // the topic or opaque pointers (rdkafka_msg.c: `rd_murmur2(key, keylen) & 0x7fffffff) % cnt`).
+    unsafe {
+        rdkafka::bindings::rd_kafka_msg_partitioner_murmur2(
+            std::ptr::null(),
+            key.as_ptr().cast(),
+            key.len(),
+            partitions,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// Where a log URL points: `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?OPTIONS]` or
+/// `file:PATH[?OPTIONS]` (options in [`KafkaOptions`] and [`FileLogOptions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogUrl {
+    Kafka {
+        brokers: Vec<String>,
+        topic: String,
+        options: KafkaOptions,
+    },
+    File {
+        path: PathBuf,
+        options: FileLogOptions,
+    },
+}
+
+const URL_RULE: &str =
+    "must be kafka://HOST:PORT[,HOST:PORT...]/TOPIC[?options] or file:PATH[?options]";
+
+impl std::str::FromStr for LogUrl {
+    type Err = LogError;
+
+    fn from_str(url: &str) -> Result<Self, LogError> {
+        let err = |rule: String| LogError::Url {
+            url: url.to_string(),
+            rule,
+        };
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let params = parse_query(query).map_err(&err)?;
+        if let Some(rest) = base.strip_prefix("kafka://") {
+            let (hosts, topic) = rest
+                .split_once('/')
+                .ok_or_else(|| err(format!("names no topic: {URL_RULE}")))?;
+            let brokers = hosts
+                .split(',')
+                .map(|h| {
+                    let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if ok {
+                        Ok(h.to_string())
+                    } else {
+                        Err(err(format!("broker {h:?} is not HOST:PORT")))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let topic_ok = !topic.is_empty()
+                && topic.len() <= 249
+                && topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && topic != "."
+                && topic != "..";
+            if !topic_ok {
+                return Err(err(format!(
+                    "topic {topic:?} must match [A-Za-z0-9._-]{{1,249}} (and not be . or ..)"
+                )));
+            }
+            let options = KafkaOptions::from_params(&params).map_err(&err)?;
+            Ok(LogUrl::Kafka {
+                brokers,
+                topic: topic.to_string(),
+                options,
+            })
+        } else if let Some(path) = base.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(err(format!("names no path: {URL_RULE}")));
+            }
+            let options = FileLogOptions::from_params(&params).map_err(&err)?;
+            Ok(LogUrl::File {
+                path: path.into(),
+                options,
+            })
+        } else {
+            Err(err(URL_RULE.to_string()))
+        }
+    }
+}
+
+/// `k=v&k=v` pairs; a key may appear once.
+fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option {pair:?} is not NAME=VALUE"))?;
+        if params.iter().any(|(seen, _)| seen == k) {
+            return Err(format!("option {k:?} is given twice"));
+        }
+        params.push((k.to_string(), v.to_string()));
+    }
+    Ok(params)
+}
+
+/// Checks that every option is one of `known` and parses the value of `name` if present.
+pub(crate) fn option<T: std::str::FromStr>(
+    params: &[(String, String)],
+    known: &[&str],
+    name: &str,
+    rule: &str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<Option<T>, String> {
+    if let Some((k, _)) = params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown option {k:?} (options: {})",
+            known.join(", ")
+        ));
+    }
+    match params.iter().find(|(k, _)| k == name) {
+        None => Ok(None),
+        Some((_, v)) => match v.parse::<T>() {
+            Ok(t) if valid(&t) => Ok(Some(t)),
+            _ => Err(format!("option {name} {rule} (got {v:?})")),
+        },
+    }
+}
+
+/// Opens the log a URL names (see [`LogUrl`]). A file log is created if missing; a Kafka topic
+/// is created if missing only when the URL gives `partitions`.
+pub fn open_log(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
+    Ok(match url.parse::<LogUrl>()? {
+        LogUrl::File { path, options } => Arc::new(FileLog::open(url, &path, &options)?),
+        LogUrl::Kafka {
+            brokers,
+            topic,
+            options,
+        } => Arc::new(KafkaLog::open(url, &brokers, &topic, &options)?),
+    })
+}
+
+/// A message the streaming job refused, as kept in the dead-letter log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: String,
+    /// Where the message was in the source log.
+    pub partition: Partition,
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Every dead letter currently kept for the log a URL names (tests, tools).
+pub fn dead_letters(url: &str) -> Result<Vec<DeadLetter>, LogError> {
+    match url.parse::<LogUrl>()? {
+        LogUrl::File { path, options } => FileLog::open(url, &path, &options)?.dead_letters(),
+        LogUrl::Kafka {
+            brokers,
+            topic,
+            options,
+        } => KafkaLog::open(url, &brokers, &topic, &options)?.dead_letters(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Java's `Utils.murmur2` results, from Apache Kafka's `UtilsTest.testMurmur2`.
+    #[test]
+    fn murmur2_matches_kafkas_java_vectors() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, java) in cases {
+            let positive = java & 0x7fff_ffff;
+            for partitions in [1, 4, 7, 12, i32::MAX] {
+                assert_eq!(
+                    partition_for_key(key, partitions),
+                    positive % partitions,
+                    "{}",
+                    String::from_utf8_lossy(key)
+                );
+            }
+        }
+    }
+
+    fn url_err(url: &str) -> String {
+        url.parse::<LogUrl>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_log_urls() {
+        assert_eq!(
+            "kafka://127.0.0.1:9092,k2:9093/banner-events?partitions=8"
+                .parse::<LogUrl>()
+                .unwrap(),
+            LogUrl::Kafka {
+                brokers: vec!["127.0.0.1:9092".into(), "k2:9093".into()],
+                topic: "banner-events".into(),
+                options: KafkaOptions {
+                    partitions: Some(8),
+                    ..KafkaOptions::default()
+                },
+            }
+        );
+        assert_eq!(
+            "file:/tmp/log?partitions=2&retention_hours=48"
+                .parse::<LogUrl>()
+                .unwrap(),
+            LogUrl::File {
+                path: "/tmp/log".into(),
+                options: FileLogOptions {
+                    partitions: Some(2),
+                    retention_hours: Some(48),
+                    segment_mb: None,
+                },
+            }
+        );
+        assert_eq!(
+            "file:rel/dir".parse::<LogUrl>().unwrap(),
+            LogUrl::File {
+                path: "rel/dir".into(),
+                options: FileLogOptions::default(),
+            }
+        );
+    }
+
+    #[test]
+    fn url_errors_name_the_rule() {
+        assert!(url_err("redis://x").contains("must be kafka://"));
+        assert!(url_err("file:").contains("names no path"));
+        assert!(url_err("kafka://h:9092").contains("names no topic"));
+        assert!(url_err("kafka://h/t").contains("\"h\" is not HOST:PORT"));
+        assert!(url_err("kafka://h:9092/bad topic").contains("must match [A-Za-z0-9._-]"));
+        assert!(url_err("file:/x?partitions=0").contains("partitions"));
+        assert!(url_err("file:/x?size=1").contains("unknown option \"size\""));
+        assert!(url_err("file:/x?partitions=2&partitions=3").contains("given twice"));
+        assert!(url_err("kafka://h:1/t?partitions=x").contains("partitions"));
+    }
 }

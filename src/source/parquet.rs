@@ -321,7 +321,8 @@ fn aggregate_batch(
     )?;
     let ts: &TimestampMicrosecondArray = ts.as_primitive();
 
-    let mut local: FxHashMap<([u32; 4], i64), (i64, i64)> = FxHashMap::default();
+    let dims = names.each_ref().map(|c| c.values.len());
+    let mut tally = Tally::new(dims, ts, buckets, until);
     'rows: for i in 0..batch.num_rows() {
         out.rows += 1;
         let mut key = [0u32; 4];
@@ -360,15 +361,9 @@ fn aggregate_batch(
         if micros >= until {
             continue;
         }
-        let entry = local
-            .entry((key, buckets.index_of_micros(micros)))
-            .or_default();
-        match event_kind {
-            EventKind::Impression => entry.0 += 1,
-            EventKind::Click => entry.1 += 1,
-        }
+        tally.add(key, micros, event_kind == EventKind::Click);
     }
-    for (([t, s, c, b], bucket), (imp, clk)) in local {
+    tally.drain(|[t, s, c, b], bucket, (imp, clk)| {
         let arm = ArmKey::new(
             names[0].values.value(t as usize),
             names[1].values.value(s as usize),
@@ -378,13 +373,198 @@ fn aggregate_batch(
         let e = out.counts.entry(CountKey { arm, bucket }).or_default();
         e.0 += imp;
         e.1 += clk;
-    }
+    });
     Ok(())
+}
+
+/// Cells of a dense grid beyond which a batch is tallied in a hash map instead.
+const DENSE_CELLS: usize = 1 << 18;
+
+/// A batch's counts per (dictionary keys, bucket): a dense grid over the batch's dictionaries and
+/// bucket range when it is small (an index computation per row instead of a hash lookup), else a
+/// hash map.
+enum Tally {
+    Dense {
+        dims: [usize; 4],
+        range: BucketRange,
+        cells: Vec<(u32, u32)>,
+        touched: Vec<u32>,
+    },
+    Sparse {
+        buckets: Buckets,
+        map: FxHashMap<([u32; 4], i64), (i64, i64)>,
+    },
+}
+
+impl Tally {
+    fn new(dims: [usize; 4], ts: &TimestampMicrosecondArray, buckets: Buckets, until: i64) -> Self {
+        let range = arrow::compute::min(ts)
+            .zip(arrow::compute::max(ts))
+            .map(|(lo, hi)| BucketRange::new(buckets, lo, hi.min(until.saturating_sub(1)).max(lo)));
+        let cells = range.as_ref().and_then(|r| {
+            dims.iter()
+                .try_fold(r.len, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= DENSE_CELLS)
+        });
+        match (range, cells) {
+            (Some(range), Some(cells)) => Tally::Dense {
+                dims,
+                range,
+                cells: vec![(0, 0); cells],
+                touched: Vec::new(),
+            },
+            _ => Tally::Sparse {
+                buckets,
+                map: FxHashMap::default(),
+            },
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, key: [u32; 4], micros: i64, click: bool) {
+        match self {
+            Tally::Dense {
+                dims,
+                range,
+                cells,
+                touched,
+            } => {
+                let mut index = 0usize;
+                for (k, d) in key.iter().zip(dims.iter()) {
+                    index = index * d + *k as usize;
+                }
+                let index = index * range.len + range.offset(micros);
+                let cell = &mut cells[index];
+                if *cell == (0, 0) {
+                    touched.push(index as u32);
+                }
+                if click {
+                    cell.1 += 1;
+                } else {
+                    cell.0 += 1;
+                }
+            }
+            Tally::Sparse { buckets, map } => {
+                let entry = map
+                    .entry((key, buckets.index_of_micros(micros)))
+                    .or_default();
+                if click {
+                    entry.1 += 1;
+                } else {
+                    entry.0 += 1;
+                }
+            }
+        }
+    }
+
+    fn drain(self, mut emit: impl FnMut([u32; 4], i64, (i64, i64))) {
+        match self {
+            Tally::Dense {
+                dims,
+                range,
+                cells,
+                touched,
+            } => {
+                for index in touched {
+                    let (imp, clk) = cells[index as usize];
+                    let mut rest = index as usize / range.len;
+                    let bucket = range.first + (index as usize % range.len) as i64;
+                    let mut key = [0u32; 4];
+                    for (k, d) in key.iter_mut().zip(dims).rev() {
+                        *k = (rest % d) as u32;
+                        rest /= d;
+                    }
+                    emit(key, bucket, (i64::from(imp), i64::from(clk)));
+                }
+            }
+            Tally::Sparse { map, .. } => {
+                for ((key, bucket), counts) in map {
+                    emit(key, bucket, counts);
+                }
+            }
+        }
+    }
+}
+
+/// The buckets from the one of `lo` to the one of `hi`, with a bucket lookup by a float
+/// multiplication and an exact integer correction instead of a division per row.
+struct BucketRange {
+    first: i64,
+    len: usize,
+    base_micros: i64,
+    width_micros: i64,
+    per_micro: f64,
+}
+
+impl BucketRange {
+    fn new(buckets: Buckets, lo: i64, hi: i64) -> Self {
+        let first = buckets.index_of_micros(lo);
+        let last = buckets.index_of_micros(hi);
+        let width_micros = i64::from(buckets.minutes()) * 60_000_000;
+        Self {
+            first,
+            len: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
+            base_micros: buckets.start(first).timestamp_micros(),
+            width_micros,
+            per_micro: 1.0 / width_micros as f64,
+        }
+    }
+
+    /// The bucket of `micros` (within the range) counted from `first`.
+    #[inline]
+    fn offset(&self, micros: i64) -> usize {
+        let since = micros - self.base_micros;
+        let mut q = (since as f64 * self.per_micro) as i64;
+        if q * self.width_micros > since {
+            q -= 1;
+        } else if (q + 1) * self.width_micros <= since {
+            q += 1;
+        }
+        q as usize
+    }
 }
 
 fn reject(out: &mut UnitCounts, e: FieldError) {
     out.rejected += 1;
     if out.first_rejection.is_none() {
         out.first_rejection = Some(e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bucket_range_agrees_with_the_bucket_index(
+            minutes in prop::sample::select(vec![1u32, 5, 15, 60, 90, 720, 1440]),
+            lo in -10_000_000_000_000i64..4_000_000_000_000_000,
+            span in 0i64..5_000_000_000_000,
+            picks in prop::collection::vec(0.0f64..=1.0, 1..50),
+        ) {
+            let buckets = Buckets::of_minutes(minutes).unwrap();
+            let hi = lo + span;
+            let range = BucketRange::new(buckets, lo, hi);
+            for p in picks {
+                let micros = lo + (span as f64 * p) as i64;
+                let micros = micros.min(hi);
+                prop_assert_eq!(
+                    range.first + range.offset(micros) as i64,
+                    buckets.index_of_micros(micros)
+                );
+            }
+            let starts = (range.first..range.first + range.len.min(6) as i64)
+                .map(|b| buckets.start(b).timestamp_micros());
+            for edge in starts.flat_map(|s| [s - 1, s]).chain([lo, hi]) {
+                if (lo..=hi).contains(&edge) {
+                    prop_assert_eq!(
+                        range.first + range.offset(edge) as i64,
+                        buckets.index_of_micros(edge)
+                    );
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 
 use super::{
-    ApiKey, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite, StoreError,
-    ALL_TIME,
+    ApiKey, AppliedOffsets, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite,
+    StoreError, ALL_TIME,
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
 use crate::dataflow::CountKey;
@@ -301,6 +301,21 @@ impl PosteriorStore for EmbeddedStore {
                 }
             }
             Ok(shards.into_values().collect())
+        })
+    }
+
+    fn applied_offsets(&self) -> Result<AppliedOffsets, StoreError> {
+        self.read(|tx| {
+            let mut offsets = AppliedOffsets::new();
+            for entry in tx.open_table(APPLIED)?.iter()? {
+                let (k, v) = entry?;
+                let (tenant, city, partition) = k.value();
+                offsets
+                    .entry((tenant.to_string(), city.to_string()))
+                    .or_default()
+                    .insert(partition, v.value());
+            }
+            Ok(offsets)
         })
     }
 

@@ -44,6 +44,9 @@ pub type Partition = i32;
 /// An offset in one partition of an event log.
 pub type Offset = i64;
 
+/// Every shard's applied offset per partition.
+pub type AppliedOffsets = BTreeMap<(String, String), BTreeMap<Partition, Offset>>;
+
 /// The changed rows of one (tenant, city) shard in one epoch, as absolute values, and the offset
 /// per log partition up to which the shard has applied events (empty in a backfill). A row whose
 /// counts are both zero is deleted. A store applies a shard's rows and offsets atomically.
@@ -172,6 +175,14 @@ pub trait PosteriorStore: Send + Sync {
     /// Every stored shard for which `owns(tenant, city)` holds, with all its rows and applied
     /// offsets (the streaming job's recovery).
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError>;
+    /// Every shard's applied offsets (what a stream reader skips on restart).
+    fn applied_offsets(&self) -> Result<AppliedOffsets, StoreError> {
+        Ok(self
+            .shards(&|_, _| true)?
+            .into_iter()
+            .map(|s| ((s.tenant, s.city), s.applied))
+            .collect())
+    }
     /// The resume low-watermark per partition of a job: every event below it is applied by
     /// every shard.
     fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError>;

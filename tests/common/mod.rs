@@ -1,8 +1,13 @@
 //! Helpers shared by the tests that run the `slotbandit` binary.
 #![allow(dead_code)] // each test crate uses its own subset
 
+use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+
+use slotbandit::model::parquet::read_events;
+use slotbandit::model::{Event, EventKind};
 
 pub fn slotbandit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_slotbandit"))
@@ -56,4 +61,67 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{prefix}_{}_{nanos}", std::process::id())
+}
+
+pub type Counts = BTreeMap<(String, String, String, String), (u64, u64)>;
+
+pub fn events_of(files: &[std::path::PathBuf]) -> Vec<Event> {
+    files.iter().flat_map(|f| read_events(f).unwrap()).collect()
+}
+
+/// IST hour bucket, computed here independently: hours since 1970-01-01 00:00 IST.
+pub fn ist_hour(e: &Event) -> i64 {
+    (e.ts.timestamp() + 19_800).div_euclid(3600)
+}
+
+pub fn recount<'a>(events: impl IntoIterator<Item = &'a Event>) -> Counts {
+    let mut c = Counts::new();
+    for e in events {
+        let v = c
+            .entry((
+                e.tenant.clone(),
+                e.slot.clone(),
+                e.city.clone(),
+                e.banner.clone(),
+            ))
+            .or_default();
+        match e.kind {
+            EventKind::Impression => v.0 += 1,
+            EventKind::Click => v.1 += 1,
+        }
+    }
+    c
+}
+
+pub fn posteriors(store: &str, extra: &[&str]) -> Counts {
+    let mut args = vec!["posteriors", "--store", store, "--format", "csv"];
+    args.extend_from_slice(extra);
+    let csv = ok(slotbandit(&args));
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "tenant,slot,city,banner,impressions,clicks,alpha,beta,mean,lower95,upper95"
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let (imp, clk): (u64, u64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
+            let (alpha, beta): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
+            // No priors were computed: Beta(1 + clicks, 1 + impressions − clicks).
+            assert_eq!(alpha, 1.0 + clk as f64, "{l}");
+            assert_eq!(beta, 1.0 + (imp - clk.min(imp)) as f64, "{l}");
+            (
+                (f[0].into(), f[1].into(), f[2].into(), f[3].into()),
+                (imp, clk),
+            )
+        })
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,0 +1,113 @@
+//! `slotbandit serve`: the lookup service over a store and an event log.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use slotbandit::serve::{token_secret, ServeOptions, Service};
+use slotbandit::source::open_log;
+use slotbandit::store::open_store;
+
+use super::flags::{self, StoreArg};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The event log impressions and clicks go to: file:PATH or kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "SLOTBANDIT_LOG", default_value = "file:slotbandit-log")]
+    log: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How often the posterior cache is reloaded from the store, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    refresh_ms: u64,
+    /// How long after a decision its clicks are accepted, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    token_ttl_secs: u64,
+    /// The secret that signs request_ids (at least 32 bytes); default: the store's, made on
+    /// first start, so that replicas on one store agree.
+    #[arg(long, env = "SLOTBANDIT_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Enable the seed-compatible /adclick routes (no key, no token) for a tenant; repeatable.
+    #[arg(long = "compat-tenant", value_parser = flags::name)]
+    compat_tenants: Vec<String>,
+    /// Where impressions wait while the event log is down.
+    #[arg(long, default_value = "slotbandit-spool")]
+    spool_dir: PathBuf,
+    /// Windows (minutes) kept in the cache from the start, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "720", value_parser = clap::value_parser!(u32).range(1..=43_200))]
+    windows: Vec<u32>,
+    /// Largest accepted JSON body, in bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    body_limit: usize,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            refresh: Duration::from_millis(self.refresh_ms),
+            token_ttl_secs: self.token_ttl_secs,
+            compat_tenants: self.compat_tenants.iter().cloned().collect::<BTreeSet<_>>(),
+            windows: self.windows.clone(),
+            body_limit: self.body_limit,
+            spool_dir: self.spool_dir.clone(),
+            ..ServeOptions::default()
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = runtime.enable_all().build()?;
+    let store: Arc<dyn slotbandit::store::PosteriorStore> =
+        Arc::from(open_store(&args.store.store, true)?);
+    let log = open_log(&args.log)?;
+    let secret = token_secret(store.as_ref(), args.token_secret.as_deref())?;
+    runtime.block_on(async {
+        let service = Service::start(store, log, &secret, args.options()).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("--listen {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to find the port (with --listen 127.0.0.1:0).
+        println!("listening on http://{addr}");
+        tracing::info!(
+            "serving {} with events to {} (demo page http://{addr}/, dashboard http://{addr}/dashboard)",
+            args.store.store,
+            args.log
+        );
+        service.serve(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

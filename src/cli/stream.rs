@@ -1,0 +1,232 @@
+//! `slotbandit stream`: the event log counted into the store, epoch by epoch, with exactly-once
+//! effect across restarts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{ArgAction, Args};
+use indicatif::{ProgressBar, ProgressStyle};
+use slotbandit::dataflow::{run_stream, Cluster, StreamJob, StreamMetrics, StreamReport};
+use slotbandit::source::{open_log, EventLog};
+use slotbandit::store::{open_store, PosteriorStore, META_BUCKET_MINUTES};
+
+use super::flags;
+
+/// The checkpoint name of the stream job unless `--name` says otherwise.
+pub const DEFAULT_JOB_NAME: &str = "stream";
+/// How far before the cutoff the handoff starts reading; events before the cutoff are dropped,
+/// so the margin only catches events appended a little before their own timestamp.
+const HANDOFF_MARGIN_MINUTES: i64 = 10;
+
+#[derive(Args)]
+#[command(disable_help_flag = true)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub log: flags::LogArg,
+    #[command(flatten)]
+    pub store: flags::StoreArg,
+    #[command(flatten)]
+    pub cluster: flags::ClusterArgs,
+    #[command(flatten)]
+    pub options: StreamOptions,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// The stream job's settings, shared with `backfill --then-stream`.
+#[derive(Args, Clone)]
+pub struct StreamOptions {
+    /// The name the job's checkpoints are kept under (one per job reading the log).
+    #[arg(long = "name", default_value = DEFAULT_JOB_NAME, value_parser = flags::name)]
+    pub job_name: String,
+    /// How often an epoch closes, in milliseconds.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub epoch_ms: u64,
+    /// Drop events with a timestamp before this instant (RFC 3339, or IST DD-Mon-YY HH:MM:SS).
+    #[arg(long, value_parser = flags::instant)]
+    pub cutoff: Option<DateTime<Utc>>,
+    /// How many minutes of clicks to remember to count a (request_id, banner) once; at least
+    /// the lifetime of the service's decision tokens.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub click_dedup_minutes: u64,
+    /// Do not write events with a customer ID to the customer history.
+    #[arg(long)]
+    pub no_customer_events: bool,
+    /// Stop once everything the log held at start is counted (catch-up runs, tests).
+    #[arg(long)]
+    pub stop_at_end: bool,
+    /// Serve the job's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+pub fn run(args: StreamArgs) -> anyhow::Result<()> {
+    let cluster = args.cluster.cluster()?;
+    let store: Arc<dyn PosteriorStore> = Arc::from(open_store(&args.store.store, true)?);
+    let log = open_log(&args.log.log)?;
+    stream(log, store, &args.options, &cluster, true)
+}
+
+fn cutoff_key(job_name: &str) -> String {
+    format!("cutoff.{job_name}")
+}
+
+/// Runs the stream job until the end (with `--stop-at-end`), Ctrl-C or SIGTERM, and prints what
+/// it did. Shared by `stream`, `backfill --then-stream` and `demo`.
+pub fn stream(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn PosteriorStore>,
+    options: &StreamOptions,
+    cluster: &Cluster,
+    show_progress: bool,
+) -> anyhow::Result<()> {
+    let buckets = store.buckets()?;
+    let cutoff = match options.cutoff {
+        Some(c) => Some(c),
+        None => store
+            .meta(&cutoff_key(&options.job_name))?
+            .map(|s| slotbandit::time::parse_rfc3339(&s))
+            .transpose()
+            .context("the cutoff recorded by the backfill handoff")?,
+    };
+    store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    stop_on_signals(shutdown.clone())?;
+    let bar = if show_progress {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {human_pos} records read  {per_sec}  {elapsed}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress_bar = bar.clone();
+    let metrics = Arc::new(StreamMetrics::default());
+    if let Some(addr) = options.metrics_listen {
+        serve_metrics(addr, metrics.clone())?;
+    }
+    let started = Instant::now();
+    let log_name = log.name().to_string();
+    let job = StreamJob {
+        log,
+        store,
+        name: options.job_name.clone(),
+        buckets,
+        epoch: Duration::from_millis(options.epoch_ms),
+        cutoff,
+        click_dedup: Duration::from_secs(options.click_dedup_minutes * 60),
+        customer_events: !options.no_customer_events,
+        stop_at_end: options.stop_at_end,
+        shutdown,
+        progress: Arc::new(move |n| progress_bar.set_position(n)),
+        metrics,
+    };
+    let report = run_stream(job, cluster).with_context(|| format!("stream from {log_name}"))?;
+    bar.finish_and_clear();
+    print_report(&report, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_report(r: &StreamReport, secs: f64) {
+    println!(
+        "stream: {} records in {secs:.2} s ({:.0} records/s): {} counted, {} already applied, \
+         {} repeated clicks, {} before the cutoff, {} dead letters",
+        r.records,
+        r.records as f64 / secs.max(1e-9),
+        r.counted,
+        r.already_applied,
+        r.repeated_clicks,
+        r.before_cutoff,
+        r.dead_letters
+    );
+    println!(
+        "sink: {} epochs, {} shard batches, {} rows written in {:.2} s",
+        r.sink.epochs, r.sink.shards, r.sink.rows, r.sink.seconds
+    );
+}
+
+/// The handoff from a backfill that counted `ts < cutoff`: the stream job will start each
+/// partition a margin before the cutoff (by the log's timestamps) and drop `ts < cutoff`, also
+/// after restarts (the cutoff is recorded in the store).
+pub fn hand_off(
+    log: &dyn EventLog,
+    store: &dyn PosteriorStore,
+    job_name: &str,
+    cutoff: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let start = log.offsets_for_time(cutoff - chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES))?;
+    store.set_checkpoints(job_name, &start)?;
+    store.set_meta(&cutoff_key(job_name), &slotbandit::time::format_utc(cutoff))?;
+    Ok(())
+}
+
+/// Sets `shutdown` on Ctrl-C or SIGTERM (what Kubernetes sends), so the job ends after the
+/// current epoch with everything read so far in the store.
+fn stop_on_signals(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("signal handler runtime")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term.recv() => {},
+                    },
+                    Err(e) => {
+                        tracing::warn!("no SIGTERM handler ({e}); Ctrl-C still stops the job");
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            });
+            tracing::info!("stopping after the current epoch");
+            shutdown.store(true, Ordering::Relaxed);
+        })
+        .context("signal handler thread")?;
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own for as long as the process runs.
+fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<StreamMetrics>) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("metrics runtime")?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let metrics = metrics.clone();
+                        async move { metrics.render() }
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::warn!("metrics endpoint stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("metrics endpoint: {e}"),
+                }
+            })
+        })
+        .context("metrics thread")?;
+    tracing::info!("metrics at http://{addr}/metrics");
+    Ok(())
+}

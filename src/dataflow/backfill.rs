@@ -1,0 +1,149 @@
+//! Backfill: Parquet history, row groups shared among the workers, one epoch per row group.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use differential_dataflow::input::Input;
+use timely::dataflow::operators::ToStream;
+
+use super::{
+    count_and_sink, fail, failed, AppliedOffset, Cluster, CountKey, DataflowError, Failure,
+    SinkSpec, SinkStats,
+};
+use crate::source::parquet::{read_unit, ParquetPlan};
+use crate::store::PosteriorStore;
+use crate::time::Buckets;
+
+/// What one process saw during a backfill.
+#[derive(Debug, Default, Clone)]
+pub struct BackfillReport {
+    pub rows: u64,
+    pub rejected: u64,
+    pub first_rejection: Option<String>,
+    /// Files whose row groups failed to decode, skipped with `--skip-bad-files`.
+    pub skipped: Vec<String>,
+    /// What the sink wrote, and the time it took (this process's workers).
+    pub sink: SinkStats,
+}
+
+impl BackfillReport {
+    fn merge(&mut self, other: BackfillReport) {
+        self.rows += other.rows;
+        self.rejected += other.rejected;
+        if self.first_rejection.is_none() {
+            self.first_rejection = other.first_rejection;
+        }
+        self.skipped.extend(other.skipped);
+        self.sink.add(other.sink);
+    }
+}
+
+pub struct BackfillJob {
+    pub plan: ParquetPlan,
+    pub buckets: Buckets,
+    pub until: Option<DateTime<Utc>>,
+    pub skip_bad_files: bool,
+    /// `None` in a process that does not write (a store only process 0 may open).
+    pub store: Option<Arc<dyn PosteriorStore>>,
+    pub shared_store: bool,
+    /// Called with the number of rows read so far by this process.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Runs the backfill on this process's workers and returns what they saw.
+pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillReport, DataflowError> {
+    let job = Arc::new(job);
+    let failure: Failure = Arc::default();
+    let read_rows = Arc::new(AtomicU64::new(0));
+    let threads = cluster.workers as u64;
+    let shared_failure = failure.clone();
+    let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
+    let process_sink_stats = sink_stats.clone();
+    let guards = timely::execute(cluster.timely_config(), move |worker| {
+        let job = job.clone();
+        let failure = shared_failure.clone();
+        let sink_stats = process_sink_stats.clone();
+        let index = worker.index();
+        let peers = worker.peers();
+        let mut report = BackfillReport::default();
+        let (mut counts_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (counts_in, counts) = scope.new_collection::<(u32, CountKey), (i64, i64)>();
+            let (bad_in, bad_files) = scope.new_collection::<u32, isize>();
+            let good = if job.skip_bad_files {
+                counts.antijoin(bad_files.distinct_core::<i64>())
+            } else {
+                counts
+            };
+            let records = good.flat_map(|(_, key)| [key.all_time(), key]);
+            let no_offsets = Vec::<AppliedOffset>::new().to_stream(scope);
+            let probe = count_and_sink(
+                records,
+                no_offsets,
+                SinkSpec {
+                    store: job.store.clone(),
+                    shared_store: job.shared_store,
+                    threads,
+                    first_written_epoch: 0,
+                    failure: failure.clone(),
+                    stats: sink_stats.clone(),
+                },
+            );
+            (counts_in, bad_in, probe)
+        });
+        for (epoch, unit) in job.plan.share(index, peers).enumerate() {
+            let file = &job.plan.files[unit.file as usize];
+            match read_unit(file, unit, job.buckets, job.until) {
+                Ok(read) => {
+                    report.rows += read.rows;
+                    report.rejected += read.rejected;
+                    if report.first_rejection.is_none() {
+                        report.first_rejection = read.first_rejection.map(|r| {
+                            format!("{} row group {}: {r}", file.path.display(), unit.row_group)
+                        });
+                    }
+                    for (key, diff) in read.counts {
+                        counts_in.update((unit.file, key), diff);
+                    }
+                }
+                Err(e) if job.skip_bad_files => {
+                    report.skipped.push(e.to_string());
+                    bad_in.insert(unit.file);
+                }
+                Err(e) => {
+                    fail(&failure, e);
+                    break;
+                }
+            }
+            (job.progress)(read_rows_add(&read_rows, unit.rows));
+            let next = epoch as u64 + 1;
+            counts_in.advance_to(next);
+            bad_in.advance_to(next);
+            counts_in.flush();
+            bad_in.flush();
+            // Keep at most two epochs in flight so memory stays flat.
+            worker.step_while(|| probe.less_than(&next.saturating_sub(2)));
+            if failed(&failure) {
+                break;
+            }
+        }
+        drop(counts_in);
+        drop(bad_in);
+        while worker.step_or_park(None) {}
+        report
+    })
+    .map_err(DataflowError::Timely)?;
+    let mut report = BackfillReport::default();
+    for r in guards.join() {
+        report.merge(r.map_err(DataflowError::Timely)?);
+    }
+    if let Some(e) = failure.lock().expect("failure lock").take() {
+        return Err(e);
+    }
+    report.sink = *sink_stats.lock().expect("sink stats lock");
+    Ok(report)
+}
+
+fn read_rows_add(counter: &AtomicU64, rows: u64) -> u64 {
+    counter.fetch_add(rows, Ordering::Relaxed) + rows
+}

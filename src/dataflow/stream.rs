@@ -1,0 +1,564 @@
+//! Stream: an event log (Kafka or the file log) counted into the store with exactly-once effect
+//! (DESIGN.md §5).
+//!
+//! - Worker `w` of `W` reads the log partitions `p` with `p % W == w`, from the job's checkpoint
+//!   (the resume low-watermark) or, on a first run, from the start of the log.
+//! - Every `epoch` it hands its pre-aggregated counts to differential, and for every shard it
+//!   read the highest offset per partition; the sink writes a shard's rows and those offsets in
+//!   one atomic batch. On restart an event at or below its shard's applied offset is skipped.
+//! - Once an epoch is in the store, the reader moves the checkpoint of its partitions past it.
+//! - Epoch 0 loads the stored counts (so totals continue from them); it is not written back.
+//! - Clicks count at most once per (request_id, banner): each reader remembers the clicks of its
+//!   partitions for `click_dedup` of event time and, on restart, re-reads that much of the log to
+//!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
+//! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use differential_dataflow::input::Input;
+use rustc_hash::FxHashMap;
+use timely::dataflow::operators::Input as TimelyInput;
+
+use super::{
+    count_and_sink, fail, failed, shard_hash, AppliedOffset, Cluster, CountKey, DataflowError,
+    Failure, Shard, SinkSpec, SinkStats,
+};
+use crate::model::{Event, EventKind};
+use crate::source::{EventLog, LogRecord};
+use crate::store::{Offset, Partition, PosteriorStore, ALL_TIME};
+use crate::time::Buckets;
+
+/// Records asked of the log per poll.
+const POLL_BATCH: usize = 8192;
+/// How long the log may keep failing before the job gives up.
+const LOG_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct StreamJob {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn PosteriorStore>,
+    /// The name the job's checkpoints are kept under.
+    pub name: String,
+    pub buckets: Buckets,
+    /// How often an epoch closes.
+    pub epoch: Duration,
+    /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
+    pub cutoff: Option<DateTime<Utc>>,
+    /// How much event time of clicks each reader remembers to drop repeated clicks.
+    pub click_dedup: Duration,
+    /// Whether events with a customer ID are written to the store's customer history.
+    pub customer_events: bool,
+    /// Stop once the offsets that were the log's end at start are counted (else run until
+    /// `shutdown`).
+    pub stop_at_end: bool,
+    pub shutdown: Arc<AtomicBool>,
+    /// Called with the number of records this process has read so far.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+    pub metrics: Arc<StreamMetrics>,
+}
+
+/// The job's live counters, for Prometheus (`stream --metrics-listen`).
+pub struct StreamMetrics {
+    pub registry: prometheus::Registry,
+    records: prometheus::IntCounter,
+    counted: prometheus::IntCounter,
+    already_applied: prometheus::IntCounter,
+    repeated_clicks: prometheus::IntCounter,
+    before_cutoff: prometheus::IntCounter,
+    dead_letters: prometheus::IntCounter,
+    epochs_stored: prometheus::IntCounter,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        let registry = prometheus::Registry::new_custom(Some("slotbandit_stream".into()), None)
+            .expect("a constant prefix is valid");
+        let counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("a valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        Self {
+            records: counter("records_total", "Records read from the event log"),
+            counted: counter("events_counted_total", "Events counted into the posteriors"),
+            already_applied: counter(
+                "events_already_applied_total",
+                "Events skipped because their shard had applied them before a restart",
+            ),
+            repeated_clicks: counter(
+                "repeated_clicks_total",
+                "Clicks dropped as repeats of a (request_id, banner)",
+            ),
+            before_cutoff: counter(
+                "events_before_cutoff_total",
+                "Events dropped for a timestamp before the handoff cutoff",
+            ),
+            dead_letters: counter(
+                "dead_letters_total",
+                "Malformed messages sent to the dead-letter log",
+            ),
+            epochs_stored: counter(
+                "epochs_stored_total",
+                "Epochs whose changes are in the store (summed over readers)",
+            ),
+            registry,
+        }
+    }
+}
+
+impl StreamMetrics {
+    fn add(&self, before: &StreamReport, after: &StreamReport) {
+        self.records.inc_by(after.records - before.records);
+        self.counted.inc_by(after.counted - before.counted);
+        self.already_applied
+            .inc_by(after.already_applied - before.already_applied);
+        self.repeated_clicks
+            .inc_by(after.repeated_clicks - before.repeated_clicks);
+        self.before_cutoff
+            .inc_by(after.before_cutoff - before.before_cutoff);
+        self.dead_letters
+            .inc_by(after.dead_letters - before.dead_letters);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// What one process's workers did.
+#[derive(Debug, Default, Clone)]
+pub struct StreamReport {
+    /// Records read from the log.
+    pub records: u64,
+    /// Events counted.
+    pub counted: u64,
+    /// Events skipped because their shard had already applied them (a restart).
+    pub already_applied: u64,
+    /// Clicks dropped as repeats of a (request_id, banner).
+    pub repeated_clicks: u64,
+    /// Events dropped for `ts` before the cutoff.
+    pub before_cutoff: u64,
+    /// Malformed messages sent to the dead-letter log.
+    pub dead_letters: u64,
+    /// Records read before the checkpoint only to remember clicks.
+    pub rewound: u64,
+    pub sink: SinkStats,
+}
+
+impl StreamReport {
+    fn merge(&mut self, o: &StreamReport) {
+        self.records += o.records;
+        self.counted += o.counted;
+        self.already_applied += o.already_applied;
+        self.repeated_clicks += o.repeated_clicks;
+        self.before_cutoff += o.before_cutoff;
+        self.dead_letters += o.dead_letters;
+        self.rewound += o.rewound;
+    }
+}
+
+/// Runs the streaming job on this process's workers until the log's end (with `stop_at_end`),
+/// a shutdown request, or an error.
+pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, DataflowError> {
+    if cluster.processes() > 1 && !job.store.shared_across_processes() {
+        return Err(DataflowError::Config(
+            "a stream job of several processes needs a store every process can write (cassandra://)"
+                .into(),
+        ));
+    }
+    let partitions = job.log.partitions()?;
+    let job = Arc::new(job);
+    let failure: Failure = Arc::default();
+    let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
+    let read = Arc::new(AtomicU64::new(0));
+    let threads = cluster.workers as u64;
+    let (worker_failure, worker_stats) = (failure.clone(), sink_stats.clone());
+    let guards = timely::execute(cluster.timely_config(), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let job = job.clone();
+        let failure = worker_failure.clone();
+        let (mut counts_in, mut applied_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (counts_in, counts) = scope.new_collection::<CountKey, (i64, i64)>();
+            let (applied_in, applied) = scope.new_input::<Vec<AppliedOffset>>();
+            let probe = count_and_sink(
+                counts,
+                applied,
+                SinkSpec {
+                    store: Some(job.store.clone()),
+                    shared_store: job.store.shared_across_processes(),
+                    threads,
+                    first_written_epoch: 1,
+                    failure: failure.clone(),
+                    stats: worker_stats.clone(),
+                },
+            );
+            (counts_in, applied_in, probe)
+        });
+        let mut report = StreamReport::default();
+        // Epoch 0: the stored counts of the shards this worker loads.
+        let owns =
+            |tenant: &str, city: &str| shard_hash(tenant, city) % peers as u64 == index as u64;
+        match job.store.shards(&owns) {
+            Ok(shards) => {
+                for shard in shards {
+                    for (key, imp, clk) in shard.rows {
+                        counts_in.update(key, (imp as i64, clk as i64));
+                    }
+                }
+            }
+            Err(e) => fail(&failure, e),
+        }
+        let mine: Vec<Partition> = partitions
+            .iter()
+            .copied()
+            .filter(|p| (*p as usize) % peers == index)
+            .collect();
+        // Read once every process has joined (a handoff writes them before process 0 joins).
+        let mut reader = PartitionReader::open(&job, &mine).unwrap_or_else(|e| {
+            fail(&failure, e);
+            None
+        });
+        let mut epoch = 1u64;
+        counts_in.advance_to(epoch);
+        applied_in.advance_to(epoch);
+        // Reader positions at the end of each epoch not yet known to be in the store.
+        let mut in_flight: VecDeque<(u64, BTreeMap<Partition, Offset>)> = VecDeque::new();
+        let mut log_failing_since: Option<Instant> = None;
+        loop {
+            let mut done = failed(&failure) || job.shutdown.load(Ordering::Relaxed);
+            if let (Some(r), false) = (reader.as_mut(), done) {
+                let before = report.clone();
+                let outcome = r.read_epoch(&job, &mut report);
+                job.metrics.add(&before, &report);
+                match outcome {
+                    Ok(batch) => {
+                        log_failing_since = None;
+                        (job.progress)(
+                            read.fetch_add(batch.records, Ordering::Relaxed) + batch.records,
+                        );
+                        for (key, diff) in batch.counts {
+                            counts_in.update(key, diff);
+                        }
+                        for (shard, partition, offset) in batch.applied {
+                            applied_in.send((shard, partition, offset));
+                        }
+                        in_flight.push_back((epoch, r.resume_points()));
+                        done = job.stop_at_end && r.at_end();
+                    }
+                    Err(e) => {
+                        let since = *log_failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > LOG_DEADLINE {
+                            fail(&failure, e);
+                        } else {
+                            tracing::warn!("{e}; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                }
+            } else if reader.is_none() {
+                done = done || job.stop_at_end;
+                std::thread::sleep(job.epoch.min(Duration::from_millis(50)));
+            }
+            epoch += 1;
+            counts_in.advance_to(epoch);
+            applied_in.advance_to(epoch);
+            counts_in.flush();
+            applied_in.flush();
+            // At most two epochs in flight, so memory stays flat while catching up.
+            worker.step_while(|| probe.less_than(&epoch.saturating_sub(2)) && !failed(&failure));
+            checkpoint(&job, &probe, &mut in_flight, &failure);
+            if done {
+                break;
+            }
+        }
+        drop(counts_in);
+        drop(applied_in);
+        while worker.step_or_park(None) {}
+        checkpoint(&job, &probe, &mut in_flight, &failure);
+        report
+    })
+    .map_err(DataflowError::Timely)?;
+    let mut report = StreamReport::default();
+    for r in guards.join() {
+        report.merge(&r.map_err(DataflowError::Timely)?);
+    }
+    if let Some(e) = failure.lock().expect("failure lock").take() {
+        return Err(e);
+    }
+    report.sink = *sink_stats.lock().expect("sink stats lock");
+    Ok(report)
+}
+
+/// Moves the checkpoint past every epoch the store has (all of them once the dataflow is done).
+fn checkpoint(
+    job: &StreamJob,
+    probe: &timely::dataflow::ProbeHandle<u64>,
+    in_flight: &mut VecDeque<(u64, BTreeMap<Partition, Offset>)>,
+    failure: &Failure,
+) {
+    let mut newest = None;
+    while let Some((e, _)) = in_flight.front() {
+        if probe.less_equal(e) || failed(failure) {
+            break;
+        }
+        newest = in_flight.pop_front().map(|(_, positions)| positions);
+    }
+    if let Some(positions) = newest {
+        job.metrics.epochs_stored.inc();
+        if let Err(e) = job.store.set_checkpoints(&job.name, &positions) {
+            fail(failure, e);
+        }
+    }
+}
+
+/// One epoch's worth of a reader's partitions, pre-aggregated.
+struct EpochBatch {
+    records: u64,
+    counts: FxHashMap<CountKey, (i64, i64)>,
+    applied: Vec<AppliedOffset>,
+}
+
+/// A worker's partitions: the log reader, what each shard has applied, and recent clicks.
+struct PartitionReader {
+    reader: Box<dyn crate::source::LogReader>,
+    /// The next offset to read per partition.
+    positions: BTreeMap<Partition, Offset>,
+    /// Below this offset a partition is applied by every shard (the checkpoint at start).
+    checkpoints: BTreeMap<Partition, Offset>,
+    /// The log's end per partition when the job started.
+    ends: BTreeMap<Partition, Offset>,
+    applied: HashMap<(Shard, Partition), Offset>,
+    clicks: RecentClicks,
+}
+
+impl PartitionReader {
+    fn open(job: &StreamJob, partitions: &[Partition]) -> Result<Option<Self>, DataflowError> {
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let checkpoints = job.store.checkpoints(&job.name)?;
+        let applied = job.store.applied_offsets()?;
+        let ends = job.log.end_offsets()?;
+        let remember_from = job.log.offsets_for_time(
+            Utc::now() - chrono::Duration::from_std(job.click_dedup).unwrap_or_default(),
+        )?;
+        let mut start = BTreeMap::new();
+        let mut resume = BTreeMap::new();
+        for &p in partitions {
+            let checkpoint = checkpoints.get(&p).copied().unwrap_or(0);
+            let rewind = remember_from.get(&p).copied().unwrap_or(checkpoint);
+            start.insert(p, checkpoint.min(rewind));
+            resume.insert(p, checkpoint);
+        }
+        let applied = applied
+            .iter()
+            .flat_map(|(shard, offsets)| {
+                offsets
+                    .iter()
+                    .filter(|(p, _)| partitions.contains(p))
+                    .map(move |(&p, &o)| ((shard.clone(), p), o))
+            })
+            .collect();
+        Ok(Some(Self {
+            reader: job.log.reader(&start)?,
+            positions: start,
+            checkpoints: resume,
+            ends: partitions
+                .iter()
+                .map(|&p| (p, ends.get(&p).copied().unwrap_or(0)))
+                .collect(),
+            applied,
+            clicks: RecentClicks::new(job.click_dedup),
+        }))
+    }
+
+    /// Where a restart may resume each partition: past everything read, never before the
+    /// checkpoint it started from (re-reading to remember clicks does not move it back).
+    fn resume_points(&self) -> BTreeMap<Partition, Offset> {
+        self.positions
+            .iter()
+            .map(|(&p, &pos)| (p, pos.max(self.checkpoint(p))))
+            .collect()
+    }
+
+    fn at_end(&self) -> bool {
+        self.ends
+            .iter()
+            .all(|(p, end)| self.positions.get(p).is_some_and(|pos| pos >= end))
+    }
+
+    /// Reads for one epoch and pre-aggregates; malformed records go to the dead-letter log
+    /// before the epoch is handed on, so none is lost.
+    fn read_epoch(
+        &mut self,
+        job: &StreamJob,
+        report: &mut StreamReport,
+    ) -> Result<EpochBatch, DataflowError> {
+        let deadline = Instant::now() + job.epoch;
+        let mut batch = EpochBatch {
+            records: 0,
+            counts: FxHashMap::default(),
+            applied: Vec::new(),
+        };
+        let mut applied: HashMap<(Shard, Partition), Offset> = HashMap::new();
+        let mut letters = Vec::new();
+        let mut customers = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || (job.stop_at_end && self.at_end()) {
+                break;
+            }
+            let records = self.reader.poll(POLL_BATCH, left)?;
+            for record in records {
+                batch.records += 1;
+                self.positions.insert(record.partition, record.offset + 1);
+                match Event::from_json(&record.payload) {
+                    Err(e) => {
+                        if record.offset >= self.checkpoint(record.partition) {
+                            letters.push((record, e.to_string()));
+                        }
+                    }
+                    Ok(event) => {
+                        if let Some(shard) = self.count(job, &record, &event, &mut batch, report) {
+                            if job.customer_events && event.customer_id.is_some() {
+                                customers.push(event);
+                            }
+                            applied.insert((shard, record.partition), record.offset);
+                        }
+                    }
+                }
+            }
+        }
+        if !letters.is_empty() {
+            report.dead_letters += letters.len() as u64;
+            job.log.dead_letter(&letters)?;
+        }
+        if !customers.is_empty() {
+            job.store.append_customer_events(&customers)?;
+        }
+        batch.applied = applied
+            .into_iter()
+            .map(|((shard, p), o)| (shard, p, o))
+            .collect();
+        Ok(batch)
+    }
+
+    fn checkpoint(&self, partition: Partition) -> Offset {
+        self.checkpoints.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Adds one valid event to the batch unless it is already applied, a repeated click or
+    /// before the cutoff; returns its shard when it moves the shard's applied offset.
+    fn count(
+        &mut self,
+        job: &StreamJob,
+        record: &LogRecord,
+        event: &Event,
+        batch: &mut EpochBatch,
+        report: &mut StreamReport,
+    ) -> Option<Shard> {
+        let repeated = event.kind == EventKind::Click && !self.clicks.first(event);
+        if record.offset < self.checkpoint(record.partition) {
+            report.rewound += 1;
+            return None;
+        }
+        let shard = (event.tenant.clone(), event.city.clone());
+        let applied = self
+            .applied
+            .get(&(shard.clone(), record.partition))
+            .is_some_and(|&o| record.offset <= o);
+        if applied {
+            report.already_applied += 1;
+            return None;
+        }
+        if repeated {
+            report.repeated_clicks += 1;
+        } else if job.cutoff.is_some_and(|c| event.ts < c) {
+            report.before_cutoff += 1;
+        } else {
+            report.counted += 1;
+            let key = CountKey {
+                arm: event.arm(),
+                bucket: job.buckets.index(event.ts),
+            };
+            let diff = match event.kind {
+                EventKind::Impression => (1, 0),
+                EventKind::Click => (0, 1),
+            };
+            for k in [
+                CountKey {
+                    bucket: ALL_TIME,
+                    ..key.clone()
+                },
+                key,
+            ] {
+                let c = batch.counts.entry(k).or_default();
+                c.0 += diff.0;
+                c.1 += diff.1;
+            }
+        }
+        Some(shard)
+    }
+}
+
+/// The clicks seen in the last `window` of event time, by (request_id, banner).
+struct RecentClicks {
+    window: chrono::Duration,
+    seen: HashMap<(String, String), DateTime<Utc>>,
+    order: VecDeque<(DateTime<Utc>, (String, String))>,
+    newest: Option<DateTime<Utc>>,
+}
+
+impl RecentClicks {
+    fn new(window: Duration) -> Self {
+        Self {
+            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            newest: None,
+        }
+    }
+
+    /// Whether this is the first click of its (request_id, banner); clicks without a
+    /// request_id are always first.
+    fn first(&mut self, click: &Event) -> bool {
+        let Some(request) = &click.request_id else {
+            return true;
+        };
+        let key = (request.clone(), click.banner.clone());
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        self.seen.insert(key.clone(), click.ts);
+        self.order.push_back((click.ts, key));
+        let newest = *self.newest.get_or_insert(click.ts);
+        self.newest = Some(newest.max(click.ts));
+        self.forget_old();
+        true
+    }
+
+    fn forget_old(&mut self) {
+        let Some(horizon) = self.newest.and_then(|n| n.checked_sub_signed(self.window)) else {
+            return;
+        };
+        while let Some((ts, _)) = self.order.front() {
+            if *ts >= horizon {
+                break;
+            }
+            let (_, key) = self.order.pop_front().expect("front exists");
+            self.seen.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The seed prototype's routes, so that its page and clients keep working:
+//! `GET /adclick/{platform}/{slot}/{location}/{pastmin}` (every part optional from the right;
+//! defaults ajio, hero, bangalore, 720) answers `{"key": banner, "value": image}` and logs an
+//! impression; `POST /adclick/?bannerid=&location=&clicked=&customerid=&platform=&slot=&referral=`
+//! records a click. These routes carry no key and no token, so they are off unless the service
+//! enables them for a tenant (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::routes::{decide_and_log, log_click, slot_entry, snapshot, Shared, MAX_WINDOW_MINUTES};
+use crate::model::{validate_name, Event, EventKind};
+
+const DEFAULTS: [&str; 4] = ["ajio", "hero", "bangalore", "720"];
+
+/// The prototype's answer: the banner and its image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+fn enabled(state: &super::AppState, tenant: &str) -> Result<(), ApiError> {
+    if state.options.compat_tenants.contains(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "compat_disabled",
+            Some("platform"),
+            format!(
+                "the seed-compatible routes are not enabled for {tenant:?} (serve --compat-tenant {tenant}); use /v1 with an API key"
+            ),
+        ))
+    }
+}
+
+/// The prototype's decision: one banner for a platform, slot and location, from the posterior
+/// over the last `pastmin` minutes.
+#[utoipa::path(
+    get,
+    path = "/adclick/{platform}/{slot}/{location}/{pastmin}",
+    tag = "seed-compatible",
+    params(
+        ("platform" = String, Path, description = "Tenant; default ajio", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("slot" = String, Path, description = "Slot; default hero", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("location" = String, Path, description = "City; default bangalore", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("pastmin" = u32, Path, description = "Window in minutes; default 720", minimum = 1, maximum = 43200),
+    ),
+    responses(
+        (status = 200, body = KeyValue),
+        (status = 400, body = ErrorBody), (status = 403, description = "Not enabled for the platform", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn decision(
+    State(state): Shared,
+    path: Result<Path<Vec<String>>, PathRejection>,
+) -> Result<Json<KeyValue>, ApiError> {
+    let parts = match path {
+        Ok(Path(parts)) => parts,
+        // `/adclick` itself: every part takes its default.
+        Err(PathRejection::MissingPathParams(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let part = |i: usize| parts.get(i).map(String::as_str).unwrap_or(DEFAULTS[i]);
+    let (tenant, slot, city) = (part(0), part(1), part(2));
+    validate_name("platform", tenant)?;
+    validate_name("slot", slot)?;
+    validate_name("location", city)?;
+    let pastmin = match part(3).parse::<u32>() {
+        Ok(m) if (1..=MAX_WINDOW_MINUTES).contains(&m) => m,
+        _ => {
+            return Err(ApiError::invalid(
+                "pastmin",
+                format!(
+                    "must be a whole number of minutes from 1 to {MAX_WINDOW_MINUTES} (got {:?})",
+                    part(3)
+                ),
+            ))
+        }
+    };
+    enabled(&state, tenant)?;
+    let decision = decide_and_log(&state, tenant, slot, city, 1, Some(pastmin), None, None).await?;
+    let shown = &decision.banners[0];
+    Ok(Json(KeyValue {
+        key: shown.banner.clone(),
+        value: shown.image.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClickQuery {
+    /// The banner clicked.
+    #[param(required = true, value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub bannerid: Option<String>,
+    /// The city.
+    #[param(required = true, value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub location: Option<String>,
+    /// 1 (or true, yes) for a click; 0 (false, no) records nothing.
+    #[param(value_type = Option<String>, example = "1")]
+    pub clicked: Option<String>,
+    #[param(value_type = Option<String>, max_length = 128)]
+    pub customerid: Option<String>,
+    /// Tenant; default ajio.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub platform: Option<String>,
+    /// Slot; default hero.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub slot: Option<String>,
+    /// The referrer (`ads`, `thirdparty`, …).
+    #[param(value_type = Option<String>, max_length = 64)]
+    pub referral: Option<String>,
+}
+
+fn required<'a>(field: &str, v: &'a Option<String>) -> Result<&'a str, ApiError> {
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::invalid(field, "is required"))
+}
+
+/// The prototype's click: records a click on a banner of the slot (durable before the answer).
+#[utoipa::path(
+    post,
+    path = "/adclick/",
+    tag = "seed-compatible",
+    params(ClickQuery),
+    responses(
+        (status = 200, description = "`[{\"key\": \"200\", \"value\": \"Record updated successfully\"}]`", body = Vec<KeyValue>),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn click(
+    State(state): Shared,
+    query: Result<Query<ClickQuery>, QueryRejection>,
+) -> Result<Json<Vec<KeyValue>>, ApiError> {
+    let Query(q) = query?;
+    let tenant = q
+        .platform
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULTS[0]);
+    let slot = q
+        .slot
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULTS[1]);
+    validate_name("platform", tenant)?;
+    validate_name("slot", slot)?;
+    let banner = required("bannerid", &q.bannerid)?;
+    validate_name("bannerid", banner)?;
+    let city = required("location", &q.location)?;
+    validate_name("location", city)?;
+    let clicked = match q.clicked.as_deref().unwrap_or("1") {
+        "1" | "true" | "yes" => true,
+        "0" | "false" | "no" => false,
+        other => {
+            return Err(ApiError::invalid(
+                "clicked",
+                format!(
+                    "must be 1, true or yes for a click, 0, false or no for none (got {other:?})"
+                ),
+            ))
+        }
+    };
+    let token = |field: &str, v: &Option<String>, max| -> Result<Option<String>, ApiError> {
+        match v.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => {
+                crate::model::validate_token(field, s, max)?;
+                Ok(Some(s.to_string()))
+            }
+        }
+    };
+    let customer_id = token("customerid", &q.customerid, crate::model::CUSTOMER_ID_MAX)?;
+    let referrer = token("referral", &q.referral, crate::model::REFERRER_MAX)?;
+    enabled(&state, tenant)?;
+    let entry = slot_entry(&*snapshot(&state)?, tenant, slot)?;
+    if !entry.config.banners.iter().any(|b| b.id == banner) {
+        return Err(ApiError::not_found(
+            "bannerid",
+            format!("{banner:?} is not a banner of {tenant}/{slot}"),
+        ));
+    }
+    if clicked {
+        let event = Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            kind: EventKind::Click,
+            tenant: tenant.to_string(),
+            slot: slot.to_string(),
+            city: city.to_string(),
+            banner: banner.to_string(),
+            ts: Utc::now(),
+            customer_id,
+            referrer,
+            request_id: None,
+        };
+        log_click(&state, event).await?;
+    }
+    Ok(Json(vec![KeyValue {
+        key: "200".into(),
+        value: "Record updated successfully".into(),
+    }]))
+}

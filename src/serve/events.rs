@@ -1,0 +1,236 @@
+//! Events out of the service. Impressions go through a bounded channel to one thread that
+//! appends them to the event log in batches (whatever arrived while the previous append was in
+//! flight), so a decision never waits for the log. When an append fails the batch goes to the
+//! local spool, and so does everything after it until the spool has been sent (retried every
+//! `RETRY`): nothing is lost and the log keeps the order. Clicks are appended one by one and the
+//! caller waits until the log says the click is durable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::metrics::Metrics;
+use super::spool::{Spool, SpoolError};
+use crate::model::Event;
+use crate::source::{EventLog, LogError};
+
+/// How often a down log is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Impressions per append at most.
+const MAX_BATCH: usize = 5000;
+/// Decisions whose impressions may wait in memory for the appender; past that they are
+/// spooled directly.
+const QUEUE: usize = 65_536;
+
+enum Msg {
+    Impressions(Vec<Event>),
+    Stop(mpsc::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClickError {
+    #[error("the event log is unavailable: {0}")]
+    Log(#[from] LogError),
+    #[error("the event log did not confirm the click within {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct EventSink {
+    tx: SyncSender<Msg>,
+    log: Arc<dyn EventLog>,
+    spool: Arc<Mutex<Spool>>,
+    metrics: Arc<Metrics>,
+    log_up: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EventSink {
+    /// Starts the appender thread; sends what an earlier run left in the spool first.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let spool = Arc::new(Mutex::new(spool));
+        let log_up = Arc::new(AtomicBool::new(true));
+        metrics.log_up.set(1);
+        let appender = Appender {
+            log: log.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            log_up: log_up.clone(),
+            next_retry: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("impressions".into())
+            .spawn(move || appender.run(rx))?;
+        Ok(Self {
+            tx,
+            log,
+            spool,
+            metrics,
+            log_up,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn log_name(&self) -> &str {
+        self.log.name()
+    }
+
+    /// Whether the last append succeeded.
+    pub fn log_up(&self) -> bool {
+        self.log_up.load(Ordering::Relaxed)
+    }
+
+    pub fn spooled(&self) -> u64 {
+        self.metrics.spool_pending.get().max(0) as u64
+    }
+
+    /// Queues a decision's impressions; never blocks on the log.
+    pub fn impressions(&self, events: Vec<Event>) {
+        match self.tx.try_send(Msg::Impressions(events)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::Impressions(events)))
+            | Err(TrySendError::Disconnected(Msg::Impressions(events))) => {
+                let mut spool = self.spool.lock().expect("not poisoned");
+                spool_or_report(&mut spool, &events, &self.metrics);
+            }
+            Err(_) => unreachable!("only impressions are sent here"),
+        }
+    }
+
+    /// Appends a click and returns once the log has it durably.
+    pub async fn click(&self, event: Event, timeout: Duration) -> Result<(), ClickError> {
+        let log = self.log.clone();
+        let append = tokio::task::spawn_blocking(move || log.append(&[event]));
+        match tokio::time::timeout(timeout, append).await {
+            Err(_) => Err(ClickError::Timeout(timeout)),
+            Ok(Err(join)) => Err(ClickError::Log(LogError::Unavailable {
+                log: self.log.name().to_string(),
+                detail: join.to_string(),
+            })),
+            Ok(Ok(result)) => Ok(result?),
+        }
+    }
+
+    /// Sends (or spools) every queued impression and stops the appender.
+    pub fn shutdown(&self) {
+        let Some(thread) = self.thread.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.tx.send(Msg::Stop(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+        let _ = thread.join();
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spool_or_report(spool: &mut Spool, events: &[Event], metrics: &Metrics) {
+    match spool.write(events) {
+        Ok(()) => metrics.impressions_spooled.inc_by(events.len() as u64),
+        Err(e) => tracing::error!(
+            "{e}: {} impressions could not be logged or spooled",
+            events.len()
+        ),
+    }
+    metrics.spool_pending.set(spool.pending() as i64);
+}
+
+struct Appender {
+    log: Arc<dyn EventLog>,
+    spool: Arc<Mutex<Spool>>,
+    metrics: Arc<Metrics>,
+    log_up: Arc<AtomicBool>,
+    next_retry: Instant,
+}
+
+impl Appender {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<Event> = Vec::new();
+        loop {
+            let mut stop = None;
+            match rx.recv_timeout(RETRY) {
+                Ok(Msg::Impressions(events)) => batch.extend(events),
+                Ok(Msg::Stop(done)) => stop = Some(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(&mut batch);
+                    return;
+                }
+            }
+            while stop.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Impressions(events)) => batch.extend(events),
+                    Ok(Msg::Stop(done)) => stop = Some(done),
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut batch);
+            if let Some(done) = stop {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.log_up.store(up, Ordering::Relaxed);
+        self.metrics.log_up.set(i64::from(up));
+    }
+
+    fn flush(&mut self, batch: &mut Vec<Event>) {
+        let mut spool = self.spool.lock().expect("not poisoned");
+        if spool.pending() > 0 && Instant::now() >= self.next_retry {
+            match spool.drain(self.log.as_ref()) {
+                Ok(sent) => {
+                    self.metrics.impressions_logged.inc_by(sent);
+                    tracing::info!(
+                        "event log {} is back: sent {sent} spooled impressions",
+                        self.log.name()
+                    );
+                    self.set_up(true);
+                }
+                Err(e) => {
+                    self.next_retry = Instant::now() + RETRY;
+                    if let SpoolError::Log(_) = e {
+                        self.set_up(false);
+                    } else {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+            self.metrics.spool_pending.set(spool.pending() as i64);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if spool.pending() == 0 {
+            match self.log.append(batch) {
+                Ok(()) => {
+                    self.metrics.impressions_logged.inc_by(batch.len() as u64);
+                    self.set_up(true);
+                    batch.clear();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; spooling impressions until the log is back");
+                    self.set_up(false);
+                    self.next_retry = Instant::now() + RETRY;
+                }
+            }
+        }
+        spool_or_report(&mut spool, batch, &self.metrics);
+        batch.clear();
+    }
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics. Every series is registered once at start and updated through atomics, so
+//! recording on the decision path takes no lock.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Outcomes of a click request.
+#[derive(Debug, Clone, Copy)]
+pub enum ClickOutcome {
+    Accepted,
+    Rejected,
+    Unavailable,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: IntCounter,
+    pub decision_seconds: Histogram,
+    pub decision_errors: IntCounter,
+    clicks: [IntCounter; 3],
+    pub impressions_logged: IntCounter,
+    pub impressions_spooled: IntCounter,
+    pub spool_pending: IntGauge,
+    pub log_up: IntGauge,
+    pub cache_age_seconds: Gauge,
+    pub cache_refreshes: IntCounter,
+    pub cache_refresh_failures: IntCounter,
+    pub cache_slots: IntGauge,
+    pub auth_failures: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("slotbandit".into()), None)
+            .expect("a constant prefix is valid");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let clicks_vec = IntCounterVec::new(
+            Opts::new("clicks_total", "Click requests by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(clicks_vec.clone()))
+            .expect("registered once");
+        let clicks =
+            ["accepted", "rejected", "unavailable"].map(|o| clicks_vec.with_label_values(&[o]));
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "decision_seconds",
+                "Time to answer a decision inside the service (auth, draw, token, events)",
+            )
+            .buckets(vec![
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(decision_seconds.clone()))
+            .expect("registered once");
+        let cache_age_seconds = Gauge::new(
+            "cache_age_seconds",
+            "Seconds since the posterior cache was last loaded from the store",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_age_seconds.clone()))
+            .expect("registered once");
+        Self {
+            decisions: counter("decisions_total", "Decisions answered"),
+            decision_errors: counter(
+                "decision_errors_total",
+                "Decision requests refused (bad input, unknown slot, no valid banner)",
+            ),
+            impressions_logged: counter(
+                "impressions_logged_total",
+                "Impression events appended to the event log",
+            ),
+            impressions_spooled: counter(
+                "impressions_spooled_total",
+                "Impression events written to the local spool while the log was down",
+            ),
+            spool_pending: gauge(
+                "spool_pending_events",
+                "Spooled impression events not yet sent to the log",
+            ),
+            log_up: gauge(
+                "event_log_up",
+                "1 when the last append to the event log succeeded",
+            ),
+            cache_refreshes: counter("cache_refreshes_total", "Posterior cache loads"),
+            cache_refresh_failures: counter(
+                "cache_refresh_failures_total",
+                "Posterior cache loads that failed (the previous cache stays in use)",
+            ),
+            cache_slots: gauge("cache_slots", "Slots in the posterior cache"),
+            auth_failures: counter(
+                "auth_failures_total",
+                "Requests refused for a missing, unknown or out-of-scope API key",
+            ),
+            decision_seconds,
+            cache_age_seconds,
+            clicks,
+            registry,
+        }
+    }
+
+    pub fn click(&self, outcome: ClickOutcome) {
+        self.clicks[outcome as usize].inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,60 @@
+//! The OpenAPI document, generated from the handlers' annotations (utoipa).
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{compat, routes};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "slotbandit lookup service",
+        description = "Thompson-sampling banner decisions per tenant, slot and city; signed \
+                       request_ids; clicks; slot configuration; posteriors. Authenticate with \
+                       `Authorization: Bearer <key>` (keys: `slotbandit keys add`). Times are \
+                       shown in IST. Errors are JSON `{error, field, detail}`."
+    ),
+    paths(
+        routes::decision,
+        routes::click,
+        routes::list_slots,
+        routes::get_slot,
+        routes::put_slot,
+        routes::import_slots,
+        routes::posteriors,
+        routes::series,
+        routes::me,
+        compat::decision,
+        compat::click,
+        super::healthz,
+        super::readyz,
+        super::metrics_text,
+    ),
+    modifiers(&BearerKey)
+)]
+pub struct ApiDoc;
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn spec() -> &'static utoipa::openapi::OpenApi {
+    static SPEC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    SPEC.get_or_init(ApiDoc::openapi)
+}
+
+/// The OpenAPI 3.1 document of this service.
+pub async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(spec())
+}

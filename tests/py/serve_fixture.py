@@ -1,0 +1,73 @@
+"""Starts the real `slotbandit serve` on a free port over an embedded store and the file log."""
+import csv
+import io
+import os
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = os.environ.get("SLOTBANDIT_BIN", "target/debug/slotbandit")
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "datasets" / "sample"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@dataclass
+class Service:
+    base: str
+    admin_key: str
+    serve_key: str
+    process: subprocess.Popen
+
+    def request(self, method, path, body=None, key=None, content_type="application/json"):
+        req = urllib.request.Request(self.base + path, data=body, method=method)
+        req.add_header("Authorization", "Bearer " + (key or self.admin_key))
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, timeout=30) as res:
+            return res.status, res.read()
+
+
+def run(*args):
+    out = subprocess.run([BIN, *args], capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def sample_slots_valid_for_years(tenant="ajio"):
+    """The sample's slot configuration of one tenant, with every banner valid until 2036 (the
+    sample's own windows end with its week of history)."""
+    rows = list(csv.reader(open(SAMPLE / "slots.csv")))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(rows[0])
+    for r in rows[1:]:
+        if r[0] == tenant:
+            w.writerow(r[:5] + ["31-Dec-36 23:59:59"])
+    return out.getvalue()
+
+
+def start_service(tmp: Path, backfill=True) -> Service:
+    store = f"embedded:{tmp / 'store.redb'}"
+    if backfill:
+        run("backfill", "--input", str(SAMPLE), "--store", store, "-w", "2")
+        run("priors", "--input", str(SAMPLE), "--store", store)
+    admin = run("keys", "add", "--store", store, "--tenant", "ajio", "--role", "admin").strip()
+    serve = run("keys", "add", "--store", store, "--tenant", "ajio", "--role", "serve").strip()
+    proc = subprocess.Popen(
+        [BIN, "serve", "--store", store, "--log", f"file:{tmp / 'log'}", "--listen", "127.0.0.1:0",
+         "--spool-dir", str(tmp / "spool"), "--compat-tenant", "ajio"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    service = Service(line.removeprefix("listening on "), admin, serve, proc)
+    status, _ = service.request("POST", "/v1/tenants/ajio/slot-imports",
+                                sample_slots_valid_for_years().encode(), content_type="text/csv")
+    assert status == 200
+    return service
+
+
+def stop_service(service: Service):
+    service.process.terminate()
+    service.process.wait(timeout=30)

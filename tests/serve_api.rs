@@ -1,0 +1,788 @@
+//! The lookup service's HTTP API, against the real binary on a free port with an embedded store
+//! and the file event log: every route, good and bad input, and what reaches the log.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use slotbandit::model::{Event, EventKind};
+use slotbandit::serve::token::TokenSigner;
+use slotbandit::source::open_log;
+
+const SECRET: &str = "test secret for the lookup service, 32+ bytes";
+const SLOT_CSV: &str = "platform,slotname,imageid,imagename,validfrom,validto\n\
+    ajio,hero,b01,b01.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59\n\
+    ajio,hero,b02,b02.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59\n\
+    ajio,hero,b03,b03.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59\n\
+    ajio,expired,b01,b01.svg,01-Nov-20 00:00:00,02-Nov-20 00:00:00\n";
+
+struct Server {
+    child: Child,
+    base: String,
+    dir: tempfile::TempDir,
+    serve: String,
+    admin: String,
+    other_tenant: String,
+    client: Client,
+}
+
+fn keys_add(store: &str, tenant: &str, role: &str) -> String {
+    let out = common::slotbandit(&[
+        "keys", "add", "--store", store, "--tenant", tenant, "--role", role,
+    ]);
+    common::ok(out).trim().to_string()
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("embedded:{}", dir.path().join("store.redb").display());
+        let serve = keys_add(&store, "ajio", "serve");
+        let admin = keys_add(&store, "ajio", "admin");
+        let other_tenant = keys_add(&store, "myntra", "admin");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+            .args(["serve", "--store", &store, "--listen", "127.0.0.1:0"])
+            .arg("--log")
+            .arg(format!("file:{}", dir.path().join("log").display()))
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
+            .args(["--compat-tenant", "ajio", "--refresh-ms", "100"])
+            .env("SLOTBANDIT_TOKEN_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let server = Server {
+            child,
+            base,
+            dir,
+            serve,
+            admin,
+            other_tenant,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        let r = server.post_csv(
+            "/v1/tenants/ajio/slot-imports",
+            &server.admin.clone(),
+            SLOT_CSV,
+        );
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+        let myntra = json!({"banners": [{"id": "m1", "image": "m1.png",
+            "valid_from": "2026-01-01T00:00:00+05:30", "valid_to": "2036-01-01T00:00:00+05:30"}]});
+        let r = server.put(
+            "/v1/tenants/myntra/slots/home",
+            &server.other_tenant.clone(),
+            &myntra,
+        );
+        assert_eq!(r.status(), 200);
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().unwrap()
+    }
+
+    fn post_json(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
+    fn post_csv(&self, path: &str, key: &str, body: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "text/csv")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    }
+
+    fn put(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .unwrap()
+    }
+
+    fn decide(&self, city: &str) -> Value {
+        let r = self.get(
+            &format!("/v1/tenants/ajio/slots/hero/decision?city={city}"),
+            Some(&self.serve),
+        );
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+
+    fn click(&self, request_id: &str, banner: &str) -> Response {
+        self.post_json(
+            "/v1/tenants/ajio/clicks",
+            &self.serve,
+            &json!({"request_id": request_id, "banner": banner}),
+        )
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics", None).text().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the service (SIGTERM: queued impressions are flushed) and reads the whole log.
+    fn stop_and_read_log(mut self) -> Vec<Event> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(self.child.wait().unwrap().success());
+        read_log(&self.dir.path().join("log"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_log(path: &Path) -> Vec<Event> {
+    let log = open_log(&format!("file:{}", path.display())).unwrap();
+    let start = log
+        .partitions()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
+    let end: i64 = log.end_offsets().unwrap().values().sum();
+    let mut reader = log.reader(&start).unwrap();
+    let mut events = Vec::new();
+    while (events.len() as i64) < end {
+        let batch = reader.poll(10_000, Duration::from_secs(5)).unwrap();
+        assert!(!batch.is_empty(), "the log ended early");
+        for r in batch {
+            events.push(Event::from_json(&r.payload).unwrap());
+        }
+    }
+    events
+}
+
+fn error(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let body: Value = r.json().expect("errors are JSON");
+    assert!(body["error"].is_string(), "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    (status, body)
+}
+
+#[test]
+fn decisions_clicks_and_the_log() {
+    let s = Server::start();
+    let d = s.decide("pune");
+    assert_eq!(d["city"], "pune");
+    assert_eq!(
+        d["posterior_city"], "*",
+        "no counts yet: the pooled posterior"
+    );
+    let banner = d["banners"][0]["banner"].as_str().unwrap().to_string();
+    assert!(["b01", "b02", "b03"].contains(&banner.as_str()));
+    assert!(d["ts"].as_str().unwrap().ends_with("+05:30"));
+
+    let carousel: Value = s
+        .get(
+            "/v1/tenants/ajio/slots/hero/decision?city=delhi&n=3&customer_id=c-9&referrer=ads",
+            Some(&s.serve),
+        )
+        .json()
+        .unwrap();
+    let mut shown: Vec<&str> = carousel["banners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["banner"].as_str().unwrap())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, ["b01", "b02", "b03"]);
+
+    let r = s.click(d["request_id"].as_str().unwrap(), &banner);
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().unwrap();
+    assert_eq!(accepted["banner"], banner.as_str());
+    assert_eq!(accepted["city"], "pune");
+
+    let events = s.stop_and_read_log();
+    let impressions: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Impression)
+        .collect();
+    let clicks: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Click)
+        .collect();
+    assert_eq!(impressions.len(), 4, "one decision of 1 and one of 3");
+    assert_eq!(clicks.len(), 1);
+    let click = clicks[0];
+    assert_eq!(
+        (
+            click.slot.as_str(),
+            click.city.as_str(),
+            click.banner.as_str()
+        ),
+        ("hero", "pune", banner.as_str())
+    );
+    let linked = impressions
+        .iter()
+        .find(|i| i.request_id == click.request_id)
+        .expect("the click's impression");
+    assert_eq!(linked.banner, banner);
+    let delhi: Vec<&&Event> = impressions.iter().filter(|e| e.city == "delhi").collect();
+    assert!(delhi
+        .iter()
+        .all(|e| e.customer_id.as_deref() == Some("c-9") && e.referrer.as_deref() == Some("ads")));
+}
+
+#[test]
+fn bad_decisions_are_refused_with_reasons_and_log_nothing() {
+    let s = Server::start();
+    let path = "/v1/tenants/ajio/slots/hero/decision";
+    let cases: Vec<(String, Option<&str>, u16, &str)> = vec![
+        (format!("{path}?city=pune"), None, 401, "authorization"),
+        (
+            format!("{path}?city=pune"),
+            Some("sbk_not-a-key"),
+            401,
+            "authorization",
+        ),
+        (format!("{path}?city=pune"), Some(&s.other_tenant), 403, ""),
+        (path.to_string(), Some(&s.serve), 400, "city"),
+        (format!("{path}?city=Pune"), Some(&s.serve), 400, "city"),
+        (format!("{path}?city=pune&n=0"), Some(&s.serve), 400, "n"),
+        (format!("{path}?city=pune&n=11"), Some(&s.serve), 400, "n"),
+        (format!("{path}?city=pune&n=two"), Some(&s.serve), 400, "n"),
+        (
+            format!("{path}?city=pune&window_minutes=-5"),
+            Some(&s.serve),
+            400,
+            "window_minutes",
+        ),
+        (
+            format!("{path}?city=pune&citty=delhi"),
+            Some(&s.serve),
+            400,
+            "citty",
+        ),
+        (
+            format!("{path}?city=pune&customer_id=a%20b"),
+            Some(&s.serve),
+            400,
+            "customer_id",
+        ),
+        (
+            "/v1/tenants/ajio/slots/nope/decision?city=pune".into(),
+            Some(&s.serve),
+            404,
+            "slot",
+        ),
+        (
+            "/v1/tenants/ajio/slots/expired/decision?city=pune".into(),
+            Some(&s.serve),
+            409,
+            "slot",
+        ),
+        (
+            "/v1/tenants/AJIO/slots/hero/decision?city=pune".into(),
+            Some(&s.serve),
+            400,
+            "tenant",
+        ),
+    ];
+    for (url, key, status, field) in &cases {
+        let (got, body) = error(s.get(url, *key));
+        assert_eq!(got.as_u16(), *status, "{url}: {body}");
+        if !field.is_empty() {
+            assert_eq!(body["field"], *field, "{url}: {body}");
+        }
+    }
+    assert_eq!(s.metric("slotbandit_decisions_total"), 0.0);
+    assert!(s.stop_and_read_log().is_empty(), "nothing was counted");
+}
+
+#[test]
+fn bad_clicks_are_refused_with_reasons_and_log_nothing() {
+    let s = Server::start();
+    let d = s.decide("pune");
+    let token = d["request_id"].as_str().unwrap().to_string();
+    let shown = d["banners"][0]["banner"].as_str().unwrap().to_string();
+    let not_shown = ["b01", "b02", "b03"]
+        .into_iter()
+        .find(|b| *b != shown)
+        .unwrap();
+
+    let now = Utc::now();
+    let (expired, _) = TokenSigner::new(SECRET.as_bytes(), 86_400).sign(
+        "ajio",
+        "hero",
+        "pune",
+        &[&shown],
+        now - chrono::Duration::days(2),
+        7,
+    );
+    let (forged, _) = TokenSigner::new(b"a different secret of 32 bytes or more", 86_400).sign(
+        "ajio",
+        "hero",
+        "pune",
+        &[&shown],
+        now,
+        7,
+    );
+    let myntra: Value = s
+        .get(
+            "/v1/tenants/myntra/slots/home/decision?city=pune",
+            Some(&s.other_tenant),
+        )
+        .json()
+        .unwrap();
+    let myntra_token = myntra["request_id"].as_str().unwrap();
+    let (payload, tag) = token.split_once('.').unwrap();
+    let tampered = format!("{}.{tag}", payload.replacen('A', "B", 1));
+
+    let click = |body: Value| error(s.post_json("/v1/tenants/ajio/clicks", &s.serve, &body));
+    let cases = vec![
+        (
+            json!({"request_id": token, "banner": not_shown}),
+            400,
+            "banner_not_shown",
+        ),
+        (
+            json!({"request_id": expired, "banner": shown}),
+            410,
+            "token_expired",
+        ),
+        (
+            json!({"request_id": forged, "banner": shown}),
+            400,
+            "invalid_token",
+        ),
+        (
+            json!({"request_id": tampered, "banner": shown}),
+            400,
+            "invalid_token",
+        ),
+        (
+            json!({"request_id": "garbage", "banner": shown}),
+            400,
+            "invalid_token",
+        ),
+        (
+            json!({"request_id": myntra_token, "banner": "m1"}),
+            400,
+            "invalid_token",
+        ),
+        (
+            json!({"request_id": token, "banner": "B01"}),
+            400,
+            "invalid_parameter",
+        ),
+        (json!({"request_id": token}), 422, "invalid_body"),
+        (
+            json!({"request_id": token, "banner": shown, "extra": 1}),
+            422,
+            "invalid_body",
+        ),
+        (
+            json!({"request_id": token, "banner": shown, "customer_id": "x".repeat(129)}),
+            400,
+            "invalid_parameter",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, err) = click(body.clone());
+        assert_eq!(
+            (got.as_u16(), err["error"].as_str().unwrap()),
+            (status, code),
+            "{body}: {err}"
+        );
+    }
+    let (got, err) = error(
+        s.client
+            .post(s.url("/v1/tenants/ajio/clicks"))
+            .bearer_auth(&s.serve)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(got, 400, "{err}");
+    let (got, _) = error(
+        s.client
+            .post(s.url("/v1/tenants/ajio/clicks"))
+            .bearer_auth(&s.serve)
+            .body("request_id=x")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(got, 415);
+    let huge = json!({"request_id": token, "banner": shown, "referrer": "x".repeat(20_000)});
+    let (got, err) = error(s.post_json("/v1/tenants/ajio/clicks", &s.serve, &huge));
+    assert_eq!(
+        (got.as_u16(), err["error"].as_str().unwrap()),
+        (413, "body_too_large")
+    );
+    let (got, _) = error(s.post_json(
+        "/v1/tenants/ajio/clicks",
+        &s.other_tenant,
+        &json!({"request_id": token, "banner": shown}),
+    ));
+    assert_eq!(got, 403);
+    let (got, _) = error(
+        s.client
+            .post(s.url("/v1/tenants/ajio/clicks"))
+            .json(&json!({"request_id": token, "banner": shown}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(got, 401);
+
+    assert_eq!(
+        s.metric("slotbandit_clicks_total{outcome=\"accepted\"}"),
+        0.0
+    );
+    let events = s.stop_and_read_log();
+    assert_eq!(
+        events.len(),
+        2,
+        "the two decisions' impressions, no click: {events:?}"
+    );
+    assert!(events.iter().all(|e| e.kind == EventKind::Impression));
+}
+
+#[test]
+fn slot_admin_json_and_csv() {
+    let s = Server::start();
+    let got: Value = s
+        .get("/v1/tenants/ajio/slots/hero", Some(&s.serve))
+        .json()
+        .unwrap();
+    assert_eq!(got["banners"].as_array().unwrap().len(), 3);
+    assert_eq!(got["banners"][0]["valid_from"], "2026-11-01T00:00:00+05:30");
+    let list: Value = s
+        .get("/v1/tenants/ajio/slots", Some(&s.serve))
+        .json()
+        .unwrap();
+    let names: Vec<&str> = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["slot"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["expired", "hero"]);
+
+    let body = json!({"banners": [
+        {"id": "b07", "image": "b07.svg", "valid_from": "01-Nov-26 00:00:00", "valid_to": "2036-01-01T00:00:00Z"}]});
+    let r = s.put("/v1/tenants/ajio/slots/hero", &s.admin, &body);
+    assert_eq!(r.status(), 200);
+    for _ in 0..5 {
+        let d = s.decide("pune");
+        assert_eq!(
+            d["banners"][0]["banner"], "b07",
+            "the replaced slot decides at once"
+        );
+    }
+
+    let (status, err) = error(s.put("/v1/tenants/ajio/slots/hero", &s.serve, &body));
+    assert_eq!(
+        (status.as_u16(), err["error"].as_str().unwrap()),
+        (403, "forbidden")
+    );
+    let (status, _) = error(s.put("/v1/tenants/ajio/slots/hero", &s.other_tenant, &body));
+    assert_eq!(status, 403);
+    let bad = |banners: Value, field: &str| {
+        let (status, err) = error(s.put(
+            "/v1/tenants/ajio/slots/hero",
+            &s.admin,
+            &json!({"banners": banners}),
+        ));
+        assert_eq!(
+            (status.as_u16(), err["field"].as_str().unwrap()),
+            (400, field),
+            "{err}"
+        );
+    };
+    bad(json!([]), "banners");
+    bad(
+        json!([{"id": "b1", "image": "b1.svg", "valid_from": "tomorrow", "valid_to": "2036-01-01T00:00:00Z"}]),
+        "banners[0].valid_from",
+    );
+    bad(
+        json!([{"id": "b1", "image": "b1.svg", "valid_from": "2036-01-01T00:00:00Z", "valid_to": "2035-01-01T00:00:00Z"}]),
+        "banners[].valid_to",
+    );
+    bad(
+        json!([{"id": "B1", "image": "b1.svg", "valid_from": "2026-01-01T00:00:00Z", "valid_to": "2035-01-01T00:00:00Z"}]),
+        "banners[].id",
+    );
+    let (status, _) = error(s.get("/v1/tenants/ajio/slots/missing", Some(&s.serve)));
+    assert_eq!(status, 404);
+
+    let other_platform = SLOT_CSV.replace("ajio,hero,b03", "myntra,hero,b03");
+    let (status, err) =
+        error(s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, &other_platform));
+    assert_eq!(
+        (status.as_u16(), err["field"].as_str().unwrap()),
+        (400, "platform")
+    );
+    let bad_time = SLOT_CSV.replace("31-Dec-36 23:59:59", "soon");
+    let (status, err) = error(s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, &bad_time));
+    assert_eq!(
+        (status.as_u16(), err["field"].as_str().unwrap()),
+        (400, "validto")
+    );
+    assert!(err["detail"].as_str().unwrap().contains("line 2"), "{err}");
+    let huge = format!(
+        "{SLOT_CSV}{}",
+        "ajio,big,b01,b01.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59\n".repeat(20_000)
+    );
+    let (status, _) = error(s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, &huge));
+    assert_eq!(status, 413);
+    let r = s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, SLOT_CSV);
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().unwrap();
+    assert_eq!(list["slots"][0], json!({"slot": "hero", "banners": 3}));
+}
+
+#[test]
+fn posteriors_series_and_operations() {
+    let s = Server::start();
+    let p: Value = s
+        .get(
+            "/v1/tenants/ajio/slots/hero/posteriors?city=pune",
+            Some(&s.serve),
+        )
+        .json()
+        .unwrap();
+    let city = &p["cities"][0];
+    assert_eq!(city["city"], "*");
+    let banners = city["banners"].as_array().unwrap();
+    assert_eq!(banners.len(), 3);
+    let p_best: f64 = banners.iter().map(|b| b["p_best"].as_f64().unwrap()).sum();
+    assert!((p_best - 1.0).abs() < 1e-9);
+    assert_eq!(banners[0]["alpha"], 1.0, "the uniform prior, no counts");
+    let (status, err) = error(s.get(
+        "/v1/tenants/ajio/slots/hero/posteriors?city=P%C3%BCne",
+        Some(&s.serve),
+    ));
+    assert_eq!(
+        (status.as_u16(), err["field"].as_str().unwrap()),
+        (400, "city")
+    );
+    let windowed: Value = s
+        .get(
+            "/v1/tenants/ajio/slots/hero/posteriors?window_minutes=60",
+            Some(&s.serve),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(windowed["window_minutes"], 60);
+
+    let series: Value = s
+        .get("/v1/tenants/ajio/slots/hero/series", Some(&s.serve))
+        .json()
+        .unwrap();
+    assert_eq!(series["banners"], json!(["b01", "b02", "b03"]));
+    assert_eq!(series["bucket_minutes"], 60);
+    let (status, _) = error(s.get(
+        "/v1/tenants/ajio/slots/hero/series?buckets=0",
+        Some(&s.serve),
+    ));
+    assert_eq!(status, 400);
+
+    let me: Value = s.get("/v1/me", Some(&s.admin)).json().unwrap();
+    assert_eq!(me, json!({"tenant": "ajio", "role": "admin"}));
+    assert_eq!(s.get("/healthz", None).status(), 200);
+    let ready: Value = s.get("/readyz", None).json().unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["cache_slots"], 3);
+    assert!(ready["cache_age_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(ready["event_log_up"], true);
+    let metrics = s.get("/metrics", None).text().unwrap();
+    assert!(
+        metrics.contains("slotbandit_cache_age_seconds"),
+        "{metrics}"
+    );
+    let spec: Value = s.get("/openapi.json", None).json().unwrap();
+    for path in [
+        "/v1/tenants/{tenant}/slots/{slot}/decision",
+        "/v1/tenants/{tenant}/clicks",
+        "/adclick/",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} in the OpenAPI document"
+        );
+    }
+    let (status, err) = error(s.get("/v2/nothing", None));
+    assert_eq!(
+        (status.as_u16(), err["error"].as_str().unwrap()),
+        (404, "not_found")
+    );
+    let (status, _) = error(
+        s.client
+            .delete(s.url("/v1/tenants/ajio/clicks"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 405);
+    for page in [
+        "/",
+        "/dashboard",
+        "/static/app.css",
+        "/static/page.js",
+        "/static/banners/b01.svg",
+    ] {
+        let r = s.get(page, None);
+        assert_eq!(r.status(), 200, "{page}");
+    }
+    assert_eq!(
+        s.get("/static/banners/../../etc/passwd", None).status(),
+        404
+    );
+}
+
+#[test]
+fn seed_compatible_routes() {
+    let s = Server::start();
+    for path in [
+        "/adclick",
+        "/adclick/ajio",
+        "/adclick/ajio/hero",
+        "/adclick/ajio/hero/pune",
+        "/adclick/ajio/hero/pune/60",
+    ] {
+        let r = s.get(path, None);
+        assert_eq!(r.status(), 200, "{path}");
+        let kv: Value = r.json().unwrap();
+        let key = kv["key"].as_str().unwrap();
+        assert_eq!(kv["value"], format!("{key}.svg"));
+    }
+    let (status, err) = error(s.get("/adclick/myntra/home", None));
+    assert_eq!(
+        (status.as_u16(), err["error"].as_str().unwrap()),
+        (403, "compat_disabled")
+    );
+    let (status, err) = error(s.get("/adclick/ajio/hero/pune/zero", None));
+    assert_eq!(
+        (status.as_u16(), err["field"].as_str().unwrap()),
+        (400, "pastmin")
+    );
+    let (status, _) = error(s.get("/adclick/ajio/nope", None));
+    assert_eq!(status, 404);
+
+    let r = s.client.post(s.url("/adclick/?bannerid=b02&location=pune&clicked=1&customerid=c-1&platform=ajio&slot=hero&referral=ads")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().unwrap(),
+        json!([{"key": "200", "value": "Record updated successfully"}])
+    );
+    let r = s
+        .client
+        .post(s.url("/adclick/?bannerid=b02&location=pune&clicked=0"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (query, field) in [
+        ("location=pune", "bannerid"),
+        ("bannerid=b02", "location"),
+        ("bannerid=b09&location=pune", "bannerid"),
+        ("bannerid=b02&location=pune&clicked=maybe", "clicked"),
+        ("bannerid=b02&location=Pune", "location"),
+    ] {
+        let (status, err) = error(
+            s.client
+                .post(s.url(&format!("/adclick/?{query}")))
+                .send()
+                .unwrap(),
+        );
+        assert!(status.is_client_error(), "{query}");
+        assert_eq!(err["field"], field, "{query}: {err}");
+    }
+    let events = s.stop_and_read_log();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Impression)
+            .count(),
+        5
+    );
+    let clicks: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Click)
+        .collect();
+    assert_eq!(clicks.len(), 1, "clicked=0 and bad requests record nothing");
+    assert_eq!(
+        (
+            clicks[0].banner.as_str(),
+            clicks[0].customer_id.as_deref(),
+            clicks[0].referrer.as_deref()
+        ),
+        ("b02", Some("c-1"), Some("ads"))
+    );
+}
+
+#[test]
+fn keys_add_validates_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    let out = common::slotbandit(&[
+        "keys", "add", "--store", &store, "--tenant", "ajio", "--role", "owner",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("serve or admin"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = common::slotbandit(&[
+        "keys", "add", "--store", &store, "--tenant", "Ajio", "--role", "serve",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let a = keys_add(&store, "ajio", "serve");
+    let b = keys_add(&store, "ajio", "serve");
+    assert_ne!(a, b);
+    assert!(a.starts_with("sbk_") && a.len() > 40);
+}

@@ -1,0 +1,450 @@
+//! The streaming job as a user runs it, on the embedded file log and store: exact counts against
+//! an independent recount of what was produced, restarts that change nothing, repeated clicks,
+//! dead letters and the backfill→stream handoff.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{events_of, gen, ok, posteriors, recount, slotbandit, stderr, Counts};
+
+use slotbandit::model::parquet::list_parquet_files;
+use slotbandit::model::Event;
+
+/// Generated history, a file log and an embedded store in one temp folder.
+struct Fixture {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    log: String,
+    store: String,
+}
+
+impl Fixture {
+    fn new(gen_flags: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ok(gen(&data, gen_flags));
+        let log = format!("file:{}?partitions=4", dir.path().join("log").display());
+        let store = format!("embedded:{}", dir.path().join("s.redb").display());
+        Self {
+            dir,
+            data,
+            log,
+            store,
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        events_of(&list_parquet_files(&self.data).unwrap())
+    }
+
+    fn produce_from(&self, from: &Path) {
+        ok(slotbandit(&[
+            "produce",
+            "--log",
+            &self.log,
+            "--from",
+            from.to_str().unwrap(),
+        ]));
+    }
+
+    fn stream(&self, extra: &[&str]) -> String {
+        let mut args = vec![
+            "stream",
+            "--log",
+            &self.log,
+            "--store",
+            &self.store,
+            "--stop-at-end",
+            "--epoch-ms",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        ok(slotbandit(&args))
+    }
+
+    fn counts(&self) -> Counts {
+        posteriors(&self.store, &[])
+    }
+}
+
+/// The number after `label` in the job's summary line.
+fn reported(summary: &str, label: &str) -> u64 {
+    let before = summary
+        .split(label)
+        .next()
+        .unwrap_or_else(|| panic!("{label:?} in {summary}"));
+    before
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a number before {label:?} in {summary}"))
+}
+
+#[test]
+fn stream_counts_a_file_log_exactly_and_a_rerun_changes_nothing() {
+    let f = Fixture::new("--events 40000 --days 2 --tenants 2 --cities 5 --banners 4 --seed 11");
+    f.produce_from(&f.data);
+    let events = f.events();
+    let first = f.stream(&["-w", "2"]);
+    assert_eq!(reported(&first, "counted"), events.len() as u64, "{first}");
+    assert_eq!(f.counts(), recount(&events));
+
+    let again = f.stream(&["-w", "3"]);
+    assert_eq!(reported(&again, "counted"), 0, "{again}");
+    assert_eq!(f.counts(), recount(&events));
+}
+
+#[test]
+fn more_events_later_continue_the_counts() {
+    let f = Fixture::new("--events 20000 --days 2 --tenants 1 --cities 4 --banners 3 --seed 12");
+    let files = list_parquet_files(&f.data).unwrap();
+    let (early, late) = files.split_at(files.len() / 2);
+    assert!(!early.is_empty() && !late.is_empty());
+    for file in early {
+        f.produce_from(file);
+    }
+    f.stream(&[]);
+    assert_eq!(f.counts(), recount(&events_of(early)));
+    for file in late {
+        f.produce_from(file);
+    }
+    f.stream(&["-w", "1"]);
+    assert_eq!(f.counts(), recount(&f.events()));
+}
+
+/// JSON lines: the produced events, a repeated click and malformed messages.
+fn write_jsonl(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn repeated_clicks_count_once_and_malformed_messages_become_dead_letters() {
+    let f = Fixture::new("--events 5000 --days 1 --tenants 1 --cities 3 --banners 3 --seed 13");
+    let events = f.events();
+    // The newest click, so that it is within the job's memory of clicks (60 minutes of event
+    // time) when its repeat arrives at the end of the log.
+    let click = events
+        .iter()
+        .filter(|e| e.kind == slotbandit::model::EventKind::Click && e.request_id.is_some())
+        .max_by_key(|e| e.ts)
+        .expect("a click with a request_id")
+        .clone();
+    let repeat = Event {
+        event_id: format!("{}-again", click.event_id),
+        ..click.clone()
+    };
+    let malformed = [
+        "not json".to_string(),
+        r#"{"event_id":"x1","kind":"view","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}"#.to_string(),
+        r#"{"event_id":"x2","kind":"click","tenant":"Ajio!","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}"#.to_string(),
+        r#"{"event_id":"x3","kind":"click","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}"#.to_string(),
+        format!(r#"{{"event_id":"x4","kind":"click","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z","referrer":"{}"}}"#, "a".repeat(20_000)),
+    ];
+    let mut lines: Vec<String> = events.iter().map(Event::to_json).collect();
+    lines.push(repeat.to_json());
+    lines.extend(malformed.iter().cloned());
+    let jsonl = f.dir.path().join("events.jsonl");
+    write_jsonl(&jsonl, &lines);
+    f.produce_from(&jsonl);
+
+    let summary = f.stream(&[]);
+    assert_eq!(reported(&summary, "repeated clicks"), 1, "{summary}");
+    assert_eq!(
+        reported(&summary, "dead letters"),
+        malformed.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(f.counts(), recount(&events));
+}
+
+#[test]
+fn handoff_counts_history_before_the_cutoff_and_the_log_after_it() {
+    let f = Fixture::new("--events 30000 --days 3 --tenants 1 --cities 4 --banners 3 --seed 14");
+    let events = f.events();
+    let mut times: Vec<_> = events.iter().map(|e| e.ts).collect();
+    times.sort();
+    let cutoff = times[times.len() / 2];
+    // The whole history is in the log too (as when a topic keeps a week): the handoff must drop
+    // what the backfill counted. The file log stamps records with the append time, so every
+    // record is "after" the cutoff by the log's clock and the ts filter does the work.
+    f.produce_from(&f.data);
+    let cutoff_arg = slotbandit::time::format_utc(cutoff);
+    let out = slotbandit(&[
+        "backfill",
+        "--input",
+        f.data.to_str().unwrap(),
+        "--store",
+        &f.store,
+        "--until",
+        &cutoff_arg,
+        "--then-stream",
+        "--log",
+        &f.log,
+        "--stop-at-end",
+        "--epoch-ms",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.counts(), recount(&events));
+}
+
+/// A Kafka topic (created with `partitions`) and an embedded store in a temp folder.
+fn kafka_fixture(broker: &str, prefix: &str, gen_flags: &str) -> Fixture {
+    let mut f = Fixture::new(gen_flags);
+    f.log = format!(
+        "kafka://{broker}/{}?partitions=4",
+        common::unique_name(prefix).replace('_', "-")
+    );
+    f
+}
+
+#[test]
+fn events_from_kafkas_own_console_producer_are_counted() {
+    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "console",
+        "--events 3000 --days 1 --tenants 2 --cities 3 --banners 3 --seed 15",
+    );
+    // Creates the topic with its partitions before the console producer writes to it.
+    let empty = f.dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    f.produce_from(&empty);
+    let topic = f.log.rsplit_once('/').unwrap().1.split('?').next().unwrap();
+    let events = f.events();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services/kafka.sh");
+    let mut console = std::process::Command::new(script)
+        .args(["run-class", "org.apache.kafka.tools.ConsoleProducer"])
+        .args(["--bootstrap-server", &broker, "--topic", topic])
+        .args(["--reader-property", "parse.key=true"])
+        .args(["--reader-property", "key.separator=\t"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = std::io::BufWriter::new(console.stdin.take().unwrap());
+        for e in &events {
+            writeln!(
+                stdin,
+                "{}\t{}",
+                slotbandit::source::event_key(e),
+                e.to_json()
+            )
+            .unwrap();
+        }
+    }
+    let out = console.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = f.stream(&[]);
+    assert_eq!(
+        reported(&summary, "counted"),
+        events.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(f.counts(), recount(&events));
+}
+
+#[test]
+fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic() {
+    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "dlq",
+        "--events 980000 --days 3 --tenants 2 --cities 8 --banners 5 --seed 16",
+    );
+    let events = f.events();
+    assert!(events.len() >= 1_000_000, "{} events", events.len());
+    let kinds = [
+        |i: usize| format!("{{\"event_id\":\"bad{i}\""),
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"view","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"Pune!","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"yesterday"}}"#
+            )
+        },
+        |i: usize| {
+            format!(
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z","referrer":"{}"}}"#,
+                "r".repeat(17_000)
+            )
+        },
+    ];
+    let mut lines = Vec::with_capacity(events.len() + 10_000);
+    let every = events.len() / 10_000;
+    let mut bad = 0;
+    for (i, e) in events.iter().enumerate() {
+        lines.push(e.to_json());
+        if i % every == every - 1 && bad < 10_000 {
+            lines.push(kinds[bad % kinds.len()](bad));
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 10_000);
+    let jsonl = f.dir.path().join("mixed.jsonl");
+    write_jsonl(&jsonl, &lines);
+    f.produce_from(&jsonl);
+
+    let summary = f.stream(&["-w", "2"]);
+    assert_eq!(reported(&summary, "dead letters"), 10_000, "{summary}");
+    assert_eq!(
+        reported(&summary, "counted"),
+        events.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(f.counts(), recount(&events));
+    let letters = slotbandit::source::dead_letters(&f.log).unwrap();
+    assert_eq!(letters.len(), 10_000);
+    let mut ids: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            assert!(!l.reason.is_empty());
+            let payload = String::from_utf8_lossy(&l.payload);
+            let id = payload.split('"').nth(3).unwrap_or_default().to_string();
+            match id.trim_start_matches("bad").parse::<usize>().unwrap() % kinds.len() {
+                0 => assert!(
+                    l.reason.contains("JSON") || l.reason.contains("json"),
+                    "{}",
+                    l.reason
+                ),
+                1 => assert!(l.reason.contains("kind"), "{}", l.reason),
+                2 | 3 => assert!(l.reason.contains("city"), "{}", l.reason),
+                4 => assert!(l.reason.contains("ts"), "{}", l.reason),
+                _ => assert!(l.reason.contains("16"), "{}", l.reason),
+            }
+            id
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10_000, "every malformed message once");
+}
+
+/// The value of a Prometheus sample in the text format.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn the_running_job_reports_its_counts_as_prometheus_metrics() {
+    let f = Fixture::new("--events 3000 --days 1 --tenants 1 --cities 3 --banners 3 --seed 17");
+    let events = f.events();
+    let mut lines: Vec<String> = events.iter().map(Event::to_json).collect();
+    lines.extend([
+        "{".to_string(),
+        "[]".to_string(),
+        "{\"kind\":1}".to_string(),
+    ]);
+    let jsonl = f.dir.path().join("events.jsonl");
+    write_jsonl(&jsonl, &lines);
+    f.produce_from(&jsonl);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["stream", "--log", &f.log, "--store", &f.store])
+        .args(["--epoch-ms", "50", "--metrics-listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::new();
+    let seen = loop {
+        if let Ok(text) = reqwest::blocking::get(&url).and_then(|r| r.text()) {
+            let counted = sample(&text, "slotbandit_stream_events_counted_total");
+            let dead = sample(&text, "slotbandit_stream_dead_letters_total");
+            if counted == Some(events.len() as u64) && dead == Some(3) {
+                break true;
+            }
+            last = text;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    job.kill().unwrap();
+    job.wait().unwrap();
+    assert!(seen, "metrics never showed every event counted:\n{last}");
+}
+
+#[test]
+fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
+    let (Some(broker), Some(cassandra)) = (
+        common::service("SLOTBANDIT_KAFKA"),
+        common::service("SLOTBANDIT_CASSANDRA"),
+    ) else {
+        return;
+    };
+    let f = kafka_fixture(
+        &broker,
+        "cluster",
+        "--events 60000 --days 2 --tenants 2 --cities 7 --banners 4 --seed 18",
+    );
+    f.produce_from(&f.data);
+    let events = f.events();
+    let store_of = |name: &str| {
+        let store = format!("cassandra://{cassandra}/{}", common::unique_name(name));
+        ok(slotbandit(&["schema", "apply", "--store", &store]));
+        store
+    };
+
+    let one = store_of("one");
+    ok(slotbandit(&[
+        "stream",
+        "--log",
+        &f.log,
+        "--store",
+        &one,
+        "--stop-at-end",
+        "-w",
+        "2",
+    ]));
+
+    let two = store_of("two");
+    let hosts = f.dir.path().join("hosts.txt");
+    let (p0, p1) = (common::free_port(), common::free_port());
+    std::fs::write(&hosts, format!("127.0.0.1:{p0}\n127.0.0.1:{p1}\n")).unwrap();
+    let processes: Vec<_> = (0..2)
+        .map(|p| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+                .args(["stream", "--log", &f.log, "--store", &two, "--stop-at-end"])
+                .args(["-w", "2", "-n", "2", "-p", &p.to_string()])
+                .arg("-h")
+                .arg(&hosts)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in processes {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let expected = recount(&events);
+    assert_eq!(posteriors(&one, &[]), expected);
+    assert_eq!(posteriors(&two, &[]), expected);
+}
