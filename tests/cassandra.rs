@@ -703,6 +703,7 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     signal(job.id(), "-CONT");
     let failed = job.wait_with_output().unwrap();
     let err = stderr(&failed);
+    eprintln!("the job ended with: {}", err.lines().last().unwrap_or(""));
     assert_eq!(failed.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cassandra store {address}/{}", ks.name))
