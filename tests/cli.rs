@@ -186,6 +186,7 @@ fn truncated_parquet_is_an_error_naming_the_file() {
 #[test]
 fn demo_prints_the_per_city_table_of_the_sample() {
     let o = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["demo", "--once"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();

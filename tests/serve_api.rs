@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -33,41 +32,30 @@ struct Server {
     client: Client,
 }
 
-fn keys_add(store: &str, tenant: &str, role: &str) -> String {
-    let out = common::slotbandit(&[
-        "keys", "add", "--store", store, "--tenant", tenant, "--role", role,
-    ]);
-    common::ok(out).trim().to_string()
-}
-
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = format!("embedded:{}", dir.path().join("store.redb").display());
-        let serve = keys_add(&store, "ajio", "serve");
-        let admin = keys_add(&store, "ajio", "admin");
-        let other_tenant = keys_add(&store, "myntra", "admin");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-            .args(["serve", "--store", &store, "--listen", "127.0.0.1:0"])
-            .arg("--log")
-            .arg(format!("file:{}", dir.path().join("log").display()))
-            .arg("--spool-dir")
-            .arg(dir.path().join("spool"))
-            .args(["--compat-tenant", "ajio", "--refresh-ms", "100"])
-            .env("SLOTBANDIT_TOKEN_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the binary runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let serve = common::keys_add(&store, "ajio", "serve");
+        let admin = common::keys_add(&store, "ajio", "admin");
+        let other_tenant = common::keys_add(&store, "myntra", "admin");
+        let log = format!("file:{}", dir.path().join("log").display());
+        let spool = dir.path().join("spool").display().to_string();
+        let (child, base) = common::spawn_serve(
+            &[
+                "--store",
+                &store,
+                "--log",
+                &log,
+                "--spool-dir",
+                &spool,
+                "--compat-tenant",
+                "ajio",
+                "--refresh-ms",
+                "100",
+            ],
+            &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
+        );
         let server = Server {
             child,
             base,
@@ -781,8 +769,8 @@ fn keys_add_validates_its_flags() {
         "keys", "add", "--store", &store, "--tenant", "Ajio", "--role", "serve",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    let a = keys_add(&store, "ajio", "serve");
-    let b = keys_add(&store, "ajio", "serve");
+    let a = common::keys_add(&store, "ajio", "serve");
+    let b = common::keys_add(&store, "ajio", "serve");
     assert_ne!(a, b);
     assert!(a.starts_with("sbk_") && a.len() > 40);
 }

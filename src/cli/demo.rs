@@ -1,9 +1,17 @@
 //! `slotbandit demo`: backfills the committed sample into an embedded store with the dataflow
 //! job, computes the cold-start priors, and prints per (tenant, slot, city) the counts, the
 //! leading banner with its 95% interval and P(best), and the true best banner from truth.json.
+//! Then, in the same process and until Ctrl-C, it runs the rest of the embedded default: the
+//! stream job on a fresh file log, the lookup service with its demo page and dashboard, and with
+//! `--audience` a simulated audience that clicks with truth.json's CTRs (`--once` stops after
+//! the table).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,7 +19,14 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DEFAULT_PRIOR_STRENGTH};
 use slotbandit::dataflow::Cluster;
 use slotbandit::gen::Truth;
-use slotbandit::store::{open_store, CountQuery, PosteriorRow};
+use slotbandit::model::SlotConfig;
+use slotbandit::serve::audience::{self, AudienceSpec, AudienceStats};
+use slotbandit::serve::auth::create_key;
+use slotbandit::serve::{token_secret, ServeOptions, Service};
+use slotbandit::source::open_log;
+use slotbandit::store::{open_store, CountQuery, PosteriorRow, PosteriorStore, Role};
+
+use super::stream::{hand_off, stream, StreamOptions};
 
 /// (tenant, slot, city)
 type SlotCity = (String, String, String);
@@ -24,6 +39,21 @@ pub struct DemoArgs {
     /// Where the demo store lives (default: slotbandit-demo.redb in the temp folder).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Print the table and exit, without the stream job and the service.
+    #[arg(long)]
+    once: bool,
+    /// Where the demo service listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: Option<SocketAddr>,
+    /// Simulate visitors that ask the service for banners and click with truth.json's CTRs.
+    #[arg(long)]
+    audience: bool,
+    /// Visitors per second of the simulated audience.
+    #[arg(long, default_value_t = 20.0, value_parser = super::flags::positive_f64)]
+    audience_rate: f64,
+    /// The tenant whose visitors are simulated.
+    #[arg(long, default_value = "ajio", value_parser = super::flags::name)]
+    audience_tenant: String,
 }
 
 /// The committed sample: relative to the working folder, else to the source tree.
@@ -37,9 +67,10 @@ fn sample_dir() -> PathBuf {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let input = args.input.unwrap_or_else(sample_dir);
+    let input = args.input.clone().unwrap_or_else(sample_dir);
     let store_path = args
         .store
+        .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("slotbandit-demo.redb"));
     let url = format!("embedded:{}", store_path.display());
     let report =
@@ -142,6 +173,136 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if total > 0 {
         println!("the posterior leader is the true best banner in {agree} of {total} (tenant, slot, city)");
     }
-    println!("try: slotbandit posteriors --store {url} --tenant ajio --slot hero --city pune");
-    Ok(())
+    if args.once {
+        println!("try: slotbandit posteriors --store {url} --tenant ajio --slot hero --city pune");
+        return Ok(());
+    }
+    live(Arc::from(store), &input, truth, &args)
+}
+
+/// The live part of the demo: slots, keys, a fresh file log, the stream job, the service and
+/// the audience, until Ctrl-C.
+fn live(
+    store: Arc<dyn PosteriorStore>,
+    input: &Path,
+    truth: Option<Truth>,
+    args: &DemoArgs,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let csv = input.join("slots.csv");
+    let file = std::fs::File::open(&csv).with_context(|| format!("{}", csv.display()))?;
+    let mut tenants = BTreeSet::new();
+    for mut config in SlotConfig::read_csv(file)? {
+        // The sample's banners are valid for its week of history; keep them valid for the demo.
+        for b in &mut config.banners {
+            if b.valid_to <= now + chrono::Duration::days(1) {
+                b.valid_to = now + chrono::Duration::days(365);
+            }
+        }
+        store.put_slot(&config)?;
+        tenants.insert(config.tenant.clone());
+    }
+    let keys: Vec<(String, String)> = tenants
+        .iter()
+        .map(|t| Ok((t.clone(), create_key(store.as_ref(), t, Role::Admin)?)))
+        .collect::<anyhow::Result<_>>()?;
+
+    let tmp = std::env::temp_dir();
+    let log_dir = tmp.join("slotbandit-demo-log");
+    if log_dir.exists() {
+        std::fs::remove_dir_all(&log_dir).with_context(|| format!("{}", log_dir.display()))?;
+    }
+    let log = open_log(&format!("file:{}", log_dir.display()))?;
+    hand_off(log.as_ref(), store.as_ref(), "demo", now)?;
+    let stream_options = StreamOptions {
+        job_name: "demo".into(),
+        epoch_ms: 250,
+        cutoff: None,
+        click_dedup_minutes: 24 * 60,
+        no_customer_events: false,
+        stop_at_end: false,
+        metrics_listen: None,
+    };
+    let secret = token_secret(store.as_ref(), None)?;
+    let options = ServeOptions {
+        compat_tenants: tenants.clone(),
+        spool_dir: tmp.join("slotbandit-demo-spool"),
+        ..ServeOptions::default()
+    };
+    let listen = args.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("--listen {listen}"))?;
+    let addr = listener.local_addr()?;
+
+    let job = {
+        let (log, store) = (log.clone(), store.clone());
+        std::thread::Builder::new()
+            .name("stream".into())
+            .spawn(move || stream(log, store, &stream_options, &Cluster::single(1), false))?
+    };
+    runtime.block_on(async {
+        let service = Service::start(store, log, &secret, options).await?;
+        println!();
+        println!(
+            "the stream job counts {} into the store; the lookup service listens on http://{addr}",
+            log_dir.display()
+        );
+        for (tenant, key) in &keys {
+            println!("  {tenant}: demo page http://{addr}/#key={key}");
+            println!("  {tenant}: dashboard http://{addr}/dashboard#key={key}");
+        }
+        println!("  API: http://{addr}/openapi.json (Authorization: Bearer <key>); Ctrl-C stops");
+        if args.audience {
+            let key = keys
+                .iter()
+                .find(|(t, _)| *t == args.audience_tenant)
+                .map(|(_, k)| k.clone())
+                .with_context(|| {
+                    format!(
+                        "--audience-tenant {}: no such tenant in the sample",
+                        args.audience_tenant
+                    )
+                })?;
+            let truth = truth.context("--audience needs the sample's truth.json")?;
+            let spec = AudienceSpec {
+                base_url: format!("http://{addr}"),
+                key,
+                tenant: args.audience_tenant.clone(),
+                rate: args.audience_rate,
+                seed: 7,
+            };
+            let stats = Arc::new(AudienceStats::default());
+            tokio::spawn(report_audience(stats.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = audience::run(spec, &truth, stats, std::future::pending()).await {
+                    tracing::error!("audience: {e}");
+                }
+            });
+        }
+        service
+            .serve(listener, super::serve::shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    job.join()
+        .map_err(|_| anyhow::anyhow!("the stream job panicked"))?
+}
+
+/// Prints what the audience has done every 10 seconds.
+async fn report_audience(stats: Arc<AudienceStats>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let visits = stats.visits.load(Ordering::Relaxed);
+        let clicks = stats.clicks.load(Ordering::Relaxed);
+        println!(
+            "audience: {visits} visits, {clicks} clicks (CTR {:.2}%), {:.1}% of the clicks the best banners would earn, {} errors",
+            100.0 * clicks as f64 / visits.max(1) as f64,
+            100.0 * stats.efficiency(),
+            stats.errors.load(Ordering::Relaxed)
+        );
+    }
 }

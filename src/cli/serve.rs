@@ -12,15 +12,15 @@ use slotbandit::serve::{token_secret, ServeOptions, Service};
 use slotbandit::source::open_log;
 use slotbandit::store::open_store;
 
-use super::flags::{self, StoreArg};
+use super::flags::{self, LogArg, StoreArg};
 
 #[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     store: StoreArg,
-    /// The event log impressions and clicks go to: file:PATH or kafka://HOST:PORT/TOPIC.
-    #[arg(long, env = "SLOTBANDIT_LOG", default_value = "file:slotbandit-log")]
-    log: String,
+    /// Where impressions and clicks go.
+    #[command(flatten)]
+    log: LogArg,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -73,7 +73,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     let store: Arc<dyn slotbandit::store::PosteriorStore> =
         Arc::from(open_store(&args.store.store, true)?);
-    let log = open_log(&args.log)?;
+    let log = open_log(&args.log.log)?;
     let secret = token_secret(store.as_ref(), args.token_secret.as_deref())?;
     runtime.block_on(async {
         let service = Service::start(store, log, &secret, args.options()).await?;
@@ -86,7 +86,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(
             "serving {} with events to {} (demo page http://{addr}/, dashboard http://{addr}/dashboard)",
             args.store.store,
-            args.log
+            args.log.log
         );
         service.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())

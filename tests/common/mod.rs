@@ -125,3 +125,37 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Starts `slotbandit serve ARGS --listen 127.0.0.1:0` and returns the process and its base URL
+/// (read from the "listening on" line it prints once bound).
+pub fn spawn_serve(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve printed {line:?} instead of its address"))
+        .to_string();
+    (child, base)
+}
+
+/// `slotbandit keys add` for a store; returns the key.
+pub fn keys_add(store: &str, tenant: &str, role: &str) -> String {
+    ok(slotbandit(&[
+        "keys", "add", "--store", store, "--tenant", tenant, "--role", role,
+    ]))
+    .trim()
+    .to_string()
+}
