@@ -359,9 +359,18 @@ fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
         t1,
         ["c1", "c2", "c3"].map(|c| expected_state("t1", c, last))
     );
+    let offsets = BTreeMap::from([(0, last as i64), (1, 1000 + last as i64)]);
+    assert_eq!(
+        store.applied_offsets().unwrap(),
+        shards
+            .iter()
+            .map(|s| (s.clone(), offsets.clone()))
+            .collect()
+    );
     // A backfill's clear removes rows and offsets alike.
     store.clear_counts().unwrap();
     assert_eq!(store.shards(&|_, _| true).unwrap(), []);
+    assert!(store.applied_offsets().unwrap().is_empty());
 }
 
 fn event(id: &str, kind: &str, customer: &str, ts: DateTime<Utc>, referrer: Option<&str>) -> Event {
@@ -703,6 +712,7 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     signal(job.id(), "-CONT");
     let failed = job.wait_with_output().unwrap();
     let err = stderr(&failed);
+    eprintln!("the job ended with: {}", err.lines().last().unwrap_or(""));
     assert_eq!(failed.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("cassandra store {address}/{}", ks.name))

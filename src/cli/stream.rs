@@ -169,30 +169,37 @@ pub fn hand_off(
 /// Sets `shutdown` on Ctrl-C or SIGTERM (what Kubernetes sends), so the job ends after the
 /// current epoch with everything read so far in the store.
 fn stop_on_signals(shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    in_background("signals", async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            },
+            Err(e) => {
+                tracing::warn!("no SIGTERM handler ({e}); Ctrl-C still stops the job");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("stopping after the current epoch");
+        shutdown.store(true, Ordering::Relaxed);
+    })
+}
+
+/// Runs `task` on a single-threaded runtime in a thread of its own (the job itself is timely's
+/// threads, not async).
+fn in_background(
+    name: &str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .context("signal handler runtime")?;
+        .with_context(|| format!("{name} runtime"))?;
     std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {},
-                        _ = term.recv() => {},
-                    },
-                    Err(e) => {
-                        tracing::warn!("no SIGTERM handler ({e}); Ctrl-C still stops the job");
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
-                }
-            });
-            tracing::info!("stopping after the current epoch");
-            shutdown.store(true, Ordering::Relaxed);
-        })
-        .context("signal handler thread")?;
+        .name(name.into())
+        .spawn(move || runtime.block_on(task))
+        .with_context(|| format!("{name} thread"))?;
     Ok(())
 }
 
@@ -201,32 +208,23 @@ fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<StreamMetrics>) -> any
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
     listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("metrics runtime")?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let metrics = metrics.clone();
-                        async move { metrics.render() }
-                    }),
-                );
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        if let Err(e) = axum::serve(listener, app).await {
-                            tracing::warn!("metrics endpoint stopped: {e}");
-                        }
-                    }
-                    Err(e) => tracing::warn!("metrics endpoint: {e}"),
+    in_background("metrics", async move {
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!("metrics endpoint stopped: {e}");
                 }
-            })
-        })
-        .context("metrics thread")?;
+            }
+            Err(e) => tracing::warn!("metrics endpoint: {e}"),
+        }
+    })?;
     tracing::info!("metrics at http://{addr}/metrics");
     Ok(())
 }

@@ -264,25 +264,12 @@ fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardW
         }
     }
     let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
-    fn shard<'a>(
-        shards: &'a mut BTreeMap<Shard, ShardWrite>,
-        tenant: &str,
-        city: &str,
-    ) -> &'a mut ShardWrite {
-        shards
-            .entry((tenant.to_string(), city.to_string()))
-            .or_insert_with(|| ShardWrite {
-                tenant: tenant.to_string(),
-                city: city.to_string(),
-                ..Default::default()
-            })
-    }
     for (key, (imp, clk)) in latest {
-        let write = shard(&mut shards, &key.arm.tenant, &key.arm.city);
+        let write = ShardWrite::entry(&mut shards, &key.arm.tenant, &key.arm.city);
         write.rows.push((key, imp, clk));
     }
     for ((tenant, city), partition, offset) in applied {
-        let offsets = &mut shard(&mut shards, &tenant, &city).applied;
+        let offsets = &mut ShardWrite::entry(&mut shards, &tenant, &city).applied;
         let entry = offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
     }

@@ -392,7 +392,7 @@ enum Tally {
     },
     Sparse {
         buckets: Buckets,
-        map: FxHashMap<([u32; 4], i64), (i64, i64)>,
+        map: FxHashMap<([u32; 4], i64), (u32, u32)>,
     },
 }
 
@@ -438,21 +438,13 @@ impl Tally {
                 if *cell == (0, 0) {
                     touched.push(index as u32);
                 }
-                if click {
-                    cell.1 += 1;
-                } else {
-                    cell.0 += 1;
-                }
+                bump(cell, click);
             }
             Tally::Sparse { buckets, map } => {
-                let entry = map
+                let cell = map
                     .entry((key, buckets.index_of_micros(micros)))
                     .or_default();
-                if click {
-                    entry.1 += 1;
-                } else {
-                    entry.0 += 1;
-                }
+                bump(cell, click);
             }
         }
     }
@@ -478,11 +470,21 @@ impl Tally {
                 }
             }
             Tally::Sparse { map, .. } => {
-                for ((key, bucket), counts) in map {
-                    emit(key, bucket, counts);
+                for ((key, bucket), (imp, clk)) in map {
+                    emit(key, bucket, (i64::from(imp), i64::from(clk)));
                 }
             }
         }
+    }
+}
+
+/// Counts one row in a cell of (impressions, clicks).
+#[inline]
+fn bump(cell: &mut (u32, u32), click: bool) {
+    if click {
+        cell.1 += 1;
+    } else {
+        cell.0 += 1;
     }
 }
 

@@ -29,8 +29,8 @@ use scylla::statement::unprepared::Statement;
 use scylla::value::CqlTimestamp;
 
 use super::{
-    validate_keyspace, ApiKey, CassandraUrl, CountQuery, Offset, Partition, PosteriorStore,
-    ShardState, ShardWrite, StoreError, ALL_TIME,
+    validate_keyspace, ApiKey, AppliedOffsets, CassandraUrl, CountQuery, Offset, Partition,
+    PosteriorStore, ShardState, ShardWrite, StoreError, ALL_TIME,
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
 use crate::dataflow::CountKey;
@@ -56,6 +56,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The shortest time an attempt gets, even at the deadline.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// How the keyspace is replicated: `simple:RF` (SimpleStrategy, one data centre, development)
 /// or `DC:RF[,DC:RF...]` (NetworkTopologyStrategy, clusters).
@@ -407,8 +409,9 @@ impl Connection {
     }
 }
 
-/// Calls `attempt` until it succeeds, a permanent failure, or the deadline; waits 0.1 s, 0.2 s,
-/// … up to 5 s between attempts.
+/// Calls `attempt` until it succeeds, fails for good, or the deadline passes; waits 0.1 s,
+/// 0.2 s, … up to 5 s between attempts, and the last wait ends at the deadline. An attempt may
+/// take what is left of the deadline, and at least a second.
 async fn retrying<T, F, Fut>(
     store: &str,
     deadline: Duration,
@@ -425,11 +428,14 @@ where
     loop {
         attempts += 1;
         let left = deadline.saturating_sub(started.elapsed());
-        let failure = match tokio::time::timeout(left, attempt()).await {
+        let failure = match tokio::time::timeout(left.max(MIN_ATTEMPT), attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
             Err(_) => Failure {
-                detail: format!("no answer within the {} s deadline", deadline.as_secs()),
+                detail: format!(
+                    "no answer within {:.1} s",
+                    left.max(MIN_ATTEMPT).as_secs_f64()
+                ),
                 permanent: false,
             },
         };
@@ -440,7 +446,8 @@ where
         if failure.permanent {
             return Err(fail(format!("{what}: {}", failure.detail)));
         }
-        if started.elapsed() + backoff >= deadline {
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
             return Err(fail(format!(
                 "{what}: gave up after {attempts} attempt(s) in {:.1} s (deadline_s={}); last error: {}",
                 started.elapsed().as_secs_f64(),
@@ -448,12 +455,13 @@ where
                 failure.detail
             )));
         }
+        let wait = backoff.min(left);
         tracing::warn!(
             "cassandra store {store}: {what} failed (attempt {attempts}), retrying in {:.1} s: {}",
-            backoff.as_secs_f64(),
+            wait.as_secs_f64(),
             failure.detail
         );
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -464,6 +472,7 @@ struct Statements {
     delete_count: PreparedStatement,
     add_applied: PreparedStatement,
     shard_partitions: PreparedStatement,
+    applied_offsets: PreparedStatement,
     shard: PreparedStatement,
     counts_in_shard: PreparedStatement,
     counts_of_slot_in_shard: PreparedStatement,
@@ -512,6 +521,11 @@ impl Statements {
             .await?,
             shard_partitions: prepare(format!("SELECT DISTINCT tenant, city FROM {ks}.arm_state"))
                 .await?,
+            // DISTINCT reads partition keys and static columns only: no rows.
+            applied_offsets: prepare(format!(
+                "SELECT DISTINCT tenant, city, applied FROM {ks}.arm_state"
+            ))
+            .await?,
             shard: prepare(format!(
                 "SELECT slot, banner, bucket, impressions, clicks, applied FROM {ks}.arm_state \
                  WHERE tenant = ? AND city = ?"
@@ -989,6 +1003,25 @@ impl PosteriorStore for CassandraStore {
         })
     }
 
+    fn applied_offsets(&self) -> Result<AppliedOffsets, StoreError> {
+        type Row = (String, String, Option<BTreeMap<i32, i64>>);
+        self.conn
+            .run(self.conn.retrying("read applied offsets", || async {
+                let rows = self
+                    .conn
+                    .session
+                    .execute_iter(self.st.applied_offsets.clone(), &[])
+                    .await?
+                    .rows_stream::<Row>()?;
+                Ok(rows
+                    .try_filter_map(
+                        |(t, c, applied)| async move { Ok(applied.map(|a| ((t, c), a))) },
+                    )
+                    .try_collect()
+                    .await?)
+            }))
+    }
+
     fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError> {
         self.conn
             .run(self.conn.retrying("read checkpoints", || async {
@@ -1268,6 +1301,66 @@ mod tests {
             let err = bad.parse::<Replication>().unwrap_err();
             assert!(err.contains(rule), "{bad}: {err}");
         }
+    }
+
+    fn run<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn transient(detail: &str) -> Failure {
+        Failure {
+            detail: detail.into(),
+            permanent: false,
+        }
+    }
+
+    #[test]
+    fn retries_until_success_stop_at_a_permanent_failure_and_give_up_at_the_deadline() {
+        let deadline = Duration::from_secs(1);
+        let mut calls = 0;
+        let value = run(retrying("n:1/ks", deadline, "read", || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(transient("refused"))
+                } else {
+                    Ok(n)
+                }
+            }
+        }));
+        assert_eq!(value.unwrap(), 3);
+
+        let mut calls = 0;
+        let err = run(retrying("n:1/ks", deadline, "write", || {
+            calls += 1;
+            async { Err::<(), _>(Failure::permanent("syntax error")) }
+        }))
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(
+            err.to_string(),
+            "cassandra store n:1/ks: write: syntax error"
+        );
+
+        let mut calls = 0;
+        let err = run(retrying("n:1/ks", deadline, "write shard (t, c)", || {
+            calls += 1;
+            async { Err::<(), _>(transient("connection refused")) }
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(calls > 2, "{calls} attempts");
+        assert!(
+            err.starts_with(&format!(
+                "cassandra store n:1/ks: write shard (t, c): gave up after {calls} attempt(s) in "
+            )) && err.ends_with("s (deadline_s=1); last error: connection refused"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -267,19 +267,6 @@ impl PosteriorStore for EmbeddedStore {
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.read(|tx| {
             let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
-            fn shard<'a>(
-                shards: &'a mut BTreeMap<(String, String), ShardState>,
-                tenant: &str,
-                city: &str,
-            ) -> &'a mut ShardState {
-                shards
-                    .entry((tenant.to_string(), city.to_string()))
-                    .or_insert_with(|| ShardState {
-                        tenant: tenant.to_string(),
-                        city: city.to_string(),
-                        ..Default::default()
-                    })
-            }
             for entry in tx.open_table(ARM_STATE)?.iter()? {
                 let (k, v) = entry?;
                 let (arm, bucket) = decode_arm_state_key(k.value()).ok_or_else(|| {
@@ -287,7 +274,7 @@ impl PosteriorStore for EmbeddedStore {
                 })?;
                 if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
-                    let state = shard(&mut shards, &arm.tenant, &arm.city);
+                    let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
                 }
             }
@@ -295,7 +282,7 @@ impl PosteriorStore for EmbeddedStore {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
                 if owns(tenant, city) {
-                    shard(&mut shards, tenant, city)
+                    ShardState::entry(&mut shards, tenant, city)
                         .applied
                         .insert(partition, v.value());
                 }

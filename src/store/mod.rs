@@ -60,12 +60,23 @@ pub struct ShardWrite {
 
 /// One shard as stored: every row (all buckets) and its applied offsets. The streaming job
 /// loads the shards it owns from these on restart.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ShardState {
-    pub tenant: String,
-    pub city: String,
-    pub rows: Vec<(CountKey, u64, u64)>,
-    pub applied: BTreeMap<Partition, Offset>,
+pub type ShardState = ShardWrite;
+
+impl ShardWrite {
+    /// The shard of (tenant, city) in `shards`, added empty when absent.
+    pub fn entry<'a>(
+        shards: &'a mut BTreeMap<(String, String), ShardWrite>,
+        tenant: &str,
+        city: &str,
+    ) -> &'a mut ShardWrite {
+        shards
+            .entry((tenant.to_string(), city.to_string()))
+            .or_insert_with(|| ShardWrite {
+                tenant: tenant.to_string(),
+                city: city.to_string(),
+                ..Default::default()
+            })
+    }
 }
 
 /// What an API key may do: decide and click (`serve`) or also configure slots (`admin`).
