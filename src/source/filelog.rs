@@ -107,6 +107,15 @@ pub struct FileLog {
     dlq: OnceLock<Box<FileLog>>,
     /// Milliseconds since the Unix epoch (a fixed clock in unit tests).
     clock: fn() -> i64,
+    /// Per partition, how far `end_offsets` has scanned the last segment.
+    ends: Mutex<Vec<Option<KnownEnd>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KnownEnd {
+    base: Offset,
+    pos: u64,
+    end: Offset,
 }
 
 struct Writer {
@@ -447,6 +456,7 @@ impl FileLog {
                 lock,
                 parts: (0..meta.partitions).map(|_| None).collect(),
             }),
+            ends: Mutex::new(vec![None; meta.partitions as usize]),
             meta,
             unkeyed: AtomicU32::new(0),
             dlq: OnceLock::new(),
@@ -889,19 +899,33 @@ impl FileLog {
         let (Some(&first), Some(&last)) = (segments.first(), segments.last()) else {
             return Ok((0, 0));
         };
+        // Resume from where the last call stopped in the same segment: frames before a valid
+        // end are never rewritten.
+        let known = self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition as usize];
+        let (from, mut end) = match known {
+            Some(k) if k.base == last => (k.pos, k.end),
+            _ => (0, last),
+        };
         let file = self.open_segment(partition, last)?;
         let path = self.partition_dir(partition).join(segment_name(last));
-        let mut frames = Frames::new(0);
+        let mut frames = Frames::new(from);
         frames
-            .rewind_to(0, &file)
+            .rewind_to(from, &file)
             .map_err(|e| self.unavailable("cannot stat", &path, e))?;
-        let mut end = last;
+        let mut pos = from;
         while let Step::Frame { body, .. } = frames
             .next(&file)
             .map_err(|e| self.unavailable("cannot read", &path, e))?
         {
             end = BodyHeader::read(body).end();
+            pos = frames.pos;
         }
+        self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition as usize] =
+            Some(KnownEnd {
+                base: last,
+                pos,
+                end,
+            });
         Ok((first, end))
     }
 
