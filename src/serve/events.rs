@@ -234,3 +234,144 @@ impl Appender {
         batch.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::model::EventKind;
+    use crate::source::{LogReader, LogRecord};
+    use crate::store::{Offset, Partition};
+
+    /// A log that refuses appends while `down` is set and keeps what it accepted.
+    #[derive(Default)]
+    struct FlakyLog {
+        down: AtomicBool,
+        accepted: Mutex<Vec<Event>>,
+    }
+
+    impl FlakyLog {
+        fn refuse(&self) -> Result<(), LogError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(LogError::Unavailable {
+                    log: "flaky".into(),
+                    detail: "down".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl EventLog for FlakyLog {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn partitions(&self) -> Result<Vec<Partition>, LogError> {
+            Ok(vec![0])
+        }
+        fn append(&self, events: &[Event]) -> Result<(), LogError> {
+            self.refuse()?;
+            self.accepted.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+        fn append_raw(&self, _: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError> {
+            self.refuse()
+        }
+        fn reader(&self, _: &BTreeMap<Partition, Offset>) -> Result<Box<dyn LogReader>, LogError> {
+            unimplemented!("the sink never reads")
+        }
+        fn offsets_for_time(
+            &self,
+            _: chrono::DateTime<chrono::Utc>,
+        ) -> Result<BTreeMap<Partition, Offset>, LogError> {
+            unimplemented!("the sink never reads")
+        }
+        fn end_offsets(&self) -> Result<BTreeMap<Partition, Offset>, LogError> {
+            unimplemented!("the sink never reads")
+        }
+        fn dead_letter(&self, _: &[(LogRecord, String)]) -> Result<(), LogError> {
+            unimplemented!("the sink never reads")
+        }
+    }
+
+    fn impression(i: usize) -> Event {
+        Event {
+            event_id: format!("e{i}"),
+            kind: EventKind::Impression,
+            tenant: "ajio".into(),
+            slot: "hero".into(),
+            city: "pune".into(),
+            banner: "b01".into(),
+            ts: chrono::Utc::now(),
+            customer_id: None,
+            referrer: None,
+            request_id: Some(format!("d{i}")),
+        }
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_down_log_spools_impressions_refuses_clicks_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(FlakyLog::default());
+        let metrics = Arc::new(Metrics::new());
+        log.down.store(true, Ordering::Relaxed);
+        let sink = EventSink::start(
+            log.clone(),
+            Spool::open(dir.path()).unwrap(),
+            metrics.clone(),
+        )
+        .unwrap();
+        for i in 0..50 {
+            sink.impressions(vec![impression(i)]);
+        }
+        wait_for("spooling", || sink.spooled() == 50);
+        assert!(!sink.log_up());
+        assert!(log.accepted.lock().unwrap().is_empty());
+        let click = sink.click(impression(99), Duration::from_secs(5)).await;
+        assert!(matches!(click, Err(ClickError::Log(_))), "{click:?}");
+
+        // A restart finds the spool and sends it when the log is back.
+        sink.shutdown();
+        drop(sink);
+        assert_eq!(Spool::open(dir.path()).unwrap().pending(), 50);
+        let sink = EventSink::start(
+            log.clone(),
+            Spool::open(dir.path()).unwrap(),
+            metrics.clone(),
+        )
+        .unwrap();
+        sink.impressions(vec![impression(50)]);
+        log.down.store(false, Ordering::Relaxed);
+        wait_for("sending the spool", || {
+            log.accepted.lock().unwrap().len() == 51
+        });
+        sink.impressions(vec![impression(51)]);
+        wait_for("the next append", || {
+            log.accepted.lock().unwrap().len() == 52
+        });
+        sink.click(impression(52), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let ids: Vec<String> = log
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id.clone())
+            .collect();
+        let want: Vec<String> = (0..=52).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, want, "every impression once, in order, then the click");
+        assert!(sink.log_up());
+        assert_eq!(Spool::open(dir.path()).unwrap().pending(), 0);
+    }
+}
