@@ -4,12 +4,14 @@
 # SLOTBANDIT_CASSANDRA says otherwise). Reports for each: whole-job rows/s, the shard batches and
 # rows the sink wrote, the sink's time (summed over the workers) and its share of the job, and
 # shards/s and rows/s per second of sink time. Checks that both stores hold the same posteriors.
+# The stores take turns, RUNS times each (default 2), so that the machine's noise falls on both.
 # Usage: bench/sink/run.sh [IMPRESSIONS] (default 10,000,000; 30 days, 3 tenants, 12 cities,
 # 10 banners: 36 shards)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 events="${1:-10000000}"
 workers=2
+runs="${RUNS:-2}"
 cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 node="${SLOTBANDIT_CASSANDRA:-127.0.0.1:9042}"
@@ -30,9 +32,11 @@ cassandra="cassandra://$node/$keyspace"
 embedded="embedded:$work/bench.redb"
 rm -f "$work/bench.redb"
 
+echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores)"
+echo
 echo "| store | rows | job s | job rows/s | epochs | shard batches | rows written | sink s (sum of $workers workers) | sink share | shards/s | rows written/s |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for store in "$embedded" "$cassandra"; do
+for _ in $(seq "$runs"); do for store in "$embedded" "$cassandra"; do
   out="$("$bin" backfill --input "$data" --store "$store" -w "$workers" 2>/dev/null)"
   # backfill: R rows in S s (X rows/s) into STORE
   # sink: E epochs, B shard batches, W rows written in T s (P% of the run)
@@ -45,7 +49,9 @@ for store in "$embedded" "$cassandra"; do
         name, rows, secs, rows / secs, epochs, batches, written, sink, share,
         batches / sink, written / sink
     }' <<<"$out"
-done
+done; done
+echo
+echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 for store in "$embedded" "$cassandra"; do
   "$bin" posteriors --store "$store" --format csv >"$work/${store%%:*}.csv"
 done
