@@ -7,6 +7,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from serve_fixture import ARTIFACTS, start_service, stop_service
@@ -48,14 +49,23 @@ def options(driver, select_id):
         "return Array.from(document.getElementById(arguments[0]).options, o => o.value)", select_id)
 
 
+def selected(driver, select_id, value):
+    """Selects `value`; False (to retry) when the page redrew the options meanwhile."""
+    try:
+        Select(driver.find_element(By.ID, select_id)).select_by_value(value)
+        return driver.find_element(By.ID, select_id).get_attribute("value") == value
+    except StaleElementReferenceException:
+        return False
+
+
 def test_demo_page_decides_and_records_a_click(service, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 20)
     browser.get(f"{service.base}/#key={service.serve_key}")
     wait.until(lambda d: len(options(d, "city")) >= 8)
-    Select(browser.find_element(By.ID, "slot")).select_by_value("hero")
+    wait.until(lambda d: selected(d, "slot", "hero"))
     wait.until(lambda d: "pune" in options(d, "city") and d.execute_script("return document.getElementById('post-city').textContent") != "…")
-    Select(browser.find_element(By.ID, "city")).select_by_value("pune")
+    wait.until(lambda d: selected(d, "city", "pune"))
     browser.find_element(By.ID, "decide").click()
     img = wait.until(EC.visibility_of_element_located((By.ID, "banner-img")))
     shown = browser.find_element(By.ID, "shown-banner").text
