@@ -4,7 +4,8 @@
 # signed, impressions logged) and a minimal Python Thompson-sampling service (FastAPI on uvicorn,
 # 2 workers, counts in memory), both answering GET .../decision for 10 banners on loopback,
 # driven by wrk with the same script. For each: the maximum throughput (as fast as wrk can), then
-# p50/p99 at 80% of that maximum. Prints a Markdown table and the ratio.
+# p50/p99 at 80% of that maximum (each connection pauses between requests; the pause is
+# calibrated by a short run). Prints a Markdown table and the ratio.
 # Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,9 +44,19 @@ done
 curl -sf -X POST -H "Authorization: Bearer $key" -H 'content-type: text/csv' \
   --data-binary @datasets/slots/ajio_hero.csv http://127.0.0.1:18080/v1/tenants/ajio/slot-imports >/dev/null
 
-load() { # url rate -> "rps p50_ms p99_ms max_ms errors requests"
-  SB_KEY="$key" SB_RATE="$2" SB_CONNECTIONS="$conns" wrk -t2 -c"$conns" -d"${duration}s" \
+load() { # url delay_ms [seconds] -> "rps p50_ms p99_ms max_ms errors requests"
+  SB_KEY="$key" SB_DELAY_MS="$2" wrk -t2 -c"$conns" -d"${3:-$duration}s" \
     -s bench/lookup/wrk_decision.lua "$1" | awk '/^RESULT/ { $1 = ""; print }'
+}
+
+# The pause per connection that gives `target` requests/s, from a 5 s run at a first guess:
+# a closed loop does conns / (pause + latency) requests per second.
+pause_for() { # url target -> delay_ms
+  local guess rps
+  guess="$(awk -v c="$conns" -v t="$2" 'BEGIN { printf "%d", c * 1000 / t }')"
+  read -r rps _ < <(load "$1" "$guess" 5)
+  awk -v c="$conns" -v t="$2" -v g="$guess" -v r="$rps" \
+    'BEGIN { d = c * 1000 / t - (c * 1000 / r - g); if (d < 0) d = 0; printf "%d", d + 0.5 }'
 }
 
 declare -A max
@@ -57,7 +68,7 @@ for name in slotbandit python; do
   max[$name]="$rps"
   results+=("| $name | max | $rps | $p50 | $p99 | $mx | $errors / $n |")
   target="$(awk -v r="$rps" 'BEGIN { printf "%d", r * 0.8 }')"
-  read -r rps p50 p99 mx errors n < <(load "$url" "$target")
+  read -r rps p50 p99 mx errors n < <(load "$url" "$(pause_for "$url" "$target")")
   results+=("| $name | 80% ($target/s asked) | $rps | $p50 | $p99 | $mx | $errors / $n |")
 done
 

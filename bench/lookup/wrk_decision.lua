@@ -1,10 +1,10 @@
 -- wrk script for bench/lookup: decisions for the sample's cities in turn, with the API key, and
--- an optional request rate (SB_RATE requests/s over all connections; 0 = as fast as possible).
+-- an optional pause between a connection's requests (SB_DELAY_MS; 0 = as fast as possible), which
+-- run.sh calibrates to a target rate.
 local cities = {"mumbai", "delhi", "bangalore", "hyderabad", "chennai", "kolkata", "pune", "ahmedabad"}
 local key = os.getenv("SB_KEY") or ""
 local path = os.getenv("SB_PATH") or "/v1/tenants/ajio/slots/hero/decision"
-local rate = tonumber(os.getenv("SB_RATE") or "0")
-local connections = tonumber(os.getenv("SB_CONNECTIONS") or "64")
+local delay_ms = tonumber(os.getenv("SB_DELAY_MS") or "0")
 local i = 0
 
 request = function()
@@ -14,10 +14,7 @@ request = function()
 end
 
 delay = function()
-  if rate > 0 then
-    return math.floor(connections / rate * 1000 + 0.5)
-  end
-  return 0
+  return delay_ms
 end
 
 done = function(summary, latency, requests)
