@@ -87,6 +87,11 @@ fn stream_counts_a_file_log_exactly_and_a_rerun_changes_nothing() {
     let events = f.events();
     let first = f.stream(&["-w", "2"]);
     assert_eq!(reported(&first, "counted"), events.len() as u64, "{first}");
+    assert_eq!(
+        reported(&first, "records in"),
+        events.len() as u64,
+        "{first}"
+    );
     assert_eq!(f.counts(), recount(&events));
 
     let again = f.stream(&["-w", "3"]);

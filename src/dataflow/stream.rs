@@ -423,6 +423,7 @@ impl PartitionReader {
             let records = self.reader.poll(POLL_BATCH, left)?;
             for record in records {
                 batch.records += 1;
+                report.records += 1;
                 self.positions.insert(record.partition, record.offset + 1);
                 match Event::from_json(&record.payload) {
                     Err(e) => {
