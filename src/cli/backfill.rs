@@ -8,7 +8,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::dataflow::{run_backfill, BackfillJob, BackfillReport, Cluster};
+use slotbandit::dataflow::{
+    run_backfill, BackfillJob, BackfillReport, Cluster, DEFAULT_EPOCH_ROWS,
+};
 use slotbandit::source::open_log;
 use slotbandit::source::parquet::ParquetPlan;
 use slotbandit::store::{open_store, PosteriorStore, StoreUrl, META_AS_OF, META_BUCKET_MINUTES};
@@ -35,6 +37,10 @@ pub struct BackfillArgs {
     /// Report unreadable files and count the rest, instead of failing.
     #[arg(long)]
     skip_bad_files: bool,
+    /// Rows each worker reads into one epoch (whole row groups, at least this many): one store
+    /// transaction per worker and epoch.
+    #[arg(long, default_value_t = DEFAULT_EPOCH_ROWS, value_parser = clap::value_parser!(u64).range(1..))]
+    epoch_rows: u64,
     /// After the backfill, stream from --log: history covers ts < cutoff (--until, else the
     /// start of the run) and the stream starts at the cutoff, dropping anything earlier.
     #[arg(long, requires = "log")]
@@ -60,8 +66,11 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         until,
         &args.store.store,
         &args.cluster.cluster()?,
-        args.bucket_minutes,
-        args.skip_bad_files,
+        &ReadOptions {
+            bucket_minutes: args.bucket_minutes,
+            skip_bad_files: args.skip_bad_files,
+            epoch_rows: args.epoch_rows,
+        },
         true,
     )?;
     let secs = started.elapsed().as_secs_f64();
@@ -95,16 +104,37 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How history is read: bucket width, what to do with bad files, and the epoch size.
+pub struct ReadOptions {
+    pub bucket_minutes: u32,
+    pub skip_bad_files: bool,
+    pub epoch_rows: u64,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            bucket_minutes: 60,
+            skip_bad_files: false,
+            epoch_rows: DEFAULT_EPOCH_ROWS,
+        }
+    }
+}
+
 /// Plans, runs and records a backfill; shared by `backfill`, `priors` and `demo`.
 pub fn backfill(
     input: &std::path::Path,
     until: Option<DateTime<Utc>>,
     store_url: &str,
     cluster: &Cluster,
-    bucket_minutes: u32,
-    skip_bad_files: bool,
+    options: &ReadOptions,
     show_progress: bool,
 ) -> anyhow::Result<BackfillReport> {
+    let &ReadOptions {
+        bucket_minutes,
+        skip_bad_files,
+        epoch_rows,
+    } = options;
     let buckets = Buckets::of_minutes(bucket_minutes).map_err(anyhow::Error::msg)?;
     let plan = ParquetPlan::new(input, skip_bad_files)?;
     anyhow::ensure!(
@@ -149,6 +179,7 @@ pub fn backfill(
         buckets,
         until,
         skip_bad_files,
+        epoch_rows,
         store: store.clone(),
         shared_store,
         progress: Arc::new(move |n| progress_bar.set_position(n)),

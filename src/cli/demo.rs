@@ -73,8 +73,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("slotbandit-demo.redb"));
     let url = format!("embedded:{}", store_path.display());
-    let report =
-        super::backfill::backfill(&input, None, &url, &Cluster::single(2), 60, false, true)?;
+    let report = super::backfill::backfill(
+        &input,
+        None,
+        &url,
+        &Cluster::single(2),
+        &Default::default(),
+        true,
+    )?;
     let store = open_store(&url, true)?;
     super::priors::write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
     let rows = store.posteriors(&CountQuery::default())?;

@@ -28,7 +28,14 @@ pub fn run(args: PriorsArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let history = format!("embedded:{}", scratch.path().join("history.redb").display());
     let cluster = slotbandit::dataflow::Cluster::single(args.workers.into());
-    super::backfill::backfill(&args.input, None, &history, &cluster, 60, false, true)?;
+    super::backfill::backfill(
+        &args.input,
+        None,
+        &history,
+        &cluster,
+        &Default::default(),
+        true,
+    )?;
     let counts = open_store(&history, false)?;
     let target = open_store(&args.store.store, true)?;
     let slots = write_priors(counts.as_ref(), target.as_ref(), args.prior_strength)?;

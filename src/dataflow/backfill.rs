@@ -1,5 +1,5 @@
 //! Backfill: Parquet history, row groups shared among the workers; an epoch is a worker's run of
-//! row groups of at least [`EPOCH_ROWS`] rows, pre-aggregated to one record per (arm, bucket) and
+//! row groups of at least `epoch_rows` rows, pre-aggregated to one record per (arm, bucket) and
 //! one per arm all-time before it enters the dataflow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +48,8 @@ pub struct BackfillJob {
     pub buckets: Buckets,
     pub until: Option<DateTime<Utc>>,
     pub skip_bad_files: bool,
+    /// Rows a worker reads into one epoch (see [`DEFAULT_EPOCH_ROWS`]).
+    pub epoch_rows: u64,
     /// `None` in a process that does not write (a store only process 0 may open).
     pub store: Option<Arc<dyn PosteriorStore>>,
     pub shared_store: bool,
@@ -123,7 +125,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
             }
             epoch.rows += unit.rows;
             (job.progress)(read_rows_add(&read_rows, unit.rows));
-            if epoch.rows < EPOCH_ROWS && units.peek().is_some() {
+            if epoch.rows < job.epoch_rows && units.peek().is_some() {
                 continue;
             }
             for (key, diff) in epoch.drain(&names) {
@@ -164,7 +166,7 @@ fn read_rows_add(counter: &AtomicU64, rows: u64) -> u64 {
 /// Rows a worker reads into one epoch: larger epochs mean fewer store transactions and fewer
 /// rewrites of the all-time rows; the state held for an epoch is its distinct (arm, bucket)
 /// cells, not its rows.
-const EPOCH_ROWS: u64 = 1 << 20;
+pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 20;
 
 /// One epoch's counts per (file, arm, bucket), on interned names. The file stays in the key so
 /// that a file found bad later (`--skip-bad-files`) takes all of its counts back.

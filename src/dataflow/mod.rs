@@ -9,7 +9,7 @@
 mod backfill;
 mod stream;
 
-pub use backfill::{run_backfill, BackfillJob, BackfillReport};
+pub use backfill::{run_backfill, BackfillJob, BackfillReport, DEFAULT_EPOCH_ROWS};
 pub use stream::{run_stream, StreamJob, StreamMetrics, StreamReport};
 
 use std::collections::hash_map::Entry;
