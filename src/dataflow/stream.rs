@@ -13,7 +13,7 @@
 //!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
 //! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use super::{
     count_and_sink, fail, failed, shard_hash, AppliedOffset, Cluster, CountKey, DataflowError,
     Failure, Shard, SinkSpec, SinkStats,
 };
-use crate::model::{ArmKey, Event, EventKind};
+use crate::model::{ArmKey, Event, EventKind, EventRef};
 use crate::source::{EventLog, LogRecord};
 use crate::store::{AppliedOffsets, Offset, Partition, PosteriorStore, ALL_TIME};
 use crate::time::Buckets;
@@ -425,9 +425,9 @@ struct Interner {
 
 impl Interner {
     /// The numbers of the event's arm and shard; `applied_at_start` gives a new shard's offsets.
-    fn arm(&mut self, event: &Event, applied_at_start: &AppliedOffsets) -> (u32, u32) {
+    fn arm(&mut self, event: &EventRef<'_>, applied_at_start: &AppliedOffsets) -> (u32, u32) {
         self.scratch.clear();
-        for name in [&event.tenant, &event.slot, &event.city, &event.banner] {
+        for name in [event.tenant, event.slot, event.city, event.banner] {
             self.scratch.push_str(name);
             self.scratch.push('\0');
         }
@@ -437,15 +437,15 @@ impl Interner {
         let arm = self.arms.len() as u32;
         self.arm_numbers.insert(self.scratch.clone(), arm);
         self.scratch.clear();
-        self.scratch.push_str(&event.tenant);
+        self.scratch.push_str(event.tenant);
         self.scratch.push('\0');
-        self.scratch.push_str(&event.city);
+        self.scratch.push_str(event.city);
         let shard = match self.shard_numbers.get(self.scratch.as_str()) {
             Some(&shard) => shard,
             None => {
                 let shard = self.shards.len() as u32;
                 self.shard_numbers.insert(self.scratch.clone(), shard);
-                let key = (event.tenant.clone(), event.city.clone());
+                let key = (event.tenant.to_string(), event.city.to_string());
                 let applied = applied_at_start
                     .get(&key)
                     .map(|offsets| offsets.iter().map(|(&p, &o)| (p, o)).collect())
@@ -559,22 +559,25 @@ impl PartitionReader {
                 batch.records += 1;
                 report.records += 1;
                 self.positions.insert(record.partition, record.offset + 1);
-                match Event::from_json(&record.payload) {
+                let counted = Event::decode_json(&record.payload, |event| {
+                    let shard = self.count(job, &record, &event, &mut epoch, report)?;
+                    if job.customer_events && event.customer_id.is_some() {
+                        customers.push(event.to_event());
+                    }
+                    Some(shard)
+                });
+                match counted {
                     Err(e) => {
                         if record.offset >= self.checkpoint(record.partition) {
                             letters.push((record, e.to_string()));
                         }
                     }
-                    Ok(event) => {
-                        if let Some(shard) = self.count(job, &record, &event, &mut epoch, report) {
-                            if job.customer_events && event.customer_id.is_some() {
-                                customers.push(event);
-                            }
-                            epoch
-                                .applied
-                                .insert((shard, record.partition), record.offset);
-                        }
+                    Ok(Some(shard)) => {
+                        epoch
+                            .applied
+                            .insert((shard, record.partition), record.offset);
                     }
+                    Ok(None) => {}
                 }
             }
         }
@@ -614,7 +617,7 @@ impl PartitionReader {
         &mut self,
         job: &StreamJob,
         record: &LogRecord,
-        event: &Event,
+        event: &EventRef<'_>,
         epoch: &mut EpochCounts,
         report: &mut StreamReport,
     ) -> Option<u32> {
@@ -664,36 +667,41 @@ struct EpochCounts {
     clicks_appended_ms: Vec<i64>,
 }
 
-/// The clicks seen in the last `window` of event time, by (request_id, banner).
+/// The clicks seen in the last `window` of event time, by `request_id 0 banner`.
 struct RecentClicks {
     window: chrono::Duration,
-    seen: HashMap<(String, String), DateTime<Utc>>,
-    order: VecDeque<(DateTime<Utc>, (String, String))>,
+    seen: FxHashMap<String, DateTime<Utc>>,
+    order: VecDeque<(DateTime<Utc>, String)>,
     newest: Option<DateTime<Utc>>,
+    scratch: String,
 }
 
 impl RecentClicks {
     fn new(window: Duration) -> Self {
         Self {
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
-            seen: HashMap::new(),
+            seen: FxHashMap::default(),
             order: VecDeque::new(),
             newest: None,
+            scratch: String::new(),
         }
     }
 
     /// Whether this is the first click of its (request_id, banner); clicks without a
     /// request_id are always first.
-    fn first(&mut self, click: &Event) -> bool {
-        let Some(request) = &click.request_id else {
+    fn first(&mut self, click: &EventRef<'_>) -> bool {
+        let Some(request) = click.request_id else {
             return true;
         };
-        let key = (request.clone(), click.banner.clone());
-        if self.seen.contains_key(&key) {
+        self.scratch.clear();
+        self.scratch.push_str(request);
+        self.scratch.push('\0');
+        self.scratch.push_str(click.banner);
+        if self.seen.contains_key(self.scratch.as_str()) {
             return false;
         }
-        self.seen.insert(key.clone(), click.ts);
-        self.order.push_back((click.ts, key));
+        self.seen.insert(self.scratch.clone(), click.ts);
+        self.order.push_back((click.ts, self.scratch.clone()));
         let newest = *self.newest.get_or_insert(click.ts);
         self.newest = Some(newest.max(click.ts));
         self.forget_old();
