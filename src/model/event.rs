@@ -171,8 +171,9 @@ fn optional<'v>(
     }
 }
 
-/// A validated event that borrows its strings, for paths that look at an event and keep only
-/// counts; [`EventRef::to_event`] makes the owned [`Event`].
+/// An event that borrows its strings: what [`EventFields::check`] gives once the rules hold, and
+/// what the Parquet writer takes (the generator writes millions without allocating per row).
+/// [`EventRef::to_event`] makes the owned [`Event`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub event_id: &'a str,
@@ -185,6 +186,23 @@ pub struct EventRef<'a> {
     pub customer_id: Option<&'a str>,
     pub referrer: Option<&'a str>,
     pub request_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            event_id: &e.event_id,
+            kind: e.kind,
+            tenant: &e.tenant,
+            slot: &e.slot,
+            city: &e.city,
+            banner: &e.banner,
+            ts: e.ts,
+            customer_id: e.customer_id.as_deref(),
+            referrer: e.referrer.as_deref(),
+            request_id: e.request_id.as_deref(),
+        }
+    }
 }
 
 impl EventRef<'_> {
