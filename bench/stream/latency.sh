@@ -38,6 +38,7 @@ if [ ! -f "$history/truth.json" ] || [ "$(cat "$history/.events" 2>/dev/null)" -
   echo "$events" >"$history/.events"
 fi
 
+case "$store" in cassandra://*) "$bin" schema apply --store "$store" >&2 ;; esac
 # The topic exists (with its partitions) before the job starts reading it.
 "$bin" produce --log "$url?partitions=$partitions" --from "$history" --limit 1 >/dev/null 2>&1
 epoch_flag=()
@@ -56,6 +57,6 @@ cat "$work/stream.out" >&2
 line="$(grep '^click to store' "$work/stream.out")" || { echo "latency.sh: the job reported no click latency" >&2; exit 1; }
 read -r p50 p99 mx clicks < <(sed -E 's/.*p50 ([0-9]+) ms, p99 ([0-9]+) ms, max ([0-9]+) ms over ([0-9]+) clicks/\1 \2 \3 \4/' <<<"$line")
 echo
-echo "| produce rate /s | workers | epoch ms | clicks | p50 ms | p99 ms | max ms |"
-echo "|---|---|---|---|---|---|---|"
-echo "| $rate | $workers | ${EPOCH_MS:-250} | $clicks | $p50 | $p99 | $mx |"
+echo "| store | produce rate /s | workers | epoch ms | clicks | p50 ms | p99 ms | max ms |"
+echo "|---|---|---|---|---|---|---|---|"
+echo "| ${store%%:*} | $rate | $workers | ${EPOCH_MS:-250} | $clicks | $p50 | $p99 | $mx |"
