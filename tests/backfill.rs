@@ -287,6 +287,82 @@ fn bad_files_are_named_or_skipped_with_the_rest_counted_exactly() {
 }
 
 #[test]
+fn rows_that_break_the_contract_are_rejected_and_the_rest_counted_exactly() {
+    use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let f = Fixture::new("--events 20000 --days 2 --tenants 1 --cities 3 --banners 3 --seed 6");
+    let mut expected = recount(&events_of(&list_parquet_files(&f.data).unwrap()));
+    // One file mixing good rows with a bad name, a missing name, an unknown kind and a missing
+    // time; the generated files hold only good rows, so both the checked and the unchecked
+    // reading paths run.
+    let t = 1_762_000_000_000_000i64;
+    /// kind, city, banner, ts
+    type Row<'a> = (Option<&'a str>, &'a str, Option<&'a str>, Option<i64>);
+    let rows: [Row; 7] = [
+        (Some("impression"), "pune", Some("b1"), Some(t)),
+        (Some("click"), "pune", Some("b1"), Some(t + 1)),
+        (Some("impression"), "Pune", Some("b1"), Some(t)),
+        (Some("impression"), "pune", None, Some(t)),
+        (Some("view"), "pune", Some("b1"), Some(t)),
+        (Some("impression"), "pune", Some("b1"), None),
+        (
+            Some("impression"),
+            "delhi",
+            Some("b2"),
+            Some(t + 7_200_000_000),
+        ),
+    ];
+    let column = |f: &dyn Fn(&Row) -> Option<String>| {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as _
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("event_id", column(&|_| Some("e".into()))),
+        ("kind", column(&|r| r.0.map(String::from))),
+        ("tenant", column(&|_| Some("mixed".into()))),
+        ("slot", column(&|_| Some("hero".into()))),
+        ("city", column(&|r| Some(r.1.into()))),
+        ("banner", column(&|r| r.2.map(String::from))),
+        (
+            "ts",
+            Arc::new(
+                TimestampMicrosecondArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ) as _,
+        ),
+    ])
+    .unwrap();
+    let mixed = f.data.join("dt=2026-11-01/mixed.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&mixed).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let arm = |city: &str, banner: &str| {
+        (
+            "mixed".to_string(),
+            "hero".to_string(),
+            city.to_string(),
+            banner.to_string(),
+        )
+    };
+    expected.insert(arm("pune", "b1"), (1, 1));
+    expected.insert(arm("delhi", "b2"), (1, 0));
+    for workers in ["1", "2"] {
+        let o = f.backfill(&["-w", workers]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains("4 rows break the event contract"),
+            "{workers} workers: {err}"
+        );
+        assert_eq!(posteriors(&f.store, &[]), expected, "{workers} workers");
+    }
+}
+
+#[test]
 fn backfill_flags_are_validated() {
     for (args, needle) in [
         (vec!["backfill"], "--input"),

@@ -1,4 +1,6 @@
-//! Backfill: Parquet history, row groups shared among the workers, one epoch per row group.
+//! Backfill: Parquet history, row groups shared among the workers; an epoch is a worker's run of
+//! row groups of at least [`EPOCH_ROWS`] rows, pre-aggregated to one record per (arm, bucket) and
+//! one per arm all-time before it enters the dataflow.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,12 +9,14 @@ use chrono::{DateTime, Utc};
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::ToStream;
 
+use rustc_hash::FxHashMap;
+
 use super::{
     count_and_sink, fail, failed, AppliedOffset, Cluster, CountKey, DataflowError, Failure,
     SinkSpec, SinkStats,
 };
-use crate::source::parquet::{read_unit, ParquetPlan};
-use crate::store::PosteriorStore;
+use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
+use crate::store::{PosteriorStore, ALL_TIME};
 use crate::time::Buckets;
 
 /// What one process saw during a backfill.
@@ -75,7 +79,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
             } else {
                 counts
             };
-            let records = good.flat_map(|(_, key)| [key.all_time(), key]);
+            let records = good.map(|(_, key)| key);
             let no_offsets = Vec::<AppliedOffset>::new().to_stream(scope);
             let probe = count_and_sink(
                 records,
@@ -91,9 +95,13 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
             );
             (counts_in, bad_in, probe)
         });
-        for (epoch, unit) in job.plan.share(index, peers).enumerate() {
+        let mut names = Names::default();
+        let mut epoch = EpochCounts::default();
+        let mut next = 0u64;
+        let mut units = job.plan.share(index, peers).peekable();
+        while let Some(unit) = units.next() {
             let file = &job.plan.files[unit.file as usize];
-            match read_unit(file, unit, job.buckets, job.until) {
+            match read_unit(file, unit, job.buckets, job.until, &mut names) {
                 Ok(read) => {
                     report.rows += read.rows;
                     report.rejected += read.rejected;
@@ -102,9 +110,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
                             format!("{} row group {}: {r}", file.path.display(), unit.row_group)
                         });
                     }
-                    for (key, diff) in read.counts {
-                        counts_in.update((unit.file, key), diff);
-                    }
+                    epoch.add(unit.file, read.counts);
                 }
                 Err(e) if job.skip_bad_files => {
                     report.skipped.push(e.to_string());
@@ -115,8 +121,15 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
                     break;
                 }
             }
+            epoch.rows += unit.rows;
             (job.progress)(read_rows_add(&read_rows, unit.rows));
-            let next = epoch as u64 + 1;
+            if epoch.rows < EPOCH_ROWS && units.peek().is_some() {
+                continue;
+            }
+            for (key, diff) in epoch.drain(&names) {
+                counts_in.update(key, diff);
+            }
+            next += 1;
             counts_in.advance_to(next);
             bad_in.advance_to(next);
             counts_in.flush();
@@ -146,4 +159,49 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
 
 fn read_rows_add(counter: &AtomicU64, rows: u64) -> u64 {
     counter.fetch_add(rows, Ordering::Relaxed) + rows
+}
+
+/// Rows a worker reads into one epoch: larger epochs mean fewer store transactions and fewer
+/// rewrites of the all-time rows; the state held for an epoch is its distinct (arm, bucket)
+/// cells, not its rows.
+const EPOCH_ROWS: u64 = 1 << 20;
+
+/// One epoch's counts per (file, arm, bucket), on interned names. The file stays in the key so
+/// that a file found bad later (`--skip-bad-files`) takes all of its counts back.
+#[derive(Default)]
+struct EpochCounts {
+    cells: FxHashMap<(u32, ArmIds, i64), (i64, i64)>,
+    rows: u64,
+}
+
+impl EpochCounts {
+    fn add(&mut self, file: u32, counts: FxHashMap<(ArmIds, i64), (i64, i64)>) {
+        for ((arm, bucket), (imp, clk)) in counts {
+            let cell = self.cells.entry((file, arm, bucket)).or_default();
+            cell.0 += imp;
+            cell.1 += clk;
+        }
+    }
+
+    /// The epoch's records, bucket and all-time, with their names; empties the epoch.
+    fn drain(&mut self, names: &Names) -> Vec<((u32, CountKey), (i64, i64))> {
+        let mut all_time: FxHashMap<(u32, ArmIds), (i64, i64)> = FxHashMap::default();
+        let mut records = Vec::with_capacity(self.cells.len());
+        for ((file, arm, bucket), (imp, clk)) in self.cells.drain() {
+            let total = all_time.entry((file, arm)).or_default();
+            total.0 += imp;
+            total.1 += clk;
+            let arm = names.arm(arm);
+            records.push(((file, CountKey { arm, bucket }), (imp, clk)));
+        }
+        for ((file, arm), counts) in all_time {
+            let key = CountKey {
+                arm: names.arm(arm),
+                bucket: ALL_TIME,
+            };
+            records.push(((file, key), counts));
+        }
+        self.rows = 0;
+        records
+    }
 }

@@ -12,12 +12,14 @@ mod stream;
 pub use backfill::{run_backfill, BackfillJob, BackfillReport};
 pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::{Hashable, VecCollection};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -27,7 +29,7 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use crate::model::parquet::ParquetEventError;
 use crate::model::ArmKey;
 use crate::source::LogError;
-use crate::store::{Offset, Partition, PosteriorStore, ShardWrite, StoreError, ALL_TIME};
+use crate::store::{Offset, Partition, PosteriorStore, ShardWrite, StoreError};
 
 /// An arm in one bucket (an IST hour, or −1 for all-time): the key of the counts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,15 +53,6 @@ pub type Shard = (String, String);
 /// The hash that places a shard on a worker (the same as a [`CountKey`] of the shard).
 pub fn shard_hash(tenant: &str, city: &str) -> u64 {
     (tenant, city).hashed()
-}
-
-impl CountKey {
-    pub fn all_time(&self) -> Self {
-        Self {
-            arm: self.arm.clone(),
-            bucket: ALL_TIME,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,23 +248,68 @@ fn count_and_sink<'s>(
 /// The new absolute value of every key changed in one epoch and the highest applied offset per
 /// partition, grouped by shard.
 fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardWrite> {
-    let mut latest: BTreeMap<CountKey, (u64, u64)> = BTreeMap::new();
+    // A changed key has its new value inserted and its old one retracted; a key that is only
+    // retracted fell to zero.
+    let mut latest: FxHashMap<WholeKey, (u64, u64)> = FxHashMap::default();
     for ((key, (imp, clk)), _, diff) in updates {
-        if diff > 0 {
-            latest.insert(key, (imp.max(0) as u64, clk.max(0) as u64));
-        } else {
-            latest.entry(key).or_insert((0, 0));
+        let value = (diff > 0).then(|| (imp.max(0) as u64, clk.max(0) as u64));
+        match latest.entry(WholeKey(key)) {
+            Entry::Occupied(mut e) => {
+                if let Some(value) = value {
+                    *e.get_mut() = value;
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(value.unwrap_or((0, 0)));
+            }
         }
     }
-    let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
-    for (key, (imp, clk)) in latest {
-        let write = ShardWrite::entry(&mut shards, &key.arm.tenant, &key.arm.city);
-        write.rows.push((key, imp, clk));
+    let mut rows: Vec<(CountKey, u64, u64)> = latest
+        .into_iter()
+        .map(|(WholeKey(key), (imp, clk))| (key, imp, clk))
+        .collect();
+    rows.sort_unstable_by(|(a, ..), (b, ..)| {
+        (&a.arm.tenant, &a.arm.city).cmp(&(&b.arm.tenant, &b.arm.city))
+    });
+    let mut shards: Vec<ShardWrite> = Vec::new();
+    for row in rows {
+        let arm = &row.0.arm;
+        match shards.last_mut() {
+            Some(w) if w.tenant == arm.tenant && w.city == arm.city => w.rows.push(row),
+            _ => shards.push(ShardWrite {
+                tenant: arm.tenant.clone(),
+                city: arm.city.clone(),
+                rows: vec![row],
+                applied: BTreeMap::new(),
+            }),
+        }
     }
+    let mut shards: BTreeMap<Shard, ShardWrite> = shards
+        .into_iter()
+        .map(|w| ((w.tenant.clone(), w.city.clone()), w))
+        .collect();
     for ((tenant, city), partition, offset) in applied {
         let offsets = &mut ShardWrite::entry(&mut shards, &tenant, &city).applied;
         let entry = offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
     }
     shards.into_values().collect()
+}
+
+/// A [`CountKey`] hashed on every field (its own hash covers only the shard, for the exchange).
+#[derive(PartialEq, Eq)]
+struct WholeKey(CountKey);
+
+impl Hash for WholeKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let arm = &self.0.arm;
+        (
+            &arm.tenant,
+            &arm.slot,
+            &arm.city,
+            &arm.banner,
+            self.0.bucket,
+        )
+            .hash(state);
+    }
 }

@@ -3,7 +3,6 @@
 //! its share of row groups, only the six columns it needs, and pre-aggregates on dictionary
 //! indices: strings are looked at (and validated) once per distinct dictionary value.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,13 +21,12 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::statistics::Statistics;
 use rustc_hash::FxHashMap;
 
-use crate::dataflow::CountKey;
 use crate::model::parquet::{check_type, list_parquet_files, ParquetEventError, REQUIRED};
 use crate::model::{validate_name, ArmKey, EventKind, FieldError};
 use crate::time::Buckets;
 
 const NEEDED: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "ts"];
-const BATCH_ROWS: usize = 64 * 1024;
+const BATCH_ROWS: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct PlannedFile {
@@ -194,22 +192,52 @@ fn newest_ts(metadata: &ArrowReaderMetadata, ts_type: &DataType) -> Option<DateT
         .and_then(DateTime::from_timestamp_micros)
 }
 
-/// The pre-aggregated counts of one row group, and what was refused.
+/// Names interned by the worker that reads them, so that a tally is keyed by four integers and
+/// the strings of an arm are built once per distinct key of an epoch, not once per batch.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: FxHashMap<String, u32>,
+    names: Vec<String>,
+}
+
+/// An arm as interned (tenant, slot, city, banner).
+pub type ArmIds = [u32; 4];
+
+impl Names {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn arm(&self, [tenant, slot, city, banner]: ArmIds) -> ArmKey {
+        let name = |id: u32| self.names[id as usize].as_str();
+        ArmKey::new(name(tenant), name(slot), name(city), name(banner))
+    }
+}
+
+/// The pre-aggregated counts of one row group per (arm, bucket), and what was refused.
 #[derive(Debug, Default)]
 pub struct UnitCounts {
-    pub counts: HashMap<CountKey, (i64, i64)>,
+    pub counts: FxHashMap<(ArmIds, i64), (i64, i64)>,
     pub rows: u64,
     pub rejected: u64,
     pub first_rejection: Option<String>,
 }
 
-/// Reads one row group and aggregates it per (arm, bucket). Rows at or after `until` are not
-/// counted; rows that break the contract are counted as rejected, never as events.
+/// Reads one row group and aggregates it per (arm, bucket), the arm's names interned in
+/// `names`. Rows at or after `until` are not counted; rows that break the contract are counted
+/// as rejected, never as events.
 pub fn read_unit(
     file: &PlannedFile,
     unit: &Unit,
     buckets: Buckets,
     until: Option<DateTime<Utc>>,
+    names: &mut Names,
 ) -> Result<UnitCounts, ParquetEventError> {
     let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
         path: file.path.clone(),
@@ -235,21 +263,26 @@ pub fn read_unit(
     let mut out = UnitCounts::default();
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(&e))?;
-        aggregate_batch(&batch, buckets, until, &mut out).map_err(|e| corrupt(&e))?;
+        aggregate_batch(&batch, buckets, until, names, &mut out).map_err(|e| corrupt(&e))?;
     }
     Ok(out)
 }
 
-/// A dictionary column with each distinct value validated once.
+/// A dictionary column with each distinct value validated and interned once.
 struct NameColumn {
     name: &'static str,
     keys: PrimitiveArray<Int32Type>,
     values: StringArray,
-    valid: Vec<bool>,
+    /// The interned id of each dictionary value, `None` where it breaks the contract.
+    ids: Vec<Option<u32>>,
 }
 
 impl NameColumn {
-    fn new(batch: &RecordBatch, name: &'static str) -> Result<Self, arrow::error::ArrowError> {
+    fn new(
+        batch: &RecordBatch,
+        name: &'static str,
+        names: &mut Names,
+    ) -> Result<Self, arrow::error::ArrowError> {
         let column = batch.column_by_name(name).expect("projected");
         let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
         let column = if column.data_type() == &dict_type {
@@ -259,15 +292,27 @@ impl NameColumn {
         };
         let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
         let values = dict.values().as_string::<i32>().clone();
-        let valid = (0..values.len())
-            .map(|i| values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
+        let ids = (0..values.len())
+            .map(|i| {
+                (values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
+                    .then(|| names.intern(values.value(i)))
+            })
             .collect();
         Ok(Self {
             name,
             keys: dict.keys().clone(),
             values,
-            valid,
+            ids,
         })
+    }
+
+    /// Whether every row has a key to a dictionary value that follows the contract, so that
+    /// rows need no checks.
+    fn all_valid(&self) -> bool {
+        self.keys.null_count() == 0
+            && self.ids.iter().all(Option::is_some)
+            && arrow::compute::min(&self.keys).is_none_or(|k| k >= 0)
+            && arrow::compute::max(&self.keys).is_none_or(|k| (k as usize) < self.ids.len())
     }
 
     /// The dictionary index of row `i` when its value follows the contract.
@@ -277,11 +322,11 @@ impl NameColumn {
             return None;
         }
         let k = self.keys.value(i);
-        self.valid
+        self.ids
             .get(usize::try_from(k).ok()?)
             .copied()
-            .unwrap_or(false)
-            .then_some(k as u32)
+            .flatten()
+            .map(|_| k as u32)
     }
 
     /// Why row `i` has no valid key (the slow path, for rejected rows only).
@@ -290,7 +335,7 @@ impl NameColumn {
             return FieldError::new(self.name, "is required");
         }
         let k = self.keys.value(i) as usize;
-        if self.values.is_null(k) {
+        if k >= self.values.len() || self.values.is_null(k) {
             return FieldError::new(self.name, "is required");
         }
         validate_name(self.name, self.values.value(k))
@@ -303,18 +348,28 @@ fn aggregate_batch(
     batch: &RecordBatch,
     buckets: Buckets,
     until: i64,
+    interned: &mut Names,
     out: &mut UnitCounts,
 ) -> Result<(), arrow::error::ArrowError> {
     let names = [
-        NameColumn::new(batch, "tenant")?,
-        NameColumn::new(batch, "slot")?,
-        NameColumn::new(batch, "city")?,
-        NameColumn::new(batch, "banner")?,
+        NameColumn::new(batch, "tenant", interned)?,
+        NameColumn::new(batch, "slot", interned)?,
+        NameColumn::new(batch, "city", interned)?,
+        NameColumn::new(batch, "banner", interned)?,
     ];
-    let kind = NameColumn::new(batch, "kind")?;
-    let kinds: Vec<Option<EventKind>> = (0..kind.values.len())
-        .map(|i| EventKind::parse("kind", kind.values.value(i)).ok())
+    let kind = batch.column_by_name("kind").expect("projected");
+    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let kind = if kind.data_type() == &dict_type {
+        kind.clone()
+    } else {
+        cast(kind, &dict_type)?
+    };
+    let kind: &DictionaryArray<Int32Type> = kind.as_dictionary();
+    let kind_values = kind.values().as_string::<i32>();
+    let kinds: Vec<Option<EventKind>> = (0..kind_values.len())
+        .map(|i| EventKind::parse("kind", kind_values.value(i)).ok())
         .collect();
+    let kind_keys = kind.keys();
     let ts = cast(
         batch.column_by_name("ts").expect("projected"),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -323,54 +378,80 @@ fn aggregate_batch(
 
     let dims = names.each_ref().map(|c| c.values.len());
     let mut tally = Tally::new(dims, ts, buckets, until);
-    'rows: for i in 0..batch.num_rows() {
-        out.rows += 1;
-        let mut key = [0u32; 4];
-        for (slot, col) in key.iter_mut().zip(&names) {
-            match col.key(i) {
-                Some(k) => *slot = k,
-                None => {
-                    reject(out, col.error(i));
-                    continue 'rows;
+    out.rows += batch.num_rows() as u64;
+    let clean = names.iter().all(NameColumn::all_valid)
+        && kind_keys.null_count() == 0
+        && kinds.iter().all(Option::is_some)
+        && arrow::compute::min(kind_keys).is_none_or(|k| k >= 0)
+        && arrow::compute::max(kind_keys).is_none_or(|k| (k as usize) < kinds.len())
+        && ts.null_count() == 0;
+    if clean {
+        // Every row follows the contract: read the keys straight from the buffers.
+        let clicks: Vec<bool> = kinds.iter().map(|k| *k == Some(EventKind::Click)).collect();
+        let [t, s, c, b] = names.each_ref().map(|n| n.keys.values().as_ref());
+        let (kind_keys, ts) = (kind_keys.values().as_ref(), ts.values().as_ref());
+        let rows = (0..batch.num_rows()).filter(|&i| ts[i] < until).map(|i| {
+            let key = [t[i] as u32, s[i] as u32, c[i] as u32, b[i] as u32];
+            (key, ts[i], clicks[kind_keys[i] as usize])
+        });
+        match &mut tally {
+            Tally::Dense(dense) => {
+                rows.for_each(|(key, micros, click)| dense.add(key, micros, click))
+            }
+            sparse => rows.for_each(|(key, micros, click)| sparse.add(key, micros, click)),
+        }
+    } else {
+        'rows: for i in 0..batch.num_rows() {
+            let mut key = [0u32; 4];
+            for (slot, col) in key.iter_mut().zip(&names) {
+                match col.key(i) {
+                    Some(k) => *slot = k,
+                    None => {
+                        reject(out, col.error(i));
+                        continue 'rows;
+                    }
                 }
             }
-        }
-        let kind_key = (!kind.keys.is_null(i)).then(|| kind.keys.value(i) as usize);
-        let event_kind = match kind_key.and_then(|k| kinds.get(k).copied().flatten()) {
-            Some(k) => k,
-            None => {
-                let got = kind_key.map(|k| kind.values.value(k).to_string());
-                reject(
-                    out,
-                    FieldError::new(
-                        "kind",
-                        match got {
-                            None => "is required".to_string(),
-                            Some(v) => format!("must be \"impression\" or \"click\" (got {v:?})"),
-                        },
-                    ),
-                );
+            let kind_key = (!kind_keys.is_null(i))
+                .then(|| kind_keys.value(i))
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|&k| k < kinds.len());
+            let event_kind = match kind_key.and_then(|k| kinds[k]) {
+                Some(k) => k,
+                None => {
+                    let got = kind_key.map(|k| kind_values.value(k).to_string());
+                    reject(
+                        out,
+                        FieldError::new(
+                            "kind",
+                            match got {
+                                None => "is required".to_string(),
+                                Some(v) => {
+                                    format!("must be \"impression\" or \"click\" (got {v:?})")
+                                }
+                            },
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if ts.is_null(i) {
+                reject(out, FieldError::new("ts", "is required"));
                 continue;
             }
-        };
-        if ts.is_null(i) {
-            reject(out, FieldError::new("ts", "is required"));
-            continue;
+            let micros = ts.value(i);
+            if micros >= until {
+                continue;
+            }
+            tally.add(key, micros, event_kind == EventKind::Click);
         }
-        let micros = ts.value(i);
-        if micros >= until {
-            continue;
-        }
-        tally.add(key, micros, event_kind == EventKind::Click);
     }
-    tally.drain(|[t, s, c, b], bucket, (imp, clk)| {
-        let arm = ArmKey::new(
-            names[0].values.value(t as usize),
-            names[1].values.value(s as usize),
-            names[2].values.value(c as usize),
-            names[3].values.value(b as usize),
-        );
-        let e = out.counts.entry(CountKey { arm, bucket }).or_default();
+    tally.drain(|keys, bucket, (imp, clk)| {
+        let mut arm = [0u32; 4];
+        for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
+            *id = col.ids[key as usize].expect("only valid keys are tallied");
+        }
+        let e = out.counts.entry((arm, bucket)).or_default();
         e.0 += imp;
         e.1 += clk;
     });
@@ -384,16 +465,34 @@ const DENSE_CELLS: usize = 1 << 18;
 /// bucket range when it is small (an index computation per row instead of a hash lookup), else a
 /// hash map.
 enum Tally {
-    Dense {
-        dims: [usize; 4],
-        range: BucketRange,
-        cells: Vec<(u32, u32)>,
-        touched: Vec<u32>,
-    },
+    Dense(DenseTally),
     Sparse {
         buckets: Buckets,
         map: FxHashMap<([u32; 4], i64), (u32, u32)>,
     },
+}
+
+struct DenseTally {
+    dims: [usize; 4],
+    range: BucketRange,
+    cells: Vec<(u32, u32)>,
+    touched: Vec<u32>,
+}
+
+impl DenseTally {
+    #[inline(always)]
+    fn add(&mut self, key: [u32; 4], micros: i64, click: bool) {
+        let mut index = 0usize;
+        for (k, d) in key.iter().zip(self.dims.iter()) {
+            index = index * d + *k as usize;
+        }
+        let index = index * self.range.len + self.range.offset(micros);
+        let cell = &mut self.cells[index];
+        if *cell == (0, 0) {
+            self.touched.push(index as u32);
+        }
+        bump(cell, click);
+    }
 }
 
 impl Tally {
@@ -407,12 +506,12 @@ impl Tally {
                 .filter(|&n| n <= DENSE_CELLS)
         });
         match (range, cells) {
-            (Some(range), Some(cells)) => Tally::Dense {
+            (Some(range), Some(cells)) => Tally::Dense(DenseTally {
                 dims,
                 range,
                 cells: vec![(0, 0); cells],
                 touched: Vec::new(),
-            },
+            }),
             _ => Tally::Sparse {
                 buckets,
                 map: FxHashMap::default(),
@@ -423,23 +522,7 @@ impl Tally {
     #[inline]
     fn add(&mut self, key: [u32; 4], micros: i64, click: bool) {
         match self {
-            Tally::Dense {
-                dims,
-                range,
-                cells,
-                touched,
-            } => {
-                let mut index = 0usize;
-                for (k, d) in key.iter().zip(dims.iter()) {
-                    index = index * d + *k as usize;
-                }
-                let index = index * range.len + range.offset(micros);
-                let cell = &mut cells[index];
-                if *cell == (0, 0) {
-                    touched.push(index as u32);
-                }
-                bump(cell, click);
-            }
+            Tally::Dense(dense) => dense.add(key, micros, click),
             Tally::Sparse { buckets, map } => {
                 let cell = map
                     .entry((key, buckets.index_of_micros(micros)))
@@ -451,12 +534,12 @@ impl Tally {
 
     fn drain(self, mut emit: impl FnMut([u32; 4], i64, (i64, i64))) {
         match self {
-            Tally::Dense {
+            Tally::Dense(DenseTally {
                 dims,
                 range,
                 cells,
                 touched,
-            } => {
+            }) => {
                 for index in touched {
                     let (imp, clk) = cells[index as usize];
                     let mut rest = index as usize / range.len;
