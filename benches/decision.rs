@@ -1,8 +1,10 @@
-//! ns per Thompson decision (10 banners; carousel of 3) and generator rows/s.
+//! ns per Thompson decision (10 banners; carousel of 3), what one decision is made of (a Beta
+//! draw, a normal, a uniform, rand_distr's Beta for comparison), and generator rows/s.
 
 use chrono::{Duration, NaiveDate};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use slotbandit::bandit::{seeded_rng, BetaPosterior, SlotPolicy};
+use rand_distr::{Distribution, Open01, StandardNormal};
+use slotbandit::bandit::{seeded_rng, BetaPosterior, BetaSampler, SlotPolicy};
 use slotbandit::gen::{generate, GenSpec};
 use slotbandit::model::SlotConfig;
 use slotbandit::time;
@@ -40,6 +42,28 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
+fn draws(c: &mut Criterion) {
+    let mut rng = seeded_rng(42);
+    let mut group = c.benchmark_group("draw");
+    group.throughput(Throughput::Elements(1));
+    // A posterior of the decision benchmark's size: Beta(1 + 200, 1 + 9,800).
+    let ours = BetaSampler::new(201.0, 9_801.0);
+    group.bench_function("beta_sampler", |b| b.iter(|| ours.sample(&mut rng)));
+    let theirs = rand_distr::Beta::new(201.0, 9_801.0).unwrap();
+    group.bench_function("rand_distr_beta", |b| b.iter(|| theirs.sample(&mut rng)));
+    let small = BetaSampler::new(0.5, 3.0);
+    group.bench_function("beta_sampler_shape_below_1", |b| {
+        b.iter(|| small.sample(&mut rng))
+    });
+    group.bench_function("standard_normal", |b| {
+        b.iter(|| -> f64 { StandardNormal.sample(&mut rng) })
+    });
+    group.bench_function("uniform_open01", |b| {
+        b.iter(|| -> f64 { Open01.sample(&mut rng) })
+    });
+    group.finish();
+}
+
 fn generator(c: &mut Criterion) {
     let spec = GenSpec {
         impressions: 200_000,
@@ -63,5 +87,5 @@ fn generator(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, generator);
+criterion_group!(benches, decisions, draws, generator);
 criterion_main!(benches);

@@ -15,8 +15,8 @@ use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::{Distribution, Exp, LogNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::model::parquet::{EventRow, ParquetEventError, PartitionedWriter};
-use crate::model::{EventKind, SlotConfig, SlotConfigError};
+use crate::model::parquet::{ParquetEventError, PartitionedWriter};
+use crate::model::{EventKind, EventRef, SlotConfig, SlotConfigError};
 use crate::time;
 
 const TENANTS: [&str; 8] = [
@@ -408,7 +408,7 @@ fn write_row(
     write!(text.event_id, "{}", uuid::Uuid::from_u128(r.event_id)).expect("write to String");
     write!(text.request_id, "{}", uuid::Uuid::from_u128(r.request_id)).expect("write to String");
     write!(text.customer, "cust{:07}", r.customer).expect("write to String");
-    writer.write(&EventRow {
+    writer.write(&EventRef {
         event_id: &text.event_id,
         kind: r.kind,
         tenant: &world.tenants[t],

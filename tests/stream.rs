@@ -8,7 +8,7 @@ mod common;
 use common::{events_of, gen, ok, posteriors, recount, slotbandit, stderr, Counts};
 
 use slotbandit::model::parquet::list_parquet_files;
-use slotbandit::model::Event;
+use slotbandit::model::{Event, EventKind};
 
 /// Generated history, a file log and an embedded store in one temp folder.
 struct Fixture {
@@ -346,7 +346,7 @@ fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic()
 }
 
 /// The value of a Prometheus sample in the text format.
-fn sample(text: &str, name: &str) -> Option<u64> {
+fn sample<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -363,6 +363,9 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
     ]);
     let jsonl = f.dir.path().join("events.jsonl");
     write_jsonl(&jsonl, &lines);
+    let clicks = events.iter().filter(|e| e.kind == EventKind::Click).count() as u64;
+    assert!(clicks > 0, "the fixture has clicks");
+    let produced = std::time::Instant::now();
     f.produce_from(&jsonl);
     let addr = format!("127.0.0.1:{}", common::free_port());
     let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
@@ -379,7 +382,16 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
         if let Ok(text) = reqwest::blocking::get(&url).and_then(|r| r.text()) {
             let counted = sample(&text, "slotbandit_stream_events_counted_total");
             let dead = sample(&text, "slotbandit_stream_dead_letters_total");
-            if counted == Some(events.len() as u64) && dead == Some(3) {
+            let timed = sample(&text, "slotbandit_stream_click_to_store_seconds_count");
+            if counted == Some(events.len() as u64) && dead == Some(3) && timed == Some(clicks) {
+                // Every click was appended after `produced`, so none can have waited longer.
+                let total = sample::<f64>(&text, "slotbandit_stream_click_to_store_seconds_sum")
+                    .expect("the latency sum is exported");
+                let waited = produced.elapsed().as_secs_f64();
+                assert!(
+                    (0.0..=waited * clicks as f64).contains(&total),
+                    "{clicks} clicks waited {total} s in all, but only {waited} s have passed"
+                );
                 break true;
             }
             last = text;

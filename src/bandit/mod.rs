@@ -1,10 +1,12 @@
 //! Bandit math: Beta posteriors, empirical-Bayes priors, Thompson decisions and P(best).
 
+mod beta;
 mod pbest;
 mod posterior;
 mod prior;
 mod thompson;
 
+pub use beta::BetaSampler;
 pub use pbest::prob_best;
 pub use posterior::{BetaPosterior, PosteriorError};
 pub use prior::{

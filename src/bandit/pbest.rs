@@ -1,12 +1,10 @@
 //! P(best): the probability that each arm has the highest CTR, by Monte Carlo.
 
+use super::{thompson_select, BetaSampler};
 use rand::Rng;
-use rand_distr::Beta;
-
-use super::thompson_select;
 
 /// The share of `draws` joint draws in which each arm's sample is the highest.
-pub fn prob_best<R: Rng + ?Sized>(arms: &[Beta<f64>], draws: usize, rng: &mut R) -> Vec<f64> {
+pub fn prob_best<R: Rng + ?Sized>(arms: &[BetaSampler], draws: usize, rng: &mut R) -> Vec<f64> {
     let mut wins = vec![0u64; arms.len()];
     let mut out = Vec::with_capacity(1);
     for _ in 0..draws {

@@ -1,8 +1,9 @@
 //! The Beta posterior of one arm.
 
-use rand_distr::Beta;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Beta as BetaCdf, ContinuousCDF};
+
+use super::BetaSampler;
 
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum PosteriorError {
@@ -70,9 +71,9 @@ impl BetaPosterior {
         }
     }
 
-    /// The sampling distribution; infallible because α, β > 0 is an invariant.
-    pub fn distribution(&self) -> Beta<f64> {
-        Beta::new(self.alpha, self.beta).expect("alpha and beta are positive")
+    /// The prepared sampler of the decision path (α, β > 0 is an invariant).
+    pub fn distribution(&self) -> BetaSampler {
+        BetaSampler::new(self.alpha, self.beta)
     }
 }
 

@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use rand_distr::{Beta, Distribution};
+use rand_distr::Distribution;
 
-use super::BetaPosterior;
+use super::{BetaPosterior, BetaSampler};
 use crate::model::{Banner, SlotConfig};
 use crate::time;
 
@@ -23,7 +23,7 @@ pub enum DecisionError {
 /// Chooses up to `n` distinct arms among those `eligible` by Thompson sampling and writes their
 /// indices into `out`, best draw first. Used by the service and by the simulator alike.
 pub fn thompson_select<R: Rng + ?Sized>(
-    arms: &[Beta<f64>],
+    arms: &[BetaSampler],
     eligible: impl Fn(usize) -> bool,
     n: usize,
     rng: &mut R,
@@ -31,17 +31,20 @@ pub fn thompson_select<R: Rng + ?Sized>(
 ) {
     out.clear();
     if n == 1 {
-        let mut best = (f64::NEG_INFINITY, usize::MAX);
+        // The best draw so far as x / (x + y) (initially −1, below every draw); a draw beats
+        // it when x · (best x + best y) > best x · (x + y), both sums being positive.
+        let (mut best_x, mut best_sum, mut best) = (-1.0, 1.0, usize::MAX);
         for (i, arm) in arms.iter().enumerate() {
             if eligible(i) {
-                let draw = arm.sample(rng);
-                if draw > best.0 {
-                    best = (draw, i);
+                let (x, y) = arm.draw_parts(rng);
+                let sum = x + y;
+                if x * best_sum > best_x * sum {
+                    (best_x, best_sum, best) = (x, sum, i);
                 }
             }
         }
-        if best.1 != usize::MAX {
-            out.push(best.1);
+        if best != usize::MAX {
+            out.push(best);
         }
         return;
     }
@@ -77,7 +80,7 @@ pub struct SlotPolicy {
     tenant: String,
     slot: String,
     candidates: Vec<Candidate>,
-    samplers: Vec<Beta<f64>>,
+    samplers: Vec<BetaSampler>,
 }
 
 impl SlotPolicy {
@@ -109,7 +112,7 @@ impl SlotPolicy {
         &self.candidates
     }
 
-    pub fn samplers(&self) -> &[Beta<f64>] {
+    pub fn samplers(&self) -> &[BetaSampler] {
         &self.samplers
     }
 
@@ -142,11 +145,72 @@ impl SlotPolicy {
 mod tests {
     use super::*;
     use crate::bandit::seeded_rng;
+    use statrs::distribution::{Beta as BetaDist, ContinuousCDF};
+
+    /// Exact P(arm i has the highest draw) = ∫_0^1 Π_{j≠i} F_j(F_i⁻¹(u)) du. The integrand is
+    /// non-decreasing in u and within [0, 1], so the midpoint rule with `steps` points is off by
+    /// at most 1 / steps, and shapes below 1 (unbounded densities) need no special care.
+    fn exact_prob_best(params: &[(f64, f64)], steps: usize) -> Vec<f64> {
+        let dists: Vec<BetaDist> = params
+            .iter()
+            .map(|&(a, b)| BetaDist::new(a, b).unwrap())
+            .collect();
+        (0..dists.len())
+            .map(|i| {
+                (0..steps)
+                    .map(|k| {
+                        let x = dists[i].inverse_cdf((k as f64 + 0.5) / steps as f64);
+                        dists
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .map(|(_, d)| d.cdf(x))
+                            .product::<f64>()
+                    })
+                    .sum::<f64>()
+                    / steps as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn selection_frequencies_match_exact_p_best() {
+        let cases: [&[(f64, f64)]; 4] = [
+            &[(0.5, 0.5), (0.7, 2.0)],
+            &[(12.0, 90.0), (9.0, 95.0)],
+            &[(12.0, 90.0), (9.0, 95.0), (15.0, 120.0)],
+            &[(0.3, 4.0), (2.0, 20.0), (1.0, 9.0)],
+        ];
+        let (draws, steps) = (200_000, 4000);
+        for (case, params) in cases.iter().enumerate() {
+            let arms: Vec<BetaSampler> = params
+                .iter()
+                .map(|&(a, b)| BetaSampler::new(a, b))
+                .collect();
+            let mut rng = seeded_rng(300 + case as u64);
+            let mut wins = vec![0u64; arms.len()];
+            let mut out = Vec::new();
+            for _ in 0..draws {
+                thompson_select(&arms, |_| true, 1, &mut rng, &mut out);
+                wins[out[0]] += 1;
+            }
+            let exact = exact_prob_best(params, steps);
+            for (k, &p) in exact.iter().enumerate() {
+                // Five binomial standard errors plus the quadrature bound.
+                let tol = 5.0 * (p * (1.0 - p) / draws as f64).sqrt() + 1.0 / steps as f64;
+                let freq = wins[k] as f64 / draws as f64;
+                assert!(
+                    (freq - p).abs() < tol,
+                    "{params:?} arm {k}: frequency {freq} vs exact {p} (tol {tol})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn carousel_draws_are_distinct_and_ranked() {
-        let arms: Vec<Beta<f64>> = (1..=6)
-            .map(|k| Beta::new(k as f64 * 10.0, 100.0).unwrap())
+        let arms: Vec<BetaSampler> = (1..=6)
+            .map(|k| BetaSampler::new(k as f64 * 10.0, 100.0))
             .collect();
         let mut rng = seeded_rng(7);
         let mut out = Vec::new();

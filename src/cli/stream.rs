@@ -9,7 +9,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::dataflow::{run_stream, Cluster, StreamJob, StreamMetrics, StreamReport};
+use slotbandit::dataflow::{
+    run_stream, ClickLatency, Cluster, StreamJob, StreamMetrics, StreamReport,
+};
 use slotbandit::source::{open_log, EventLog};
 use slotbandit::store::{open_store, PosteriorStore, META_BUCKET_MINUTES};
 
@@ -125,15 +127,19 @@ pub fn stream(
         stop_at_end: options.stop_at_end,
         shutdown,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
-        metrics,
+        metrics: metrics.clone(),
     };
     let report = run_stream(job, cluster).with_context(|| format!("stream from {log_name}"))?;
     bar.finish_and_clear();
-    print_report(&report, started.elapsed().as_secs_f64());
+    print_report(
+        &report,
+        &metrics.click_latency(),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 
-fn print_report(r: &StreamReport, secs: f64) {
+fn print_report(r: &StreamReport, latency: &ClickLatency, secs: f64) {
     println!(
         "stream: {} records in {secs:.2} s ({:.0} records/s): {} counted, {} already applied, \
          {} repeated clicks, {} before the cutoff, {} dead letters",
@@ -149,6 +155,12 @@ fn print_report(r: &StreamReport, secs: f64) {
         "sink: {} epochs, {} shard batches, {} rows written in {:.2} s",
         r.sink.epochs, r.sink.shards, r.sink.rows, r.sink.seconds
     );
+    if latency.clicks > 0 {
+        println!(
+            "click to store: p50 {} ms, p99 {} ms, max {} ms over {} clicks",
+            latency.p50_ms, latency.p99_ms, latency.max_ms, latency.clicks
+        );
+    }
 }
 
 /// The handoff from a backfill that counted `ts < cutoff`: the stream job will start each

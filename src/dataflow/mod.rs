@@ -10,7 +10,7 @@ mod backfill;
 mod stream;
 
 pub use backfill::{run_backfill, BackfillJob, BackfillReport, DEFAULT_EPOCH_ROWS};
-pub use stream::{run_stream, StreamJob, StreamMetrics, StreamReport};
+pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@
 //!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
 //! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,13 +27,15 @@ use super::{
     count_and_sink, fail, failed, shard_hash, AppliedOffset, Cluster, CountKey, DataflowError,
     Failure, Shard, SinkSpec, SinkStats,
 };
-use crate::model::{Event, EventKind};
+use crate::model::{ArmKey, Event, EventKind, EventRef};
 use crate::source::{EventLog, LogRecord};
-use crate::store::{Offset, Partition, PosteriorStore, ALL_TIME};
+use crate::store::{AppliedOffsets, Offset, Partition, PosteriorStore, ALL_TIME};
 use crate::time::Buckets;
 
 /// Records asked of the log per poll.
 const POLL_BATCH: usize = 8192;
+/// How long a poll waits for the first record, so the dataflow keeps stepping on a quiet log.
+const POLL_WAIT: Duration = Duration::from_millis(10);
 /// How long the log may keep failing before the job gives up.
 const LOG_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -70,6 +72,18 @@ pub struct StreamMetrics {
     before_cutoff: prometheus::IntCounter,
     dead_letters: prometheus::IntCounter,
     epochs_stored: prometheus::IntCounter,
+    click_to_store: prometheus::Histogram,
+    /// The same latencies in milliseconds, exact enough for the report's quantiles.
+    click_to_store_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Quantiles of the time from a click's append to the log to its count being in the store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClickLatency {
+    pub clicks: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
 }
 
 impl Default for StreamMetrics {
@@ -106,6 +120,25 @@ impl Default for StreamMetrics {
                 "epochs_stored_total",
                 "Epochs whose changes are in the store (summed over readers)",
             ),
+            click_to_store: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "click_to_store_seconds",
+                        "From a click's append to the event log until its count is in the store",
+                    )
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 60.0]),
+                )
+                .expect("valid histogram options");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
+            click_to_store_ms: Mutex::new(
+                // Up to an hour; longer ones (a catch-up) are recorded as an hour.
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
             registry,
         }
     }
@@ -123,6 +156,30 @@ impl StreamMetrics {
             .inc_by(after.before_cutoff - before.before_cutoff);
         self.dead_letters
             .inc_by(after.dead_letters - before.dead_letters);
+    }
+
+    /// Records that the clicks appended to the log at `appended_ms` are now in the store.
+    fn clicks_stored(&self, appended_ms: &[i64]) {
+        if appended_ms.is_empty() {
+            return;
+        }
+        let now = Utc::now().timestamp_millis();
+        let mut exact = self.click_to_store_ms.lock().expect("latency lock");
+        for &t in appended_ms {
+            let ms = (now - t).max(0) as u64;
+            self.click_to_store.observe(ms as f64 / 1000.0);
+            exact.saturating_record(ms);
+        }
+    }
+
+    pub fn click_latency(&self) -> ClickLatency {
+        let h = self.click_to_store_ms.lock().expect("latency lock");
+        ClickLatency {
+            clicks: h.len(),
+            p50_ms: h.value_at_quantile(0.5),
+            p99_ms: h.value_at_quantile(0.99),
+            max_ms: h.max(),
+        }
     }
 
     /// The metrics in Prometheus' text format.
@@ -234,13 +291,18 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         counts_in.advance_to(epoch);
         applied_in.advance_to(epoch);
         // Reader positions at the end of each epoch not yet known to be in the store.
-        let mut in_flight: VecDeque<(u64, BTreeMap<Partition, Offset>)> = VecDeque::new();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut log_failing_since: Option<Instant> = None;
         loop {
             let mut done = failed(&failure) || job.shutdown.load(Ordering::Relaxed);
             if let (Some(r), false) = (reader.as_mut(), done) {
                 let before = report.clone();
-                let outcome = r.read_epoch(&job, &mut report);
+                // Between polls the dataflow runs on, so an epoch reaches the store while the
+                // next one is read rather than after it.
+                let outcome = r.read_epoch(&job, &mut report, || {
+                    worker.step();
+                    checkpoint(&job, &probe, &mut in_flight, &failure);
+                });
                 job.metrics.add(&before, &report);
                 match outcome {
                     Ok(batch) => {
@@ -254,7 +316,11 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
                         for (shard, partition, offset) in batch.applied {
                             applied_in.send((shard, partition, offset));
                         }
-                        in_flight.push_back((epoch, r.resume_points()));
+                        in_flight.push_back(InFlight {
+                            epoch,
+                            positions: r.resume_points(),
+                            clicks_appended_ms: batch.clicks_appended_ms,
+                        });
                         done = job.stop_at_end && r.at_end();
                     }
                     Err(e) => {
@@ -301,19 +367,29 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
     Ok(report)
 }
 
+/// An epoch handed to the dataflow and not yet known to be in the store.
+struct InFlight {
+    epoch: u64,
+    /// The reader's resume points at the end of the epoch.
+    positions: BTreeMap<Partition, Offset>,
+    clicks_appended_ms: Vec<i64>,
+}
+
 /// Moves the checkpoint past every epoch the store has (all of them once the dataflow is done).
 fn checkpoint(
     job: &StreamJob,
     probe: &timely::dataflow::ProbeHandle<u64>,
-    in_flight: &mut VecDeque<(u64, BTreeMap<Partition, Offset>)>,
+    in_flight: &mut VecDeque<InFlight>,
     failure: &Failure,
 ) {
     let mut newest = None;
-    while let Some((e, _)) = in_flight.front() {
-        if probe.less_equal(e) || failed(failure) {
+    while let Some(front) = in_flight.front() {
+        if probe.less_equal(&front.epoch) || failed(failure) {
             break;
         }
-        newest = in_flight.pop_front().map(|(_, positions)| positions);
+        let stored = in_flight.pop_front().expect("front exists");
+        job.metrics.clicks_stored(&stored.clicks_appended_ms);
+        newest = Some(stored.positions);
     }
     if let Some(positions) = newest {
         job.metrics.epochs_stored.inc();
@@ -326,8 +402,61 @@ fn checkpoint(
 /// One epoch's worth of a reader's partitions, pre-aggregated.
 struct EpochBatch {
     records: u64,
-    counts: FxHashMap<CountKey, (i64, i64)>,
+    /// When each counted click was appended to the log (ms since the Unix epoch).
+    clicks_appended_ms: Vec<i64>,
+    counts: Vec<(CountKey, (i64, i64))>,
     applied: Vec<AppliedOffset>,
+}
+
+/// The arms and shards a reader has seen, numbered, so counting an event hashes one short
+/// string and allocates nothing once its arm is known.
+#[derive(Default)]
+struct Interner {
+    /// `tenant 0 slot 0 city 0 banner` → arm number.
+    arm_numbers: FxHashMap<String, u32>,
+    /// Per arm number: the arm and its shard's number.
+    arms: Vec<(ArmKey, u32)>,
+    /// `tenant 0 city` → shard number.
+    shard_numbers: FxHashMap<String, u32>,
+    /// Per shard number: the shard and the offset it had applied per partition at start.
+    shards: Vec<(Shard, FxHashMap<Partition, Offset>)>,
+    scratch: String,
+}
+
+impl Interner {
+    /// The numbers of the event's arm and shard; `applied_at_start` gives a new shard's offsets.
+    fn arm(&mut self, event: &EventRef<'_>, applied_at_start: &AppliedOffsets) -> (u32, u32) {
+        self.scratch.clear();
+        for name in [event.tenant, event.slot, event.city, event.banner] {
+            self.scratch.push_str(name);
+            self.scratch.push('\0');
+        }
+        if let Some(&arm) = self.arm_numbers.get(self.scratch.as_str()) {
+            return (arm, self.arms[arm as usize].1);
+        }
+        let arm = self.arms.len() as u32;
+        self.arm_numbers.insert(self.scratch.clone(), arm);
+        self.scratch.clear();
+        self.scratch.push_str(event.tenant);
+        self.scratch.push('\0');
+        self.scratch.push_str(event.city);
+        let shard = match self.shard_numbers.get(self.scratch.as_str()) {
+            Some(&shard) => shard,
+            None => {
+                let shard = self.shards.len() as u32;
+                self.shard_numbers.insert(self.scratch.clone(), shard);
+                let key = (event.tenant.to_string(), event.city.to_string());
+                let applied = applied_at_start
+                    .get(&key)
+                    .map(|offsets| offsets.iter().map(|(&p, &o)| (p, o)).collect())
+                    .unwrap_or_default();
+                self.shards.push((key, applied));
+                shard
+            }
+        };
+        self.arms.push((event.arm(), shard));
+        (arm, shard)
+    }
 }
 
 /// A worker's partitions: the log reader, what each shard has applied, and recent clicks.
@@ -339,7 +468,9 @@ struct PartitionReader {
     checkpoints: BTreeMap<Partition, Offset>,
     /// The log's end per partition when the job started.
     ends: BTreeMap<Partition, Offset>,
-    applied: HashMap<(Shard, Partition), Offset>,
+    /// What each shard had applied at start, for the shards of these partitions.
+    applied_at_start: AppliedOffsets,
+    interner: Interner,
     clicks: RecentClicks,
 }
 
@@ -362,14 +493,13 @@ impl PartitionReader {
             start.insert(p, checkpoint.min(rewind));
             resume.insert(p, checkpoint);
         }
-        let applied = applied
-            .iter()
-            .flat_map(|(shard, offsets)| {
-                offsets
-                    .iter()
-                    .filter(|(p, _)| partitions.contains(p))
-                    .map(move |(&p, &o)| ((shard.clone(), p), o))
+        let applied_at_start = applied
+            .into_iter()
+            .map(|(shard, mut offsets)| {
+                offsets.retain(|p, _| partitions.contains(p));
+                (shard, offsets)
             })
+            .filter(|(_, offsets)| !offsets.is_empty())
             .collect();
         Ok(Some(Self {
             reader: job.log.reader(&start)?,
@@ -379,7 +509,8 @@ impl PartitionReader {
                 .iter()
                 .map(|&p| (p, ends.get(&p).copied().unwrap_or(0)))
                 .collect(),
-            applied,
+            applied_at_start,
+            interner: Interner::default(),
             clicks: RecentClicks::new(job.click_dedup),
         }))
     }
@@ -405,14 +536,16 @@ impl PartitionReader {
         &mut self,
         job: &StreamJob,
         report: &mut StreamReport,
+        mut between_polls: impl FnMut(),
     ) -> Result<EpochBatch, DataflowError> {
         let deadline = Instant::now() + job.epoch;
         let mut batch = EpochBatch {
             records: 0,
-            counts: FxHashMap::default(),
+            clicks_appended_ms: Vec::new(),
+            counts: Vec::new(),
             applied: Vec::new(),
         };
-        let mut applied: HashMap<(Shard, Partition), Offset> = HashMap::new();
+        let mut epoch = EpochCounts::default();
         let mut letters = Vec::new();
         let mut customers = Vec::new();
         loop {
@@ -420,25 +553,31 @@ impl PartitionReader {
             if left.is_zero() || (job.stop_at_end && self.at_end()) {
                 break;
             }
-            let records = self.reader.poll(POLL_BATCH, left)?;
+            between_polls();
+            let records = self.reader.poll(POLL_BATCH, left.min(POLL_WAIT))?;
             for record in records {
                 batch.records += 1;
                 report.records += 1;
                 self.positions.insert(record.partition, record.offset + 1);
-                match Event::from_json(&record.payload) {
+                let counted = Event::decode_json(&record.payload, |event| {
+                    let shard = self.count(job, &record, &event, &mut epoch, report)?;
+                    if job.customer_events && event.customer_id.is_some() {
+                        customers.push(event.to_event());
+                    }
+                    Some(shard)
+                });
+                match counted {
                     Err(e) => {
                         if record.offset >= self.checkpoint(record.partition) {
                             letters.push((record, e.to_string()));
                         }
                     }
-                    Ok(event) => {
-                        if let Some(shard) = self.count(job, &record, &event, &mut batch, report) {
-                            if job.customer_events && event.customer_id.is_some() {
-                                customers.push(event);
-                            }
-                            applied.insert((shard, record.partition), record.offset);
-                        }
+                    Ok(Some(shard)) => {
+                        epoch
+                            .applied
+                            .insert((shard, record.partition), record.offset);
                     }
+                    Ok(None) => {}
                 }
             }
         }
@@ -449,10 +588,22 @@ impl PartitionReader {
         if !customers.is_empty() {
             job.store.append_customer_events(&customers)?;
         }
-        batch.applied = applied
+        let arms = &self.interner.arms;
+        let shards = &self.interner.shards;
+        batch.counts = epoch
+            .counts
             .into_iter()
-            .map(|((shard, p), o)| (shard, p, o))
+            .map(|((arm, bucket), diff)| {
+                let arm = arms[arm as usize].0.clone();
+                (CountKey { arm, bucket }, diff)
+            })
             .collect();
+        batch.applied = epoch
+            .applied
+            .into_iter()
+            .map(|((shard, p), o)| (shards[shard as usize].0.clone(), p, o))
+            .collect();
+        batch.clicks_appended_ms = epoch.clicks_appended_ms;
         Ok(batch)
     }
 
@@ -460,25 +611,25 @@ impl PartitionReader {
         self.checkpoints.get(&partition).copied().unwrap_or(0)
     }
 
-    /// Adds one valid event to the batch unless it is already applied, a repeated click or
-    /// before the cutoff; returns its shard when it moves the shard's applied offset.
+    /// Adds one valid event to the epoch unless it is already applied, a repeated click or
+    /// before the cutoff; returns its shard's number when it moves the shard's applied offset.
     fn count(
         &mut self,
         job: &StreamJob,
         record: &LogRecord,
-        event: &Event,
-        batch: &mut EpochBatch,
+        event: &EventRef<'_>,
+        epoch: &mut EpochCounts,
         report: &mut StreamReport,
-    ) -> Option<Shard> {
+    ) -> Option<u32> {
         let repeated = event.kind == EventKind::Click && !self.clicks.first(event);
         if record.offset < self.checkpoint(record.partition) {
             report.rewound += 1;
             return None;
         }
-        let shard = (event.tenant.clone(), event.city.clone());
-        let applied = self
-            .applied
-            .get(&(shard.clone(), record.partition))
+        let (arm, shard) = self.interner.arm(event, &self.applied_at_start);
+        let applied = self.interner.shards[shard as usize]
+            .1
+            .get(&record.partition)
             .is_some_and(|&o| record.offset <= o);
         if applied {
             report.already_applied += 1;
@@ -490,22 +641,15 @@ impl PartitionReader {
             report.before_cutoff += 1;
         } else {
             report.counted += 1;
-            let key = CountKey {
-                arm: event.arm(),
-                bucket: job.buckets.index(event.ts),
-            };
             let diff = match event.kind {
                 EventKind::Impression => (1, 0),
-                EventKind::Click => (0, 1),
+                EventKind::Click => {
+                    epoch.clicks_appended_ms.push(record.timestamp_ms);
+                    (0, 1)
+                }
             };
-            for k in [
-                CountKey {
-                    bucket: ALL_TIME,
-                    ..key.clone()
-                },
-                key,
-            ] {
-                let c = batch.counts.entry(k).or_default();
+            for bucket in [ALL_TIME, job.buckets.index(event.ts)] {
+                let c = epoch.counts.entry((arm, bucket)).or_default();
                 c.0 += diff.0;
                 c.1 += diff.1;
             }
@@ -514,36 +658,50 @@ impl PartitionReader {
     }
 }
 
-/// The clicks seen in the last `window` of event time, by (request_id, banner).
+/// What a reader gathers during one epoch, by arm and shard number.
+#[derive(Default)]
+struct EpochCounts {
+    counts: FxHashMap<(u32, i64), (i64, i64)>,
+    /// The highest offset per (shard, partition) counted or skipped as a repeat.
+    applied: FxHashMap<(u32, Partition), Offset>,
+    clicks_appended_ms: Vec<i64>,
+}
+
+/// The clicks seen in the last `window` of event time, by `request_id 0 banner`.
 struct RecentClicks {
     window: chrono::Duration,
-    seen: HashMap<(String, String), DateTime<Utc>>,
-    order: VecDeque<(DateTime<Utc>, (String, String))>,
+    seen: FxHashMap<String, DateTime<Utc>>,
+    order: VecDeque<(DateTime<Utc>, String)>,
     newest: Option<DateTime<Utc>>,
+    scratch: String,
 }
 
 impl RecentClicks {
     fn new(window: Duration) -> Self {
         Self {
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
-            seen: HashMap::new(),
+            seen: FxHashMap::default(),
             order: VecDeque::new(),
             newest: None,
+            scratch: String::new(),
         }
     }
 
     /// Whether this is the first click of its (request_id, banner); clicks without a
     /// request_id are always first.
-    fn first(&mut self, click: &Event) -> bool {
-        let Some(request) = &click.request_id else {
+    fn first(&mut self, click: &EventRef<'_>) -> bool {
+        let Some(request) = click.request_id else {
             return true;
         };
-        let key = (request.clone(), click.banner.clone());
-        if self.seen.contains_key(&key) {
+        self.scratch.clear();
+        self.scratch.push_str(request);
+        self.scratch.push('\0');
+        self.scratch.push_str(click.banner);
+        if self.seen.contains_key(self.scratch.as_str()) {
             return false;
         }
-        self.seen.insert(key.clone(), click.ts);
-        self.order.push_back((click.ts, key));
+        self.seen.insert(self.scratch.clone(), click.ts);
+        self.order.push_back((click.ts, self.scratch.clone()));
         let newest = *self.newest.get_or_insert(click.ts);
         self.newest = Some(newest.max(click.ts));
         self.forget_old();

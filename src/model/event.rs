@@ -151,30 +151,89 @@ fn required<'v>(field: &str, v: Option<&'v str>) -> Result<&'v str, FieldError> 
     v.ok_or_else(|| FieldError::new(field, "is required"))
 }
 
-fn name(field: &str, v: Option<&str>) -> Result<String, FieldError> {
+fn name<'v>(field: &str, v: Option<&'v str>) -> Result<&'v str, FieldError> {
     let v = required(field, v)?;
     validate_name(field, v)?;
-    Ok(v.to_string())
+    Ok(v)
 }
 
-fn optional(field: &str, v: Option<&str>, max: usize) -> Result<Option<String>, FieldError> {
+fn optional<'v>(
+    field: &str,
+    v: Option<&'v str>,
+    max: usize,
+) -> Result<Option<&'v str>, FieldError> {
     match v {
         None | Some("") => Ok(None),
         Some(v) => {
             validate_token(field, v, max)?;
-            Ok(Some(v.to_string()))
+            Ok(Some(v))
         }
     }
 }
 
-impl EventFields<'_> {
+/// An event that borrows its strings: what [`EventFields::check`] gives once the rules hold, and
+/// what the Parquet writer takes (the generator writes millions without allocating per row).
+/// [`EventRef::to_event`] makes the owned [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event_id: &'a str,
+    pub kind: EventKind,
+    pub tenant: &'a str,
+    pub slot: &'a str,
+    pub city: &'a str,
+    pub banner: &'a str,
+    pub ts: DateTime<Utc>,
+    pub customer_id: Option<&'a str>,
+    pub referrer: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            event_id: &e.event_id,
+            kind: e.kind,
+            tenant: &e.tenant,
+            slot: &e.slot,
+            city: &e.city,
+            banner: &e.banner,
+            ts: e.ts,
+            customer_id: e.customer_id.as_deref(),
+            referrer: e.referrer.as_deref(),
+            request_id: e.request_id.as_deref(),
+        }
+    }
+}
+
+impl EventRef<'_> {
+    pub fn to_event(&self) -> Event {
+        Event {
+            event_id: self.event_id.to_string(),
+            kind: self.kind,
+            tenant: self.tenant.to_string(),
+            slot: self.slot.to_string(),
+            city: self.city.to_string(),
+            banner: self.banner.to_string(),
+            ts: self.ts,
+            customer_id: self.customer_id.map(str::to_string),
+            referrer: self.referrer.map(str::to_string),
+            request_id: self.request_id.map(str::to_string),
+        }
+    }
+
+    pub fn arm(&self) -> ArmKey {
+        ArmKey::new(self.tenant, self.slot, self.city, self.banner)
+    }
+}
+
+impl<'a> EventFields<'a> {
     /// Applies every rule of the contract; the first broken rule (in field order) is returned.
-    pub fn validate(&self) -> Result<Event, FieldError> {
+    pub fn check(&self) -> Result<EventRef<'a>, FieldError> {
         let event_id = required("event_id", self.event_id)?;
         validate_token("event_id", event_id, EVENT_ID_MAX)?;
         let kind = EventKind::parse("kind", required("kind", self.kind)?)?;
-        Ok(Event {
-            event_id: event_id.to_string(),
+        Ok(EventRef {
+            event_id,
             kind,
             tenant: name("tenant", self.tenant)?,
             slot: name("slot", self.slot)?,
@@ -188,11 +247,24 @@ impl EventFields<'_> {
             request_id: optional("request_id", self.request_id, REQUEST_ID_MAX)?,
         })
     }
+
+    /// [`EventFields::check`], owned.
+    pub fn validate(&self) -> Result<Event, FieldError> {
+        self.check().map(|e| e.to_event())
+    }
 }
 
 impl Event {
     /// Decodes and validates one JSON object.
     pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        Self::decode_json(bytes, |e| e.to_event())
+    }
+
+    /// Decodes and validates one JSON object and hands it, borrowed, to `use_event`.
+    pub fn decode_json<T>(
+        bytes: &[u8],
+        use_event: impl FnOnce(EventRef<'_>) -> T,
+    ) -> Result<T, EventError> {
         if bytes.len() > EVENT_JSON_MAX {
             return Err(EventError::TooLarge(bytes.len()));
         }
@@ -206,7 +278,7 @@ impl Event {
                 Some(time::parse_rfc3339(s).map_err(|e| FieldError::new("ts", e.to_string()))?)
             }
         };
-        Ok(EventFields {
+        let fields = EventFields {
             event_id: raw.event_id.as_deref(),
             kind: raw.kind.as_deref(),
             tenant: raw.tenant.as_deref(),
@@ -217,8 +289,8 @@ impl Event {
             customer_id: raw.customer_id.as_deref(),
             referrer: raw.referrer.as_deref(),
             request_id: raw.request_id.as_deref(),
-        }
-        .validate()?)
+        };
+        Ok(use_event(fields.check()?))
     }
 
     pub fn to_json(&self) -> String {

@@ -8,7 +8,7 @@ mod validate;
 
 pub use arm::{ArmCounts, ArmKey};
 pub use event::{
-    Event, EventError, EventFields, EventKind, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,
+    Event, EventError, EventFields, EventKind, EventRef, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,
     REFERRER_MAX, REQUEST_ID_MAX,
 };
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};

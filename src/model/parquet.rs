@@ -13,14 +13,14 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::event::{EventFields, FIELDS};
-use super::{Event, EventKind, FieldError};
+use super::event::{EventFields, EventRef, FIELDS};
+use super::{Event, FieldError};
 use crate::time;
 
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -79,38 +79,6 @@ impl ParquetEventError {
     }
 }
 
-/// One row to write, borrowed (the generator writes millions without allocating per row).
-#[derive(Debug, Clone, Copy)]
-pub struct EventRow<'a> {
-    pub event_id: &'a str,
-    pub kind: EventKind,
-    pub tenant: &'a str,
-    pub slot: &'a str,
-    pub city: &'a str,
-    pub banner: &'a str,
-    pub ts: DateTime<Utc>,
-    pub customer_id: Option<&'a str>,
-    pub referrer: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-}
-
-impl<'a> From<&'a Event> for EventRow<'a> {
-    fn from(e: &'a Event) -> Self {
-        Self {
-            event_id: &e.event_id,
-            kind: e.kind,
-            tenant: &e.tenant,
-            slot: &e.slot,
-            city: &e.city,
-            banner: &e.banner,
-            ts: e.ts,
-            customer_id: e.customer_id.as_deref(),
-            referrer: e.referrer.as_deref(),
-            request_id: e.request_id.as_deref(),
-        }
-    }
-}
-
 struct Columns {
     strings: [StringBuilder; 9],
     ts: TimestampMicrosecondBuilder,
@@ -128,7 +96,7 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, r: &EventRow<'_>) {
+    fn push(&mut self, r: &EventRef<'_>) {
         let [event_id, kind, tenant, slot, city, banner, customer_id, referrer, request_id] =
             &mut self.strings;
         event_id.append_value(r.event_id);
@@ -205,7 +173,7 @@ impl PartitionedWriter {
         })
     }
 
-    pub fn write(&mut self, row: &EventRow<'_>) -> Result<(), ParquetEventError> {
+    pub fn write(&mut self, row: &EventRef<'_>) -> Result<(), ParquetEventError> {
         let date = time::ist_date(row.ts);
         let rotate = match &self.open {
             Some(p) => p.date != date || p.rows + self.columns.len >= self.rows_per_file,
@@ -512,6 +480,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, ParquetEventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EventKind;
 
     fn event(i: u32, ts: &str) -> Event {
         Event {

@@ -56,7 +56,13 @@ pub fn validate_token(field: &str, value: &str, max_bytes: usize) -> Result<(), 
             format!("must be at most {max_bytes} bytes (got {})", value.len()),
         ));
     }
-    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    let forbidden = if value.is_ascii() {
+        // The ASCII whitespace and control characters are exactly these bytes.
+        value.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        value.chars().any(|c| c.is_control() || c.is_whitespace())
+    };
+    if forbidden {
         return Err(FieldError::new(
             field,
             format!(
@@ -105,6 +111,16 @@ mod tests {
         assert!(validate_token("customer_id", "a b", 128).is_err());
         let err = validate_token("customer_id", &"x".repeat(129), 128).unwrap_err();
         assert!(err.rule.contains("at most 128 bytes"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn tokens_reject_exactly_whitespace_and_control_characters(
+            value in "[\\x00-\\x7f\\u{85}\\u{a0}\\u{2028}\\u{3000}é]{1,12}"
+        ) {
+            let forbidden = value.chars().any(|c| c.is_control() || c.is_whitespace());
+            proptest::prop_assert_eq!(validate_token("referrer", &value, 64).is_err(), forbidden);
+        }
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use rand::{Rng, RngExt};
-use rand_distr::Beta;
 use serde::{Deserialize, Serialize};
 
 use super::env::argmax;
-use crate::bandit::{city_priors, empirical_bayes, thompson_select, BannerCounts, Prior};
+use crate::bandit::{
+    city_priors, empirical_bayes, thompson_select, BannerCounts, BetaSampler, Prior,
+};
 
 /// Which policy, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -154,7 +155,7 @@ pub struct Thompson {
     banner_names: Vec<String>,
     counts: Counts,
     window: Option<SlidingCounts>,
-    samplers: Vec<Vec<Beta<f64>>>,
+    samplers: Vec<Vec<BetaSampler>>,
     /// Arms whose counts changed since the last refresh, when only those need rebuilding,
     /// and a flag per (city × arms + banner) saying whether it is listed.
     stale: Vec<(usize, usize)>,
@@ -202,7 +203,7 @@ impl Thompson {
     }
 
     /// The samplers the decisions currently use, per city then banner.
-    pub fn samplers(&self) -> &[Vec<Beta<f64>>] {
+    pub fn samplers(&self) -> &[Vec<BetaSampler>] {
         &self.samplers
     }
 
@@ -261,22 +262,30 @@ impl Thompson {
     }
 
     fn refresh_posteriors(&mut self) {
-        let priors = self.arm_priors();
-        let sampler = |counts: &Counts, c: usize, a: usize| {
-            priors[c][a]
-                .posterior(counts.impressions[c][a], counts.clicks[c][a])
-                .distribution()
-        };
-        let rebuild_all = self.rebuild_all || !matches!(self.priors, PriorMode::Uniform);
         let arms = self.banner_names.len();
-        if rebuild_all {
-            let cities = self.counts.impressions.len();
-            self.samplers = (0..cities)
-                .map(|c| (0..arms).map(|a| sampler(&self.counts, c, a)).collect())
+        if self.rebuild_all || !matches!(self.priors, PriorMode::Uniform) {
+            let priors = self.arm_priors();
+            let counts = &self.counts;
+            self.samplers = priors
+                .iter()
+                .enumerate()
+                .map(|(c, city)| {
+                    city.iter()
+                        .enumerate()
+                        .map(|(a, prior)| {
+                            prior
+                                .posterior(counts.impressions[c][a], counts.clicks[c][a])
+                                .distribution()
+                        })
+                        .collect()
+                })
                 .collect();
         } else {
+            // Fixed Beta(1, 1) priors: only the arms that saw an outcome change.
             for &(c, a) in &self.stale {
-                self.samplers[c][a] = sampler(&self.counts, c, a);
+                self.samplers[c][a] = Prior::UNIFORM
+                    .posterior(self.counts.impressions[c][a], self.counts.clicks[c][a])
+                    .distribution();
             }
         }
         for (c, a) in self.stale.drain(..) {

@@ -17,10 +17,9 @@
 use std::path::Path;
 
 use rand::{Rng, RngExt};
-use rand_distr::Beta;
 use serde::Serialize;
 
-use crate::bandit::{empirical_bayes, thompson_select, BannerCounts, BetaPosterior};
+use crate::bandit::{empirical_bayes, thompson_select, BannerCounts, BetaPosterior, BetaSampler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -210,7 +209,7 @@ pub fn observed<R: Rng + ?Sized>(log: &Log, resamples: usize, rng: &mut R) -> Es
 pub fn replay_thompson<R: Rng + ?Sized>(log: &Log, refresh: u64, rng: &mut R) -> Vec<f64> {
     let mut counts = vec![vec![(0u64, 0u64); log.items]; log.positions];
     let sampler = |(n, k): (u64, u64)| BetaPosterior::uniform().updated(n, k).distribution();
-    let mut samplers: Vec<Vec<Beta<f64>>> = counts
+    let mut samplers: Vec<Vec<BetaSampler>> = counts
         .iter()
         .map(|row| row.iter().map(|&c| sampler(c)).collect())
         .collect();
@@ -251,7 +250,7 @@ pub fn replay_uniform<R: Rng + ?Sized>(log: &Log, rng: &mut R) -> Vec<f64> {
 /// π(item | position) of Thompson sampling that ranks `positions` items by one draw per item
 /// from `samplers` (`thompson_select` with n = positions), by Monte Carlo.
 pub fn thompson_rank_probabilities<R: Rng + ?Sized>(
-    samplers: &[Beta<f64>],
+    samplers: &[BetaSampler],
     positions: usize,
     draws: usize,
     rng: &mut R,
@@ -274,7 +273,7 @@ pub fn thompson_rank_probabilities<R: Rng + ?Sized>(
 
 /// The posteriors Thompson sampling would hold after `rows`: empirical-Bayes priors from the
 /// item counts pooled over positions (DESIGN.md §7), plus each item's counts.
-pub fn trained_samplers(rows: &[LoggedRow], items: usize, prior_strength: f64) -> Vec<Beta<f64>> {
+pub fn trained_samplers(rows: &[LoggedRow], items: usize, prior_strength: f64) -> Vec<BetaSampler> {
     let mut counts = vec![(0u64, 0u64); items];
     for r in rows {
         counts[r.item].0 += 1;

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
 use crate::dataflow::CountKey;
-use crate::model::{ArmKey, Event, SlotConfig};
+use crate::model::{ArmKey, Event, EventFields, SlotConfig};
+use chrono::DateTime;
 
 /// (tenant, city, slot, banner, bucket) → (impressions, clicks), the key encoded by
 /// [`arm_state_key`]: byte order is tuple order, and comparing keys is a memcmp.
@@ -30,9 +31,17 @@ const CHECKPOINTS: TableDefinition<(&str, i32), i64> = TableDefinition::new("che
 const SLOTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("slot_banners");
 /// key_sha256 → (tenant, role).
 const API_KEYS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("api_keys");
-/// (tenant, customer_id, ts µs, event_id) → the event as JSON.
-const CUSTOMER_EVENTS: TableDefinition<(&str, &str, i64, &str), &str> =
+/// (tenant, customer_id, ts µs, event_id) → (slot, city, banner, kind, referrer, request_id).
+const CUSTOMER_EVENTS: TableDefinition<(&str, &str, i64, &str), CustomerEventValue> =
     TableDefinition::new("customer_events");
+type CustomerEventValue = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
 
 pub struct EmbeddedStore {
     path: PathBuf,
@@ -405,7 +414,15 @@ impl PosteriorStore for EmbeddedStore {
                         e.ts.timestamp_micros(),
                         e.event_id.as_str(),
                     );
-                    t.insert(key, e.to_json().as_str())?;
+                    let value = (
+                        e.slot.as_str(),
+                        e.city.as_str(),
+                        e.banner.as_str(),
+                        e.kind.as_str(),
+                        e.referrer.as_deref(),
+                        e.request_id.as_deref(),
+                    );
+                    t.insert(key, value)?;
                 }
             }
             Ok(())
@@ -418,20 +435,34 @@ impl PosteriorStore for EmbeddedStore {
         customer_id: &str,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let json: Vec<String> = self.read(|tx| {
+        self.read(|tx| {
             let t = tx.open_table(CUSTOMER_EVENTS)?;
             let range = t.range(
                 (tenant, customer_id, i64::MIN, "")..=(tenant, customer_id, i64::MAX, "\u{10ffff}"),
             )?;
             let mut out = Vec::new();
             for entry in range.rev().take(limit) {
-                out.push(entry?.1.value().to_string());
+                let (key, value) = entry?;
+                let (_, _, ts_us, event_id) = key.value();
+                let (slot, city, banner, kind, referrer, request_id) = value.value();
+                let event = EventFields {
+                    event_id: Some(event_id),
+                    kind: Some(kind),
+                    tenant: Some(tenant),
+                    slot: Some(slot),
+                    city: Some(city),
+                    banner: Some(banner),
+                    ts: DateTime::from_timestamp_micros(ts_us),
+                    customer_id: Some(customer_id),
+                    referrer,
+                    request_id,
+                }
+                .validate()
+                .map_err(|e| redb::Error::Corrupted(format!("customer event {event_id}: {e}")))?;
+                out.push(event);
             }
             Ok(out)
-        })?;
-        json.iter()
-            .map(|j| Event::from_json(j.as_bytes()).map_err(|e| self.fail(e)))
-            .collect()
+        })
     }
 }
 
