@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use std::collections::BTreeMap;
 
@@ -33,6 +33,10 @@ const SLOTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("slot_ba
 const API_KEYS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("api_keys");
 /// (tenant, customer_id, ts µs, event_id) → (slot, city, banner, kind, referrer, request_id).
 const CUSTOMER_EVENTS: TableDefinition<(&str, &str, i64, &str), CustomerEventValue> =
+    TableDefinition::new("customer_history");
+/// Where stores written before the compact encoding kept the history: the same key → the event
+/// as JSON. Moved into [`CUSTOMER_EVENTS`] when such a store is opened.
+const CUSTOMER_EVENTS_JSON: TableDefinition<(&str, &str, i64, &str), &str> =
     TableDefinition::new("customer_events");
 type CustomerEventValue = (
     &'static str,
@@ -73,7 +77,21 @@ impl EmbeddedStore {
             tx.open_table(CHECKPOINTS)?;
             tx.open_table(SLOTS)?;
             tx.open_table(API_KEYS)?;
-            tx.open_table(CUSTOMER_EVENTS)?;
+            let mut history = tx.open_table(CUSTOMER_EVENTS)?;
+            if tx
+                .list_tables()?
+                .any(|t| t.name() == CUSTOMER_EVENTS_JSON.name())
+            {
+                for entry in tx.open_table(CUSTOMER_EVENTS_JSON)?.iter()? {
+                    let (_, json) = entry?;
+                    let event = Event::from_json(json.value().as_bytes()).map_err(|e| {
+                        redb::Error::Corrupted(format!("customer event {}: {e}", json.value()))
+                    })?;
+                    insert_customer_event(&mut history, &event)?;
+                }
+                drop(history);
+                tx.delete_table(CUSTOMER_EVENTS_JSON)?;
+            }
             Ok(())
         })?;
         Ok(store)
@@ -102,6 +120,31 @@ impl EmbeddedStore {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         f(&tx).map_err(|e| self.fail(e))
     }
+}
+
+type CustomerHistory<'tx> =
+    redb::Table<'tx, (&'static str, &'static str, i64, &'static str), CustomerEventValue>;
+
+/// Adds an event with a customer ID to the history (events without one are not kept).
+fn insert_customer_event(t: &mut CustomerHistory<'_>, e: &Event) -> Result<(), redb::Error> {
+    if let Some(customer) = &e.customer_id {
+        let key = (
+            e.tenant.as_str(),
+            customer.as_str(),
+            e.ts.timestamp_micros(),
+            e.event_id.as_str(),
+        );
+        let value = (
+            e.slot.as_str(),
+            e.city.as_str(),
+            e.banner.as_str(),
+            e.kind.as_str(),
+            e.referrer.as_deref(),
+            e.request_id.as_deref(),
+        );
+        t.insert(key, value)?;
+    }
+    Ok(())
 }
 
 /// `tenant 0 city 0 slot 0 banner 0` then the bucket as big-endian with the sign bit flipped.
@@ -407,23 +450,7 @@ impl PosteriorStore for EmbeddedStore {
         self.write(|tx| {
             let mut t = tx.open_table(CUSTOMER_EVENTS)?;
             for e in events {
-                if let Some(customer) = &e.customer_id {
-                    let key = (
-                        e.tenant.as_str(),
-                        customer.as_str(),
-                        e.ts.timestamp_micros(),
-                        e.event_id.as_str(),
-                    );
-                    let value = (
-                        e.slot.as_str(),
-                        e.city.as_str(),
-                        e.banner.as_str(),
-                        e.kind.as_str(),
-                        e.referrer.as_deref(),
-                        e.request_id.as_deref(),
-                    );
-                    t.insert(key, value)?;
-                }
+                insert_customer_event(&mut t, e)?;
             }
             Ok(())
         })
@@ -469,6 +496,53 @@ impl PosteriorStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_with_the_json_customer_history_is_moved_to_the_compact_one_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let event = |id: &str, customer: Option<&str>, ts: &str| Event {
+            event_id: id.into(),
+            kind: crate::model::EventKind::Click,
+            tenant: "ajio".into(),
+            slot: "hero".into(),
+            city: "pune".into(),
+            banner: "b03".into(),
+            ts: crate::time::parse_rfc3339(ts).unwrap(),
+            customer_id: customer.map(Into::into),
+            referrer: Some("ads".into()),
+            request_id: None,
+        };
+        let older = event("e1", Some("c-1"), "2026-11-28T10:00:00Z");
+        let newer = event("e2", Some("c-1"), "2026-11-28T11:00:00.000001Z");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(CUSTOMER_EVENTS_JSON).unwrap();
+                for e in [&older, &newer] {
+                    let key = ("ajio", "c-1", e.ts.timestamp_micros(), e.event_id.as_str());
+                    t.insert(key, e.to_json().as_str()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(
+            store.customer_events("ajio", "c-1", 10).unwrap(),
+            vec![newer.clone(), older.clone()]
+        );
+        let tx = store.db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
+        assert!(!names.contains(&"customer_events".to_string()), "{names:?}");
+        drop(tx);
+        drop(store);
+        let reopened = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(
+            reopened.customer_events("ajio", "c-1", 1).unwrap(),
+            vec![newer]
+        );
+    }
 
     #[test]
     fn arm_state_keys_sort_like_their_tuples_and_round_trip() {
