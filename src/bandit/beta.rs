@@ -69,15 +69,24 @@ impl GammaSampler {
         }
     }
 
-    /// ln of a Gamma(shape) draw, boost included; the logarithm keeps tiny shapes, whose draws
-    /// underflow f64, exact.
-    fn draw_ln<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
-        let ln_gamma = self.draw_unboosted(rng).ln();
-        if self.boosted() {
-            let u: f64 = Open01.sample(rng);
-            ln_gamma + u.ln() * self.inv_boost
+    /// A Gamma(shape) draw as (g, u), the draw being g · u^(1/shape): g ~ Gamma(s) and u the
+    /// boost's uniform (1 when the shape is not boosted).
+    fn draw_boosted<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, f64) {
+        let g = self.draw_unboosted(rng);
+        let u = if self.boosted() {
+            Open01.sample(rng)
         } else {
-            ln_gamma
+            1.0
+        };
+        (g, u)
+    }
+
+    /// g · u^(1/shape), or g when the shape is not boosted.
+    fn boost(&self, g: f64, u: f64) -> f64 {
+        if self.boosted() {
+            g * u.powf(self.inv_boost)
+        } else {
+            g
         }
     }
 }
@@ -87,7 +96,7 @@ impl GammaSampler {
 pub struct BetaSampler {
     x: GammaSampler,
     y: GammaSampler,
-    /// Whether either shape is below 1 (then the draw goes through logarithms).
+    /// Whether either shape is below 1 (then the draw takes the boost path).
     boosted: bool,
 }
 
@@ -116,12 +125,21 @@ impl BetaSampler {
         self.draw_parts_boosted(rng)
     }
 
-    /// X/(X+Y) = e^(ln X − m) / (e^(ln X − m) + e^(ln Y − m)) with m = max(ln X, ln Y), so the
-    /// larger part is 1 and the sum never underflows.
+    /// X = g_x · u_x^(1/α) and Y likewise. When both are normal f64 numbers the pair is exact
+    /// as it stands; otherwise (tiny shapes, where U^(1/a) underflows) the same draws are
+    /// combined in log space: X/(X+Y) = e^(ln X − m) / (e^(ln X − m) + e^(ln Y − m)) with
+    /// m = max(ln X, ln Y), so the larger part is 1 and nothing underflows that matters.
     #[cold]
     fn draw_parts_boosted<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, f64) {
-        let ln_x = self.x.draw_ln(rng);
-        let ln_y = self.y.draw_ln(rng);
+        let (gx, ux) = self.x.draw_boosted(rng);
+        let (gy, uy) = self.y.draw_boosted(rng);
+        let x = self.x.boost(gx, ux);
+        let y = self.y.boost(gy, uy);
+        if x >= f64::MIN_POSITIVE && y >= f64::MIN_POSITIVE {
+            return (x, y);
+        }
+        let ln_x = gx.ln() + ux.ln() * self.x.inv_boost;
+        let ln_y = gy.ln() + uy.ln() * self.y.inv_boost;
         let m = ln_x.max(ln_y);
         ((ln_x - m).exp(), (ln_y - m).exp())
     }
