@@ -6,7 +6,8 @@
 #
 # Usage: bench/stream/run.sh [IMPRESSIONS] (default 20,000,000; rows ≈ 1.03 × impressions)
 # Environment: SLOTBANDIT_KAFKA (default 127.0.0.1:9092), BENCH_PARTITIONS (default 4),
-#              SLOTBANDIT_BENCH_DIR (default ~/.cache/slotbandit/bench-stream).
+#              SLOTBANDIT_BENCH_DIR (default ~/.cache/slotbandit/bench-stream),
+#              BENCH_CUSTOMER_HISTORY=0 skips the (slow, redb-bound) run with the customer history.
 # The history and the topic are made once and reused by later runs (the topic is named after
 # the size; `scripts/services/kafka.sh reset` or deleting the topic starts over).
 set -euo pipefail
@@ -97,7 +98,9 @@ for workers in 1 2; do
     "$bin" stream --log "$url" --store "embedded:$work/stream.redb" -w "$workers" --stop-at-end \
     --no-customer-events
 done
-rm -f "$work/stream.redb"
-measure "slotbandit stream -w 2 (into redb, with the customer history)" \
-  "$bin" stream --log "$url" --store "embedded:$work/stream.redb" -w 2 --stop-at-end
-rm -f "$work/stream.redb"
+if [ "${BENCH_CUSTOMER_HISTORY:-1}" = 1 ]; then
+  rm -f "$work/stream.redb"
+  measure "slotbandit stream -w 2 (into redb, with the customer history)" \
+    "$bin" stream --log "$url" --store "embedded:$work/stream.redb" -w 2 --stop-at-end
+  rm -f "$work/stream.redb"
+fi

@@ -404,7 +404,12 @@ fn consumer_config(brokers: &str) -> ClientConfig {
         // A start offset the partition no longer (or not yet) holds is an error, not a reset.
         .set("auto.offset.reset", "error")
         .set("max.partition.fetch.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864");
+        .set("fetch.max.bytes", "67108864")
+        // librdkafka stops fetching a partition once this many messages wait locally, and then
+        // waits fetch.queue.backoff.ms (1 s by default) before fetching again: a reader faster
+        // than a few hundred thousand messages a second drained the queue and sat idle.
+        .set("queued.min.messages", "1000000")
+        .set("fetch.queue.backoff.ms", "10");
     config
 }
 
