@@ -3,13 +3,8 @@
 # Usage: bench/lab/run_all.sh [experiment …]   (default: all; names are the .toml files here)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slotbandit/target}"
-cargo build --release --quiet
-# The target folder may be shared with other checkouts: run a private copy of this build.
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-bin="$work/slotbandit"
-cp "$CARGO_TARGET_DIR/release/slotbandit" "$bin"
+source bench/lab/release.sh
+release_binary
 "$bin" simulate --help >/dev/null 2>&1 || {
   echo "run_all.sh: $CARGO_TARGET_DIR/release/slotbandit was replaced by another checkout's build; rerun" >&2
   exit 1

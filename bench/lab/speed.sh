@@ -9,14 +9,11 @@ cd "$(dirname "$0")/../.."
 repeats="${1:-3}"
 bin="${2:-}"
 if [ -z "$bin" ]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slotbandit/target}"
-  cargo build --release --quiet
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-  bin="$work/slotbandit"
-  cp "$CARGO_TARGET_DIR/release/slotbandit" "$bin"
+  source bench/lab/release.sh
+  release_binary
 fi
 out="$(mktemp -d)"
+trap 'rm -rf "$out" "${release_dir:-}"' EXIT
 runs=4 horizon=1000000
 measure() {
   local label="$1" policies="$2"
