@@ -6,7 +6,8 @@
 # driven by wrk with the same script. For each: the maximum throughput (as fast as wrk can), then
 # p50/p99 at 80% of that maximum (each connection pauses between requests; the pause is
 # calibrated by a short run). Prints a Markdown table and the ratio.
-# Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64)
+# Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64;
+#        SERVE_THREADS, the service's Tokio threads, default 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
@@ -33,7 +34,7 @@ RUST_LOG=warn "$bin" priors --input datasets/sample --store "$store" >/dev/null 
 key="$("$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
 
 RUST_LOG=warn "$bin" serve --store "$store" --log "file:$work/log" --spool-dir "$work/spool" \
-  --listen 127.0.0.1:18080 --threads 2 >"$work/serve.out" 2>&1 &
+  --listen 127.0.0.1:18080 --threads ${SERVE_THREADS:-2} >"$work/serve.out" 2>&1 &
 pids+=($!)
 (cd bench/lookup && exec "$venv/bin/uvicorn" peer:app --host 127.0.0.1 --port 18081 --workers 2 \
   --log-level warning --no-access-log) >"$work/peer.out" 2>&1 &
