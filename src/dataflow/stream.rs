@@ -28,7 +28,7 @@ use super::{
     Failure, Shard, SinkSpec, SinkStats,
 };
 use crate::model::{ArmKey, Event, EventKind, EventRef};
-use crate::source::{EventLog, LogRecord};
+use crate::source::{EventLog, LogError, LogRecord};
 use crate::store::{AppliedOffsets, Offset, Partition, PosteriorStore, ALL_TIME};
 use crate::time::Buckets;
 
@@ -283,10 +283,11 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
             .filter(|p| (*p as usize) % peers == index)
             .collect();
         // Read once every process has joined (a handoff writes them before process 0 joins).
-        let mut reader = PartitionReader::open(&job, &mine).unwrap_or_else(|e| {
-            fail(&failure, e);
-            None
-        });
+        let mut reader = while_log_unavailable(&job, || PartitionReader::open(&job, &mine))
+            .unwrap_or_else(|e| {
+                fail(&failure, e);
+                None
+            });
         let mut epoch = 1u64;
         counts_in.advance_to(epoch);
         applied_in.advance_to(epoch);
@@ -365,6 +366,26 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
     }
     report.sink = *sink_stats.lock().expect("sink stats lock");
     Ok(report)
+}
+
+/// Runs `f` again while the log is unavailable (a broker restarting, partitions without a leader
+/// yet), for at most `LOG_DEADLINE` or until shutdown.
+fn while_log_unavailable<T>(
+    job: &StreamJob,
+    mut f: impl FnMut() -> Result<T, DataflowError>,
+) -> Result<T, DataflowError> {
+    let started = Instant::now();
+    loop {
+        match f() {
+            Err(DataflowError::Log(e @ LogError::Unavailable { .. }))
+                if started.elapsed() < LOG_DEADLINE && !job.shutdown.load(Ordering::Relaxed) =>
+            {
+                tracing::warn!("{e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// An epoch handed to the dataflow and not yet known to be in the store.
