@@ -253,3 +253,14 @@ fn the_store_env_var_overrides_the_job_file() {
         .unwrap();
     assert_fails_with(&o, &["from-env.redb"]);
 }
+
+#[test]
+fn backfill_refuses_an_epoch_of_no_rows_naming_the_flag() {
+    for bad in ["0", "-5", "many"] {
+        let flag = format!("--epoch-rows={bad}");
+        let o = slotbandit(&["backfill", "--input", "datasets/sample", &flag]);
+        assert!(!o.status.success(), "--epoch-rows {bad} was accepted");
+        let err = stderr(&o);
+        assert!(err.contains("--epoch-rows"), "{err}");
+    }
+}
