@@ -28,7 +28,7 @@ use super::{
     Failure, Shard, SinkSpec, SinkStats,
 };
 use crate::model::{ArmKey, Event, EventKind, EventRef};
-use crate::source::{EventLog, LogError, LogRecord};
+use crate::source::{EventLog, LogError, RecordRef};
 use crate::store::{AppliedOffsets, Offset, Partition, PosteriorStore, ALL_TIME};
 use crate::time::Buckets;
 
@@ -319,10 +319,10 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
                         }
                         in_flight.push_back(InFlight {
                             epoch,
-                            positions: r.resume_points(),
+                            positions: r.state.resume_points(),
                             clicks_appended_ms: batch.clicks_appended_ms,
                         });
-                        done = job.stop_at_end && r.at_end();
+                        done = job.stop_at_end && r.state.at_end();
                     }
                     Err(e) => {
                         let since = *log_failing_since.get_or_insert_with(Instant::now);
@@ -480,9 +480,14 @@ impl Interner {
     }
 }
 
-/// A worker's partitions: the log reader, what each shard has applied, and recent clicks.
+/// A worker's partitions: the log reader and what it tracks while counting.
 struct PartitionReader {
     reader: Box<dyn crate::source::LogReader>,
+    state: PartitionState,
+}
+
+/// Where each partition stands, what each shard has applied, and recent clicks.
+struct PartitionState {
     /// The next offset to read per partition.
     positions: BTreeMap<Partition, Offset>,
     /// Below this offset a partition is applied by every shard (the checkpoint at start).
@@ -524,31 +529,18 @@ impl PartitionReader {
             .collect();
         Ok(Some(Self {
             reader: job.log.reader(&start)?,
-            positions: start,
-            checkpoints: resume,
-            ends: partitions
-                .iter()
-                .map(|&p| (p, ends.get(&p).copied().unwrap_or(0)))
-                .collect(),
-            applied_at_start,
-            interner: Interner::default(),
-            clicks: RecentClicks::new(job.click_dedup),
+            state: PartitionState {
+                positions: start,
+                checkpoints: resume,
+                ends: partitions
+                    .iter()
+                    .map(|&p| (p, ends.get(&p).copied().unwrap_or(0)))
+                    .collect(),
+                applied_at_start,
+                interner: Interner::default(),
+                clicks: RecentClicks::new(job.click_dedup),
+            },
         }))
-    }
-
-    /// Where a restart may resume each partition: past everything read, never before the
-    /// checkpoint it started from (re-reading to remember clicks does not move it back).
-    fn resume_points(&self) -> BTreeMap<Partition, Offset> {
-        self.positions
-            .iter()
-            .map(|(&p, &pos)| (p, pos.max(self.checkpoint(p))))
-            .collect()
-    }
-
-    fn at_end(&self) -> bool {
-        self.ends
-            .iter()
-            .all(|(p, end)| self.positions.get(p).is_some_and(|pos| pos >= end))
     }
 
     /// Reads for one epoch and pre-aggregates; malformed records go to the dead-letter log
@@ -569,39 +561,41 @@ impl PartitionReader {
         let mut epoch = EpochCounts::default();
         let mut letters = Vec::new();
         let mut customers = Vec::new();
+        let state = &mut self.state;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || (job.stop_at_end && self.at_end()) {
+            if left.is_zero() || (job.stop_at_end && state.at_end()) {
                 break;
             }
             between_polls();
-            let records = self.reader.poll(POLL_BATCH, left.min(POLL_WAIT))?;
-            for record in records {
-                batch.records += 1;
-                report.records += 1;
-                self.positions.insert(record.partition, record.offset + 1);
-                let counted = Event::decode_json(&record.payload, |event| {
-                    let shard = self.count(job, &record, &event, &mut epoch, report)?;
-                    if job.customer_events && event.customer_id.is_some() {
-                        customers.push(event.to_event());
-                    }
-                    Some(shard)
-                });
-                match counted {
-                    Err(e) => {
-                        if record.offset >= self.checkpoint(record.partition) {
-                            letters.push((record, e.to_string()));
+            let read = self
+                .reader
+                .poll_each(POLL_BATCH, left.min(POLL_WAIT), &mut |record| {
+                    state.positions.insert(record.partition, record.offset + 1);
+                    let counted = Event::decode_json(record.payload, |event| {
+                        let shard = state.count(job, &record, &event, &mut epoch, report)?;
+                        if job.customer_events && event.customer_id.is_some() {
+                            customers.push(event.to_event());
                         }
+                        Some(shard)
+                    });
+                    match counted {
+                        Err(e) => {
+                            if record.offset >= state.checkpoint(record.partition) {
+                                letters.push((record.to_log_record(), e.to_string()));
+                            }
+                        }
+                        Ok(Some(shard)) => {
+                            epoch
+                                .applied
+                                .insert((shard, record.partition), record.offset);
+                        }
+                        Ok(None) => {}
                     }
-                    Ok(Some(shard)) => {
-                        epoch
-                            .applied
-                            .insert((shard, record.partition), record.offset);
-                    }
-                    Ok(None) => {}
-                }
-            }
+                })?;
+            batch.records += read as u64;
         }
+        report.records += batch.records;
         if !letters.is_empty() {
             report.dead_letters += letters.len() as u64;
             job.log.dead_letter(&letters)?;
@@ -609,8 +603,8 @@ impl PartitionReader {
         if !customers.is_empty() {
             job.store.append_customer_events(&customers)?;
         }
-        let arms = &self.interner.arms;
-        let shards = &self.interner.shards;
+        let arms = &state.interner.arms;
+        let shards = &state.interner.shards;
         batch.counts = epoch
             .counts
             .into_iter()
@@ -627,6 +621,23 @@ impl PartitionReader {
         batch.clicks_appended_ms = epoch.clicks_appended_ms;
         Ok(batch)
     }
+}
+
+impl PartitionState {
+    /// Where a restart may resume each partition: past everything read, never before the
+    /// checkpoint it started from (re-reading to remember clicks does not move it back).
+    fn resume_points(&self) -> BTreeMap<Partition, Offset> {
+        self.positions
+            .iter()
+            .map(|(&p, &pos)| (p, pos.max(self.checkpoint(p))))
+            .collect()
+    }
+
+    fn at_end(&self) -> bool {
+        self.ends
+            .iter()
+            .all(|(p, end)| self.positions.get(p).is_some_and(|pos| pos >= end))
+    }
 
     fn checkpoint(&self, partition: Partition) -> Offset {
         self.checkpoints.get(&partition).copied().unwrap_or(0)
@@ -637,7 +648,7 @@ impl PartitionReader {
     fn count(
         &mut self,
         job: &StreamJob,
-        record: &LogRecord,
+        record: &RecordRef<'_>,
         event: &EventRef<'_>,
         epoch: &mut EpochCounts,
         report: &mut StreamReport,

@@ -268,7 +268,13 @@ impl Event {
         if bytes.len() > EVENT_JSON_MAX {
             return Err(EventError::TooLarge(bytes.len()));
         }
-        let raw: RawEvent = match serde_json::from_slice(bytes) {
+        // One UTF-8 check of the whole text is cheaper than serde_json's check per string; the
+        // slice parser still runs on invalid text, for its error message.
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str::<RawEvent>(text),
+            Err(_) => serde_json::from_slice(bytes),
+        };
+        let raw = match parsed {
             Ok(raw) => raw,
             Err(e) => return Err(explain_json_error(bytes, e)),
         };

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     event_key, option, partition_for_key, DeadLetter, EventLog, LogError, LogReader, LogRecord,
+    RecordRef,
 };
 use crate::model::Event;
 use crate::store::{Offset, Partition};
@@ -1371,6 +1372,17 @@ impl PartReader {
 }
 
 impl LogReader for FileLogReader {
+    fn poll_each(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        take: &mut dyn FnMut(RecordRef<'_>),
+    ) -> Result<usize, LogError> {
+        let records = self.poll(max, timeout)?;
+        records.iter().for_each(|r| take(r.as_record_ref()));
+        Ok(records.len())
+    }
+
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<LogRecord>, LogError> {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);

@@ -38,6 +38,41 @@ pub struct LogRecord {
     pub timestamp_ms: i64,
 }
 
+impl LogRecord {
+    pub fn as_record_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.as_deref(),
+            payload: &self.payload,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+/// One record lent by a reader, valid until the reader hands over the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// When the log appended it, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl RecordRef<'_> {
+    pub fn to_log_record(&self) -> LogRecord {
+        LogRecord {
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.map(<[u8]>::to_vec),
+            payload: self.payload.to_vec(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("log URL {url:?}: {rule}")]
@@ -85,9 +120,22 @@ pub trait EventLog: Send + Sync {
 }
 
 pub trait LogReader: Send {
-    /// Up to `max` records in offset order per partition, waiting at most `timeout` for the
-    /// first; an empty batch means nothing new arrived.
-    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<LogRecord>, LogError>;
+    /// Lends up to `max` records, in offset order per partition, to `take`, waiting at most
+    /// `timeout` for the first; returns how many (0: nothing new arrived). The hot path of the
+    /// stream job: no copy of a record is made.
+    fn poll_each(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        take: &mut dyn FnMut(RecordRef<'_>),
+    ) -> Result<usize, LogError>;
+
+    /// The same records, owned.
+    fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<LogRecord>, LogError> {
+        let mut out = Vec::new();
+        self.poll_each(max, timeout, &mut |record| out.push(record.to_log_record()))?;
+        Ok(out)
+    }
 }
 
 /// The key of an event's message: `tenant|city`.
