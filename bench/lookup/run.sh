@@ -5,7 +5,7 @@
 # 2 workers, counts in memory), both answering GET .../decision for 10 banners on loopback,
 # driven by wrk with the same script. For each: the maximum throughput (as fast as wrk can), then
 # p50/p99 at 80% of that maximum (each connection pauses between requests; the pause is
-# calibrated by a short run). Prints a Markdown table and the ratio.
+# calibrated by two short runs). Prints a Markdown table and the ratio.
 # Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64;
 #        SERVE_THREADS, the service's Tokio threads, default 2)
 set -euo pipefail
@@ -50,14 +50,18 @@ load() { # url delay_ms [seconds] -> "rps p50_ms p99_ms max_ms errors requests"
     -s bench/lookup/wrk_decision.lua "$1" | awk '/^RESULT/ { $1 = ""; print }'
 }
 
-# The pause per connection that gives `target` requests/s, from a 5 s run at a first guess:
-# a closed loop does conns / (pause + latency) requests per second.
-pause_for() { # url target -> delay_ms
-  local guess rps
-  guess="$(awk -v c="$conns" -v t="$2" 'BEGIN { printf "%d", c * 1000 / t }')"
-  read -r rps _ < <(load "$1" "$guess" 5)
-  awk -v c="$conns" -v t="$2" -v g="$guess" -v r="$rps" \
-    'BEGIN { d = c * 1000 / t - (c * 1000 / r - g); if (d < 0) d = 0; printf "%d", d + 0.5 }'
+# The pause per connection that gives `target` requests/s: a closed loop does
+# conns / (pause + latency) requests per second, so each 5 s run at a pause estimates the latency
+# and corrects the pause; two rounds land within a few percent of the target.
+pause_for() { # url target -> delay_ms (fractional)
+  local pause rps
+  pause="$(awk -v c="$conns" -v t="$2" 'BEGIN { printf "%.3f", c * 1000 / t }')"
+  for _ in 1 2; do
+    read -r rps _ < <(load "$1" "$pause" 5)
+    pause="$(awk -v c="$conns" -v t="$2" -v p="$pause" -v r="$rps" \
+      'BEGIN { d = c * 1000 / t - (c * 1000 / r - p); if (d < 0) d = 0; printf "%.3f", d }')"
+  done
+  echo "$pause"
 }
 
 declare -A max

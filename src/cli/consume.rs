@@ -70,12 +70,13 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     while messages < limit && (args.follow || !open.is_empty()) {
         let want = (limit - messages).min(u64::from(args.batch)) as usize;
-        for record in reader.poll(want, Duration::from_millis(500))? {
+        let mut write_error = None;
+        reader.poll_each(want, Duration::from_millis(500), &mut |record| {
             messages += 1;
             bytes += record.payload.len() as u64;
-            let decoded = Event::from_json(&record.payload);
+            let decoded = Event::decode_json(record.payload, |_| ());
             match &decoded {
-                Ok(_) => valid += 1,
+                Ok(()) => valid += 1,
                 Err(e) => {
                     first_invalid.get_or_insert_with(|| {
                         format!(
@@ -85,16 +86,16 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                     });
                 }
             }
-            if let Print::Messages = args.print {
+            if let (Print::Messages, None) = (&args.print, &write_error) {
                 let line = serde_json::json!({
                     "partition": record.partition,
                     "offset": record.offset,
                     "timestamp_ms": record.timestamp_ms,
-                    "key": record.key.as_deref().map(String::from_utf8_lossy),
-                    "payload": String::from_utf8_lossy(&record.payload),
+                    "key": record.key.map(String::from_utf8_lossy),
+                    "payload": String::from_utf8_lossy(record.payload),
                     "error": decoded.err().map(|e| e.to_string()),
                 });
-                writeln!(out, "{line}")?;
+                write_error = writeln!(out, "{line}").err();
             }
             if open
                 .get(&record.partition)
@@ -102,6 +103,9 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             {
                 open.remove(&record.partition);
             }
+        })?;
+        if let Some(e) = write_error {
+            return Err(e.into());
         }
         bar.set_position(messages);
     }
