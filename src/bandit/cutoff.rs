@@ -1,8 +1,8 @@
 //! Cut-offs for pruned exact Thompson sampling (`thompson_select` with n = 1).
 //!
 //! Sequential Thompson sampling spends almost all its time on arms that cannot win: their
-//! posteriors lie far below the leader's. For such an arm a cut-off q is prepared once per
-//! posterior, with its exact upper tail s = P(X > q) = I_{1−q}(β, α) (statrs' `beta_reg`, on the
+//! posteriors lie far below the leader's (the arm of the highest mean, drawn first). Each other
+//! arm's sampler caches a cut-off q, computed the first time a decision needs it, with its exact upper tail s = P(X > q) = I_{1−q}(β, α) (statrs' `beta_reg`, on the
 //! upper tail directly so nothing cancels). When the best draw so far, M, is at least q, one
 //! uniform U decides the arm: with probability 1 − s (U ≥ s) the draw X lies at or below q ≤ M
 //! and the arm cannot win, so X is never drawn; otherwise X is drawn from the tail law
@@ -29,9 +29,11 @@ use statrs::function::beta::beta_reg;
 
 /// The cut-off lies this many posterior standard deviations above the mean: far enough that the
 /// tail beyond it (drawn in full) is light (0.6% for near-normal posteriors, at most 3% for the
-/// exponential-like Beta(1, β), the heaviest among α, β ≥ 1) and its envelope tight, near enough that the best draw clears it as
-/// soon as the arm is a few of its own standard deviations behind the leader.
+/// exponential-like Beta(1, β), the heaviest among α, β ≥ 1) and its envelope tight, near
+/// enough that the best draw clears it once the arm is a few of its own standard deviations
+/// behind the leader.
 pub(super) const Z: f64 = 2.5;
+
 /// The cut-off q of one posterior and its exact upper tail P(X > q).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Cutoff {
