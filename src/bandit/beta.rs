@@ -12,8 +12,12 @@
 //! (1 − u)·min(1, 1 + t) > ¾d·t⁴ = x⁴ / (108 d) is accepted without a log: the squeeze then fails
 //! with probability about 1 / (36 d), e.g. 4% at shape 1 and 0.03% at shape 100.
 
+use std::sync::OnceLock;
+
 use rand::Rng;
 use rand_distr::{Distribution, Open01, StandardNormal};
+
+use super::cutoff::Cutoff;
 
 /// Gamma(shape, 1), prepared. Marsaglia–Tsang needs shape ≥ 1; a smaller shape a is drawn as
 /// Gamma(a + 1) · U^(1/a) (the standard boost).
@@ -36,11 +40,11 @@ impl GammaSampler {
             (shape, 0.0)
         };
         let d = s - 1.0 / 3.0;
-        let c = 1.0 / (9.0 * d).sqrt();
+        let c_squared = 1.0 / (9.0 * d);
         Self {
             d,
-            c,
-            squeeze: c * c / 12.0,
+            c: c_squared.sqrt(),
+            squeeze: c_squared * (1.0 / 12.0),
             inv_boost,
         }
     }
@@ -92,12 +96,25 @@ impl GammaSampler {
 }
 
 /// Beta(α, β) prepared for fast exact draws. Built from a posterior whenever it changes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct BetaSampler {
     x: GammaSampler,
     y: GammaSampler,
     /// Whether either shape is below 1 (then the draw takes the boost path).
     boosted: bool,
+    alpha: f64,
+    beta: f64,
+    mean: f64,
+    /// The pruning cut-off (module `cutoff`), computed when a decision first needs it: most
+    /// posteriors of sequential Thompson sampling change before that.
+    cutoff: OnceLock<Cutoff>,
+}
+
+/// Samplers are equal when their distributions are (whether a cut-off is cached or not).
+impl PartialEq for BetaSampler {
+    fn eq(&self, other: &Self) -> bool {
+        self.alpha == other.alpha && self.beta == other.beta
+    }
 }
 
 impl BetaSampler {
@@ -110,7 +127,37 @@ impl BetaSampler {
             x,
             y,
             boosted: x.boosted() || y.boosted(),
+            alpha,
+            beta,
+            mean: alpha / (alpha + beta),
+            cutoff: OnceLock::new(),
         }
+    }
+
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    /// α / (α + β).
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    /// The cut-off if a decision has computed it already.
+    #[inline(always)]
+    pub(super) fn cached_cutoff(&self) -> Option<&Cutoff> {
+        self.cutoff.get()
+    }
+
+    /// The cut-off, computed now unless cached; concurrent callers agree on one.
+    #[cold]
+    pub(super) fn cutoff(&self) -> &Cutoff {
+        self.cutoff
+            .get_or_init(|| Cutoff::new(self.alpha, self.beta))
     }
 
     /// A draw as the pair (x, y) with x, y ≥ 0 and x + y > 0, the Beta draw being x / (x + y):

@@ -1,6 +1,7 @@
 //! Bandit math: Beta posteriors, empirical-Bayes priors, Thompson decisions and P(best).
 
 mod beta;
+mod cutoff;
 mod pbest;
 mod posterior;
 mod prior;

@@ -1,9 +1,12 @@
-//! Thompson decisions: one Beta draw per eligible banner, the highest draws win.
+//! Thompson decisions: one Beta draw per eligible banner, the highest draws win. A single choice
+//! (n = 1) skips the draws of arms that cannot win without changing the decision's law (module
+//! `cutoff`).
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use rand::{Rng, RngExt};
 use rand_distr::Distribution;
 
+use super::cutoff::{cutoff_point, draw_above};
 use super::{BetaPosterior, BetaSampler};
 use crate::model::{Banner, SlotConfig};
 use crate::time;
@@ -31,21 +34,7 @@ pub fn thompson_select<R: Rng + ?Sized>(
 ) {
     out.clear();
     if n == 1 {
-        // The best draw so far as x / (x + y) (initially −1, below every draw); a draw beats
-        // it when x · (best x + best y) > best x · (x + y), both sums being positive.
-        let (mut best_x, mut best_sum, mut best) = (-1.0, 1.0, usize::MAX);
-        for (i, arm) in arms.iter().enumerate() {
-            if eligible(i) {
-                let (x, y) = arm.draw_parts(rng);
-                let sum = x + y;
-                if x * best_sum > best_x * sum {
-                    (best_x, best_sum, best) = (x, sum, i);
-                }
-            }
-        }
-        if best != usize::MAX {
-            out.push(best);
-        }
+        select_one(arms, eligible, rng, out);
         return;
     }
     let mut draws: Vec<(f64, usize)> = arms
@@ -65,6 +54,60 @@ pub fn thompson_select<R: Rng + ?Sized>(
     }
     draws.sort_unstable_by(by_draw_desc);
     out.extend(draws.iter().map(|&(_, i)| i));
+}
+
+/// The single Thompson choice, pruned (module `cutoff` gives the exactness argument): the leader
+/// (the eligible arm of the highest posterior mean) is drawn first; each other arm whose cut-off
+/// the best draw so far clears costs one uniform, and a Beta draw only when that uniform falls
+/// in the tail beyond its cut-off (then drawn from the tail law).
+#[inline]
+fn select_one<R: Rng + ?Sized>(
+    arms: &[BetaSampler],
+    eligible: impl Fn(usize) -> bool,
+    rng: &mut R,
+    out: &mut Vec<usize>,
+) {
+    let mut leader: Option<(usize, f64)> = None;
+    for (i, arm) in arms.iter().enumerate() {
+        if eligible(i) && leader.is_none_or(|(_, mean)| arm.mean() > mean) {
+            leader = Some((i, arm.mean()));
+        }
+    }
+    let Some((leader, _)) = leader else {
+        return;
+    };
+    // The best draw so far as best_x / best_sum; a draw x / sum beats it when
+    // x · best_sum > best_x · sum, both sums being positive.
+    let (mut best_x, best_y) = arms[leader].draw_parts(rng);
+    let (mut best_sum, mut best) = (best_x + best_y, leader);
+    for (i, arm) in arms.iter().enumerate() {
+        if i == leader || !eligible(i) {
+            continue;
+        }
+        // Computing a cut-off costs about a microsecond: only once the best draw clears it.
+        let cutoff = match arm.cached_cutoff() {
+            Some(cutoff) => Some(cutoff),
+            None => {
+                (cutoff_point(arm.alpha(), arm.beta()) * best_sum <= best_x).then(|| arm.cutoff())
+            }
+        };
+        let (x, sum) = match cutoff {
+            Some(cutoff) if cutoff.q * best_sum <= best_x => {
+                if rng.random::<f64>() >= cutoff.tail {
+                    continue;
+                }
+                (draw_above(arm.alpha(), arm.beta(), cutoff.q, rng), 1.0)
+            }
+            _ => {
+                let (x, y) = arm.draw_parts(rng);
+                (x, x + y)
+            }
+        };
+        if x * best_sum > best_x * sum {
+            (best_x, best_sum, best) = (x, sum, i);
+        }
+    }
+    out.push(best);
 }
 
 /// A banner of a slot with its current posterior.
@@ -175,13 +218,34 @@ mod tests {
 
     #[test]
     fn selection_frequencies_match_exact_p_best() {
-        let cases: [&[(f64, f64)]; 4] = [
+        let cases: [&[(f64, f64)]; 8] = [
             &[(0.5, 0.5), (0.7, 2.0)],
             &[(12.0, 90.0), (9.0, 95.0)],
             &[(12.0, 90.0), (9.0, 95.0), (15.0, 120.0)],
             &[(0.3, 4.0), (2.0, 20.0), (1.0, 9.0)],
+            // Pruned: a concentrated leader, concentrated arms near it (their wins all come
+            // from tail draws beyond the cut-off) and one far below.
+            &[
+                (600.0, 5_400.0),
+                (80.0, 920.0),
+                (75.0, 925.0),
+                (90.0, 910.0),
+                (50.0, 950.0),
+            ],
+            // A concentrated leader among wide arms (never prunable: full draws) and a pruned one.
+            &[
+                (1_000.0, 9_000.0),
+                (3.0, 27.0),
+                (1.0, 12.0),
+                (0.6, 5.0),
+                (70.0, 930.0),
+            ],
+            // Skewed small shapes pruned against a leader near 0.9, beside an unprunable one.
+            &[(90.0, 10.0), (1.0, 3.0), (1.5, 4.0), (2.0, 2.5), (1.0, 1.0)],
+            // Arms of equal means: which one leads is decided by order, the law must not change.
+            &[(200.0, 1_800.0), (200.0, 1_800.0), (20.0, 180.0)],
         ];
-        let (draws, steps) = (200_000, 4000);
+        let (draws, steps) = (200_000, 20_000);
         for (case, params) in cases.iter().enumerate() {
             let arms: Vec<BetaSampler> = params
                 .iter()
@@ -205,6 +269,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A decision RNG that counts the 32- and 64-bit words drawn from it.
+    struct CountingRng {
+        inner: crate::bandit::DecisionRng,
+        words: u64,
+    }
+
+    impl rand::TryRng for CountingRng {
+        type Error = std::convert::Infallible;
+
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            self.words += 1;
+            Ok(self.inner.next_u32())
+        }
+
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            self.words += 1;
+            Ok(self.inner.next_u64())
+        }
+
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            self.words += 1;
+            self.inner.fill_bytes(dst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn arms_far_below_the_leader_cost_one_uniform() {
+        // A full Beta draw takes at least four words (a normal and a uniform per gamma); an
+        // arm pruned against the leader's draw takes one. Leader Beta(10^4, 9·10^4) and nine
+        // arms around 0.08 (sd 0.0027, 7 sd below the leader): about 4 + 9 words a decision
+        // pruned, at least 40 drawn in full. The eligible filter leaves out a tenth arm that
+        // would lead.
+        let mut arms = vec![BetaSampler::new(10_001.0, 90_001.0)];
+        arms.extend((0..9).map(|_| BetaSampler::new(801.0, 9_201.0)));
+        arms.push(BetaSampler::new(5_000.0, 5_000.0));
+        let mut rng = CountingRng {
+            inner: seeded_rng(11),
+            words: 0,
+        };
+        let (decisions, mut out) = (10_000, Vec::new());
+        for _ in 0..decisions {
+            thompson_select(&arms, |i| i < 10, 1, &mut rng, &mut out);
+            assert_eq!(out, [0]);
+        }
+        let words_per_decision = rng.words as f64 / decisions as f64;
+        assert!(
+            (13.0..14.0).contains(&words_per_decision),
+            "{words_per_decision} words per decision"
+        );
+        assert!(arms[1..10].iter().all(|arm| arm.cached_cutoff().is_some()));
+        assert!(
+            arms[10].cached_cutoff().is_none(),
+            "ineligible, never looked at"
+        );
     }
 
     #[test]
