@@ -7,6 +7,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
+
 use super::{
     ApiKey, AppliedOffsets, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite,
     StoreError, ALL_TIME,
@@ -289,25 +291,29 @@ fn write_counts<'k>(
     tx: &redb::WriteTransaction,
     rows: impl Iterator<Item = (&'k CountKey, u64, u64)>,
 ) -> Result<(), redb::Error> {
-    let mut totals: Vec<(&ArmKey, u64, u64)> = Vec::new();
-    let mut cells: Vec<(i64, &ArmKey, usize, u64, u64)> = Vec::new();
+    type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
+    let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let mut blocks: FxHashMap<(i64, &ArmKey), Changes> = FxHashMap::default();
     for (key, imp, clk) in rows {
         if key.bucket == ALL_TIME {
-            totals.push((&key.arm, imp, clk));
+            totals.push((arm_key(&key.arm), imp, clk));
         } else {
             let (block, place) = block_of(key.bucket);
-            cells.push((block, &key.arm, place, imp, clk));
+            blocks
+                .entry((block, &key.arm))
+                .or_insert([None; BLOCK_BUCKETS as usize])[place] = Some((imp, clk));
         }
     }
-    // In key order, so that the B-trees are written front to back.
-    let arm_order = |a: &ArmKey, b: &ArmKey| {
-        (&a.tenant, &a.city, &a.slot, &a.banner).cmp(&(&b.tenant, &b.city, &b.slot, &b.banner))
-    };
-    totals.sort_unstable_by(|a, b| arm_order(a.0, b.0));
-    cells.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| arm_order(a.1, b.1)));
+    // In key order, so that the B-trees are written front to back; the keys are encoded first
+    // so that sorting compares bytes, not four names.
+    totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut blocks: Vec<(Vec<u8>, Changes)> = blocks
+        .into_iter()
+        .map(|((block, arm), changes)| (block_key(block, arm), changes))
+        .collect();
+    blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut t = tx.open_table(ARM_TOTALS)?;
-    for (arm, imp, clk) in totals {
-        let key = arm_key(arm);
+    for (key, imp, clk) in totals {
         if imp == 0 && clk == 0 {
             t.remove(key.as_slice())?;
         } else {
@@ -315,16 +321,17 @@ fn write_counts<'k>(
         }
     }
     let mut t = tx.open_table(ARM_BLOCKS)?;
-    for row in cells.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-        let key = block_key(row[0].0, row[0].1);
+    for (key, changes) in blocks {
         let stored = t
             .get(key.as_slice())?
             .map(|v| decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value())));
         let mut block = stored
             .transpose()?
             .unwrap_or([(0, 0); BLOCK_BUCKETS as usize]);
-        for &(_, _, place, imp, clk) in row {
-            block[place] = (imp, clk);
+        for (cell, change) in block.iter_mut().zip(changes) {
+            if let Some(counts) = change {
+                *cell = counts;
+            }
         }
         if block.iter().all(|&c| c == (0, 0)) {
             t.remove(key.as_slice())?;
