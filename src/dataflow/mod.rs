@@ -264,25 +264,32 @@ fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardW
             }
         }
     }
-    let mut rows: Vec<(CountKey, u64, u64)> = latest
-        .into_iter()
-        .map(|(WholeKey(key), (imp, clk))| (key, imp, clk))
-        .collect();
-    rows.sort_unstable_by(|(a, ..), (b, ..)| {
-        (&a.arm.tenant, &a.arm.city).cmp(&(&b.arm.tenant, &b.arm.city))
-    });
+    // Grouped by shard through a hash of (tenant, city) rather than by sorting every row on two
+    // names; the few shards are ordered at the end.
     let mut shards: Vec<ShardWrite> = Vec::new();
-    for row in rows {
-        let arm = &row.0.arm;
-        match shards.last_mut() {
-            Some(w) if w.tenant == arm.tenant && w.city == arm.city => w.rows.push(row),
-            _ => shards.push(ShardWrite {
-                tenant: arm.tenant.clone(),
-                city: arm.city.clone(),
-                rows: vec![row],
-                applied: BTreeMap::new(),
-            }),
-        }
+    let mut by_hash: FxHashMap<u64, Vec<usize>> = FxHashMap::default();
+    for (WholeKey(key), (imp, clk)) in latest {
+        let arm = &key.arm;
+        let same = by_hash
+            .entry(shard_hash(&arm.tenant, &arm.city))
+            .or_default();
+        let index = match same
+            .iter()
+            .find(|&&i| shards[i].tenant == arm.tenant && shards[i].city == arm.city)
+        {
+            Some(&i) => i,
+            None => {
+                same.push(shards.len());
+                shards.push(ShardWrite {
+                    tenant: arm.tenant.clone(),
+                    city: arm.city.clone(),
+                    rows: Vec::new(),
+                    applied: BTreeMap::new(),
+                });
+                shards.len() - 1
+            }
+        };
+        shards[index].rows.push((key, imp, clk));
     }
     let mut shards: BTreeMap<Shard, ShardWrite> = shards
         .into_iter()

@@ -7,6 +7,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
+
 use super::{
     ApiKey, AppliedOffsets, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite,
     StoreError, ALL_TIME,
@@ -16,9 +18,21 @@ use crate::dataflow::CountKey;
 use crate::model::{ArmKey, Event, EventFields, SlotConfig};
 use chrono::DateTime;
 
-/// (tenant, city, slot, banner, bucket) → (impressions, clicks), the key encoded by
-/// [`arm_state_key`]: byte order is tuple order, and comparing keys is a memcmp.
-const ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
+/// (tenant, city, slot, banner) → all-time (impressions, clicks), the key encoded by
+/// [`arm_key`]: byte order is tuple order, and comparing keys is a memcmp.
+const ARM_TOTALS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_totals");
+/// (block, tenant, city, slot, banner) → (impressions, clicks) of each of the block's
+/// [`BLOCK_BUCKETS`] buckets, the key encoded by [`block_key`], the value by [`encode_block`].
+/// One row carries a day of hourly buckets, and blocks lead the key, so that a backfill, whose
+/// epochs move forward in time, appends few rows near the end of the table instead of inserting
+/// one row per (arm, hour) all over it, and a window is one range of the table.
+const ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_blocks");
+/// Where stores written before the block layout kept the counts: (tenant, city, slot, banner,
+/// bucket) → (impressions, clicks), the key encoded by [`legacy_arm_state_key`]. Moved into
+/// [`ARM_TOTALS`] and [`ARM_BLOCKS`] when such a store is opened.
+const LEGACY_ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
+/// Consecutive buckets kept in one [`ARM_BLOCKS`] row (a day of the default hourly buckets).
+const BLOCK_BUCKETS: i64 = 24;
 /// (tenant, slot, banner) → (alpha0, beta0, source); banner "" is the slot prior.
 const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
     TableDefinition::new("priors");
@@ -70,7 +84,14 @@ impl EmbeddedStore {
             db,
         };
         store.write(|tx| {
-            tx.open_table(ARM_STATE)?;
+            tx.open_table(ARM_TOTALS)?;
+            tx.open_table(ARM_BLOCKS)?;
+            if tx
+                .list_tables()?
+                .any(|t| t.name() == LEGACY_ARM_STATE.name())
+            {
+                move_legacy_counts(tx)?;
+            }
             tx.open_table(PRIORS)?;
             tx.open_table(META)?;
             tx.open_table(APPLIED)?;
@@ -147,53 +168,215 @@ fn insert_customer_event(t: &mut CustomerHistory<'_>, e: &Event) -> Result<(), r
     Ok(())
 }
 
-/// `tenant 0 city 0 slot 0 banner 0` then the bucket as big-endian with the sign bit flipped.
-/// Names are `[a-z0-9_-]+`, so the 0 separators keep the order of the (tenant, city, slot, banner,
-/// bucket) tuple.
-fn arm_state_key(tenant: &str, city: &str, slot: &str, banner: &str, bucket: i64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + city.len() + slot.len() + banner.len() + 12);
-    for name in [tenant, city, slot, banner] {
+/// `tenant 0 city 0 slot 0 banner 0`. Names are `[a-z0-9_-]+`, so the 0 separators keep the
+/// order of the (tenant, city, slot, banner) tuple.
+fn push_arm(key: &mut Vec<u8>, arm: &ArmKey) {
+    for name in [&arm.tenant, &arm.city, &arm.slot, &arm.banner] {
         key.extend_from_slice(name.as_bytes());
         key.push(0);
     }
-    key.extend_from_slice(&((bucket as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+fn arm_key(arm: &ArmKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(arm_len(arm));
+    push_arm(&mut key, arm);
     key
 }
 
-fn decode_arm_state_key(key: &[u8]) -> Option<(ArmKey, i64)> {
-    let (names, bucket) = key.split_at_checked(key.len().checked_sub(8)?)?;
-    let mut parts = names.split(|&b| b == 0).map(std::str::from_utf8);
-    let mut next = || parts.next()?.ok();
-    let (tenant, city, slot, banner) = (next()?, next()?, next()?, next()?);
-    let bucket = (u64::from_be_bytes(bucket.try_into().ok()?) ^ (1 << 63)) as i64;
-    Some((ArmKey::new(tenant, slot, city, banner), bucket))
+fn arm_len(arm: &ArmKey) -> usize {
+    arm.tenant.len() + arm.city.len() + arm.slot.len() + arm.banner.len() + 4
+}
+
+fn decode_arm(key: &[u8]) -> Option<ArmKey> {
+    let names = key.strip_suffix(&[0])?;
+    let mut parts = names
+        .split(|&b| b == 0)
+        .map(|name| std::str::from_utf8(name).ok());
+    let (tenant, city, slot, banner) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+    );
+    parts
+        .next()
+        .is_none()
+        .then(|| ArmKey::new(tenant, slot, city, banner))
+}
+
+/// An i64 as big-endian with the sign bit flipped, so that byte order is numeric order.
+fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ordered_i64(bytes: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// The block of a bucket and the bucket's place in it.
+fn block_of(bucket: i64) -> (i64, usize) {
+    (
+        bucket.div_euclid(BLOCK_BUCKETS),
+        bucket.rem_euclid(BLOCK_BUCKETS) as usize,
+    )
+}
+
+/// The block then the arm: byte order is (block, tenant, city, slot, banner) order.
+fn block_key(block: i64, arm: &ArmKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + arm_len(arm));
+    key.extend_from_slice(&ordered_i64(block));
+    push_arm(&mut key, arm);
+    key
+}
+
+fn decode_block_key(key: &[u8]) -> Option<(i64, ArmKey)> {
+    let (block, arm) = key.split_at_checked(8)?;
+    Some((from_ordered_i64(block)?, decode_arm(arm)?))
+}
+
+type Block = [(u64, u64); BLOCK_BUCKETS as usize];
+
+/// Each bucket's (impressions, clicks) as two little-endian u64.
+fn encode_block(block: &Block) -> Vec<u8> {
+    block
+        .iter()
+        .flat_map(|&(imp, clk)| imp.to_le_bytes().into_iter().chain(clk.to_le_bytes()))
+        .collect()
+}
+
+fn decode_block(bytes: &[u8]) -> Option<Block> {
+    if bytes.len() != BLOCK_BUCKETS as usize * 16 {
+        return None;
+    }
+    let mut block = [(0, 0); BLOCK_BUCKETS as usize];
+    for (cell, chunk) in block.iter_mut().zip(bytes.chunks_exact(16)) {
+        let (imp, clk) = chunk.split_at(8);
+        *cell = (
+            u64::from_le_bytes(imp.try_into().ok()?),
+            u64::from_le_bytes(clk.try_into().ok()?),
+        );
+    }
+    Some(block)
+}
+
+fn corrupt(what: &str, bytes: &[u8]) -> redb::Error {
+    redb::StorageError::Corrupted(format!("{what} {bytes:?}")).into()
+}
+
+type BlockEntry<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+/// Each (block, arm) row as stored, decoded.
+fn block_rows<'a, I: Iterator<Item = BlockEntry<'a>>>(
+    range: I,
+) -> impl Iterator<Item = Result<(i64, ArmKey, Block), redb::Error>> + use<'a, I> {
+    range.map(|entry| {
+        let (k, v) = entry?;
+        let (block, arm) =
+            decode_block_key(k.value()).ok_or_else(|| corrupt("arm_blocks key", k.value()))?;
+        let cells =
+            decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value()))?;
+        Ok((block, arm, cells))
+    })
+}
+
+/// Writes the new absolute counts of `rows` (an all-time row, or a bucket's cell within its
+/// block row); a count of (0, 0) removes the row or cell.
+fn write_counts<'k>(
+    tx: &redb::WriteTransaction,
+    rows: impl Iterator<Item = (&'k CountKey, u64, u64)>,
+) -> Result<(), redb::Error> {
+    type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
+    let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    let mut blocks: FxHashMap<(i64, &ArmKey), Changes> = FxHashMap::default();
+    for (key, imp, clk) in rows {
+        if key.bucket == ALL_TIME {
+            totals.push((arm_key(&key.arm), imp, clk));
+        } else {
+            let (block, place) = block_of(key.bucket);
+            blocks
+                .entry((block, &key.arm))
+                .or_insert([None; BLOCK_BUCKETS as usize])[place] = Some((imp, clk));
+        }
+    }
+    // In key order, so that the B-trees are written front to back; the keys are encoded first
+    // so that sorting compares bytes, not four names.
+    totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut blocks: Vec<(Vec<u8>, Changes)> = blocks
+        .into_iter()
+        .map(|((block, arm), changes)| (block_key(block, arm), changes))
+        .collect();
+    blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut t = tx.open_table(ARM_TOTALS)?;
+    for (key, imp, clk) in totals {
+        if imp == 0 && clk == 0 {
+            t.remove(key.as_slice())?;
+        } else {
+            t.insert(key.as_slice(), (imp, clk))?;
+        }
+    }
+    let mut t = tx.open_table(ARM_BLOCKS)?;
+    for (key, changes) in blocks {
+        let stored = t
+            .get(key.as_slice())?
+            .map(|v| decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value())));
+        let mut block = stored
+            .transpose()?
+            .unwrap_or([(0, 0); BLOCK_BUCKETS as usize]);
+        for (cell, change) in block.iter_mut().zip(changes) {
+            if let Some(counts) = change {
+                *cell = counts;
+            }
+        }
+        if block.iter().all(|&c| c == (0, 0)) {
+            t.remove(key.as_slice())?;
+        } else {
+            t.insert(key.as_slice(), encode_block(&block).as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// `tenant 0 city 0 slot 0 banner 0` then the bucket as [`ordered_i64`]: the key of
+/// [`LEGACY_ARM_STATE`].
+fn decode_legacy_arm_state_key(key: &[u8]) -> Option<CountKey> {
+    let (arm, bucket) = key.split_at_checked(key.len().checked_sub(8)?)?;
+    Some(CountKey {
+        arm: decode_arm(arm)?,
+        bucket: from_ordered_i64(bucket)?,
+    })
+}
+
+/// Moves the counts of a store written before the block layout into it.
+fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut rows = Vec::new();
+    for entry in tx.open_table(LEGACY_ARM_STATE)?.iter()? {
+        let (k, v) = entry?;
+        let key = decode_legacy_arm_state_key(k.value())
+            .ok_or_else(|| corrupt("arm_state key", k.value()))?;
+        let (imp, clk) = v.value();
+        rows.push((key, imp, clk));
+    }
+    write_counts(tx, rows.iter().map(|(k, imp, clk)| (k, *imp, *clk)))?;
+    tx.delete_table(LEGACY_ARM_STATE)?;
+    Ok(())
 }
 
 impl PosteriorStore for EmbeddedStore {
     fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut t = tx.open_table(ARM_STATE)?;
-            // In key order, so that the B-tree is written front to back.
-            let mut rows: Vec<(Vec<u8>, u64, u64)> = shards
-                .iter()
-                .flat_map(|s| &s.rows)
-                .map(|(k, imp, clk)| {
-                    let a = &k.arm;
-                    (
-                        arm_state_key(&a.tenant, &a.city, &a.slot, &a.banner, k.bucket),
-                        *imp,
-                        *clk,
-                    )
-                })
-                .collect();
-            rows.sort_unstable();
-            for (key, imp, clk) in rows {
-                if imp == 0 && clk == 0 {
-                    t.remove(key.as_slice())?;
-                } else {
-                    t.insert(key.as_slice(), (imp, clk))?;
-                }
-            }
+            write_counts(
+                tx,
+                shards
+                    .iter()
+                    .flat_map(|s| &s.rows)
+                    .map(|(k, imp, clk)| (k, *imp, *clk)),
+            )?;
             let mut applied = tx.open_table(APPLIED)?;
             for shard in shards {
                 for (&partition, &offset) in &shard.applied {
@@ -209,8 +392,10 @@ impl PosteriorStore for EmbeddedStore {
 
     fn clear_counts(&self) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.delete_table(ARM_STATE)?;
-            tx.open_table(ARM_STATE)?;
+            tx.delete_table(ARM_TOTALS)?;
+            tx.open_table(ARM_TOTALS)?;
+            tx.delete_table(ARM_BLOCKS)?;
+            tx.open_table(ARM_BLOCKS)?;
             tx.delete_table(APPLIED)?;
             tx.open_table(APPLIED)?;
             Ok(())
@@ -219,33 +404,47 @@ impl PosteriorStore for EmbeddedStore {
 
     fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, u64, u64)>, StoreError> {
         self.read(|tx| {
-            let t = tx.open_table(ARM_STATE)?;
-            let mut sums: std::collections::BTreeMap<ArmKey, (u64, u64)> = Default::default();
-            let (start, end) = match &q.tenant {
-                Some(tenant) => (
-                    format!("{tenant}\0").into_bytes(),
-                    format!("{tenant}\u{1}").into_bytes(),
-                ),
-                None => (Vec::new(), vec![0xff]),
-            };
-            for entry in t.range(start.as_slice()..end.as_slice())? {
-                let (k, v) = entry?;
-                let Some((arm, bucket)) = decode_arm_state_key(k.value()) else {
-                    return Err(redb::StorageError::Corrupted(format!(
-                        "arm_state key {:?}",
-                        k.value()
-                    ))
-                    .into());
-                };
-                let wanted = match q.from_bucket {
-                    None => bucket == ALL_TIME,
-                    Some(from) => bucket != ALL_TIME && bucket >= from,
-                };
-                if wanted && q.matches(&arm) {
-                    let (imp, clk) = v.value();
+            let mut sums: BTreeMap<ArmKey, (u64, u64)> = BTreeMap::new();
+            let mut add = |arm: ArmKey, imp: u64, clk: u64| {
+                if q.matches(&arm) {
                     let s = sums.entry(arm).or_default();
                     s.0 += imp;
                     s.1 += clk;
+                }
+            };
+            match q.from_bucket {
+                None => {
+                    let t = tx.open_table(ARM_TOTALS)?;
+                    let (start, end) = match &q.tenant {
+                        Some(tenant) => (
+                            format!("{tenant}\0").into_bytes(),
+                            format!("{tenant}\u{1}").into_bytes(),
+                        ),
+                        None => (Vec::new(), vec![0xff]),
+                    };
+                    for entry in t.range(start.as_slice()..end.as_slice())? {
+                        let (k, v) = entry?;
+                        let arm = decode_arm(k.value())
+                            .ok_or_else(|| corrupt("arm_totals key", k.value()))?;
+                        let (imp, clk) = v.value();
+                        add(arm, imp, clk);
+                    }
+                }
+                Some(from) => {
+                    let t = tx.open_table(ARM_BLOCKS)?;
+                    let (first, _) = block_of(from);
+                    let start = ordered_i64(first);
+                    for row in block_rows(t.range(start.as_slice()..)?) {
+                        let (block, arm, cells) = row?;
+                        let (imp, clk) = cells
+                            .iter()
+                            .enumerate()
+                            .filter(|&(place, _)| block * BLOCK_BUCKETS + place as i64 >= from)
+                            .fold((0, 0), |(i, c), (_, &(imp, clk))| (i + imp, c + clk));
+                        if (imp, clk) != (0, 0) {
+                            add(arm, imp, clk);
+                        }
+                    }
                 }
             }
             Ok(sums.into_iter().map(|(k, (i, c))| (k, i, c)).collect())
@@ -319,15 +518,28 @@ impl PosteriorStore for EmbeddedStore {
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.read(|tx| {
             let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
-            for entry in tx.open_table(ARM_STATE)?.iter()? {
+            for entry in tx.open_table(ARM_TOTALS)?.iter()? {
                 let (k, v) = entry?;
-                let (arm, bucket) = decode_arm_state_key(k.value()).ok_or_else(|| {
-                    redb::StorageError::Corrupted(format!("arm_state key {:?}", k.value()))
-                })?;
+                let arm =
+                    decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
                 if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
                     let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
+                    let bucket = ALL_TIME;
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
+                }
+            }
+            for row in block_rows(tx.open_table(ARM_BLOCKS)?.iter()?) {
+                let (block, arm, cells) = row?;
+                if owns(&arm.tenant, &arm.city) {
+                    let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
+                    for (place, &(imp, clk)) in cells.iter().enumerate() {
+                        if (imp, clk) != (0, 0) {
+                            let bucket = block * BLOCK_BUCKETS + place as i64;
+                            let arm = arm.clone();
+                            state.rows.push((CountKey { arm, bucket }, imp, clk));
+                        }
+                    }
                 }
             }
             for entry in tx.open_table(APPLIED)?.iter()? {
@@ -496,6 +708,7 @@ impl PosteriorStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     #[test]
     fn a_store_with_the_json_customer_history_is_moved_to_the_compact_one_on_open() {
@@ -545,29 +758,170 @@ mod tests {
     }
 
     #[test]
-    fn arm_state_keys_sort_like_their_tuples_and_round_trip() {
+    fn block_keys_sort_like_their_tuples_and_round_trip() {
         let tuples = [
-            ("ajio", "pune", "hero", "b1", -1),
-            ("ajio", "pune", "hero", "b1", 0),
-            ("ajio", "pune", "hero", "b1", 490_000),
-            ("ajio", "pune", "hero", "b10", -1),
-            ("ajio", "pune-2", "hero", "b1", -1),
-            ("ajio2", "a", "a", "a", i64::MIN),
-            ("myntra", "delhi", "footer", "b2", i64::MAX),
+            (i64::MIN, "myntra", "delhi", "footer", "b2"),
+            (-1, "ajio", "pune", "hero", "b1"),
+            (0, "ajio", "pune", "hero", "b1"),
+            (0, "ajio", "pune", "hero", "b10"),
+            (0, "ajio", "pune-2", "hero", "b1"),
+            (0, "ajio2", "a", "a", "a"),
+            (20_416, "ajio", "pune", "hero", "b1"),
+            (i64::MAX, "a", "a", "a", "a"),
         ];
+        let arm = |t: &str, c: &str, s: &str, b: &str| ArmKey::new(t, s, c, b);
         let keys: Vec<Vec<u8>> = tuples
             .iter()
-            .map(|&(t, c, s, b, k)| arm_state_key(t, c, s, b, k))
+            .map(|&(k, t, c, s, b)| block_key(k, &arm(t, c, s, b)))
             .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(sorted, keys);
-        for (key, &(t, c, s, b, k)) in keys.iter().zip(&tuples) {
-            assert_eq!(
-                decode_arm_state_key(key),
-                Some((ArmKey::new(t, s, c, b), k))
-            );
+        for (key, &(k, t, c, s, b)) in keys.iter().zip(&tuples) {
+            assert_eq!(decode_block_key(key), Some((k, arm(t, c, s, b))));
+            assert_eq!(decode_arm(&key[8..]), Some(arm(t, c, s, b)));
         }
-        assert_eq!(decode_arm_state_key(b"short"), None);
+        assert_eq!(decode_block_key(b"short"), None);
+        assert_eq!(decode_arm(b"a\0b\0c\0"), None);
+        assert_eq!(decode_arm(b"a\0b\0c\0d\0e\0"), None);
+        let mut block = [(0, 0); BLOCK_BUCKETS as usize];
+        block[0] = (7, 1);
+        block[23] = (u64::MAX, 3);
+        assert_eq!(decode_block(&encode_block(&block)), Some(block));
+        assert_eq!(decode_block(&[0; 16]), None);
+    }
+
+    fn row(
+        t: &str,
+        c: &str,
+        s: &str,
+        b: &str,
+        bucket: i64,
+        imp: u64,
+        clk: u64,
+    ) -> (CountKey, u64, u64) {
+        let arm = ArmKey::new(t, s, c, b);
+        (CountKey { arm, bucket }, imp, clk)
+    }
+
+    fn write(store: &EmbeddedStore, rows: &[(CountKey, u64, u64)]) {
+        let mut shards = BTreeMap::new();
+        for r in rows {
+            ShardWrite::entry(&mut shards, &r.0.arm.tenant, &r.0.arm.city)
+                .rows
+                .push(r.clone());
+        }
+        let shards: Vec<ShardWrite> = shards.into_values().collect();
+        store.apply_epoch(&shards).unwrap();
+    }
+
+    fn stored_rows(store: &EmbeddedStore) -> Vec<(CountKey, u64, u64)> {
+        let mut rows: Vec<_> = store
+            .shards(&|_, _| true)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.rows)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn window(
+        store: &EmbeddedStore,
+        tenant: Option<&str>,
+        from: Option<i64>,
+    ) -> Vec<(ArmKey, u64, u64)> {
+        store
+            .counts(&CountQuery {
+                tenant: tenant.map(Into::into),
+                from_bucket: from,
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn epochs_update_cells_within_and_across_blocks_and_windows_sum_whole_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
+        // Buckets 479 and 480 lie in blocks 19 and 20; -30 in block -2.
+        write(
+            &store,
+            &[
+                row("ajio", "pune", "hero", "b1", ALL_TIME, 12, 3),
+                row("ajio", "pune", "hero", "b1", 479, 5, 1),
+                row("ajio", "pune", "hero", "b1", 480, 6, 2),
+                row("ajio", "pune", "hero", "b1", -30, 1, 0),
+                row("zara", "goa", "hero", "b1", ALL_TIME, 4, 4),
+                row("zara", "goa", "hero", "b1", 481, 4, 4),
+            ],
+        );
+        // A later epoch sets new absolute values: one cell changes, one falls to zero, a new
+        // cell joins an existing block row, a whole block row empties.
+        write(
+            &store,
+            &[
+                row("ajio", "pune", "hero", "b1", ALL_TIME, 14, 3),
+                row("ajio", "pune", "hero", "b1", 479, 0, 0),
+                row("ajio", "pune", "hero", "b1", 480, 7, 2),
+                row("ajio", "pune", "hero", "b1", 490, 1, 0),
+                row("ajio", "pune", "hero", "b1", -30, 0, 0),
+                row("zara", "goa", "hero", "b1", ALL_TIME, 0, 0),
+                row("zara", "goa", "hero", "b1", 481, 0, 0),
+            ],
+        );
+        assert_eq!(
+            stored_rows(&store),
+            vec![
+                row("ajio", "pune", "hero", "b1", ALL_TIME, 14, 3),
+                row("ajio", "pune", "hero", "b1", 480, 7, 2),
+                row("ajio", "pune", "hero", "b1", 490, 1, 0),
+            ]
+        );
+        let b1 = ArmKey::new("ajio", "hero", "pune", "b1");
+        assert_eq!(window(&store, None, None), vec![(b1.clone(), 14, 3)]);
+        assert_eq!(window(&store, Some("zara"), None), vec![]);
+        assert_eq!(window(&store, None, Some(0)), vec![(b1.clone(), 8, 2)]);
+        assert_eq!(window(&store, None, Some(481)), vec![(b1.clone(), 1, 0)]);
+        assert_eq!(window(&store, Some("ajio"), Some(480)), vec![(b1, 8, 2)]);
+        assert_eq!(window(&store, None, Some(491)), vec![]);
+        let tx = store.db.begin_read().unwrap();
+        assert_eq!(tx.open_table(ARM_BLOCKS).unwrap().len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_store_with_one_row_per_bucket_is_moved_to_the_block_layout_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let rows = vec![
+            row("ajio", "pune", "hero", "b1", ALL_TIME, 9, 2),
+            row("ajio", "pune", "hero", "b1", 20, 4, 1),
+            row("ajio", "pune", "hero", "b1", 25, 5, 1),
+            row("ajio", "pune", "hero", "b2", ALL_TIME, 3, 0),
+            row("ajio", "pune", "hero", "b2", 25, 3, 0),
+        ];
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LEGACY_ARM_STATE).unwrap();
+                for (k, imp, clk) in &rows {
+                    let mut key = arm_key(&k.arm);
+                    key.extend_from_slice(&ordered_i64(k.bucket));
+                    t.insert(key.as_slice(), (*imp, *clk)).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(stored_rows(&store), rows);
+        let arm = |b: &str| ArmKey::new("ajio", "hero", "pune", b);
+        assert_eq!(
+            window(&store, None, Some(21)),
+            vec![(arm("b1"), 5, 1), (arm("b2"), 3, 0)]
+        );
+        let tx = store.db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
+        assert!(!names.contains(&"arm_counts".to_string()), "{names:?}");
     }
 }
