@@ -681,7 +681,7 @@ impl KafkaReader {
         mut take: impl FnMut(&FetchedMessage<'_>) -> Result<(), String>,
     ) -> Result<usize, LogError> {
         let mut batch = self.fetch(max, Duration::ZERO)?;
-        if batch.0.is_empty() && !timeout.is_zero() {
+        if batch.0.is_empty() && max > 0 && !timeout.is_zero() {
             // librdkafka's batch call waits for a full batch, so wait for one message only.
             batch = self.fetch(1, timeout)?;
             if !batch.0.is_empty() {
