@@ -34,6 +34,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = format!("embedded:{}", dir.path().join("store.redb").display());
         let serve = common::keys_add(&store, "ajio", "serve");
@@ -53,7 +57,10 @@ impl Server {
                 "ajio",
                 "--refresh-ms",
                 "100",
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
         );
         let server = Server {
@@ -263,6 +270,56 @@ fn decisions_clicks_and_the_log() {
     assert!(delhi
         .iter()
         .all(|e| e.customer_id.as_deref() == Some("c-9") && e.referrer.as_deref() == Some("ads")));
+}
+
+#[test]
+fn many_connections_over_several_serving_threads_lose_nothing() {
+    let s = Server::start_with(&["--threads", "3"]);
+    let (clients, per_client) = (7, 40);
+    let clicks: usize = std::thread::scope(|scope| {
+        let s = &s;
+        (0..clients)
+            .map(|c| {
+                scope.spawn(move || {
+                    // One client each: its own keep-alive connection, handed to some thread.
+                    let client = Client::new();
+                    let mut clicked = 0;
+                    for i in 0..per_client {
+                        let d: Value = client
+                            .get(s.url("/v1/tenants/ajio/slots/hero/decision?city=pune"))
+                            .bearer_auth(&s.serve)
+                            .send()
+                            .unwrap()
+                            .json()
+                            .unwrap();
+                        if i % 10 == c % 10 {
+                            let r = client
+                                .post(s.url("/v1/tenants/ajio/clicks"))
+                                .bearer_auth(&s.serve)
+                                .json(&json!({"request_id": d["request_id"],
+                                    "banner": d["banners"][0]["banner"]}))
+                                .send()
+                                .unwrap();
+                            assert_eq!(r.status(), 202);
+                            clicked += 1;
+                        }
+                    }
+                    clicked
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum()
+    });
+    assert_eq!(
+        s.metric("slotbandit_decisions_total"),
+        (clients * per_client) as f64
+    );
+    let events = s.stop_and_read_log();
+    let count = |kind| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(EventKind::Impression), clients * per_client);
+    assert_eq!(count(EventKind::Click), clicks);
 }
 
 #[test]

@@ -46,13 +46,15 @@ pub struct ServeArgs {
     /// Largest accepted JSON body, in bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     body_limit: usize,
-    /// Tokio worker threads (default: one per core).
+    /// Serving threads, each a single-threaded runtime owning its share of the connections
+    /// (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
 }
 
 impl ServeArgs {
     pub fn options(&self) -> ServeOptions {
+        let defaults = ServeOptions::default();
         ServeOptions {
             refresh: Duration::from_millis(self.refresh_ms),
             token_ttl_secs: self.token_ttl_secs,
@@ -60,17 +62,17 @@ impl ServeArgs {
             windows: self.windows.clone(),
             body_limit: self.body_limit,
             spool_dir: self.spool_dir.clone(),
-            ..ServeOptions::default()
+            threads: self.threads.map_or(defaults.threads, usize::from),
+            ..defaults
         }
     }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        runtime.worker_threads(n.into());
-    }
-    let runtime = runtime.enable_all().build()?;
+    // Accepts, refreshes the cache and waits for signals; requests run on the serving threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let store: Arc<dyn slotbandit::store::PosteriorStore> =
         Arc::from(open_store(&args.store.store, true)?);
     let log = open_log(&args.log.log)?;

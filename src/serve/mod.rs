@@ -19,6 +19,7 @@ pub mod pages;
 pub mod routes;
 pub mod spool;
 pub mod token;
+pub mod workers;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -68,6 +69,8 @@ pub struct ServeOptions {
     pub csv_limit: usize,
     /// Where impressions wait while the event log is down.
     pub spool_dir: PathBuf,
+    /// Serving threads, each with its own share of the connections.
+    pub threads: usize,
 }
 
 impl Default for ServeOptions {
@@ -82,6 +85,7 @@ impl Default for ServeOptions {
             body_limit: 16 * 1024,
             csv_limit: 1024 * 1024,
             spool_dir: PathBuf::from("slotbandit-spool"),
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -185,10 +189,8 @@ impl Service {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self.router();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let threads = self.state.options.threads;
+        let served = workers::serve_on_threads(listener, self.router(), threads, shutdown).await;
         self.refresher.abort();
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || state.events.shutdown())
