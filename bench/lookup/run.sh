@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lookup service throughput and latency side by side: slotbandit serve (release, 2 Tokio
+# Lookup service throughput and latency side by side: slotbandit serve (release, 2 serving
 # threads, embedded store with the sample's posteriors, file event log, API key checked, token
 # signed, impressions logged) and a minimal Python Thompson-sampling service (FastAPI on uvicorn,
 # 2 workers, counts in memory), both answering GET .../decision for 10 banners on loopback,
@@ -7,7 +7,7 @@
 # p50/p99 at 80% of that maximum (each connection pauses between requests; the pause is
 # calibrated by two short runs). Prints a Markdown table and the ratio.
 # Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64;
-#        SERVE_THREADS, the service's Tokio threads, default 2)
+#        SERVE_THREADS, the service's serving threads, default 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"
