@@ -209,6 +209,8 @@ struct SinkSpec {
     threads: u64,
     /// Epochs before this one only load state that is already in the store; not written back.
     first_written_epoch: u64,
+    /// Whether each epoch must be on disk before the next (else the job syncs at its end).
+    durable_epochs: bool,
     failure: Failure,
     stats: Arc<Mutex<SinkStats>>,
 }
@@ -292,7 +294,12 @@ fn count_and_sink<'s>(
                         }
                         let writes = shard_writes(updates, applied);
                         let started = std::time::Instant::now();
-                        if let Err(e) = store.apply_epoch(&writes) {
+                        let applied = if spec.durable_epochs {
+                            store.apply_epoch(&writes)
+                        } else {
+                            store.apply_epoch_unsynced(&writes)
+                        };
+                        if let Err(e) = applied {
                             fail(&spec.failure, e);
                         }
                         spec.stats.lock().expect("sink stats lock").add(SinkStats {
