@@ -59,6 +59,7 @@ pub struct BackfillJob {
 
 /// Runs the backfill on this process's workers and returns what they saw.
 pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillReport, DataflowError> {
+    let store = job.store.clone();
     let job = Arc::new(job);
     let failure: Failure = Arc::default();
     let read_rows = Arc::new(AtomicU64::new(0));
@@ -91,6 +92,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
                     shared_store: job.shared_store,
                     threads,
                     first_written_epoch: 0,
+                    durable_epochs: false,
                     failure: failure.clone(),
                     stats: sink_stats.clone(),
                 },
@@ -156,6 +158,11 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
         return Err(e);
     }
     report.sink = *sink_stats.lock().expect("sink stats lock");
+    if let Some(store) = store {
+        let started = std::time::Instant::now();
+        store.sync()?;
+        report.sink.seconds += started.elapsed().as_secs_f64();
+    }
     Ok(report)
 }
 

@@ -12,18 +12,20 @@ mod stream;
 pub use backfill::{run_backfill, BackfillJob, BackfillReport, DEFAULT_EPOCH_ROWS};
 pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
 
+use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::{Hashable, VecCollection};
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Capability, Operator, Probe};
+use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::model::parquet::ParquetEventError;
@@ -44,6 +46,58 @@ impl Hash for CountKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.arm.tenant.hash(state);
         self.arm.city.hash(state);
+    }
+}
+
+/// A [`CountKey`] with its arm interned by the worker that owns the arm's shard, so that
+/// differential sorts, merges and seeks integers instead of four strings. The ids mean something
+/// only on that worker: its hash is the shard's, like a [`CountKey`]'s, so the key never leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct PackedKey {
+    shard: u64,
+    arm: u64,
+    bucket: i64,
+}
+
+impl Hash for PackedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.shard.hash(state);
+    }
+}
+
+/// The worker that owns `key`'s shard, by the same hash a [`PackedKey`] of the shard has.
+fn packed_route(key: &CountKey) -> u64 {
+    shard_hash(&key.arm.tenant, &key.arm.city).hashed()
+}
+
+/// The arms one worker has seen, each with its shard hash, by id.
+#[derive(Default)]
+struct ArmTable {
+    ids: FxHashMap<ArmKey, u64>,
+    arms: Vec<(ArmKey, u64)>,
+}
+
+impl ArmTable {
+    fn pack(&mut self, key: CountKey) -> PackedKey {
+        let CountKey { arm, bucket } = key;
+        let (arm, shard) = match self.ids.get(&arm) {
+            Some(&id) => (id, self.arms[id as usize].1),
+            None => {
+                let id = self.arms.len() as u64;
+                let shard = shard_hash(&arm.tenant, &arm.city);
+                self.arms.push((arm.clone(), shard));
+                self.ids.insert(arm, id);
+                (id, shard)
+            }
+        };
+        PackedKey { shard, arm, bucket }
+    }
+
+    fn unpack(&self, key: PackedKey) -> CountKey {
+        CountKey {
+            arm: self.arms[key.arm as usize].0.clone(),
+            bucket: key.bucket,
+        }
     }
 }
 
@@ -155,6 +209,8 @@ struct SinkSpec {
     threads: u64,
     /// Epochs before this one only load state that is already in the store; not written back.
     first_written_epoch: u64,
+    /// Whether each epoch must be on disk before the next (else the job syncs at its end).
+    durable_epochs: bool,
     failure: Failure,
     stats: Arc<Mutex<SinkStats>>,
 }
@@ -178,7 +234,17 @@ fn count_and_sink<'s>(
     let shared = spec.shared_store;
     let threads = spec.threads.max(1);
     let route = move |hash: u64| if shared { hash } else { hash % threads };
-    let totals = records.count_total();
+    // Every record goes to the worker that owns its shard, which interns its arm; differential
+    // then keeps it there (a packed key hashes like its shard) and the names come back after.
+    let arms: Rc<RefCell<ArmTable>> = Rc::default();
+    let packing = arms.clone();
+    let totals = records
+        .inner
+        .exchange(|(key, _, _): &(CountKey, u64, (i64, i64))| packed_route(key))
+        .as_collection()
+        .map(move |key| packing.borrow_mut().pack(key))
+        .count_total()
+        .map(move |(key, counts)| (arms.borrow().unpack(key), counts));
     let stream = totals
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
@@ -228,7 +294,12 @@ fn count_and_sink<'s>(
                         }
                         let writes = shard_writes(updates, applied);
                         let started = std::time::Instant::now();
-                        if let Err(e) = store.apply_epoch(&writes) {
+                        let applied = if spec.durable_epochs {
+                            store.apply_epoch(&writes)
+                        } else {
+                            store.apply_epoch_unsynced(&writes)
+                        };
+                        if let Err(e) = applied {
                             fail(&spec.failure, e);
                         }
                         spec.stats.lock().expect("sink stats lock").add(SinkStats {
@@ -318,5 +389,56 @@ impl Hash for WholeKey {
             self.0.bucket,
         )
             .hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: &str, slot: &str, city: &str, banner: &str, bucket: i64) -> CountKey {
+        CountKey {
+            arm: ArmKey::new(tenant, slot, city, banner),
+            bucket,
+        }
+    }
+
+    #[test]
+    fn packed_keys_round_trip_and_tell_arms_apart() {
+        let mut table = ArmTable::default();
+        let keys = [
+            key("t1", "hero", "pune", "b1", 7),
+            key("t1", "hero", "pune", "b2", 7),
+            key("t1", "hero", "pune", "b1", 8),
+            key("t1", "side", "pune", "b1", 7),
+            key("t2", "hero", "pune", "b1", 7),
+            key("t1", "hero", "delhi", "b1", crate::store::ALL_TIME),
+        ];
+        let packed: Vec<PackedKey> = keys.iter().cloned().map(|k| table.pack(k)).collect();
+        for (k, p) in keys.iter().zip(&packed) {
+            assert_eq!(&table.unpack(*p), k);
+        }
+        // Equal keys pack equal, different keys differently, whatever the order seen.
+        for (i, a) in packed.iter().enumerate() {
+            for (j, b) in packed.iter().enumerate() {
+                assert_eq!(a == b, keys[i] == keys[j], "{:?} {:?}", keys[i], keys[j]);
+            }
+        }
+        assert_eq!(table.pack(keys[3].clone()), packed[3]);
+        assert_eq!(table.arms.len(), 5);
+    }
+
+    #[test]
+    fn a_packed_key_is_routed_like_its_shard() {
+        let mut table = ArmTable::default();
+        for (tenant, city) in [("t1", "pune"), ("t1", "delhi"), ("t2", "pune"), ("a", "b")] {
+            let k = key(tenant, "hero", city, "b1", 3);
+            let packed = table.pack(k.clone());
+            // The exchange before interning and differential's own exchange of the packed key
+            // must pick the same worker, or the ids would reach a worker that never saw them.
+            assert_eq!(packed.hashed(), packed_route(&k));
+            assert_eq!(packed.shard, shard_hash(tenant, city));
+            assert_eq!(k.hashed(), packed.shard);
+        }
     }
 }

@@ -257,6 +257,7 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
                     shared_store: job.store.shared_across_processes(),
                     threads,
                     first_written_epoch: 1,
+                    durable_epochs: true,
                     failure: failure.clone(),
                     stats: worker_stats.clone(),
                 },

@@ -26,7 +26,10 @@ use crate::model::{validate_name, ArmKey, EventKind, FieldError};
 use crate::time::Buckets;
 
 const NEEDED: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "ts"];
-const BATCH_ROWS: usize = 256 * 1024;
+/// Rows per decoded batch. arrow-rs grows a dictionary column's key buffer page by page with
+/// exact reservations, so a batch costs copies quadratic in its length; 64k rows (a few pages)
+/// keeps that small and the buffers in reused memory.
+const BATCH_ROWS: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct PlannedFile {

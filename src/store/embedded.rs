@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use std::collections::BTreeMap;
 
@@ -129,9 +129,40 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        self.write_with(Durability::Immediate, f)
+    }
+
+    fn write_with(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        tx.set_durability(durability).map_err(|e| self.fail(e))?;
         f(&tx).map_err(|e| self.fail(e))?;
         tx.commit().map_err(|e| self.fail(e))
+    }
+
+    fn write_epoch(&self, durability: Durability, shards: &[ShardWrite]) -> Result<(), StoreError> {
+        self.write_with(durability, |tx| {
+            write_counts(
+                tx,
+                shards
+                    .iter()
+                    .flat_map(|s| &s.rows)
+                    .map(|(k, imp, clk)| (k, *imp, *clk)),
+            )?;
+            let mut applied = tx.open_table(APPLIED)?;
+            for shard in shards {
+                for (&partition, &offset) in &shard.applied {
+                    applied.insert(
+                        (shard.tenant.as_str(), shard.city.as_str(), partition),
+                        offset,
+                    )?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn read<T>(
@@ -369,25 +400,17 @@ fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
 
 impl PosteriorStore for EmbeddedStore {
     fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
-        self.write(|tx| {
-            write_counts(
-                tx,
-                shards
-                    .iter()
-                    .flat_map(|s| &s.rows)
-                    .map(|(k, imp, clk)| (k, *imp, *clk)),
-            )?;
-            let mut applied = tx.open_table(APPLIED)?;
-            for shard in shards {
-                for (&partition, &offset) in &shard.applied {
-                    applied.insert(
-                        (shard.tenant.as_str(), shard.city.as_str(), partition),
-                        offset,
-                    )?;
-                }
-            }
-            Ok(())
-        })
+        self.write_epoch(Durability::Immediate, shards)
+    }
+
+    /// A commit without waiting for the disk (an fsync per epoch held up the worker that
+    /// writes); redb persists it with the next durable commit, [`PosteriorStore::sync`].
+    fn apply_epoch_unsynced(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
+        self.write_epoch(Durability::None, shards)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(()))
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
@@ -838,6 +861,30 @@ mod tests {
                 ..Default::default()
             })
             .unwrap()
+    }
+
+    #[test]
+    fn unsynced_epochs_are_read_back_at_once_and_kept_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let rows = [
+            row("ajio", "pune", "hero", "b1", ALL_TIME, 12, 3),
+            row("ajio", "pune", "hero", "b1", 479, 12, 3),
+        ];
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        let mut shards = BTreeMap::new();
+        for r in &rows {
+            ShardWrite::entry(&mut shards, &r.0.arm.tenant, &r.0.arm.city)
+                .rows
+                .push(r.clone());
+        }
+        let shards: Vec<ShardWrite> = shards.into_values().collect();
+        store.apply_epoch_unsynced(&shards).unwrap();
+        assert_eq!(stored_rows(&store), rows.to_vec());
+        store.sync().unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(&path, false).unwrap();
+        assert_eq!(stored_rows(&store), rows.to_vec());
     }
 
     #[test]

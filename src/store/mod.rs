@@ -170,6 +170,16 @@ impl PosteriorRow {
 pub trait PosteriorStore: Send + Sync {
     /// Applies one epoch's shard writes atomically.
     fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError>;
+    /// Applies one epoch of a job that starts over after a crash (a backfill, which clears the
+    /// counts first) atomically, but may leave it off the disk until [`PosteriorStore::sync`]:
+    /// a crash before then leaves the store as after an earlier whole epoch.
+    fn apply_epoch_unsynced(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
+        self.apply_epoch(shards)
+    }
+    /// Makes every epoch applied so far durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes every count (a backfill rebuilds them from history).
     fn clear_counts(&self) -> Result<(), StoreError>;
     /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on.
