@@ -303,6 +303,18 @@ impl Policy for Thompson {
     }
 
     fn observe(&mut self, city: usize, arm: usize, click: bool) {
+        if self.refresh == 1 && self.window.is_none() && self.priors == PriorMode::Uniform {
+            // Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome
+            // changes this arm alone, so it is rebuilt here without the stale-arm bookkeeping.
+            self.counts.add(city, arm, click);
+            self.samplers[city][arm] = Prior::UNIFORM
+                .posterior(
+                    self.counts.impressions[city][arm],
+                    self.counts.clicks[city][arm],
+                )
+                .distribution();
+            return;
+        }
         match &mut self.window {
             Some(window) => {
                 if window.add(&mut self.counts, city, arm, click) {
