@@ -261,6 +261,16 @@ impl Thompson {
         }
     }
 
+    /// Rebuilds one arm's sampler from its counts under the fixed Beta(1, 1) prior.
+    fn rebuild_uniform(&mut self, city: usize, arm: usize) {
+        self.samplers[city][arm] = Prior::UNIFORM
+            .posterior(
+                self.counts.impressions[city][arm],
+                self.counts.clicks[city][arm],
+            )
+            .distribution();
+    }
+
     fn refresh_posteriors(&mut self) {
         let arms = self.banner_names.len();
         if self.rebuild_all || !matches!(self.priors, PriorMode::Uniform) {
@@ -282,10 +292,9 @@ impl Thompson {
                 .collect();
         } else {
             // Fixed Beta(1, 1) priors: only the arms that saw an outcome change.
-            for &(c, a) in &self.stale {
-                self.samplers[c][a] = Prior::UNIFORM
-                    .posterior(self.counts.impressions[c][a], self.counts.clicks[c][a])
-                    .distribution();
+            for i in 0..self.stale.len() {
+                let (c, a) = self.stale[i];
+                self.rebuild_uniform(c, a);
             }
         }
         for (c, a) in self.stale.drain(..) {
@@ -307,12 +316,7 @@ impl Policy for Thompson {
             // Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome
             // changes this arm alone, so it is rebuilt here without the stale-arm bookkeeping.
             self.counts.add(city, arm, click);
-            self.samplers[city][arm] = Prior::UNIFORM
-                .posterior(
-                    self.counts.impressions[city][arm],
-                    self.counts.clicks[city][arm],
-                )
-                .distribution();
+            self.rebuild_uniform(city, arm);
             return;
         }
         match &mut self.window {
