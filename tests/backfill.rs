@@ -150,6 +150,111 @@ fn windows_and_until_match_a_recount_with_the_same_rule() {
     );
 }
 
+/// Writes `events` to one Parquet file of small pages (`page_rows` rows each) in the given
+/// order, with the page index, as a writer of another engine might.
+fn write_small_pages(
+    path: &std::path::Path,
+    events: &[&slotbandit::model::Event],
+    page_rows: usize,
+) {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    let text = |f: fn(&slotbandit::model::Event) -> String| -> ArrayRef {
+        std::sync::Arc::new(StringArray::from_iter_values(events.iter().map(|e| f(e))))
+    };
+    let optional = |f: fn(&slotbandit::model::Event) -> Option<String>| -> ArrayRef {
+        std::sync::Arc::new(StringArray::from(
+            events.iter().map(|e| f(e)).collect::<Vec<_>>(),
+        ))
+    };
+    let ts =
+        TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts.timestamp_micros()))
+            .with_timezone("UTC");
+    let batch = RecordBatch::try_new(
+        slotbandit::model::parquet::event_schema(),
+        vec![
+            text(|e| e.event_id.clone()),
+            text(|e| e.kind.as_str().to_string()),
+            text(|e| e.tenant.clone()),
+            text(|e| e.slot.clone()),
+            text(|e| e.city.clone()),
+            text(|e| e.banner.clone()),
+            std::sync::Arc::new(ts),
+            optional(|e| e.customer_id.clone()),
+            optional(|e| e.referrer.clone()),
+            optional(|e| e.request_id.clone()),
+        ],
+    )
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(page_rows)
+        .set_write_batch_size(page_rows)
+        .set_max_row_group_row_count(Some(page_rows * 40))
+        .build();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn pages_whose_timestamps_share_a_bucket_are_counted_exactly_without_being_read() {
+    // Time-ordered history in pages of 64 rows: most pages lie inside one IST hour, and the
+    // reader takes their bucket from the page index; pages across an hour, the page holding the
+    // --until cutoff and the shuffled file's pages are decoded.
+    let f = Fixture::new("--events 40000 --days 1 --tenants 2 --cities 3 --banners 4 --seed 11");
+    let mut events = events_of(&list_parquet_files(&f.data).unwrap());
+    events.sort_by_key(|e| e.ts);
+    let paged = f.data.parent().unwrap().join("paged");
+    let (ordered, shuffled) = events.split_at(events.len() * 3 / 4);
+    write_small_pages(
+        &paged.join("ordered.parquet"),
+        &ordered.iter().collect::<Vec<_>>(),
+        64,
+    );
+    let mut mixed: Vec<_> = shuffled.iter().collect();
+    mixed.sort_by_key(|e| e.event_id.clone());
+    write_small_pages(&paged.join("shuffled.parquet"), &mixed, 64);
+
+    let backfill = |extra: &[&str]| {
+        let mut args = vec![
+            "backfill",
+            "--input",
+            paged.to_str().unwrap(),
+            "--store",
+            &f.store,
+        ];
+        args.extend_from_slice(extra);
+        ok(slotbandit(&args));
+    };
+    backfill(&["-w", "2"]);
+    assert_eq!(posteriors(&f.store, &[]), recount(&events));
+
+    let now = events.last().unwrap().ts.timestamp();
+    let from = now - 180 * 60 + 19_800;
+    let first_hour = from.div_euclid(3600) + i64::from(from.rem_euclid(3600) != 0);
+    assert_eq!(
+        posteriors(&f.store, &["--window-minutes", "180"]),
+        recount(events.iter().filter(|e| ist_hour(e) >= first_hour))
+    );
+
+    // A cutoff inside an hour, and so inside a page of the ordered file.
+    let cut = ordered[ordered.len() / 2].ts + chrono::Duration::microseconds(1);
+    let cutoff = cut.to_rfc3339();
+    backfill(&["--until", &cutoff]);
+    let before = recount(events.iter().filter(|e| e.ts < cut));
+    assert_eq!(posteriors(&f.store, &[]), before);
+    assert_ne!(before, recount(&events));
+}
+
 #[test]
 fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
     let f = Fixture::new("--events 1500000 --days 2 --tenants 1 --cities 3 --banners 4 --seed 9");
