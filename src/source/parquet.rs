@@ -29,6 +29,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::model::parquet::{check_type, list_parquet_files, ParquetEventError, REQUIRED};
@@ -79,8 +80,14 @@ impl ParquetPlan {
             skipped: Vec::new(),
             newest: None,
         };
-        for path in list_parquet_files(input)? {
-            match plan_file(&path) {
+        // Footers and page indexes are read in parallel, then taken in file order so that every
+        // process plans the same units and reports the same first bad file.
+        let planned: Vec<_> = list_parquet_files(input)?
+            .par_iter()
+            .map(|path| plan_file(path))
+            .collect();
+        for planned in planned {
+            match planned {
                 Ok((file, newest)) => {
                     let index = plan.files.len() as u32;
                     for (rg, meta) in file.metadata.metadata().row_groups().iter().enumerate() {
