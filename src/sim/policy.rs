@@ -314,9 +314,11 @@ impl Policy for Thompson {
     fn observe(&mut self, city: usize, arm: usize, click: bool) {
         if self.refresh == 1 && self.window.is_none() && self.priors == PriorMode::Uniform {
             // Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome
-            // changes this arm alone, so it is rebuilt here without the stale-arm bookkeeping.
+            // changes this arm alone, by one click or one non-click, so its sampler is updated
+            // in place (the same sampler as rebuilt from the counts) without the stale-arm
+            // bookkeeping.
             self.counts.add(city, arm, click);
-            self.rebuild_uniform(city, arm);
+            self.samplers[city][arm].observe(click);
             return;
         }
         match &mut self.window {
