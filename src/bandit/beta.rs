@@ -136,6 +136,7 @@ impl BetaSampler {
 
     /// The sampler of the posterior after one more outcome: α + 1 after a click, β + 1 after
     /// none. The same sampler as `new` of the updated shapes, rebuilding only the changed gamma.
+    #[inline]
     pub fn observe(&mut self, click: bool) {
         if click {
             self.alpha += 1.0;

@@ -107,16 +107,22 @@ fn select_one<R: Rng + ?Sized>(
                 (u, below) = (rng.random::<f64>(), 1.0);
                 (draw_above(arm.alpha(), arm.beta(), cutoff.q, rng), 1.0)
             }
-            _ => {
-                let (x, y) = arm.draw_parts(rng);
-                (x, x + y)
-            }
+            _ => draw_in_full(arm, rng),
         };
         if x * best_sum > best_x * sum {
             (best_x, best_sum, best) = (x, sum, i);
         }
     }
     out.push(best);
+}
+
+/// A non-leader arm's draw as (x, x + y), out of line: rare once the posteriors concentrate,
+/// and inlined it would crowd the pruning loop's registers.
+#[cold]
+#[inline(never)]
+fn draw_in_full<R: Rng + ?Sized>(arm: &BetaSampler, rng: &mut R) -> (f64, f64) {
+    let (x, y) = arm.draw_parts(rng);
+    (x, x + y)
 }
 
 /// A banner of a slot with its current posterior.
