@@ -134,6 +134,22 @@ impl BetaSampler {
         }
     }
 
+    /// The sampler of the posterior after one more outcome: α + 1 after a click, β + 1 after
+    /// none. The same sampler as `new` of the updated shapes, rebuilding only the changed gamma.
+    #[inline]
+    pub fn observe(&mut self, click: bool) {
+        if click {
+            self.alpha += 1.0;
+            self.x = GammaSampler::new(self.alpha);
+        } else {
+            self.beta += 1.0;
+            self.y = GammaSampler::new(self.beta);
+        }
+        self.boosted = self.x.boosted() || self.y.boosted();
+        self.mean = self.alpha / (self.alpha + self.beta);
+        self.cutoff = OnceLock::new();
+    }
+
     pub fn alpha(&self) -> f64 {
         self.alpha
     }
@@ -306,6 +322,35 @@ mod tests {
         for &(a, _) in &SHAPES {
             let g = GammaSampler::new(a.max(1.0));
             assert!(g.squeeze < 0.0331, "shape {a}: {}", g.squeeze);
+        }
+    }
+
+    #[test]
+    fn an_observed_outcome_gives_the_sampler_of_the_updated_posterior() {
+        for &(a, b) in &SHAPES {
+            for click in [true, false] {
+                let mut observed = BetaSampler::new(a, b);
+                observed.cutoff();
+                observed.observe(click);
+                let rebuilt = if click {
+                    BetaSampler::new(a + 1.0, b)
+                } else {
+                    BetaSampler::new(a, b + 1.0)
+                };
+                assert_eq!(
+                    (observed.x, observed.y, observed.boosted, observed.mean),
+                    (rebuilt.x, rebuilt.y, rebuilt.boosted, rebuilt.mean),
+                    "Beta({a}, {b}), click {click}"
+                );
+                assert_eq!(
+                    (observed.alpha, observed.beta),
+                    (rebuilt.alpha, rebuilt.beta)
+                );
+                assert!(
+                    observed.cached_cutoff().is_none(),
+                    "a stale cut-off is kept"
+                );
+            }
         }
     }
 

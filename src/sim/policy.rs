@@ -162,6 +162,9 @@ pub struct Thompson {
     is_stale: Vec<bool>,
     rebuild_all: bool,
     since_refresh: u64,
+    /// Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome changes the
+    /// observed arm alone, by one click or one non-click.
+    sequential_uniform: bool,
     chosen: Vec<usize>,
 }
 
@@ -180,6 +183,7 @@ impl Thompson {
             in_bucket: 0,
             buckets: VecDeque::from([Counts::zero(cities, arms)]),
         });
+        let sequential_uniform = refresh <= 1 && window.is_none() && priors == PriorMode::Uniform;
         let mut policy = Self {
             refresh: refresh.max(1),
             priors,
@@ -196,6 +200,7 @@ impl Thompson {
             is_stale: vec![false; cities * arms],
             rebuild_all: true,
             since_refresh: 0,
+            sequential_uniform,
             chosen: Vec::with_capacity(1),
         };
         policy.refresh_posteriors();
@@ -303,22 +308,9 @@ impl Thompson {
         self.rebuild_all = false;
         self.since_refresh = 0;
     }
-}
 
-impl Policy for Thompson {
-    fn choose<R: Rng + ?Sized>(&mut self, city: usize, _truth: &[f64], rng: &mut R) -> usize {
-        thompson_select(&self.samplers[city], |_| true, 1, rng, &mut self.chosen);
-        self.chosen[0]
-    }
-
-    fn observe(&mut self, city: usize, arm: usize, click: bool) {
-        if self.refresh == 1 && self.window.is_none() && self.priors == PriorMode::Uniform {
-            // Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome
-            // changes this arm alone, so it is rebuilt here without the stale-arm bookkeeping.
-            self.counts.add(city, arm, click);
-            self.rebuild_uniform(city, arm);
-            return;
-        }
+    /// Records an outcome for the next refresh, and refreshes when it is due.
+    fn observe_batched(&mut self, city: usize, arm: usize, click: bool) {
         match &mut self.window {
             Some(window) => {
                 if window.add(&mut self.counts, city, arm, click) {
@@ -336,6 +328,25 @@ impl Policy for Thompson {
         if self.since_refresh >= self.refresh {
             self.refresh_posteriors();
         }
+    }
+}
+
+impl Policy for Thompson {
+    fn choose<R: Rng + ?Sized>(&mut self, city: usize, _truth: &[f64], rng: &mut R) -> usize {
+        thompson_select(&self.samplers[city], |_| true, 1, rng, &mut self.chosen);
+        self.chosen[0]
+    }
+
+    #[inline]
+    fn observe(&mut self, city: usize, arm: usize, click: bool) {
+        if self.sequential_uniform {
+            // The arm's sampler is updated in place (the same sampler as rebuilt from the
+            // counts), without the stale-arm bookkeeping; the counts are not kept, as nothing
+            // reads them again (no pooled priors, no window, no rebuild of every arm).
+            self.samplers[city][arm].observe(click);
+            return;
+        }
+        self.observe_batched(city, arm, click);
     }
 }
 
