@@ -173,7 +173,9 @@ fn read_rows_add(counter: &AtomicU64, rows: u64) -> u64 {
 /// Rows a worker reads into one epoch: larger epochs mean fewer store transactions and fewer
 /// rewrites of the all-time rows; the state held for an epoch is its distinct (arm, bucket)
 /// cells, not its rows.
-pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 20;
+/// 2M rows: the sink's transactions and block rewrites cost less than at 1M (about 5% of the run
+/// over 51M rows) for some 40 MiB more (bench/backfill/README.md, session 6).
+pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 21;
 
 /// One epoch's counts per (file, arm, bucket), on interned names. The file stays in the key so
 /// that a file found bad later (`--skip-bad-files`) takes all of its counts back.

@@ -678,8 +678,7 @@ impl NameColumn {
     fn all_valid(&self) -> bool {
         self.keys.null_count() == 0
             && self.ids.iter().all(Option::is_some)
-            && arrow::compute::min(&self.keys).is_none_or(|k| k >= 0)
-            && arrow::compute::max(&self.keys).is_none_or(|k| (k as usize) < self.ids.len())
+            && keys_below(&self.keys, self.ids.len())
     }
 
     /// The dictionary index of row `i` when its value follows the contract.
@@ -745,8 +744,7 @@ fn aggregate_batch(
     let clean = names.iter().all(NameColumn::all_valid)
         && kind_keys.null_count() == 0
         && kinds.iter().all(Option::is_some)
-        && arrow::compute::min(kind_keys).is_none_or(|k| k >= 0)
-        && arrow::compute::max(kind_keys).is_none_or(|k| (k as usize) < kinds.len())
+        && keys_below(kind_keys, kinds.len())
         && ts.null_count() == 0;
     if clean {
         // Every row follows the contract: read the keys straight from the buffers.
@@ -822,6 +820,27 @@ fn aggregate_batch(
     Ok(())
 }
 
+/// Whether every key slot indexes a dictionary of `len` values: one pass, where a negative key
+/// wraps to a huge unsigned one.
+fn keys_below(keys: &PrimitiveArray<Int32Type>, len: usize) -> bool {
+    let max = keys.values().iter().fold(0u32, |m, &k| m.max(k as u32));
+    keys.is_empty() || (max as usize) < len
+}
+
+/// The smallest and largest valid timestamp, in one pass.
+fn min_max(ts: &TimestampMicrosecondArray) -> Option<(i64, i64)> {
+    if ts.null_count() > 0 {
+        return arrow::compute::min(ts).zip(arrow::compute::max(ts));
+    }
+    let values = ts.values();
+    let first = *values.first()?;
+    Some(
+        values
+            .iter()
+            .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+    )
+}
+
 /// Cells of a dense grid beyond which a batch is tallied in a hash map instead.
 const DENSE_CELLS: usize = 1 << 18;
 
@@ -858,15 +877,21 @@ impl DenseTally {
         let strides = [ds * dc * db * len, dc * db * len, db * len, len];
         let n = ts.len();
         let (t, s, c, b) = (&t[..n], &s[..n], &c[..n], &b[..n]);
+        // Runs of one timestamp are common (a page that stands for all its rows), so the bucket
+        // of the previous row is kept.
+        let (mut last_micros, mut last_offset) = (i64::MIN, 0);
         for (i, &micros) in ts.iter().enumerate() {
             if micros >= until {
                 continue;
+            }
+            if micros != last_micros {
+                (last_micros, last_offset) = (micros, self.range.offset(micros));
             }
             let index = t[i] as usize * strides[0]
                 + s[i] as usize * strides[1]
                 + c[i] as usize * strides[2]
                 + b[i] as usize * strides[3]
-                + self.range.offset(micros);
+                + last_offset;
             let cell = &mut self.cells[index];
             if *cell == (0, 0) {
                 self.touched.push(index as u32);
@@ -892,8 +917,7 @@ impl DenseTally {
 
 impl Tally {
     fn new(dims: [usize; 4], ts: &TimestampMicrosecondArray, buckets: Buckets, until: i64) -> Self {
-        let range = arrow::compute::min(ts)
-            .zip(arrow::compute::max(ts))
+        let range = min_max(ts)
             .map(|(lo, hi)| BucketRange::new(buckets, lo, hi.min(until.saturating_sub(1)).max(lo)));
         let cells = range.as_ref().and_then(|r| {
             dims.iter()
