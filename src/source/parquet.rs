@@ -111,9 +111,19 @@ impl ParquetPlan {
         self.units.iter().map(|u| u.rows).sum()
     }
 
-    /// The units of worker `index` of `peers`: every peers-th row group.
+    /// The units of worker `index` of `peers`: a run of consecutive row groups holding about a
+    /// `peers`-th of the rows (each row group goes where its middle row falls). History is in
+    /// time order, so an hour cut by a row-group boundary stays with one worker and enters the
+    /// dataflow as one record per arm, not one per worker.
     pub fn share(&self, index: usize, peers: usize) -> impl Iterator<Item = &Unit> {
-        self.units.iter().skip(index).step_by(peers.max(1))
+        let peers = peers.max(1) as u128;
+        let total = u128::from(self.rows()).max(1);
+        let mut before = 0u128;
+        self.units.iter().filter(move |unit| {
+            let middle = before + u128::from(unit.rows) / 2;
+            before += u128::from(unit.rows);
+            middle * peers / total == index as u128
+        })
     }
 }
 
@@ -1041,6 +1051,34 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn shares_split_the_row_groups_into_balanced_runs(
+            rows in prop::collection::vec(0u64..5_000, 0..60),
+            peers in 1usize..7,
+        ) {
+            let plan = ParquetPlan {
+                files: Vec::new(),
+                units: rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &rows)| Unit { file: 0, row_group: i, rows })
+                    .collect(),
+                skipped: Vec::new(),
+                newest: None,
+            };
+            let biggest = rows.iter().copied().max().unwrap_or(0);
+            let mut taken = Vec::new();
+            for index in 0..peers {
+                let share: Vec<usize> = plan.share(index, peers).map(|u| u.row_group).collect();
+                prop_assert!(share.windows(2).all(|w| w[1] == w[0] + 1), "not a run: {:?}", share);
+                let share_rows: u64 = share.iter().map(|&i| rows[i]).sum();
+                let fair = plan.rows() as f64 / peers as f64;
+                prop_assert!((share_rows as f64 - fair).abs() <= biggest as f64, "{} rows against {}", share_rows, fair);
+                taken.extend(share);
+            }
+            prop_assert_eq!(taken, (0..rows.len()).collect::<Vec<_>>());
+        }
+
         #[test]
         fn bucket_range_agrees_with_the_bucket_index(
             minutes in prop::sample::select(vec![1u32, 5, 15, 60, 90, 720, 1440]),
