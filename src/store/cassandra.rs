@@ -411,7 +411,8 @@ impl Connection {
 
 /// Calls `attempt` until it succeeds, fails for good, or the deadline passes; waits 0.1 s,
 /// 0.2 s, … up to 5 s between attempts, and the last wait ends at the deadline. An attempt may
-/// take what is left of the deadline, and at least a second.
+/// take half the deadline (so that a request lost with its connection, which never gets an
+/// answer, is sent again), at most what is left of it, and at least a second.
 async fn retrying<T, F, Fut>(
     store: &str,
     deadline: Duration,
@@ -428,14 +429,12 @@ where
     loop {
         attempts += 1;
         let left = deadline.saturating_sub(started.elapsed());
-        let failure = match tokio::time::timeout(left.max(MIN_ATTEMPT), attempt()).await {
+        let allowed = left.min(deadline / 2).max(MIN_ATTEMPT);
+        let failure = match tokio::time::timeout(allowed, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
             Err(_) => Failure {
-                detail: format!(
-                    "no answer within {:.1} s",
-                    left.max(MIN_ATTEMPT).as_secs_f64()
-                ),
+                detail: format!("no answer within {:.1} s", allowed.as_secs_f64()),
                 permanent: false,
             },
         };
@@ -1316,6 +1315,27 @@ mod tests {
             detail: detail.into(),
             permanent: false,
         }
+    }
+
+    #[test]
+    fn an_attempt_that_never_answers_is_sent_again_within_the_deadline() {
+        let mut calls = 0;
+        let value = run(retrying(
+            "n:1/ks",
+            Duration::from_secs(2),
+            "truncate",
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n == 1 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(n)
+                }
+            },
+        ));
+        assert_eq!(value.unwrap(), 2);
     }
 
     #[test]
