@@ -15,16 +15,18 @@ pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamRepor
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
+use differential_dataflow::{Hashable, VecCollection};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Map as _;
 use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
@@ -40,57 +42,45 @@ pub struct CountKey {
     pub bucket: i64,
 }
 
-/// Hashes only (tenant, city): differential exchanges by this hash, so every key of a shard
-/// lands on the same worker, which can then write the shard in one atomic batch.
-impl Hash for CountKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.arm.tenant.hash(state);
-        self.arm.city.hash(state);
-    }
-}
-
 /// A [`CountKey`] with its arm interned by the worker that owns the arm's shard, so that
-/// differential sorts, merges and seeks integers instead of four strings. The ids mean something
-/// only on that worker: its hash is the shard's, like a [`CountKey`]'s, so the key never leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// differential sorts, merges and seeks integers instead of four strings, and the sink groups
+/// and looks up rows by integers. The ids mean something only on that worker, which counts and
+/// writes the shard: the key never leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct PackedKey {
-    shard: u64,
-    arm: u64,
+    arm: u32,
     bucket: i64,
 }
 
-impl Hash for PackedKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.shard.hash(state);
-    }
-}
-
-/// The worker that owns `key`'s shard, by the same hash a [`PackedKey`] of the shard has.
-fn packed_route(key: &CountKey) -> u64 {
-    shard_hash(&key.arm.tenant, &key.arm.city).hashed()
-}
-
-/// The arms one worker has seen, each with its shard hash, by id.
+/// The arms and shards one worker owns, by id.
 #[derive(Default)]
 struct ArmTable {
-    ids: FxHashMap<ArmKey, u64>,
-    arms: Vec<(ArmKey, u64)>,
+    ids: FxHashMap<ArmKey, u32>,
+    /// Each arm with the id of its shard.
+    arms: Vec<(ArmKey, u32)>,
+    shard_ids: FxHashMap<Shard, u32>,
+    shards: Vec<Shard>,
 }
 
 impl ArmTable {
     fn pack(&mut self, key: CountKey) -> PackedKey {
         let CountKey { arm, bucket } = key;
-        let (arm, shard) = match self.ids.get(&arm) {
-            Some(&id) => (id, self.arms[id as usize].1),
+        let arm = match self.ids.get(&arm) {
+            Some(&id) => id,
             None => {
-                let id = self.arms.len() as u64;
-                let shard = shard_hash(&arm.tenant, &arm.city);
+                let shard = (arm.tenant.clone(), arm.city.clone());
+                let next_shard = self.shards.len() as u32;
+                let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
+                    self.shards.push(shard.clone());
+                    next_shard
+                });
+                let id = self.arms.len() as u32;
                 self.arms.push((arm.clone(), shard));
                 self.ids.insert(arm, id);
-                (id, shard)
+                id
             }
         };
-        PackedKey { shard, arm, bucket }
+        PackedKey { arm, bucket }
     }
 
     fn unpack(&self, key: PackedKey) -> CountKey {
@@ -98,6 +88,10 @@ impl ArmTable {
             arm: self.arms[key.arm as usize].0.clone(),
             bucket: key.bucket,
         }
+    }
+
+    fn shard_of(&self, key: PackedKey) -> u32 {
+        self.arms[key.arm as usize].1
     }
 }
 
@@ -219,7 +213,7 @@ struct SinkSpec {
 pub type AppliedOffset = (Shard, Partition, Offset);
 
 /// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
-type Update = ((CountKey, (i64, i64)), u64, isize);
+type Update = ((PackedKey, (i64, i64)), u64, isize);
 
 /// Counts `records` per key (a pair diff of impressions and clicks) and writes each completed
 /// epoch's changed shards, with their applied offsets, in one batch per shard. The returned probe
@@ -229,28 +223,41 @@ fn count_and_sink<'s>(
     applied: StreamVec<'s, u64, AppliedOffset>,
     spec: SinkSpec,
 ) -> ProbeHandle<u64> {
-    // A shared store is written by the worker that owns the shard; a store only process 0 may
-    // open gets every shard routed to one of process 0's workers.
+    // One worker counts and writes each shard: the one its hash picks, or, for a store only
+    // process 0 may open, one of process 0's workers.
     let shared = spec.shared_store;
     let threads = spec.threads.max(1);
-    let route = move |hash: u64| if shared { hash } else { hash % threads };
-    // Every record goes to the worker that owns its shard, which interns its arm; differential
-    // then keeps it there (a packed key hashes like its shard) and the names come back after.
+    let owner = move |tenant: &str, city: &str| {
+        let hash = shard_hash(tenant, city);
+        if shared {
+            hash
+        } else {
+            hash % threads
+        }
+    };
+    // Records reach the owner with their names, which it interns; from there on the keys are
+    // integers and stay on that worker (arranged, counted and written without an exchange).
     let arms: Rc<RefCell<ArmTable>> = Rc::default();
     let packing = arms.clone();
-    let totals = records
+    let packed = records
         .inner
-        .exchange(|(key, _, _): &(CountKey, u64, (i64, i64))| packed_route(key))
-        .as_collection()
-        .map(move |key| packing.borrow_mut().pack(key))
-        .count_total()
-        .map(move |(key, counts)| (arms.borrow().unpack(key), counts));
+        .exchange(move |(key, _, _): &(CountKey, u64, (i64, i64))| {
+            owner(&key.arm.tenant, &key.arm.city)
+        })
+        .map(move |(key, time, diff)| ((packing.borrow_mut().pack(key), ()), time, diff));
+    let totals = arrange_core::<_, _, KeyBatcher<PackedKey, u64, (i64, i64)>, KeySpine<_, _, _>>(
+        packed,
+        Pipeline,
+        "Counts",
+        KeyBatcher::new,
+    )
+    .count_total();
     let stream = totals
         .inner
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
             applied,
-            Exchange::new(move |u: &Update| route(u.0 .0.hashed())),
-            Exchange::new(move |a: &AppliedOffset| route(shard_hash(&a.0 .0, &a.0 .1))),
+            Pipeline,
+            Exchange::new(move |a: &AppliedOffset| owner(&a.0 .0, &a.0 .1)),
             "Sink",
             move |_cap, _info| {
                 type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
@@ -292,7 +299,7 @@ fn count_and_sink<'s>(
                         if failed(&spec.failure) {
                             continue;
                         }
-                        let writes = shard_writes(updates, applied);
+                        let writes = shard_writes(updates, applied, &arms.borrow());
                         let started = std::time::Instant::now();
                         let applied = if spec.durable_epochs {
                             store.apply_epoch(&writes)
@@ -317,14 +324,19 @@ fn count_and_sink<'s>(
 }
 
 /// The new absolute value of every key changed in one epoch and the highest applied offset per
-/// partition, grouped by shard.
-fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardWrite> {
+/// partition, grouped by shard, each shard's rows in (arm, bucket) order.
+fn shard_writes(
+    updates: Vec<Update>,
+    applied: Vec<AppliedOffset>,
+    arms: &ArmTable,
+) -> Vec<ShardWrite> {
     // A changed key has its new value inserted and its old one retracted; a key that is only
     // retracted fell to zero.
-    let mut latest: FxHashMap<WholeKey, (u64, u64)> = FxHashMap::default();
+    let mut latest: FxHashMap<PackedKey, (u64, u64)> =
+        FxHashMap::with_capacity_and_hasher(updates.len(), Default::default());
     for ((key, (imp, clk)), _, diff) in updates {
         let value = (diff > 0).then(|| (imp.max(0) as u64, clk.max(0) as u64));
-        match latest.entry(WholeKey(key)) {
+        match latest.entry(key) {
             Entry::Occupied(mut e) => {
                 if let Some(value) = value {
                     *e.get_mut() = value;
@@ -335,61 +347,23 @@ fn shard_writes(updates: Vec<Update>, applied: Vec<AppliedOffset>) -> Vec<ShardW
             }
         }
     }
-    // Grouped by shard through a hash of (tenant, city) rather than by sorting every row on two
-    // names; the few shards are ordered at the end.
-    let mut shards: Vec<ShardWrite> = Vec::new();
-    let mut by_hash: FxHashMap<u64, Vec<usize>> = FxHashMap::default();
-    for (WholeKey(key), (imp, clk)) in latest {
-        let arm = &key.arm;
-        let same = by_hash
-            .entry(shard_hash(&arm.tenant, &arm.city))
-            .or_default();
-        let index = match same
-            .iter()
-            .find(|&&i| shards[i].tenant == arm.tenant && shards[i].city == arm.city)
-        {
-            Some(&i) => i,
-            None => {
-                same.push(shards.len());
-                shards.push(ShardWrite {
-                    tenant: arm.tenant.clone(),
-                    city: arm.city.clone(),
-                    rows: Vec::new(),
-                    applied: BTreeMap::new(),
-                });
-                shards.len() - 1
-            }
-        };
-        shards[index].rows.push((key, imp, clk));
+    let mut latest: Vec<(PackedKey, (u64, u64))> = latest.into_iter().collect();
+    latest.sort_unstable_by_key(|&(key, _)| (arms.shard_of(key), key));
+    let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
+    for run in latest.chunk_by(|a, b| arms.shard_of(a.0) == arms.shard_of(b.0)) {
+        let (tenant, city) = &arms.shards[arms.shard_of(run[0].0) as usize];
+        let write = ShardWrite::entry(&mut shards, tenant, city);
+        write.rows.extend(
+            run.iter()
+                .map(|&(key, (imp, clk))| (arms.unpack(key), imp, clk)),
+        );
     }
-    let mut shards: BTreeMap<Shard, ShardWrite> = shards
-        .into_iter()
-        .map(|w| ((w.tenant.clone(), w.city.clone()), w))
-        .collect();
     for ((tenant, city), partition, offset) in applied {
         let offsets = &mut ShardWrite::entry(&mut shards, &tenant, &city).applied;
         let entry = offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
     }
     shards.into_values().collect()
-}
-
-/// A [`CountKey`] hashed on every field (its own hash covers only the shard, for the exchange).
-#[derive(PartialEq, Eq)]
-struct WholeKey(CountKey);
-
-impl Hash for WholeKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let arm = &self.0.arm;
-        (
-            &arm.tenant,
-            &arm.slot,
-            &arm.city,
-            &arm.banner,
-            self.0.bucket,
-        )
-            .hash(state);
-    }
 }
 
 #[cfg(test)]
@@ -429,16 +403,50 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_key_is_routed_like_its_shard() {
+    fn arms_of_one_tenant_and_city_share_a_shard() {
         let mut table = ArmTable::default();
-        for (tenant, city) in [("t1", "pune"), ("t1", "delhi"), ("t2", "pune"), ("a", "b")] {
-            let k = key(tenant, "hero", city, "b1", 3);
-            let packed = table.pack(k.clone());
-            // The exchange before interning and differential's own exchange of the packed key
-            // must pick the same worker, or the ids would reach a worker that never saw them.
-            assert_eq!(packed.hashed(), packed_route(&k));
-            assert_eq!(packed.shard, shard_hash(tenant, city));
-            assert_eq!(k.hashed(), packed.shard);
-        }
+        let a = table.pack(key("t1", "hero", "pune", "b1", 3));
+        let b = table.pack(key("t1", "side", "pune", "b2", 4));
+        let c = table.pack(key("t1", "hero", "delhi", "b1", 3));
+        let d = table.pack(key("t2", "hero", "pune", "b1", 3));
+        assert_eq!(table.shard_of(a), table.shard_of(b));
+        assert_ne!(table.shard_of(a), table.shard_of(c));
+        assert_ne!(table.shard_of(a), table.shard_of(d));
+        assert_ne!(table.shard_of(c), table.shard_of(d));
+    }
+
+    #[test]
+    fn shard_writes_keep_each_keys_new_value_grouped_by_shard() {
+        let mut table = ArmTable::default();
+        let changed = key("t1", "hero", "pune", "b1", 7);
+        let emptied = key("t1", "hero", "pune", "b2", 7);
+        let added = key("t1", "hero", "delhi", "b1", 7);
+        let [changed_p, emptied_p, added_p] =
+            [&changed, &emptied, &added].map(|k| table.pack(k.clone()));
+        let updates = vec![
+            ((changed_p, (10, 1)), 3, 1),
+            ((emptied_p, (4, 0)), 3, -1),
+            ((changed_p, (8, 1)), 3, -1),
+            ((added_p, (2, 2)), 3, 1),
+        ];
+        let applied = vec![
+            (("t1".to_string(), "pune".to_string()), 0, 5),
+            (("t1".to_string(), "pune".to_string()), 0, 9),
+            (("t1".to_string(), "pune".to_string()), 1, 2),
+        ];
+        let writes = shard_writes(updates, applied, &table);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(
+            (writes[0].tenant.as_str(), writes[0].city.as_str()),
+            ("t1", "delhi")
+        );
+        assert_eq!(writes[0].rows, vec![(added, 2, 2)]);
+        assert!(writes[0].applied.is_empty());
+        assert_eq!(
+            (writes[1].tenant.as_str(), writes[1].city.as_str()),
+            ("t1", "pune")
+        );
+        assert_eq!(writes[1].rows, vec![(changed, 10, 1), (emptied, 0, 0)]);
+        assert_eq!(writes[1].applied, BTreeMap::from([(0, 9), (1, 2)]));
     }
 }

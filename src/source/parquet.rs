@@ -758,17 +758,19 @@ fn aggregate_batch(
         && ts.null_count() == 0;
     if clean {
         // Every row follows the contract: read the keys straight from the buffers.
-        let clicks: Vec<bool> = kinds.iter().map(|k| *k == Some(EventKind::Click)).collect();
+        let increments: Vec<u64> = kinds
+            .iter()
+            .map(|k| increment(*k == Some(EventKind::Click)))
+            .collect();
         let n = batch.num_rows();
         let keys = names.each_ref().map(|c| &c.keys.values()[..n]);
         let (kind_keys, ts) = (&kind_keys.values()[..n], &ts.values()[..n]);
-        let click = |i: usize| clicks[kind_keys[i] as usize];
         match &mut tally {
-            Tally::Dense(dense) => dense.add_clean(keys, ts, click, until),
+            Tally::Dense(dense) => dense.add_clean(keys, ts, kind_keys, &increments, until),
             sparse => {
                 for (i, &micros) in ts.iter().enumerate().filter(|(_, &m)| m < until) {
                     let key = keys.map(|k| k[i] as u32);
-                    sparse.add(key, micros, click(i));
+                    sparse.add(key, micros, increments[kind_keys[i] as usize]);
                 }
             }
         }
@@ -815,7 +817,7 @@ fn aggregate_batch(
             if micros >= until {
                 continue;
             }
-            tally.add(key, micros, event_kind == EventKind::Click);
+            tally.add(key, micros, increment(event_kind == EventKind::Click));
         }
     }
     tally.drain(|keys, bucket, (imp, clk)| {
@@ -856,72 +858,89 @@ const DENSE_CELLS: usize = 1 << 18;
 
 /// A batch's counts per (dictionary keys, bucket): a dense grid over the batch's dictionaries and
 /// bucket range when it is small (an index computation per row instead of a hash lookup), else a
-/// hash map.
+/// hash map. A cell holds impressions in its low 32 bits and clicks in its high 32 bits, so that
+/// a row adds its [`increment`] without a branch (a batch has far fewer than 2^32 rows).
 enum Tally {
     Dense(DenseTally),
     Sparse {
         buckets: Buckets,
-        map: FxHashMap<([u32; 4], i64), (u32, u32)>,
+        map: FxHashMap<([u32; 4], i64), u64>,
     },
 }
 
 struct DenseTally {
     dims: [usize; 4],
     range: BucketRange,
-    cells: Vec<(u32, u32)>,
+    cells: Vec<u64>,
     touched: Vec<u32>,
+    /// Each row's cell, or [`PAST_UNTIL`] (scratch for [`DenseTally::add_clean`]).
+    row_cells: Vec<u32>,
 }
 
+/// The cell of a row at or after `until`, which is not counted.
+const PAST_UNTIL: u32 = u32::MAX;
+
 impl DenseTally {
-    /// Counts rows whose keys all lie within their dictionaries: the cell index is a sum of
-    /// strided keys, with no per-row checks beyond the cell's bounds.
+    /// Counts rows whose keys all lie within their dictionaries: first every row's cell, a sum
+    /// of strided keys that the compiler vectorizes, then one add per row.
     fn add_clean(
         &mut self,
         [t, s, c, b]: [&[i32]; 4],
         ts: &[i64],
-        click: impl Fn(usize) -> bool,
+        kind: &[i32],
+        increments: &[u64],
         until: i64,
     ) {
         let len = self.range.len;
         let [_, ds, dc, db] = self.dims;
-        let strides = [ds * dc * db * len, dc * db * len, db * len, len];
+        // The grid has at most DENSE_CELLS cells, so every index fits in a u32.
+        let strides = [ds * dc * db * len, dc * db * len, db * len, len].map(|x| x as u32);
         let n = ts.len();
-        let (t, s, c, b) = (&t[..n], &s[..n], &c[..n], &b[..n]);
+        let (t, s, c, b, kind) = (&t[..n], &s[..n], &c[..n], &b[..n], &kind[..n]);
+        self.row_cells.clear();
+        self.row_cells.extend((0..n).map(|i| {
+            (t[i] as u32) * strides[0]
+                + (s[i] as u32) * strides[1]
+                + (c[i] as u32) * strides[2]
+                + (b[i] as u32) * strides[3]
+        }));
         // Runs of one timestamp are common (a page that stands for all its rows), so the bucket
         // of the previous row is kept.
         let (mut last_micros, mut last_offset) = (i64::MIN, 0);
-        for (i, &micros) in ts.iter().enumerate() {
+        for (cell, &micros) in self.row_cells.iter_mut().zip(ts) {
             if micros >= until {
+                *cell = PAST_UNTIL;
                 continue;
             }
             if micros != last_micros {
-                (last_micros, last_offset) = (micros, self.range.offset(micros));
+                (last_micros, last_offset) = (micros, self.range.offset(micros) as u32);
             }
-            let index = t[i] as usize * strides[0]
-                + s[i] as usize * strides[1]
-                + c[i] as usize * strides[2]
-                + b[i] as usize * strides[3]
-                + last_offset;
-            let cell = &mut self.cells[index];
-            if *cell == (0, 0) {
-                self.touched.push(index as u32);
+            *cell += last_offset;
+        }
+        for (&index, &kind) in self.row_cells.iter().zip(kind) {
+            if index == PAST_UNTIL {
+                continue;
             }
-            bump(cell, click(i));
+            let cell = &mut self.cells[index as usize];
+            if *cell == 0 {
+                self.touched.push(index);
+            }
+            *cell += increments[kind as usize];
         }
     }
 
     #[inline(always)]
-    fn add(&mut self, key: [u32; 4], micros: i64, click: bool) {
+    fn add(&mut self, key: [u32; 4], micros: i64, increment: u64) {
         let mut index = 0usize;
         for (k, d) in key.iter().zip(self.dims.iter()) {
             index = index * d + *k as usize;
         }
         let index = index * self.range.len + self.range.offset(micros);
         let cell = &mut self.cells[index];
-        if *cell == (0, 0) {
+        if *cell == 0 {
             self.touched.push(index as u32);
         }
-        bump(cell, click);
+        *cell += increment;
     }
 }
 
@@ -938,8 +957,9 @@ impl Tally {
             (Some(range), Some(cells)) => Tally::Dense(DenseTally {
                 dims,
                 range,
-                cells: vec![(0, 0); cells],
+                cells: vec![0; cells],
                 touched: Vec::new(),
+                row_cells: Vec::new(),
             }),
             _ => Tally::Sparse {
                 buckets,
@@ -949,14 +969,12 @@ impl Tally {
     }
 
     #[inline]
-    fn add(&mut self, key: [u32; 4], micros: i64, click: bool) {
+    fn add(&mut self, key: [u32; 4], micros: i64, increment: u64) {
         match self {
-            Tally::Dense(dense) => dense.add(key, micros, click),
+            Tally::Dense(dense) => dense.add(key, micros, increment),
             Tally::Sparse { buckets, map } => {
-                let cell = map
-                    .entry((key, buckets.index_of_micros(micros)))
-                    .or_default();
-                bump(cell, click);
+                *map.entry((key, buckets.index_of_micros(micros)))
+                    .or_default() += increment;
             }
         }
     }
@@ -968,9 +986,9 @@ impl Tally {
                 range,
                 cells,
                 touched,
+                ..
             }) => {
                 for index in touched {
-                    let (imp, clk) = cells[index as usize];
                     let mut rest = index as usize / range.len;
                     let bucket = range.first + (index as usize % range.len) as i64;
                     let mut key = [0u32; 4];
@@ -978,26 +996,27 @@ impl Tally {
                         *k = (rest % d) as u32;
                         rest /= d;
                     }
-                    emit(key, bucket, (i64::from(imp), i64::from(clk)));
+                    emit(key, bucket, counts_of(cells[index as usize]));
                 }
             }
             Tally::Sparse { map, .. } => {
-                for ((key, bucket), (imp, clk)) in map {
-                    emit(key, bucket, (i64::from(imp), i64::from(clk)));
+                for ((key, bucket), cell) in map {
+                    emit(key, bucket, counts_of(cell));
                 }
             }
         }
     }
 }
 
-/// Counts one row in a cell of (impressions, clicks).
+/// What one row adds to its cell: an impression in the low half, a click in the high half.
 #[inline]
-fn bump(cell: &mut (u32, u32), click: bool) {
-    if click {
-        cell.1 += 1;
-    } else {
-        cell.0 += 1;
-    }
+fn increment(click: bool) -> u64 {
+    1 << (32 * u64::from(click))
+}
+
+/// A cell's (impressions, clicks).
+fn counts_of(cell: u64) -> (i64, i64) {
+    ((cell & u64::from(u32::MAX)) as i64, (cell >> 32) as i64)
 }
 
 /// The buckets from the one of `lo` to the one of `hi`, with a bucket lookup by a float
