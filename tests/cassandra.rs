@@ -246,7 +246,7 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
         for bucket in [-1, 490_000, 490_001] {
             rows.push((
                 CountKey {
-                    arm: ArmKey::new(tenant, "hero", city, &format!("b{banner}")),
+                    arm: Arc::new(ArmKey::new(tenant, "hero", city, &format!("b{banner}"))),
                     bucket,
                 },
                 10 * e + banner,
@@ -257,7 +257,7 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
     let even = e.is_multiple_of(2);
     rows.push((
         CountKey {
-            arm: ArmKey::new(tenant, "hero", city, "b0"),
+            arm: Arc::new(ArmKey::new(tenant, "hero", city, "b0")),
             bucket: -1,
         },
         if even { e } else { 0 },
@@ -673,7 +673,7 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
         city: "gone".into(),
         rows: vec![(
             CountKey {
-                arm: ArmKey::new("sentinel", "s", "gone", "b"),
+                arm: Arc::new(ArmKey::new("sentinel", "s", "gone", "b")),
                 bucket: -1,
             },
             1,

@@ -105,7 +105,15 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
         let mut units = job.plan.share(index, peers).peekable();
         while let Some(unit) = units.next() {
             let file = &job.plan.files[unit.file as usize];
-            match read_unit(file, unit, job.buckets, job.until, &mut names) {
+            let counted = read_unit(
+                file,
+                unit,
+                job.buckets,
+                job.until,
+                &mut names,
+                |arm, b, c| epoch.add(unit.file, arm, b, c),
+            );
+            match counted {
                 Ok(read) => {
                     report.rows += read.rows;
                     report.rejected += read.rejected;
@@ -114,7 +122,6 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
                             format!("{} row group {}: {r}", file.path.display(), unit.row_group)
                         });
                     }
-                    epoch.add(unit.file, read.counts);
                 }
                 Err(e) if job.skip_bad_files => {
                     report.skipped.push(e.to_string());
@@ -130,7 +137,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
             if epoch.rows < job.epoch_rows && units.peek().is_some() {
                 continue;
             }
-            for (key, diff) in epoch.drain(&names) {
+            for (key, diff) in epoch.drain(&mut names) {
                 counts_in.update(key, diff);
             }
             next += 1;
@@ -186,16 +193,14 @@ struct EpochCounts {
 }
 
 impl EpochCounts {
-    fn add(&mut self, file: u32, counts: FxHashMap<(ArmIds, i64), (i64, i64)>) {
-        for ((arm, bucket), (imp, clk)) in counts {
-            let cell = self.cells.entry((file, arm, bucket)).or_default();
-            cell.0 += imp;
-            cell.1 += clk;
-        }
+    fn add(&mut self, file: u32, arm: ArmIds, bucket: i64, (imp, clk): (i64, i64)) {
+        let cell = self.cells.entry((file, arm, bucket)).or_default();
+        cell.0 += imp;
+        cell.1 += clk;
     }
 
     /// The epoch's records, bucket and all-time, with their names; empties the epoch.
-    fn drain(&mut self, names: &Names) -> Vec<((u32, CountKey), (i64, i64))> {
+    fn drain(&mut self, names: &mut Names) -> Vec<((u32, CountKey), (i64, i64))> {
         let mut all_time: FxHashMap<(u32, ArmIds), (i64, i64)> = FxHashMap::default();
         let mut records = Vec::with_capacity(self.cells.len());
         for ((file, arm, bucket), (imp, clk)) in self.cells.drain() {
@@ -205,6 +210,7 @@ impl EpochCounts {
             let arm = names.arm(arm);
             records.push(((file, CountKey { arm, bucket }), (imp, clk)));
         }
+        records.reserve(all_time.len());
         for ((file, arm), counts) in all_time {
             let key = CountKey {
                 arm: names.arm(arm),

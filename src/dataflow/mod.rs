@@ -13,7 +13,6 @@ pub use backfill::{run_backfill, BackfillJob, BackfillReport, DEFAULT_EPOCH_ROWS
 pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
 
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -35,10 +34,12 @@ use crate::model::ArmKey;
 use crate::source::LogError;
 use crate::store::{Offset, Partition, PosteriorStore, ShardWrite, StoreError};
 
-/// An arm in one bucket (an IST hour, or −1 for all-time): the key of the counts.
+/// An arm in one bucket (an IST hour, or −1 for all-time): the key of the counts. The arm is
+/// shared, so that the many buckets of one arm, and the copies a key goes through on its way to
+/// the store, do not copy four names each.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CountKey {
-    pub arm: ArmKey,
+    pub arm: Arc<ArmKey>,
     pub bucket: i64,
 }
 
@@ -55,9 +56,9 @@ struct PackedKey {
 /// The arms and shards one worker owns, by id.
 #[derive(Default)]
 struct ArmTable {
-    ids: FxHashMap<ArmKey, u32>,
+    ids: FxHashMap<Arc<ArmKey>, u32>,
     /// Each arm with the id of its shard.
-    arms: Vec<(ArmKey, u32)>,
+    arms: Vec<(Arc<ArmKey>, u32)>,
     shard_ids: FxHashMap<Shard, u32>,
     shards: Vec<Shard>,
 }
@@ -331,32 +332,27 @@ fn shard_writes(
     arms: &ArmTable,
 ) -> Vec<ShardWrite> {
     // A changed key has its new value inserted and its old one retracted; a key that is only
-    // retracted fell to zero.
-    let mut latest: FxHashMap<PackedKey, (u64, u64)> =
-        FxHashMap::with_capacity_and_hasher(updates.len(), Default::default());
-    for ((key, (imp, clk)), _, diff) in updates {
-        let value = (diff > 0).then(|| (imp.max(0) as u64, clk.max(0) as u64));
-        match latest.entry(key) {
-            Entry::Occupied(mut e) => {
-                if let Some(value) = value {
-                    *e.get_mut() = value;
-                }
-            }
-            Entry::Vacant(e) => {
-                e.insert(value.unwrap_or((0, 0)));
-            }
-        }
+    // retracted fell to zero. Sorted by key then diff, a key's insertion comes last. The updates
+    // arrive as runs already in key order, which a stable sort merges cheaply.
+    let mut updates = updates;
+    updates.sort_by_key(|&((key, _), _, diff)| (key, diff));
+    // Per shard id, its rows in (arm, bucket) order, so each arm's rows are together.
+    let mut rows: Vec<Vec<(CountKey, u64, u64)>> = vec![Vec::new(); arms.shards.len()];
+    for run in updates.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+        let &((key, (imp, clk)), _, diff) = run.last().expect("a run has an update");
+        let (imp, clk) = if diff > 0 {
+            (imp.max(0) as u64, clk.max(0) as u64)
+        } else {
+            (0, 0)
+        };
+        rows[arms.shard_of(key) as usize].push((arms.unpack(key), imp, clk));
     }
-    let mut latest: Vec<(PackedKey, (u64, u64))> = latest.into_iter().collect();
-    latest.sort_unstable_by_key(|&(key, _)| (arms.shard_of(key), key));
     let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
-    for run in latest.chunk_by(|a, b| arms.shard_of(a.0) == arms.shard_of(b.0)) {
-        let (tenant, city) = &arms.shards[arms.shard_of(run[0].0) as usize];
-        let write = ShardWrite::entry(&mut shards, tenant, city);
-        write.rows.extend(
-            run.iter()
-                .map(|&(key, (imp, clk))| (arms.unpack(key), imp, clk)),
-        );
+    for (shard, rows) in rows.into_iter().enumerate() {
+        if !rows.is_empty() {
+            let (tenant, city) = &arms.shards[shard];
+            ShardWrite::entry(&mut shards, tenant, city).rows = rows;
+        }
     }
     for ((tenant, city), partition, offset) in applied {
         let offsets = &mut ShardWrite::entry(&mut shards, &tenant, &city).applied;
@@ -372,7 +368,7 @@ mod tests {
 
     fn key(tenant: &str, slot: &str, city: &str, banner: &str, bucket: i64) -> CountKey {
         CountKey {
-            arm: ArmKey::new(tenant, slot, city, banner),
+            arm: Arc::new(ArmKey::new(tenant, slot, city, banner)),
             bucket,
         }
     }

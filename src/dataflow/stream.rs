@@ -437,7 +437,7 @@ struct Interner {
     /// `tenant 0 slot 0 city 0 banner` → arm number.
     arm_numbers: FxHashMap<String, u32>,
     /// Per arm number: the arm and its shard's number.
-    arms: Vec<(ArmKey, u32)>,
+    arms: Vec<(Arc<ArmKey>, u32)>,
     /// `tenant 0 city` → shard number.
     shard_numbers: FxHashMap<String, u32>,
     /// Per shard number: the shard and the offset it had applied per partition at start.
@@ -476,7 +476,7 @@ impl Interner {
                 shard
             }
         };
-        self.arms.push((event.arm(), shard));
+        self.arms.push((Arc::new(event.arm()), shard));
         (arm, shard)
     }
 }

@@ -1020,7 +1020,7 @@ pub async fn series(
             .into_iter()
             .flat_map(|shard| shard.rows)
             .filter(|(k, _, _)| k.arm.slot == s && k.bucket != ALL_TIME)
-            .map(|(k, imp, clk)| (k.arm.banner, k.bucket, imp, clk))
+            .map(|(k, imp, clk)| (k.arm.banner.clone(), k.bucket, imp, clk))
             .collect();
         Ok((rows, store.buckets()?))
     })

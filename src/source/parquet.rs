@@ -233,6 +233,7 @@ fn newest_ts(metadata: &ArrowReaderMetadata, ts_type: &DataType) -> Option<DateT
 pub struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
+    arms: FxHashMap<ArmIds, Arc<ArmKey>>,
 }
 
 /// An arm as interned (tenant, slot, city, banner).
@@ -249,31 +250,40 @@ impl Names {
         id
     }
 
-    pub fn arm(&self, [tenant, slot, city, banner]: ArmIds) -> ArmKey {
-        let name = |id: u32| self.names[id as usize].as_str();
-        ArmKey::new(name(tenant), name(slot), name(city), name(banner))
+    /// The arm of `ids`, built once and shared after.
+    pub fn arm(&mut self, ids: ArmIds) -> Arc<ArmKey> {
+        let names = &self.names;
+        self.arms
+            .entry(ids)
+            .or_insert_with(|| {
+                let [tenant, slot, city, banner] = ids.map(|id| names[id as usize].as_str());
+                Arc::new(ArmKey::new(tenant, slot, city, banner))
+            })
+            .clone()
     }
 }
 
-/// The pre-aggregated counts of one row group per (arm, bucket), and what was refused.
+/// The rows of one row group, and what was refused.
 #[derive(Debug, Default)]
-pub struct UnitCounts {
-    pub counts: FxHashMap<(ArmIds, i64), (i64, i64)>,
+pub struct UnitReport {
     pub rows: u64,
     pub rejected: u64,
     pub first_rejection: Option<String>,
 }
 
 /// Reads one row group and aggregates it per (arm, bucket), the arm's names interned in
-/// `names`. Rows at or after `until` are not counted; rows that break the contract are counted
-/// as rejected, never as events.
+/// `names`: `emit` gets each batch's (impressions, clicks) per (arm, bucket), so an arm and
+/// bucket may come more than once. Rows at or after `until` are not counted; rows that break the
+/// contract are counted as rejected, never as events. After an error, what was emitted covers
+/// only part of the row group.
 pub fn read_unit(
     file: &PlannedFile,
     unit: &Unit,
     buckets: Buckets,
     until: Option<DateTime<Utc>>,
     names: &mut Names,
-) -> Result<UnitCounts, ParquetEventError> {
+    mut emit: impl FnMut(ArmIds, i64, (i64, i64)),
+) -> Result<UnitReport, ParquetEventError> {
     let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
         path: file.path.clone(),
         detail: format!("row group {}: {e}", unit.row_group),
@@ -308,7 +318,7 @@ pub fn read_unit(
         }
         None => None,
     };
-    let mut out = UnitCounts::default();
+    let mut out = UnitReport::default();
     let mut first_row = 0;
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(&e))?;
@@ -322,7 +332,8 @@ pub fn read_unit(
         }
         .map_err(|e| corrupt(&e))?;
         first_row += batch.num_rows();
-        aggregate_batch(&batch, &ts, buckets, until, names, &mut out).map_err(|e| corrupt(&e))?;
+        aggregate_batch(&batch, &ts, buckets, until, names, &mut out, &mut emit)
+            .map_err(|e| corrupt(&e))?;
     }
     Ok(out)
 }
@@ -726,7 +737,8 @@ fn aggregate_batch(
     buckets: Buckets,
     until: i64,
     interned: &mut Names,
-    out: &mut UnitCounts,
+    out: &mut UnitReport,
+    emit: &mut impl FnMut(ArmIds, i64, (i64, i64)),
 ) -> Result<(), arrow::error::ArrowError> {
     let names = [
         NameColumn::new(batch, "tenant", interned)?,
@@ -820,14 +832,12 @@ fn aggregate_batch(
             tally.add(key, micros, increment(event_kind == EventKind::Click));
         }
     }
-    tally.drain(|keys, bucket, (imp, clk)| {
+    tally.drain(|keys, bucket, counts| {
         let mut arm = [0u32; 4];
         for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
             *id = col.ids[key as usize].expect("only valid keys are tallied");
         }
-        let e = out.counts.entry((arm, bucket)).or_default();
-        e.0 += imp;
-        e.1 += clk;
+        emit(arm, bucket, counts);
     });
     Ok(())
 }
@@ -1057,7 +1067,7 @@ impl BucketRange {
     }
 }
 
-fn reject(out: &mut UnitCounts, e: FieldError) {
+fn reject(out: &mut UnitReport, e: FieldError) {
     out.rejected += 1;
     if out.first_rejection.is_none() {
         out.first_rejection = Some(e.to_string());

@@ -814,6 +814,7 @@ impl CassandraStore {
                     };
                     let arm = ArmKey::new(tenant, &slot, city, &banner);
                     let (imp, clk) = self.counts_of(&arm, imp, clk)?;
+                    let arm = Arc::new(arm);
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
                 }
                 Ok(state)

@@ -2,6 +2,7 @@
 //! file at the end of the last whole epoch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
@@ -268,11 +269,13 @@ fn decode_block_key(key: &[u8]) -> Option<(i64, ArmKey)> {
 type Block = [(u64, u64); BLOCK_BUCKETS as usize];
 
 /// Each bucket's (impressions, clicks) as two little-endian u64.
-fn encode_block(block: &Block) -> Vec<u8> {
-    block
-        .iter()
-        .flat_map(|&(imp, clk)| imp.to_le_bytes().into_iter().chain(clk.to_le_bytes()))
-        .collect()
+fn encode_block(block: &Block) -> [u8; BLOCK_BUCKETS as usize * 16] {
+    let mut bytes = [0; BLOCK_BUCKETS as usize * 16];
+    for (chunk, &(imp, clk)) in bytes.chunks_exact_mut(16).zip(block) {
+        chunk[..8].copy_from_slice(&imp.to_le_bytes());
+        chunk[8..].copy_from_slice(&clk.to_le_bytes());
+    }
+    bytes
 }
 
 fn decode_block(bytes: &[u8]) -> Option<Block> {
@@ -324,16 +327,25 @@ fn write_counts<'k>(
 ) -> Result<(), redb::Error> {
     type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
     let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
-    let mut blocks: FxHashMap<(i64, &ArmKey), Changes> = FxHashMap::default();
+    // Rows usually come grouped by arm (a sink's rows are), so a row of the block before it is
+    // found without a lookup.
+    let mut blocks: Vec<((i64, &ArmKey), Changes)> = Vec::new();
+    let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
     for (key, imp, clk) in rows {
         if key.bucket == ALL_TIME {
             totals.push((arm_key(&key.arm), imp, clk));
-        } else {
-            let (block, place) = block_of(key.bucket);
-            blocks
-                .entry((block, &key.arm))
-                .or_insert([None; BLOCK_BUCKETS as usize])[place] = Some((imp, clk));
+            continue;
         }
+        let (block, place) = block_of(key.bucket);
+        let id = (block, key.arm.as_ref());
+        let index = match blocks.last() {
+            Some((last, _)) if *last == id => blocks.len() - 1,
+            _ => *block_index.entry(id).or_insert_with(|| {
+                blocks.push((id, [None; BLOCK_BUCKETS as usize]));
+                blocks.len() - 1
+            }),
+        };
+        blocks[index].1[place] = Some((imp, clk));
     }
     // In key order, so that the B-trees are written front to back; the keys are encoded first
     // so that sorting compares bytes, not four names.
@@ -378,7 +390,7 @@ fn write_counts<'k>(
 fn decode_legacy_arm_state_key(key: &[u8]) -> Option<CountKey> {
     let (arm, bucket) = key.split_at_checked(key.len().checked_sub(8)?)?;
     Some(CountKey {
-        arm: decode_arm(arm)?,
+        arm: Arc::new(decode_arm(arm)?),
         bucket: from_ordered_i64(bucket)?,
     })
 }
@@ -548,7 +560,7 @@ impl PosteriorStore for EmbeddedStore {
                 if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
                     let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
-                    let bucket = ALL_TIME;
+                    let (arm, bucket) = (Arc::new(arm), ALL_TIME);
                     state.rows.push((CountKey { arm, bucket }, imp, clk));
                 }
             }
@@ -556,6 +568,7 @@ impl PosteriorStore for EmbeddedStore {
                 let (block, arm, cells) = row?;
                 if owns(&arm.tenant, &arm.city) {
                     let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
+                    let arm = Arc::new(arm);
                     for (place, &(imp, clk)) in cells.iter().enumerate() {
                         if (imp, clk) != (0, 0) {
                             let bucket = block * BLOCK_BUCKETS + place as i64;
@@ -823,7 +836,7 @@ mod tests {
         imp: u64,
         clk: u64,
     ) -> (CountKey, u64, u64) {
-        let arm = ArmKey::new(t, s, c, b);
+        let arm = Arc::new(ArmKey::new(t, s, c, b));
         (CountKey { arm, bucket }, imp, clk)
     }
 
