@@ -272,10 +272,9 @@ pub struct UnitReport {
 }
 
 /// Reads one row group and aggregates it per (arm, bucket), the arm's names interned in
-/// `names`: `emit` gets each batch's (impressions, clicks) per (arm, bucket), so an arm and
-/// bucket may come more than once. Rows at or after `until` are not counted; rows that break the
-/// contract are counted as rejected, never as events. After an error, what was emitted covers
-/// only part of the row group.
+/// `names`: once the whole row group is read, `emit` gets its (impressions, clicks) per (arm,
+/// bucket), each once. Rows at or after `until` are not counted; rows that break the contract
+/// are counted as rejected, never as events.
 pub fn read_unit(
     file: &PlannedFile,
     unit: &Unit,
@@ -284,6 +283,7 @@ pub fn read_unit(
     names: &mut Names,
     mut emit: impl FnMut(ArmIds, i64, (i64, i64)),
 ) -> Result<UnitReport, ParquetEventError> {
+    let mut unit_cells = UnitCells::default();
     let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
         path: file.path.clone(),
         detail: format!("row group {}: {e}", unit.row_group),
@@ -332,10 +332,38 @@ pub fn read_unit(
         }
         .map_err(|e| corrupt(&e))?;
         first_row += batch.num_rows();
-        aggregate_batch(&batch, &ts, buckets, until, names, &mut out, &mut emit)
-            .map_err(|e| corrupt(&e))?;
+        aggregate_batch(
+            &batch,
+            &ts,
+            buckets,
+            until,
+            names,
+            &mut out,
+            &mut unit_cells,
+        )
+        .map_err(|e| corrupt(&e))?;
+    }
+    for ((arm, bucket), counts) in unit_cells.cells {
+        emit(arm, bucket, counts);
     }
     Ok(out)
+}
+
+/// A row group's counts per (arm, bucket), summed over its batches: few cells that stay in
+/// cache, so the caller's map, which holds many row groups' cells, is touched once per cell
+/// rather than once per batch. And the tally's per-row scratch, kept across batches.
+#[derive(Default)]
+struct UnitCells {
+    cells: FxHashMap<(ArmIds, i64), (i64, i64)>,
+    row_cells: Vec<u32>,
+}
+
+impl UnitCells {
+    fn add(&mut self, arm: ArmIds, bucket: i64, (imp, clk): (i64, i64)) {
+        let cell = self.cells.entry((arm, bucket)).or_default();
+        cell.0 += imp;
+        cell.1 += clk;
+    }
 }
 
 /// A reader of `columns` of one row group, every row or the `selection`.
@@ -738,7 +766,7 @@ fn aggregate_batch(
     until: i64,
     interned: &mut Names,
     out: &mut UnitReport,
-    emit: &mut impl FnMut(ArmIds, i64, (i64, i64)),
+    unit: &mut UnitCells,
 ) -> Result<(), arrow::error::ArrowError> {
     let names = [
         NameColumn::new(batch, "tenant", interned)?,
@@ -778,7 +806,9 @@ fn aggregate_batch(
         let keys = names.each_ref().map(|c| &c.keys.values()[..n]);
         let (kind_keys, ts) = (&kind_keys.values()[..n], &ts.values()[..n]);
         match &mut tally {
-            Tally::Dense(dense) => dense.add_clean(keys, ts, kind_keys, &increments, until),
+            Tally::Dense(dense) => {
+                dense.add_clean(keys, ts, kind_keys, &increments, until, &mut unit.row_cells)
+            }
             sparse => {
                 for (i, &micros) in ts.iter().enumerate().filter(|(_, &m)| m < until) {
                     let key = keys.map(|k| k[i] as u32);
@@ -837,7 +867,7 @@ fn aggregate_batch(
         for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
             *id = col.ids[key as usize].expect("only valid keys are tallied");
         }
-        emit(arm, bucket, counts);
+        unit.add(arm, bucket, counts);
     });
     Ok(())
 }
@@ -883,16 +913,15 @@ struct DenseTally {
     range: BucketRange,
     cells: Vec<u64>,
     touched: Vec<u32>,
-    /// Each row's cell, or [`PAST_UNTIL`] (scratch for [`DenseTally::add_clean`]).
-    row_cells: Vec<u32>,
 }
 
 /// The cell of a row at or after `until`, which is not counted.
 const PAST_UNTIL: u32 = u32::MAX;
 
 impl DenseTally {
-    /// Counts rows whose keys all lie within their dictionaries: first every row's cell, a sum
-    /// of strided keys that the compiler vectorizes, then one add per row.
+    /// Counts rows whose keys all lie within their dictionaries: first every row's cell (into
+    /// `row_cells`, or [`PAST_UNTIL`]), a sum of strided keys that the compiler vectorizes, then
+    /// one add per row.
     fn add_clean(
         &mut self,
         [t, s, c, b]: [&[i32]; 4],
@@ -900,6 +929,7 @@ impl DenseTally {
         kind: &[i32],
         increments: &[u64],
         until: i64,
+        row_cells: &mut Vec<u32>,
     ) {
         let len = self.range.len;
         let [_, ds, dc, db] = self.dims;
@@ -907,8 +937,8 @@ impl DenseTally {
         let strides = [ds * dc * db * len, dc * db * len, db * len, len].map(|x| x as u32);
         let n = ts.len();
         let (t, s, c, b, kind) = (&t[..n], &s[..n], &c[..n], &b[..n], &kind[..n]);
-        self.row_cells.clear();
-        self.row_cells.extend((0..n).map(|i| {
+        row_cells.clear();
+        row_cells.extend((0..n).map(|i| {
             (t[i] as u32) * strides[0]
                 + (s[i] as u32) * strides[1]
                 + (c[i] as u32) * strides[2]
@@ -917,7 +947,7 @@ impl DenseTally {
         // Runs of one timestamp are common (a page that stands for all its rows), so the bucket
         // of the previous row is kept.
         let (mut last_micros, mut last_offset) = (i64::MIN, 0);
-        for (cell, &micros) in self.row_cells.iter_mut().zip(ts) {
+        for (cell, &micros) in row_cells.iter_mut().zip(ts) {
             if micros >= until {
                 *cell = PAST_UNTIL;
                 continue;
@@ -927,7 +957,7 @@ impl DenseTally {
             }
             *cell += last_offset;
         }
-        for (&index, &kind) in self.row_cells.iter().zip(kind) {
+        for (&index, &kind) in row_cells.iter().zip(kind) {
             if index == PAST_UNTIL {
                 continue;
             }
@@ -969,7 +999,6 @@ impl Tally {
                 range,
                 cells: vec![0; cells],
                 touched: Vec::new(),
-                row_cells: Vec::new(),
             }),
             _ => Tally::Sparse {
                 buckets,
