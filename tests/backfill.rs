@@ -256,6 +256,48 @@ fn pages_whose_timestamps_share_a_bucket_are_counted_exactly_without_being_read(
 }
 
 #[test]
+fn a_file_whose_page_index_is_unreadable_is_read_whole_and_counted_exactly() {
+    let f = Fixture::new("--events 20000 --days 1 --tenants 2 --cities 3 --banners 4 --seed 12");
+    let mut events = events_of(&list_parquet_files(&f.data).unwrap());
+    events.sort_by_key(|e| e.ts);
+    let dir = f.data.parent().unwrap().join("bad-index");
+    let path = dir.join("events.parquet");
+    write_small_pages(&path, &events.iter().collect::<Vec<_>>(), 64);
+    // Every column's page index (column and offset index) overwritten with bytes no Thrift
+    // decoder accepts; the footer and the data pages stay intact.
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&std::fs::File::open(&path).unwrap())
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut overwritten = 0;
+    for column in metadata.row_groups().iter().flat_map(|rg| rg.columns()) {
+        for (offset, length) in [
+            (column.column_index_offset(), column.column_index_length()),
+            (column.offset_index_offset(), column.offset_index_length()),
+        ] {
+            if let (Some(offset), Some(length)) = (offset, length) {
+                let start = usize::try_from(offset).unwrap();
+                bytes[start..start + usize::try_from(length).unwrap()].fill(0xff);
+                overwritten += 1;
+            }
+        }
+    }
+    assert!(overwritten > 0, "the writer wrote no page index");
+    std::fs::write(&path, &bytes).unwrap();
+
+    ok(slotbandit(&[
+        "backfill",
+        "--input",
+        dir.to_str().unwrap(),
+        "--store",
+        &f.store,
+        "-w",
+        "2",
+    ]));
+    assert_eq!(posteriors(&f.store, &[]), recount(&events));
+}
+
+#[test]
 fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
     let f = Fixture::new("--events 1500000 --days 2 --tenants 1 --cities 3 --banners 4 --seed 9");
     ok(f.backfill(&[]));
