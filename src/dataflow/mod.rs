@@ -47,7 +47,7 @@ pub struct CountKey {
 /// differential sorts, merges and seeks integers instead of four strings, and the sink groups
 /// and looks up rows by integers. The ids mean something only on that worker, which counts and
 /// writes the shard: the key never leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct PackedKey {
     arm: u32,
     bucket: i64,
