@@ -327,14 +327,13 @@ fn count_and_sink<'s>(
 /// The new absolute value of every key changed in one epoch and the highest applied offset per
 /// partition, grouped by shard, each shard's rows in (arm, bucket) order.
 fn shard_writes(
-    updates: Vec<Update>,
+    mut updates: Vec<Update>,
     applied: Vec<AppliedOffset>,
     arms: &ArmTable,
 ) -> Vec<ShardWrite> {
     // A changed key has its new value inserted and its old one retracted; a key that is only
     // retracted fell to zero. Sorted by key then diff, a key's insertion comes last. The updates
     // arrive as runs already in key order, which a stable sort merges cheaply.
-    let mut updates = updates;
     updates.sort_by_key(|&((key, _), _, diff)| (key, diff));
     // Per shard id, its rows in (arm, bucket) order, so each arm's rows are together.
     let mut rows: Vec<Vec<(CountKey, u64, u64)>> = vec![Vec::new(); arms.shards.len()];

@@ -288,10 +288,11 @@ pub fn read_unit(
         path: file.path.clone(),
         detail: format!("row group {}: {e}", unit.row_group),
     };
-    let handle = File::open(&file.path).map_err(|source| ParquetEventError::Io {
+    let io = |source| ParquetEventError::Io {
         path: file.path.clone(),
         source,
-    })?;
+    };
+    let handle = File::open(&file.path).map_err(io)?;
     let until = until.map(|t| t.timestamp_micros()).unwrap_or(i64::MAX);
     let ts_pages = TsPages::of(file, unit.row_group, buckets, until);
     let name_columns: &[&str] = if ts_pages.is_some() {
@@ -299,12 +300,8 @@ pub fn read_unit(
     } else {
         &NEEDED
     };
-    let bytes = RowGroupBytes::read(handle, &file.metadata, unit.row_group, name_columns).map_err(
-        |source| ParquetEventError::Io {
-            path: file.path.clone(),
-            source,
-        },
-    )?;
+    let bytes =
+        RowGroupBytes::read(handle, &file.metadata, unit.row_group, name_columns).map_err(io)?;
     let reader =
         row_group_reader(file, unit, &bytes, name_columns, None).map_err(|e| corrupt(&e))?;
     // A batch's timestamps come from its own `ts` column, or from the page index with only the
