@@ -5,8 +5,8 @@ use chrono::{Duration, NaiveDate};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand_distr::{Distribution, Open01, StandardNormal};
 use slotbandit::bandit::{seeded_rng, BetaPosterior, BetaSampler, SlotPolicy};
-use slotbandit::gen::{generate, GenSpec};
 use slotbandit::model::SlotConfig;
+use slotbandit::synth::{generate, GenSpec};
 use slotbandit::time;
 
 fn slot(banners: usize) -> SlotConfig {

@@ -4,10 +4,11 @@
 
 pub mod bandit;
 pub mod dataflow;
-pub mod gen;
 pub mod model;
+pub mod retry;
 pub mod serve;
 pub mod sim;
 pub mod source;
 pub mod store;
+pub mod synth;
 pub mod time;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::model::Event;
+use slotbandit::model::{Event, Offset, Partition};
 use slotbandit::source::open_log;
 
 use super::flags;
@@ -52,7 +52,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let ends = log.end_offsets()?;
     // The partitions with something left to read before the end offsets.
-    let mut open: BTreeMap<i32, i64> = ends
+    let mut open: BTreeMap<Partition, Offset> = ends
         .iter()
         .filter(|&(p, end)| start.get(p).is_some_and(|s| s < end))
         .map(|(&p, &end)| (p, end))
@@ -99,7 +99,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             }
             if open
                 .get(&record.partition)
-                .is_some_and(|&end| record.offset + 1 >= end)
+                .is_some_and(|&end| record.offset.next() >= end)
             {
                 open.remove(&record.partition);
             }
@@ -128,6 +128,6 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 /// The earliest offset of every partition: the first record at or after the Unix epoch.
-fn earliest(log: &dyn slotbandit::source::EventLog) -> anyhow::Result<BTreeMap<i32, i64>> {
+fn earliest(log: &dyn slotbandit::source::EventLog) -> anyhow::Result<BTreeMap<Partition, Offset>> {
     Ok(log.offsets_for_time(DateTime::UNIX_EPOCH)?)
 }

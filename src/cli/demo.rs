@@ -18,13 +18,13 @@ use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DEFAULT_PRIOR_STRENGTH};
 use slotbandit::dataflow::Cluster;
-use slotbandit::gen::Truth;
 use slotbandit::model::SlotConfig;
-use slotbandit::serve::audience::{self, AudienceSpec, AudienceStats};
 use slotbandit::serve::auth::create_key;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
+use slotbandit::sim::audience::{self, AudienceSpec, AudienceStats};
 use slotbandit::source::open_log;
 use slotbandit::store::{open_store, CountQuery, PosteriorRow, PosteriorStore, Role};
+use slotbandit::synth::Truth;
 
 use super::stream::{hand_off, stream, StreamOptions};
 

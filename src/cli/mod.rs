@@ -6,7 +6,6 @@ mod config;
 mod consume;
 mod customer;
 mod demo;
-mod gen;
 mod keys;
 mod posteriors;
 mod priors;
@@ -17,6 +16,7 @@ mod serve;
 mod simulate;
 mod slots;
 mod stream;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -47,7 +47,7 @@ enum Command {
     /// Run the embedded demo on the committed sample (the default).
     Demo(demo::DemoArgs),
     /// Generate a synthetic clickstream as Parquet partitioned by IST date, with its truth.
-    Gen(gen::GenArgs),
+    Gen(synth::GenArgs),
     /// Count Parquet history into a store with the timely/differential job.
     Backfill(backfill::BackfillArgs),
     /// Count the live event log into a store, with exactly-once effect across restarts.
@@ -100,7 +100,7 @@ pub fn run() -> ExitCode {
         .unwrap_or(Command::Demo(demo::DemoArgs::default()))
     {
         Command::Demo(args) => demo::run(args),
-        Command::Gen(args) => gen::run(args),
+        Command::Gen(args) => synth::run(args),
         Command::Backfill(args) => backfill::run(args),
         Command::Stream(args) => stream::run(args),
         Command::Posteriors(args) => posteriors::run(args),
@@ -239,13 +239,8 @@ pub mod flags {
                         .map(str::to_string)
                         .collect();
                     for h in &hosts {
-                        anyhow::ensure!(
-                            h.rsplit_once(':').is_some_and(
-                                |(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()
-                            ),
-                            "--hostfile {}: {h:?} is not host:port",
-                            path.display()
-                        );
+                        slotbandit::model::address::parse_host_port(h)
+                            .map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?;
                     }
                     anyhow::ensure!(
                         hosts.len() == n,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use slotbandit::bandit::{empirical_bayes, BannerCounts, DEFAULT_PRIOR_STRENGTH};
+use slotbandit::model::pool_cities;
 use slotbandit::store::{open_store, CountQuery, PosteriorStore};
 
 use super::flags;
@@ -49,26 +50,20 @@ pub fn write_priors(
     target: &dyn PosteriorStore,
     prior_strength: f64,
 ) -> anyhow::Result<usize> {
-    let mut pooled: BTreeMap<(String, String), BTreeMap<String, (u64, u64)>> = BTreeMap::new();
-    for (arm, imp, clk) in counts.counts(&CountQuery::default())? {
-        let e = pooled
+    let all = counts.counts(&CountQuery::default())?;
+    let mut slots: BTreeMap<(String, String), Vec<BannerCounts>> = BTreeMap::new();
+    for (arm, c) in pool_cities(all.iter().map(|(arm, c)| (arm, *c))) {
+        slots
             .entry((arm.tenant, arm.slot))
             .or_default()
-            .entry(arm.banner)
-            .or_default();
-        e.0 += imp;
-        e.1 += clk;
+            .push(BannerCounts {
+                banner: arm.banner,
+                impressions: c.impressions,
+                clicks: c.clicks,
+            });
     }
-    for ((tenant, slot), banners) in &pooled {
-        let counts: Vec<BannerCounts> = banners
-            .iter()
-            .map(|(banner, &(impressions, clicks))| BannerCounts {
-                banner: banner.clone(),
-                impressions,
-                clicks,
-            })
-            .collect();
-        target.write_priors(tenant, slot, &empirical_bayes(&counts, prior_strength))?;
+    for ((tenant, slot), banners) in &slots {
+        target.write_priors(tenant, slot, &empirical_bayes(banners, prior_strength))?;
     }
-    Ok(pooled.len())
+    Ok(slots.len())
 }

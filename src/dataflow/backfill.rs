@@ -12,11 +12,12 @@ use timely::dataflow::operators::ToStream;
 use rustc_hash::FxHashMap;
 
 use super::{
-    count_and_sink, fail, failed, AppliedOffset, Cluster, CountKey, DataflowError, Failure,
-    SinkSpec, SinkStats,
+    count_and_sink, fail, failed, AppliedOffset, Cluster, DataflowError, Failure, SinkSpec,
+    SinkStats,
 };
+use crate::model::{CountKey, ALL_TIME};
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
-use crate::store::{PosteriorStore, ALL_TIME};
+use crate::store::PosteriorStore;
 use crate::time::Buckets;
 
 /// What one process saw during a backfill.
@@ -63,7 +64,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
     let job = Arc::new(job);
     let failure: Failure = Arc::default();
     let read_rows = Arc::new(AtomicU64::new(0));
-    let threads = cluster.workers as u64;
+    let threads = cluster.workers;
     let shared_failure = failure.clone();
     let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
     let process_sink_stats = sink_stats.clone();

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
-use differential_dataflow::{Hashable, VecCollection};
+use differential_dataflow::VecCollection;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -30,18 +30,9 @@ use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::model::parquet::ParquetEventError;
-use crate::model::ArmKey;
+use crate::model::{owner_of, shard_hash, ArmKey, CountKey, Counts, Offset, Partition, ShardKey};
 use crate::source::LogError;
-use crate::store::{Offset, Partition, PosteriorStore, ShardWrite, StoreError};
-
-/// An arm in one bucket (an IST hour, or −1 for all-time): the key of the counts. The arm is
-/// shared, so that the many buckets of one arm, and the copies a key goes through on its way to
-/// the store, do not copy four names each.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct CountKey {
-    pub arm: Arc<ArmKey>,
-    pub bucket: i64,
-}
+use crate::store::{PosteriorStore, ShardWrite, StoreError};
 
 /// A [`CountKey`] with its arm interned by the worker that owns the arm's shard, so that
 /// differential sorts, merges and seeks integers instead of four strings, and the sink groups
@@ -59,8 +50,8 @@ struct ArmTable {
     ids: FxHashMap<Arc<ArmKey>, u32>,
     /// Each arm with the id of its shard.
     arms: Vec<(Arc<ArmKey>, u32)>,
-    shard_ids: FxHashMap<Shard, u32>,
-    shards: Vec<Shard>,
+    shard_ids: FxHashMap<ShardKey, u32>,
+    shards: Vec<ShardKey>,
 }
 
 impl ArmTable {
@@ -69,7 +60,7 @@ impl ArmTable {
         let arm = match self.ids.get(&arm) {
             Some(&id) => id,
             None => {
-                let shard = (arm.tenant.clone(), arm.city.clone());
+                let shard = ShardKey::of(&arm);
                 let next_shard = self.shards.len() as u32;
                 let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
                     self.shards.push(shard.clone());
@@ -94,14 +85,6 @@ impl ArmTable {
     fn shard_of(&self, key: PackedKey) -> u32 {
         self.arms[key.arm as usize].1
     }
-}
-
-/// One (tenant, city) shard: the unit of partitioning and of atomic writes.
-pub type Shard = (String, String);
-
-/// The hash that places a shard on a worker (the same as a [`CountKey`] of the shard).
-pub fn shard_hash(tenant: &str, city: &str) -> u64 {
-    (tenant, city).hashed()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +184,7 @@ struct SinkSpec {
     /// Whether every process writes its own shards (else all go to process 0's workers).
     shared_store: bool,
     /// Worker threads per process.
-    threads: u64,
+    threads: usize,
     /// Epochs before this one only load state that is already in the store; not written back.
     first_written_epoch: u64,
     /// Whether each epoch must be on disk before the next (else the job syncs at its end).
@@ -211,7 +194,7 @@ struct SinkSpec {
 }
 
 /// A shard's applied offset in one partition after an epoch.
-pub type AppliedOffset = (Shard, Partition, Offset);
+pub type AppliedOffset = (ShardKey, Partition, Offset);
 
 /// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
 type Update = ((PackedKey, (i64, i64)), u64, isize);
@@ -227,13 +210,12 @@ fn count_and_sink<'s>(
     // One worker counts and writes each shard: the one its hash picks, or, for a store only
     // process 0 may open, one of process 0's workers.
     let shared = spec.shared_store;
-    let threads = spec.threads.max(1);
+    let threads = spec.threads;
     let owner = move |tenant: &str, city: &str| {
-        let hash = shard_hash(tenant, city);
         if shared {
-            hash
+            shard_hash(tenant, city)
         } else {
-            hash % threads
+            owner_of(tenant, city, threads) as u64
         }
     };
     // Records reach the owner with their names, which it interns; from there on the keys are
@@ -258,7 +240,7 @@ fn count_and_sink<'s>(
         .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
             applied,
             Pipeline,
-            Exchange::new(move |a: &AppliedOffset| owner(&a.0 .0, &a.0 .1)),
+            Exchange::new(move |a: &AppliedOffset| owner(&a.0.tenant, &a.0.city)),
             "Sink",
             move |_cap, _info| {
                 type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
@@ -336,25 +318,24 @@ fn shard_writes(
     // arrive as runs already in key order, which a stable sort merges cheaply.
     updates.sort_by_key(|&((key, _), _, diff)| (key, diff));
     // Per shard id, its rows in (arm, bucket) order, so each arm's rows are together.
-    let mut rows: Vec<Vec<(CountKey, u64, u64)>> = vec![Vec::new(); arms.shards.len()];
+    let mut rows: Vec<Vec<(CountKey, Counts)>> = vec![Vec::new(); arms.shards.len()];
     for run in updates.chunk_by(|a, b| a.0 .0 == b.0 .0) {
         let &((key, (imp, clk)), _, diff) = run.last().expect("a run has an update");
-        let (imp, clk) = if diff > 0 {
-            (imp.max(0) as u64, clk.max(0) as u64)
+        let counts = if diff > 0 {
+            Counts::new(imp.max(0) as u64, clk.max(0) as u64)
         } else {
-            (0, 0)
+            Counts::ZERO
         };
-        rows[arms.shard_of(key) as usize].push((arms.unpack(key), imp, clk));
+        rows[arms.shard_of(key) as usize].push((arms.unpack(key), counts));
     }
-    let mut shards: BTreeMap<Shard, ShardWrite> = BTreeMap::new();
+    let mut shards: BTreeMap<ShardKey, ShardWrite> = BTreeMap::new();
     for (shard, rows) in rows.into_iter().enumerate() {
         if !rows.is_empty() {
-            let (tenant, city) = &arms.shards[shard];
-            ShardWrite::entry(&mut shards, tenant, city).rows = rows;
+            ShardWrite::entry(&mut shards, &arms.shards[shard]).rows = rows;
         }
     }
-    for ((tenant, city), partition, offset) in applied {
-        let offsets = &mut ShardWrite::entry(&mut shards, &tenant, &city).applied;
+    for (shard, partition, offset) in applied {
+        let offsets = &mut ShardWrite::entry(&mut shards, &shard).applied;
         let entry = offsets.entry(partition).or_insert(offset);
         *entry = (*entry).max(offset);
     }
@@ -381,7 +362,7 @@ mod tests {
             key("t1", "hero", "pune", "b1", 8),
             key("t1", "side", "pune", "b1", 7),
             key("t2", "hero", "pune", "b1", 7),
-            key("t1", "hero", "delhi", "b1", crate::store::ALL_TIME),
+            key("t1", "hero", "delhi", "b1", crate::model::ALL_TIME),
         ];
         let packed: Vec<PackedKey> = keys.iter().cloned().map(|k| table.pack(k)).collect();
         for (k, p) in keys.iter().zip(&packed) {
@@ -424,24 +405,25 @@ mod tests {
             ((changed_p, (8, 1)), 3, -1),
             ((added_p, (2, 2)), 3, 1),
         ];
+        let pune = ShardKey::new("t1", "pune");
         let applied = vec![
-            (("t1".to_string(), "pune".to_string()), 0, 5),
-            (("t1".to_string(), "pune".to_string()), 0, 9),
-            (("t1".to_string(), "pune".to_string()), 1, 2),
+            (pune.clone(), Partition(0), Offset(5)),
+            (pune.clone(), Partition(0), Offset(9)),
+            (pune.clone(), Partition(1), Offset(2)),
         ];
         let writes = shard_writes(updates, applied, &table);
         assert_eq!(writes.len(), 2);
-        assert_eq!(
-            (writes[0].tenant.as_str(), writes[0].city.as_str()),
-            ("t1", "delhi")
-        );
-        assert_eq!(writes[0].rows, vec![(added, 2, 2)]);
+        assert_eq!(writes[0].shard, ShardKey::new("t1", "delhi"));
+        assert_eq!(writes[0].rows, vec![(added, Counts::new(2, 2))]);
         assert!(writes[0].applied.is_empty());
+        assert_eq!(writes[1].shard, pune);
         assert_eq!(
-            (writes[1].tenant.as_str(), writes[1].city.as_str()),
-            ("t1", "pune")
+            writes[1].rows,
+            vec![(changed, Counts::new(10, 1)), (emptied, Counts::ZERO)]
         );
-        assert_eq!(writes[1].rows, vec![(changed, 10, 1), (emptied, 0, 0)]);
-        assert_eq!(writes[1].applied, BTreeMap::from([(0, 9), (1, 2)]));
+        assert_eq!(
+            writes[1].applied,
+            BTreeMap::from([(Partition(0), Offset(9)), (Partition(1), Offset(2))])
+        );
     }
 }

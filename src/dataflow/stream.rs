@@ -24,20 +24,24 @@ use rustc_hash::FxHashMap;
 use timely::dataflow::operators::Input as TimelyInput;
 
 use super::{
-    count_and_sink, fail, failed, shard_hash, AppliedOffset, Cluster, CountKey, DataflowError,
-    Failure, Shard, SinkSpec, SinkStats,
+    count_and_sink, fail, failed, AppliedOffset, Cluster, DataflowError, Failure, SinkSpec,
+    SinkStats,
 };
-use crate::model::{ArmKey, Event, EventKind, EventRef};
+use crate::model::{
+    owner_of, ArmKey, CountKey, Event, EventKind, EventRef, Offset, Partition, ShardKey, ALL_TIME,
+};
+use crate::retry::{Retry, RetryPolicy};
 use crate::source::{EventLog, LogError, RecordRef};
-use crate::store::{AppliedOffsets, Offset, Partition, PosteriorStore, ALL_TIME};
+use crate::store::{AppliedOffsets, PosteriorStore};
 use crate::time::Buckets;
 
 /// Records asked of the log per poll.
 const POLL_BATCH: usize = 8192;
 /// How long a poll waits for the first record, so the dataflow keeps stepping on a quiet log.
 const POLL_WAIT: Duration = Duration::from_millis(10);
-/// How long the log may keep failing before the job gives up.
-const LOG_DEADLINE: Duration = Duration::from_secs(60);
+/// How the job waits for a log that fails, and how long before it gives up.
+const LOG_RETRY: RetryPolicy =
+    RetryPolicy::fixed(Duration::from_millis(500), Some(Duration::from_secs(60)));
 
 pub struct StreamJob {
     pub log: Arc<dyn EventLog>,
@@ -239,7 +243,7 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
     let failure: Failure = Arc::default();
     let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
     let read = Arc::new(AtomicU64::new(0));
-    let threads = cluster.workers as u64;
+    let threads = cluster.workers;
     let (worker_failure, worker_stats) = (failure.clone(), sink_stats.clone());
     let guards = timely::execute(cluster.timely_config(), move |worker| {
         let index = worker.index();
@@ -266,13 +270,12 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         });
         let mut report = StreamReport::default();
         // Epoch 0: the stored counts of the shards this worker loads.
-        let owns =
-            |tenant: &str, city: &str| shard_hash(tenant, city) % peers as u64 == index as u64;
+        let owns = |tenant: &str, city: &str| owner_of(tenant, city, peers) == index;
         match job.store.shards(&owns) {
             Ok(shards) => {
                 for shard in shards {
-                    for (key, imp, clk) in shard.rows {
-                        counts_in.update(key, (imp as i64, clk as i64));
+                    for (key, c) in shard.rows {
+                        counts_in.update(key, (c.impressions as i64, c.clicks as i64));
                     }
                 }
             }
@@ -281,7 +284,7 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         let mine: Vec<Partition> = partitions
             .iter()
             .copied()
-            .filter(|p| (*p as usize) % peers == index)
+            .filter(|p| p.index() % peers == index)
             .collect();
         // Read once every process has joined (a handoff writes them before process 0 joins).
         let mut reader = while_log_unavailable(&job, || PartitionReader::open(&job, &mine))
@@ -294,7 +297,7 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         applied_in.advance_to(epoch);
         // Reader positions at the end of each epoch not yet known to be in the store.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut log_failing_since: Option<Instant> = None;
+        let mut log_failing: Option<Retry> = None;
         loop {
             let mut done = failed(&failure) || job.shutdown.load(Ordering::Relaxed);
             if let (Some(r), false) = (reader.as_mut(), done) {
@@ -308,7 +311,7 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
                 job.metrics.add(&before, &report);
                 match outcome {
                     Ok(batch) => {
-                        log_failing_since = None;
+                        log_failing = None;
                         (job.progress)(
                             read.fetch_add(batch.records, Ordering::Relaxed) + batch.records,
                         );
@@ -325,15 +328,16 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
                         });
                         done = job.stop_at_end && r.state.at_end();
                     }
-                    Err(e) => {
-                        let since = *log_failing_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > LOG_DEADLINE {
-                            fail(&failure, e);
-                        } else {
+                    Err(e) => match log_failing
+                        .get_or_insert_with(|| LOG_RETRY.start())
+                        .next_wait()
+                    {
+                        Some(wait) => {
                             tracing::warn!("{e}; retrying");
-                            std::thread::sleep(Duration::from_millis(500));
+                            std::thread::sleep(wait);
                         }
-                    }
+                        None => fail(&failure, e),
+                    },
                 }
             } else if reader.is_none() {
                 done = done || job.stop_at_end;
@@ -370,23 +374,19 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
 }
 
 /// Runs `f` again while the log is unavailable (a broker restarting, partitions without a leader
-/// yet), for at most `LOG_DEADLINE` or until shutdown.
+/// yet), under [`LOG_RETRY`] or until shutdown.
 fn while_log_unavailable<T>(
     job: &StreamJob,
-    mut f: impl FnMut() -> Result<T, DataflowError>,
+    f: impl FnMut() -> Result<T, DataflowError>,
 ) -> Result<T, DataflowError> {
-    let started = Instant::now();
-    loop {
-        match f() {
-            Err(DataflowError::Log(e @ LogError::Unavailable { .. }))
-                if started.elapsed() < LOG_DEADLINE && !job.shutdown.load(Ordering::Relaxed) =>
-            {
-                tracing::warn!("{e}; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            other => return other,
-        }
-    }
+    LOG_RETRY.run_blocking(
+        f,
+        |e| {
+            matches!(e, DataflowError::Log(LogError::Unavailable { .. }))
+                && !job.shutdown.load(Ordering::Relaxed)
+        },
+        |e, _| tracing::warn!("{e}; retrying"),
+    )
 }
 
 /// An epoch handed to the dataflow and not yet known to be in the store.
@@ -441,7 +441,7 @@ struct Interner {
     /// `tenant 0 city` → shard number.
     shard_numbers: FxHashMap<String, u32>,
     /// Per shard number: the shard and the offset it had applied per partition at start.
-    shards: Vec<(Shard, FxHashMap<Partition, Offset>)>,
+    shards: Vec<(ShardKey, FxHashMap<Partition, Offset>)>,
     scratch: String,
 }
 
@@ -467,7 +467,7 @@ impl Interner {
             None => {
                 let shard = self.shards.len() as u32;
                 self.shard_numbers.insert(self.scratch.clone(), shard);
-                let key = (event.tenant.to_string(), event.city.to_string());
+                let key = ShardKey::new(event.tenant, event.city);
                 let applied = applied_at_start
                     .get(&key)
                     .map(|offsets| offsets.iter().map(|(&p, &o)| (p, o)).collect())
@@ -515,7 +515,7 @@ impl PartitionReader {
         let mut start = BTreeMap::new();
         let mut resume = BTreeMap::new();
         for &p in partitions {
-            let checkpoint = checkpoints.get(&p).copied().unwrap_or(0);
+            let checkpoint = checkpoints.get(&p).copied().unwrap_or_default();
             let rewind = remember_from.get(&p).copied().unwrap_or(checkpoint);
             start.insert(p, checkpoint.min(rewind));
             resume.insert(p, checkpoint);
@@ -535,7 +535,7 @@ impl PartitionReader {
                 checkpoints: resume,
                 ends: partitions
                     .iter()
-                    .map(|&p| (p, ends.get(&p).copied().unwrap_or(0)))
+                    .map(|&p| (p, ends.get(&p).copied().unwrap_or_default()))
                     .collect(),
                 applied_at_start,
                 interner: Interner::default(),
@@ -572,7 +572,9 @@ impl PartitionReader {
             let read = self
                 .reader
                 .poll_each(POLL_BATCH, left.min(POLL_WAIT), &mut |record| {
-                    state.positions.insert(record.partition, record.offset + 1);
+                    state
+                        .positions
+                        .insert(record.partition, record.offset.next());
                     let counted = Event::decode_json(record.payload, |event| {
                         let shard = state.count(job, &record, &event, &mut epoch, report)?;
                         if job.customer_events && event.customer_id.is_some() {
@@ -641,7 +643,10 @@ impl PartitionState {
     }
 
     fn checkpoint(&self, partition: Partition) -> Offset {
-        self.checkpoints.get(&partition).copied().unwrap_or(0)
+        self.checkpoints
+            .get(&partition)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Adds one valid event to the epoch unless it is already applied, a repeated click or

@@ -1,15 +1,21 @@
-//! The domain model: events, arms, slot configurations, and their codecs.
+//! The domain model, the bottom of the stack above `time`: events, arms, the keys and counts the
+//! job, stores and service share, slot configurations, the address parser, and their codecs.
 
+pub mod address;
 mod arm;
+mod counts;
 mod event;
+mod keys;
 pub mod parquet;
 mod slot;
 mod validate;
 
-pub use arm::{ArmCounts, ArmKey};
+pub use arm::ArmKey;
+pub use counts::{pool_cities, Counts};
 pub use event::{
     Event, EventError, EventFields, EventKind, EventRef, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,
     REFERRER_MAX, REQUEST_ID_MAX,
 };
+pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
 pub use validate::{validate_name, validate_token, FieldError};

@@ -16,11 +16,11 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::bandit::{BetaPosterior, SlotPolicy, SlotPriors};
-use crate::model::{ArmKey, SlotConfig};
-use crate::store::{CountQuery, PosteriorStore, StoreError, ALL_CITIES};
+use crate::model::{pool_cities, ArmKey, Counts, SlotConfig, ALL_CITIES};
+use crate::store::{CountQuery, PosteriorStore, StoreError};
 
 /// Counts per arm, as the store answers them.
-type ArmRows = Vec<(ArmKey, u64, u64)>;
+type ArmRows = Vec<(ArmKey, Counts)>;
 
 /// At most this many distinct windows are kept per service.
 pub const MAX_WINDOWS: usize = 8;
@@ -29,17 +29,17 @@ pub const MAX_WINDOWS: usize = 8;
 /// prepared Thompson policy.
 #[derive(Debug, Clone)]
 pub struct Arms {
-    pub counts: Vec<(u64, u64)>,
+    pub counts: Vec<Counts>,
     pub policy: SlotPolicy,
 }
 
 impl Arms {
-    fn new(config: &SlotConfig, priors: &SlotPriors, counts: Vec<(u64, u64)>) -> Self {
+    fn new(config: &SlotConfig, priors: &SlotPriors, counts: Vec<Counts>) -> Self {
         let mut i = 0;
         let policy = SlotPolicy::new(config, |b| {
-            let (imp, clk) = counts[i];
+            let c = counts[i];
             i += 1;
-            priors.for_banner(&b.id).posterior(imp, clk)
+            priors.for_banner(&b.id).posterior(c.impressions, c.clicks)
         });
         Self { counts, policy }
     }
@@ -81,33 +81,31 @@ impl SlotEntry {
     fn build(
         config: SlotConfig,
         priors: SlotPriors,
-        all_time: &[(ArmKey, u64, u64)],
+        all_time: &[(ArmKey, Counts)],
         windows: &[(u32, ArmRows)],
     ) -> Self {
-        let arms = |counts: &[(ArmKey, u64, u64)]| {
+        let arms = |counts: &[(ArmKey, Counts)]| {
             let index: HashMap<&str, usize> = config
                 .banners
                 .iter()
                 .enumerate()
                 .map(|(i, b)| (b.id.as_str(), i))
                 .collect();
-            let mut pooled = vec![(0, 0); config.banners.len()];
-            let mut cities: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-            for (arm, imp, clk) in counts {
-                if arm.tenant != config.tenant || arm.slot != config.slot {
-                    continue;
-                }
-                // Counts of banners no longer configured are not shown.
-                let Some(&i) = index.get(arm.banner.as_str()) else {
-                    continue;
-                };
-                let city = cities
+            // Counts of other slots, and of banners no longer configured, are not shown.
+            let slot_rows = counts.iter().filter_map(|(arm, c)| {
+                let mine = arm.tenant == config.tenant && arm.slot == config.slot;
+                let i = *index.get(arm.banner.as_str()).filter(|_| mine)?;
+                Some((arm, i, *c))
+            });
+            let mut cities: HashMap<String, Vec<Counts>> = HashMap::new();
+            for (arm, i, c) in slot_rows.clone() {
+                cities
                     .entry(arm.city.clone())
-                    .or_insert_with(|| vec![(0, 0); config.banners.len()]);
-                city[i].0 += imp;
-                city[i].1 += clk;
-                pooled[i].0 += imp;
-                pooled[i].1 += clk;
+                    .or_insert_with(|| vec![Counts::ZERO; config.banners.len()])[i] += c;
+            }
+            let mut pooled = vec![Counts::ZERO; config.banners.len()];
+            for (arm, c) in pool_cities(slot_rows.map(|(arm, _, c)| (arm, c))) {
+                pooled[index[arm.banner.as_str()]] = c;
             }
             WindowArms {
                 by_city: cities
@@ -325,22 +323,37 @@ mod tests {
             },
         );
         let counts = vec![
-            (ArmKey::new("ajio", "hero", "pune", "b1"), 100, 10),
-            (ArmKey::new("ajio", "hero", "delhi", "b1"), 50, 1),
-            (ArmKey::new("ajio", "hero", "delhi", "b2"), 40, 4),
-            (ArmKey::new("ajio", "hero", "delhi", "retired"), 1000, 900),
-            (ArmKey::new("ajio", "footer", "delhi", "b1"), 1000, 900),
+            (
+                ArmKey::new("ajio", "hero", "pune", "b1"),
+                Counts::new(100, 10),
+            ),
+            (
+                ArmKey::new("ajio", "hero", "delhi", "b1"),
+                Counts::new(50, 1),
+            ),
+            (
+                ArmKey::new("ajio", "hero", "delhi", "b2"),
+                Counts::new(40, 4),
+            ),
+            (
+                ArmKey::new("ajio", "hero", "delhi", "retired"),
+                Counts::new(1000, 900),
+            ),
+            (
+                ArmKey::new("ajio", "footer", "delhi", "b1"),
+                Counts::new(1000, 900),
+            ),
         ];
         let entry = SlotEntry::build(config(), priors, &counts, &[]);
         let (pune, city) = entry.all_time.for_city("pune");
         assert_eq!(city, "pune");
-        assert_eq!(pune.counts, [(100, 10), (0, 0)]);
+        assert_eq!(pune.counts, [Counts::new(100, 10), Counts::ZERO]);
         let post: Vec<_> = pune.posteriors().collect();
         assert_eq!((post[0].alpha, post[0].beta), (11.0, 91.0));
         assert_eq!((post[1].alpha, post[1].beta), (2.0, 8.0), "prior only");
         let (pooled, city) = entry.all_time.for_city("agra");
         assert_eq!(city, "*");
-        assert_eq!(pooled.counts, [(150, 11), (40, 4)]);
+        assert_eq!(pooled.counts, [Counts::new(150, 11), Counts::new(40, 4)]);
         assert!(entry.window(Some(60)).is_none());
     }
 }

@@ -2,7 +2,7 @@
 //! appends them to the event log in batches (whatever arrived in the last few milliseconds), so
 //! a decision never waits for the log. When an append fails the batch goes to the
 //! local spool, and so does everything after it until the spool has been sent (retried every
-//! `RETRY`): nothing is lost and the log keeps the order. Clicks are appended one by one and the
+//! second): nothing is lost and the log keeps the order. Clicks are appended one by one and the
 //! caller waits until the log says the click is durable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use super::metrics::Metrics;
 use super::spool::{Spool, SpoolError};
 use crate::model::Event;
+use crate::retry::{Retry, RetryPolicy};
 use crate::source::{EventLog, LogError};
 
-/// How often a down log is tried again.
-const RETRY: Duration = Duration::from_secs(1);
+/// How often a down log is tried again (for as long as it is down).
+const LOG_RETRY: RetryPolicy = RetryPolicy::fixed(Duration::from_secs(1), None);
 /// How often the appender takes what decisions queued (and retries a down log's spool when due).
 const TICK: Duration = Duration::from_millis(5);
 /// Impressions per append at most.
@@ -65,6 +66,7 @@ impl EventSink {
             metrics: metrics.clone(),
             log_up: log_up.clone(),
             next_retry: Instant::now(),
+            retry: LOG_RETRY.start(),
         };
         let thread = std::thread::Builder::new()
             .name("impressions".into())
@@ -155,6 +157,7 @@ struct Appender {
     metrics: Arc<Metrics>,
     log_up: Arc<AtomicBool>,
     next_retry: Instant,
+    retry: Retry,
 }
 
 impl Appender {
@@ -192,13 +195,25 @@ impl Appender {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&mut self, up: bool) {
+        if up {
+            self.retry.reset();
+        }
         self.log_up.store(up, Ordering::Relaxed);
         self.metrics.log_up.set(i64::from(up));
     }
 
+    fn schedule_retry(&mut self) {
+        let wait = self
+            .retry
+            .next_wait()
+            .expect("the log is retried without a deadline");
+        self.next_retry = Instant::now() + wait;
+    }
+
     fn flush(&mut self, batch: &mut Vec<Event>) {
-        let mut spool = self.spool.lock().expect("not poisoned");
+        let spool = Arc::clone(&self.spool);
+        let mut spool = spool.lock().expect("not poisoned");
         if spool.pending() > 0 && Instant::now() >= self.next_retry {
             match spool.drain(self.log.as_ref()) {
                 Ok(sent) => {
@@ -210,7 +225,7 @@ impl Appender {
                     self.set_up(true);
                 }
                 Err(e) => {
-                    self.next_retry = Instant::now() + RETRY;
+                    self.schedule_retry();
                     if let SpoolError::Log(_) = e {
                         self.set_up(false);
                     } else {
@@ -234,7 +249,7 @@ impl Appender {
                 Err(e) => {
                     tracing::warn!("{e}; spooling impressions until the log is back");
                     self.set_up(false);
-                    self.next_retry = Instant::now() + RETRY;
+                    self.schedule_retry();
                 }
             }
         }
@@ -249,9 +264,8 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::model::EventKind;
+    use crate::model::{EventKind, Offset, Partition};
     use crate::source::{LogReader, LogRecord};
-    use crate::store::{Offset, Partition};
 
     /// A log that refuses appends while `down` is set and keeps what it accepted.
     #[derive(Default)]
@@ -277,7 +291,7 @@ mod tests {
             "flaky"
         }
         fn partitions(&self) -> Result<Vec<Partition>, LogError> {
-            Ok(vec![0])
+            Ok(vec![Partition(0)])
         }
         fn append(&self, events: &[Event]) -> Result<(), LogError> {
             self.refuse()?;

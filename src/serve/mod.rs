@@ -7,7 +7,6 @@
 //! (impressions and clicks to the log), `metrics`, `pages` (embedded HTML/JS), `openapi`, and
 //! `audience` (a simulated audience that uses the HTTP API).
 
-pub mod audience;
 pub mod auth;
 pub mod cache;
 pub mod compat;

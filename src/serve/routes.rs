@@ -26,10 +26,10 @@ use super::token::TokenError;
 use super::AppState;
 use crate::bandit::{prob_best, seeded_rng, DecisionRng};
 use crate::model::{
-    validate_name, validate_token, Banner, Event, EventKind, FieldError, SlotConfig,
-    CUSTOMER_ID_MAX, REFERRER_MAX,
+    validate_name, validate_token, Banner, Counts, Event, EventKind, FieldError, SlotConfig,
+    ALL_CITIES, CUSTOMER_ID_MAX, REFERRER_MAX,
 };
-use crate::store::{Role, ALL_TIME};
+use crate::store::Role;
 use crate::time;
 
 /// Banners one decision may show at most (a carousel).
@@ -855,22 +855,33 @@ fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosterior
             .iter()
             .zip(&arms.counts)
             .zip(p_best)
-            .map(|((c, &(impressions, clicks)), p_best)| {
-                let (lower95, upper95) = c.posterior.interval95();
-                BannerPosterior {
-                    banner: c.banner.id.clone(),
-                    image: c.banner.image.clone(),
-                    impressions,
-                    clicks,
-                    alpha: c.posterior.alpha,
-                    beta: c.posterior.beta,
-                    mean: c.posterior.mean(),
-                    lower95,
-                    upper95,
+            .map(
+                |(
+                    (
+                        c,
+                        &Counts {
+                            impressions,
+                            clicks,
+                        },
+                    ),
                     p_best,
-                    valid_now: c.banner.is_valid_at(now),
-                }
-            })
+                )| {
+                    let (lower95, upper95) = c.posterior.interval95();
+                    BannerPosterior {
+                        banner: c.banner.id.clone(),
+                        image: c.banner.image.clone(),
+                        impressions,
+                        clicks,
+                        alpha: c.posterior.alpha,
+                        beta: c.posterior.beta,
+                        mean: c.posterior.mean(),
+                        lower95,
+                        upper95,
+                        p_best,
+                        valid_now: c.banner.is_valid_at(now),
+                    }
+                },
+            )
             .collect(),
     }
 }
@@ -928,7 +939,7 @@ pub async fn posteriors(
                 .into_iter()
                 .map(|c| city_posteriors(c, &arms.by_city[c], now))
                 .chain(std::iter::once(city_posteriors(
-                    crate::store::ALL_CITIES,
+                    ALL_CITIES,
                     &arms.all_cities,
                     now,
                 )))
@@ -1016,11 +1027,11 @@ pub async fn series(
             tenant == t && c.as_deref().is_none_or(|c| c == shard_city)
         };
         let shards = store.shards(&owns)?;
-        let rows: Vec<(String, i64, u64, u64)> = shards
+        let rows: Vec<(String, i64, Counts)> = shards
             .into_iter()
             .flat_map(|shard| shard.rows)
-            .filter(|(k, _, _)| k.arm.slot == s && k.bucket != ALL_TIME)
-            .map(|(k, imp, clk)| (k.arm.banner.clone(), k.bucket, imp, clk))
+            .filter(|(k, _)| k.arm.slot == s && !k.is_all_time())
+            .map(|(k, c)| (k.arm.banner.clone(), k.bucket, c))
             .collect();
         Ok((rows, store.buckets()?))
     })
@@ -1044,10 +1055,10 @@ pub async fn series(
                 },
             );
         }
-        for (banner, bucket, imp, clk) in &rows {
+        for (banner, bucket, c) in &rows {
             if let (Some(p), Some(&i)) = (points.get_mut(bucket), index.get(banner.as_str())) {
-                p.impressions[i] += imp;
-                p.clicks[i] += clk;
+                p.impressions[i] += c.impressions;
+                p.clicks[i] += c.clicks;
             }
         }
     }

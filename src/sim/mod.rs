@@ -1,7 +1,9 @@
 //! The bandit lab: Bernoulli environments, the policies under test (Thompson sampling exactly as
 //! the service runs it, UCB1, ε-greedy, uniform A/B), regret curves against the Lai–Robbins
-//! bound, and off-policy replay on logged data (the Open Bandit Dataset).
+//! bound, off-policy replay on logged data (the Open Bandit Dataset), and the demo's simulated
+//! audience (visitors who ask a running service for banners over HTTP and click with true CTRs).
 
+pub mod audience;
 pub mod env;
 pub mod plot;
 pub mod policy;

@@ -22,11 +22,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    event_key, option, partition_for_key, DeadLetter, EventLog, LogError, LogReader, LogRecord,
-    RecordRef,
+    event_key, partition_for_key, DeadLetter, EventLog, LogError, LogReader, LogRecord, RecordRef,
 };
+use crate::model::address::option;
 use crate::model::Event;
-use crate::store::{Offset, Partition};
+use crate::model::{Offset, Partition};
 
 const META_FILE: &str = "log.json";
 const LOCK_FILE: &str = "lock";
@@ -195,7 +195,7 @@ impl BodyHeader {
     fn read(body: &[u8]) -> Self {
         let i64_at = |at: usize| i64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         Self {
-            base: i64_at(0),
+            base: Offset(i64_at(0)),
             count: u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")),
             first_ts: i64_at(12),
             last_ts: i64_at(20),
@@ -203,7 +203,7 @@ impl BodyHeader {
     }
 
     fn end(&self) -> Offset {
-        self.base + Offset::from(self.count)
+        self.base + i64::from(self.count)
     }
 }
 
@@ -216,7 +216,7 @@ type FramedRecord<'a> = (i64, Option<&'a [u8]>, &'a [u8]);
 fn encode_frame(out: &mut Vec<u8>, base: Offset, records: &[FramedRecord<'_>]) {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER]);
-    out.extend_from_slice(&base.to_le_bytes());
+    out.extend_from_slice(&base.0.to_le_bytes());
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     out.extend_from_slice(&records.first().map_or(0, |r| r.0).to_le_bytes());
     out.extend_from_slice(&records.last().map_or(0, |r| r.0).to_le_bytes());
@@ -268,7 +268,7 @@ fn decode_records(
         };
         let payload_len = u32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
         let payload = take(&mut at, payload_len as usize)?;
-        let offset = header.base + Offset::from(i);
+        let offset = header.base + i64::from(i);
         if offset >= from {
             out.push_back(LogRecord {
                 partition,
@@ -415,6 +415,10 @@ fn is_torn_tail(file: &File, pos: u64) -> std::io::Result<bool> {
 }
 
 impl FileLog {
+    fn partition_ids(&self) -> impl Iterator<Item = Partition> {
+        (0..self.meta.partitions).map(Partition)
+    }
+
     /// Opens the log in `dir`, creating it (with `options`) if the folder is missing or empty.
     pub fn open(name: &str, dir: &Path, options: &FileLogOptions) -> Result<Self, LogError> {
         let unavailable = |what: &str, path: &Path, e: std::io::Error| LogError::Unavailable {
@@ -635,8 +639,8 @@ impl FileLog {
         let base = match self.segments(partition)?.last() {
             Some(&base) => base,
             None => {
-                self.create_segment(partition, 0)?;
-                0
+                self.create_segment(partition, Offset(0))?;
+                Offset(0)
             }
         };
         let path = pdir.join(segment_name(base));
@@ -826,7 +830,7 @@ impl FileLog {
         let result = self.write_frames(groups, parts, &mut written);
         let result = result.and_then(|()| {
             for &p in &written {
-                let active = parts[p as usize]
+                let active = parts[p.index()]
                     .as_ref()
                     .expect("written partitions are open");
                 active.file.sync_data().map_err(|e| {
@@ -839,7 +843,7 @@ impl FileLog {
         if result.is_err() {
             // Rescan these partitions on the next append (a write may have been cut short).
             for (p, _) in groups.iter() {
-                parts[*p as usize] = None;
+                parts[p.index()] = None;
             }
         }
         result
@@ -857,7 +861,7 @@ impl FileLog {
             if messages.is_empty() {
                 continue;
             }
-            let slot = &mut parts[p as usize];
+            let slot = &mut parts[p.index()];
             self.refresh(p, slot)?;
             let active = slot.as_mut().expect("refresh opens the active segment");
             if active.len >= self.segment_bytes() {
@@ -871,7 +875,7 @@ impl FileLog {
                 let rsize = record_size(*key, payload);
                 if !frame.is_empty() && BODY_HEADER + size + rsize > MAX_FRAME_BYTES {
                     encode_frame(&mut bytes, next, &frame);
-                    next += frame.len() as Offset;
+                    next += frame.len() as i64;
                     frame.clear();
                     size = 0;
                 }
@@ -879,7 +883,7 @@ impl FileLog {
                 size += rsize;
             }
             encode_frame(&mut bytes, next, &frame);
-            next += frame.len() as Offset;
+            next += frame.len() as i64;
             frame.clear();
             written.push(p);
             let path = self.partition_dir(p).join(segment_name(active.base));
@@ -898,11 +902,11 @@ impl FileLog {
     fn bounds(&self, partition: Partition) -> Result<(Offset, Offset), LogError> {
         let segments = self.segments(partition)?;
         let (Some(&first), Some(&last)) = (segments.first(), segments.last()) else {
-            return Ok((0, 0));
+            return Ok((Offset(0), Offset(0)));
         };
         // Resume from where the last call stopped in the same segment: frames before a valid
         // end are never rewritten.
-        let known = self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition as usize];
+        let known = self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition.index()];
         let (from, mut end) = match known {
             Some(k) if k.base == last => (k.pos, k.end),
             _ => (0, last),
@@ -921,7 +925,7 @@ impl FileLog {
             end = BodyHeader::read(body).end();
             pos = frames.pos;
         }
-        self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition as usize] =
+        self.ends.lock().unwrap_or_else(PoisonError::into_inner)[partition.index()] =
             Some(KnownEnd {
                 base: last,
                 pos,
@@ -996,7 +1000,7 @@ impl FileLog {
     }
 
     fn offsets_at_start(&self) -> Result<BTreeMap<Partition, Offset>, LogError> {
-        (0..self.meta.partitions)
+        self.partition_ids()
             .map(|p| Ok((p, self.bounds(p)?.0)))
             .collect()
     }
@@ -1061,7 +1065,7 @@ impl EventLog for FileLog {
     }
 
     fn partitions(&self) -> Result<Vec<Partition>, LogError> {
-        Ok((0..self.meta.partitions).collect())
+        Ok(self.partition_ids().collect())
     }
 
     fn append(&self, events: &[Event]) -> Result<(), LogError> {
@@ -1080,7 +1084,9 @@ impl EventLog for FileLog {
         for &(key, payload) in messages {
             let p = match key {
                 Some(k) => partition_for_key(k, partitions),
-                None => (self.unkeyed.fetch_add(1, Ordering::Relaxed) % partitions as u32) as i32,
+                None => Partition(
+                    (self.unkeyed.fetch_add(1, Ordering::Relaxed) % partitions as u32) as i32,
+                ),
             };
             groups.entry(p).or_default().push((key, payload));
         }
@@ -1090,7 +1096,7 @@ impl EventLog for FileLog {
     fn reader(&self, start: &BTreeMap<Partition, Offset>) -> Result<Box<dyn LogReader>, LogError> {
         let mut parts = Vec::new();
         for (&partition, &offset) in start {
-            if !(0..self.meta.partitions).contains(&partition) {
+            if !(0..self.meta.partitions).contains(&partition.0) {
                 return Err(LogError::Url {
                     url: self.name.clone(),
                     rule: format!(
@@ -1110,13 +1116,13 @@ impl EventLog for FileLog {
     }
 
     fn offsets_for_time(&self, ts: DateTime<Utc>) -> Result<BTreeMap<Partition, Offset>, LogError> {
-        (0..self.meta.partitions)
+        self.partition_ids()
             .map(|p| Ok((p, self.partition_offset_for_time(p, ts.timestamp_millis())?)))
             .collect()
     }
 
     fn end_offsets(&self) -> Result<BTreeMap<Partition, Offset>, LogError> {
-        (0..self.meta.partitions)
+        self.partition_ids()
             .map(|p| Ok((p, self.bounds(p)?.1)))
             .collect()
     }
@@ -1136,7 +1142,7 @@ impl EventLog for FileLog {
             .collect();
         let dlq = self.dlq()?;
         let mut groups = BTreeMap::new();
-        groups.insert(0, messages);
+        groups.insert(Partition(0), messages);
         dlq.append_grouped(&groups)
     }
 }
@@ -1159,7 +1165,7 @@ impl FileLog {
             .rev()
             .find(|&&b| b <= offset)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(Offset(0));
         let dir = self.partition_dir(partition);
         if segments.is_empty() {
             // A partition nothing was ever appended to: wait for its first segment.
@@ -1168,7 +1174,7 @@ impl FileLog {
                 dir,
                 segment: None,
                 frames: Frames::new(0),
-                segment_end: 0,
+                segment_end: Offset(0),
                 from: offset,
                 pending: VecDeque::new(),
             });
@@ -1434,7 +1440,7 @@ mod tests {
     }
 
     fn read_all(log: &FileLog, from: Offset) -> Result<Vec<LogRecord>, LogError> {
-        let mut reader = log.reader(&BTreeMap::from([(0, from)]))?;
+        let mut reader = log.reader(&BTreeMap::from([(Partition(0), from)]))?;
         let mut out = Vec::new();
         loop {
             let batch = reader.poll(1000, Duration::ZERO)?;
@@ -1453,15 +1459,15 @@ mod tests {
             (7, Some(b"".as_slice()), b"\xff\x00binary".as_slice()),
         ];
         let mut bytes = Vec::new();
-        encode_frame(&mut bytes, 40, &records);
+        encode_frame(&mut bytes, Offset(40), &records);
         let body = &bytes[FRAME_HEADER..];
         let header = BodyHeader::read(body);
         assert_eq!(
             (header.base, header.count, header.first_ts, header.last_ts),
-            (40, 3, 5, 7)
+            (Offset(40), 3, 5, 7)
         );
         let mut out = VecDeque::new();
-        decode_records(body, 2, 41, &mut out).unwrap();
+        decode_records(body, Partition(2), Offset(41), &mut out).unwrap();
         let got: Vec<_> = out
             .into_iter()
             .map(|r| (r.offset, r.key, r.payload, r.timestamp_ms))
@@ -1469,8 +1475,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (41, None, vec![], 6),
-                (42, Some(vec![]), b"\xff\x00binary".to_vec(), 7)
+                (Offset(41), None, vec![], 6),
+                (Offset(42), Some(vec![]), b"\xff\x00binary".to_vec(), 7)
             ]
         );
     }
@@ -1480,9 +1486,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg");
         let mut bytes = Vec::new();
-        encode_frame(&mut bytes, 0, &[(1, None, b"first".as_slice())]);
+        encode_frame(&mut bytes, Offset(0), &[(1, None, b"first".as_slice())]);
         let second = bytes.len() as u64;
-        encode_frame(&mut bytes, 1, &[(2, None, b"second".as_slice())]);
+        encode_frame(&mut bytes, Offset(1), &[(2, None, b"second".as_slice())]);
         let check = |data: &[u8], pos: u64| {
             fs::write(&path, data).unwrap();
             is_torn_tail(&File::open(&path).unwrap(), pos).unwrap()
@@ -1512,22 +1518,25 @@ mod tests {
         append(&log, "k", 10, "new");
         // The old log kept its segments: by its own clock they were new. The append rolled a
         // fourth segment, and every closed one held only records older than an hour.
-        assert_eq!(log.segments(0).unwrap(), vec![3]);
-        let err = log.reader(&BTreeMap::from([(0, 0)])).err().unwrap();
+        assert_eq!(log.segments(Partition(0)).unwrap(), vec![Offset(3)]);
+        let err = log
+            .reader(&BTreeMap::from([(Partition(0), Offset(0))]))
+            .err()
+            .unwrap();
         assert!(
             matches!(
                 err,
                 LogError::OffsetOutOfRange {
-                    earliest: 3,
-                    end: 13,
+                    earliest: Offset(3),
+                    end: Offset(13),
                     ..
                 }
             ),
             "{err}"
         );
-        let records = read_all(&log, 3).unwrap();
+        let records = read_all(&log, Offset(3)).unwrap();
         let offsets: Vec<Offset> = records.iter().map(|r| r.offset).collect();
-        assert_eq!(offsets, (3..13).collect::<Vec<_>>());
+        assert_eq!(offsets, (3..13).map(Offset).collect::<Vec<_>>());
         assert_eq!(records[0].payload, b"new-0");
     }
 
@@ -1544,9 +1553,9 @@ mod tests {
             expected.push(payload.into_bytes());
             expected.push(b"small".to_vec());
         }
-        assert!(log.segments(0).unwrap().len() >= 4);
+        assert!(log.segments(Partition(0)).unwrap().len() >= 4);
         for from in [0, 1, 7, 8, 23, 24] {
-            let got: Vec<Vec<u8>> = read_all(&log, from)
+            let got: Vec<Vec<u8>> = read_all(&log, Offset(from))
                 .unwrap()
                 .into_iter()
                 .map(|r| r.payload)

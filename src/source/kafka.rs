@@ -25,9 +25,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use super::{event_key, option, DeadLetter, EventLog, LogError, LogReader, LogRecord, RecordRef};
-use crate::model::Event;
-use crate::store::{Offset, Partition};
+use super::{event_key, DeadLetter, EventLog, LogError, LogReader, LogRecord, RecordRef};
+use crate::model::address::option;
+use crate::model::{Event, Offset, Partition};
 
 const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 
@@ -169,10 +169,10 @@ impl KafkaLog {
                     rule: format!("partitions={want}, but topic {topic} has {n} partitions"),
                 })
             }
-            (Some(n), _) => (0..n).collect(),
+            (Some(n), _) => (0..n).map(Partition).collect(),
             (None, Some(want)) => {
                 log.create_topic(topic, want)?;
-                (0..want).collect()
+                (0..want).map(Partition).collect()
             }
             (None, None) => {
                 return Err(LogError::Url {
@@ -328,7 +328,8 @@ impl KafkaLog {
 
     fn watermarks(&self, topic: &str, partition: Partition) -> Result<(Offset, Offset), LogError> {
         self.meta
-            .fetch_watermarks(topic, partition, self.timeout)
+            .fetch_watermarks(topic, partition.0, self.timeout)
+            .map(|(low, high)| (Offset(low), Offset(high)))
             .map_err(|e| {
                 self.unavailable(format!(
                     "watermarks of {topic} partition {partition} not known within {:?}: {e}",
@@ -345,7 +346,7 @@ impl KafkaLog {
         };
         let mut start = BTreeMap::new();
         let mut remaining = 0;
-        for p in 0..n {
+        for p in (0..n).map(Partition) {
             let (low, high) = self.watermarks(&topic, p)?;
             start.insert(p, low);
             remaining += high - low;
@@ -380,7 +381,7 @@ impl KafkaLog {
         let mut assignment = TopicPartitionList::new();
         for (&p, &offset) in start {
             assignment
-                .add_partition_offset(topic, p, rdkafka::Offset::Offset(offset))
+                .add_partition_offset(topic, p.0, rdkafka::Offset::Offset(offset.0))
                 .map_err(|e| self.unavailable(format!("partition {p} offset {offset}: {e}")))?;
         }
         consumer
@@ -433,8 +434,8 @@ fn dead_letter_of(message: &FetchedMessage<'_>) -> Result<DeadLetter, String> {
     let record = message.record();
     Ok(DeadLetter {
         reason: text("reason")?,
-        partition: number("source_partition")? as Partition,
-        offset: number("source_offset")?,
+        partition: Partition(number("source_partition")? as i32),
+        offset: Offset(number("source_offset")?),
         timestamp_ms: number("source_timestamp_ms")?,
         key: record.key.map(<[u8]>::to_vec),
         payload: record.payload.to_vec(),
@@ -491,7 +492,7 @@ impl EventLog for KafkaLog {
             query
                 .add_partition_offset(
                     &self.topic,
-                    p,
+                    p.0,
                     rdkafka::Offset::Offset(ts.timestamp_millis()),
                 )
                 .map_err(|e| self.unavailable(e))?;
@@ -503,11 +504,11 @@ impl EventLog for KafkaLog {
         let mut offsets = BTreeMap::new();
         for elem in answer.elements() {
             let offset = match elem.offset() {
-                rdkafka::Offset::Offset(o) => o,
+                rdkafka::Offset::Offset(o) => Offset(o),
                 // No record at or after ts: the end.
-                _ => self.watermarks(&self.topic, elem.partition())?.1,
+                _ => self.watermarks(&self.topic, Partition(elem.partition()))?.1,
             };
-            offsets.insert(elem.partition(), offset);
+            offsets.insert(Partition(elem.partition()), offset);
         }
         Ok(offsets)
     }
@@ -620,8 +621,8 @@ impl<'b> FetchedMessage<'b> {
         // SAFETY: the message is valid for 'b.
         let timestamp_ms = unsafe { rdsys::rd_kafka_message_timestamp(self.0, &mut kind) };
         RecordRef {
-            partition: self.0.partition,
-            offset: self.0.offset,
+            partition: Partition(self.0.partition),
+            offset: Offset(self.0.offset),
             key: (!self.0.key.is_null()).then(|| bytes(self.0.key, self.0.key_len)),
             payload: bytes(self.0.payload, self.0.len),
             timestamp_ms: timestamp_ms.max(0),
@@ -764,8 +765,9 @@ impl KafkaReader {
         for (&partition, &offset) in &self.next {
             if let Ok((earliest, end)) =
                 self.consumer
-                    .fetch_watermarks(&self.topic, partition, self.timeout)
+                    .fetch_watermarks(&self.topic, partition.0, self.timeout)
             {
+                let (earliest, end) = (Offset(earliest), Offset(end));
                 if offset < earliest || offset > end {
                     return LogError::OffsetOutOfRange {
                         log: self.log.clone(),

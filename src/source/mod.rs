@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::Event;
-use crate::store::{Offset, Partition};
+use crate::model::address::{parse_host_ports, parse_query};
+use crate::model::{Event, Offset, Partition};
 
 pub use filelog::{FileLog, FileLogOptions};
 pub use kafka::{KafkaLog, KafkaOptions};
@@ -150,7 +150,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> Partition {
     assert!(partitions > 0, "a log has at least one partition");
     // SAFETY: librdkafka's murmur2 partitioner reads `keylen` bytes at `key` and touches none of
     // the topic or opaque pointers (rdkafka_msg.c: `rd_murmur2(key, keylen) & 0x7fffffff) % cnt`).
-    unsafe {
+    Partition(unsafe {
         rdkafka::bindings::rd_kafka_msg_partitioner_murmur2(
             std::ptr::null(),
             key.as_ptr().cast(),
@@ -159,7 +159,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> Partition {
             std::ptr::null_mut(),
             std::ptr::null_mut(),
         )
-    }
+    })
 }
 
 /// Where a log URL points: `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?OPTIONS]` or
@@ -197,19 +197,7 @@ impl std::str::FromStr for LogUrl {
             let (hosts, topic) = rest
                 .split_once('/')
                 .ok_or_else(|| err(format!("names no topic: {URL_RULE}")))?;
-            let brokers = hosts
-                .split(',')
-                .map(|h| {
-                    let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
-                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                    });
-                    if ok {
-                        Ok(h.to_string())
-                    } else {
-                        Err(err(format!("broker {h:?} is not HOST:PORT")))
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let brokers = parse_host_ports(hosts).map_err(|e| err(format!("broker {e}")))?;
             let topic_ok = !topic.is_empty()
                 && topic.len() <= 249
                 && topic
@@ -240,44 +228,6 @@ impl std::str::FromStr for LogUrl {
         } else {
             Err(err(URL_RULE.to_string()))
         }
-    }
-}
-
-/// `k=v&k=v` pairs; a key may appear once.
-fn parse_query(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
-    let mut params: Vec<(String, String)> = Vec::new();
-    for pair in query.into_iter().flat_map(|q| q.split('&')) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("option {pair:?} is not NAME=VALUE"))?;
-        if params.iter().any(|(seen, _)| seen == k) {
-            return Err(format!("option {k:?} is given twice"));
-        }
-        params.push((k.to_string(), v.to_string()));
-    }
-    Ok(params)
-}
-
-/// Checks that every option is one of `known` and parses the value of `name` if present.
-pub(crate) fn option<T: std::str::FromStr>(
-    params: &[(String, String)],
-    known: &[&str],
-    name: &str,
-    rule: &str,
-    valid: impl Fn(&T) -> bool,
-) -> Result<Option<T>, String> {
-    if let Some((k, _)) = params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown option {k:?} (options: {})",
-            known.join(", ")
-        ));
-    }
-    match params.iter().find(|(k, _)| k == name) {
-        None => Ok(None),
-        Some((_, v)) => match v.parse::<T>() {
-            Ok(t) if valid(&t) => Ok(Some(t)),
-            _ => Err(format!("option {name} {rule} (got {v:?})")),
-        },
     }
 }
 
@@ -341,7 +291,7 @@ mod tests {
             for partitions in [1, 4, 7, 12, i32::MAX] {
                 assert_eq!(
                     partition_for_key(key, partitions),
-                    positive % partitions,
+                    Partition(positive % partitions),
                     "{}",
                     String::from_utf8_lossy(key)
                 );
@@ -395,7 +345,9 @@ mod tests {
         assert!(url_err("redis://x").contains("must be kafka://"));
         assert!(url_err("file:").contains("names no path"));
         assert!(url_err("kafka://h:9092").contains("names no topic"));
-        assert!(url_err("kafka://h/t").contains("\"h\" is not HOST:PORT"));
+        assert!(url_err("kafka://h/t").contains("broker \"h\" must be HOST:PORT"));
+        assert!(url_err("kafka://h:0/t").contains("port from 1 to 65535"));
+        assert!(url_err("kafka://h h:1/t").contains("without spaces"));
         assert!(url_err("kafka://h:9092/bad topic").contains("must match [A-Za-z0-9._-]"));
         assert!(url_err("file:/x?partitions=0").contains("partitions"));
         assert!(url_err("file:/x?size=1").contains("unknown option \"size\""));

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -29,12 +29,15 @@ use scylla::statement::unprepared::Statement;
 use scylla::value::CqlTimestamp;
 
 use super::{
-    validate_keyspace, ApiKey, AppliedOffsets, CassandraUrl, CountQuery, Offset, Partition,
-    PosteriorStore, ShardState, ShardWrite, StoreError, ALL_TIME,
+    validate_keyspace, ApiKey, AppliedOffsets, CassandraUrl, CountQuery, PosteriorStore,
+    ShardState, ShardWrite, StoreError,
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
-use crate::dataflow::CountKey;
-use crate::model::{ArmKey, Banner, Event, EventFields, SlotConfig};
+use crate::model::{
+    ArmKey, Banner, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey, SlotConfig,
+    ALL_TIME,
+};
+use crate::retry::RetryPolicy;
 
 /// The schema files, in version order: (version, name, CQL with `{keyspace}` and
 /// `{replication}` placeholders).
@@ -409,10 +412,9 @@ impl Connection {
     }
 }
 
-/// Calls `attempt` until it succeeds, fails for good, or the deadline passes; waits 0.1 s,
-/// 0.2 s, … up to 5 s between attempts, and the last wait ends at the deadline. An attempt may
-/// take half the deadline (so that a request lost with its connection, which never gets an
-/// answer, is sent again), at most what is left of it, and at least a second.
+/// Calls `attempt` under the store's [`RetryPolicy`] until it succeeds, fails for good, or the
+/// deadline passes: waits 0.1 s, 0.2 s, … up to 5 s between attempts; an attempt that gets no
+/// answer within its budget counts as failed.
 async fn retrying<T, F, Fut>(
     store: &str,
     deadline: Duration,
@@ -423,13 +425,15 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let started = Instant::now();
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempts = 0u32;
+    let mut retry = RetryPolicy {
+        first_backoff: FIRST_BACKOFF,
+        max_backoff: MAX_BACKOFF,
+        deadline: Some(deadline),
+        min_attempt: MIN_ATTEMPT,
+    }
+    .start();
     loop {
-        attempts += 1;
-        let left = deadline.saturating_sub(started.elapsed());
-        let allowed = left.min(deadline / 2).max(MIN_ATTEMPT);
+        let allowed = retry.attempt_budget();
         let failure = match tokio::time::timeout(allowed, attempt()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(failure)) => failure,
@@ -445,24 +449,35 @@ where
         if failure.permanent {
             return Err(fail(format!("{what}: {}", failure.detail)));
         }
-        let left = deadline.saturating_sub(started.elapsed());
-        if left.is_zero() {
+        let Some(wait) = retry.next_wait() else {
             return Err(fail(format!(
-                "{what}: gave up after {attempts} attempt(s) in {:.1} s (deadline_s={}); last error: {}",
-                started.elapsed().as_secs_f64(),
+                "{what}: gave up after {} attempt(s) in {:.1} s (deadline_s={}); last error: {}",
+                retry.attempts(),
+                retry.elapsed().as_secs_f64(),
                 deadline.as_secs(),
                 failure.detail
             )));
-        }
-        let wait = backoff.min(left);
+        };
         tracing::warn!(
-            "cassandra store {store}: {what} failed (attempt {attempts}), retrying in {:.1} s: {}",
+            "cassandra store {store}: {what} failed (attempt {}), retrying in {:.1} s: {}",
+            retry.attempts(),
             wait.as_secs_f64(),
             failure.detail
         );
         tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Offsets as the `map<int, bigint>` columns hold them.
+fn offsets_to_cql(offsets: &BTreeMap<Partition, Offset>) -> BTreeMap<i32, i64> {
+    offsets.iter().map(|(p, o)| (p.0, o.0)).collect()
+}
+
+fn offsets_from_cql(offsets: BTreeMap<i32, i64>) -> BTreeMap<Partition, Offset> {
+    offsets
+        .into_iter()
+        .map(|(p, o)| (Partition(p), Offset(o)))
+        .collect()
 }
 
 /// The prepared statements, named by what they do.
@@ -658,7 +673,7 @@ impl CassandraStore {
         &self,
         shard: &'a ShardWrite,
     ) -> Result<Vec<(Batch, BatchValues<'a>)>, StoreError> {
-        let (t, c) = (shard.tenant.as_str(), shard.city.as_str());
+        let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
         let statements = shard.rows.len() + usize::from(!shard.applied.is_empty());
         if statements > BATCH_LIMIT && !shard.applied.is_empty() {
             return Err(self.conn.fail(format!(
@@ -672,9 +687,9 @@ impl CassandraStore {
             let mut batch = Batch::new(BatchType::Unlogged);
             batch.set_is_idempotent(true);
             let mut values: BatchValues<'a> = Vec::with_capacity(chunk.len() + 1);
-            for (key, imp, clk) in chunk {
+            for (key, counts) in chunk {
                 let a = &key.arm;
-                if *imp == 0 && *clk == 0 {
+                if counts.is_zero() {
                     batch.append_statement(BatchStatement::from(self.st.delete_count.clone()));
                     values.push(Box::new((
                         t,
@@ -695,8 +710,8 @@ impl CassandraStore {
                         a.slot.as_str(),
                         a.banner.as_str(),
                         key.bucket,
-                        count(*imp)?,
-                        count(*clk)?,
+                        count(counts.impressions)?,
+                        count(counts.clicks)?,
                     )));
                 }
             }
@@ -710,7 +725,7 @@ impl CassandraStore {
             }
             let (batch, values) = batches.last_mut().expect("one batch");
             batch.append_statement(BatchStatement::from(self.st.add_applied.clone()));
-            values.push(Box::new((&shard.applied, t, c)));
+            values.push(Box::new((offsets_to_cql(&shard.applied), t, c)));
         }
         Ok(batches)
     }
@@ -798,24 +813,21 @@ impl CassandraStore {
                     .execute_unpaged(&self.st.shard, (tenant, city))
                     .await?
                     .into_rows_result()?;
-                let mut state = ShardState {
-                    tenant: tenant.to_string(),
-                    city: city.to_string(),
-                    ..Default::default()
-                };
+                let mut state = ShardState::new(ShardKey::new(tenant, city));
                 for row in result.rows::<Row>()? {
                     let (slot, banner, bucket, imp, clk, applied) = row?;
                     if let Some(applied) = applied {
-                        state.applied = applied;
+                        state.applied = offsets_from_cql(applied);
                     }
                     // A partition with offsets but no rows reads as one row of nulls.
                     let (Some(slot), Some(banner), Some(bucket)) = (slot, banner, bucket) else {
                         continue;
                     };
                     let arm = ArmKey::new(tenant, &slot, city, &banner);
-                    let (imp, clk) = self.counts_of(&arm, imp, clk)?;
-                    let arm = Arc::new(arm);
-                    state.rows.push((CountKey { arm, bucket }, imp, clk));
+                    let counts = self.counts_of(&arm, imp, clk)?;
+                    state
+                        .rows
+                        .push((CountKey::new(Arc::new(arm), bucket), counts));
                 }
                 Ok(state)
             })
@@ -827,10 +839,10 @@ impl CassandraStore {
         arm: &ArmKey,
         imp: Option<i64>,
         clk: Option<i64>,
-    ) -> Result<(u64, u64), Failure> {
+    ) -> Result<Counts, Failure> {
         let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).ok();
         match (count(imp), count(clk)) {
-            (Some(i), Some(c)) => Ok((i, c)),
+            (Some(i), Some(c)) => Ok(Counts::new(i, c)),
             _ => Err(self.corrupt(format!("negative count for {arm}"))),
         }
     }
@@ -840,7 +852,7 @@ impl PosteriorStore for CassandraStore {
     fn apply_epoch(&self, shards: &[ShardWrite]) -> Result<(), StoreError> {
         let mut batches = Vec::new();
         for shard in shards {
-            let what = format!("write shard ({}, {})", shard.tenant, shard.city);
+            let what = format!("write shard ({}, {})", shard.shard.tenant, shard.shard.city);
             for batch in self.shard_batches(shard)? {
                 batches.push((what.clone(), batch));
             }
@@ -871,7 +883,7 @@ impl PosteriorStore for CassandraStore {
             }))
     }
 
-    fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, u64, u64)>, StoreError> {
+    fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError> {
         let buckets = match q.from_bucket {
             None => (ALL_TIME, ALL_TIME),
             Some(from) => (from, i64::MAX),
@@ -885,22 +897,20 @@ impl PosteriorStore for CassandraStore {
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
-            let mut sums: BTreeMap<ArmKey, (u64, u64)> = BTreeMap::new();
+            let mut sums: BTreeMap<ArmKey, Counts> = BTreeMap::new();
             for (tenant, city, rows) in per_shard {
                 for (slot, banner, bucket, imp, clk) in rows {
                     if q.from_bucket.is_some() && bucket == ALL_TIME {
                         continue;
                     }
                     let arm = ArmKey::new(tenant, &slot, city, &banner);
-                    let (imp, clk) = self
+                    let counts = self
                         .counts_of(&arm, Some(imp), Some(clk))
                         .map_err(|f| self.conn.fail(f.detail))?;
-                    let sum = sums.entry(arm).or_default();
-                    sum.0 += imp;
-                    sum.1 += clk;
+                    *sums.entry(arm).or_default() += counts;
                 }
             }
-            Ok(sums.into_iter().map(|(k, (i, c))| (k, i, c)).collect())
+            Ok(sums.into_iter().collect())
         })
     }
 
@@ -1014,9 +1024,9 @@ impl PosteriorStore for CassandraStore {
                     .await?
                     .rows_stream::<Row>()?;
                 Ok(rows
-                    .try_filter_map(
-                        |(t, c, applied)| async move { Ok(applied.map(|a| ((t, c), a))) },
-                    )
+                    .try_filter_map(|(t, c, applied)| async move {
+                        Ok(applied.map(|a| (ShardKey { tenant: t, city: c }, offsets_from_cql(a))))
+                    })
                     .try_collect()
                     .await?)
             }))
@@ -1031,9 +1041,10 @@ impl PosteriorStore for CassandraStore {
                     .execute_unpaged(&self.st.checkpoints, (job,))
                     .await?
                     .into_rows_result()?;
-                Ok(rows
-                    .rows::<(i32, i64)>()?
-                    .collect::<Result<BTreeMap<_, _>, _>>()?)
+                Ok(offsets_from_cql(
+                    rows.rows::<(i32, i64)>()?
+                        .collect::<Result<BTreeMap<_, _>, _>>()?,
+                ))
             }))
     }
 
@@ -1048,7 +1059,7 @@ impl PosteriorStore for CassandraStore {
                 self.conn.retrying("write checkpoints", move || async move {
                     self.conn
                         .session
-                        .execute_unpaged(&self.st.set_checkpoint, (job, partition, offset, now))
+                        .execute_unpaged(&self.st.set_checkpoint, (job, partition.0, offset.0, now))
                         .await?;
                     Ok(())
                 })

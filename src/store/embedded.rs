@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use super::{
-    ApiKey, AppliedOffsets, CountQuery, Offset, Partition, PosteriorStore, ShardState, ShardWrite,
-    StoreError, ALL_TIME,
+    ApiKey, AppliedOffsets, CountQuery, PosteriorStore, ShardState, ShardWrite, StoreError,
 };
 use crate::bandit::{Prior, PriorSource, SlotPriors};
-use crate::dataflow::CountKey;
-use crate::model::{ArmKey, Event, EventFields, SlotConfig};
+use crate::model::{
+    ArmKey, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
+};
 use chrono::DateTime;
 
 /// (tenant, city, slot, banner) → all-time (impressions, clicks), the key encoded by
@@ -148,17 +148,18 @@ impl EmbeddedStore {
         self.write_with(durability, |tx| {
             write_counts(
                 tx,
-                shards
-                    .iter()
-                    .flat_map(|s| &s.rows)
-                    .map(|(k, imp, clk)| (k, *imp, *clk)),
+                shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)),
             )?;
             let mut applied = tx.open_table(APPLIED)?;
             for shard in shards {
                 for (&partition, &offset) in &shard.applied {
                     applied.insert(
-                        (shard.tenant.as_str(), shard.city.as_str(), partition),
-                        offset,
+                        (
+                            shard.shard.tenant.as_str(),
+                            shard.shard.city.as_str(),
+                            partition.0,
+                        ),
+                        offset.0,
                     )?;
                 }
             }
@@ -323,7 +324,7 @@ fn block_rows<'a, I: Iterator<Item = BlockEntry<'a>>>(
 /// block row); a count of (0, 0) removes the row or cell.
 fn write_counts<'k>(
     tx: &redb::WriteTransaction,
-    rows: impl Iterator<Item = (&'k CountKey, u64, u64)>,
+    rows: impl Iterator<Item = (&'k CountKey, Counts)>,
 ) -> Result<(), redb::Error> {
     type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
     let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
@@ -331,7 +332,14 @@ fn write_counts<'k>(
     // found without a lookup.
     let mut blocks: Vec<((i64, &ArmKey), Changes)> = Vec::new();
     let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
-    for (key, imp, clk) in rows {
+    for (
+        key,
+        Counts {
+            impressions: imp,
+            clicks: clk,
+        },
+    ) in rows
+    {
         if key.bucket == ALL_TIME {
             totals.push((arm_key(&key.arm), imp, clk));
             continue;
@@ -403,9 +411,9 @@ fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let key = decode_legacy_arm_state_key(k.value())
             .ok_or_else(|| corrupt("arm_state key", k.value()))?;
         let (imp, clk) = v.value();
-        rows.push((key, imp, clk));
+        rows.push((key, Counts::new(imp, clk)));
     }
-    write_counts(tx, rows.iter().map(|(k, imp, clk)| (k, *imp, *clk)))?;
+    write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
     tx.delete_table(LEGACY_ARM_STATE)?;
     Ok(())
 }
@@ -437,14 +445,12 @@ impl PosteriorStore for EmbeddedStore {
         })
     }
 
-    fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, u64, u64)>, StoreError> {
+    fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError> {
         self.read(|tx| {
-            let mut sums: BTreeMap<ArmKey, (u64, u64)> = BTreeMap::new();
+            let mut sums: BTreeMap<ArmKey, Counts> = BTreeMap::new();
             let mut add = |arm: ArmKey, imp: u64, clk: u64| {
                 if q.matches(&arm) {
-                    let s = sums.entry(arm).or_default();
-                    s.0 += imp;
-                    s.1 += clk;
+                    *sums.entry(arm).or_default() += Counts::new(imp, clk);
                 }
             };
             match q.from_bucket {
@@ -482,7 +488,7 @@ impl PosteriorStore for EmbeddedStore {
                     }
                 }
             }
-            Ok(sums.into_iter().map(|(k, (i, c))| (k, i, c)).collect())
+            Ok(sums.into_iter().collect())
         })
     }
 
@@ -552,28 +558,28 @@ impl PosteriorStore for EmbeddedStore {
 
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.read(|tx| {
-            let mut shards: BTreeMap<(String, String), ShardState> = BTreeMap::new();
+            let mut shards: BTreeMap<ShardKey, ShardState> = BTreeMap::new();
             for entry in tx.open_table(ARM_TOTALS)?.iter()? {
                 let (k, v) = entry?;
                 let arm =
                     decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
                 if owns(&arm.tenant, &arm.city) {
                     let (imp, clk) = v.value();
-                    let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
-                    let (arm, bucket) = (Arc::new(arm), ALL_TIME);
-                    state.rows.push((CountKey { arm, bucket }, imp, clk));
+                    let state = ShardState::entry(&mut shards, &ShardKey::of(&arm));
+                    let key = CountKey::all_time(Arc::new(arm));
+                    state.rows.push((key, Counts::new(imp, clk)));
                 }
             }
             for row in block_rows(tx.open_table(ARM_BLOCKS)?.iter()?) {
                 let (block, arm, cells) = row?;
                 if owns(&arm.tenant, &arm.city) {
-                    let state = ShardState::entry(&mut shards, &arm.tenant, &arm.city);
+                    let state = ShardState::entry(&mut shards, &ShardKey::of(&arm));
                     let arm = Arc::new(arm);
                     for (place, &(imp, clk)) in cells.iter().enumerate() {
                         if (imp, clk) != (0, 0) {
                             let bucket = block * BLOCK_BUCKETS + place as i64;
-                            let arm = arm.clone();
-                            state.rows.push((CountKey { arm, bucket }, imp, clk));
+                            let key = CountKey::new(arm.clone(), bucket);
+                            state.rows.push((key, Counts::new(imp, clk)));
                         }
                     }
                 }
@@ -582,9 +588,9 @@ impl PosteriorStore for EmbeddedStore {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
                 if owns(tenant, city) {
-                    ShardState::entry(&mut shards, tenant, city)
+                    ShardState::entry(&mut shards, &ShardKey::new(tenant, city))
                         .applied
-                        .insert(partition, v.value());
+                        .insert(Partition(partition), Offset(v.value()));
                 }
             }
             Ok(shards.into_values().collect())
@@ -598,9 +604,9 @@ impl PosteriorStore for EmbeddedStore {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
                 offsets
-                    .entry((tenant.to_string(), city.to_string()))
+                    .entry(ShardKey::new(tenant, city))
                     .or_default()
-                    .insert(partition, v.value());
+                    .insert(Partition(partition), Offset(v.value()));
             }
             Ok(offsets)
         })
@@ -614,7 +620,7 @@ impl PosteriorStore for EmbeddedStore {
                 .range((job, i32::MIN)..=(job, i32::MAX))?
             {
                 let (k, v) = entry?;
-                offsets.insert(k.value().1, v.value());
+                offsets.insert(Partition(k.value().1), Offset(v.value()));
             }
             Ok(offsets)
         })
@@ -628,7 +634,7 @@ impl PosteriorStore for EmbeddedStore {
         self.write(|tx| {
             let mut t = tx.open_table(CHECKPOINTS)?;
             for (&partition, &offset) in offsets {
-                t.insert((job, partition), offset)?;
+                t.insert((job, partition.0), offset.0)?;
             }
             Ok(())
         })
@@ -835,15 +841,15 @@ mod tests {
         bucket: i64,
         imp: u64,
         clk: u64,
-    ) -> (CountKey, u64, u64) {
+    ) -> (CountKey, Counts) {
         let arm = Arc::new(ArmKey::new(t, s, c, b));
-        (CountKey { arm, bucket }, imp, clk)
+        (CountKey { arm, bucket }, Counts::new(imp, clk))
     }
 
-    fn write(store: &EmbeddedStore, rows: &[(CountKey, u64, u64)]) {
+    fn write(store: &EmbeddedStore, rows: &[(CountKey, Counts)]) {
         let mut shards = BTreeMap::new();
         for r in rows {
-            ShardWrite::entry(&mut shards, &r.0.arm.tenant, &r.0.arm.city)
+            ShardWrite::entry(&mut shards, &ShardKey::of(&r.0.arm))
                 .rows
                 .push(r.clone());
         }
@@ -851,7 +857,7 @@ mod tests {
         store.apply_epoch(&shards).unwrap();
     }
 
-    fn stored_rows(store: &EmbeddedStore) -> Vec<(CountKey, u64, u64)> {
+    fn stored_rows(store: &EmbeddedStore) -> Vec<(CountKey, Counts)> {
         let mut rows: Vec<_> = store
             .shards(&|_, _| true)
             .unwrap()
@@ -866,7 +872,7 @@ mod tests {
         store: &EmbeddedStore,
         tenant: Option<&str>,
         from: Option<i64>,
-    ) -> Vec<(ArmKey, u64, u64)> {
+    ) -> Vec<(ArmKey, Counts)> {
         store
             .counts(&CountQuery {
                 tenant: tenant.map(Into::into),
@@ -887,7 +893,7 @@ mod tests {
         let store = EmbeddedStore::open(&path, true).unwrap();
         let mut shards = BTreeMap::new();
         for r in &rows {
-            ShardWrite::entry(&mut shards, &r.0.arm.tenant, &r.0.arm.city)
+            ShardWrite::entry(&mut shards, &ShardKey::of(&r.0.arm))
                 .rows
                 .push(r.clone());
         }
@@ -939,11 +945,23 @@ mod tests {
             ]
         );
         let b1 = ArmKey::new("ajio", "hero", "pune", "b1");
-        assert_eq!(window(&store, None, None), vec![(b1.clone(), 14, 3)]);
+        assert_eq!(
+            window(&store, None, None),
+            vec![(b1.clone(), Counts::new(14, 3))]
+        );
         assert_eq!(window(&store, Some("zara"), None), vec![]);
-        assert_eq!(window(&store, None, Some(0)), vec![(b1.clone(), 8, 2)]);
-        assert_eq!(window(&store, None, Some(481)), vec![(b1.clone(), 1, 0)]);
-        assert_eq!(window(&store, Some("ajio"), Some(480)), vec![(b1, 8, 2)]);
+        assert_eq!(
+            window(&store, None, Some(0)),
+            vec![(b1.clone(), Counts::new(8, 2))]
+        );
+        assert_eq!(
+            window(&store, None, Some(481)),
+            vec![(b1.clone(), Counts::new(1, 0))]
+        );
+        assert_eq!(
+            window(&store, Some("ajio"), Some(480)),
+            vec![(b1, Counts::new(8, 2))]
+        );
         assert_eq!(window(&store, None, Some(491)), vec![]);
         let tx = store.db.begin_read().unwrap();
         assert_eq!(tx.open_table(ARM_BLOCKS).unwrap().len().unwrap(), 1);
@@ -965,10 +983,10 @@ mod tests {
             let tx = db.begin_write().unwrap();
             {
                 let mut t = tx.open_table(LEGACY_ARM_STATE).unwrap();
-                for (k, imp, clk) in &rows {
+                for (k, c) in &rows {
                     let mut key = arm_key(&k.arm);
                     key.extend_from_slice(&ordered_i64(k.bucket));
-                    t.insert(key.as_slice(), (*imp, *clk)).unwrap();
+                    t.insert(key.as_slice(), (c.impressions, c.clicks)).unwrap();
                 }
             }
             tx.commit().unwrap();
@@ -978,7 +996,10 @@ mod tests {
         let arm = |b: &str| ArmKey::new("ajio", "hero", "pune", b);
         assert_eq!(
             window(&store, None, Some(21)),
-            vec![(arm("b1"), 5, 1), (arm("b2"), 3, 0)]
+            vec![
+                (arm("b1"), Counts::new(5, 1)),
+                (arm("b2"), Counts::new(3, 0))
+            ]
         );
         let tx = store.db.begin_read().unwrap();
         let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();

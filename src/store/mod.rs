@@ -13,17 +13,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::bandit::{BetaPosterior, SlotPriors};
-use crate::dataflow::CountKey;
-use crate::model::{ArmKey, Event, SlotConfig};
+use crate::model::address::{option, parse_host_ports, parse_query};
+use crate::model::{
+    pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
+};
 use crate::time::Buckets;
 
 pub use cassandra::{apply_schema, render_schema, CassandraStore, Replication, SCHEMA_VERSION};
 pub use embedded::EmbeddedStore;
 
-/// The bucket of all-time totals.
-pub const ALL_TIME: i64 = -1;
-/// The city of a slot's all-city posterior (the fallback for an unknown city).
-pub const ALL_CITIES: &str = "*";
 pub const META_AS_OF: &str = "as_of";
 pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
 
@@ -39,22 +37,16 @@ pub enum StoreError {
     Cassandra { store: String, detail: String },
 }
 
-/// A partition of an event log (a Kafka partition, or one of the file log's).
-pub type Partition = i32;
-/// An offset in one partition of an event log.
-pub type Offset = i64;
-
 /// Every shard's applied offset per partition.
-pub type AppliedOffsets = BTreeMap<(String, String), BTreeMap<Partition, Offset>>;
+pub type AppliedOffsets = BTreeMap<ShardKey, BTreeMap<Partition, Offset>>;
 
 /// The changed rows of one (tenant, city) shard in one epoch, as absolute values, and the offset
 /// per log partition up to which the shard has applied events (empty in a backfill). A row whose
 /// counts are both zero is deleted. A store applies a shard's rows and offsets atomically.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardWrite {
-    pub tenant: String,
-    pub city: String,
-    pub rows: Vec<(CountKey, u64, u64)>,
+    pub shard: ShardKey,
+    pub rows: Vec<(CountKey, Counts)>,
     pub applied: BTreeMap<Partition, Offset>,
 }
 
@@ -63,19 +55,23 @@ pub struct ShardWrite {
 pub type ShardState = ShardWrite;
 
 impl ShardWrite {
-    /// The shard of (tenant, city) in `shards`, added empty when absent.
+    pub fn new(shard: ShardKey) -> Self {
+        Self {
+            shard,
+            rows: Vec::new(),
+            applied: BTreeMap::new(),
+        }
+    }
+
+    /// The write of `shard` in `shards`, added empty when absent.
     pub fn entry<'a>(
-        shards: &'a mut BTreeMap<(String, String), ShardWrite>,
-        tenant: &str,
-        city: &str,
+        shards: &'a mut BTreeMap<ShardKey, ShardWrite>,
+        shard: &ShardKey,
     ) -> &'a mut ShardWrite {
-        shards
-            .entry((tenant.to_string(), city.to_string()))
-            .or_insert_with(|| ShardWrite {
-                tenant: tenant.to_string(),
-                city: city.to_string(),
-                ..Default::default()
-            })
+        if !shards.contains_key(shard) {
+            shards.insert(shard.clone(), ShardWrite::new(shard.clone()));
+        }
+        shards.get_mut(shard).expect("inserted")
     }
 }
 
@@ -149,15 +145,15 @@ pub struct PosteriorRow {
 }
 
 impl PosteriorRow {
-    pub fn new(arm: ArmKey, impressions: u64, clicks: u64, posterior: BetaPosterior) -> Self {
+    pub fn new(arm: ArmKey, counts: Counts, posterior: BetaPosterior) -> Self {
         let (lower95, upper95) = posterior.interval95();
         Self {
             tenant: arm.tenant,
             slot: arm.slot,
             city: arm.city,
             banner: arm.banner,
-            impressions,
-            clicks,
+            impressions: counts.impressions,
+            clicks: counts.clicks,
             alpha: posterior.alpha,
             beta: posterior.beta,
             mean: posterior.mean(),
@@ -183,7 +179,7 @@ pub trait PosteriorStore: Send + Sync {
     /// Removes every count (a backfill rebuilds them from history).
     fn clear_counts(&self) -> Result<(), StoreError>;
     /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on.
-    fn counts(&self, query: &CountQuery) -> Result<Vec<(ArmKey, u64, u64)>, StoreError>;
+    fn counts(&self, query: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError>;
     fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
         -> Result<(), StoreError>;
     /// The priors of a slot; Beta(1, 1) when none were computed.
@@ -201,7 +197,7 @@ pub trait PosteriorStore: Send + Sync {
         Ok(self
             .shards(&|_, _| true)?
             .into_iter()
-            .map(|s| ((s.tenant, s.city), s.applied))
+            .map(|s| (s.shard, s.applied))
             .collect())
     }
     /// The resume low-watermark per partition of a job: every event below it is applied by
@@ -270,30 +266,26 @@ pub trait PosteriorStore: Send + Sync {
                 city: None,
                 ..query.clone()
             };
-            let mut pooled: std::collections::BTreeMap<ArmKey, (u64, u64)> = Default::default();
-            for (arm, imp, clk) in self.counts(&all_cities)? {
-                let e = pooled
-                    .entry(ArmKey {
-                        city: ALL_CITIES.into(),
-                        ..arm
-                    })
-                    .or_default();
-                e.0 += imp;
-                e.1 += clk;
-            }
-            counts = pooled.into_iter().map(|(k, (i, c))| (k, i, c)).collect();
+            let all = self.counts(&all_cities)?;
+            counts = pool_cities(all.iter().map(|(arm, c)| (arm, *c)))
+                .into_iter()
+                .collect();
         }
         let mut priors: std::collections::BTreeMap<(String, String), SlotPriors> =
             Default::default();
         let mut rows = Vec::new();
-        for (arm, imp, clk) in counts {
+        for (arm, c) in counts {
             let key = (arm.tenant.clone(), arm.slot.clone());
             if !priors.contains_key(&key) {
                 let p = self.priors(&arm.tenant, &arm.slot)?;
                 priors.insert(key.clone(), p);
             }
             let prior = priors[&key].for_banner(&arm.banner);
-            rows.push(PosteriorRow::new(arm, imp, clk, prior.posterior(imp, clk)));
+            rows.push(PosteriorRow::new(
+                arm,
+                c,
+                prior.posterior(c.impressions, c.clicks),
+            ));
         }
         Ok(rows)
     }
@@ -381,44 +373,20 @@ fn parse_cassandra(rest: &str) -> Result<CassandraUrl, String> {
     let Some((hosts, keyspace)) = address.split_once('/') else {
         return Err(format!("{STORE_URL_FORMS} (the keyspace is missing)"));
     };
-    let mut nodes = Vec::new();
-    for node in hosts.split(',') {
-        let valid = node.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty()
-                && !host.contains(char::is_whitespace)
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !valid {
-            return Err(format!(
-                "node {node:?} must be HOST:PORT with a port from 1 to 65535"
-            ));
-        }
-        nodes.push(node.to_string());
-    }
+    let nodes = parse_host_ports(hosts).map_err(|e| format!("node {e}"))?;
     validate_keyspace(keyspace)?;
-    let mut deadline = CassandraUrl::DEFAULT_DEADLINE;
-    for param in query.into_iter().flat_map(|q| q.split('&')) {
-        match param.split_once('=') {
-            Some(("deadline_s", v)) => {
-                let secs = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| (1..=CassandraUrl::MAX_DEADLINE_S).contains(s))
-                    .ok_or_else(|| {
-                        format!(
-                            "deadline_s must be a whole number of seconds from 1 to {} (got {v:?})",
-                            CassandraUrl::MAX_DEADLINE_S
-                        )
-                    })?;
-                deadline = Duration::from_secs(secs);
-            }
-            _ => {
-                return Err(format!(
-                    "unknown parameter {param:?} (the one parameter is deadline_s=SECONDS)"
-                ))
-            }
-        }
-    }
+    let params = parse_query(query)?;
+    let deadline = option::<u64>(
+        &params,
+        &["deadline_s"],
+        "deadline_s",
+        &format!(
+            "must be a whole number of seconds from 1 to {}",
+            CassandraUrl::MAX_DEADLINE_S
+        ),
+        |s| (1..=CassandraUrl::MAX_DEADLINE_S).contains(s),
+    )?
+    .map_or(CassandraUrl::DEFAULT_DEADLINE, Duration::from_secs);
     Ok(CassandraUrl {
         nodes,
         keyspace: keyspace.to_string(),
@@ -481,12 +449,14 @@ mod tests {
         assert!(rule("cassandra://127.0.0.1:9042").contains("keyspace is missing"));
         assert!(rule("cassandra://127.0.0.1/ks").contains("HOST:PORT"));
         assert!(rule("cassandra://h:0/ks").contains("port from 1 to 65535"));
+        assert!(rule("cassandra://h h:9042/ks").contains("without spaces"));
         assert!(rule("cassandra://h:9042,/ks").contains("node \"\""));
         assert!(rule("cassandra://h:9042/Ks").contains("[a-z][a-z0-9_]"));
         assert!(rule("cassandra://h:9042/ks-1").contains("[a-z][a-z0-9_]"));
         assert!(rule(&format!("cassandra://h:9042/{}", "k".repeat(49))).contains("{0,47}"));
         assert!(rule("cassandra://h:9042/ks?deadline_s=0").contains("from 1 to 86400"));
         assert!(rule("cassandra://h:9042/ks?deadline_s=x").contains("deadline_s"));
-        assert!(rule("cassandra://h:9042/ks?timeout=3").contains("unknown parameter"));
+        assert!(rule("cassandra://h:9042/ks?timeout=3").contains("unknown option \"timeout\""));
+        assert!(rule("cassandra://h:9042/ks?deadline_s=3&deadline_s=4").contains("given twice"));
     }
 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{events_of, gen, ok, posteriors, recount, service, slotbandit, unique_name, Counts};
+use crate::common::{
+    events_of, gen, ok, posteriors, recount, service, slotbandit, unique_name, Counts,
+};
 
 use rand::{RngExt, SeedableRng};
 use slotbandit::model::parquet::list_parquet_files;

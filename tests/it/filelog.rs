@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{gen, ok, slotbandit};
+use crate::common::{gen, ok, slotbandit};
 
 use chrono::{TimeZone, Utc};
 use slotbandit::model::parquet::{list_parquet_files, read_events};
-use slotbandit::model::{Event, EventKind};
+use slotbandit::model::{Event, EventKind, Offset, Partition};
 use slotbandit::source::{
     dead_letters, event_key, open_log, partition_for_key, EventLog, LogError, LogRecord,
 };
@@ -68,11 +67,11 @@ fn produce(url: &str, from: &Path, extra: &[&str]) -> Child {
         .expect("the binary runs")
 }
 
-fn from_zero(log: &dyn EventLog) -> BTreeMap<i32, i64> {
+fn from_zero(log: &dyn EventLog) -> BTreeMap<Partition, Offset> {
     log.partitions()
         .unwrap()
         .into_iter()
-        .map(|p| (p, 0))
+        .map(|p| (p, Offset(0)))
         .collect()
 }
 
@@ -92,9 +91,9 @@ fn read_everything(log: &dyn EventLog) -> Vec<LogRecord> {
 /// Checks the log's invariants over records read in order: offsets dense from 0 in every
 /// partition, every keyed record in its key's partition.
 fn check_layout(records: &[LogRecord], partitions: i32) {
-    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut next: HashMap<Partition, Offset> = HashMap::new();
     for r in records {
-        let expected = next.entry(r.partition).or_insert(0);
+        let expected = next.entry(r.partition).or_insert(Offset(0));
         assert_eq!(r.offset, *expected, "partition {}", r.partition);
         *expected += 1;
         if let Some(key) = &r.key {
@@ -153,7 +152,7 @@ fn two_producer_processes_and_a_tailing_reader_see_every_event_once_in_order() {
     // Each event exactly once, with its own key, and each producer's events in its order within
     // a partition.
     let mut seen = HashMap::new();
-    let mut last_seq: HashMap<(i32, String), usize> = HashMap::new();
+    let mut last_seq: HashMap<(Partition, String), usize> = HashMap::new();
     for r in &records {
         let e = Event::from_json(&r.payload).unwrap();
         assert_eq!(r.key.as_deref(), Some(event_key(&e).as_bytes()));
@@ -167,7 +166,7 @@ fn two_producer_processes_and_a_tailing_reader_see_every_event_once_in_order() {
     }
     assert_eq!(seen.len(), 2 * n);
     let ends = log.end_offsets().unwrap();
-    assert_eq!(ends.values().sum::<i64>(), 2 * n as i64);
+    assert_eq!(ends.values().map(|o| o.0).sum::<i64>(), 2 * n as i64);
     assert!(segment_count(&dir) > 3, "segments rolled");
     // A reader in a fresh process view sees the same log.
     let again = open_log(&format!("file:{}", dir.display())).unwrap();
@@ -188,7 +187,14 @@ fn a_producer_killed_mid_run_leaves_a_log_the_next_writer_continues() {
     let log = open_log(&url).unwrap();
     let mut child = produce(&url, &big, &["--batch", "2000"]);
     let give_up = Instant::now() + Duration::from_secs(300);
-    while log.end_offsets().unwrap().values().sum::<i64>() < 10_000 {
+    while log
+        .end_offsets()
+        .unwrap()
+        .values()
+        .map(|o| o.0)
+        .sum::<i64>()
+        < 10_000
+    {
         assert!(Instant::now() < give_up, "the producer appended nothing");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -240,7 +246,9 @@ fn a_torn_tail_is_never_read_and_the_next_writer_truncates_it() {
         let url = format!("file:{}?partitions=1", tmp.path().display());
         let log = open_log(&url).unwrap();
         raw(log.as_ref(), &["one", "two"]);
-        let mut tailing = log.reader(&BTreeMap::from([(0, 0)])).unwrap();
+        let mut tailing = log
+            .reader(&BTreeMap::from([(Partition(0), Offset(0))]))
+            .unwrap();
         raw(log.as_ref(), &["three", "four"]);
         let segment = only_segment(tmp.path());
         let len = fs::metadata(&segment).unwrap().len();
@@ -263,14 +271,14 @@ fn a_torn_tail_is_never_read_and_the_next_writer_truncates_it() {
             .poll(100, Duration::from_millis(50))
             .unwrap()
             .is_empty());
-        assert_eq!(log.end_offsets().unwrap()[&0], 2);
+        assert_eq!(log.end_offsets().unwrap()[&Partition(0)], Offset(2));
         // The next writer (another process) repairs the tail and continues at offset 2.
         let next_writer = open_log(&url).unwrap();
         raw(next_writer.as_ref(), &["five"]);
         let read = tailing.poll(100, Duration::from_millis(500)).unwrap();
         assert_eq!(payloads(&read), ["five"], "{tear}");
-        assert_eq!(read[0].offset, 2);
-        assert_eq!(next_writer.end_offsets().unwrap()[&0], 3);
+        assert_eq!(read[0].offset, Offset(2));
+        assert_eq!(next_writer.end_offsets().unwrap()[&Partition(0)], Offset(3));
     }
 }
 
@@ -286,7 +294,9 @@ fn a_damaged_committed_frame_is_an_error_not_a_silent_truncation() {
     let at = bytes.windows(3).position(|w| w == b"one").unwrap();
     bytes[at] = b'O';
     fs::write(&segment, &bytes).unwrap();
-    let mut reader = log.reader(&BTreeMap::from([(0, 0)])).unwrap();
+    let mut reader = log
+        .reader(&BTreeMap::from([(Partition(0), Offset(0))]))
+        .unwrap();
     let err = reader.poll(10, Duration::ZERO).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("committed frames follow"), "{err}");
@@ -301,7 +311,7 @@ fn reopening_keeps_the_options_the_log_was_created_with() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().display();
     let log = open_log(&format!("file:{dir}?partitions=2&retention_hours=24")).unwrap();
-    assert_eq!(log.partitions().unwrap(), [0, 1]);
+    assert_eq!(log.partitions().unwrap(), [Partition(0), Partition(1)]);
     let err = open_log(&format!("file:{dir}?partitions=3"))
         .err()
         .unwrap()
@@ -314,7 +324,7 @@ fn reopening_keeps_the_options_the_log_was_created_with() {
         .to_string();
     assert!(err.contains("created with retention_hours=24"), "{err}");
     let reopened = open_log(&format!("file:{dir}")).unwrap();
-    assert_eq!(reopened.partitions().unwrap(), [0, 1]);
+    assert_eq!(reopened.partitions().unwrap(), [Partition(0), Partition(1)]);
 
     let other = tempfile::tempdir().unwrap();
     fs::write(other.path().join("notes.txt"), "mine").unwrap();
@@ -332,13 +342,16 @@ fn a_start_offset_past_the_end_or_an_unknown_partition_is_an_error() {
     let log = open_log(&format!("file:{}?partitions=2", tmp.path().display())).unwrap();
     raw(log.as_ref(), &["a", "b", "c", "d"]);
     let ends = log.end_offsets().unwrap();
-    let p = *ends.iter().find(|(_, &o)| o > 0).unwrap().0;
+    let p = *ends.iter().find(|(_, &o)| o > Offset(0)).unwrap().0;
     let err = log
         .reader(&BTreeMap::from([(p, ends[&p] + 1)]))
         .err()
         .unwrap();
     assert!(matches!(err, LogError::OffsetOutOfRange { .. }), "{err}");
-    let err = log.reader(&BTreeMap::from([(2, 0)])).err().unwrap();
+    let err = log
+        .reader(&BTreeMap::from([(Partition(2), Offset(0))]))
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not 2"), "{err}");
     // Starting exactly at the end waits for the next record.
     let mut reader = log.reader(&BTreeMap::from([(p, ends[&p])])).unwrap();
@@ -418,7 +431,10 @@ fn dead_letters_keep_the_message_its_place_and_the_reason() {
     }
     // The dead-letter log is a file log of its own.
     let dlq = open_log(&format!("file:{}/dlq", tmp.path().display())).unwrap();
-    assert_eq!(dlq.end_offsets().unwrap(), BTreeMap::from([(0, 2)]));
+    assert_eq!(
+        dlq.end_offsets().unwrap(),
+        BTreeMap::from([(Partition(0), Offset(2))])
+    );
 }
 
 #[test]
@@ -530,7 +546,7 @@ fn produce_flags_are_validated() {
         all.extend(args);
         let out = slotbandit(&all);
         assert_eq!(out.status.code(), Some(2), "{all:?}");
-        let err = common::stderr(&out);
+        let err = crate::common::stderr(&out);
         assert!(err.contains(needle), "{all:?}: {err}");
     }
     let out = slotbandit(&[
@@ -541,5 +557,5 @@ fn produce_flags_are_validated() {
         tmp.path().join("missing.jsonl").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(common::stderr(&out).contains("missing.jsonl"));
+    assert!(crate::common::stderr(&out).contains("missing.jsonl"));
 }

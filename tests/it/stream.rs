@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod common;
-use common::{events_of, gen, ok, posteriors, recount, slotbandit, stderr, Counts};
+use crate::common::{events_of, gen, ok, posteriors, recount, slotbandit, stderr, Counts};
 
 use slotbandit::model::parquet::list_parquet_files;
 use slotbandit::model::{Event, EventKind};
@@ -198,14 +197,14 @@ fn kafka_fixture(broker: &str, prefix: &str, gen_flags: &str) -> Fixture {
     let mut f = Fixture::new(gen_flags);
     f.log = format!(
         "kafka://{broker}/{}?partitions=4",
-        common::unique_name(prefix).replace('_', "-")
+        crate::common::unique_name(prefix).replace('_', "-")
     );
     f
 }
 
 #[test]
 fn events_from_kafkas_own_console_producer_are_counted() {
-    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+    let Some(broker) = crate::common::service("SLOTBANDIT_KAFKA") else {
         return;
     };
     let f = kafka_fixture(
@@ -256,7 +255,7 @@ fn events_from_kafkas_own_console_producer_are_counted() {
 
 #[test]
 fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic() {
-    let Some(broker) = common::service("SLOTBANDIT_KAFKA") else {
+    let Some(broker) = crate::common::service("SLOTBANDIT_KAFKA") else {
         return;
     };
     let f = kafka_fixture(
@@ -367,7 +366,7 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
     assert!(clicks > 0, "the fixture has clicks");
     let produced = std::time::Instant::now();
     f.produce_from(&jsonl);
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
     let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
         .args(["stream", "--log", &f.log, "--store", &f.store])
         .args(["--epoch-ms", "50", "--metrics-listen", &addr])
@@ -409,8 +408,8 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
 #[test]
 fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
     let (Some(broker), Some(cassandra)) = (
-        common::service("SLOTBANDIT_KAFKA"),
-        common::service("SLOTBANDIT_CASSANDRA"),
+        crate::common::service("SLOTBANDIT_KAFKA"),
+        crate::common::service("SLOTBANDIT_CASSANDRA"),
     ) else {
         return;
     };
@@ -422,7 +421,10 @@ fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
     f.produce_from(&f.data);
     let events = f.events();
     let store_of = |name: &str| {
-        let store = format!("cassandra://{cassandra}/{}", common::unique_name(name));
+        let store = format!(
+            "cassandra://{cassandra}/{}",
+            crate::common::unique_name(name)
+        );
         ok(slotbandit(&["schema", "apply", "--store", &store]));
         store
     };
@@ -441,7 +443,7 @@ fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
 
     let two = store_of("two");
     let hosts = f.dir.path().join("hosts.txt");
-    let (p0, p1) = (common::free_port(), common::free_port());
+    let (p0, p1) = (crate::common::free_port(), crate::common::free_port());
     std::fs::write(&hosts, format!("127.0.0.1:{p0}\n127.0.0.1:{p1}\n")).unwrap();
     let processes: Vec<_> = (0..2)
         .map(|p| {

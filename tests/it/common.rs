@@ -1,5 +1,4 @@
 //! Helpers shared by the tests that run the `slotbandit` binary.
-#![allow(dead_code)] // each test crate uses its own subset
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

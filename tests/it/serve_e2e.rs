@@ -3,8 +3,6 @@
 //! service into Kafka, the job counts them into Cassandra, the service's cache picks them up:
 //! the posterior moves, and later decisions prefer the banner that was clicked.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,24 +47,26 @@ fn posteriors(client: &Client, base: &str, key: &str, city: &str) -> Vec<(String
 #[test]
 fn clicks_through_kafka_cassandra_and_the_job_steer_later_decisions() {
     let (Some(broker), Some(cassandra)) = (
-        common::service("SLOTBANDIT_KAFKA"),
-        common::service("SLOTBANDIT_CASSANDRA"),
+        crate::common::service("SLOTBANDIT_KAFKA"),
+        crate::common::service("SLOTBANDIT_CASSANDRA"),
     ) else {
         return;
     };
     let store = format!(
         "cassandra://{cassandra}/{}",
-        common::unique_name("serve_e2e")
+        crate::common::unique_name("serve_e2e")
     );
     let log = format!(
         "kafka://{broker}/{}?partitions=2",
-        common::unique_name("serve-e2e").replace('_', "-")
+        crate::common::unique_name("serve-e2e").replace('_', "-")
     );
-    common::ok(common::slotbandit(&["schema", "apply", "--store", &store]));
-    let admin = common::keys_add(&store, "shop", "admin");
+    crate::common::ok(crate::common::slotbandit(&[
+        "schema", "apply", "--store", &store,
+    ]));
+    let admin = crate::common::keys_add(&store, "shop", "admin");
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool").display().to_string();
-    let (service, base) = common::spawn_serve(
+    let (service, base) = crate::common::spawn_serve(
         &[
             "--store",
             &store,

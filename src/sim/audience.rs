@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
 use crate::bandit::DecisionRng;
-use crate::gen::Truth;
+use crate::synth::Truth;
 
 #[derive(Debug, Clone)]
 pub struct AudienceSpec {

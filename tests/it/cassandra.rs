@@ -10,12 +10,12 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-mod common;
-use common::{gen, ok, service, slotbandit, stderr, unique_name};
+use crate::common::{gen, ok, service, slotbandit, stderr, unique_name};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use slotbandit::dataflow::CountKey;
-use slotbandit::model::{ArmKey, Event, EventFields, SlotConfig};
+use slotbandit::model::{
+    ArmKey, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey, SlotConfig,
+};
 use slotbandit::store::{open_store, ApiKey, PosteriorStore, Role, ShardState, ShardWrite};
 
 /// Runs CQL on a node directly with the driver (what the store does not offer: DROP).
@@ -240,7 +240,7 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
 /// What the writer of the isolation test writes to every shard in epoch `e`: rows whose counts
 /// are a function of `e`, one row that exists only in even epochs, and applied offsets
 /// {0: e, 1: 1000 + e}.
-fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
+fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, Counts)> {
     let mut rows = Vec::new();
     for banner in 1..=6u64 {
         for bucket in [-1, 490_000, 490_001] {
@@ -249,8 +249,7 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
                     arm: Arc::new(ArmKey::new(tenant, "hero", city, &format!("b{banner}"))),
                     bucket,
                 },
-                10 * e + banner,
-                e + banner,
+                Counts::new(10 * e + banner, e + banner),
             ));
         }
     }
@@ -260,8 +259,11 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
             arm: Arc::new(ArmKey::new(tenant, "hero", city, "b0")),
             bucket: -1,
         },
-        if even { e } else { 0 },
-        if even { e } else { 0 },
+        if even {
+            Counts::new(e, e)
+        } else {
+            Counts::ZERO
+        },
     ));
     rows
 }
@@ -269,15 +271,21 @@ fn epoch_rows(tenant: &str, city: &str, e: u64) -> Vec<(CountKey, u64, u64)> {
 fn expected_state(tenant: &str, city: &str, e: u64) -> ShardState {
     let mut rows: Vec<_> = epoch_rows(tenant, city, e)
         .into_iter()
-        .filter(|(_, i, c)| (*i, *c) != (0, 0))
+        .filter(|(_, c)| !c.is_zero())
         .collect();
     rows.sort();
     ShardState {
-        tenant: tenant.into(),
-        city: city.into(),
+        shard: ShardKey::new(tenant, city),
         rows,
-        applied: BTreeMap::from([(0, e as i64), (1, 1000 + e as i64)]),
+        applied: applied_in(e),
     }
+}
+
+fn applied_in(e: u64) -> BTreeMap<Partition, Offset> {
+    BTreeMap::from([
+        (Partition(0), Offset(e as i64)),
+        (Partition(1), Offset(1000 + e as i64)),
+    ])
 }
 
 #[test]
@@ -287,9 +295,9 @@ fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
     };
     let ks = Keyspace::new(&node, "sbt_isolation");
     let store: Arc<dyn PosteriorStore> = Arc::from(ks.store());
-    let shards: Vec<(String, String)> = ["t1", "t2"]
+    let shards: Vec<ShardKey> = ["t1", "t2"]
         .iter()
-        .flat_map(|t| ["c1", "c2", "c3"].map(|c| (t.to_string(), c.to_string())))
+        .flat_map(|t| ["c1", "c2", "c3"].map(|c| ShardKey::new(t, c)))
         .collect();
     let reads = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -305,11 +313,10 @@ fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
                 e += 1;
                 let writes: Vec<ShardWrite> = shards
                     .iter()
-                    .map(|(t, c)| ShardWrite {
-                        tenant: t.clone(),
-                        city: c.clone(),
-                        rows: epoch_rows(t, c, e),
-                        applied: BTreeMap::from([(0, e as i64), (1, 1000 + e as i64)]),
+                    .map(|s| ShardWrite {
+                        shard: s.clone(),
+                        rows: epoch_rows(&s.tenant, &s.city, e),
+                        applied: applied_in(e),
                     })
                     .collect();
                 store.apply_epoch(&writes).unwrap();
@@ -329,8 +336,9 @@ fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
                 loop {
                     let finished = done.load(Ordering::SeqCst);
                     for state in store.shards(&|_, _| true).unwrap() {
-                        let e = state.applied[&0] as u64;
-                        assert_eq!(state, expected_state(&state.tenant, &state.city, e));
+                        let e = state.applied[&Partition(0)].0 as u64;
+                        let shard = &state.shard;
+                        assert_eq!(state, expected_state(&shard.tenant, &shard.city, e));
                         seen.insert(e);
                     }
                     reads.fetch_add(1, Ordering::SeqCst);
@@ -359,7 +367,7 @@ fn a_reader_never_sees_a_shards_rows_disagree_with_its_applied_offsets() {
         t1,
         ["c1", "c2", "c3"].map(|c| expected_state("t1", c, last))
     );
-    let offsets = BTreeMap::from([(0, last as i64), (1, 1000 + last as i64)]);
+    let offsets = applied_in(last);
     assert_eq!(
         store.applied_offsets().unwrap(),
         shards
@@ -425,10 +433,16 @@ fn exercise(store: &dyn PosteriorStore) -> Vec<String> {
     seen.push(format!("{:?}", store.api_key(&"cd".repeat(32)).unwrap()));
 
     store
-        .set_checkpoints("stream", &BTreeMap::from([(0, 10), (1, 20)]))
+        .set_checkpoints(
+            "stream",
+            &BTreeMap::from([(Partition(0), Offset(10)), (Partition(1), Offset(20))]),
+        )
         .unwrap();
     store
-        .set_checkpoints("stream", &BTreeMap::from([(1, 25), (2, 5)]))
+        .set_checkpoints(
+            "stream",
+            &BTreeMap::from([(Partition(1), Offset(25)), (Partition(2), Offset(5))]),
+        )
         .unwrap();
     seen.push(format!("{:?}", store.checkpoints("stream").unwrap()));
     seen.push(format!("{:?}", store.checkpoints("other").unwrap()));
@@ -669,17 +683,11 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     // A sentinel row that the backfill's clear removes: once it is gone, the job is past
     // connecting and clearing, and is reading and writing.
     let sentinel = ShardWrite {
-        tenant: "sentinel".into(),
-        city: "gone".into(),
         rows: vec![(
-            CountKey {
-                arm: Arc::new(ArmKey::new("sentinel", "s", "gone", "b")),
-                bucket: -1,
-            },
-            1,
-            0,
+            CountKey::all_time(Arc::new(ArmKey::new("sentinel", "s", "gone", "b"))),
+            Counts::new(1, 0),
         )],
-        applied: BTreeMap::new(),
+        ..ShardWrite::new(ShardKey::new("sentinel", "gone"))
     };
     let probe = ks.store();
     probe.apply_epoch(&[sentinel]).unwrap();

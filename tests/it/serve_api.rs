@@ -1,8 +1,6 @@
 //! The lookup service's HTTP API, against the real binary on a free port with an embedded store
 //! and the file event log: every route, good and bad input, and what reaches the log.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -11,7 +9,7 @@ use chrono::Utc;
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use slotbandit::model::{Event, EventKind};
+use slotbandit::model::{Event, EventKind, Offset};
 use slotbandit::serve::token::TokenSigner;
 use slotbandit::source::open_log;
 
@@ -40,12 +38,12 @@ impl Server {
     fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = format!("embedded:{}", dir.path().join("store.redb").display());
-        let serve = common::keys_add(&store, "ajio", "serve");
-        let admin = common::keys_add(&store, "ajio", "admin");
-        let other_tenant = common::keys_add(&store, "myntra", "admin");
+        let serve = crate::common::keys_add(&store, "ajio", "serve");
+        let admin = crate::common::keys_add(&store, "ajio", "admin");
+        let other_tenant = crate::common::keys_add(&store, "myntra", "admin");
         let log = format!("file:{}", dir.path().join("log").display());
         let spool = dir.path().join("spool").display().to_string();
-        let (child, base) = common::spawn_serve(
+        let (child, base) = crate::common::spawn_serve(
             &[
                 "--store",
                 &store,
@@ -180,9 +178,9 @@ fn read_log(path: &Path) -> Vec<Event> {
         .partitions()
         .unwrap()
         .into_iter()
-        .map(|p| (p, 0))
+        .map(|p| (p, Offset(0)))
         .collect();
-    let end: i64 = log.end_offsets().unwrap().values().sum();
+    let end: i64 = log.end_offsets().unwrap().values().map(|o| o.0).sum();
     let mut reader = log.reader(&start).unwrap();
     let mut events = Vec::new();
     while (events.len() as i64) < end {
@@ -813,21 +811,21 @@ fn seed_compatible_routes() {
 fn keys_add_validates_its_flags() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("embedded:{}", dir.path().join("s.redb").display());
-    let out = common::slotbandit(&[
+    let out = crate::common::slotbandit(&[
         "keys", "add", "--store", &store, "--tenant", "ajio", "--role", "owner",
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        common::stderr(&out).contains("serve or admin"),
+        crate::common::stderr(&out).contains("serve or admin"),
         "{}",
-        common::stderr(&out)
+        crate::common::stderr(&out)
     );
-    let out = common::slotbandit(&[
+    let out = crate::common::slotbandit(&[
         "keys", "add", "--store", &store, "--tenant", "Ajio", "--role", "serve",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    let a = common::keys_add(&store, "ajio", "serve");
-    let b = common::keys_add(&store, "ajio", "serve");
+    let a = crate::common::keys_add(&store, "ajio", "serve");
+    let b = crate::common::keys_add(&store, "ajio", "serve");
     assert_ne!(a, b);
     assert!(a.starts_with("sbk_") && a.len() > 40);
 }

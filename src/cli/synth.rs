@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::gen::{generate, GenSpec};
+use slotbandit::synth::{generate, GenSpec};
 
 #[derive(Args)]
 pub struct GenArgs {

@@ -7,11 +7,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{ok, service, slotbandit, unique_name};
+use crate::common::{ok, service, slotbandit, unique_name};
 
 use chrono::{TimeZone, Utc};
-use slotbandit::model::{Event, EventKind};
+use slotbandit::model::{Event, EventKind, Offset, Partition};
 use slotbandit::source::{
     dead_letters, event_key, open_log, partition_for_key, EventLog, LogError, LogRecord,
 };
@@ -54,7 +53,7 @@ fn read_n(log: &dyn EventLog, n: usize) -> Vec<LogRecord> {
         .partitions()
         .unwrap()
         .into_iter()
-        .map(|p| (p, 0))
+        .map(|p| (p, Offset(0)))
         .collect();
     let mut reader = log.reader(&start).unwrap();
     let mut out = Vec::new();
@@ -75,9 +74,9 @@ fn read_n(log: &dyn EventLog, n: usize) -> Vec<LogRecord> {
 }
 
 fn check_dense(records: &[LogRecord]) {
-    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut next: HashMap<Partition, Offset> = HashMap::new();
     for r in records {
-        let expected = next.entry(r.partition).or_insert(0);
+        let expected = next.entry(r.partition).or_insert(Offset(0));
         assert_eq!(r.offset, *expected, "partition {}", r.partition);
         *expected += 1;
     }
@@ -130,7 +129,7 @@ fn keys_from_kafkas_console_producer_land_where_ours_do_and_we_read_its_events()
 
     let records = read_n(log.as_ref(), java.len() + ours.len());
     check_dense(&records);
-    let mut partitions_of: BTreeMap<String, BTreeSet<(bool, i32)>> = BTreeMap::new();
+    let mut partitions_of: BTreeMap<String, BTreeSet<(bool, Partition)>> = BTreeMap::new();
     let mut java_read = Vec::new();
     for r in &records {
         let e = Event::from_json(&r.payload).unwrap();
@@ -148,7 +147,7 @@ fn keys_from_kafkas_console_producer_land_where_ours_do_and_we_read_its_events()
     }
     // Every key was produced by both, and each landed in one partition, the same for both.
     for (key, seen) in &partitions_of {
-        let parts: BTreeSet<i32> = seen.iter().map(|(_, p)| *p).collect();
+        let parts: BTreeSet<Partition> = seen.iter().map(|(_, p)| *p).collect();
         let producers: BTreeSet<bool> = seen.iter().map(|(j, _)| *j).collect();
         assert_eq!(parts.len(), 1, "{key}: {seen:?}");
         assert_eq!(producers.len(), 2, "{key}: {seen:?}");
@@ -164,13 +163,16 @@ fn appends_are_read_back_densely_and_offsets_by_time_split_them() {
     };
     let url = topic_url(&broker, "append", 3);
     let log = open_log(&url).unwrap();
-    assert_eq!(log.partitions().unwrap(), [0, 1, 2]);
+    assert_eq!(
+        log.partitions().unwrap(),
+        [Partition(0), Partition(1), Partition(2)]
+    );
     let early: Vec<Event> = (0..3000).map(|i| event("early", i)).collect();
     for chunk in early.chunks(1000) {
         log.append(chunk).unwrap();
     }
     let ends_early = log.end_offsets().unwrap();
-    assert_eq!(ends_early.values().sum::<i64>(), 3000);
+    assert_eq!(ends_early.values().map(|o| o.0).sum::<i64>(), 3000);
     std::thread::sleep(Duration::from_millis(10));
     let middle = Utc::now();
     std::thread::sleep(Duration::from_millis(10));
@@ -267,7 +269,9 @@ fn missing_topics_unknown_offsets_and_absent_brokers_are_clear_errors() {
         .to_string();
     assert!(err.contains("has 1 partitions"), "{err}");
     log.append(&[event("r", 0)]).unwrap();
-    let mut reader = log.reader(&BTreeMap::from([(0, 5)])).unwrap();
+    let mut reader = log
+        .reader(&BTreeMap::from([(Partition(0), Offset(5))]))
+        .unwrap();
     let give_up = Instant::now() + Duration::from_secs(60);
     let err = loop {
         assert!(Instant::now() < give_up, "no out-of-range error");
@@ -280,10 +284,10 @@ fn missing_topics_unknown_offsets_and_absent_brokers_are_clear_errors() {
         matches!(
             err,
             LogError::OffsetOutOfRange {
-                partition: 0,
-                offset: 5,
-                earliest: 0,
-                end: 1,
+                partition: Partition(0),
+                offset: Offset(5),
+                earliest: Offset(0),
+                end: Offset(1),
                 ..
             }
         ),

@@ -3,8 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
-use common::{gen, slotbandit, stderr, stdout};
+use crate::common::{gen, slotbandit, stderr, stdout};
 
 use slotbandit::model::parquet::{list_parquet_files, read_events};
 use slotbandit::model::{Event, EventKind};

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-mod common;
-use common::{events_of, free_port, gen, ist_hour, ok, posteriors, recount, slotbandit, Counts};
+use crate::common::{
+    events_of, free_port, gen, ist_hour, ok, posteriors, recount, slotbandit, Counts,
+};
 
 use slotbandit::model::parquet::list_parquet_files;
 

@@ -1,0 +1,20 @@
+//! The integration tests, in one crate so that the heavy stack (timely, differential, arrow,
+//! rdkafka, scylla, axum) links once. Tests that need Kafka or Cassandra read `SLOTBANDIT_KAFKA`
+//! and `SLOTBANDIT_CASSANDRA` (set by scripts/test.sh) and skip without them unless
+//! `SLOTBANDIT_REQUIRE_SERVICES=1`.
+
+mod common;
+
+mod backfill;
+mod cassandra;
+mod cli;
+mod faults;
+mod filelog;
+mod kafka;
+mod lab;
+mod lab_replay;
+mod layers;
+mod properties;
+mod serve_api;
+mod serve_e2e;
+mod stream;
