@@ -9,9 +9,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // mimalloc asks for transparent huge pages on its arenas, and the kernel then zeroes 2 MiB
-    // on each first touch: an eighth of the backfill's CPU went to clearing pages the short-lived
-    // batch buffers never fill. Without them the backfill spends less in the kernel and in user
-    // mode (bench/backfill/README.md, session 6). Failing to switch them off is harmless.
+    // on each first touch of pages that the short-lived batch buffers never fill; without them
+    // the backfill spends less time in the kernel (bench/backfill/README.md). Failing to switch
+    // them off is harmless.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     cli::run()
 }

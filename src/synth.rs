@@ -94,7 +94,13 @@ pub struct TruthArm {
     pub ctr: f64,
 }
 
-/// The ground truth written beside the data as truth.json.
+/// The side files `generate` writes beside the Parquet partitions. Their names start with `_`, the
+/// Hadoop convention for files that are not data, so that pyarrow, Spark and DuckDB read the folder
+/// as one Parquet dataset.
+pub const TRUTH_FILE: &str = "_truth.json";
+pub const SLOTS_FILE: &str = "_slots.csv";
+
+/// The ground truth written beside the data as [`TRUTH_FILE`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Truth {
     pub spec: GenSpec,
@@ -281,7 +287,7 @@ impl Ord for Row {
     }
 }
 
-/// Writes the clickstream under `out` (Parquet by IST date), `truth.json` and `slots.csv`.
+/// Writes the clickstream under `out` (Parquet by IST date), [`TRUTH_FILE`] and [`SLOTS_FILE`].
 /// `progress` is called with the number of impressions generated so far.
 pub fn generate(
     spec: &GenSpec,
@@ -380,9 +386,9 @@ pub fn generate(
         first_ts,
         last_ts,
     );
-    write_json(&out.join("truth.json"), &truth)?;
+    write_json(&out.join(TRUTH_FILE), &truth)?;
     let slots = slot_configs(spec, &world);
-    let path = out.join("slots.csv");
+    let path = out.join(SLOTS_FILE);
     let file = fs::File::create(&path).map_err(|source| GenError::Io { path, source })?;
     SlotConfig::write_csv(&slots, file)?;
     Ok(truth)

@@ -22,7 +22,7 @@ mkdir -p "$work"
 
 generate() { # impressions -> folder
   local n="$1" dir="$work/gen-$1"
-  if [ ! -f "$dir/truth.json" ]; then
+  if [ ! -f "$dir/_truth.json" ]; then
     rm -rf "$dir"
     "$bin" gen --out "$dir" --events "$n" --days 30 --tenants 3 --cities 12 --banners 10 --seed 1 >&2
   fi
@@ -44,7 +44,7 @@ measure() { # name rows command... ; prints a result line
 
 big="$(generate "$events")"
 small="$(generate $((events / 5)))"
-rows_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rows'])" "$1/truth.json"; }
+rows_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rows'])" "$1/_truth.json"; }
 big_rows="$(rows_of "$big")"; small_rows="$(rows_of "$small")"
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"

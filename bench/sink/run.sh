@@ -21,7 +21,7 @@ bin="$CARGO_TARGET_DIR/release/slotbandit"
 work="${SLOTBANDIT_BENCH_DIR:-$cache/bench-sink}"
 mkdir -p "$work"
 data="$work/gen-$events"
-if [ ! -f "$data/truth.json" ]; then
+if [ ! -f "$data/_truth.json" ]; then
   rm -rf "$data"
   "$bin" gen --out "$data" --events "$events" --days 30 --tenants 3 --cities 12 --banners 10 --seed 1 >&2
 fi

@@ -32,7 +32,7 @@ cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/slotbandit"
 scripts/services/kafka.sh start >/dev/null
 events=$((rate * seconds))
-if [ ! -f "$history/truth.json" ] || [ "$(cat "$history/.events" 2>/dev/null)" -lt "$events" ]; then
+if [ ! -f "$history/_truth.json" ] || [ "$(cat "$history/.events" 2>/dev/null)" -lt "$events" ]; then
   rm -rf "$history"
   "$bin" gen --out "$history" --events "$events" --days 30 --seed 12 >&2
   echo "$events" >"$history/.events"

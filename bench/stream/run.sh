@@ -28,11 +28,11 @@ scripts/services/kafka.sh start >/dev/null
 
 # 1. History: the generator's Parquet (reused).
 history="$work/history-$events"
-if [ ! -f "$history/truth.json" ]; then
+if [ ! -f "$history/_truth.json" ]; then
   rm -rf "$history"
   "$bin" gen --out "$history" --events "$events" --days 30 --seed 11 >&2
 fi
-rows="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rows'])" "$history/truth.json")"
+rows="$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['rows'])" "$history/_truth.json")"
 
 # 2. Pre-fill: `slotbandit produce` replays the Parquet as keyed event JSON (idempotent
 #    producer, acks=all). A marker records a completed fill so reruns skip it.

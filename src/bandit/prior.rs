@@ -1,4 +1,4 @@
-//! Empirical-Bayes priors per (tenant, slot, banner) from pooled all-city counts (DESIGN.md §7).
+//! Empirical-Bayes priors per (tenant, slot, banner) from pooled all-city counts (docs/architecture.md, "Bandit math").
 //!
 //! A slot-level Beta(a, b) is fitted to the banners' pooled CTRs by the method of moments, with
 //! the binomial sampling noise taken out of the between-banner variance and its strength a + b

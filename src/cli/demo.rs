@@ -1,9 +1,9 @@
 //! `slotbandit demo`: backfills the committed sample into an embedded store with the dataflow
 //! job, computes the cold-start priors, and prints per (tenant, slot, city) the counts, the
-//! leading banner with its 95% interval and P(best), and the true best banner from truth.json.
+//! leading banner with its 95% interval and P(best), and the true best banner from _truth.json.
 //! Then, in the same process and until Ctrl-C, it runs the rest of the embedded default: the
 //! stream job on a fresh file log, the lookup service with its demo page and dashboard, and with
-//! `--audience` a simulated audience that clicks with truth.json's CTRs (`--once` stops after
+//! `--audience` a simulated audience that clicks with _truth.json's CTRs (`--once` stops after
 //! the table).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +24,7 @@ use slotbandit::serve::{token_secret, ServeOptions, Service};
 use slotbandit::sim::audience::{self, AudienceSpec, AudienceStats};
 use slotbandit::source::open_log;
 use slotbandit::store::{open_store, CountQuery, PosteriorRow, PosteriorStore, Role};
-use slotbandit::synth::Truth;
+use slotbandit::synth::{Truth, SLOTS_FILE, TRUTH_FILE};
 
 use super::stream::{hand_off, stream, StreamOptions};
 
@@ -33,7 +33,7 @@ type SlotCity = (String, String, String);
 
 #[derive(Args, Default)]
 pub struct DemoArgs {
-    /// Folder with Parquet history and its truth.json (default: the committed sample).
+    /// Folder with Parquet history and its _truth.json (default: the committed sample).
     #[arg(long)]
     input: Option<PathBuf>,
     /// Where the demo store lives (default: slotbandit-demo.redb in the temp folder).
@@ -45,7 +45,7 @@ pub struct DemoArgs {
     /// Where the demo service listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: Option<SocketAddr>,
-    /// Simulate visitors that ask the service for banners and click with truth.json's CTRs.
+    /// Simulate visitors that ask the service for banners and click with _truth.json's CTRs.
     #[arg(long)]
     audience: bool,
     /// Visitors per second of the simulated audience.
@@ -85,11 +85,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     super::priors::write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
     let rows = store.posteriors(&CountQuery::default())?;
 
-    let truth: Option<Truth> = std::fs::read(input.join("truth.json"))
+    let truth: Option<Truth> = std::fs::read(input.join(TRUTH_FILE))
         .ok()
         .map(|b| serde_json::from_slice(&b))
         .transpose()
-        .context("reading truth.json")?;
+        .context(TRUTH_FILE)?;
     let true_best: BTreeMap<SlotCity, String> = truth
         .iter()
         .flat_map(|t| &t.best)
@@ -195,7 +195,7 @@ fn live(
     args: &DemoArgs,
 ) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
-    let csv = input.join("slots.csv");
+    let csv = input.join(SLOTS_FILE);
     let file = std::fs::File::open(&csv).with_context(|| format!("{}", csv.display()))?;
     let mut tenants = BTreeSet::new();
     for mut config in SlotConfig::read_csv(file)? {
@@ -271,7 +271,7 @@ fn live(
                         args.audience_tenant
                     )
                 })?;
-            let truth = truth.context("--audience needs the sample's truth.json")?;
+            let truth = truth.context("--audience needs the sample's _truth.json")?;
             let spec = AudienceSpec {
                 base_url: format!("http://{addr}"),
                 key,

@@ -101,7 +101,7 @@ struct EnvConfig {
     change: Option<ChangeSpec>,
 }
 
-/// The service's default cap on the empirical-Bayes prior strength (DESIGN.md §7).
+/// The service's default cap on the empirical-Bayes prior strength (docs/architecture.md, "Bandit math").
 const DEFAULT_PRIOR_STRENGTH: f64 = 100.0;
 
 /// The largest prior strength the hierarchical priors' marginal likelihood may choose.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::synth::{generate, GenSpec};
+use slotbandit::synth::{generate, GenSpec, SLOTS_FILE, TRUTH_FILE};
 
 #[derive(Args)]
 pub struct GenArgs {
@@ -78,8 +78,8 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     );
     println!(
         "truth: {}  slots: {}",
-        args.out.join("truth.json").display(),
-        args.out.join("slots.csv").display()
+        args.out.join(TRUTH_FILE).display(),
+        args.out.join(SLOTS_FILE).display()
     );
     Ok(())
 }

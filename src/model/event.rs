@@ -1,4 +1,4 @@
-//! The clickstream event (DESIGN.md §3) and its JSON codec with field-level validation.
+//! The clickstream event (docs/architecture.md, "Data contracts") and its JSON codec with field-level validation.
 
 use std::borrow::Cow;
 

@@ -1,6 +1,6 @@
 //! A simulated audience for the demo: visitors arrive at a steady rate, each from a city drawn
 //! by the generator's traffic shares, ask the service for a banner over HTTP, and click with the
-//! banner's true CTR from truth.json. It uses the public API like any site would, so watching it
+//! banner's true CTR from _truth.json. It uses the public API like any site would, so watching it
 //! learn is watching the real service, job and store.
 
 use std::collections::HashMap;
@@ -52,7 +52,7 @@ impl AudienceStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AudienceError {
-    #[error("truth.json has no arms of tenant {0:?}")]
+    #[error("_truth.json has no arms of tenant {0:?}")]
     NoArms(String),
     #[error("HTTP client: {0}")]
     Client(#[from] reqwest::Error),

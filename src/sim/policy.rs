@@ -40,7 +40,7 @@ pub enum PolicySpec {
 pub enum PriorMode {
     /// Beta(1, 1) for every (city, banner): cities learn independently.
     Uniform,
-    /// Empirical-Bayes priors of DESIGN.md §7 from the all-city pooled counts (plus the history
+    /// Empirical-Bayes priors (docs/architecture.md, "Bandit math") from the all-city pooled counts (plus the history
     /// sample, if any), recomputed at each refresh.
     EmpiricalBayes { strength: f64 },
     /// Hierarchical pooling (`bandit::city_priors`): each city's prior is the banner's pooled

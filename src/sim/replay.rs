@@ -272,7 +272,7 @@ pub fn thompson_rank_probabilities<R: Rng + ?Sized>(
 }
 
 /// The posteriors Thompson sampling would hold after `rows`: empirical-Bayes priors from the
-/// item counts pooled over positions (DESIGN.md §7), plus each item's counts.
+/// item counts pooled over positions (docs/architecture.md, "Bandit math"), plus each item's counts.
 pub fn trained_samplers(rows: &[LoggedRow], items: usize, prior_strength: f64) -> Vec<BetaSampler> {
     let mut counts = vec![(0u64, 0u64); items];
     for r in rows {

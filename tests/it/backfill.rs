@@ -305,7 +305,7 @@ fn the_leader_per_city_is_the_true_best_wherever_the_data_can_tell() {
     let counts = posteriors(&f.store, &[]);
     let data = &f.data;
     let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("truth.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(data.join("_truth.json")).unwrap()).unwrap();
     let mut ctr: BTreeMap<(String, String, String), Vec<(String, f64)>> = BTreeMap::new();
     for a in truth["arms"].as_array().unwrap() {
         let s = |k: &str| a[k].as_str().unwrap().to_string();

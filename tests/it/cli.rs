@@ -106,13 +106,13 @@ fn gen_is_deterministic_links_clicks_and_partitions_by_ist_date() {
         }
     }
     let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("truth.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(a.join("_truth.json")).unwrap()).unwrap();
     assert_eq!(truth["best"].as_array().unwrap().len(), 2 * 2 * 5);
     for arm in truth["arms"].as_array().unwrap() {
         let ctr = arm["ctr"].as_f64().unwrap();
         assert!((0.005..=0.08).contains(&ctr), "{ctr}");
     }
-    let slots = slotbandit(&["slots", "check", a.join("slots.csv").to_str().unwrap()]);
+    let slots = slotbandit(&["slots", "check", a.join("_slots.csv").to_str().unwrap()]);
     assert!(slots.status.success(), "{}", stderr(&slots));
 }
 

@@ -38,7 +38,7 @@ def run(*args):
 def sample_slots_valid_for_years(tenant="ajio"):
     """The sample's slot configuration of one tenant, with every banner valid until 2036 (the
     sample's own windows end with its week of history)."""
-    rows = list(csv.reader(open(SAMPLE / "slots.csv")))
+    rows = list(csv.reader(open(SAMPLE / "_slots.csv")))
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(rows[0])

@@ -1,6 +1,6 @@
 """The Python cassandra-driver, a client we did not write, reads one slot's posteriors from our
 tables (arm_state all-time rows and priors) and finds what `slotbandit posteriors` prints:
-alpha = alpha0 + clicks, beta = beta0 + impressions - clicks (DESIGN.md §3, §4)."""
+alpha = alpha0 + clicks, beta = beta0 + impressions - clicks (docs/architecture.md, "Store layouts")."""
 import csv
 import io
 import os
