@@ -38,6 +38,15 @@ STDOUT_LOG="$LOGDIR/stdout.log"
 SYSTEM_LOG="$LOGDIR/system.log"
 PROC_MATCH=org.apache.cassandra.service.CassandraDaemon
 PROC_TAG="-Dcassandra.config=file://$CONF/cassandra.yaml"
+# What wait_ready (common.sh) checks, prints and names.
+READY=cql_ready
+READY_WHAT="CQL answers on $HOST:$PORT"
+NOT_READY="CQL did not answer on $HOST:$PORT"
+ENV_LINE="SLOTBANDIT_CASSANDRA=$HOST:$PORT"
+JVM_NAME=Cassandra
+TIMEOUT_VAR=SLOTBANDIT_CASSANDRA_TIMEOUT
+READY_POLL=1
+LOGS=("$STDOUT_LOG" "$SYSTEM_LOG")
 
 usage() {
   echo "usage: $0 start|stop|status|reset" >&2
@@ -188,27 +197,6 @@ cmd_status() {
     echo "cassandra: not running (CQL does not answer on $HOST:$PORT)"
   fi
   return 1
-}
-
-wait_ready() {
-  local pid="$1" start="$2"
-  while :; do
-    if cql_ready; then
-      log "CQL answers on $HOST:$PORT after $((SECONDS - start)) s (pid $pid, RSS $(rss_mib "$pid") MiB)"
-      echo "SLOTBANDIT_CASSANDRA=$HOST:$PORT"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      show_log_tail "$STDOUT_LOG" "$SYSTEM_LOG"
-      rm -f "$PIDFILE"
-      die "the Cassandra JVM (pid $pid) exited during startup; logs: $LOGDIR"
-    fi
-    if ((SECONDS - start >= TIMEOUT)); then
-      show_log_tail "$STDOUT_LOG" "$SYSTEM_LOG"
-      die "CQL did not answer on $HOST:$PORT within ${TIMEOUT}s (SLOTBANDIT_CASSANDRA_TIMEOUT); pid $pid left running, logs: $LOGDIR"
-    fi
-    sleep 1
-  done
 }
 
 cmd_start() {

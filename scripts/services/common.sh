@@ -191,3 +191,28 @@ show_log_tail() {
     fi
   done
 }
+
+# Waits until the service answers ($READY, a command), started as JVM `pid` at `start` (bash's
+# SECONDS), then prints $ENV_LINE on stdout. Fails with the tail of the logs named in LOGS when
+# the JVM exits or TIMEOUT seconds pass. Each service script sets READY, READY_WHAT, NOT_READY,
+# ENV_LINE, JVM_NAME, TIMEOUT, TIMEOUT_VAR, READY_POLL, LOGS, PIDFILE and LOGDIR.
+wait_ready() {
+  local pid="$1" start="$2"
+  while :; do
+    if "$READY"; then
+      log "$READY_WHAT after $((SECONDS - start)) s (pid $pid, RSS $(rss_mib "$pid") MiB)"
+      echo "$ENV_LINE"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      show_log_tail "${LOGS[@]}"
+      rm -f "$PIDFILE"
+      die "the $JVM_NAME JVM (pid $pid) exited during startup; logs: $LOGDIR"
+    fi
+    if ((SECONDS - start >= TIMEOUT)); then
+      show_log_tail "${LOGS[@]}"
+      die "$NOT_READY within ${TIMEOUT}s ($TIMEOUT_VAR); pid $pid left running, logs: $LOGDIR"
+    fi
+    sleep "$READY_POLL"
+  done
+}

@@ -47,6 +47,15 @@ SERVER_LOG="$LOGDIR/server.log"
 PROC_MATCH=kafka.Kafka
 PROC_TAG="$CONF/server.properties"
 BOOTSTRAP="$HOST:$PORT"
+# What wait_ready (common.sh) checks, prints and names.
+READY=broker_ready
+READY_WHAT="broker answers on $BOOTSTRAP"
+NOT_READY="the broker did not answer on $BOOTSTRAP"
+ENV_LINE="SLOTBANDIT_KAFKA=$BOOTSTRAP"
+JVM_NAME=Kafka
+TIMEOUT_VAR=SLOTBANDIT_KAFKA_TIMEOUT
+READY_POLL=0.5
+LOGS=("$STDOUT_LOG" "$SERVER_LOG")
 
 usage() {
   cat >&2 <<EOF
@@ -176,27 +185,6 @@ cmd_status() {
     echo "kafka: not running (no broker answers on $BOOTSTRAP)"
   fi
   return 1
-}
-
-wait_ready() {
-  local pid="$1" start="$2"
-  while :; do
-    if broker_ready; then
-      log "broker answers on $BOOTSTRAP after $((SECONDS - start)) s (pid $pid, RSS $(rss_mib "$pid") MiB)"
-      echo "SLOTBANDIT_KAFKA=$BOOTSTRAP"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      show_log_tail "$STDOUT_LOG" "$SERVER_LOG"
-      rm -f "$PIDFILE"
-      die "the Kafka JVM (pid $pid) exited during startup; logs: $LOGDIR"
-    fi
-    if ((SECONDS - start >= TIMEOUT)); then
-      show_log_tail "$STDOUT_LOG" "$SERVER_LOG"
-      die "the broker did not answer on $BOOTSTRAP within ${TIMEOUT}s (SLOTBANDIT_KAFKA_TIMEOUT); pid $pid left running, logs: $LOGDIR"
-    fi
-    sleep 0.5
-  done
 }
 
 cmd_start() {
