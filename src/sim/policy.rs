@@ -12,6 +12,7 @@ use super::env::argmax;
 use crate::bandit::{
     city_priors, empirical_bayes, thompson_select, BannerCounts, BetaSampler, Prior,
 };
+use crate::model::Counts;
 
 /// Which policy, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -86,12 +87,12 @@ pub trait Policy {
 
 /// Impressions and clicks per (city, banner).
 #[derive(Debug, Clone, PartialEq)]
-struct Counts {
+struct CityCounts {
     impressions: Vec<Vec<u64>>,
     clicks: Vec<Vec<u64>>,
 }
 
-impl Counts {
+impl CityCounts {
     fn zero(cities: usize, arms: usize) -> Self {
         Self {
             impressions: vec![vec![0; arms]; cities],
@@ -110,14 +111,14 @@ impl Counts {
 struct SlidingCounts {
     bucket_len: u64,
     in_bucket: u64,
-    buckets: VecDeque<Counts>,
+    buckets: VecDeque<CityCounts>,
 }
 
 const WINDOW_BUCKETS: usize = 10;
 
 impl SlidingCounts {
     /// Records an outcome into `total`; returns true when a bucket expired (all arms changed).
-    fn add(&mut self, total: &mut Counts, city: usize, arm: usize, click: bool) -> bool {
+    fn add(&mut self, total: &mut CityCounts, city: usize, arm: usize, click: bool) -> bool {
         total.add(city, arm, click);
         if let Some(current) = self.buckets.back_mut() {
             current.add(city, arm, click);
@@ -128,7 +129,7 @@ impl SlidingCounts {
         }
         self.in_bucket = 0;
         let (cities, arms) = (total.impressions.len(), total.impressions[0].len());
-        self.buckets.push_back(Counts::zero(cities, arms));
+        self.buckets.push_back(CityCounts::zero(cities, arms));
         if self.buckets.len() <= WINDOW_BUCKETS {
             return false;
         }
@@ -151,9 +152,9 @@ pub struct Thompson {
     refresh: u64,
     priors: PriorMode,
     /// Pooled impressions and clicks per banner from a history sample (cold start).
-    history: Vec<(u64, u64)>,
+    history: Vec<Counts>,
     banner_names: Vec<String>,
-    counts: Counts,
+    counts: CityCounts,
     window: Option<SlidingCounts>,
     samplers: Vec<Vec<BetaSampler>>,
     /// Arms whose counts changed since the last refresh, when only those need rebuilding,
@@ -176,24 +177,24 @@ impl Thompson {
         refresh: u64,
         window: u64,
         priors: PriorMode,
-        history: Vec<(u64, u64)>,
+        history: Vec<Counts>,
     ) -> Self {
         let window = (window > 0).then(|| SlidingCounts {
             bucket_len: (window / WINDOW_BUCKETS as u64).max(1),
             in_bucket: 0,
-            buckets: VecDeque::from([Counts::zero(cities, arms)]),
+            buckets: VecDeque::from([CityCounts::zero(cities, arms)]),
         });
         let sequential_uniform = refresh <= 1 && window.is_none() && priors == PriorMode::Uniform;
         let mut policy = Self {
             refresh: refresh.max(1),
             priors,
             history: if history.is_empty() {
-                vec![(0, 0); arms]
+                vec![Counts::ZERO; arms]
             } else {
                 history
             },
             banner_names: (0..arms).map(|a| format!("b{a}")).collect(),
-            counts: Counts::zero(cities, arms),
+            counts: CityCounts::zero(cities, arms),
             window,
             samplers: Vec::new(),
             stale: Vec::new(),
@@ -218,7 +219,10 @@ impl Thompson {
             .iter()
             .enumerate()
             .map(|(a, name)| {
-                let (mut impressions, mut clicks) = self.history[a];
+                let Counts {
+                    mut impressions,
+                    mut clicks,
+                } = self.history[a];
                 for c in 0..self.counts.impressions.len() {
                     impressions += self.counts.impressions[c][a];
                     clicks += self.counts.clicks[c][a];
@@ -353,14 +357,14 @@ impl Policy for Thompson {
 /// UCB1 per city: the highest mean + sqrt(2 ln n / n_i), each banner tried once first.
 #[derive(Debug, Clone)]
 pub struct Ucb1 {
-    counts: Counts,
+    counts: CityCounts,
     plays: Vec<u64>,
 }
 
 impl Ucb1 {
     pub fn new(cities: usize, arms: usize) -> Self {
         Self {
-            counts: Counts::zero(cities, arms),
+            counts: CityCounts::zero(cities, arms),
             plays: vec![0; cities],
         }
     }
@@ -395,14 +399,14 @@ impl Policy for Ucb1 {
 #[derive(Debug, Clone)]
 pub struct EpsilonGreedy {
     epsilon: f64,
-    counts: Counts,
+    counts: CityCounts,
 }
 
 impl EpsilonGreedy {
     pub fn new(cities: usize, arms: usize, epsilon: f64) -> Self {
         Self {
             epsilon,
-            counts: Counts::zero(cities, arms),
+            counts: CityCounts::zero(cities, arms),
         }
     }
 }

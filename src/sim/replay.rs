@@ -20,6 +20,7 @@ use rand::{Rng, RngExt};
 use serde::Serialize;
 
 use crate::bandit::{empirical_bayes, thompson_select, BannerCounts, BetaPosterior, BetaSampler};
+use crate::model::Counts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -207,8 +208,12 @@ pub fn observed<R: Rng + ?Sized>(log: &Log, resamples: usize, rng: &mut R) -> Es
 /// Replay of online Thompson sampling (Beta(1, 1) per (position, item), refreshed every
 /// `refresh` matched rows) on a uniform-random log. Returns the matched rows' clicks.
 pub fn replay_thompson<R: Rng + ?Sized>(log: &Log, refresh: u64, rng: &mut R) -> Vec<f64> {
-    let mut counts = vec![vec![(0u64, 0u64); log.items]; log.positions];
-    let sampler = |(n, k): (u64, u64)| BetaPosterior::uniform().updated(n, k).distribution();
+    let mut counts = vec![vec![Counts::ZERO; log.items]; log.positions];
+    let sampler = |c: Counts| {
+        BetaPosterior::uniform()
+            .updated(c.impressions, c.clicks)
+            .distribution()
+    };
     let mut samplers: Vec<Vec<BetaSampler>> = counts
         .iter()
         .map(|row| row.iter().map(|&c| sampler(c)).collect())
@@ -222,9 +227,7 @@ pub fn replay_thompson<R: Rng + ?Sized>(log: &Log, refresh: u64, rng: &mut R) ->
             continue;
         }
         matched.push(f64::from(u8::from(row.click)));
-        let c = &mut counts[row.position][row.item];
-        c.0 += 1;
-        c.1 += u64::from(row.click);
+        counts[row.position][row.item] += Counts::new(1, u64::from(row.click));
         since_refresh += 1;
         if since_refresh >= refresh.max(1) {
             since_refresh = 0;

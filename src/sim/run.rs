@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::env::{draw_city, Environment};
 use super::policy::{EpsilonGreedy, Oracle, Policy, PolicySpec, Thompson, Ucb1, UniformAb};
 use crate::bandit::{seeded_rng, DecisionRng};
+use crate::model::Counts;
 
 /// What every run shares.
 #[derive(Debug, Clone)]
@@ -109,7 +110,7 @@ pub fn simulate_run(
     }
 }
 
-fn draw_history<R: Rng + ?Sized>(experiment: &Experiment, rng: &mut R) -> Vec<(u64, u64)> {
+fn draw_history<R: Rng + ?Sized>(experiment: &Experiment, rng: &mut R) -> Vec<Counts> {
     if experiment.history_impressions == 0 {
         return Vec::new();
     }
@@ -120,7 +121,7 @@ fn draw_history<R: Rng + ?Sized>(experiment: &Experiment, rng: &mut R) -> Vec<(u
             let clicks = (0..experiment.history_impressions)
                 .filter(|_| rng.random::<f64>() < p)
                 .count() as u64;
-            (experiment.history_impressions, clicks)
+            Counts::new(experiment.history_impressions, clicks)
         })
         .collect()
 }
