@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DecisionError, SlotPolicy};
-use slotbandit::model::{Banner, Event, EventKind, SlotConfig};
+use slotbandit::model::{Banner, Event, EventKind, SlotConfig, EVENT_FIELDS};
 use statrs::distribution::{Beta, Continuous, ContinuousCDF};
 
 fn name() -> impl Strategy<Value = String> {
@@ -63,15 +63,8 @@ enum Breakage {
 
 fn breakage() -> impl Strategy<Value = Breakage> {
     use serde_json::json;
-    let required = prop_oneof![
-        Just("event_id"),
-        Just("kind"),
-        Just("tenant"),
-        Just("slot"),
-        Just("city"),
-        Just("banner"),
-        Just("ts")
-    ];
+    // The first seven fields are the required ones.
+    let required = proptest::sample::select(&EVENT_FIELDS[..7]);
     let named = prop_oneof![Just("tenant"), Just("slot"), Just("city"), Just("banner")];
     let bad_name = prop_oneof![
         Just(json!("")),
@@ -82,18 +75,7 @@ fn breakage() -> impl Strategy<Value = Breakage> {
         Just(json!(42)),
         Just(json!(null)),
     ];
-    let any_field = prop_oneof![
-        Just("event_id"),
-        Just("kind"),
-        Just("tenant"),
-        Just("slot"),
-        Just("city"),
-        Just("banner"),
-        Just("ts"),
-        Just("customer_id"),
-        Just("referrer"),
-        Just("request_id")
-    ];
+    let any_field = proptest::sample::select(&EVENT_FIELDS[..]);
     prop_oneof![
         required.prop_map(Breakage::Remove),
         (named, bad_name).prop_map(|(f, v)| Breakage::Set(f, v)),
