@@ -24,7 +24,7 @@ use super::events::ClickError;
 use super::metrics::ClickOutcome;
 use super::token::TokenError;
 use super::AppState;
-use crate::bandit::{prob_best, seeded_rng, DecisionRng};
+use crate::bandit::{prob_best, seeded_rng, DecisionRng, PosteriorSummary};
 use crate::model::{
     validate_name, validate_token, Banner, Counts, Event, EventKind, FieldError, SlotConfig,
     ALL_CITIES, CUSTOMER_ID_MAX, REFERRER_MAX,
@@ -815,13 +815,8 @@ pub struct PosteriorQuery {
 pub struct BannerPosterior {
     pub banner: String,
     pub image: String,
-    pub impressions: u64,
-    pub clicks: u64,
-    pub alpha: f64,
-    pub beta: f64,
-    pub mean: f64,
-    pub lower95: f64,
-    pub upper95: f64,
+    #[serde(flatten)]
+    pub summary: PosteriorSummary,
     /// The probability that this banner has the highest CTR (Monte Carlo).
     pub p_best: f64,
     /// Whether the banner may be shown now.
@@ -855,33 +850,13 @@ fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosterior
             .iter()
             .zip(&arms.counts)
             .zip(p_best)
-            .map(
-                |(
-                    (
-                        c,
-                        &Counts {
-                            impressions,
-                            clicks,
-                        },
-                    ),
-                    p_best,
-                )| {
-                    let (lower95, upper95) = c.posterior.interval95();
-                    BannerPosterior {
-                        banner: c.banner.id.clone(),
-                        image: c.banner.image.clone(),
-                        impressions,
-                        clicks,
-                        alpha: c.posterior.alpha,
-                        beta: c.posterior.beta,
-                        mean: c.posterior.mean(),
-                        lower95,
-                        upper95,
-                        p_best,
-                        valid_now: c.banner.is_valid_at(now),
-                    }
-                },
-            )
+            .map(|((c, &counts), p_best)| BannerPosterior {
+                banner: c.banner.id.clone(),
+                image: c.banner.image.clone(),
+                summary: PosteriorSummary::new(counts, c.posterior),
+                p_best,
+                valid_now: c.banner.is_valid_at(now),
+            })
             .collect(),
     }
 }

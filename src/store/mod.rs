@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::bandit::{BetaPosterior, SlotPriors};
+use crate::bandit::{BetaPosterior, PosteriorSummary, SlotPriors};
 use crate::model::address::{option, parse_host_ports, parse_query};
 use crate::model::{
     pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
@@ -135,30 +135,18 @@ pub struct PosteriorRow {
     pub slot: String,
     pub city: String,
     pub banner: String,
-    pub impressions: u64,
-    pub clicks: u64,
-    pub alpha: f64,
-    pub beta: f64,
-    pub mean: f64,
-    pub lower95: f64,
-    pub upper95: f64,
+    #[serde(flatten)]
+    pub summary: PosteriorSummary,
 }
 
 impl PosteriorRow {
     pub fn new(arm: ArmKey, counts: Counts, posterior: BetaPosterior) -> Self {
-        let (lower95, upper95) = posterior.interval95();
         Self {
             tenant: arm.tenant,
             slot: arm.slot,
             city: arm.city,
             banner: arm.banner,
-            impressions: counts.impressions,
-            clicks: counts.clicks,
-            alpha: posterior.alpha,
-            beta: posterior.beta,
-            mean: posterior.mean(),
-            lower95,
-            upper95,
+            summary: PosteriorSummary::new(counts, posterior),
         }
     }
 }
