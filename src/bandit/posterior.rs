@@ -79,8 +79,9 @@ impl BetaPosterior {
     }
 }
 
-/// One arm as a report shows it: its counts and a summary of its posterior (the store's
-/// posterior rows and the service's posteriors both carry it, flattened into their own fields).
+// The store's posterior rows and the service's posteriors both carry this summary, flattened
+// into their own fields, so that the CLI and the API report an arm alike.
+/// An arm's counts and its Beta posterior: α, β, the mean and the central 95% credible interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PosteriorSummary {
     pub impressions: u64,
@@ -88,8 +89,9 @@ pub struct PosteriorSummary {
     pub alpha: f64,
     pub beta: f64,
     pub mean: f64,
-    /// The central 95% credible interval.
+    /// The 2.5% quantile.
     pub lower95: f64,
+    /// The 97.5% quantile.
     pub upper95: f64,
 }
 

@@ -447,4 +447,31 @@ mod tests {
         assert!(rule("cassandra://h:9042/ks?timeout=3").contains("unknown option \"timeout\""));
         assert!(rule("cassandra://h:9042/ks?deadline_s=3&deadline_s=4").contains("given twice"));
     }
+
+    #[test]
+    fn posterior_rows_serialize_flat_in_the_csv_order() {
+        let arm = ArmKey::new("ajio", "hero", "pune", "b01");
+        let posterior = BetaPosterior::uniform().updated(10, 1);
+        let json =
+            serde_json::to_string(&PosteriorRow::new(arm, Counts::new(10, 1), posterior)).unwrap();
+        let at = |key: &str| json.find(&format!("\"{key}\":")).expect(key);
+        let keys = [
+            "tenant",
+            "slot",
+            "city",
+            "banner",
+            "impressions",
+            "clicks",
+            "alpha",
+            "beta",
+            "mean",
+            "lower95",
+            "upper95",
+        ];
+        assert!(keys.windows(2).all(|k| at(k[0]) < at(k[1])), "{json}");
+        assert!(
+            json.contains("\"clicks\":1,\"alpha\":2.0,\"beta\":10.0"),
+            "{json}"
+        );
+    }
 }
