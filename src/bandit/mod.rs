@@ -9,7 +9,7 @@ mod thompson;
 
 pub use beta::BetaSampler;
 pub use pbest::prob_best;
-pub use posterior::{BetaPosterior, PosteriorError};
+pub use posterior::{BetaPosterior, PosteriorError, PosteriorSummary};
 pub use prior::{
     city_priors, empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors,
     DEFAULT_PRIOR_STRENGTH,

@@ -1,9 +1,11 @@
-//! The Beta posterior of one arm.
+//! The Beta posterior of one arm, and the summary of it that reports show.
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Beta as BetaCdf, ContinuousCDF};
+use utoipa::ToSchema;
 
 use super::BetaSampler;
+use crate::model::Counts;
 
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum PosteriorError {
@@ -77,6 +79,45 @@ impl BetaPosterior {
     }
 }
 
+// The store's posterior rows and the service's posteriors both carry this summary, flattened
+// into their own fields, so that the CLI and the API report an arm alike.
+/// An arm's counts and its Beta posterior: α, β, the mean and the central 95% credible interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PosteriorSummary {
+    pub impressions: u64,
+    pub clicks: u64,
+    pub alpha: f64,
+    pub beta: f64,
+    pub mean: f64,
+    /// The 2.5% quantile.
+    pub lower95: f64,
+    /// The 97.5% quantile.
+    pub upper95: f64,
+}
+
+impl PosteriorSummary {
+    pub fn new(counts: Counts, posterior: BetaPosterior) -> Self {
+        let (lower95, upper95) = posterior.interval95();
+        Self {
+            impressions: counts.impressions,
+            clicks: counts.clicks,
+            alpha: posterior.alpha,
+            beta: posterior.beta,
+            mean: posterior.mean(),
+            lower95,
+            upper95,
+        }
+    }
+
+    /// The posterior the summary was made from.
+    pub fn posterior(&self) -> BetaPosterior {
+        BetaPosterior {
+            alpha: self.alpha,
+            beta: self.beta,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +139,17 @@ mod tests {
         assert!(BetaPosterior::new(0.0, 1.0).is_err());
         assert!(BetaPosterior::new(1.0, f64::NAN).is_err());
         assert!(BetaPosterior::new(-1.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn a_summary_is_the_counts_and_the_posterior_they_make() {
+        let counts = Counts::new(100, 10);
+        let posterior = BetaPosterior::uniform().updated(100, 10);
+        let s = PosteriorSummary::new(counts, posterior);
+        assert_eq!((s.impressions, s.clicks), (100, 10));
+        assert_eq!((s.alpha, s.beta, s.mean), (11.0, 91.0, posterior.mean()));
+        assert_eq!((s.lower95, s.upper95), posterior.interval95());
+        assert_eq!(s.posterior(), posterior);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DEFAULT_PRIOR_STRENGTH};
+use slotbandit::bandit::{prob_best, seeded_rng, DEFAULT_PRIOR_STRENGTH};
 use slotbandit::dataflow::Cluster;
 use slotbandit::model::SlotConfig;
 use slotbandit::serve::auth::create_key;
@@ -127,20 +127,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (key, arms) in &groups {
         let samplers: Vec<_> = arms
             .iter()
-            .map(|r| {
-                BetaPosterior {
-                    alpha: r.alpha,
-                    beta: r.beta,
-                }
-                .distribution()
-            })
+            .map(|r| r.summary.posterior().distribution())
             .collect();
         let pbest = prob_best(&samplers, 4000, &mut rng);
         let leader = (0..arms.len())
-            .max_by(|&a, &b| arms[a].mean.total_cmp(&arms[b].mean))
+            .max_by(|&a, &b| arms[a].summary.mean.total_cmp(&arms[b].summary.mean))
             .expect("a group has arms");
-        let imp: u64 = arms.iter().map(|a| a.impressions).sum();
-        let clk: u64 = arms.iter().map(|a| a.clicks).sum();
+        let imp: u64 = arms.iter().map(|a| a.summary.impressions).sum();
+        let clk: u64 = arms.iter().map(|a| a.summary.clicks).sum();
         let truth_cell = match true_best.get(key) {
             Some(b) => {
                 total += 1;
@@ -162,8 +156,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             clk.to_string(),
             format!("{:.2}%", 100.0 * clk as f64 / imp.max(1) as f64),
             lead.banner.clone(),
-            format!("{:.2}%", 100.0 * lead.mean),
-            format!("{:.2}–{:.2}%", 100.0 * lead.lower95, 100.0 * lead.upper95),
+            format!("{:.2}%", 100.0 * lead.summary.mean),
+            format!(
+                "{:.2}–{:.2}%",
+                100.0 * lead.summary.lower95,
+                100.0 * lead.summary.upper95
+            ),
             format!("{:.2}", pbest[leader]),
             truth_cell,
         ]);

@@ -90,17 +90,18 @@ pub fn run(args: PosteriorsArgs) -> anyhow::Result<()> {
 }
 
 fn cells(r: &PosteriorRow) -> [String; 11] {
+    let s = &r.summary;
     [
         r.tenant.clone(),
         r.slot.clone(),
         r.city.clone(),
         r.banner.clone(),
-        r.impressions.to_string(),
-        r.clicks.to_string(),
-        format!("{}", r.alpha),
-        format!("{}", r.beta),
-        format!("{:.6}", r.mean),
-        format!("{:.6}", r.lower95),
-        format!("{:.6}", r.upper95),
+        s.impressions.to_string(),
+        s.clicks.to_string(),
+        format!("{}", s.alpha),
+        format!("{}", s.beta),
+        format!("{:.6}", s.mean),
+        format!("{:.6}", s.lower95),
+        format!("{:.6}", s.upper95),
     ]
 }

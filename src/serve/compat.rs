@@ -13,9 +13,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::decide::{decide, DecisionRequest};
 use super::error::{ApiError, ErrorBody};
-use super::routes::{decide_and_log, log_click, slot_entry, snapshot, Shared, MAX_WINDOW_MINUTES};
-use crate::model::{validate_name, Event, EventKind};
+use super::routes::click::log_click;
+use super::routes::{given, optional_token, required_name, Shared, MAX_WINDOW_MINUTES};
+use crate::model::{validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX};
 
 const DEFAULTS: [&str; 4] = ["ajio", "hero", "bangalore", "720"];
 
@@ -87,7 +89,16 @@ pub async fn decision(
         }
     };
     enabled(&state, tenant)?;
-    let decision = decide_and_log(&state, tenant, slot, city, 1, Some(pastmin), None, None).await?;
+    let request = DecisionRequest {
+        tenant,
+        slot,
+        city,
+        n: 1,
+        window: Some(pastmin),
+        customer_id: None,
+        referrer: None,
+    };
+    let decision = decide(&state, request).await?;
     let shown = &decision.banners[0];
     Ok(Json(KeyValue {
         key: shown.banner.clone(),
@@ -120,12 +131,6 @@ pub struct ClickQuery {
     pub referral: Option<String>,
 }
 
-fn required<'a>(field: &str, v: &'a Option<String>) -> Result<&'a str, ApiError> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| ApiError::invalid(field, "is required"))
-}
-
 /// The prototype's click: records a click on a banner of the slot (durable before the answer).
 #[utoipa::path(
     post,
@@ -143,22 +148,12 @@ pub async fn click(
     query: Result<Query<ClickQuery>, QueryRejection>,
 ) -> Result<Json<Vec<KeyValue>>, ApiError> {
     let Query(q) = query?;
-    let tenant = q
-        .platform
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULTS[0]);
-    let slot = q
-        .slot
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULTS[1]);
-    validate_name("platform", tenant)?;
-    validate_name("slot", slot)?;
-    let banner = required("bannerid", &q.bannerid)?;
-    validate_name("bannerid", banner)?;
-    let city = required("location", &q.location)?;
-    validate_name("location", city)?;
+    let tenant = given(q.platform).unwrap_or_else(|| DEFAULTS[0].into());
+    let slot = given(q.slot).unwrap_or_else(|| DEFAULTS[1].into());
+    validate_name("platform", &tenant)?;
+    validate_name("slot", &slot)?;
+    let banner = required_name("bannerid", q.bannerid)?;
+    let city = required_name("location", q.location)?;
     let clicked = match q.clicked.as_deref().unwrap_or("1") {
         "1" | "true" | "yes" => true,
         "0" | "false" | "no" => false,
@@ -171,19 +166,10 @@ pub async fn click(
             ))
         }
     };
-    let token = |field: &str, v: &Option<String>, max| -> Result<Option<String>, ApiError> {
-        match v.as_deref().filter(|s| !s.is_empty()) {
-            None => Ok(None),
-            Some(s) => {
-                crate::model::validate_token(field, s, max)?;
-                Ok(Some(s.to_string()))
-            }
-        }
-    };
-    let customer_id = token("customerid", &q.customerid, crate::model::CUSTOMER_ID_MAX)?;
-    let referrer = token("referral", &q.referral, crate::model::REFERRER_MAX)?;
-    enabled(&state, tenant)?;
-    let entry = slot_entry(&*snapshot(&state)?, tenant, slot)?;
+    let customer_id = optional_token("customerid", q.customerid, CUSTOMER_ID_MAX)?;
+    let referrer = optional_token("referral", q.referral, REFERRER_MAX)?;
+    enabled(&state, &tenant)?;
+    let entry = state.slot_entry(&tenant, &slot)?;
     if !entry.config.banners.iter().any(|b| b.id == banner) {
         return Err(ApiError::not_found(
             "bannerid",
@@ -194,10 +180,10 @@ pub async fn click(
         let event = Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             kind: EventKind::Click,
-            tenant: tenant.to_string(),
-            slot: slot.to_string(),
-            city: city.to_string(),
-            banner: banner.to_string(),
+            tenant,
+            slot,
+            city,
+            banner,
             ts: Utc::now(),
             customer_id,
             referrer,

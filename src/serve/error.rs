@@ -60,6 +60,13 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", Some(field), detail)
     }
 
+    pub fn slot_not_configured(tenant: &str, slot: &str) -> Self {
+        Self::not_found(
+            "slot",
+            format!("slot {slot:?} of tenant {tenant:?} is not configured"),
+        )
+    }
+
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

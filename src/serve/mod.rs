@@ -1,15 +1,18 @@
-//! The lookup service (DESIGN.md §6): an axum app that decides from an in-memory posterior
-//! cache, signs each decision, logs impressions and clicks to the event log, and serves the
-//! demo page, the dashboard, metrics and its OpenAPI document.
+//! The lookup service (docs/architecture.md, "Lookup service"): an axum app that decides from an
+//! in-memory posterior cache, signs each decision, logs impressions and clicks to the event log,
+//! and serves the demo page, the dashboard, metrics and its OpenAPI document.
 //!
-//! One module per concern: `routes` (the /v1 API), `compat` (the seed's /adclick routes),
-//! `auth` (API keys), `token` (signed request_ids), `cache` (posteriors), `events` and `spool`
-//! (impressions and clicks to the log), `metrics`, `pages` (embedded HTML/JS), `openapi`, and
-//! `audience` (a simulated audience that uses the HTTP API).
+//! One module per concern: `routes` (the /v1 API and the router), `decide` (the decision both
+//! APIs make), `compat` (the seed's /adclick routes), `auth` (API keys), `token` (signed
+//! request_ids), `cache` (posteriors), `events` and `spool` (impressions and clicks to the log),
+//! `error` (the JSON error answer), `metrics`, `pages` (embedded HTML/JS), `openapi`, and
+//! `workers` (the serving threads). This file holds the options, the state every handler reads,
+//! and the service's start, refresh and stop.
 
 pub mod auth;
 pub mod cache;
 pub mod compat;
+pub mod decide;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -26,17 +29,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use rand::Rng;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use self::auth::KeyCache;
-use self::cache::PosteriorCache;
+use self::cache::{CacheError, PosteriorCache, SlotEntry, Snapshot};
 use self::error::ApiError;
 use self::events::EventSink;
 use self::metrics::Metrics;
@@ -111,6 +108,64 @@ pub struct AppState {
     pub options: ServeOptions,
 }
 
+impl AppState {
+    /// The cache as last loaded; 503 before the first load.
+    fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        self.cache.snapshot().ok_or_else(|| {
+            ApiError::unavailable(
+                "cache_not_loaded",
+                format!(
+                    "the posterior cache has not been loaded from the store yet{}",
+                    self.cache
+                        .last_error()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+                2,
+            )
+        })
+    }
+
+    /// A configured slot of the cache; 404 when it is not configured.
+    fn slot_entry(&self, tenant: &str, slot: &str) -> Result<Arc<SlotEntry>, ApiError> {
+        let snapshot = self.snapshot()?;
+        entry_of(&snapshot, tenant, slot)
+    }
+
+    /// A slot with its arms for `window` loaded (`None` = all time), loading a new window into
+    /// the cache first; the snapshot is the one the arms come from.
+    async fn window_entry(
+        &self,
+        tenant: &str,
+        slot: &str,
+        window: Option<u32>,
+    ) -> Result<(Arc<Snapshot>, Arc<SlotEntry>), ApiError> {
+        let snapshot = self.snapshot()?;
+        let entry = entry_of(&snapshot, tenant, slot)?;
+        if entry.window(window).is_some() {
+            return Ok((snapshot, entry));
+        }
+        let minutes = window.expect("all-time arms are always loaded");
+        let snapshot = self
+            .cache
+            .ensure_window(minutes)
+            .await
+            .map_err(|e| match e {
+                CacheError::TooManyWindows(_) => ApiError::invalid("window_minutes", e.to_string()),
+                other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
+            })?;
+        let entry = entry_of(&snapshot, tenant, slot)?;
+        Ok((snapshot, entry))
+    }
+}
+
+fn entry_of(snapshot: &Snapshot, tenant: &str, slot: &str) -> Result<Arc<SlotEntry>, ApiError> {
+    snapshot
+        .slot(tenant, slot)
+        .cloned()
+        .ok_or_else(|| ApiError::slot_not_configured(tenant, slot))
+}
+
 /// The token secret: `explicit` when given, else the store's, made and stored on first use so
 /// that every replica on the same store signs alike.
 pub fn token_secret(
@@ -178,7 +233,7 @@ impl Service {
     }
 
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        routes::router(self.state.clone())
     }
 
     /// Serves on `listener` until `shutdown` completes, then sends or spools every queued
@@ -220,161 +275,4 @@ async fn refresh_loop(state: Arc<AppState>) {
         tick.tick().await;
         refresh_once(&state).await;
     }
-}
-
-pub fn router(state: Arc<AppState>) -> Router {
-    let csv_limit = state.options.csv_limit;
-    let body_limit = state.options.body_limit;
-    let v1 = Router::new()
-        .route("/v1/me", get(routes::me))
-        .route("/v1/tenants/{tenant}/slots", get(routes::list_slots))
-        .route(
-            "/v1/tenants/{tenant}/slots/{slot}",
-            get(routes::get_slot).put(routes::put_slot),
-        )
-        .route(
-            "/v1/tenants/{tenant}/slots/{slot}/decision",
-            get(routes::decision),
-        )
-        .route(
-            "/v1/tenants/{tenant}/slots/{slot}/posteriors",
-            get(routes::posteriors),
-        )
-        .route(
-            "/v1/tenants/{tenant}/slots/{slot}/series",
-            get(routes::series),
-        )
-        .route("/v1/tenants/{tenant}/clicks", post(routes::click))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .merge(
-            Router::new()
-                .route(
-                    "/v1/tenants/{tenant}/slot-imports",
-                    post(routes::import_slots),
-                )
-                .layer(DefaultBodyLimit::max(csv_limit)),
-        );
-    let compat_routes = Router::new()
-        .route("/adclick", get(compat::decision).post(compat::click))
-        .route("/adclick/", get(compat::decision).post(compat::click))
-        .route("/adclick/{platform}", get(compat::decision))
-        .route("/adclick/{platform}/{slot}", get(compat::decision))
-        .route(
-            "/adclick/{platform}/{slot}/{location}",
-            get(compat::decision),
-        )
-        .route(
-            "/adclick/{platform}/{slot}/{location}/{pastmin}",
-            get(compat::decision),
-        )
-        .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .merge(v1)
-        .merge(compat_routes)
-        .merge(pages::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi::document))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-}
-
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        Some("path"),
-        format!(
-            "no route {} (the API is described at /openapi.json)",
-            uri.path()
-        ),
-    )
-}
-
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        Some("method"),
-        format!(
-            "{method} is not allowed on {} (see /openapi.json)",
-            uri.path()
-        ),
-    )
-}
-
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct Health {
-    pub status: String,
-}
-
-/// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
-}
-
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct Readiness {
-    /// `ready`; `stale` when the cache is older than the threshold (the store is down or slow;
-    /// decisions continue from the cache); `not_ready` before the first load.
-    pub status: String,
-    pub cache_age_seconds: Option<f64>,
-    pub cache_slots: usize,
-    /// The last error of a cache load, if the last load failed.
-    pub store_error: Option<String>,
-    pub event_log: String,
-    pub event_log_up: bool,
-    /// Impressions waiting in the local spool for the event log.
-    pub spooled_impressions: u64,
-}
-
-/// Readiness: 200 while the service can decide (`ready` or `stale`), 503 before the first
-/// cache load.
-#[utoipa::path(
-    get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness))
-)]
-pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let snapshot = state.cache.snapshot();
-    let age = snapshot.as_ref().map(|s| s.loaded_at.elapsed());
-    let status = match age {
-        None => "not_ready",
-        Some(a) if a > state.options.stale_after => "stale",
-        Some(_) => "ready",
-    };
-    let body = Readiness {
-        status: status.into(),
-        cache_age_seconds: age.map(|a| a.as_secs_f64()),
-        cache_slots: snapshot.as_ref().map_or(0, |s| s.slot_count()),
-        store_error: state.cache.last_error(),
-        event_log: state.events.log_name().to_string(),
-        event_log_up: state.events.log_up(),
-        spooled_impressions: state.events.spooled(),
-    };
-    let code = if snapshot.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
-/// Prometheus metrics (text exposition format).
-#[utoipa::path(
-    get, path = "/metrics", tag = "operations",
-    responses((status = 200, content_type = "text/plain", body = String))
-)]
-pub async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let age = state.cache.age().map_or(f64::NAN, |a| a.as_secs_f64());
-    state.metrics.cache_age_seconds.set(age);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
 }

@@ -18,20 +18,20 @@ use super::{compat, routes};
                        shown in IST. Errors are JSON `{error, field, detail}`."
     ),
     paths(
-        routes::decision,
-        routes::click,
-        routes::list_slots,
-        routes::get_slot,
-        routes::put_slot,
-        routes::import_slots,
-        routes::posteriors,
-        routes::series,
-        routes::me,
+        routes::decision::decision,
+        routes::click::click,
+        routes::slots::list_slots,
+        routes::slots::get_slot,
+        routes::slots::put_slot,
+        routes::slots::import_slots,
+        routes::posteriors::posteriors,
+        routes::posteriors::series,
+        routes::operations::me,
         compat::decision,
         compat::click,
-        super::healthz,
-        super::readyz,
-        super::metrics_text,
+        routes::operations::healthz,
+        routes::operations::readyz,
+        routes::operations::metrics_text,
     ),
     modifiers(&BearerKey)
 )]
@@ -57,4 +57,61 @@ pub fn spec() -> &'static utoipa::openapi::OpenApi {
 /// The OpenAPI 3.1 document of this service.
 pub async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(spec())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::bandit::{BetaPosterior, PosteriorSummary};
+    use crate::model::Counts;
+    use crate::serve::routes::posteriors::BannerPosterior;
+
+    /// The properties of a component schema, following `$ref` and `allOf` (flattened fields).
+    fn properties(spec: &Value, schema: &Value, into: &mut Vec<(String, bool)>) {
+        if let Some(name) = schema["$ref"].as_str() {
+            let name = name.trim_start_matches("#/components/schemas/");
+            return properties(spec, &spec["components"]["schemas"][name], into);
+        }
+        for part in schema["allOf"].as_array().into_iter().flatten() {
+            properties(spec, part, into);
+        }
+        let required = schema["required"].as_array();
+        for key in schema["properties"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.keys())
+        {
+            let is_required = required.is_some_and(|r| r.iter().any(|k| k == key.as_str()));
+            into.push((key.clone(), is_required));
+        }
+    }
+
+    #[test]
+    fn a_banner_posterior_schema_names_every_field_it_serializes() {
+        let spec = serde_json::to_value(spec()).unwrap();
+        let mut documented = Vec::new();
+        let schema = &spec["components"]["schemas"]["BannerPosterior"];
+        properties(&spec, schema, &mut documented);
+        documented.sort();
+
+        let posterior = BetaPosterior::uniform();
+        let banner = BannerPosterior {
+            banner: "b01".into(),
+            image: "b01.svg".into(),
+            summary: PosteriorSummary::new(Counts::ZERO, posterior),
+            p_best: 1.0,
+            valid_now: true,
+        };
+        let json = serde_json::to_value(&banner).unwrap();
+        let mut served: Vec<(String, bool)> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (k.clone(), true))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served, "every field documented and required");
+    }
 }

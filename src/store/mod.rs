@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::bandit::{BetaPosterior, SlotPriors};
+use crate::bandit::{BetaPosterior, PosteriorSummary, SlotPriors};
 use crate::model::address::{option, parse_host_ports, parse_query};
 use crate::model::{
     pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
@@ -135,30 +135,18 @@ pub struct PosteriorRow {
     pub slot: String,
     pub city: String,
     pub banner: String,
-    pub impressions: u64,
-    pub clicks: u64,
-    pub alpha: f64,
-    pub beta: f64,
-    pub mean: f64,
-    pub lower95: f64,
-    pub upper95: f64,
+    #[serde(flatten)]
+    pub summary: PosteriorSummary,
 }
 
 impl PosteriorRow {
     pub fn new(arm: ArmKey, counts: Counts, posterior: BetaPosterior) -> Self {
-        let (lower95, upper95) = posterior.interval95();
         Self {
             tenant: arm.tenant,
             slot: arm.slot,
             city: arm.city,
             banner: arm.banner,
-            impressions: counts.impressions,
-            clicks: counts.clicks,
-            alpha: posterior.alpha,
-            beta: posterior.beta,
-            mean: posterior.mean(),
-            lower95,
-            upper95,
+            summary: PosteriorSummary::new(counts, posterior),
         }
     }
 }
@@ -458,5 +446,32 @@ mod tests {
         assert!(rule("cassandra://h:9042/ks?deadline_s=x").contains("deadline_s"));
         assert!(rule("cassandra://h:9042/ks?timeout=3").contains("unknown option \"timeout\""));
         assert!(rule("cassandra://h:9042/ks?deadline_s=3&deadline_s=4").contains("given twice"));
+    }
+
+    #[test]
+    fn posterior_rows_serialize_flat_in_the_csv_order() {
+        let arm = ArmKey::new("ajio", "hero", "pune", "b01");
+        let posterior = BetaPosterior::uniform().updated(10, 1);
+        let json =
+            serde_json::to_string(&PosteriorRow::new(arm, Counts::new(10, 1), posterior)).unwrap();
+        let at = |key: &str| json.find(&format!("\"{key}\":")).expect(key);
+        let keys = [
+            "tenant",
+            "slot",
+            "city",
+            "banner",
+            "impressions",
+            "clicks",
+            "alpha",
+            "beta",
+            "mean",
+            "lower95",
+            "upper95",
+        ];
+        assert!(keys.windows(2).all(|k| at(k[0]) < at(k[1])), "{json}");
+        assert!(
+            json.contains("\"clicks\":1,\"alpha\":2.0,\"beta\":10.0"),
+            "{json}"
+        );
     }
 }

@@ -387,6 +387,49 @@ fn bad_decisions_are_refused_with_reasons_and_log_nothing() {
 }
 
 #[test]
+fn a_query_key_given_twice_is_refused_naming_the_key() {
+    let s = Server::start();
+    let hero = "/v1/tenants/ajio/slots/hero";
+    for (url, key) in [
+        (format!("{hero}/decision?city=pune&city=delhi"), "city"),
+        (format!("{hero}/decision?city=pune&n=1&n=2"), "n"),
+        (
+            format!("{hero}/decision?city=pune&referrer=a&referrer=a"),
+            "referrer",
+        ),
+        (
+            format!("{hero}/posteriors?window_minutes=60&window_minutes=60"),
+            "window_minutes",
+        ),
+        (format!("{hero}/series?city=pune&city=pune"), "city"),
+    ] {
+        let (status, err) = error(s.get(&url, Some(&s.serve)));
+        assert_eq!(status, 400, "{url}: {err}");
+        assert_eq!(err["field"], key, "{url}: {err}");
+        assert!(
+            err["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("duplicate field `{key}`")),
+            "{url}: {err}"
+        );
+    }
+    let (status, err) = error(
+        s.client
+            .post(s.url("/adclick/?bannerid=b01&bannerid=b02&location=pune"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status.as_u16(), &err["field"]),
+        (400, &json!("bannerid")),
+        "{err}"
+    );
+    assert_eq!(s.metric("slotbandit_decisions_total"), 0.0);
+    assert!(s.stop_and_read_log().is_empty(), "nothing was counted");
+}
+
+#[test]
 fn bad_clicks_are_refused_with_reasons_and_log_nothing() {
     let s = Server::start();
     let d = s.decide("pune");

@@ -1,0 +1,149 @@
+//! The decision itself, shared by the v1 route and the seed-compatible route: a Thompson draw
+//! over the slot's banners valid now, a signed request_id, and one impression per banner shown,
+//! queued for the event log. The routes check the request; this is the hot path (see
+//! bench/README.md), so it allocates only what the answer and the impressions need.
+
+use std::cell::RefCell;
+
+use axum::http::StatusCode;
+use chrono::Utc;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::bandit::{seeded_rng, DecisionRng};
+use crate::model::{Banner, Event, EventKind};
+use crate::time;
+
+/// Banners one decision may show at most (a carousel).
+pub const MAX_N: usize = 10;
+
+thread_local! {
+    /// Each worker thread draws from its own generator: no lock, no contention.
+    static RNG: RefCell<DecisionRng> = RefCell::new(seeded_rng(rand::rng().next_u64()));
+}
+
+/// Runs `draw` with this thread's generator.
+pub(super) fn with_rng<T>(draw: impl FnOnce(&mut DecisionRng) -> T) -> T {
+    RNG.with(|rng| draw(&mut rng.borrow_mut()))
+}
+
+/// A checked request for a decision: names already validated, `n` within 1..=[`MAX_N`].
+#[derive(Debug)]
+pub struct DecisionRequest<'a> {
+    pub tenant: &'a str,
+    pub slot: &'a str,
+    pub city: &'a str,
+    /// How many distinct banners to show.
+    pub n: usize,
+    /// Decide from the counts of the last `window` minutes; `None` is all time.
+    pub window: Option<u32>,
+    /// Copied into the impressions.
+    pub customer_id: Option<String>,
+    pub referrer: Option<String>,
+}
+
+/// A banner chosen by a decision.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ShownBanner {
+    pub banner: String,
+    /// The image file name or URL from the slot configuration.
+    pub image: String,
+    /// 1 for the best draw.
+    pub rank: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionResponse {
+    /// The signed decision token; send it back with a click.
+    pub request_id: String,
+    pub tenant: String,
+    pub slot: String,
+    pub city: String,
+    /// The city whose posterior decided: the requested city, or `*` (all cities) when it has
+    /// no counts yet.
+    pub posterior_city: String,
+    pub banners: Vec<ShownBanner>,
+    /// When the decision was made, in IST (RFC 3339, +05:30).
+    pub ts: String,
+    pub window_minutes: Option<u32>,
+}
+
+/// Draws the banners, signs the decision and queues its impressions.
+pub(super) async fn decide(
+    state: &AppState,
+    request: DecisionRequest<'_>,
+) -> Result<DecisionResponse, ApiError> {
+    let DecisionRequest {
+        tenant,
+        slot,
+        city,
+        n,
+        window,
+        customer_id,
+        referrer,
+    } = request;
+    let (_snapshot, entry) = state.window_entry(tenant, slot, window).await?;
+    let (arms, posterior_city) = entry
+        .window(window)
+        .expect("window_entry loads the window")
+        .for_city(city);
+    let now = Utc::now();
+    let chosen = with_rng(|rng| {
+        let mut out = Vec::with_capacity(n);
+        arms.policy.decide(now, n, rng, &mut out).map(|()| out)
+    });
+    let chosen = chosen.map_err(|e| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_valid_banner",
+            Some("slot"),
+            e.to_string(),
+        )
+    })?;
+    let banners: Vec<&Banner> = chosen
+        .iter()
+        .map(|&i| &arms.policy.candidates()[i].banner)
+        .collect();
+    let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
+    let nonce = with_rng(|rng| rng.next_u64());
+    let (token, decision_id) = state.tokens.sign(tenant, slot, city, &ids, now, nonce);
+
+    let impressions = banners
+        .iter()
+        .map(|b| Event {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            kind: EventKind::Impression,
+            tenant: tenant.to_string(),
+            slot: slot.to_string(),
+            city: city.to_string(),
+            banner: b.id.clone(),
+            ts: now,
+            customer_id: customer_id.clone(),
+            referrer: referrer.clone(),
+            request_id: Some(decision_id.clone()),
+        })
+        .collect();
+    state.events.impressions(impressions);
+
+    Ok(DecisionResponse {
+        request_id: token,
+        tenant: tenant.to_string(),
+        slot: slot.to_string(),
+        city: city.to_string(),
+        posterior_city: posterior_city.to_string(),
+        banners: banners
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ShownBanner {
+                banner: b.id.clone(),
+                image: b.image.clone(),
+                rank: i as u32 + 1,
+            })
+            .collect(),
+        ts: time::format_ist_rfc3339(now),
+        window_minutes: window,
+    })
+}

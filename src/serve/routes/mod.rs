@@ -1,0 +1,167 @@
+//! The HTTP routes: one file per resource of the `/v1` API (`decision`, `click`, `slots`,
+//! `posteriors` with series, and `operations`: who am I, health, readiness, metrics), the router
+//! that assembles them with the seed-compatible routes and the pages, and the checks the
+//! handlers share. Handlers are thin: check the caller, validate the input (every error names
+//! its field), then read the cache or write through the store and the event log.
+
+pub mod click;
+pub mod decision;
+pub mod operations;
+pub mod posteriors;
+pub mod slots;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::ApiError;
+use super::{compat, pages, AppState};
+use crate::model::{validate_name, validate_token};
+use crate::store::StoreError;
+
+/// The longest window a decision or posterior may ask for: 30 days.
+pub const MAX_WINDOW_MINUTES: u32 = 43_200;
+
+/// Every route of the service, with its body limits.
+pub fn router(state: Arc<AppState>) -> Router {
+    let csv_limit = state.options.csv_limit;
+    let body_limit = state.options.body_limit;
+    let v1 = Router::new()
+        .route("/v1/me", get(operations::me))
+        .route("/v1/tenants/{tenant}/slots", get(slots::list_slots))
+        .route(
+            "/v1/tenants/{tenant}/slots/{slot}",
+            get(slots::get_slot).put(slots::put_slot),
+        )
+        .route(
+            "/v1/tenants/{tenant}/slots/{slot}/decision",
+            get(decision::decision),
+        )
+        .route(
+            "/v1/tenants/{tenant}/slots/{slot}/posteriors",
+            get(posteriors::posteriors),
+        )
+        .route(
+            "/v1/tenants/{tenant}/slots/{slot}/series",
+            get(posteriors::series),
+        )
+        .route("/v1/tenants/{tenant}/clicks", post(click::click))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .merge(
+            Router::new()
+                .route(
+                    "/v1/tenants/{tenant}/slot-imports",
+                    post(slots::import_slots),
+                )
+                .layer(DefaultBodyLimit::max(csv_limit)),
+        );
+    let compat_routes = Router::new()
+        .route("/adclick", get(compat::decision).post(compat::click))
+        .route("/adclick/", get(compat::decision).post(compat::click))
+        .route("/adclick/{platform}", get(compat::decision))
+        .route("/adclick/{platform}/{slot}", get(compat::decision))
+        .route(
+            "/adclick/{platform}/{slot}/{location}",
+            get(compat::decision),
+        )
+        .route(
+            "/adclick/{platform}/{slot}/{location}/{pastmin}",
+            get(compat::decision),
+        )
+        .layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .merge(v1)
+        .merge(compat_routes)
+        .merge(pages::routes())
+        .route("/healthz", get(operations::healthz))
+        .route("/readyz", get(operations::readyz))
+        .route("/metrics", get(operations::metrics_text))
+        .route("/openapi.json", get(super::openapi::document))
+        .fallback(operations::not_found)
+        .method_not_allowed_fallback(operations::method_not_allowed)
+        .with_state(state)
+}
+
+pub(super) type Shared = State<Arc<AppState>>;
+type SlotPath = Result<Path<(String, String)>, PathRejection>;
+type TenantPath = Result<Path<String>, PathRejection>;
+
+fn slot_path(path: SlotPath) -> Result<(String, String), ApiError> {
+    let Path((tenant, slot)) = path?;
+    validate_name("tenant", &tenant)?;
+    validate_name("slot", &slot)?;
+    Ok((tenant, slot))
+}
+
+fn tenant_path(path: TenantPath) -> Result<String, ApiError> {
+    let Path(tenant) = path?;
+    validate_name("tenant", &tenant)?;
+    Ok(tenant)
+}
+
+/// A query parameter or field that may be left out; empty counts as left out.
+pub(super) fn given(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// A name (`[a-z0-9_-]{1,64}`) that must be given.
+pub(super) fn required_name(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let name = given(value).ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    validate_name(field, &name)?;
+    Ok(name)
+}
+
+/// A name that may be left out.
+fn optional_name(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    let name = given(value);
+    if let Some(n) = &name {
+        validate_name(field, n)?;
+    }
+    Ok(name)
+}
+
+/// A free-form token (no white space, at most `max` bytes) that may be left out.
+pub(super) fn optional_token(
+    field: &str,
+    value: Option<String>,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    let token = given(value);
+    if let Some(t) = &token {
+        validate_token(field, t, max)?;
+    }
+    Ok(token)
+}
+
+/// Reads an optional number within bounds, naming the field on error.
+fn bounded(field: &str, value: Option<&str>, min: u32, max: u32) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::invalid(
+                field,
+                format!("must be a whole number from {min} to {max} (got {v:?})"),
+            )),
+        },
+    }
+}
+
+/// The `window_minutes` parameter of decisions and posteriors; `None` is all time.
+fn window_minutes(value: Option<&str>) -> Result<Option<u32>, ApiError> {
+    bounded("window_minutes", value, 1, MAX_WINDOW_MINUTES)
+}
+
+/// Runs a store call off the serving thread; a store error is a 503.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::unavailable("store_unavailable", e.to_string(), 5)),
+        Err(e) => Err(ApiError::unavailable("store_unavailable", e.to_string(), 5)),
+    }
+}

@@ -1,0 +1,261 @@
+//! What the service knows of a slot: posteriors per city from the cache (with P(best) and
+//! whether each banner may be shown now), and impressions and clicks per time bucket from the
+//! store.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{blocking, bounded, optional_name, slot_path, window_minutes, Shared, SlotPath};
+use crate::bandit::{prob_best, PosteriorSummary};
+use crate::model::{Counts, ALL_CITIES};
+use crate::serve::auth::Caller;
+use crate::serve::cache::Arms;
+use crate::serve::decide::with_rng;
+use crate::serve::error::{ApiError, ErrorBody};
+use crate::store::Role;
+use crate::time;
+
+/// Monte Carlo draws behind each P(best).
+const PBEST_DRAWS: usize = 4000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PosteriorQuery {
+    /// One city (an unknown city gets the all-city posterior, `*`); default every city with
+    /// counts, and `*`.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub city: Option<String>,
+    /// Counts of the last N minutes only (whole buckets); default all time.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 43200)]
+    pub window_minutes: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BannerPosterior {
+    pub banner: String,
+    pub image: String,
+    #[serde(flatten)]
+    pub summary: PosteriorSummary,
+    /// The probability that this banner has the highest CTR (Monte Carlo).
+    pub p_best: f64,
+    /// Whether the banner may be shown now.
+    pub valid_now: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CityPosteriors {
+    pub city: String,
+    pub banners: Vec<BannerPosterior>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PosteriorsResponse {
+    pub tenant: String,
+    pub slot: String,
+    pub window_minutes: Option<u32>,
+    /// When the cache was loaded from the store, in IST.
+    pub as_of: String,
+    pub cities: Vec<CityPosteriors>,
+}
+
+fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosteriors {
+    let p_best = with_rng(|rng| prob_best(arms.policy.samplers(), PBEST_DRAWS, rng));
+    CityPosteriors {
+        city: city.to_string(),
+        banners: arms
+            .policy
+            .candidates()
+            .iter()
+            .zip(&arms.counts)
+            .zip(p_best)
+            .map(|((c, &counts), p_best)| BannerPosterior {
+                banner: c.banner.id.clone(),
+                image: c.banner.image.clone(),
+                summary: PosteriorSummary::new(counts, c.posterior),
+                p_best,
+                valid_now: c.banner.is_valid_at(now),
+            })
+            .collect(),
+    }
+}
+
+/// Posteriors of a slot per city, from the service's cache.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/slots/{slot}/posteriors",
+    tag = "posteriors",
+    params(
+        ("tenant" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        ("slot" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        PosteriorQuery
+    ),
+    responses(
+        (status = 200, body = PosteriorsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn posteriors(
+    State(state): Shared,
+    caller: Caller,
+    path: SlotPath,
+    query: Result<Query<PosteriorQuery>, QueryRejection>,
+) -> Result<Json<PosteriorsResponse>, ApiError> {
+    let (tenant, slot) = slot_path(path)?;
+    caller.require(&tenant, Role::Serve)?;
+    let Query(q) = query?;
+    let city = optional_name("city", q.city)?;
+    let window = window_minutes(q.window_minutes.as_deref())?;
+    let (snapshot, entry) = state.window_entry(&tenant, &slot, window).await?;
+    let arms = entry.window(window).expect("window_entry loads the window");
+    let now = Utc::now();
+    let cities = match &city {
+        Some(c) => {
+            let (a, shown) = arms.for_city(c);
+            vec![city_posteriors(shown, a, now)]
+        }
+        None => {
+            let mut names: Vec<&String> = arms.by_city.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .map(|c| city_posteriors(c, &arms.by_city[c], now))
+                .chain(std::iter::once(city_posteriors(
+                    ALL_CITIES,
+                    &arms.all_cities,
+                    now,
+                )))
+                .collect()
+        }
+    };
+    Ok(Json(PosteriorsResponse {
+        tenant,
+        slot,
+        window_minutes: window,
+        as_of: time::format_ist_rfc3339(snapshot.loaded_at_utc),
+        cities,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesQuery {
+    /// One city; default all cities together.
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub city: Option<String>,
+    /// How many buckets, ending at the newest bucket with data (default 168, at most 2000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 2000)]
+    pub buckets: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SeriesPoint {
+    /// Bucket start in IST (RFC 3339, +05:30).
+    pub start: String,
+    /// Impressions per banner, in the order of `banners`.
+    pub impressions: Vec<u64>,
+    pub clicks: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SeriesResponse {
+    pub tenant: String,
+    pub slot: String,
+    pub city: Option<String>,
+    pub bucket_minutes: u32,
+    pub banners: Vec<String>,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// Impressions and clicks per banner and time bucket (IST), read from the store.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/slots/{slot}/series",
+    tag = "posteriors",
+    params(
+        ("tenant" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        ("slot" = String, Path, pattern = "^[a-z0-9_-]{1,64}$"),
+        SeriesQuery
+    ),
+    responses(
+        (status = 200, body = SeriesResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, description = "The store is down", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn series(
+    State(state): Shared,
+    caller: Caller,
+    path: SlotPath,
+    query: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Result<Json<SeriesResponse>, ApiError> {
+    let (tenant, slot) = slot_path(path)?;
+    caller.require(&tenant, Role::Serve)?;
+    let Query(q) = query?;
+    let city = optional_name("city", q.city)?;
+    let count = bounded("buckets", q.buckets.as_deref(), 1, 2000)?.unwrap_or(168) as i64;
+    let entry = state.slot_entry(&tenant, &slot)?;
+    let banners: Vec<String> = entry.config.banners.iter().map(|b| b.id.clone()).collect();
+    let store = state.cache.store().clone();
+    let (t, s, c) = (tenant.clone(), slot.clone(), city.clone());
+    let (rows, buckets) = blocking(move || {
+        let owns = |tenant: &str, shard_city: &str| {
+            tenant == t && c.as_deref().is_none_or(|c| c == shard_city)
+        };
+        let shards = store.shards(&owns)?;
+        let rows: Vec<(String, i64, Counts)> = shards
+            .into_iter()
+            .flat_map(|shard| shard.rows)
+            .filter(|(k, _)| k.arm.slot == s && !k.is_all_time())
+            .map(|(k, c)| (k.arm.banner.clone(), k.bucket, c))
+            .collect();
+        Ok((rows, store.buckets()?))
+    })
+    .await?;
+    let index: BTreeMap<&str, usize> = banners
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.as_str(), i))
+        .collect();
+    let newest = rows.iter().map(|r| r.1).max();
+    let mut points: BTreeMap<i64, SeriesPoint> = BTreeMap::new();
+    if let Some(newest) = newest {
+        let first = newest - count + 1;
+        for b in first..=newest {
+            points.insert(
+                b,
+                SeriesPoint {
+                    start: time::format_ist_rfc3339(buckets.start(b)),
+                    impressions: vec![0; banners.len()],
+                    clicks: vec![0; banners.len()],
+                },
+            );
+        }
+        for (banner, bucket, c) in &rows {
+            if let (Some(p), Some(&i)) = (points.get_mut(bucket), index.get(banner.as_str())) {
+                p.impressions[i] += c.impressions;
+                p.clicks[i] += c.clicks;
+            }
+        }
+    }
+    Ok(Json(SeriesResponse {
+        tenant,
+        slot,
+        city,
+        bucket_minutes: buckets.minutes(),
+        banners,
+        points: points.into_values().collect(),
+    }))
+}
