@@ -1,0 +1,359 @@
+//! Reading a worker's partitions: where each stands (the checkpoint it resumed from, the rewind
+//! before it that only remembers clicks, the resume points after each epoch), which events count
+//! (not yet applied by their shard, not a repeated click, not before the cutoff), and their
+//! pre-aggregation into one epoch's batch, on interned arms so that counting an event allocates
+//! nothing once its arm is known.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
+
+use super::dedup::RecentClicks;
+use super::{StreamJob, StreamReport};
+use crate::dataflow::sink::AppliedOffset;
+use crate::dataflow::DataflowError;
+use crate::model::{
+    ArmKey, CountKey, Event, EventKind, EventRef, Offset, Partition, ShardKey, ALL_TIME,
+};
+use crate::source::{LogReader, RecordRef};
+use crate::store::AppliedOffsets;
+use crate::time::Buckets;
+
+/// Records asked of the log per poll.
+const POLL_BATCH: usize = 8192;
+/// How long a poll waits for the first record, so the dataflow keeps stepping on a quiet log.
+const POLL_WAIT: Duration = Duration::from_millis(10);
+
+/// One epoch's worth of a reader's partitions, pre-aggregated.
+pub(super) struct EpochBatch {
+    pub(super) records: u64,
+    /// When each counted click was appended to the log (ms since the Unix epoch).
+    pub(super) clicks_appended_ms: Vec<i64>,
+    pub(super) counts: Vec<(CountKey, (i64, i64))>,
+    pub(super) applied: Vec<AppliedOffset>,
+}
+
+/// The arms and shards a reader has seen, numbered, so counting an event hashes one short
+/// string and allocates nothing once its arm is known.
+#[derive(Default)]
+struct Interner {
+    /// `tenant 0 slot 0 city 0 banner` → arm number.
+    arm_numbers: FxHashMap<String, u32>,
+    /// Per arm number: the arm and its shard's number.
+    arms: Vec<(Arc<ArmKey>, u32)>,
+    /// `tenant 0 city` → shard number.
+    shard_numbers: FxHashMap<String, u32>,
+    /// Per shard number: the shard and the offset it had applied per partition at start.
+    shards: Vec<(ShardKey, FxHashMap<Partition, Offset>)>,
+    scratch: String,
+}
+
+impl Interner {
+    /// The numbers of the event's arm and shard; `applied_at_start` gives a new shard's offsets.
+    fn arm(&mut self, event: &EventRef<'_>, applied_at_start: &AppliedOffsets) -> (u32, u32) {
+        self.scratch.clear();
+        for name in [event.tenant, event.slot, event.city, event.banner] {
+            self.scratch.push_str(name);
+            self.scratch.push('\0');
+        }
+        if let Some(&arm) = self.arm_numbers.get(self.scratch.as_str()) {
+            return (arm, self.arms[arm as usize].1);
+        }
+        let arm = self.arms.len() as u32;
+        self.arm_numbers.insert(self.scratch.clone(), arm);
+        self.scratch.clear();
+        self.scratch.push_str(event.tenant);
+        self.scratch.push('\0');
+        self.scratch.push_str(event.city);
+        let shard = match self.shard_numbers.get(self.scratch.as_str()) {
+            Some(&shard) => shard,
+            None => {
+                let shard = self.shards.len() as u32;
+                self.shard_numbers.insert(self.scratch.clone(), shard);
+                let key = ShardKey::new(event.tenant, event.city);
+                let applied = applied_at_start
+                    .get(&key)
+                    .map(|offsets| offsets.iter().map(|(&p, &o)| (p, o)).collect())
+                    .unwrap_or_default();
+                self.shards.push((key, applied));
+                shard
+            }
+        };
+        self.arms.push((Arc::new(event.arm()), shard));
+        (arm, shard)
+    }
+}
+
+/// A worker's partitions: the log reader and what it tracks while counting.
+pub(super) struct PartitionReader {
+    reader: Box<dyn LogReader>,
+    pub(super) state: PartitionState,
+}
+
+/// Where each partition stands, what each shard has applied, recent clicks, and the rules an
+/// event is counted by.
+pub(super) struct PartitionState {
+    /// The next offset to read per partition.
+    positions: BTreeMap<Partition, Offset>,
+    /// Below this offset a partition is applied by every shard (the checkpoint at start).
+    checkpoints: BTreeMap<Partition, Offset>,
+    /// The log's end per partition when the job started.
+    ends: BTreeMap<Partition, Offset>,
+    /// What each shard had applied at start, for the shards of these partitions.
+    applied_at_start: AppliedOffsets,
+    interner: Interner,
+    clicks: RecentClicks,
+    buckets: Buckets,
+    /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
+    cutoff: Option<DateTime<Utc>>,
+}
+
+/// Where a reader's partitions stand when it starts, as read from the store and the log.
+struct Start {
+    /// The job's checkpoint per partition (none on a first run).
+    checkpoints: BTreeMap<Partition, Offset>,
+    /// Every shard's applied offsets.
+    applied: AppliedOffsets,
+    /// The log's end per partition.
+    ends: BTreeMap<Partition, Offset>,
+    /// Per partition, the first offset whose append time is within the click dedup window.
+    remember_from: BTreeMap<Partition, Offset>,
+}
+
+impl PartitionReader {
+    pub(super) fn open(
+        job: &StreamJob,
+        partitions: &[Partition],
+    ) -> Result<Option<Self>, DataflowError> {
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let start = Start {
+            checkpoints: job.store.checkpoints(&job.name)?,
+            applied: job.store.applied_offsets()?,
+            ends: job.log.end_offsets()?,
+            remember_from: job.log.offsets_for_time(
+                Utc::now() - chrono::Duration::from_std(job.click_dedup).unwrap_or_default(),
+            )?,
+        };
+        let state =
+            PartitionState::new(partitions, start, job.buckets, job.cutoff, job.click_dedup);
+        Ok(Some(Self {
+            reader: job.log.reader(&state.positions)?,
+            state,
+        }))
+    }
+
+    /// Reads for one epoch and pre-aggregates; malformed records go to the dead-letter log
+    /// before the epoch is handed on, so none is lost.
+    pub(super) fn read_epoch(
+        &mut self,
+        job: &StreamJob,
+        report: &mut StreamReport,
+        mut between_polls: impl FnMut(),
+    ) -> Result<EpochBatch, DataflowError> {
+        let deadline = Instant::now() + job.epoch;
+        let mut batch = EpochBatch {
+            records: 0,
+            clicks_appended_ms: Vec::new(),
+            counts: Vec::new(),
+            applied: Vec::new(),
+        };
+        let mut epoch = EpochCounts::default();
+        let mut letters = Vec::new();
+        let mut customers = Vec::new();
+        let state = &mut self.state;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || (job.stop_at_end && state.at_end()) {
+                break;
+            }
+            between_polls();
+            let read = self
+                .reader
+                .poll_each(POLL_BATCH, left.min(POLL_WAIT), &mut |record| {
+                    state.passed(&record);
+                    let counted = Event::decode_json(record.payload, |event| {
+                        let shard = state.count(&record, &event, &mut epoch, report)?;
+                        if job.customer_events && event.customer_id.is_some() {
+                            customers.push(event.to_event());
+                        }
+                        Some(shard)
+                    });
+                    match counted {
+                        Err(e) => {
+                            if !state.rewound(&record) {
+                                letters.push((record.to_log_record(), e.to_string()));
+                            }
+                        }
+                        Ok(Some(shard)) => {
+                            epoch
+                                .applied
+                                .insert((shard, record.partition), record.offset);
+                        }
+                        Ok(None) => {}
+                    }
+                })?;
+            batch.records += read as u64;
+        }
+        report.records += batch.records;
+        if !letters.is_empty() {
+            report.dead_letters += letters.len() as u64;
+            job.log.dead_letter(&letters)?;
+        }
+        if !customers.is_empty() {
+            job.store.append_customer_events(&customers)?;
+        }
+        let arms = &state.interner.arms;
+        let shards = &state.interner.shards;
+        batch.counts = epoch
+            .counts
+            .into_iter()
+            .map(|((arm, bucket), diff)| {
+                let arm = arms[arm as usize].0.clone();
+                (CountKey { arm, bucket }, diff)
+            })
+            .collect();
+        batch.applied = epoch
+            .applied
+            .into_iter()
+            .map(|((shard, p), o)| (shards[shard as usize].0.clone(), p, o))
+            .collect();
+        batch.clicks_appended_ms = epoch.clicks_appended_ms;
+        Ok(batch)
+    }
+}
+
+impl PartitionState {
+    /// A reader's partitions at `start`: each is read from its checkpoint, or from earlier to
+    /// remember the clicks within `click_dedup`; each shard's applied offsets are kept for these
+    /// partitions only.
+    fn new(
+        partitions: &[Partition],
+        start: Start,
+        buckets: Buckets,
+        cutoff: Option<DateTime<Utc>>,
+        click_dedup: Duration,
+    ) -> Self {
+        let mut positions = BTreeMap::new();
+        let mut checkpoints = BTreeMap::new();
+        for &p in partitions {
+            let checkpoint = start.checkpoints.get(&p).copied().unwrap_or_default();
+            let rewind = start.remember_from.get(&p).copied().unwrap_or(checkpoint);
+            positions.insert(p, checkpoint.min(rewind));
+            checkpoints.insert(p, checkpoint);
+        }
+        let applied_at_start = start
+            .applied
+            .into_iter()
+            .map(|(shard, mut offsets)| {
+                offsets.retain(|p, _| partitions.contains(p));
+                (shard, offsets)
+            })
+            .filter(|(_, offsets)| !offsets.is_empty())
+            .collect();
+        Self {
+            positions,
+            checkpoints,
+            ends: partitions
+                .iter()
+                .map(|&p| (p, start.ends.get(&p).copied().unwrap_or_default()))
+                .collect(),
+            applied_at_start,
+            interner: Interner::default(),
+            clicks: RecentClicks::new(click_dedup),
+            buckets,
+            cutoff,
+        }
+    }
+
+    /// Notes that `record` was read: its partition continues after it.
+    fn passed(&mut self, record: &RecordRef<'_>) {
+        self.positions
+            .insert(record.partition, record.offset.next());
+    }
+
+    /// Whether `record` lies before the checkpoint, re-read only to remember clicks.
+    fn rewound(&self, record: &RecordRef<'_>) -> bool {
+        record.offset < self.checkpoint(record.partition)
+    }
+
+    /// Where a restart may resume each partition: past everything read, never before the
+    /// checkpoint it started from (re-reading to remember clicks does not move it back).
+    pub(super) fn resume_points(&self) -> BTreeMap<Partition, Offset> {
+        self.positions
+            .iter()
+            .map(|(&p, &pos)| (p, pos.max(self.checkpoint(p))))
+            .collect()
+    }
+
+    pub(super) fn at_end(&self) -> bool {
+        self.ends
+            .iter()
+            .all(|(p, end)| self.positions.get(p).is_some_and(|pos| pos >= end))
+    }
+
+    fn checkpoint(&self, partition: Partition) -> Offset {
+        self.checkpoints
+            .get(&partition)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Adds one valid event to the epoch unless it is already applied, a repeated click or
+    /// before the cutoff; returns its shard's number when it moves the shard's applied offset.
+    fn count(
+        &mut self,
+        record: &RecordRef<'_>,
+        event: &EventRef<'_>,
+        epoch: &mut EpochCounts,
+        report: &mut StreamReport,
+    ) -> Option<u32> {
+        let repeated = event.kind == EventKind::Click && !self.clicks.first(event);
+        if self.rewound(record) {
+            report.rewound += 1;
+            return None;
+        }
+        let (arm, shard) = self.interner.arm(event, &self.applied_at_start);
+        let applied = self.interner.shards[shard as usize]
+            .1
+            .get(&record.partition)
+            .is_some_and(|&o| record.offset <= o);
+        if applied {
+            report.already_applied += 1;
+            return None;
+        }
+        if repeated {
+            report.repeated_clicks += 1;
+        } else if self.cutoff.is_some_and(|c| event.ts < c) {
+            report.before_cutoff += 1;
+        } else {
+            report.counted += 1;
+            let diff = match event.kind {
+                EventKind::Impression => (1, 0),
+                EventKind::Click => {
+                    epoch.clicks_appended_ms.push(record.timestamp_ms);
+                    (0, 1)
+                }
+            };
+            for bucket in [ALL_TIME, self.buckets.index(event.ts)] {
+                let c = epoch.counts.entry((arm, bucket)).or_default();
+                c.0 += diff.0;
+                c.1 += diff.1;
+            }
+        }
+        Some(shard)
+    }
+}
+
+/// What a reader gathers during one epoch, by arm and shard number.
+#[derive(Default)]
+struct EpochCounts {
+    counts: FxHashMap<(u32, i64), (i64, i64)>,
+    /// The highest offset per (shard, partition) counted or skipped as a repeat.
+    applied: FxHashMap<(u32, Partition), Offset>,
+    clicks_appended_ms: Vec<i64>,
+}
