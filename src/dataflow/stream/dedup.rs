@@ -64,3 +64,74 @@ impl RecentClicks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
+    }
+
+    fn click<'a>(request_id: Option<&'a str>, banner: &'a str, minute: i64) -> EventRef<'a> {
+        EventRef {
+            event_id: "e",
+            kind: EventKind::Click,
+            tenant: "t1",
+            slot: "hero",
+            city: "pune",
+            banner,
+            ts: at(minute),
+            customer_id: None,
+            referrer: None,
+            request_id,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_repeated_request_and_banner_within_the_window_is_dropped() {
+        let mut clicks = RecentClicks::new(HOUR);
+        assert!(clicks.first(&click(Some("r1"), "b1", 0)));
+        assert!(!clicks.first(&click(Some("r1"), "b1", 0)));
+        assert!(!clicks.first(&click(Some("r1"), "b1", 59)));
+        // Another banner of the same request, or another request, is a click of its own.
+        assert!(clicks.first(&click(Some("r1"), "b2", 1)));
+        assert!(clicks.first(&click(Some("r2"), "b1", 1)));
+    }
+
+    #[test]
+    fn clicks_without_a_request_id_always_count() {
+        let mut clicks = RecentClicks::new(HOUR);
+        for _ in 0..3 {
+            assert!(clicks.first(&click(None, "b1", 0)));
+        }
+    }
+
+    #[test]
+    fn a_click_older_than_the_window_is_forgotten_once_a_newer_click_arrives() {
+        let mut clicks = RecentClicks::new(HOUR);
+        assert!(clicks.first(&click(Some("r1"), "b1", 0)));
+        assert!(clicks.first(&click(Some("r2"), "b1", 30)));
+        // 61 minutes after the first: the window (by event time) no longer holds it.
+        assert!(clicks.first(&click(Some("r3"), "b1", 61)));
+        assert!(clicks.first(&click(Some("r1"), "b1", 62)));
+        // The click of minute 30 is still within the window of the newest (minute 62).
+        assert!(!clicks.first(&click(Some("r2"), "b1", 62)));
+    }
+
+    #[test]
+    fn the_window_follows_the_newest_event_time_not_the_arrival_order() {
+        let mut clicks = RecentClicks::new(HOUR);
+        assert!(clicks.first(&click(Some("late"), "b1", 100)));
+        // An older click arriving later is remembered while within the window of the newest…
+        assert!(clicks.first(&click(Some("early"), "b1", 50)));
+        assert!(!clicks.first(&click(Some("early"), "b1", 50)));
+        // …and forgotten, with everything older, once the newest moves an hour past it.
+        assert!(clicks.first(&click(Some("r"), "b1", 161)));
+        assert!(clicks.first(&click(Some("late"), "b1", 161)));
+        assert!(clicks.first(&click(Some("early"), "b1", 161)));
+    }
+}

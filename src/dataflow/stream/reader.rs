@@ -357,3 +357,226 @@ struct EpochCounts {
     applied: FxHashMap<(u32, Partition), Offset>,
     clicks_appended_ms: Vec<i64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P0: Partition = Partition(0);
+    const P1: Partition = Partition(1);
+    const P2: Partition = Partition(2);
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
+    }
+
+    fn event(
+        kind: EventKind,
+        city: &'static str,
+        request_id: Option<&'static str>,
+        minute: i64,
+    ) -> EventRef<'static> {
+        EventRef {
+            event_id: "e",
+            kind,
+            tenant: "t1",
+            slot: "hero",
+            city,
+            banner: "b1",
+            ts: at(minute),
+            customer_id: None,
+            referrer: None,
+            request_id,
+        }
+    }
+
+    fn impression(city: &'static str) -> EventRef<'static> {
+        event(EventKind::Impression, city, None, 0)
+    }
+
+    fn click(request_id: &'static str) -> EventRef<'static> {
+        event(EventKind::Click, "pune", Some(request_id), 0)
+    }
+
+    fn offsets(pairs: &[(Partition, i64)]) -> BTreeMap<Partition, Offset> {
+        pairs.iter().map(|&(p, o)| (p, Offset(o))).collect()
+    }
+
+    /// A reader of partitions 0 and 1 starting at `start`, counting as `read_epoch` does.
+    struct Reading {
+        state: PartitionState,
+        epoch: EpochCounts,
+        report: StreamReport,
+    }
+
+    impl Reading {
+        fn new(start: Start, cutoff: Option<DateTime<Utc>>) -> Self {
+            Self {
+                state: PartitionState::new(
+                    &[P0, P1],
+                    start,
+                    Buckets::hourly(),
+                    cutoff,
+                    Duration::from_secs(3600),
+                ),
+                epoch: EpochCounts::default(),
+                report: StreamReport::default(),
+            }
+        }
+
+        /// Reads `event` at `offset` of `partition`; the shard whose applied offset it moves.
+        fn read(&mut self, partition: Partition, offset: i64, event: EventRef<'_>) -> Option<u32> {
+            let record = record(partition, offset);
+            self.state.passed(&record);
+            self.state
+                .count(&record, &event, &mut self.epoch, &mut self.report)
+        }
+
+        /// The epoch's counts by (city, bucket).
+        fn counts(&self) -> BTreeMap<(String, i64), (i64, i64)> {
+            self.epoch
+                .counts
+                .iter()
+                .map(|(&(arm, bucket), &c)| {
+                    let city = self.state.interner.arms[arm as usize].0.city.clone();
+                    ((city, bucket), c)
+                })
+                .collect()
+        }
+
+        fn shard(&self, number: u32) -> &ShardKey {
+            &self.state.interner.shards[number as usize].0
+        }
+    }
+
+    fn record(partition: Partition, offset: i64) -> RecordRef<'static> {
+        RecordRef {
+            partition,
+            offset: Offset(offset),
+            key: None,
+            payload: b"",
+            timestamp_ms: 1_000 + offset,
+        }
+    }
+
+    fn start(checkpoints: &[(Partition, i64)], remember_from: &[(Partition, i64)]) -> Start {
+        Start {
+            checkpoints: offsets(checkpoints),
+            applied: AppliedOffsets::new(),
+            ends: offsets(&[(P0, 100), (P1, 100)]),
+            remember_from: offsets(remember_from),
+        }
+    }
+
+    #[test]
+    fn an_event_at_or_below_its_shards_applied_offset_is_skipped() {
+        let mut start = start(&[(P0, 10)], &[]);
+        start.applied = AppliedOffsets::from([
+            (ShardKey::new("t1", "pune"), offsets(&[(P0, 15), (P2, 40)])),
+            // Applied only in a partition another reader reads: nothing to skip here.
+            (ShardKey::new("t1", "delhi"), offsets(&[(P2, 30)])),
+        ]);
+        let mut r = Reading::new(start, None);
+        assert_eq!(r.read(P0, 12, impression("pune")), None);
+        assert_eq!(r.read(P0, 15, impression("pune")), None);
+        assert_eq!(r.report.already_applied, 2);
+        assert_eq!(r.report.counted, 0);
+
+        let pune = r.read(P0, 16, impression("pune")).expect("counted");
+        assert_eq!(r.shard(pune), &ShardKey::new("t1", "pune"));
+        // The shard applied nothing of partition 1, and delhi nothing of this reader's.
+        assert_eq!(r.read(P1, 0, impression("pune")), Some(pune));
+        let delhi = r.read(P0, 11, impression("delhi")).expect("counted");
+        assert_eq!(r.shard(delhi), &ShardKey::new("t1", "delhi"));
+        assert_eq!(r.report.counted, 3);
+        assert_eq!(r.report.already_applied, 2);
+
+        let hour = Buckets::hourly().index(at(0));
+        assert_eq!(
+            r.counts(),
+            BTreeMap::from([
+                (("delhi".into(), ALL_TIME), (1, 0)),
+                (("delhi".into(), hour), (1, 0)),
+                (("pune".into(), ALL_TIME), (2, 0)),
+                (("pune".into(), hour), (2, 0)),
+            ])
+        );
+        assert_eq!(
+            r.state.applied_at_start,
+            AppliedOffsets::from([(ShardKey::new("t1", "pune"), offsets(&[(P0, 15)]))])
+        );
+    }
+
+    #[test]
+    fn the_rewind_below_the_checkpoint_only_remembers_clicks() {
+        let mut r = Reading::new(start(&[(P0, 10)], &[(P0, 4)]), None);
+        assert_eq!(r.read(P0, 5, click("r1")), None);
+        assert_eq!(r.read(P0, 6, impression("pune")), None);
+        assert_eq!(r.report.rewound, 2);
+        assert!(r.counts().is_empty());
+        assert!(r.state.rewound(&record(P0, 9)));
+        assert!(!r.state.rewound(&record(P0, 10)));
+
+        // The click remembered in the rewind is a repeat past the checkpoint; its offset is
+        // still applied by the shard.
+        let shard = r.read(P0, 10, click("r1"));
+        assert!(shard.is_some());
+        assert_eq!(r.report.repeated_clicks, 1);
+        assert_eq!(r.report.counted, 0);
+        assert_eq!(r.read(P0, 11, click("r2")), shard);
+        assert_eq!(r.report.counted, 1);
+        assert_eq!(r.epoch.clicks_appended_ms, vec![1_011]);
+        assert_eq!(r.counts()[&("pune".to_string(), ALL_TIME)], (0, 1));
+    }
+
+    #[test]
+    fn events_before_the_cutoff_are_dropped_but_move_the_applied_offset() {
+        let mut r = Reading::new(start(&[], &[]), Some(at(30)));
+        let shard = r.read(P0, 0, event(EventKind::Impression, "pune", None, 29));
+        assert!(shard.is_some());
+        assert_eq!(r.report.before_cutoff, 1);
+        assert!(r.counts().is_empty());
+        assert_eq!(
+            r.read(P0, 1, event(EventKind::Impression, "pune", None, 30)),
+            shard
+        );
+        assert_eq!(r.report.counted, 1);
+    }
+
+    #[test]
+    fn a_reader_starts_before_its_checkpoint_to_remember_clicks_and_never_resumes_before_it() {
+        let start = Start {
+            checkpoints: offsets(&[(P0, 10), (P1, 3)]),
+            applied: AppliedOffsets::new(),
+            ends: offsets(&[(P0, 12), (P1, 3)]),
+            // Partition 1's clicks to remember all lie past its checkpoint.
+            remember_from: offsets(&[(P0, 4), (P1, 8)]),
+        };
+        let mut r = Reading::new(start, None);
+        assert_eq!(r.state.positions, offsets(&[(P0, 4), (P1, 3)]));
+        assert_eq!(r.state.resume_points(), offsets(&[(P0, 10), (P1, 3)]));
+        assert!(!r.state.at_end());
+        for offset in 4..9 {
+            r.read(P0, offset, impression("pune"));
+        }
+        assert_eq!(r.state.resume_points(), offsets(&[(P0, 10), (P1, 3)]));
+        r.read(P0, 11, impression("pune"));
+        assert_eq!(r.state.resume_points(), offsets(&[(P0, 12), (P1, 3)]));
+        assert!(r.state.at_end());
+    }
+
+    #[test]
+    fn a_first_run_reads_every_partition_from_its_start() {
+        let start = Start {
+            checkpoints: BTreeMap::new(),
+            applied: AppliedOffsets::new(),
+            ends: offsets(&[(P0, 5)]),
+            remember_from: offsets(&[(P0, 2)]),
+        };
+        let r = Reading::new(start, None);
+        assert_eq!(r.state.positions, offsets(&[(P0, 0), (P1, 0)]));
+        assert_eq!(r.state.resume_points(), offsets(&[(P0, 0), (P1, 0)]));
+        // Partition 1 is empty (no end recorded), partition 0 is not yet read.
+        assert!(!r.state.at_end());
+    }
+}
