@@ -77,3 +77,147 @@ pub fn stream_start(
     store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
     Ok(StreamStart { buckets, cutoff })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, EventKind, Partition};
+    use crate::source::open_log;
+    use crate::store::EmbeddedStore;
+
+    fn store(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap()
+    }
+
+    fn instant(s: &str) -> DateTime<Utc> {
+        time::parse_rfc3339(s).unwrap()
+    }
+
+    /// The error's message as the command line prints it: each cause after a colon.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    }
+
+    #[test]
+    fn what_a_backfill_records_is_what_the_stream_starts_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let as_of = instant("2026-11-02T06:30:00Z");
+        let quarter_hours = Buckets::of_minutes(15).unwrap();
+        record_backfill(&store, Some(as_of), quarter_hours).unwrap();
+        assert_eq!(store.as_of().unwrap(), Some(as_of));
+
+        let log = open_log(&format!("file:{}", dir.path().join("log").display())).unwrap();
+        hand_off(log.as_ref(), &store, "stream", as_of).unwrap();
+        let start = stream_start(&store, "stream", None).unwrap();
+        assert_eq!(
+            start,
+            StreamStart {
+                buckets: quarter_hours,
+                cutoff: Some(as_of)
+            }
+        );
+        // A cutoff given to the job wins over the recorded one; another job has none.
+        let given = instant("2026-11-03T00:00:00Z");
+        assert_eq!(
+            stream_start(&store, "stream", Some(given)).unwrap().cutoff,
+            Some(given)
+        );
+        assert_eq!(stream_start(&store, "other", None).unwrap().cutoff, None);
+    }
+
+    #[test]
+    fn a_backfill_without_an_as_of_instant_records_only_its_bucket_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        record_backfill(&store, None, Buckets::of_minutes(30).unwrap()).unwrap();
+        assert_eq!(store.as_of().unwrap(), None);
+        assert_eq!(store.buckets().unwrap().minutes(), 30);
+    }
+
+    #[test]
+    fn a_fresh_store_streams_hourly_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let start = stream_start(&store, "stream", None).unwrap();
+        assert_eq!(start.buckets, Buckets::hourly());
+        assert_eq!(start.cutoff, None);
+        assert_eq!(
+            store.meta(META_BUCKET_MINUTES).unwrap().as_deref(),
+            Some("60")
+        );
+    }
+
+    #[test]
+    fn a_store_recording_an_invalid_bucket_width_or_cutoff_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        store.set_meta(META_BUCKET_MINUTES, "7").unwrap();
+        let e = stream_start(&store, "stream", None).unwrap_err();
+        assert_eq!(
+            chain(&e),
+            "store metadata `bucket_minutes`: bucket_minutes must divide 1440 (a day), got 7"
+        );
+
+        store.set_meta(META_BUCKET_MINUTES, "60").unwrap();
+        store.set_meta(&cutoff_key("stream"), "yesterday").unwrap();
+        let e = stream_start(&store, "stream", None).unwrap_err();
+        assert!(
+            chain(&e).starts_with("the cutoff recorded by the backfill handoff: "),
+            "{}",
+            chain(&e)
+        );
+    }
+
+    #[test]
+    fn the_handoff_starts_the_stream_a_margin_before_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let log = open_log(&format!(
+            "file:{}?partitions=1",
+            dir.path().join("log").display()
+        ))
+        .unwrap();
+        let event = |id: &str| Event {
+            event_id: id.into(),
+            kind: EventKind::Impression,
+            tenant: "t1".into(),
+            slot: "hero".into(),
+            city: "pune".into(),
+            banner: "b1".into(),
+            ts: Utc::now(),
+            customer_id: None,
+            referrer: None,
+            request_id: None,
+        };
+        log.append(&[event("e1"), event("e2")]).unwrap();
+        // Appended just now: a cutoff less than the margin ahead starts before both records,
+        // one more than the margin ahead after them.
+        let soon = Utc::now() + chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES - 1);
+        hand_off(log.as_ref(), &store, "near", soon).unwrap();
+        assert_eq!(
+            store
+                .checkpoints("near")
+                .unwrap()
+                .get(&Partition(0))
+                .copied(),
+            Some(crate::model::Offset(0))
+        );
+        let later = Utc::now() + chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES + 5);
+        hand_off(log.as_ref(), &store, "far", later).unwrap();
+        assert_eq!(
+            store
+                .checkpoints("far")
+                .unwrap()
+                .get(&Partition(0))
+                .copied(),
+            Some(crate::model::Offset(2))
+        );
+    }
+}
