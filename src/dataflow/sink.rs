@@ -378,4 +378,77 @@ mod tests {
             BTreeMap::from([(Partition(0), Offset(9)), (Partition(1), Offset(2))])
         );
     }
+
+    #[test]
+    fn the_worker_that_loads_a_shard_is_the_one_the_sink_sends_it_to() {
+        for processes in 1..=3 {
+            for threads in 1..=8 {
+                let peers = threads * processes;
+                for shared_store in [true, false] {
+                    let placement = ShardPlacement::new(shared_store, threads, processes);
+                    for shard in 0..400 {
+                        let (tenant, city) = (format!("t{}", shard % 7), format!("c{shard}"));
+                        let routed =
+                            (placement.exchange_key(&tenant, &city) % peers as u64) as usize;
+                        let loaders: Vec<usize> = (0..peers)
+                            .filter(|&w| placement.owns(w, &tenant, &city))
+                            .collect();
+                        assert_eq!(
+                            loaders,
+                            vec![routed],
+                            "{tenant}/{city} on {threads}x{processes}"
+                        );
+                        if shared_store {
+                            assert_eq!(routed, owner_of(&tenant, &city, peers));
+                        } else {
+                            // Only process 0 writes, and timely numbers its workers first.
+                            assert_eq!(routed, owner_of(&tenant, &city, threads));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn timelys_exchange_delivers_each_shard_to_its_owner() {
+        let workers = 3;
+        let placement = ShardPlacement::new(true, workers, 1);
+        let shards: Vec<ShardKey> = (0..60)
+            .map(|i| ShardKey::new(&format!("t{}", i % 4), &format!("c{i}")))
+            .collect();
+        let arrived: Arc<Mutex<Vec<(usize, ShardKey)>>> = Arc::default();
+        let seen = arrived.clone();
+        timely::execute(
+            crate::dataflow::Cluster::single(workers).timely_config(),
+            move |worker| {
+                use timely::dataflow::operators::{Inspect, ToStream};
+                let index = worker.index();
+                let shards = if index == 0 {
+                    shards.clone()
+                } else {
+                    Vec::new()
+                };
+                let seen = seen.clone();
+                worker.dataflow::<u64, _, _>(|scope| {
+                    let shards: StreamVec<'_, u64, ShardKey> = shards.to_stream(scope);
+                    shards
+                        .exchange(move |s: &ShardKey| placement.exchange_key(&s.tenant, &s.city))
+                        .inspect(move |s: &ShardKey| seen.lock().unwrap().push((index, s.clone())));
+                });
+            },
+        )
+        .unwrap()
+        .join();
+        let arrived = arrived.lock().unwrap();
+        assert_eq!(arrived.len(), 60);
+        for (worker, shard) in arrived.iter() {
+            assert!(
+                placement.owns(*worker, &shard.tenant, &shard.city),
+                "{shard}"
+            );
+        }
+        let used: std::collections::BTreeSet<usize> = arrived.iter().map(|a| a.0).collect();
+        assert_eq!(used.len(), workers, "shards spread over every worker");
+    }
 }
