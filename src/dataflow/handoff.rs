@@ -80,8 +80,10 @@ pub fn stream_start(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::model::{Event, EventKind, Partition};
+    use crate::model::{Event, EventKind, Offset, Partition};
     use crate::source::open_log;
     use crate::store::EmbeddedStore;
 
@@ -199,25 +201,18 @@ mod tests {
         log.append(&[event("e1"), event("e2")]).unwrap();
         // Appended just now: a cutoff less than the margin ahead starts before both records,
         // one more than the margin ahead after them.
-        let soon = Utc::now() + chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES - 1);
-        hand_off(log.as_ref(), &store, "near", soon).unwrap();
+        let start_for = |job: &str, minutes_ahead: i64| {
+            let cutoff = Utc::now() + chrono::Duration::minutes(minutes_ahead);
+            hand_off(log.as_ref(), &store, job, cutoff).unwrap();
+            store.checkpoints(job).unwrap()
+        };
         assert_eq!(
-            store
-                .checkpoints("near")
-                .unwrap()
-                .get(&Partition(0))
-                .copied(),
-            Some(crate::model::Offset(0))
+            start_for("near", HANDOFF_MARGIN_MINUTES - 1),
+            BTreeMap::from([(Partition(0), Offset(0))])
         );
-        let later = Utc::now() + chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES + 5);
-        hand_off(log.as_ref(), &store, "far", later).unwrap();
         assert_eq!(
-            store
-                .checkpoints("far")
-                .unwrap()
-                .get(&Partition(0))
-                .copied(),
-            Some(crate::model::Offset(2))
+            start_for("far", HANDOFF_MARGIN_MINUTES + 5),
+            BTreeMap::from([(Partition(0), Offset(2))])
         );
     }
 }

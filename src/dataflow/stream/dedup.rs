@@ -68,25 +68,15 @@ impl RecentClicks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::stream::test_events::event;
     use crate::model::EventKind;
 
-    fn at(minute: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
-    }
-
-    fn click<'a>(request_id: Option<&'a str>, banner: &'a str, minute: i64) -> EventRef<'a> {
-        EventRef {
-            event_id: "e",
-            kind: EventKind::Click,
-            tenant: "t1",
-            slot: "hero",
-            city: "pune",
-            banner,
-            ts: at(minute),
-            customer_id: None,
-            referrer: None,
-            request_id,
-        }
+    fn click(
+        request_id: Option<&'static str>,
+        banner: &'static str,
+        minute: i64,
+    ) -> EventRef<'static> {
+        event(EventKind::Click, "pune", banner, request_id, minute)
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -250,3 +250,38 @@ fn checkpoint(
         }
     }
 }
+
+/// Events for the tests of what a reader does with them.
+#[cfg(test)]
+mod test_events {
+    use chrono::{DateTime, Utc};
+
+    use crate::model::{EventKind, EventRef};
+
+    /// `minute` minutes after a fixed instant.
+    pub(super) fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
+    }
+
+    /// An event of tenant `t1`, slot `hero` at minute `minute`.
+    pub(super) fn event(
+        kind: EventKind,
+        city: &'static str,
+        banner: &'static str,
+        request_id: Option<&'static str>,
+        minute: i64,
+    ) -> EventRef<'static> {
+        EventRef {
+            event_id: "e",
+            kind,
+            tenant: "t1",
+            slot: "hero",
+            city,
+            banner,
+            ts: at(minute),
+            customer_id: None,
+            referrer: None,
+            request_id,
+        }
+    }
+}

@@ -361,14 +361,11 @@ struct EpochCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::stream::test_events::{self, at};
 
     const P0: Partition = Partition(0);
     const P1: Partition = Partition(1);
     const P2: Partition = Partition(2);
-
-    fn at(minute: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
-    }
 
     fn event(
         kind: EventKind,
@@ -376,18 +373,7 @@ mod tests {
         request_id: Option<&'static str>,
         minute: i64,
     ) -> EventRef<'static> {
-        EventRef {
-            event_id: "e",
-            kind,
-            tenant: "t1",
-            slot: "hero",
-            city,
-            banner: "b1",
-            ts: at(minute),
-            customer_id: None,
-            referrer: None,
-            request_id,
-        }
+        test_events::event(kind, city, "b1", request_id, minute)
     }
 
     fn impression(city: &'static str) -> EventRef<'static> {
