@@ -14,7 +14,7 @@ use timely::worker::Worker;
 use rustc_hash::FxHashMap;
 
 use super::handoff::record_backfill;
-use super::harness::{run_job, wait_for_epochs_in_flight, ReadProgress, SinkTarget, WorkerReport};
+use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
 use super::sink::{count_and_sink, AppliedOffset, SinkSpec, SinkStats};
 use super::{Cluster, DataflowError};
 use crate::model::{CountKey, ALL_TIME};
@@ -106,15 +106,17 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
     let store = job.store.store.clone();
     let as_of = job.until.or(job.plan.newest);
     let buckets = job.buckets;
-    let target = SinkTarget {
+    let setup = JobSetup {
+        name: "backfill",
         store: store.clone(),
         shared_store: job.store.shared,
+        store_in_every_process: false,
         first_written_epoch: 0,
         durable_epochs: false,
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
-    let (mut report, sink) = run_job(cluster, target, move |worker, sink| {
+    let (mut report, sink) = run_job(cluster, setup, move |worker, sink| {
         backfill_worker(worker, sink, &job, &progress)
     })?;
     report.sink = sink;

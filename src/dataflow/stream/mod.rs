@@ -33,7 +33,7 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use self::reader::PartitionReader;
-use super::harness::{run_job, wait_for_epochs_in_flight, Failure, ReadProgress, SinkTarget};
+use super::harness::{run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress};
 use super::sink::{count_and_sink, AppliedOffset, SinkSpec};
 use super::{Cluster, DataflowError};
 use crate::model::{CountKey, Offset, Partition};
@@ -72,22 +72,19 @@ pub struct StreamJob {
 /// Runs the streaming job on this process's workers until the log's end (with `stop_at_end`),
 /// a shutdown request, or an error.
 pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, DataflowError> {
-    if cluster.processes() > 1 && !job.store.shared_across_processes() {
-        return Err(DataflowError::Config(
-            "a stream job of several processes needs a store every process can write (cassandra://)"
-                .into(),
-        ));
-    }
     let partitions = job.log.partitions()?;
-    let target = SinkTarget {
+    let setup = JobSetup {
+        name: "stream",
         store: Some(job.store.clone()),
         shared_store: job.store.shared_across_processes(),
+        // Every reader keeps its checkpoints there and every worker loads its shards from it.
+        store_in_every_process: true,
         first_written_epoch: 1,
         durable_epochs: true,
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
-    let (mut report, sink) = run_job(cluster, target, move |worker, sink| {
+    let (mut report, sink) = run_job(cluster, setup, move |worker, sink| {
         stream_worker(worker, sink, &job, &partitions, &progress)
     })?;
     report.sink = sink;
