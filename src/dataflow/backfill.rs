@@ -61,9 +61,9 @@ pub fn plan_backfill(input: &Path, skip_bad_files: bool) -> Result<ParquetPlan, 
 /// The store as one process of a backfill sees it.
 pub struct BackfillStore {
     /// `None` in a process that does not write (a store only process 0 may open).
-    pub store: Option<Arc<dyn PosteriorStore>>,
+    store: Option<Arc<dyn PosteriorStore>>,
     /// Whether every process writes the shards its workers own (else process 0 writes all).
-    pub shared: bool,
+    shared: bool,
 }
 
 impl BackfillStore {

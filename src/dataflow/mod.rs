@@ -22,7 +22,7 @@ mod stream;
 pub use backfill::{
     plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
 };
-pub use handoff::{hand_off, record_backfill, stream_start, StreamStart};
+pub use handoff::{hand_off, stream_start, StreamStart};
 pub use priors::write_priors;
 pub use sink::SinkStats;
 pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
