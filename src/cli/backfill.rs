@@ -9,12 +9,12 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
-    run_backfill, BackfillJob, BackfillReport, Cluster, DEFAULT_EPOCH_ROWS,
+    hand_off, plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, Cluster,
+    DEFAULT_EPOCH_ROWS,
 };
 use slotbandit::source::open_log;
-use slotbandit::source::parquet::ParquetPlan;
-use slotbandit::store::{open_store, PosteriorStore, StoreUrl, META_AS_OF, META_BUCKET_MINUTES};
-use slotbandit::time::{self, Buckets};
+use slotbandit::store::{open_store, PosteriorStore};
+use slotbandit::time::Buckets;
 
 use super::flags;
 
@@ -97,7 +97,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         // Process 0 hands off before it joins the cluster, and the others read the checkpoints
         // only once every process has joined.
         if cluster.process == 0 {
-            super::stream::hand_off(log.as_ref(), store.as_ref(), &args.stream.job_name, cutoff)?;
+            hand_off(log.as_ref(), store.as_ref(), &args.stream.job_name, cutoff)?;
         }
         super::stream::stream(log, store, &args.stream, &cluster, true)?;
     }
@@ -121,7 +121,8 @@ impl Default for ReadOptions {
     }
 }
 
-/// Plans, runs and records a backfill; shared by `backfill`, `priors` and `demo`.
+/// Plans and runs a backfill with a progress bar and reports what it skipped and rejected;
+/// shared by `backfill`, `priors` and `demo`.
 pub fn backfill(
     input: &std::path::Path,
     until: Option<DateTime<Utc>>,
@@ -136,30 +137,11 @@ pub fn backfill(
         epoch_rows,
     } = options;
     let buckets = Buckets::of_minutes(bucket_minutes).map_err(anyhow::Error::msg)?;
-    let plan = ParquetPlan::new(input, skip_bad_files)?;
-    anyhow::ensure!(
-        !plan.files.is_empty() || !plan.skipped.is_empty(),
-        "no Parquet files under {}",
-        input.display()
-    );
+    let plan = plan_backfill(input, skip_bad_files)?;
     for s in &plan.skipped {
         tracing::warn!("skipped: {s}");
     }
-    // A store that several processes may write (Cassandra) is opened by every process, each
-    // writing the shards its workers own; an embedded file only by process 0, which writes all.
-    // Process 0 clears the counts before its workers start, and no epoch completes anywhere
-    // before they do, so no process writes before the clear.
-    let leader = cluster.process == 0;
-    let shared_store = store_url.parse::<StoreUrl>()?.shared_across_processes();
-    let store: Option<Arc<dyn PosteriorStore>> = if leader || shared_store {
-        let store = open_store(store_url, true)?;
-        if leader {
-            store.clear_counts()?;
-        }
-        Some(Arc::from(store))
-    } else {
-        None
-    };
+    let store = BackfillStore::open(store_url, cluster)?;
     let bar = if show_progress {
         ProgressBar::new(plan.rows())
     } else {
@@ -172,7 +154,6 @@ pub fn backfill(
         .expect("valid template"),
     );
     let progress_bar = bar.clone();
-    let as_of = until.or(plan.newest);
     let mut skipped = plan.skipped.clone();
     let job = BackfillJob {
         plan,
@@ -180,19 +161,12 @@ pub fn backfill(
         until,
         skip_bad_files,
         epoch_rows,
-        store: store.clone(),
-        shared_store,
+        store,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
     };
     let mut report =
         run_backfill(job, cluster).with_context(|| format!("backfill of {}", input.display()))?;
     bar.finish_and_clear();
-    if let Some(store) = store.as_ref().filter(|_| leader) {
-        if let Some(t) = as_of {
-            store.set_meta(META_AS_OF, &time::format_utc(t))?;
-        }
-        store.set_meta(META_BUCKET_MINUTES, &bucket_minutes.to_string())?;
-    }
     for s in &report.skipped {
         tracing::warn!("skipped: {s}");
     }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::bandit::{prob_best, seeded_rng, DEFAULT_PRIOR_STRENGTH};
-use slotbandit::dataflow::Cluster;
+use slotbandit::dataflow::{hand_off, write_priors, Cluster};
 use slotbandit::model::SlotConfig;
 use slotbandit::serve::auth::create_key;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
@@ -26,7 +26,7 @@ use slotbandit::source::open_log;
 use slotbandit::store::{open_store, CountQuery, PosteriorRow, PosteriorStore, Role};
 use slotbandit::synth::{Truth, SLOTS_FILE, TRUTH_FILE};
 
-use super::stream::{hand_off, stream, StreamOptions};
+use super::stream::{stream, StreamOptions};
 
 /// (tenant, slot, city)
 type SlotCity = (String, String, String);
@@ -82,7 +82,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         true,
     )?;
     let store = open_store(&url, true)?;
-    super::priors::write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
+    write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
     let rows = store.posteriors(&CountQuery::default())?;
 
     let truth: Option<Truth> = std::fs::read(input.join(TRUTH_FILE))

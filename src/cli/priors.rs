@@ -1,12 +1,11 @@
 //! `slotbandit priors`: cold-start priors from history (empirical Bayes per slot).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
-use slotbandit::bandit::{empirical_bayes, BannerCounts, DEFAULT_PRIOR_STRENGTH};
-use slotbandit::model::pool_cities;
-use slotbandit::store::{open_store, CountQuery, PosteriorStore};
+use slotbandit::bandit::DEFAULT_PRIOR_STRENGTH;
+use slotbandit::dataflow::write_priors;
+use slotbandit::store::open_store;
 
 use super::flags;
 
@@ -42,28 +41,4 @@ pub fn run(args: PriorsArgs) -> anyhow::Result<()> {
     let slots = write_priors(counts.as_ref(), target.as_ref(), args.prior_strength)?;
     println!("priors for {slots} slots written to {}", args.store.store);
     Ok(())
-}
-
-/// Pools each slot's all-time counts over cities and writes its empirical-Bayes priors.
-pub fn write_priors(
-    counts: &dyn PosteriorStore,
-    target: &dyn PosteriorStore,
-    prior_strength: f64,
-) -> anyhow::Result<usize> {
-    let all = counts.counts(&CountQuery::default())?;
-    let mut slots: BTreeMap<(String, String), Vec<BannerCounts>> = BTreeMap::new();
-    for (arm, c) in pool_cities(all.iter().map(|(arm, c)| (arm, *c))) {
-        slots
-            .entry((arm.tenant, arm.slot))
-            .or_default()
-            .push(BannerCounts {
-                banner: arm.banner,
-                impressions: c.impressions,
-                clicks: c.clicks,
-            });
-    }
-    for ((tenant, slot), banners) in &slots {
-        target.write_priors(tenant, slot, &empirical_bayes(banners, prior_strength))?;
-    }
-    Ok(slots.len())
 }

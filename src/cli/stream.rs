@@ -10,18 +10,15 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
-    run_stream, ClickLatency, Cluster, StreamJob, StreamMetrics, StreamReport,
+    run_stream, stream_start, ClickLatency, Cluster, StreamJob, StreamMetrics, StreamReport,
 };
 use slotbandit::source::{open_log, EventLog};
-use slotbandit::store::{open_store, PosteriorStore, META_BUCKET_MINUTES};
+use slotbandit::store::{open_store, PosteriorStore};
 
 use super::flags;
 
 /// The checkpoint name of the stream job unless `--name` says otherwise.
 pub const DEFAULT_JOB_NAME: &str = "stream";
-/// How far before the cutoff the handoff starts reading; events before the cutoff are dropped,
-/// so the margin only catches events appended a little before their own timestamp.
-const HANDOFF_MARGIN_MINUTES: i64 = 10;
 
 #[derive(Args)]
 #[command(disable_help_flag = true)]
@@ -73,10 +70,6 @@ pub fn run(args: StreamArgs) -> anyhow::Result<()> {
     stream(log, store, &args.options, &cluster, true)
 }
 
-fn cutoff_key(job_name: &str) -> String {
-    format!("cutoff.{job_name}")
-}
-
 /// Runs the stream job until the end (with `--stop-at-end`), Ctrl-C or SIGTERM, and prints what
 /// it did. Shared by `stream`, `backfill --then-stream` and `demo`.
 pub fn stream(
@@ -86,16 +79,7 @@ pub fn stream(
     cluster: &Cluster,
     show_progress: bool,
 ) -> anyhow::Result<()> {
-    let buckets = store.buckets()?;
-    let cutoff = match options.cutoff {
-        Some(c) => Some(c),
-        None => store
-            .meta(&cutoff_key(&options.job_name))?
-            .map(|s| slotbandit::time::parse_rfc3339(&s))
-            .transpose()
-            .context("the cutoff recorded by the backfill handoff")?,
-    };
-    store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
+    let start = stream_start(store.as_ref(), &options.job_name, options.cutoff)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signals(shutdown.clone())?;
     let bar = if show_progress {
@@ -119,9 +103,9 @@ pub fn stream(
         log,
         store,
         name: options.job_name.clone(),
-        buckets,
+        buckets: start.buckets,
         epoch: Duration::from_millis(options.epoch_ms),
-        cutoff,
+        cutoff: start.cutoff,
         click_dedup: Duration::from_secs(options.click_dedup_minutes * 60),
         customer_events: !options.no_customer_events,
         stop_at_end: options.stop_at_end,
@@ -161,21 +145,6 @@ fn print_report(r: &StreamReport, latency: &ClickLatency, secs: f64) {
             latency.p50_ms, latency.p99_ms, latency.max_ms, latency.clicks
         );
     }
-}
-
-/// The handoff from a backfill that counted `ts < cutoff`: the stream job will start each
-/// partition a margin before the cutoff (by the log's timestamps) and drop `ts < cutoff`, also
-/// after restarts (the cutoff is recorded in the store).
-pub fn hand_off(
-    log: &dyn EventLog,
-    store: &dyn PosteriorStore,
-    job_name: &str,
-    cutoff: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    let start = log.offsets_for_time(cutoff - chrono::Duration::minutes(HANDOFF_MARGIN_MINUTES))?;
-    store.set_checkpoints(job_name, &start)?;
-    store.set_meta(&cutoff_key(job_name), &slotbandit::time::format_utc(cutoff))?;
-    Ok(())
 }
 
 /// Sets `shutdown` on Ctrl-C or SIGTERM (what Kubernetes sends), so the job ends after the

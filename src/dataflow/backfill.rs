@@ -1,23 +1,25 @@
 //! Backfill: Parquet history, row groups shared among the workers; an epoch is a worker's run of
 //! row groups of at least `epoch_rows` rows, pre-aggregated to one record per (arm, bucket) and
-//! one per arm all-time before it enters the dataflow.
+//! one per arm all-time before it enters the dataflow. A backfill starts over: process 0 clears
+//! the counts first, and records what they are as of once they are all in the store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::ToStream;
+use timely::worker::Worker;
 
 use rustc_hash::FxHashMap;
 
-use super::{
-    count_and_sink, fail, failed, AppliedOffset, Cluster, DataflowError, Failure, SinkSpec,
-    SinkStats,
-};
+use super::handoff::record_backfill;
+use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
+use super::sink::{count_and_sink, AppliedOffset, SinkSpec, SinkStats};
+use super::{Cluster, DataflowError};
 use crate::model::{CountKey, ALL_TIME};
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
-use crate::store::PosteriorStore;
+use crate::store::{open_store, PosteriorStore, StoreUrl};
 use crate::time::Buckets;
 
 /// What one process saw during a backfill.
@@ -32,7 +34,7 @@ pub struct BackfillReport {
     pub sink: SinkStats,
 }
 
-impl BackfillReport {
+impl WorkerReport for BackfillReport {
     fn merge(&mut self, other: BackfillReport) {
         self.rows += other.rows;
         self.rejected += other.rejected;
@@ -44,6 +46,47 @@ impl BackfillReport {
     }
 }
 
+/// The Parquet files under `input`, planned for a backfill; a folder without any is refused.
+pub fn plan_backfill(input: &Path, skip_bad_files: bool) -> Result<ParquetPlan, DataflowError> {
+    let plan = ParquetPlan::new(input, skip_bad_files)?;
+    if plan.files.is_empty() && plan.skipped.is_empty() {
+        return Err(DataflowError::Config(format!(
+            "no Parquet files under {}",
+            input.display()
+        )));
+    }
+    Ok(plan)
+}
+
+/// The store as one process of a backfill sees it.
+pub struct BackfillStore {
+    /// `None` in a process that does not write (a store only process 0 may open).
+    store: Option<Arc<dyn PosteriorStore>>,
+    /// Whether every process writes the shards its workers own (else process 0 writes all).
+    shared: bool,
+}
+
+impl BackfillStore {
+    /// Opens the store at `url` for this process of `cluster`: a store that several processes
+    /// may write (Cassandra) in every process, an embedded file only in process 0. Process 0
+    /// clears the counts before its workers start, and no epoch completes anywhere before they
+    /// do, so no process writes before the clear.
+    pub fn open(url: &str, cluster: &Cluster) -> Result<Self, DataflowError> {
+        let leader = cluster.process == 0;
+        let shared = url.parse::<StoreUrl>()?.shared_across_processes();
+        let store: Option<Arc<dyn PosteriorStore>> = if leader || shared {
+            let store = open_store(url, true)?;
+            if leader {
+                store.clear_counts()?;
+            }
+            Some(Arc::from(store))
+        } else {
+            None
+        };
+        Ok(Self { store, shared })
+    }
+}
+
 pub struct BackfillJob {
     pub plan: ParquetPlan,
     pub buckets: Buckets,
@@ -51,138 +94,129 @@ pub struct BackfillJob {
     pub skip_bad_files: bool,
     /// Rows a worker reads into one epoch (see [`DEFAULT_EPOCH_ROWS`]).
     pub epoch_rows: u64,
-    /// `None` in a process that does not write (a store only process 0 may open).
-    pub store: Option<Arc<dyn PosteriorStore>>,
-    pub shared_store: bool,
+    pub store: BackfillStore,
     /// Called with the number of rows read so far by this process.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
-/// Runs the backfill on this process's workers and returns what they saw.
+/// Runs the backfill on this process's workers and returns what they saw. Once every epoch is
+/// in the store, process 0 records the instant the counts are as of (`until`, else the newest
+/// event) and their bucket width.
 pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillReport, DataflowError> {
-    let store = job.store.clone();
+    let store = job.store.store.clone();
+    let as_of = job.until.or(job.plan.newest);
+    let buckets = job.buckets;
+    let setup = JobSetup {
+        name: "backfill",
+        store: store.clone(),
+        shared_store: job.store.shared,
+        store_in_every_process: false,
+        first_written_epoch: 0,
+        durable_epochs: false,
+    };
+    let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
-    let failure: Failure = Arc::default();
-    let read_rows = Arc::new(AtomicU64::new(0));
-    let threads = cluster.workers;
-    let shared_failure = failure.clone();
-    let sink_stats: Arc<Mutex<SinkStats>> = Arc::default();
-    let process_sink_stats = sink_stats.clone();
-    let guards = timely::execute(cluster.timely_config(), move |worker| {
-        let job = job.clone();
-        let failure = shared_failure.clone();
-        let sink_stats = process_sink_stats.clone();
-        let index = worker.index();
-        let peers = worker.peers();
-        let mut report = BackfillReport::default();
-        let (mut counts_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (counts_in, counts) = scope.new_collection::<(u32, CountKey), (i64, i64)>();
-            let (bad_in, bad_files) = scope.new_collection::<u32, isize>();
-            let good = if job.skip_bad_files {
-                counts.antijoin(bad_files.distinct_core::<i64>())
-            } else {
-                counts
-            };
-            let records = good.map(|(_, key)| key);
-            let no_offsets = Vec::<AppliedOffset>::new().to_stream(scope);
-            let probe = count_and_sink(
-                records,
-                no_offsets,
-                SinkSpec {
-                    store: job.store.clone(),
-                    shared_store: job.shared_store,
-                    threads,
-                    first_written_epoch: 0,
-                    durable_epochs: false,
-                    failure: failure.clone(),
-                    stats: sink_stats.clone(),
-                },
-            );
-            (counts_in, bad_in, probe)
-        });
-        let mut names = Names::default();
-        let mut epoch = EpochCounts::default();
-        let mut next = 0u64;
-        let mut units = job.plan.share(index, peers).peekable();
-        while let Some(unit) = units.next() {
-            let file = &job.plan.files[unit.file as usize];
-            let counted = read_unit(
-                file,
-                unit,
-                job.buckets,
-                job.until,
-                &mut names,
-                |arm, b, c| epoch.add(unit.file, arm, b, c),
-            );
-            match counted {
-                Ok(read) => {
-                    report.rows += read.rows;
-                    report.rejected += read.rejected;
-                    if report.first_rejection.is_none() {
-                        report.first_rejection = read.first_rejection.map(|r| {
-                            format!("{} row group {}: {r}", file.path.display(), unit.row_group)
-                        });
-                    }
-                }
-                Err(e) if job.skip_bad_files => {
-                    report.skipped.push(e.to_string());
-                    bad_in.insert(unit.file);
-                }
-                Err(e) => {
-                    fail(&failure, e);
-                    break;
-                }
-            }
-            epoch.rows += unit.rows;
-            (job.progress)(read_rows_add(&read_rows, unit.rows));
-            if epoch.rows < job.epoch_rows && units.peek().is_some() {
-                continue;
-            }
-            for (key, diff) in epoch.drain(&mut names) {
-                counts_in.update(key, diff);
-            }
-            next += 1;
-            counts_in.advance_to(next);
-            bad_in.advance_to(next);
-            counts_in.flush();
-            bad_in.flush();
-            // Keep at most two epochs in flight so memory stays flat.
-            worker.step_while(|| probe.less_than(&next.saturating_sub(2)));
-            if failed(&failure) {
-                break;
-            }
-        }
-        drop(counts_in);
-        drop(bad_in);
-        while worker.step_or_park(None) {}
-        report
-    })
-    .map_err(DataflowError::Timely)?;
-    let mut report = BackfillReport::default();
-    for r in guards.join() {
-        report.merge(r.map_err(DataflowError::Timely)?);
-    }
-    if let Some(e) = failure.lock().expect("failure lock").take() {
-        return Err(e);
-    }
-    report.sink = *sink_stats.lock().expect("sink stats lock");
+    let (mut report, sink) = run_job(cluster, setup, move |worker, sink| {
+        backfill_worker(worker, sink, &job, &progress)
+    })?;
+    report.sink = sink;
     if let Some(store) = store {
         let started = std::time::Instant::now();
         store.sync()?;
         report.sink.seconds += started.elapsed().as_secs_f64();
+        if cluster.process == 0 {
+            record_backfill(store.as_ref(), as_of, buckets)?;
+        }
     }
     Ok(report)
 }
 
-fn read_rows_add(counter: &AtomicU64, rows: u64) -> u64 {
-    counter.fetch_add(rows, Ordering::Relaxed) + rows
+/// One worker's backfill: its share of the row groups, read epoch by epoch into the dataflow.
+fn backfill_worker(
+    worker: &mut Worker,
+    sink: &SinkSpec,
+    job: &BackfillJob,
+    progress: &ReadProgress,
+) -> BackfillReport {
+    let failure = sink.failure.clone();
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut report = BackfillReport::default();
+    let (mut counts_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (counts_in, counts) = scope.new_collection::<(u32, CountKey), (i64, i64)>();
+        let (bad_in, bad_files) = scope.new_collection::<u32, isize>();
+        let good = if job.skip_bad_files {
+            counts.antijoin(bad_files.distinct_core::<i64>())
+        } else {
+            counts
+        };
+        let records = good.map(|(_, key)| key);
+        let no_offsets = Vec::<AppliedOffset>::new().to_stream(scope);
+        let probe = count_and_sink(records, no_offsets, sink.clone());
+        (counts_in, bad_in, probe)
+    });
+    let mut names = Names::default();
+    let mut epoch = EpochCounts::default();
+    let mut next = 0u64;
+    let mut units = job.plan.share(index, peers).peekable();
+    while let Some(unit) = units.next() {
+        let file = &job.plan.files[unit.file as usize];
+        let counted = read_unit(
+            file,
+            unit,
+            job.buckets,
+            job.until,
+            &mut names,
+            |arm, b, c| epoch.add(unit.file, arm, b, c),
+        );
+        match counted {
+            Ok(read) => {
+                report.rows += read.rows;
+                report.rejected += read.rejected;
+                if report.first_rejection.is_none() {
+                    report.first_rejection = read.first_rejection.map(|r| {
+                        format!("{} row group {}: {r}", file.path.display(), unit.row_group)
+                    });
+                }
+            }
+            Err(e) if job.skip_bad_files => {
+                report.skipped.push(e.to_string());
+                bad_in.insert(unit.file);
+            }
+            Err(e) => {
+                failure.set(e);
+                break;
+            }
+        }
+        epoch.rows += unit.rows;
+        progress.add(unit.rows);
+        if epoch.rows < job.epoch_rows && units.peek().is_some() {
+            continue;
+        }
+        for (key, diff) in epoch.drain(&mut names) {
+            counts_in.update(key, diff);
+        }
+        next += 1;
+        counts_in.advance_to(next);
+        bad_in.advance_to(next);
+        counts_in.flush();
+        bad_in.flush();
+        wait_for_epochs_in_flight(worker, &probe, next, &failure);
+        if failure.is_set() {
+            break;
+        }
+    }
+    drop(counts_in);
+    drop(bad_in);
+    while worker.step_or_park(None) {}
+    report
 }
 
 /// Rows a worker reads into one epoch: larger epochs mean fewer store transactions and fewer
 /// rewrites of the all-time rows; the state held for an epoch is its distinct (arm, bucket)
 /// cells, not its rows.
-/// 2M rows: the sink's transactions and block rewrites cost less than at 1M (about 5% of the run
-/// over 51M rows) for some 40 MiB more (bench/backfill/README.md, session 6).
+/// 2M rows: fewer sink transactions and block rewrites than 1M for a few tens of MiB more, and
+/// larger epochs gained nothing (measured in bench/backfill/README.md).
 pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 21;
 
 /// One epoch's counts per (file, arm, bucket), on interned names. The file stays in the key so

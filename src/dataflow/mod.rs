@@ -1,91 +1,36 @@
-//! The timely/differential job (DESIGN.md §4). Each worker reads its share of the input and
-//! pre-aggregates it to one record per (arm, bucket) per epoch; records are exchanged by
-//! (tenant, city), so one worker owns each shard; differential keeps the counts with a pair diff
-//! (impressions, clicks) per (arm, bucket) and per arm all-time (bucket −1); the sink writes each
-//! shard's changed rows, with its applied log offsets, once the frontier passes their epoch.
-//! Backfill (`backfill.rs`, Parquet) and stream (`stream.rs`, an event log) differ only in the
-//! source; both end in [`count_and_sink`].
+//! The timely/differential jobs (docs/architecture.md, "The dataflow"). Each worker reads its
+//! share of the input and pre-aggregates it to one record per (arm, bucket) per epoch; records are
+//! exchanged by (tenant, city), so one worker owns each shard; differential keeps the counts with
+//! a pair diff (impressions, clicks) per (arm, bucket) and per arm all-time (bucket −1); the sink
+//! writes each shard's changed rows, with its applied log offsets, once the frontier passes their
+//! epoch.
+//!
+//! - `backfill.rs`: Parquet history; `stream/`: an event log with exactly-once effect. They differ
+//!   only in the source and the driver loop; both end in the dataflow of `sink.rs` and run under
+//!   `harness.rs`.
+//! - `handoff.rs`: what the jobs leave each other in the store's metadata (the backfill's as-of
+//!   instant and bucket width, the stream's cutoff and start).
+//! - `priors.rs`: cold-start priors from counted history.
 
 mod backfill;
+mod handoff;
+mod harness;
+mod priors;
+mod sink;
 mod stream;
 
-pub use backfill::{run_backfill, BackfillJob, BackfillReport, DEFAULT_EPOCH_ROWS};
+pub use backfill::{
+    plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
+};
+pub use handoff::{hand_off, stream_start, StreamStart};
+pub use priors::write_priors;
+pub use sink::SinkStats;
 pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-
-use differential_dataflow::operators::arrange::arrangement::arrange_core;
-use differential_dataflow::operators::count::CountTotal;
-use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
-use differential_dataflow::VecCollection;
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::vec::Map as _;
-use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
-use timely::dataflow::{ProbeHandle, StreamVec};
-
 use crate::model::parquet::ParquetEventError;
-use crate::model::{owner_of, shard_hash, ArmKey, CountKey, Counts, Offset, Partition, ShardKey};
 use crate::source::LogError;
-use crate::store::{PosteriorStore, ShardWrite, StoreError};
-
-/// A [`CountKey`] with its arm interned by the worker that owns the arm's shard, so that
-/// differential sorts, merges and seeks integers instead of four strings, and the sink groups
-/// and looks up rows by integers. The ids mean something only on that worker, which counts and
-/// writes the shard: the key never leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct PackedKey {
-    arm: u32,
-    bucket: i64,
-}
-
-/// The arms and shards one worker owns, by id.
-#[derive(Default)]
-struct ArmTable {
-    ids: FxHashMap<Arc<ArmKey>, u32>,
-    /// Each arm with the id of its shard.
-    arms: Vec<(Arc<ArmKey>, u32)>,
-    shard_ids: FxHashMap<ShardKey, u32>,
-    shards: Vec<ShardKey>,
-}
-
-impl ArmTable {
-    fn pack(&mut self, key: CountKey) -> PackedKey {
-        let CountKey { arm, bucket } = key;
-        let arm = match self.ids.get(&arm) {
-            Some(&id) => id,
-            None => {
-                let shard = ShardKey::of(&arm);
-                let next_shard = self.shards.len() as u32;
-                let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
-                    self.shards.push(shard.clone());
-                    next_shard
-                });
-                let id = self.arms.len() as u32;
-                self.arms.push((arm.clone(), shard));
-                self.ids.insert(arm, id);
-                id
-            }
-        };
-        PackedKey { arm, bucket }
-    }
-
-    fn unpack(&self, key: PackedKey) -> CountKey {
-        CountKey {
-            arm: self.arms[key.arm as usize].0.clone(),
-            bucket: key.bucket,
-        }
-    }
-
-    fn shard_of(&self, key: PackedKey) -> u32 {
-        self.arms[key.arm as usize].1
-    }
-}
+use crate::store::StoreError;
+use crate::time::TimeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataflowError {
@@ -99,6 +44,8 @@ pub enum DataflowError {
     Config(String),
     #[error("timely: {0}")]
     Timely(String),
+    #[error("the cutoff recorded by the backfill handoff")]
+    HandoffCutoff(#[source] TimeError),
 }
 
 /// Where the job runs: worker threads per process, and the processes of a cluster.
@@ -141,289 +88,5 @@ impl Cluster {
             communication,
             worker: timely::WorkerConfig::default(),
         }
-    }
-}
-
-/// Epoch writes to the store, the shard batches and rows they carried, and the time the sink
-/// spent in them (summed over a process's workers).
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct SinkStats {
-    pub epochs: u64,
-    pub shards: u64,
-    pub rows: u64,
-    pub seconds: f64,
-}
-
-impl SinkStats {
-    fn add(&mut self, other: SinkStats) {
-        self.epochs += other.epochs;
-        self.shards += other.shards;
-        self.rows += other.rows;
-        self.seconds += other.seconds;
-    }
-}
-
-/// The first error of any worker; every worker stops at its next epoch once one is set.
-type Failure = Arc<Mutex<Option<DataflowError>>>;
-
-fn fail(failure: &Failure, e: impl Into<DataflowError>) {
-    failure
-        .lock()
-        .expect("failure lock")
-        .get_or_insert(e.into());
-}
-
-fn failed(failure: &Failure) -> bool {
-    failure.lock().expect("failure lock").is_some()
-}
-
-/// Where the sink writes, and which epochs it skips.
-struct SinkSpec {
-    /// `None` in a process that does not write (a store only process 0 may open).
-    store: Option<Arc<dyn PosteriorStore>>,
-    /// Whether every process writes its own shards (else all go to process 0's workers).
-    shared_store: bool,
-    /// Worker threads per process.
-    threads: usize,
-    /// Epochs before this one only load state that is already in the store; not written back.
-    first_written_epoch: u64,
-    /// Whether each epoch must be on disk before the next (else the job syncs at its end).
-    durable_epochs: bool,
-    failure: Failure,
-    stats: Arc<Mutex<SinkStats>>,
-}
-
-/// A shard's applied offset in one partition after an epoch.
-pub type AppliedOffset = (ShardKey, Partition, Offset);
-
-/// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
-type Update = ((PackedKey, (i64, i64)), u64, isize);
-
-/// Counts `records` per key (a pair diff of impressions and clicks) and writes each completed
-/// epoch's changed shards, with their applied offsets, in one batch per shard. The returned probe
-/// passes an epoch only once it is in the store.
-fn count_and_sink<'s>(
-    records: VecCollection<'s, u64, CountKey, (i64, i64)>,
-    applied: StreamVec<'s, u64, AppliedOffset>,
-    spec: SinkSpec,
-) -> ProbeHandle<u64> {
-    // One worker counts and writes each shard: the one its hash picks, or, for a store only
-    // process 0 may open, one of process 0's workers.
-    let shared = spec.shared_store;
-    let threads = spec.threads;
-    let owner = move |tenant: &str, city: &str| {
-        if shared {
-            shard_hash(tenant, city)
-        } else {
-            owner_of(tenant, city, threads) as u64
-        }
-    };
-    // Records reach the owner with their names, which it interns; from there on the keys are
-    // integers and stay on that worker (arranged, counted and written without an exchange).
-    let arms: Rc<RefCell<ArmTable>> = Rc::default();
-    let packing = arms.clone();
-    let packed = records
-        .inner
-        .exchange(move |(key, _, _): &(CountKey, u64, (i64, i64))| {
-            owner(&key.arm.tenant, &key.arm.city)
-        })
-        .map(move |(key, time, diff)| ((packing.borrow_mut().pack(key), ()), time, diff));
-    let totals = arrange_core::<_, _, KeyBatcher<PackedKey, u64, (i64, i64)>, KeySpine<_, _, _>>(
-        packed,
-        Pipeline,
-        "Counts",
-        KeyBatcher::new,
-    )
-    .count_total();
-    let stream = totals
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-            applied,
-            Pipeline,
-            Exchange::new(move |a: &AppliedOffset| owner(&a.0.tenant, &a.0.city)),
-            "Sink",
-            move |_cap, _info| {
-                type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
-                let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-                move |(counts, counts_frontier), (offsets, offsets_frontier), _output| {
-                    counts.for_each(|cap, data| {
-                        for update in data.drain(..) {
-                            pending
-                                .entry(update.1)
-                                .or_insert_with(|| (cap.delayed(&update.1, 0), vec![], vec![]))
-                                .1
-                                .push(update);
-                        }
-                    });
-                    offsets.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), vec![], vec![]))
-                            .2
-                            .append(data);
-                    });
-                    let complete: Vec<u64> = pending
-                        .keys()
-                        .copied()
-                        .filter(|t| {
-                            !counts_frontier.less_equal(t) && !offsets_frontier.less_equal(t)
-                        })
-                        .collect();
-                    for t in complete {
-                        let (_cap, updates, applied) = pending.remove(&t).expect("listed");
-                        let Some(store) = spec
-                            .store
-                            .as_ref()
-                            .filter(|_| t >= spec.first_written_epoch)
-                        else {
-                            continue;
-                        };
-                        if failed(&spec.failure) {
-                            continue;
-                        }
-                        let writes = shard_writes(updates, applied, &arms.borrow());
-                        let started = std::time::Instant::now();
-                        let applied = if spec.durable_epochs {
-                            store.apply_epoch(&writes)
-                        } else {
-                            store.apply_epoch_unsynced(&writes)
-                        };
-                        if let Err(e) = applied {
-                            fail(&spec.failure, e);
-                        }
-                        spec.stats.lock().expect("sink stats lock").add(SinkStats {
-                            epochs: 1,
-                            shards: writes.len() as u64,
-                            rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
-                            seconds: started.elapsed().as_secs_f64(),
-                        });
-                    }
-                }
-            },
-        );
-    let (probe, _) = stream.probe();
-    probe
-}
-
-/// The new absolute value of every key changed in one epoch and the highest applied offset per
-/// partition, grouped by shard, each shard's rows in (arm, bucket) order.
-fn shard_writes(
-    mut updates: Vec<Update>,
-    applied: Vec<AppliedOffset>,
-    arms: &ArmTable,
-) -> Vec<ShardWrite> {
-    // A changed key has its new value inserted and its old one retracted; a key that is only
-    // retracted fell to zero. Sorted by key then diff, a key's insertion comes last. The updates
-    // arrive as runs already in key order, which a stable sort merges cheaply.
-    updates.sort_by_key(|&((key, _), _, diff)| (key, diff));
-    // Per shard id, its rows in (arm, bucket) order, so each arm's rows are together.
-    let mut rows: Vec<Vec<(CountKey, Counts)>> = vec![Vec::new(); arms.shards.len()];
-    for run in updates.chunk_by(|a, b| a.0 .0 == b.0 .0) {
-        let &((key, (imp, clk)), _, diff) = run.last().expect("a run has an update");
-        let counts = if diff > 0 {
-            Counts::new(imp.max(0) as u64, clk.max(0) as u64)
-        } else {
-            Counts::ZERO
-        };
-        rows[arms.shard_of(key) as usize].push((arms.unpack(key), counts));
-    }
-    let mut shards: BTreeMap<ShardKey, ShardWrite> = BTreeMap::new();
-    for (shard, rows) in rows.into_iter().enumerate() {
-        if !rows.is_empty() {
-            ShardWrite::entry(&mut shards, &arms.shards[shard]).rows = rows;
-        }
-    }
-    for (shard, partition, offset) in applied {
-        let offsets = &mut ShardWrite::entry(&mut shards, &shard).applied;
-        let entry = offsets.entry(partition).or_insert(offset);
-        *entry = (*entry).max(offset);
-    }
-    shards.into_values().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(tenant: &str, slot: &str, city: &str, banner: &str, bucket: i64) -> CountKey {
-        CountKey {
-            arm: Arc::new(ArmKey::new(tenant, slot, city, banner)),
-            bucket,
-        }
-    }
-
-    #[test]
-    fn packed_keys_round_trip_and_tell_arms_apart() {
-        let mut table = ArmTable::default();
-        let keys = [
-            key("t1", "hero", "pune", "b1", 7),
-            key("t1", "hero", "pune", "b2", 7),
-            key("t1", "hero", "pune", "b1", 8),
-            key("t1", "side", "pune", "b1", 7),
-            key("t2", "hero", "pune", "b1", 7),
-            key("t1", "hero", "delhi", "b1", crate::model::ALL_TIME),
-        ];
-        let packed: Vec<PackedKey> = keys.iter().cloned().map(|k| table.pack(k)).collect();
-        for (k, p) in keys.iter().zip(&packed) {
-            assert_eq!(&table.unpack(*p), k);
-        }
-        // Equal keys pack equal, different keys differently, whatever the order seen.
-        for (i, a) in packed.iter().enumerate() {
-            for (j, b) in packed.iter().enumerate() {
-                assert_eq!(a == b, keys[i] == keys[j], "{:?} {:?}", keys[i], keys[j]);
-            }
-        }
-        assert_eq!(table.pack(keys[3].clone()), packed[3]);
-        assert_eq!(table.arms.len(), 5);
-    }
-
-    #[test]
-    fn arms_of_one_tenant_and_city_share_a_shard() {
-        let mut table = ArmTable::default();
-        let a = table.pack(key("t1", "hero", "pune", "b1", 3));
-        let b = table.pack(key("t1", "side", "pune", "b2", 4));
-        let c = table.pack(key("t1", "hero", "delhi", "b1", 3));
-        let d = table.pack(key("t2", "hero", "pune", "b1", 3));
-        assert_eq!(table.shard_of(a), table.shard_of(b));
-        assert_ne!(table.shard_of(a), table.shard_of(c));
-        assert_ne!(table.shard_of(a), table.shard_of(d));
-        assert_ne!(table.shard_of(c), table.shard_of(d));
-    }
-
-    #[test]
-    fn shard_writes_keep_each_keys_new_value_grouped_by_shard() {
-        let mut table = ArmTable::default();
-        let changed = key("t1", "hero", "pune", "b1", 7);
-        let emptied = key("t1", "hero", "pune", "b2", 7);
-        let added = key("t1", "hero", "delhi", "b1", 7);
-        let [changed_p, emptied_p, added_p] =
-            [&changed, &emptied, &added].map(|k| table.pack(k.clone()));
-        let updates = vec![
-            ((changed_p, (10, 1)), 3, 1),
-            ((emptied_p, (4, 0)), 3, -1),
-            ((changed_p, (8, 1)), 3, -1),
-            ((added_p, (2, 2)), 3, 1),
-        ];
-        let pune = ShardKey::new("t1", "pune");
-        let applied = vec![
-            (pune.clone(), Partition(0), Offset(5)),
-            (pune.clone(), Partition(0), Offset(9)),
-            (pune.clone(), Partition(1), Offset(2)),
-        ];
-        let writes = shard_writes(updates, applied, &table);
-        assert_eq!(writes.len(), 2);
-        assert_eq!(writes[0].shard, ShardKey::new("t1", "delhi"));
-        assert_eq!(writes[0].rows, vec![(added, Counts::new(2, 2))]);
-        assert!(writes[0].applied.is_empty());
-        assert_eq!(writes[1].shard, pune);
-        assert_eq!(
-            writes[1].rows,
-            vec![(changed, Counts::new(10, 1)), (emptied, Counts::ZERO)]
-        );
-        assert_eq!(
-            writes[1].applied,
-            BTreeMap::from([(Partition(0), Offset(9)), (Partition(1), Offset(2))])
-        );
     }
 }

@@ -1,0 +1,284 @@
+//! Stream: an event log (Kafka or the file log) counted into the store with exactly-once effect
+//! (docs/architecture.md, "Exactly once"). This file holds the job and its driver loop;
+//! `reader.rs` reads and pre-aggregates a worker's partitions, `dedup.rs` drops repeated clicks,
+//! `metrics.rs` holds what the job reports.
+//!
+//! - Worker `w` of `W` reads the log partitions `p` with `p % W == w`, from the job's checkpoint
+//!   (the resume low-watermark) or, on a first run, from the start of the log.
+//! - Every `epoch` it hands its pre-aggregated counts to differential, and for every shard it
+//!   read the highest offset per partition; the sink writes a shard's rows and those offsets in
+//!   one atomic batch. On restart an event at or below its shard's applied offset is skipped.
+//! - Once an epoch is in the store, the reader moves the checkpoint of its partitions past it.
+//! - Epoch 0 loads the stored counts (so totals continue from them); it is not written back.
+//! - Clicks count at most once per (request_id, banner): each reader remembers the clicks of its
+//!   partitions for `click_dedup` of event time and, on restart, re-reads that much of the log to
+//!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
+//! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
+
+mod dedup;
+mod metrics;
+mod reader;
+
+pub use metrics::{ClickLatency, StreamMetrics, StreamReport};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use differential_dataflow::input::Input;
+use timely::dataflow::operators::Input as TimelyInput;
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use self::reader::PartitionReader;
+use super::harness::{run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress};
+use super::sink::{count_and_sink, AppliedOffset, SinkSpec};
+use super::{Cluster, DataflowError};
+use crate::model::{CountKey, Offset, Partition};
+use crate::retry::{Retry, RetryPolicy};
+use crate::source::{EventLog, LogError};
+use crate::store::PosteriorStore;
+use crate::time::Buckets;
+
+/// How the job waits for a log that fails, and how long before it gives up.
+const LOG_RETRY: RetryPolicy =
+    RetryPolicy::fixed(Duration::from_millis(500), Some(Duration::from_secs(60)));
+
+pub struct StreamJob {
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn PosteriorStore>,
+    /// The name the job's checkpoints are kept under.
+    pub name: String,
+    pub buckets: Buckets,
+    /// How often an epoch closes.
+    pub epoch: Duration,
+    /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
+    pub cutoff: Option<DateTime<Utc>>,
+    /// How much event time of clicks each reader remembers to drop repeated clicks.
+    pub click_dedup: Duration,
+    /// Whether events with a customer ID are written to the store's customer history.
+    pub customer_events: bool,
+    /// Stop once the offsets that were the log's end at start are counted (else run until
+    /// `shutdown`).
+    pub stop_at_end: bool,
+    pub shutdown: Arc<AtomicBool>,
+    /// Called with the number of records this process has read so far.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+    pub metrics: Arc<StreamMetrics>,
+}
+
+/// Runs the streaming job on this process's workers until the log's end (with `stop_at_end`),
+/// a shutdown request, or an error.
+pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, DataflowError> {
+    let partitions = job.log.partitions()?;
+    let setup = JobSetup {
+        name: "stream",
+        store: Some(job.store.clone()),
+        shared_store: job.store.shared_across_processes(),
+        // Every reader keeps its checkpoints there and every worker loads its shards from it.
+        store_in_every_process: true,
+        first_written_epoch: 1,
+        durable_epochs: true,
+    };
+    let progress = Arc::new(ReadProgress::new(job.progress.clone()));
+    let job = Arc::new(job);
+    let (mut report, sink) = run_job(cluster, setup, move |worker, sink| {
+        stream_worker(worker, sink, &job, &partitions, &progress)
+    })?;
+    report.sink = sink;
+    Ok(report)
+}
+
+/// One worker's stream: epoch 0 loads the stored counts of the shards it owns, then every epoch
+/// hands on what its partitions held, and the checkpoint follows the epochs into the store.
+fn stream_worker(
+    worker: &mut Worker,
+    sink: &SinkSpec,
+    job: &StreamJob,
+    partitions: &[Partition],
+    progress: &ReadProgress,
+) -> StreamReport {
+    let index = worker.index();
+    let peers = worker.peers();
+    let failure = sink.failure.clone();
+    let (mut counts_in, mut applied_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (counts_in, counts) = scope.new_collection::<CountKey, (i64, i64)>();
+        let (applied_in, applied) = scope.new_input::<Vec<AppliedOffset>>();
+        let probe = count_and_sink(counts, applied, sink.clone());
+        (counts_in, applied_in, probe)
+    });
+    let mut report = StreamReport::default();
+    // Epoch 0: the stored counts of the shards this worker owns.
+    let owns = |tenant: &str, city: &str| sink.placement.owns(index, tenant, city);
+    match job.store.shards(&owns) {
+        Ok(shards) => {
+            for shard in shards {
+                for (key, c) in shard.rows {
+                    counts_in.update(key, (c.impressions as i64, c.clicks as i64));
+                }
+            }
+        }
+        Err(e) => failure.set(e),
+    }
+    let mine: Vec<Partition> = partitions
+        .iter()
+        .copied()
+        .filter(|p| p.index() % peers == index)
+        .collect();
+    // Read once every process has joined (a handoff writes them before process 0 joins).
+    let mut reader = while_log_unavailable(job, || PartitionReader::open(job, &mine))
+        .unwrap_or_else(|e| {
+            failure.set(e);
+            None
+        });
+    let mut epoch = 1u64;
+    counts_in.advance_to(epoch);
+    applied_in.advance_to(epoch);
+    // Reader positions at the end of each epoch not yet known to be in the store.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut log_failing: Option<Retry> = None;
+    loop {
+        let mut done = failure.is_set() || job.shutdown.load(Ordering::Relaxed);
+        if let (Some(r), false) = (reader.as_mut(), done) {
+            let before = report.clone();
+            // Between polls the dataflow runs on, so an epoch reaches the store while the
+            // next one is read rather than after it.
+            let outcome = r.read_epoch(job, &mut report, || {
+                worker.step();
+                checkpoint(job, &probe, &mut in_flight, &failure);
+            });
+            job.metrics.add(&before, &report);
+            match outcome {
+                Ok(batch) => {
+                    log_failing = None;
+                    progress.add(batch.records);
+                    for (key, diff) in batch.counts {
+                        counts_in.update(key, diff);
+                    }
+                    for (shard, partition, offset) in batch.applied {
+                        applied_in.send((shard, partition, offset));
+                    }
+                    in_flight.push_back(InFlight {
+                        epoch,
+                        positions: r.state.resume_points(),
+                        clicks_appended_ms: batch.clicks_appended_ms,
+                    });
+                    done = job.stop_at_end && r.state.at_end();
+                }
+                Err(e) => match log_failing
+                    .get_or_insert_with(|| LOG_RETRY.start())
+                    .next_wait()
+                {
+                    Some(wait) => {
+                        tracing::warn!("{e}; retrying");
+                        std::thread::sleep(wait);
+                    }
+                    None => failure.set(e),
+                },
+            }
+        } else if reader.is_none() {
+            done = done || job.stop_at_end;
+            std::thread::sleep(job.epoch.min(Duration::from_millis(50)));
+        }
+        epoch += 1;
+        counts_in.advance_to(epoch);
+        applied_in.advance_to(epoch);
+        counts_in.flush();
+        applied_in.flush();
+        wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
+        checkpoint(job, &probe, &mut in_flight, &failure);
+        if done {
+            break;
+        }
+    }
+    drop(counts_in);
+    drop(applied_in);
+    while worker.step_or_park(None) {}
+    checkpoint(job, &probe, &mut in_flight, &failure);
+    report
+}
+
+/// Runs `f` again while the log is unavailable (a broker restarting, partitions without a leader
+/// yet), under [`LOG_RETRY`] or until shutdown.
+fn while_log_unavailable<T>(
+    job: &StreamJob,
+    f: impl FnMut() -> Result<T, DataflowError>,
+) -> Result<T, DataflowError> {
+    LOG_RETRY.run_blocking(
+        f,
+        |e| {
+            matches!(e, DataflowError::Log(LogError::Unavailable { .. }))
+                && !job.shutdown.load(Ordering::Relaxed)
+        },
+        |e, _| tracing::warn!("{e}; retrying"),
+    )
+}
+
+/// An epoch handed to the dataflow and not yet known to be in the store.
+struct InFlight {
+    epoch: u64,
+    /// The reader's resume points at the end of the epoch.
+    positions: BTreeMap<Partition, Offset>,
+    clicks_appended_ms: Vec<i64>,
+}
+
+/// Moves the checkpoint past every epoch the store has (all of them once the dataflow is done).
+fn checkpoint(
+    job: &StreamJob,
+    probe: &ProbeHandle<u64>,
+    in_flight: &mut VecDeque<InFlight>,
+    failure: &Failure,
+) {
+    let mut newest = None;
+    while let Some(front) = in_flight.front() {
+        if probe.less_equal(&front.epoch) || failure.is_set() {
+            break;
+        }
+        let stored = in_flight.pop_front().expect("front exists");
+        job.metrics.clicks_stored(&stored.clicks_appended_ms);
+        newest = Some(stored.positions);
+    }
+    if let Some(positions) = newest {
+        job.metrics.epoch_stored();
+        if let Err(e) = job.store.set_checkpoints(&job.name, &positions) {
+            failure.set(e);
+        }
+    }
+}
+
+/// Events for the tests of what a reader does with them.
+#[cfg(test)]
+mod test_events {
+    use chrono::{DateTime, Utc};
+
+    use crate::model::{EventKind, EventRef};
+
+    /// `minute` minutes after a fixed instant.
+    pub(super) fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap() + chrono::Duration::minutes(minute)
+    }
+
+    /// An event of tenant `t1`, slot `hero` at minute `minute`.
+    pub(super) fn event(
+        kind: EventKind,
+        city: &'static str,
+        banner: &'static str,
+        request_id: Option<&'static str>,
+        minute: i64,
+    ) -> EventRef<'static> {
+        EventRef {
+            event_id: "e",
+            kind,
+            tenant: "t1",
+            slot: "hero",
+            city,
+            banner,
+            ts: at(minute),
+            customer_id: None,
+            referrer: None,
+            request_id,
+        }
+    }
+}
