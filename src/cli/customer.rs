@@ -1,7 +1,6 @@
 //! `slotbandit customer`: a customer's recent impressions and clicks, newest first, in IST.
 
 use clap::{Args, ValueEnum};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
 use slotbandit::model::Event;
 use slotbandit::store::open_store;
@@ -54,8 +53,7 @@ pub fn run(args: CustomerArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&listed)?);
         }
         Format::Table => {
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            let mut table = super::table([
                 "time (IST)",
                 "kind",
                 "slot",

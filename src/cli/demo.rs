@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::bandit::{prob_best, seeded_rng, DEFAULT_PRIOR_STRENGTH};
 use slotbandit::dataflow::{hand_off, write_priors, Cluster};
 use slotbandit::model::SlotConfig;
@@ -108,8 +107,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .push(r);
     }
 
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+    let mut table = super::table([
         "tenant",
         "slot",
         "city",

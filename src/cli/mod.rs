@@ -79,6 +79,15 @@ enum Command {
     Consume(consume::ConsumeArgs),
 }
 
+/// A table in the one style every subcommand prints.
+fn table(header: impl Into<comfy_table::Row>) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_header(header);
+    table
+}
+
 pub fn run() -> ExitCode {
     let argv = match config::expand(std::env::args_os().collect()) {
         Ok(argv) => argv,

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::store::{open_store, CountQuery, PosteriorRow};
 
 use super::flags;
@@ -78,8 +77,7 @@ pub fn run(args: PosteriorsArgs) -> anyhow::Result<()> {
             w.flush()?;
         }
         Format::Table => {
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header(HEADER);
+            let mut table = super::table(HEADER);
             for r in &rows {
                 table.add_row(cells(r));
             }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
 use clap::Args;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::bandit::seeded_rng;
 use slotbandit::sim::replay::{
     bootstrap, ipw_terms, observed, read_obd_csv, replay_thompson, replay_uniform,
@@ -149,8 +148,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         "95% interval %",
         "rows",
     ];
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let mut table = super::table(header);
     let mut csv = String::from("campaign,log,method,policy,ctr,low,high,rows\n");
     for r in &rows {
         let e = r.estimate;

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use clap::Args;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use slotbandit::sim::env::{draw_banner_effects, ChangeSpec, EnvSpec, Environment};
@@ -302,7 +301,6 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let drawn_bound = (experiment.env.cities() == 1).then_some(&bound);
     plot_regret(&args.out, "regret", &title, &curves, drawn_bound)?;
 
-    let mut table = Table::new();
     let mut header = vec![
         "policy".to_string(),
         format!("regret at T={horizon}"),
@@ -313,7 +311,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if has_change {
         header.extend(["regret after change".into(), "se after".into()]);
     }
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(&header);
+    let mut table = super::table(&header);
     let mut summary = String::from(&*header.join(","));
     summary.push('\n');
     for c in &curves {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use slotbandit::model::SlotConfig;
 use slotbandit::time;
 
@@ -49,8 +48,7 @@ pub fn run(cmd: SlotsCommand) -> anyhow::Result<()> {
 }
 
 fn print_table(slots: &[SlotConfig]) {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+    let mut table = super::table([
         "tenant",
         "slot",
         "banner",
