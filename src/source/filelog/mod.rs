@@ -25,9 +25,8 @@ use std::sync::{Mutex, OnceLock};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{event_key, partition_for_key, EventLog, LogError, LogReader, LogRecord};
+use super::{partition_for_key, EventLog, LogError, LogReader, LogRecord};
 use crate::model::address::option;
-use crate::model::Event;
 use crate::model::{Offset, Partition};
 use frame::SegmentScan;
 use reader::KnownEnd;
@@ -328,16 +327,6 @@ impl EventLog for FileLog {
 
     fn partitions(&self) -> Result<Vec<Partition>, LogError> {
         Ok(self.partition_ids().collect())
-    }
-
-    fn append(&self, events: &[Event]) -> Result<(), LogError> {
-        let keyed: Vec<(String, String)> =
-            events.iter().map(|e| (event_key(e), e.to_json())).collect();
-        let messages: Vec<(Option<&[u8]>, &[u8])> = keyed
-            .iter()
-            .map(|(k, v)| (Some(k.as_bytes()), v.as_bytes()))
-            .collect();
-        self.append_raw(&messages)
     }
 
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError> {

@@ -29,9 +29,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::ThreadedProducer;
 use rdkafka::TopicPartitionList;
 
-use super::{event_key, EventLog, LogError, LogReader, LogRecord};
+use super::{EventLog, LogError, LogReader, LogRecord};
 use crate::model::address::option;
-use crate::model::{Event, Offset, Partition};
+use crate::model::{Offset, Partition};
 use produce::DeliveryContext;
 use read::consumer_config;
 
@@ -234,18 +234,6 @@ impl EventLog for KafkaLog {
 
     fn partitions(&self) -> Result<Vec<Partition>, LogError> {
         Ok(self.partitions.clone())
-    }
-
-    fn append(&self, events: &[Event]) -> Result<(), LogError> {
-        let encoded: Vec<(String, String)> =
-            events.iter().map(|e| (event_key(e), e.to_json())).collect();
-        self.send_all(
-            &self.topic,
-            encoded
-                .iter()
-                .map(|(k, v)| (Some(k.as_bytes()), v.as_bytes(), None))
-                .collect(),
-        )
     }
 
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError> {
