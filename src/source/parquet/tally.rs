@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
@@ -75,6 +75,21 @@ impl UnitCells {
     }
 }
 
+/// Column `name` of a batch as an Int32-keyed dictionary of strings: the type the plan asks the
+/// reader for, cast where the reader could not give it.
+fn string_dictionary(
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<ArrayRef, arrow::error::ArrowError> {
+    let column = batch.column_by_name(name).expect("projected");
+    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    if column.data_type() == &dict_type {
+        Ok(column.clone())
+    } else {
+        cast(column, &dict_type)
+    }
+}
+
 /// A dictionary column with each distinct value validated and interned once.
 struct NameColumn {
     name: &'static str,
@@ -90,13 +105,7 @@ impl NameColumn {
         name: &'static str,
         names: &mut Names,
     ) -> Result<Self, arrow::error::ArrowError> {
-        let column = batch.column_by_name(name).expect("projected");
-        let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-        let column = if column.data_type() == &dict_type {
-            column.clone()
-        } else {
-            cast(column, &dict_type)?
-        };
+        let column = string_dictionary(batch, name)?;
         let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
         let values = dict.values().as_string::<i32>().clone();
         let ids = (0..values.len())
@@ -165,13 +174,7 @@ pub(super) fn aggregate_batch(
         NameColumn::new(batch, "city", interned)?,
         NameColumn::new(batch, "banner", interned)?,
     ];
-    let kind = batch.column_by_name("kind").expect("projected");
-    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    let kind = if kind.data_type() == &dict_type {
-        kind.clone()
-    } else {
-        cast(kind, &dict_type)?
-    };
+    let kind = string_dictionary(batch, "kind")?;
     let kind: &DictionaryArray<Int32Type> = kind.as_dictionary();
     let kind_values = kind.values().as_string::<i32>();
     let kinds: Vec<Option<EventKind>> = (0..kind_values.len())
