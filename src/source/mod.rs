@@ -1,6 +1,7 @@
 //! Where events come from. Backfill reads Parquet history (`parquet`); the streaming job and the
-//! lookup service use an event log, one trait ([`EventLog`]) with a backend per file: Kafka
-//! (`kafka://HOST:PORT/TOPIC`) and the embedded file log (`file:PATH`).
+//! lookup service use an event log, one trait ([`EventLog`]) with a backend per folder: Kafka
+//! (`kafka://HOST:PORT/TOPIC`) and the embedded file log (`file:PATH`). Every backend passes the
+//! same conformance suite, tests/it/event_log.rs; a new backend proves itself there.
 //!
 //! Offsets: a record's offset is its position in its partition (0, 1, 2, …). A shard's `applied`
 //! offset is the offset of the last record it has counted; a job's checkpoint is the next offset
@@ -102,9 +103,17 @@ pub trait EventLog: Send + Sync {
     /// The log's name as given (for messages and metrics).
     fn name(&self) -> &str;
     fn partitions(&self) -> Result<Vec<Partition>, LogError>;
-    /// Appends events keyed `tenant|city`; returns once every one is durable (fsynced, or
-    /// acknowledged by all in-sync replicas).
-    fn append(&self, events: &[Event]) -> Result<(), LogError>;
+    /// Appends events, each as the message [`event_key`] → [`Event::to_json`]; returns once every
+    /// one is durable (fsynced, or acknowledged by all in-sync replicas).
+    fn append(&self, events: &[Event]) -> Result<(), LogError> {
+        let encoded: Vec<(String, String)> =
+            events.iter().map(|e| (event_key(e), e.to_json())).collect();
+        let messages: Vec<(Option<&[u8]>, &[u8])> = encoded
+            .iter()
+            .map(|(k, v)| (Some(k.as_bytes()), v.as_bytes()))
+            .collect();
+        self.append_raw(&messages)
+    }
     /// Appends messages as given (replays, tests that inject malformed messages); durable on
     /// return like [`EventLog::append`].
     fn append_raw(&self, messages: &[(Option<&[u8]>, &[u8])]) -> Result<(), LogError>;

@@ -1,6 +1,7 @@
 //! The file event log as processes use it: `slotbandit produce` processes appending at once
-//! while a reader tails, a producer killed mid-run, torn tails, reopening, offsets by time, dead
-//! letters.
+//! while a reader tails, a producer killed mid-run, torn tails, damaged frames, reopening, and
+//! the dead-letter log as a file log of its own. The `EventLog` contract itself is checked in
+//! tests/it/event_log.rs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -9,42 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{gen, ok, slotbandit};
+use crate::event_log::{check_layout, event, from_zero};
 
-use chrono::{TimeZone, Utc};
 use slotbandit::model::parquet::{list_parquet_files, read_events};
-use slotbandit::model::{Event, EventKind, Offset, Partition};
-use slotbandit::source::{
-    dead_letters, event_key, open_log, partition_for_key, EventLog, LogError, LogRecord,
-};
-
-const CITIES: [&str; 7] = [
-    "pune", "delhi", "mumbai", "chennai", "kolkata", "indore", "goa",
-];
-
-fn event(producer: &str, seq: usize) -> Event {
-    Event {
-        event_id: format!("{producer}-{seq}"),
-        kind: if seq.is_multiple_of(10) {
-            EventKind::Click
-        } else {
-            EventKind::Impression
-        },
-        tenant: if seq.is_multiple_of(3) {
-            "ajio"
-        } else {
-            "tira"
-        }
-        .into(),
-        slot: "hero".into(),
-        city: CITIES[seq % CITIES.len()].into(),
-        banner: format!("b{}", seq % 5),
-        ts: Utc.with_ymd_and_hms(2026, 11, 28, 10, 0, 0).unwrap()
-            + chrono::Duration::milliseconds(seq as i64),
-        customer_id: Some(format!("c{seq}")),
-        referrer: None,
-        request_id: None,
-    }
-}
+use slotbandit::model::{Event, Offset, Partition};
+use slotbandit::source::{event_key, open_log, EventLog, LogError, LogRecord};
 
 /// A JSON-lines file of `n` events of one producer.
 fn jsonl(dir: &Path, producer: &str, n: usize) -> PathBuf {
@@ -67,14 +37,6 @@ fn produce(url: &str, from: &Path, extra: &[&str]) -> Child {
         .expect("the binary runs")
 }
 
-fn from_zero(log: &dyn EventLog) -> BTreeMap<Partition, Offset> {
-    log.partitions()
-        .unwrap()
-        .into_iter()
-        .map(|p| (p, Offset(0)))
-        .collect()
-}
-
 /// Everything the log holds from the start, read until a poll comes back empty.
 fn read_everything(log: &dyn EventLog) -> Vec<LogRecord> {
     let mut reader = log.reader(&from_zero(log)).unwrap();
@@ -85,20 +47,6 @@ fn read_everything(log: &dyn EventLog) -> Vec<LogRecord> {
             return out;
         }
         out.extend(batch);
-    }
-}
-
-/// Checks the log's invariants over records read in order: offsets dense from 0 in every
-/// partition, every keyed record in its key's partition.
-fn check_layout(records: &[LogRecord], partitions: i32) {
-    let mut next: HashMap<Partition, Offset> = HashMap::new();
-    for r in records {
-        let expected = next.entry(r.partition).or_insert(Offset(0));
-        assert_eq!(r.offset, *expected, "partition {}", r.partition);
-        *expected += 1;
-        if let Some(key) = &r.key {
-            assert_eq!(r.partition, partition_for_key(key, partitions));
-        }
     }
 }
 
@@ -337,99 +285,17 @@ fn reopening_keeps_the_options_the_log_was_created_with() {
 }
 
 #[test]
-fn a_start_offset_past_the_end_or_an_unknown_partition_is_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let log = open_log(&format!("file:{}?partitions=2", tmp.path().display())).unwrap();
-    raw(log.as_ref(), &["a", "b", "c", "d"]);
-    let ends = log.end_offsets().unwrap();
-    let p = *ends.iter().find(|(_, &o)| o > Offset(0)).unwrap().0;
-    let err = log
-        .reader(&BTreeMap::from([(p, ends[&p] + 1)]))
-        .err()
-        .unwrap();
-    assert!(matches!(err, LogError::OffsetOutOfRange { .. }), "{err}");
-    let err = log
-        .reader(&BTreeMap::from([(Partition(2), Offset(0))]))
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("not 2"), "{err}");
-    // Starting exactly at the end waits for the next record.
-    let mut reader = log.reader(&BTreeMap::from([(p, ends[&p])])).unwrap();
-    assert!(reader.poll(10, Duration::ZERO).unwrap().is_empty());
-}
-
-#[test]
-fn offsets_for_time_give_the_first_record_at_or_after_the_instant() {
-    let tmp = tempfile::tempdir().unwrap();
-    let log = open_log(&format!(
-        "file:{}?partitions=2&segment_mb=1",
-        tmp.path().display()
-    ))
-    .unwrap();
-    let before = Utc::now() - chrono::Duration::seconds(1);
-    let batch: Vec<Event> = (0..2000).map(|i| event("early", i)).collect();
-    for chunk in batch.chunks(200) {
-        log.append(chunk).unwrap();
-    }
-    let ends_early = log.end_offsets().unwrap();
-    std::thread::sleep(Duration::from_millis(5));
-    let middle = Utc::now();
-    std::thread::sleep(Duration::from_millis(5));
-    let late: Vec<Event> = (0..2000).map(|i| event("late", i)).collect();
-    for chunk in late.chunks(200) {
-        log.append(chunk).unwrap();
-    }
-    assert_eq!(log.offsets_for_time(middle).unwrap(), ends_early);
-    assert_eq!(
-        log.offsets_for_time(before).unwrap(),
-        from_zero(log.as_ref())
-    );
-    let after = Utc::now() + chrono::Duration::seconds(1);
-    assert_eq!(
-        log.offsets_for_time(after).unwrap(),
-        log.end_offsets().unwrap()
-    );
-    // The records from those offsets on are exactly the late ones.
-    let mut reader = log.reader(&ends_early).unwrap();
-    let mut late_read = 0;
-    loop {
-        let batch = reader.poll(1000, Duration::ZERO).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for r in batch {
-            assert!(r.payload.starts_with(b"{\"event_id\":\"late-"));
-            assert!(r.timestamp_ms >= middle.timestamp_millis());
-            late_read += 1;
-        }
-    }
-    assert_eq!(late_read, late.len());
-}
-
-#[test]
-fn dead_letters_keep_the_message_its_place_and_the_reason() {
+fn the_dead_letter_log_is_a_file_log_of_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("file:{}?partitions=2", tmp.path().display());
     let log = open_log(&url).unwrap();
     log.append_raw(&[(Some(b"ajio|pune"), b"{not json"), (None, b"\xff\xfe")])
         .unwrap();
-    let records = read_everything(log.as_ref());
-    let letters: Vec<(LogRecord, String)> = records
-        .iter()
-        .map(|r| (r.clone(), format!("bad message at {}", r.offset)))
+    let letters: Vec<(LogRecord, String)> = read_everything(log.as_ref())
+        .into_iter()
+        .map(|r| (r, "bad message".to_string()))
         .collect();
     log.dead_letter(&letters).unwrap();
-    let kept = dead_letters(&url).unwrap();
-    assert_eq!(kept.len(), 2);
-    for ((record, reason), letter) in letters.iter().zip(&kept) {
-        assert_eq!(&letter.reason, reason);
-        assert_eq!(letter.partition, record.partition);
-        assert_eq!(letter.offset, record.offset);
-        assert_eq!(letter.timestamp_ms, record.timestamp_ms);
-        assert_eq!(letter.key, record.key);
-        assert_eq!(letter.payload, record.payload);
-    }
-    // The dead-letter log is a file log of its own.
     let dlq = open_log(&format!("file:{}/dlq", tmp.path().display())).unwrap();
     assert_eq!(
         dlq.end_offsets().unwrap(),

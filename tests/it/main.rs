@@ -8,6 +8,7 @@ mod common;
 mod backfill;
 mod cassandra;
 mod cli;
+mod event_log;
 mod faults;
 mod filelog;
 mod kafka;

@@ -1,0 +1,21 @@
+//! Parquet history for backfill. The plan reads every footer up front (schema, row groups, the
+//! newest timestamp) so that every worker and process agrees on the work; each worker then reads
+//! its share of row groups, only the six columns it needs, and pre-aggregates on dictionary
+//! indices: strings are looked at (and validated) once per distinct dictionary value. Where the
+//! page index shows that every row of a `ts` page falls in one bucket, that page is not read at
+//! all (the files of a clickstream are written in time order, so most pages are such).
+//!
+//! A file per role: `plan` (files, footers, page indexes, the units of work), `read` (reading a
+//! unit's row group and the `ts` pages it can skip) and `tally` (interned names and the
+//! per-(arm, bucket) aggregation).
+
+mod plan;
+mod read;
+mod tally;
+
+pub use plan::{ParquetPlan, PlannedFile, Unit};
+pub use read::read_unit;
+pub use tally::{ArmIds, Names, UnitReport};
+
+/// The columns counted, `ts` last.
+const NEEDED: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "ts"];

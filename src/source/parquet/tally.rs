@@ -1,0 +1,536 @@
+//! Aggregation: names interned once per distinct dictionary value, rows checked against the
+//! event contract, and counts per (arm, bucket) in a dense grid or a hash map.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type};
+use rustc_hash::FxHashMap;
+
+use crate::model::{validate_name, ArmKey, EventKind, FieldError};
+use crate::time::Buckets;
+
+/// Names interned by the worker that reads them, so that a tally is keyed by four integers and
+/// the strings of an arm are built once per distinct key of an epoch, not once per batch.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: FxHashMap<String, u32>,
+    names: Vec<String>,
+    arms: FxHashMap<ArmIds, Arc<ArmKey>>,
+}
+
+/// An arm as interned (tenant, slot, city, banner).
+pub type ArmIds = [u32; 4];
+
+impl Names {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The arm of `ids`, built once and shared after.
+    pub fn arm(&mut self, ids: ArmIds) -> Arc<ArmKey> {
+        let names = &self.names;
+        self.arms
+            .entry(ids)
+            .or_insert_with(|| {
+                let [tenant, slot, city, banner] = ids.map(|id| names[id as usize].as_str());
+                Arc::new(ArmKey::new(tenant, slot, city, banner))
+            })
+            .clone()
+    }
+}
+
+/// The rows of one row group, and what was refused.
+#[derive(Debug, Default)]
+pub struct UnitReport {
+    pub rows: u64,
+    pub rejected: u64,
+    pub first_rejection: Option<String>,
+}
+
+/// A row group's counts per (arm, bucket), summed over its batches: few cells that stay in
+/// cache, so the caller's map, which holds many row groups' cells, is touched once per cell
+/// rather than once per batch. And the tally's per-row scratch, kept across batches.
+#[derive(Default)]
+pub(super) struct UnitCells {
+    pub(super) cells: FxHashMap<(ArmIds, i64), (i64, i64)>,
+    row_cells: Vec<u32>,
+}
+
+impl UnitCells {
+    fn add(&mut self, arm: ArmIds, bucket: i64, (imp, clk): (i64, i64)) {
+        let cell = self.cells.entry((arm, bucket)).or_default();
+        cell.0 += imp;
+        cell.1 += clk;
+    }
+}
+
+/// Column `name` of a batch as an Int32-keyed dictionary of strings: the type the plan asks the
+/// reader for, cast where the reader could not give it.
+fn string_dictionary(
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<ArrayRef, arrow::error::ArrowError> {
+    let column = batch.column_by_name(name).expect("projected");
+    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    if column.data_type() == &dict_type {
+        Ok(column.clone())
+    } else {
+        cast(column, &dict_type)
+    }
+}
+
+/// A dictionary column with each distinct value validated and interned once.
+struct NameColumn {
+    name: &'static str,
+    keys: PrimitiveArray<Int32Type>,
+    values: StringArray,
+    /// The interned id of each dictionary value, `None` where it breaks the contract.
+    ids: Vec<Option<u32>>,
+}
+
+impl NameColumn {
+    fn new(
+        batch: &RecordBatch,
+        name: &'static str,
+        names: &mut Names,
+    ) -> Result<Self, arrow::error::ArrowError> {
+        let column = string_dictionary(batch, name)?;
+        let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
+        let values = dict.values().as_string::<i32>().clone();
+        let ids = (0..values.len())
+            .map(|i| {
+                (values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
+                    .then(|| names.intern(values.value(i)))
+            })
+            .collect();
+        Ok(Self {
+            name,
+            keys: dict.keys().clone(),
+            values,
+            ids,
+        })
+    }
+
+    /// Whether every row has a key to a dictionary value that follows the contract, so that
+    /// rows need no checks.
+    fn all_valid(&self) -> bool {
+        self.keys.null_count() == 0
+            && self.ids.iter().all(Option::is_some)
+            && keys_below(&self.keys, self.ids.len())
+    }
+
+    /// The dictionary index of row `i` when its value follows the contract.
+    #[inline]
+    fn key(&self, i: usize) -> Option<u32> {
+        if self.keys.is_null(i) {
+            return None;
+        }
+        let k = self.keys.value(i);
+        self.ids
+            .get(usize::try_from(k).ok()?)
+            .copied()
+            .flatten()
+            .map(|_| k as u32)
+    }
+
+    /// Why row `i` has no valid key (the slow path, for rejected rows only).
+    fn error(&self, i: usize) -> FieldError {
+        if self.keys.is_null(i) {
+            return FieldError::new(self.name, "is required");
+        }
+        let k = self.keys.value(i) as usize;
+        if k >= self.values.len() || self.values.is_null(k) {
+            return FieldError::new(self.name, "is required");
+        }
+        validate_name(self.name, self.values.value(k))
+            .err()
+            .unwrap_or_else(|| FieldError::new(self.name, "is invalid"))
+    }
+}
+
+pub(super) fn aggregate_batch(
+    batch: &RecordBatch,
+    ts: &TimestampMicrosecondArray,
+    buckets: Buckets,
+    until: i64,
+    interned: &mut Names,
+    out: &mut UnitReport,
+    unit: &mut UnitCells,
+) -> Result<(), arrow::error::ArrowError> {
+    let names = [
+        NameColumn::new(batch, "tenant", interned)?,
+        NameColumn::new(batch, "slot", interned)?,
+        NameColumn::new(batch, "city", interned)?,
+        NameColumn::new(batch, "banner", interned)?,
+    ];
+    let kind = string_dictionary(batch, "kind")?;
+    let kind: &DictionaryArray<Int32Type> = kind.as_dictionary();
+    let kind_values = kind.values().as_string::<i32>();
+    let kinds: Vec<Option<EventKind>> = (0..kind_values.len())
+        .map(|i| EventKind::parse("kind", kind_values.value(i)).ok())
+        .collect();
+    let kind_keys = kind.keys();
+
+    let dims = names.each_ref().map(|c| c.values.len());
+    let mut tally = Tally::new(dims, ts, buckets, until);
+    out.rows += batch.num_rows() as u64;
+    let clean = names.iter().all(NameColumn::all_valid)
+        && kind_keys.null_count() == 0
+        && kinds.iter().all(Option::is_some)
+        && keys_below(kind_keys, kinds.len())
+        && ts.null_count() == 0;
+    if clean {
+        // Every row follows the contract: read the keys straight from the buffers.
+        let increments: Vec<u64> = kinds
+            .iter()
+            .map(|k| increment(*k == Some(EventKind::Click)))
+            .collect();
+        let n = batch.num_rows();
+        let keys = names.each_ref().map(|c| &c.keys.values()[..n]);
+        let (kind_keys, ts) = (&kind_keys.values()[..n], &ts.values()[..n]);
+        match &mut tally {
+            Tally::Dense(dense) => {
+                dense.add_clean(keys, ts, kind_keys, &increments, until, &mut unit.row_cells)
+            }
+            sparse => {
+                for (i, &micros) in ts.iter().enumerate().filter(|(_, &m)| m < until) {
+                    let key = keys.map(|k| k[i] as u32);
+                    sparse.add(key, micros, increments[kind_keys[i] as usize]);
+                }
+            }
+        }
+    } else {
+        'rows: for i in 0..batch.num_rows() {
+            let mut key = [0u32; 4];
+            for (slot, col) in key.iter_mut().zip(&names) {
+                match col.key(i) {
+                    Some(k) => *slot = k,
+                    None => {
+                        reject(out, col.error(i));
+                        continue 'rows;
+                    }
+                }
+            }
+            let kind_key = (!kind_keys.is_null(i))
+                .then(|| kind_keys.value(i))
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|&k| k < kinds.len());
+            let event_kind = match kind_key.and_then(|k| kinds[k]) {
+                Some(k) => k,
+                None => {
+                    let got = kind_key.map(|k| kind_values.value(k).to_string());
+                    reject(
+                        out,
+                        FieldError::new(
+                            "kind",
+                            match got {
+                                None => "is required".to_string(),
+                                Some(v) => {
+                                    format!("must be \"impression\" or \"click\" (got {v:?})")
+                                }
+                            },
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if ts.is_null(i) {
+                reject(out, FieldError::new("ts", "is required"));
+                continue;
+            }
+            let micros = ts.value(i);
+            if micros >= until {
+                continue;
+            }
+            tally.add(key, micros, increment(event_kind == EventKind::Click));
+        }
+    }
+    tally.drain(|keys, bucket, counts| {
+        let mut arm = [0u32; 4];
+        for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
+            *id = col.ids[key as usize].expect("only valid keys are tallied");
+        }
+        unit.add(arm, bucket, counts);
+    });
+    Ok(())
+}
+
+/// Whether every key slot indexes a dictionary of `len` values: one pass, where a negative key
+/// wraps to a huge unsigned one.
+fn keys_below(keys: &PrimitiveArray<Int32Type>, len: usize) -> bool {
+    let max = keys.values().iter().fold(0u32, |m, &k| m.max(k as u32));
+    keys.is_empty() || (max as usize) < len
+}
+
+/// The smallest and largest valid timestamp, in one pass.
+fn min_max(ts: &TimestampMicrosecondArray) -> Option<(i64, i64)> {
+    if ts.null_count() > 0 {
+        return arrow::compute::min(ts).zip(arrow::compute::max(ts));
+    }
+    let values = ts.values();
+    let first = *values.first()?;
+    Some(
+        values
+            .iter()
+            .fold((first, first), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+    )
+}
+
+/// Cells of a dense grid beyond which a batch is tallied in a hash map instead.
+const DENSE_CELLS: usize = 1 << 18;
+
+/// A batch's counts per (dictionary keys, bucket): a dense grid over the batch's dictionaries and
+/// bucket range when it is small (an index computation per row instead of a hash lookup), else a
+/// hash map. A cell holds impressions in its low 32 bits and clicks in its high 32 bits, so that
+/// a row adds its [`increment`] without a branch (a batch has far fewer than 2^32 rows).
+enum Tally {
+    Dense(DenseTally),
+    Sparse {
+        buckets: Buckets,
+        map: FxHashMap<([u32; 4], i64), u64>,
+    },
+}
+
+struct DenseTally {
+    dims: [usize; 4],
+    range: BucketRange,
+    cells: Vec<u64>,
+    touched: Vec<u32>,
+}
+
+/// The cell of a row at or after `until`, which is not counted.
+const PAST_UNTIL: u32 = u32::MAX;
+
+impl DenseTally {
+    /// Counts rows whose keys all lie within their dictionaries: first every row's cell (into
+    /// `row_cells`, or [`PAST_UNTIL`]), a sum of strided keys that the compiler vectorizes, then
+    /// one add per row.
+    fn add_clean(
+        &mut self,
+        [t, s, c, b]: [&[i32]; 4],
+        ts: &[i64],
+        kind: &[i32],
+        increments: &[u64],
+        until: i64,
+        row_cells: &mut Vec<u32>,
+    ) {
+        let len = self.range.len;
+        let [_, ds, dc, db] = self.dims;
+        // The grid has at most DENSE_CELLS cells, so every index fits in a u32.
+        let strides = [ds * dc * db * len, dc * db * len, db * len, len].map(|x| x as u32);
+        let n = ts.len();
+        let (t, s, c, b, kind) = (&t[..n], &s[..n], &c[..n], &b[..n], &kind[..n]);
+        row_cells.clear();
+        row_cells.extend((0..n).map(|i| {
+            (t[i] as u32) * strides[0]
+                + (s[i] as u32) * strides[1]
+                + (c[i] as u32) * strides[2]
+                + (b[i] as u32) * strides[3]
+        }));
+        // Runs of one timestamp are common (a page that stands for all its rows), so the bucket
+        // of the previous row is kept.
+        let (mut last_micros, mut last_offset) = (i64::MIN, 0);
+        for (cell, &micros) in row_cells.iter_mut().zip(ts) {
+            if micros >= until {
+                *cell = PAST_UNTIL;
+                continue;
+            }
+            if micros != last_micros {
+                (last_micros, last_offset) = (micros, self.range.offset(micros) as u32);
+            }
+            *cell += last_offset;
+        }
+        for (&index, &kind) in row_cells.iter().zip(kind) {
+            if index == PAST_UNTIL {
+                continue;
+            }
+            let cell = &mut self.cells[index as usize];
+            if *cell == 0 {
+                self.touched.push(index);
+            }
+            *cell += increments[kind as usize];
+        }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, key: [u32; 4], micros: i64, increment: u64) {
+        let mut index = 0usize;
+        for (k, d) in key.iter().zip(self.dims.iter()) {
+            index = index * d + *k as usize;
+        }
+        let index = index * self.range.len + self.range.offset(micros);
+        let cell = &mut self.cells[index];
+        if *cell == 0 {
+            self.touched.push(index as u32);
+        }
+        *cell += increment;
+    }
+}
+
+impl Tally {
+    fn new(dims: [usize; 4], ts: &TimestampMicrosecondArray, buckets: Buckets, until: i64) -> Self {
+        let range = min_max(ts)
+            .map(|(lo, hi)| BucketRange::new(buckets, lo, hi.min(until.saturating_sub(1)).max(lo)));
+        let cells = range.as_ref().and_then(|r| {
+            dims.iter()
+                .try_fold(r.len, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= DENSE_CELLS)
+        });
+        match (range, cells) {
+            (Some(range), Some(cells)) => Tally::Dense(DenseTally {
+                dims,
+                range,
+                cells: vec![0; cells],
+                touched: Vec::new(),
+            }),
+            _ => Tally::Sparse {
+                buckets,
+                map: FxHashMap::default(),
+            },
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, key: [u32; 4], micros: i64, increment: u64) {
+        match self {
+            Tally::Dense(dense) => dense.add(key, micros, increment),
+            Tally::Sparse { buckets, map } => {
+                *map.entry((key, buckets.index_of_micros(micros)))
+                    .or_default() += increment;
+            }
+        }
+    }
+
+    fn drain(self, mut emit: impl FnMut([u32; 4], i64, (i64, i64))) {
+        match self {
+            Tally::Dense(DenseTally {
+                dims,
+                range,
+                cells,
+                touched,
+                ..
+            }) => {
+                for index in touched {
+                    let mut rest = index as usize / range.len;
+                    let bucket = range.first + (index as usize % range.len) as i64;
+                    let mut key = [0u32; 4];
+                    for (k, d) in key.iter_mut().zip(dims).rev() {
+                        *k = (rest % d) as u32;
+                        rest /= d;
+                    }
+                    emit(key, bucket, counts_of(cells[index as usize]));
+                }
+            }
+            Tally::Sparse { map, .. } => {
+                for ((key, bucket), cell) in map {
+                    emit(key, bucket, counts_of(cell));
+                }
+            }
+        }
+    }
+}
+
+/// What one row adds to its cell: an impression in the low half, a click in the high half.
+#[inline]
+fn increment(click: bool) -> u64 {
+    1 << (32 * u64::from(click))
+}
+
+/// A cell's (impressions, clicks).
+fn counts_of(cell: u64) -> (i64, i64) {
+    ((cell & u64::from(u32::MAX)) as i64, (cell >> 32) as i64)
+}
+
+/// The buckets from the one of `lo` to the one of `hi`, with a bucket lookup by a float
+/// multiplication and an exact integer correction instead of a division per row.
+struct BucketRange {
+    first: i64,
+    len: usize,
+    base_micros: i64,
+    width_micros: i64,
+    per_micro: f64,
+}
+
+impl BucketRange {
+    fn new(buckets: Buckets, lo: i64, hi: i64) -> Self {
+        let first = buckets.index_of_micros(lo);
+        let last = buckets.index_of_micros(hi);
+        let width_micros = i64::from(buckets.minutes()) * 60_000_000;
+        Self {
+            first,
+            len: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
+            base_micros: buckets.start(first).timestamp_micros(),
+            width_micros,
+            per_micro: 1.0 / width_micros as f64,
+        }
+    }
+
+    /// The bucket of `micros` (within the range) counted from `first`.
+    #[inline]
+    fn offset(&self, micros: i64) -> usize {
+        let since = micros - self.base_micros;
+        let mut q = (since as f64 * self.per_micro) as i64;
+        if q * self.width_micros > since {
+            q -= 1;
+        } else if (q + 1) * self.width_micros <= since {
+            q += 1;
+        }
+        q as usize
+    }
+}
+
+fn reject(out: &mut UnitReport, e: FieldError) {
+    out.rejected += 1;
+    if out.first_rejection.is_none() {
+        out.first_rejection = Some(e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bucket_range_agrees_with_the_bucket_index(
+            minutes in prop::sample::select(vec![1u32, 5, 15, 60, 90, 720, 1440]),
+            lo in -10_000_000_000_000i64..4_000_000_000_000_000,
+            span in 0i64..5_000_000_000_000,
+            picks in prop::collection::vec(0.0f64..=1.0, 1..50),
+        ) {
+            let buckets = Buckets::of_minutes(minutes).unwrap();
+            let hi = lo + span;
+            let range = BucketRange::new(buckets, lo, hi);
+            for p in picks {
+                let micros = lo + (span as f64 * p) as i64;
+                let micros = micros.min(hi);
+                prop_assert_eq!(
+                    range.first + range.offset(micros) as i64,
+                    buckets.index_of_micros(micros)
+                );
+            }
+            let starts = (range.first..range.first + range.len.min(6) as i64)
+                .map(|b| buckets.start(b).timestamp_micros());
+            for edge in starts.flat_map(|s| [s - 1, s]).chain([lo, hi]) {
+                if (lo..=hi).contains(&edge) {
+                    prop_assert_eq!(
+                        range.first + range.offset(edge) as i64,
+                        buckets.index_of_micros(edge)
+                    );
+                }
+            }
+        }
+    }
+}
