@@ -32,7 +32,7 @@ backfill() { # binary -> "wall cpu rss_mib"
   rm -f "$work/ab.redb"
   /usr/bin/time -f "%e %U %S %M" -o "$t" "$1" backfill --input "$history" \
     --store "embedded:$work/ab.redb" -w 2 >/dev/null 2>&1
-  awk '{ printf "%.2f %.2f %.0f", $1, $2 + $3, $4 / 1024 }' "$t"
+  awk '{ printf "%.2f %.2f %.0f\n", $1, $2 + $3, $4 / 1024 }' "$t"
 }
 
 lookup() { # binary -> "decisions/s p99"
