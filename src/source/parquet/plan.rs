@@ -94,7 +94,8 @@ impl ParquetPlan {
         self.units.iter().filter(move |unit| {
             let middle = before + u128::from(unit.rows) / 2;
             before += u128::from(unit.rows);
-            middle * peers / total == index as u128
+            // An empty row group after the last row would land one past the last peer.
+            (middle * peers / total).min(peers - 1) == index as u128
         })
     }
 }
