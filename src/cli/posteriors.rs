@@ -34,20 +34,6 @@ enum Format {
     Json,
 }
 
-pub const HEADER: [&str; 11] = [
-    "tenant",
-    "slot",
-    "city",
-    "banner",
-    "impressions",
-    "clicks",
-    "alpha",
-    "beta",
-    "mean",
-    "lower95",
-    "upper95",
-];
-
 pub fn run(args: PosteriorsArgs) -> anyhow::Result<()> {
     let store = open_store(&args.store.store, false)?;
     let from_bucket = match args.window_minutes {
@@ -70,14 +56,14 @@ pub fn run(args: PosteriorsArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record(HEADER)?;
+            w.write_record(PosteriorRow::COLUMNS)?;
             for r in &rows {
                 w.write_record(cells(r))?;
             }
             w.flush()?;
         }
         Format::Table => {
-            let mut table = super::table(HEADER);
+            let mut table = super::table(PosteriorRow::COLUMNS);
             for r in &rows {
                 table.add_row(cells(r));
             }

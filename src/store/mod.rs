@@ -140,6 +140,21 @@ pub struct PosteriorRow {
 }
 
 impl PosteriorRow {
+    /// The fields in the order they are serialized (the CSV header and table columns).
+    pub const COLUMNS: [&str; 11] = [
+        "tenant",
+        "slot",
+        "city",
+        "banner",
+        "impressions",
+        "clicks",
+        "alpha",
+        "beta",
+        "mean",
+        "lower95",
+        "upper95",
+    ];
+
     pub fn new(arm: ArmKey, counts: Counts, posterior: BetaPosterior) -> Self {
         Self {
             tenant: arm.tenant,
@@ -455,20 +470,11 @@ mod tests {
         let json =
             serde_json::to_string(&PosteriorRow::new(arm, Counts::new(10, 1), posterior)).unwrap();
         let at = |key: &str| json.find(&format!("\"{key}\":")).expect(key);
-        let keys = [
-            "tenant",
-            "slot",
-            "city",
-            "banner",
-            "impressions",
-            "clicks",
-            "alpha",
-            "beta",
-            "mean",
-            "lower95",
-            "upper95",
-        ];
+        let keys = PosteriorRow::COLUMNS;
         assert!(keys.windows(2).all(|k| at(k[0]) < at(k[1])), "{json}");
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap();
+        assert_eq!(object.len(), keys.len(), "{json}");
         assert!(
             json.contains("\"clicks\":1,\"alpha\":2.0,\"beta\":10.0"),
             "{json}"
