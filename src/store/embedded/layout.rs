@@ -1,0 +1,328 @@
+//! The embedded store's layout (docs/architecture.md, "Store layouts"): its redb tables and how
+//! keys and values are encoded in them. Count keys are byte strings whose order is the order of
+//! their tuples, so that a tenant or a window is one key range; bucket counts are kept in blocks of
+//! [`BLOCK_BUCKETS`] consecutive buckets per arm.
+
+use rustc_hash::FxHashMap;
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::model::{ArmKey, CountKey, Counts, Event, ALL_TIME};
+use crate::store::customer_rows::CustomerEventRow;
+
+/// (tenant, city, slot, banner) → all-time (impressions, clicks), the key encoded by
+/// [`arm_key`]: byte order is tuple order, and comparing keys is a memcmp.
+pub(super) const ARM_TOTALS: TableDefinition<&[u8], (u64, u64)> =
+    TableDefinition::new("arm_totals");
+/// (block, tenant, city, slot, banner) → (impressions, clicks) of each of the block's
+/// [`BLOCK_BUCKETS`] buckets, the key encoded by [`block_key`], the value by [`encode_block`].
+/// One row carries a day of hourly buckets, and blocks lead the key, so that a backfill, whose
+/// epochs move forward in time, appends few rows near the end of the table instead of inserting
+/// one row per (arm, hour) all over it, and a window is one range of the table.
+pub(super) const ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_blocks");
+/// Consecutive buckets kept in one [`ARM_BLOCKS`] row (a day of the default hourly buckets).
+pub(super) const BLOCK_BUCKETS: i64 = 24;
+/// (tenant, slot, banner) → (alpha0, beta0, source); banner "" is the slot prior.
+pub(super) const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
+    TableDefinition::new("priors");
+pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// (tenant, city, partition) → the offset up to which the shard has applied that partition.
+pub(super) const APPLIED: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("applied");
+/// (job, partition) → resume low-watermark.
+pub(super) const CHECKPOINTS: TableDefinition<(&str, i32), i64> =
+    TableDefinition::new("checkpoints");
+/// (tenant, slot) → the slot configuration as JSON.
+pub(super) const SLOTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("slot_banners");
+/// key_sha256 → (tenant, role).
+pub(super) const API_KEYS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("api_keys");
+/// (tenant, customer_id, ts µs, event_id) → (slot, city, banner, kind, referrer, request_id).
+pub(super) const CUSTOMER_EVENTS: TableDefinition<(&str, &str, i64, &str), CustomerEventValue> =
+    TableDefinition::new("customer_history");
+type CustomerEventValue = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+type CustomerHistory<'tx> =
+    redb::Table<'tx, (&'static str, &'static str, i64, &'static str), CustomerEventValue>;
+
+/// Adds an event with a customer ID to the history (events without one are not kept).
+pub(super) fn insert_customer_event(
+    t: &mut CustomerHistory<'_>,
+    e: &Event,
+) -> Result<(), redb::Error> {
+    if let Some((customer, row)) = CustomerEventRow::of(e) {
+        let key = (e.tenant.as_str(), customer, row.ts_us, row.event_id);
+        let value = (
+            row.slot,
+            row.city,
+            row.banner,
+            row.kind,
+            row.referrer,
+            row.request_id,
+        );
+        t.insert(key, value)?;
+    }
+    Ok(())
+}
+
+/// The event a history row stores.
+pub(super) fn customer_event(
+    (tenant, customer_id, ts_us, event_id): (&str, &str, i64, &str),
+    (slot, city, banner, kind, referrer, request_id): (
+        &str,
+        &str,
+        &str,
+        &str,
+        Option<&str>,
+        Option<&str>,
+    ),
+) -> Result<Event, redb::Error> {
+    CustomerEventRow {
+        event_id,
+        ts_us,
+        kind,
+        slot,
+        city,
+        banner,
+        referrer,
+        request_id,
+    }
+    .into_event(tenant, customer_id)
+    .map_err(redb::Error::Corrupted)
+}
+
+/// `tenant 0 city 0 slot 0 banner 0`. Names are `[a-z0-9_-]+`, so the 0 separators keep the
+/// order of the (tenant, city, slot, banner) tuple.
+fn push_arm(key: &mut Vec<u8>, arm: &ArmKey) {
+    for name in [&arm.tenant, &arm.city, &arm.slot, &arm.banner] {
+        key.extend_from_slice(name.as_bytes());
+        key.push(0);
+    }
+}
+
+pub(super) fn arm_key(arm: &ArmKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(arm_len(arm));
+    push_arm(&mut key, arm);
+    key
+}
+
+fn arm_len(arm: &ArmKey) -> usize {
+    arm.tenant.len() + arm.city.len() + arm.slot.len() + arm.banner.len() + 4
+}
+
+pub(super) fn decode_arm(key: &[u8]) -> Option<ArmKey> {
+    let names = key.strip_suffix(&[0])?;
+    let mut parts = names
+        .split(|&b| b == 0)
+        .map(|name| std::str::from_utf8(name).ok());
+    let (tenant, city, slot, banner) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+        parts.next()??,
+    );
+    parts
+        .next()
+        .is_none()
+        .then(|| ArmKey::new(tenant, slot, city, banner))
+}
+
+/// An i64 as big-endian with the sign bit flipped, so that byte order is numeric order.
+pub(super) fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(super) fn from_ordered_i64(bytes: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(bytes.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// The block of a bucket and the bucket's place in it.
+pub(super) fn block_of(bucket: i64) -> (i64, usize) {
+    (
+        bucket.div_euclid(BLOCK_BUCKETS),
+        bucket.rem_euclid(BLOCK_BUCKETS) as usize,
+    )
+}
+
+/// The block then the arm: byte order is (block, tenant, city, slot, banner) order.
+fn block_key(block: i64, arm: &ArmKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + arm_len(arm));
+    key.extend_from_slice(&ordered_i64(block));
+    push_arm(&mut key, arm);
+    key
+}
+
+fn decode_block_key(key: &[u8]) -> Option<(i64, ArmKey)> {
+    let (block, arm) = key.split_at_checked(8)?;
+    Some((from_ordered_i64(block)?, decode_arm(arm)?))
+}
+
+type Block = [(u64, u64); BLOCK_BUCKETS as usize];
+
+/// Each bucket's (impressions, clicks) as two little-endian u64.
+fn encode_block(block: &Block) -> [u8; BLOCK_BUCKETS as usize * 16] {
+    let mut bytes = [0; BLOCK_BUCKETS as usize * 16];
+    for (chunk, &(imp, clk)) in bytes.chunks_exact_mut(16).zip(block) {
+        chunk[..8].copy_from_slice(&imp.to_le_bytes());
+        chunk[8..].copy_from_slice(&clk.to_le_bytes());
+    }
+    bytes
+}
+
+fn decode_block(bytes: &[u8]) -> Option<Block> {
+    if bytes.len() != BLOCK_BUCKETS as usize * 16 {
+        return None;
+    }
+    let mut block = [(0, 0); BLOCK_BUCKETS as usize];
+    for (cell, chunk) in block.iter_mut().zip(bytes.chunks_exact(16)) {
+        let (imp, clk) = chunk.split_at(8);
+        *cell = (
+            u64::from_le_bytes(imp.try_into().ok()?),
+            u64::from_le_bytes(clk.try_into().ok()?),
+        );
+    }
+    Some(block)
+}
+
+pub(super) fn corrupt(what: &str, bytes: &[u8]) -> redb::Error {
+    redb::StorageError::Corrupted(format!("{what} {bytes:?}")).into()
+}
+
+type BlockEntry<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+/// Each (block, arm) row as stored, decoded.
+pub(super) fn block_rows<'a, I: Iterator<Item = BlockEntry<'a>>>(
+    range: I,
+) -> impl Iterator<Item = Result<(i64, ArmKey, Block), redb::Error>> + use<'a, I> {
+    range.map(|entry| {
+        let (k, v) = entry?;
+        let (block, arm) =
+            decode_block_key(k.value()).ok_or_else(|| corrupt("arm_blocks key", k.value()))?;
+        let cells =
+            decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value()))?;
+        Ok((block, arm, cells))
+    })
+}
+
+/// Writes the new absolute counts of `rows` (an all-time row, or a bucket's cell within its
+/// block row); a count of (0, 0) removes the row or cell.
+pub(super) fn write_counts<'k>(
+    tx: &redb::WriteTransaction,
+    rows: impl Iterator<Item = (&'k CountKey, Counts)>,
+) -> Result<(), redb::Error> {
+    type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
+    let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+    // Rows usually come grouped by arm (a sink's rows are), so a row of the block before it is
+    // found without a lookup.
+    let mut blocks: Vec<((i64, &ArmKey), Changes)> = Vec::new();
+    let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
+    for (
+        key,
+        Counts {
+            impressions: imp,
+            clicks: clk,
+        },
+    ) in rows
+    {
+        if key.bucket == ALL_TIME {
+            totals.push((arm_key(&key.arm), imp, clk));
+            continue;
+        }
+        let (block, place) = block_of(key.bucket);
+        let id = (block, key.arm.as_ref());
+        let index = match blocks.last() {
+            Some((last, _)) if *last == id => blocks.len() - 1,
+            _ => *block_index.entry(id).or_insert_with(|| {
+                blocks.push((id, [None; BLOCK_BUCKETS as usize]));
+                blocks.len() - 1
+            }),
+        };
+        blocks[index].1[place] = Some((imp, clk));
+    }
+    // In key order, so that the B-trees are written front to back; the keys are encoded first
+    // so that sorting compares bytes, not four names.
+    totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut blocks: Vec<(Vec<u8>, Changes)> = blocks
+        .into_iter()
+        .map(|((block, arm), changes)| (block_key(block, arm), changes))
+        .collect();
+    blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut t = tx.open_table(ARM_TOTALS)?;
+    for (key, imp, clk) in totals {
+        if imp == 0 && clk == 0 {
+            t.remove(key.as_slice())?;
+        } else {
+            t.insert(key.as_slice(), (imp, clk))?;
+        }
+    }
+    let mut t = tx.open_table(ARM_BLOCKS)?;
+    for (key, changes) in blocks {
+        let stored = t
+            .get(key.as_slice())?
+            .map(|v| decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value())));
+        let mut block = stored
+            .transpose()?
+            .unwrap_or([(0, 0); BLOCK_BUCKETS as usize]);
+        for (cell, change) in block.iter_mut().zip(changes) {
+            if let Some(counts) = change {
+                *cell = counts;
+            }
+        }
+        if block.iter().all(|&c| c == (0, 0)) {
+            t.remove(key.as_slice())?;
+        } else {
+            t.insert(key.as_slice(), encode_block(&block).as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_keys_sort_like_their_tuples_and_round_trip() {
+        let tuples = [
+            (i64::MIN, "myntra", "delhi", "footer", "b2"),
+            (-1, "ajio", "pune", "hero", "b1"),
+            (0, "ajio", "pune", "hero", "b1"),
+            (0, "ajio", "pune", "hero", "b10"),
+            (0, "ajio", "pune-2", "hero", "b1"),
+            (0, "ajio2", "a", "a", "a"),
+            (20_416, "ajio", "pune", "hero", "b1"),
+            (i64::MAX, "a", "a", "a", "a"),
+        ];
+        let arm = |t: &str, c: &str, s: &str, b: &str| ArmKey::new(t, s, c, b);
+        let keys: Vec<Vec<u8>> = tuples
+            .iter()
+            .map(|&(k, t, c, s, b)| block_key(k, &arm(t, c, s, b)))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+        for (key, &(k, t, c, s, b)) in keys.iter().zip(&tuples) {
+            assert_eq!(decode_block_key(key), Some((k, arm(t, c, s, b))));
+            assert_eq!(decode_arm(&key[8..]), Some(arm(t, c, s, b)));
+        }
+        assert_eq!(decode_block_key(b"short"), None);
+        assert_eq!(decode_arm(b"a\0b\0c\0"), None);
+        assert_eq!(decode_arm(b"a\0b\0c\0d\0e\0"), None);
+        let mut block = [(0, 0); BLOCK_BUCKETS as usize];
+        block[0] = (7, 1);
+        block[23] = (u64::MAX, 3);
+        assert_eq!(decode_block(&encode_block(&block)), Some(block));
+        assert_eq!(decode_block(&[0; 16]), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! Stores written by earlier builds are moved to the current layout when opened for writing: the
+//! counts kept one row per bucket move into the block layout, the customer history kept as JSON
+//! into the compact rows.
+
+use std::sync::Arc;
+
+use redb::{ReadableTable, TableDefinition, TableHandle};
+
+use super::layout::{
+    corrupt, decode_arm, from_ordered_i64, insert_customer_event, write_counts, CUSTOMER_EVENTS,
+};
+use crate::model::{CountKey, Counts, Event};
+
+/// Where stores written before the block layout kept the counts: (tenant, city, slot, banner,
+/// bucket) → (impressions, clicks), the key read by [`decode_legacy_arm_state_key`].
+const LEGACY_ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
+/// Where stores written before the compact encoding kept the customer history: the key of
+/// [`CUSTOMER_EVENTS`] → the event as JSON.
+const CUSTOMER_EVENTS_JSON: TableDefinition<(&str, &str, i64, &str), &str> =
+    TableDefinition::new("customer_events");
+
+/// Moves whatever an earlier layout left in the store into the current one.
+pub(super) fn move_earlier_layouts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let exists = |name: &str| -> Result<bool, redb::Error> {
+        Ok(tx.list_tables()?.any(|t| t.name() == name))
+    };
+    if exists(LEGACY_ARM_STATE.name())? {
+        move_legacy_counts(tx)?;
+    }
+    if exists(CUSTOMER_EVENTS_JSON.name())? {
+        move_json_customer_history(tx)?;
+    }
+    Ok(())
+}
+
+/// `tenant 0 city 0 slot 0 banner 0` then the bucket as [`super::layout::ordered_i64`]: the key of
+/// [`LEGACY_ARM_STATE`].
+fn decode_legacy_arm_state_key(key: &[u8]) -> Option<CountKey> {
+    let (arm, bucket) = key.split_at_checked(key.len().checked_sub(8)?)?;
+    Some(CountKey {
+        arm: Arc::new(decode_arm(arm)?),
+        bucket: from_ordered_i64(bucket)?,
+    })
+}
+
+/// Moves the counts of a store written before the block layout into it.
+fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut rows = Vec::new();
+    for entry in tx.open_table(LEGACY_ARM_STATE)?.iter()? {
+        let (k, v) = entry?;
+        let key = decode_legacy_arm_state_key(k.value())
+            .ok_or_else(|| corrupt("arm_state key", k.value()))?;
+        let (imp, clk) = v.value();
+        rows.push((key, Counts::new(imp, clk)));
+    }
+    write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
+    tx.delete_table(LEGACY_ARM_STATE)?;
+    Ok(())
+}
+
+/// Moves the customer history of a store written before the compact encoding into it.
+fn move_json_customer_history(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut history = tx.open_table(CUSTOMER_EVENTS)?;
+    for entry in tx.open_table(CUSTOMER_EVENTS_JSON)?.iter()? {
+        let (_, json) = entry?;
+        let event = Event::from_json(json.value().as_bytes())
+            .map_err(|e| redb::Error::Corrupted(format!("customer event {}: {e}", json.value())))?;
+        insert_customer_event(&mut history, &event)?;
+    }
+    drop(history);
+    tx.delete_table(CUSTOMER_EVENTS_JSON)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::{Database, ReadableDatabase};
+
+    use super::super::layout::{arm_key, ordered_i64};
+    use super::super::store::tests::{row, stored_rows, window};
+    use super::super::EmbeddedStore;
+    use super::*;
+    use crate::model::{ArmKey, ALL_TIME};
+    use crate::store::PosteriorStore;
+
+    #[test]
+    fn a_store_with_the_json_customer_history_is_moved_to_the_compact_one_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let event = |id: &str, customer: Option<&str>, ts: &str| Event {
+            event_id: id.into(),
+            kind: crate::model::EventKind::Click,
+            tenant: "ajio".into(),
+            slot: "hero".into(),
+            city: "pune".into(),
+            banner: "b03".into(),
+            ts: crate::time::parse_rfc3339(ts).unwrap(),
+            customer_id: customer.map(Into::into),
+            referrer: Some("ads".into()),
+            request_id: None,
+        };
+        let older = event("e1", Some("c-1"), "2026-11-28T10:00:00Z");
+        let newer = event("e2", Some("c-1"), "2026-11-28T11:00:00.000001Z");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(CUSTOMER_EVENTS_JSON).unwrap();
+                for e in [&older, &newer] {
+                    let key = ("ajio", "c-1", e.ts.timestamp_micros(), e.event_id.as_str());
+                    t.insert(key, e.to_json().as_str()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(
+            store.customer_events("ajio", "c-1", 10).unwrap(),
+            vec![newer.clone(), older.clone()]
+        );
+        let tx = store.db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
+        assert!(!names.contains(&"customer_events".to_string()), "{names:?}");
+        drop(tx);
+        drop(store);
+        let reopened = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(
+            reopened.customer_events("ajio", "c-1", 1).unwrap(),
+            vec![newer]
+        );
+    }
+
+    #[test]
+    fn a_store_with_one_row_per_bucket_is_moved_to_the_block_layout_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let rows = vec![
+            row("ajio", "pune", "hero", "b1", ALL_TIME, 9, 2),
+            row("ajio", "pune", "hero", "b1", 20, 4, 1),
+            row("ajio", "pune", "hero", "b1", 25, 5, 1),
+            row("ajio", "pune", "hero", "b2", ALL_TIME, 3, 0),
+            row("ajio", "pune", "hero", "b2", 25, 3, 0),
+        ];
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LEGACY_ARM_STATE).unwrap();
+                for (k, c) in &rows {
+                    let mut key = arm_key(&k.arm);
+                    key.extend_from_slice(&ordered_i64(k.bucket));
+                    t.insert(key.as_slice(), (c.impressions, c.clicks)).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(stored_rows(&store), rows);
+        let arm = |b: &str| ArmKey::new("ajio", "hero", "pune", b);
+        assert_eq!(
+            window(&store, None, Some(21)),
+            vec![
+                (arm("b1"), Counts::new(5, 1)),
+                (arm("b2"), Counts::new(3, 0))
+            ]
+        );
+        let tx = store.db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
+        assert!(!names.contains(&"arm_counts".to_string()), "{names:?}");
+    }
+}
