@@ -14,6 +14,7 @@ mod kafka;
 mod lab;
 mod lab_replay;
 mod layers;
+mod posterior_store;
 mod properties;
 mod serve_api;
 mod serve_e2e;
