@@ -15,6 +15,7 @@ mod kafka;
 mod lab;
 mod lab_replay;
 mod layers;
+mod posterior_store;
 mod properties;
 mod serve_api;
 mod serve_e2e;

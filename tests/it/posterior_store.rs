@@ -1,0 +1,699 @@
+//! One contract, two backends: each check below takes a fresh, empty `&dyn PosteriorStore` and
+//! holds it to what the trait promises. `conformance!` runs every check against the embedded store
+//! (a file in a temporary folder) and against the Cassandra store (a keyspace of its own on
+//! `SLOTBANDIT_CASSANDRA`, skipped when that is unset), as `posterior_store::embedded::CHECK` and
+//! `posterior_store::cassandra::CHECK`. A stored prior with a source this build does not know is
+//! written through each backend's own tables and must fail naming the value.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use slotbandit::bandit::{Prior, PriorSource, SlotPriors};
+use slotbandit::model::{
+    ArmKey, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey, SlotConfig,
+    ALL_CITIES, ALL_TIME,
+};
+use slotbandit::store::{
+    open_store, ApiKey, CountQuery, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
+    META_AS_OF, META_BUCKET_MINUTES,
+};
+use slotbandit::time::Buckets;
+
+use crate::cassandra::{cql, Keyspace};
+use crate::common::service;
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $check() {
+                    super::on_embedded(super::$check);
+                }
+            )*
+        }
+
+        mod cassandra {
+            $(
+                #[test]
+                fn $check() {
+                    super::on_cassandra(stringify!($check), super::$check);
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    epochs_are_counted_all_time_and_over_windows_per_tenant_slot_and_city,
+    a_later_epoch_replaces_counts_and_a_zero_row_is_deleted,
+    shards_returns_exactly_the_owned_shards_with_their_rows_and_offsets,
+    clear_counts_removes_every_row_and_offset,
+    checkpoints_round_trip_per_job,
+    priors_round_trip_and_default_to_uniform,
+    put_slot_replaces_the_configuration_and_slots_lists_them,
+    api_keys_round_trip,
+    customer_events_are_kept_once_newest_first_up_to_the_limit,
+    meta_as_of_and_buckets_round_trip,
+    posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior,
+);
+
+fn on_embedded(check: fn(&dyn PosteriorStore)) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("store.redb").display());
+    check(open_store(&url, true).unwrap().as_ref());
+}
+
+fn on_cassandra(name: &str, check: fn(&dyn PosteriorStore)) {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    // Keyspace names allow 48 characters; the check's name is for whoever finds one left over.
+    let prefix: String = format!("sbt_ps_{name}").chars().take(24).collect();
+    let keyspace = Keyspace::new(&node, &prefix);
+    check(keyspace.store().as_ref());
+}
+
+fn arm(tenant: &str, city: &str, slot: &str, banner: &str) -> ArmKey {
+    ArmKey::new(tenant, slot, city, banner)
+}
+
+/// One count row: (tenant, city, slot, banner) in `bucket`.
+fn row(arm: &ArmKey, bucket: i64, impressions: u64, clicks: u64) -> (CountKey, Counts) {
+    (
+        CountKey::new(Arc::new(arm.clone()), bucket),
+        Counts::new(impressions, clicks),
+    )
+}
+
+/// The rows grouped into one write per shard, each with `applied` offsets.
+fn epoch(rows: &[(CountKey, Counts)], applied: &BTreeMap<Partition, Offset>) -> Vec<ShardWrite> {
+    let mut shards = BTreeMap::new();
+    for r in rows {
+        let write = ShardWrite::entry(&mut shards, &ShardKey::of(&r.0.arm));
+        write.rows.push(r.clone());
+        write.applied = applied.clone();
+    }
+    shards.into_values().collect()
+}
+
+fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<Partition, Offset> {
+    pairs
+        .iter()
+        .map(|&(p, o)| (Partition(p), Offset(o)))
+        .collect()
+}
+
+fn counts(store: &dyn PosteriorStore, query: CountQuery) -> Vec<(ArmKey, Counts)> {
+    store.counts(&query).unwrap()
+}
+
+/// Every stored shard, each with its rows in key order (the trait does not order them).
+fn all_shards(store: &dyn PosteriorStore, owns: &dyn Fn(&str, &str) -> bool) -> Vec<ShardState> {
+    let mut shards = store.shards(owns).unwrap();
+    for shard in &mut shards {
+        shard.rows.sort();
+    }
+    shards.sort_by(|a, b| a.shard.cmp(&b.shard));
+    shards
+}
+
+fn epochs_are_counted_all_time_and_over_windows_per_tenant_slot_and_city(
+    store: &dyn PosteriorStore,
+) {
+    let hero_pune = arm("ajio", "pune", "hero", "b1");
+    let hero_pune_2 = arm("ajio", "pune", "hero", "b2");
+    let hero_delhi = arm("ajio", "delhi", "hero", "b1");
+    let footer_pune = arm("ajio", "pune", "footer", "f1");
+    let other_tenant = arm("myntra", "pune", "hero", "m1");
+    // Buckets 479 and 480 lie on either side of a day boundary; -30 is before 1970.
+    let rows = [
+        row(&hero_pune, ALL_TIME, 20, 4),
+        row(&hero_pune, -30, 2, 0),
+        row(&hero_pune, 479, 8, 1),
+        row(&hero_pune, 480, 10, 3),
+        row(&hero_pune_2, ALL_TIME, 5, 1),
+        row(&hero_pune_2, 481, 5, 1),
+        row(&hero_delhi, ALL_TIME, 7, 2),
+        row(&hero_delhi, 480, 7, 2),
+        row(&footer_pune, ALL_TIME, 3, 0),
+        row(&footer_pune, 100, 3, 0),
+        row(&other_tenant, ALL_TIME, 9, 9),
+        row(&other_tenant, 480, 9, 9),
+    ];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+
+    let all = |t: Option<&str>, s: Option<&str>, c: Option<&str>, from: Option<i64>| CountQuery {
+        tenant: t.map(Into::into),
+        slot: s.map(Into::into),
+        city: c.map(Into::into),
+        from_bucket: from,
+    };
+    let c = Counts::new;
+    assert_eq!(
+        counts(store, all(None, None, None, None)),
+        [
+            (footer_pune.clone(), c(3, 0)),
+            (hero_delhi.clone(), c(7, 2)),
+            (hero_pune.clone(), c(20, 4)),
+            (hero_pune_2.clone(), c(5, 1)),
+            (other_tenant.clone(), c(9, 9)),
+        ]
+    );
+    assert_eq!(
+        counts(store, all(Some("ajio"), Some("hero"), Some("pune"), None)),
+        [
+            (hero_pune.clone(), c(20, 4)),
+            (hero_pune_2.clone(), c(5, 1))
+        ]
+    );
+    assert_eq!(
+        counts(store, all(None, None, Some("delhi"), None)),
+        [(hero_delhi.clone(), c(7, 2))]
+    );
+    assert_eq!(
+        counts(store, all(Some("ajio"), Some("footer"), None, None)),
+        [(footer_pune.clone(), c(3, 0))]
+    );
+    assert_eq!(counts(store, all(Some("zara"), None, None, None)), []);
+
+    // A window sums the buckets from `from_bucket` on, never the all-time row.
+    assert_eq!(
+        counts(store, all(Some("ajio"), Some("hero"), None, Some(480))),
+        [
+            (hero_delhi.clone(), c(7, 2)),
+            (hero_pune.clone(), c(10, 3)),
+            (hero_pune_2.clone(), c(5, 1)),
+        ]
+    );
+    assert_eq!(
+        counts(store, all(Some("ajio"), None, Some("pune"), Some(-100))),
+        [
+            (footer_pune, c(3, 0)),
+            (hero_pune.clone(), c(20, 4)),
+            (hero_pune_2.clone(), c(5, 1)),
+        ]
+    );
+    assert_eq!(
+        counts(store, all(None, None, None, Some(481))),
+        [(hero_pune_2, c(5, 1))]
+    );
+    assert_eq!(counts(store, all(None, None, None, Some(482))), []);
+}
+
+fn a_later_epoch_replaces_counts_and_a_zero_row_is_deleted(store: &dyn PosteriorStore) {
+    let b1 = arm("ajio", "pune", "hero", "b1");
+    let b2 = arm("ajio", "pune", "hero", "b2");
+    let first = [
+        row(&b1, ALL_TIME, 12, 3),
+        row(&b1, 479, 5, 1),
+        row(&b1, 480, 7, 2),
+        row(&b2, ALL_TIME, 4, 4),
+        row(&b2, 481, 4, 4),
+    ];
+    store
+        .apply_epoch(&epoch(&first, &offsets(&[(0, 10)])))
+        .unwrap();
+    // Absolute values: one row changes, one falls to zero, one is new, b2 empties entirely.
+    let second = [
+        row(&b1, ALL_TIME, 14, 3),
+        row(&b1, 479, 0, 0),
+        row(&b1, 480, 8, 2),
+        row(&b1, 490, 1, 0),
+        row(&b2, ALL_TIME, 0, 0),
+        row(&b2, 481, 0, 0),
+    ];
+    store
+        .apply_epoch(&epoch(&second, &offsets(&[(0, 20)])))
+        .unwrap();
+
+    let shards = all_shards(store, &|_, _| true);
+    assert_eq!(
+        shards,
+        [ShardState {
+            shard: ShardKey::new("ajio", "pune"),
+            rows: vec![
+                row(&b1, ALL_TIME, 14, 3),
+                row(&b1, 480, 8, 2),
+                row(&b1, 490, 1, 0)
+            ],
+            applied: offsets(&[(0, 20)]),
+        }]
+    );
+    assert_eq!(
+        counts(store, CountQuery::default()),
+        [(b1.clone(), Counts::new(14, 3))]
+    );
+    let window = CountQuery {
+        from_bucket: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(counts(store, window), [(b1, Counts::new(9, 2))]);
+}
+
+fn shards_returns_exactly_the_owned_shards_with_their_rows_and_offsets(store: &dyn PosteriorStore) {
+    let pune = arm("ajio", "pune", "hero", "b1");
+    let delhi = arm("ajio", "delhi", "hero", "b1");
+    let goa = arm("zara", "goa", "hero", "z1");
+    store
+        .apply_epoch(&epoch(
+            &[row(&pune, ALL_TIME, 3, 1), row(&pune, 700, 3, 1)],
+            &offsets(&[(0, 5), (1, 1005)]),
+        ))
+        .unwrap();
+    store
+        .apply_epoch(&epoch(
+            &[row(&delhi, ALL_TIME, 2, 0), row(&goa, 700, 1, 1)],
+            &offsets(&[(0, 6)]),
+        ))
+        .unwrap();
+    // A shard may have applied offsets before it has any rows.
+    store
+        .apply_epoch(&[ShardWrite {
+            applied: offsets(&[(2, 9)]),
+            ..ShardWrite::new(ShardKey::new("zara", "surat"))
+        }])
+        .unwrap();
+    // A later epoch moves the offsets it names and keeps the others.
+    store
+        .apply_epoch(&[ShardWrite {
+            applied: offsets(&[(1, 1010)]),
+            ..ShardWrite::new(ShardKey::new("ajio", "pune"))
+        }])
+        .unwrap();
+
+    let state = |tenant: &str, city: &str, rows: Vec<(CountKey, Counts)>, applied| ShardState {
+        shard: ShardKey::new(tenant, city),
+        rows,
+        applied,
+    };
+    let ajio = [
+        state(
+            "ajio",
+            "delhi",
+            vec![row(&delhi, ALL_TIME, 2, 0)],
+            offsets(&[(0, 6)]),
+        ),
+        state(
+            "ajio",
+            "pune",
+            vec![row(&pune, ALL_TIME, 3, 1), row(&pune, 700, 3, 1)],
+            offsets(&[(0, 5), (1, 1010)]),
+        ),
+    ];
+    let zara = [
+        state(
+            "zara",
+            "goa",
+            vec![row(&goa, 700, 1, 1)],
+            offsets(&[(0, 6)]),
+        ),
+        state("zara", "surat", vec![], offsets(&[(2, 9)])),
+    ];
+    assert_eq!(all_shards(store, &|t, _| t == "ajio"), ajio);
+    assert_eq!(
+        all_shards(store, &|t, c| t == "zara" || c == "pune"),
+        [ajio[1].clone(), zara[0].clone(), zara[1].clone()]
+    );
+    assert_eq!(all_shards(store, &|_, _| false), []);
+    assert_eq!(
+        store.applied_offsets().unwrap(),
+        ajio.iter()
+            .chain(&zara)
+            .map(|s| (s.shard.clone(), s.applied.clone()))
+            .collect()
+    );
+}
+
+fn clear_counts_removes_every_row_and_offset(store: &dyn PosteriorStore) {
+    let b1 = arm("ajio", "pune", "hero", "b1");
+    store
+        .apply_epoch(&epoch(
+            &[row(&b1, ALL_TIME, 3, 1), row(&b1, 700, 3, 1)],
+            &offsets(&[(0, 5)]),
+        ))
+        .unwrap();
+    store
+        .set_checkpoints("stream", &offsets(&[(0, 5)]))
+        .unwrap();
+    store.clear_counts().unwrap();
+    assert_eq!(all_shards(store, &|_, _| true), []);
+    assert!(store.applied_offsets().unwrap().is_empty());
+    assert_eq!(counts(store, CountQuery::default()), []);
+    // Only the counts: the checkpoints are the job's to reset.
+    assert_eq!(store.checkpoints("stream").unwrap(), offsets(&[(0, 5)]));
+    store
+        .apply_epoch(&epoch(&[row(&b1, ALL_TIME, 1, 0)], &offsets(&[])))
+        .unwrap();
+    assert_eq!(
+        counts(store, CountQuery::default()),
+        [(b1, Counts::new(1, 0))]
+    );
+}
+
+fn checkpoints_round_trip_per_job(store: &dyn PosteriorStore) {
+    assert_eq!(store.checkpoints("stream").unwrap(), offsets(&[]));
+    store
+        .set_checkpoints("stream", &offsets(&[(0, 10), (1, 20)]))
+        .unwrap();
+    store
+        .set_checkpoints("stream", &offsets(&[(1, 25), (2, 5)]))
+        .unwrap();
+    store.set_checkpoints("other", &offsets(&[(0, 1)])).unwrap();
+    assert_eq!(
+        store.checkpoints("stream").unwrap(),
+        offsets(&[(0, 10), (1, 25), (2, 5)])
+    );
+    assert_eq!(store.checkpoints("other").unwrap(), offsets(&[(0, 1)]));
+    assert_eq!(store.checkpoints("nobody").unwrap(), offsets(&[]));
+}
+
+fn priors_round_trip_and_default_to_uniform(store: &dyn PosteriorStore) {
+    assert_eq!(store.priors("ajio", "hero").unwrap(), SlotPriors::uniform());
+    let prior = |alpha0, beta0, source| Prior {
+        alpha0,
+        beta0,
+        source,
+    };
+    let hero = SlotPriors {
+        slot: prior(2.0, 38.0, PriorSource::SlotMean),
+        banners: [
+            (
+                "b1".to_string(),
+                prior(3.25, 61.5, PriorSource::EmpiricalBayes),
+            ),
+            ("b2".to_string(), prior(1.0, 1.0, PriorSource::Uniform)),
+        ]
+        .into(),
+    };
+    let footer = SlotPriors {
+        slot: prior(1.5, 20.0, PriorSource::EmpiricalBayes),
+        banners: BTreeMap::new(),
+    };
+    store.write_priors("ajio", "hero", &hero).unwrap();
+    store.write_priors("ajio", "footer", &footer).unwrap();
+    assert_eq!(store.priors("ajio", "hero").unwrap(), hero);
+    assert_eq!(store.priors("ajio", "footer").unwrap(), footer);
+    assert_eq!(
+        store.priors("myntra", "hero").unwrap(),
+        SlotPriors::uniform()
+    );
+    assert_eq!(
+        store.priors("ajio", "hero").unwrap().for_banner("b9"),
+        hero.slot
+    );
+}
+
+fn put_slot_replaces_the_configuration_and_slots_lists_them(store: &dyn PosteriorStore) {
+    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    // Banner IDs in order: Cassandra returns a slot's banners sorted by ID.
+    let slot = |tenant: &str, slot: &str, ids: &[&str], days: i64| {
+        SlotConfig::with_banners(
+            tenant,
+            slot,
+            ids.iter().copied(),
+            from,
+            from + Duration::days(days),
+        )
+    };
+    assert_eq!(store.slot("ajio", "hero").unwrap(), None);
+    assert_eq!(store.slots(None).unwrap(), []);
+    let hero = slot("ajio", "hero", &["b1", "b2", "b3"], 30);
+    for config in [
+        &hero,
+        &slot("ajio", "footer", &["f1"], 1),
+        &slot("myntra", "hero", &["m1"], 2),
+    ] {
+        store.put_slot(config).unwrap();
+    }
+    assert_eq!(store.slot("ajio", "hero").unwrap(), Some(hero));
+    // Banners left out of a new configuration are removed.
+    let smaller = slot("ajio", "hero", &["b2", "b4"], 7);
+    store.put_slot(&smaller).unwrap();
+    assert_eq!(store.slot("ajio", "hero").unwrap(), Some(smaller));
+    assert_eq!(store.slot("ajio", "nope").unwrap(), None);
+    let pair = |t: &str, s: &str| (t.to_string(), s.to_string());
+    assert_eq!(
+        store.slots(Some("ajio")).unwrap(),
+        [pair("ajio", "footer"), pair("ajio", "hero")]
+    );
+    assert_eq!(
+        store.slots(None).unwrap(),
+        [
+            pair("ajio", "footer"),
+            pair("ajio", "hero"),
+            pair("myntra", "hero")
+        ]
+    );
+}
+
+fn api_keys_round_trip(store: &dyn PosteriorStore) {
+    let admin = ApiKey {
+        tenant: "ajio".into(),
+        role: Role::Admin,
+    };
+    let serve = ApiKey {
+        tenant: "myntra".into(),
+        role: Role::Serve,
+    };
+    store.put_api_key(&"ab".repeat(32), &admin).unwrap();
+    store.put_api_key(&"cd".repeat(32), &serve).unwrap();
+    assert_eq!(store.api_key(&"ab".repeat(32)).unwrap(), Some(admin));
+    assert_eq!(store.api_key(&"cd".repeat(32)).unwrap(), Some(serve));
+    assert_eq!(store.api_key(&"ef".repeat(32)).unwrap(), None);
+}
+
+/// An event of tenant ajio, slot hero, city pune, banner b2.
+fn customer_event(
+    id: &str,
+    kind: &str,
+    customer: &str,
+    ts: DateTime<Utc>,
+    referrer: Option<&str>,
+) -> Event {
+    EventFields {
+        event_id: Some(id),
+        kind: Some(kind),
+        tenant: Some("ajio"),
+        slot: Some("hero"),
+        city: Some("pune"),
+        banner: Some("b2"),
+        ts: Some(ts),
+        customer_id: Some(customer),
+        referrer,
+        request_id: Some("req-1"),
+    }
+    .validate()
+    .unwrap()
+}
+
+/// Customer cust-1's three events one microsecond apart (e1, e2, e3, oldest first) and one of
+/// cust-2 an hour later.
+pub(crate) fn customer_history() -> Vec<Event> {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 18, 29, 59).unwrap();
+    let micro = Duration::microseconds(1);
+    vec![
+        customer_event("e1", "impression", "cust-1", t0, Some("ads")),
+        customer_event("e2", "click", "cust-1", t0 + micro, Some("ads")),
+        // Same millisecond as e2: the microseconds order them.
+        customer_event("e3", "impression", "cust-1", t0 + micro * 2, None),
+        customer_event(
+            "e4",
+            "impression",
+            "cust-2",
+            t0 + Duration::hours(1),
+            Some("direct"),
+        ),
+    ]
+}
+
+fn customer_events_are_kept_once_newest_first_up_to_the_limit(store: &dyn PosteriorStore) {
+    let events = customer_history();
+    let mut anonymous = customer_event("e5", "impression", "x", events[0].ts, None);
+    anonymous.customer_id = None;
+    store.append_customer_events(&events).unwrap();
+    store.append_customer_events(&events[..2]).unwrap();
+    store.append_customer_events(&[anonymous]).unwrap();
+    let history = |tenant: &str, customer: &str, limit: usize| {
+        store.customer_events(tenant, customer, limit).unwrap()
+    };
+    assert_eq!(
+        history("ajio", "cust-1", 10),
+        [events[2].clone(), events[1].clone(), events[0].clone()]
+    );
+    assert_eq!(
+        history("ajio", "cust-1", 2),
+        [events[2].clone(), events[1].clone()]
+    );
+    assert_eq!(history("ajio", "cust-1", 0), []);
+    assert_eq!(history("ajio", "cust-2", 10), [events[3].clone()]);
+    assert_eq!(history("ajio", "x", 10), []);
+    assert_eq!(history("myntra", "cust-1", 10), []);
+}
+
+fn meta_as_of_and_buckets_round_trip(store: &dyn PosteriorStore) {
+    assert_eq!(store.meta(META_AS_OF).unwrap(), None);
+    assert_eq!(store.as_of().unwrap(), None);
+    assert_eq!(store.buckets().unwrap(), Buckets::hourly());
+
+    store.set_meta(META_AS_OF, "2026-11-03T00:00:00Z").unwrap();
+    store.set_meta(META_BUCKET_MINUTES, "15").unwrap();
+    store.set_meta("cutoff.stream", "first").unwrap();
+    store.set_meta("cutoff.stream", "second").unwrap();
+    assert_eq!(
+        store.as_of().unwrap(),
+        Some(Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap())
+    );
+    assert_eq!(store.buckets().unwrap(), Buckets::of_minutes(15).unwrap());
+    assert_eq!(
+        store.meta("cutoff.stream").unwrap().as_deref(),
+        Some("second")
+    );
+    assert_eq!(store.meta("nothing").unwrap(), None);
+
+    store.set_meta(META_AS_OF, "yesterday").unwrap();
+    store.set_meta(META_BUCKET_MINUTES, "7").unwrap();
+    assert!(
+        matches!(store.as_of(), Err(StoreError::Meta { key, .. }) if key == META_AS_OF),
+        "{:?}",
+        store.as_of()
+    );
+    assert!(
+        matches!(store.buckets(), Err(StoreError::Meta { key, .. }) if key == META_BUCKET_MINUTES),
+        "{:?}",
+        store.buckets()
+    );
+}
+
+fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn PosteriorStore) {
+    let rows = [
+        row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 100, 10),
+        row(&arm("ajio", "delhi", "hero", "b1"), ALL_TIME, 50, 2),
+        row(&arm("ajio", "delhi", "hero", "b2"), ALL_TIME, 40, 8),
+        row(&arm("ajio", "pune", "footer", "f1"), ALL_TIME, 9, 1),
+    ];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    let priors = SlotPriors {
+        slot: Prior {
+            alpha0: 2.0,
+            beta0: 30.0,
+            source: PriorSource::SlotMean,
+        },
+        banners: [(
+            "b1".to_string(),
+            Prior {
+                alpha0: 4.0,
+                beta0: 50.0,
+                source: PriorSource::EmpiricalBayes,
+            },
+        )]
+        .into(),
+    };
+    store.write_priors("ajio", "hero", &priors).unwrap();
+
+    let hero = |city: &str| CountQuery {
+        tenant: Some("ajio".into()),
+        slot: Some("hero".into()),
+        city: Some(city.into()),
+        from_bucket: None,
+    };
+    // (city, banner, impressions, clicks, the prior the posterior starts from)
+    let expect = |rows: &[(&str, &str, u64, u64, Prior)]| -> Vec<_> {
+        rows.iter()
+            .map(|&(city, banner, imp, clk, prior)| {
+                let posterior = prior.posterior(imp, clk);
+                (
+                    city.to_string(),
+                    banner.to_string(),
+                    imp,
+                    clk,
+                    posterior.alpha,
+                    posterior.beta,
+                )
+            })
+            .collect()
+    };
+    let got = |query: CountQuery| -> Vec<_> {
+        store
+            .posteriors(&query)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                assert_eq!((r.tenant.as_str(), r.slot.as_str()), ("ajio", "hero"));
+                (r.city, r.banner, r.impressions, r.clicks, r.alpha, r.beta)
+            })
+            .collect()
+    };
+    let (b1, slot) = (priors.for_banner("b1"), priors.slot);
+    assert_eq!(
+        got(hero("delhi")),
+        expect(&[("delhi", "b1", 50, 2, b1), ("delhi", "b2", 40, 8, slot)])
+    );
+    // A city without counts gets the slot's posterior pooled over all cities, as city `*`.
+    assert_eq!(
+        got(hero("nowhere")),
+        expect(&[
+            (ALL_CITIES, "b1", 150, 12, b1),
+            (ALL_CITIES, "b2", 40, 8, slot)
+        ])
+    );
+    let unknown_slot = CountQuery {
+        slot: Some("nope".into()),
+        ..hero("nowhere")
+    };
+    assert_eq!(store.posteriors(&unknown_slot).unwrap(), []);
+}
+
+/// A prior row whose source this build does not know, written straight into a backend's table.
+const UNKNOWN_SOURCE: &str = "gut_feeling";
+
+fn assert_unknown_source_is_named(store: &dyn PosteriorStore) {
+    let err = store.priors("ajio", "hero").unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("unknown prior source {UNKNOWN_SOURCE:?}")),
+        "{err}"
+    );
+    assert_eq!(
+        store.priors("ajio", "footer").unwrap(),
+        SlotPriors::uniform()
+    );
+}
+
+#[test]
+fn embedded_unknown_prior_source_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let url = format!("embedded:{}", path.display());
+    drop(open_store(&url, true).unwrap());
+    {
+        let table: redb::TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
+            redb::TableDefinition::new("priors");
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(table)
+            .unwrap()
+            .insert(("ajio", "hero", "b1"), (2.0, 20.0, UNKNOWN_SOURCE))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert_unknown_source_is_named(open_store(&url, false).unwrap().as_ref());
+}
+
+#[test]
+fn cassandra_unknown_prior_source_is_an_error_naming_it() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let keyspace = Keyspace::new(&node, "sbt_ps_prior_source");
+    cql(
+        &node,
+        &format!(
+            "INSERT INTO {}.priors (tenant, slot, banner, alpha0, beta0, source) \
+             VALUES ('ajio', 'hero', 'b1', 2.0, 20.0, '{UNKNOWN_SOURCE}')",
+            keyspace.name
+        ),
+    )
+    .unwrap();
+    assert_unknown_source_is_named(keyspace.store().as_ref());
+}
