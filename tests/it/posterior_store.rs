@@ -621,7 +621,8 @@ fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn
             .into_iter()
             .map(|r| {
                 assert_eq!((r.tenant.as_str(), r.slot.as_str()), ("ajio", "hero"));
-                (r.city, r.banner, r.impressions, r.clicks, r.alpha, r.beta)
+                let s = r.summary;
+                (r.city, r.banner, s.impressions, s.clicks, s.alpha, s.beta)
             })
             .collect()
     };
