@@ -133,16 +133,31 @@ fn first_arm(csv: &str) -> (String, String, String) {
     (f[0].into(), f[1].into(), f[2].into())
 }
 
+/// A generated history and the embedded store a backfill of it with `workers` made: what a
+/// Cassandra store must match.
 struct History {
     dir: tempfile::TempDir,
     data: PathBuf,
+    embedded: String,
 }
 
-fn history(flags: &str) -> History {
+fn history(flags: &str, workers: &str) -> History {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     ok(gen(&data, flags));
-    History { dir, data }
+    let embedded = format!("embedded:{}", dir.path().join("e.redb").display());
+    ok(backfill(&data, &embedded, &["-w", workers]));
+    History {
+        dir,
+        data,
+        embedded,
+    }
+}
+
+/// Asserts that a store's posteriors are the embedded store's, seen every way [`views`] does.
+fn assert_same_posteriors(store: &str, embedded: &str) {
+    let (t, s, c) = first_arm(&posteriors_csv(embedded, &[]));
+    assert_eq!(views(store, &t, &s, &c), views(embedded, &t, &s, &c));
 }
 
 #[test]
@@ -151,14 +166,16 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
         return;
     };
     let ks = Keyspace::new(&node, "sbt_backfill");
-    let h = history("--events 80000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 21");
-    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
-    ok(backfill(&h.data, &embedded, &["-w", "2"]));
+    let h = history(
+        "--events 80000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 21",
+        "2",
+    );
+    let embedded = h.embedded.as_str();
     let first = ok(backfill(&h.data, &ks.url, &["-w", "2"]));
     assert!(shard_batches(&first) > 0, "{first}");
 
-    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
-    let want = views(&embedded, &t, &s, &c);
+    let (t, s, c) = first_arm(&posteriors_csv(embedded, &[]));
+    let want = views(embedded, &t, &s, &c);
     // 2 tenants × 2 slots × 5 cities × 4 banners, and the header.
     assert_eq!(want[0].lines().count(), 81, "{}", want[0]);
     assert!(
@@ -176,7 +193,7 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
     );
 
     // Priors written to and read from Cassandra give the same posteriors too.
-    for store in [&embedded, &ks.url] {
+    for store in [embedded, &ks.url] {
         ok(slotbandit(&[
             "priors",
             "--input",
@@ -185,7 +202,7 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
             store,
         ]));
     }
-    let with_priors = views(&embedded, &t, &s, &c);
+    let with_priors = views(embedded, &t, &s, &c);
     assert_ne!(with_priors, want);
     assert_eq!(views(&ks.url, &t, &s, &c), with_priors);
 }
@@ -204,9 +221,10 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
         return;
     };
     let ks = Keyspace::new(&node, "sbt_twoproc");
-    let h = history("--events 60000 --days 4 --tenants 2 --cities 6 --banners 3 --seed 8");
-    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
-    ok(backfill(&h.data, &embedded, &["-w", "1"]));
+    let h = history(
+        "--events 60000 --days 4 --tenants 2 --cities 6 --banners 3 --seed 8",
+        "1",
+    );
 
     let hosts = h.dir.path().join("hosts.txt");
     std::fs::write(
@@ -233,8 +251,7 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
     // Both processes wrote shards: each its own workers' share.
     assert!(shard_batches(&out0) > 0, "{out0}");
     assert!(shard_batches(&out1) > 0, "{out1}");
-    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
-    assert_eq!(views(&ks.url, &t, &s, &c), views(&embedded, &t, &s, &c));
+    assert_same_posteriors(&ks.url, &h.embedded);
 }
 
 /// What the writer of the isolation test writes to every shard in epoch `e`: rows whose counts
@@ -541,9 +558,10 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     let own = OwnNode::start();
     let address = format!("127.0.0.1:{}", own.port);
     let ks = Keyspace::with_url_suffix(&address, "sbt_stop", "?deadline_s=8");
-    let h = history("--events 400000 --days 6 --tenants 2 --cities 6 --banners 4 --seed 13");
-    let embedded = format!("embedded:{}", h.dir.path().join("e.redb").display());
-    ok(backfill(&h.data, &embedded, &["-w", "2"]));
+    let h = history(
+        "--events 400000 --days 6 --tenants 2 --cities 6 --banners 4 --seed 13",
+        "2",
+    );
 
     // A sentinel row that the backfill's clear removes: once it is gone, the job is past
     // connecting and clearing, and is reading and writing.
@@ -601,6 +619,5 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
 
     own.run("start");
     ok(backfill(&h.data, &ks.url, &["-w", "2"]));
-    let (t, s, c) = first_arm(&posteriors_csv(&embedded, &[]));
-    assert_eq!(views(&ks.url, &t, &s, &c), views(&embedded, &t, &s, &c));
+    assert_same_posteriors(&ks.url, &h.embedded);
 }

@@ -17,6 +17,7 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -139,6 +140,26 @@ impl Connection {
         )
         .buffer_unordered(IN_FLIGHT)
         .try_collect()
+        .await
+    }
+
+    /// The rows of a query small enough for one response (one partition of a small table),
+    /// decoded; the whole read is retried.
+    pub async fn select_unpaged<T>(
+        &self,
+        what: &str,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        decode: impl Fn(QueryRowsResult) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        self.retrying(what, || async {
+            let rows = self
+                .session
+                .execute_unpaged(statement, &values)
+                .await?
+                .into_rows_result()?;
+            decode(rows)
+        })
         .await
     }
 

@@ -183,14 +183,9 @@ impl CassandraStore {
             Option<i64>,
             Option<BTreeMap<i32, i64>>,
         );
+        let what = format!("read shard ({tenant}, {city})");
         self.conn
-            .retrying(&format!("read shard ({tenant}, {city})"), || async {
-                let result = self
-                    .conn
-                    .session
-                    .execute_unpaged(&self.st.shard, (tenant, city))
-                    .await?
-                    .into_rows_result()?;
+            .select_unpaged(&what, &self.st.shard, (tenant, city), |result| {
                 let mut state = ShardState::new(ShardKey::new(tenant, city));
                 for row in result.rows::<Row>()? {
                     let (slot, banner, bucket, imp, clk, applied) = row?;
@@ -309,26 +304,25 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError> {
-        self.conn.run(self.conn.retrying("read priors", || async {
-            let rows = self
-                .conn
-                .session
-                .execute_unpaged(&self.st.priors_of_slot, (tenant, slot))
-                .await?
-                .into_rows_result()?;
-            let mut priors = SlotPriors::uniform();
-            for row in rows.rows::<(&str, f64, f64, &str)>()? {
-                let (banner, alpha0, beta0, source) = row?;
-                let row = PriorRow {
-                    banner,
-                    alpha0,
-                    beta0,
-                    source,
-                };
-                read_prior_row(&mut priors, row).map_err(Failure::corrupt)?;
-            }
-            Ok(priors)
-        }))
+        self.conn.run(self.conn.select_unpaged(
+            "read priors",
+            &self.st.priors_of_slot,
+            (tenant, slot),
+            |rows| {
+                let mut priors = SlotPriors::uniform();
+                for row in rows.rows::<(&str, f64, f64, &str)>()? {
+                    let (banner, alpha0, beta0, source) = row?;
+                    let row = PriorRow {
+                        banner,
+                        alpha0,
+                        beta0,
+                        source,
+                    };
+                    read_prior_row(&mut priors, row).map_err(Failure::corrupt)?;
+                }
+                Ok(priors)
+            },
+        ))
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -339,17 +333,14 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn.run(self.conn.retrying("read meta", || async {
-            let rows = self
-                .conn
-                .session
-                .execute_unpaged(&self.st.meta, (key,))
-                .await?
-                .into_rows_result()?;
-            Ok(rows
-                .maybe_first_row::<(Option<String>,)>()?
-                .and_then(|(v,)| v))
-        }))
+        self.conn.run(
+            self.conn
+                .select_unpaged("read meta", &self.st.meta, (key,), |rows| {
+                    Ok(rows
+                        .maybe_first_row::<(Option<String>,)>()?
+                        .and_then(|(v,)| v))
+                }),
+        )
     }
 
     fn shared_across_processes(&self) -> bool {
@@ -389,19 +380,17 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError> {
-        self.conn
-            .run(self.conn.retrying("read checkpoints", || async {
-                let rows = self
-                    .conn
-                    .session
-                    .execute_unpaged(&self.st.checkpoints, (job,))
-                    .await?
-                    .into_rows_result()?;
+        self.conn.run(self.conn.select_unpaged(
+            "read checkpoints",
+            &self.st.checkpoints,
+            (job,),
+            |rows| {
                 Ok(offsets_from_cql(
                     rows.rows::<(i32, i64)>()?
                         .collect::<Result<BTreeMap<_, _>, _>>()?,
                 ))
-            }))
+            },
+        ))
     }
 
     fn set_checkpoints(
@@ -458,33 +447,32 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn slot(&self, tenant: &str, slot: &str) -> Result<Option<SlotConfig>, StoreError> {
-        self.conn.run(self.conn.retrying("read slot", || async {
-            let rows = self
-                .conn
-                .session
-                .execute_unpaged(&self.st.slot_banners, (tenant, slot))
-                .await?
-                .into_rows_result()?;
-            let mut banners = Vec::new();
-            for row in rows.rows::<(String, String, CqlTimestamp, CqlTimestamp)>()? {
-                let (id, image, from, to) = row?;
-                let instant = |t: CqlTimestamp| {
-                    DateTime::from_timestamp_millis(t.0)
-                        .ok_or_else(|| Failure::corrupt(format!("banner {id} time {}", t.0)))
-                };
-                banners.push(Banner {
-                    valid_from: instant(from)?,
-                    valid_to: instant(to)?,
-                    image,
-                    id,
-                });
-            }
-            Ok((!banners.is_empty()).then(|| SlotConfig {
-                tenant: tenant.to_string(),
-                slot: slot.to_string(),
-                banners,
-            }))
-        }))
+        self.conn.run(self.conn.select_unpaged(
+            "read slot",
+            &self.st.slot_banners,
+            (tenant, slot),
+            |rows| {
+                let mut banners = Vec::new();
+                for row in rows.rows::<(String, String, CqlTimestamp, CqlTimestamp)>()? {
+                    let (id, image, from, to) = row?;
+                    let instant = |t: CqlTimestamp| {
+                        DateTime::from_timestamp_millis(t.0)
+                            .ok_or_else(|| Failure::corrupt(format!("banner {id} time {}", t.0)))
+                    };
+                    banners.push(Banner {
+                        valid_from: instant(from)?,
+                        valid_to: instant(to)?,
+                        image,
+                        id,
+                    });
+                }
+                Ok((!banners.is_empty()).then(|| SlotConfig {
+                    tenant: tenant.to_string(),
+                    slot: slot.to_string(),
+                    banners,
+                }))
+            },
+        ))
     }
 
     fn slots(&self, tenant: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
@@ -507,21 +495,18 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>, StoreError> {
-        self.conn.run(self.conn.retrying("read api key", || async {
-            let rows = self
-                .conn
-                .session
-                .execute_unpaged(&self.st.api_key, (key_sha256,))
-                .await?
-                .into_rows_result()?;
-            match rows.maybe_first_row::<(String, String)>()? {
+        self.conn.run(self.conn.select_unpaged(
+            "read api key",
+            &self.st.api_key,
+            (key_sha256,),
+            |rows| match rows.maybe_first_row::<(String, String)>()? {
                 None => Ok(None),
                 Some((tenant, role)) => Ok(Some(ApiKey {
                     tenant,
                     role: role.parse::<Role>().map_err(Failure::corrupt)?,
                 })),
-            }
-        }))
+            },
+        ))
     }
 
     fn append_customer_events(&self, events: &[Event]) -> Result<(), StoreError> {
