@@ -49,12 +49,15 @@ pub type AppliedOffsets = BTreeMap<ShardKey, BTreeMap<Partition, Offset>>;
 
 /// The changed rows of one (tenant, city) shard in one epoch, as absolute values, and the offset
 /// per log partition up to which the shard has applied events (empty in a backfill). A row whose
-/// counts are both zero is deleted. A store applies a shard's rows and offsets atomically.
+/// counts are both zero is deleted. With `keep_from`, the shard's bucket rows before that bucket
+/// are deleted too (retention: the all-time rows already hold them). A store applies a shard's
+/// rows, deletions, offsets and new version atomically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardWrite {
     pub shard: ShardKey,
     pub rows: Vec<(CountKey, Counts)>,
     pub applied: BTreeMap<Partition, Offset>,
+    pub keep_from: Option<i64>,
 }
 
 /// One shard as stored: every row (all buckets) and its applied offsets. The streaming job
@@ -67,6 +70,7 @@ impl ShardWrite {
             shard,
             rows: Vec::new(),
             applied: BTreeMap::new(),
+            keep_from: None,
         }
     }
 
@@ -79,6 +83,54 @@ impl ShardWrite {
             shards.insert(shard.clone(), ShardWrite::new(shard.clone()));
         }
         shards.get_mut(shard).expect("inserted")
+    }
+}
+
+/// A part of a tenant's data that carries a version: a shard's counts (named by city), a slot's
+/// configuration or a slot's priors (named by slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    Shard,
+    Slot,
+    Priors,
+}
+
+impl Part {
+    pub const ALL: [Part; 3] = [Part::Shard, Part::Slot, Part::Priors];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Shard => "shard",
+            Part::Slot => "slot",
+            Part::Priors => "priors",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// One tenant's versions: (part, city or slot) → version. A store gives a part a new version in
+/// the same atomic write that changes it, so a reader that remembers the versions it loaded
+/// reloads only the parts whose version differs (docs/architecture.md, "Lookup service"). A part
+/// without a version has no data (or was written before versions existed).
+pub type Versions = BTreeMap<(Part, String), u64>;
+
+/// Versions that differ from every earlier one this process gave: the wall clock in
+/// microseconds, moved past the last one given when the clock stalls or steps back. Readers only
+/// compare versions for equality, so two processes' clocks need not agree.
+pub fn next_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = Utc::now().timestamp_micros().max(0) as u64;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
     }
 }
 
@@ -188,8 +240,18 @@ pub trait PosteriorStore: Send + Sync {
     }
     /// Removes every count (a backfill rebuilds them from history).
     fn clear_counts(&self) -> Result<(), StoreError>;
-    /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on.
+    /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on. A query of
+    /// one tenant and city reads that shard only.
     fn counts(&self, query: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError>;
+    /// One tenant's versions (see [`Versions`]).
+    fn versions(&self, tenant: &str) -> Result<Versions, StoreError>;
+    /// A value that changes whenever any version of any tenant does, when the store can tell
+    /// it cheaply (else `None`, and a reader reads each tenant's versions).
+    fn change_marker(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Every tenant with counts, a slot or priors.
+    fn tenants(&self) -> Result<Vec<String>, StoreError>;
     fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
         -> Result<(), StoreError>;
     /// The priors of a slot; Beta(1, 1) when none were computed.

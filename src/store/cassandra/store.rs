@@ -26,6 +26,7 @@ use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
 use crate::store::url::CassandraUrl;
 use crate::store::{
     ApiKey, AppliedOffsets, CountQuery, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
+    Versions,
 };
 
 /// A batch holds at most this many statements (the protocol counts them in a u16).
@@ -280,6 +281,22 @@ impl PosteriorStore for CassandraStore {
             }
             Ok(sums.into_iter().collect())
         })
+    }
+
+    fn versions(&self, _tenant: &str) -> Result<Versions, StoreError> {
+        Ok(Versions::new())
+    }
+
+    fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut tenants: std::collections::BTreeSet<String> =
+            self.slots(None)?.into_iter().map(|(t, _)| t).collect();
+        tenants.extend(
+            self.conn
+                .run(self.shard_keys())?
+                .into_iter()
+                .map(|(t, _)| t),
+        );
+        Ok(tenants.into_iter().collect())
     }
 
     fn write_priors(

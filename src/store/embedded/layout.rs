@@ -7,8 +7,9 @@ use rustc_hash::FxHashMap;
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::model::{ArmKey, CountKey, Counts, Event, ALL_TIME};
+use crate::model::{ArmKey, CountKey, Counts, Event, ShardKey, ALL_TIME};
 use crate::store::customer_rows::CustomerEventRow;
+use crate::store::{next_version, Part};
 
 /// (tenant, city, slot, banner) → all-time (impressions, clicks), the key encoded by
 /// [`arm_key`]: byte order is tuple order, and comparing keys is a memcmp.
@@ -26,6 +27,11 @@ pub(super) const BLOCK_BUCKETS: i64 = 24;
 pub(super) const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
     TableDefinition::new("priors");
 pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// (tenant, part, city or slot) → version (see [`crate::store::Versions`]).
+pub(super) const VERSIONS: TableDefinition<(&str, &str, &str), u64> =
+    TableDefinition::new("versions");
+/// The [`META`] key of the change marker: the newest version given to any part.
+pub(super) const META_CHANGE_MARKER: &str = "change_marker";
 /// (tenant, city, partition) → the offset up to which the shard has applied that partition.
 pub(super) const APPLIED: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("applied");
 /// (job, partition) → resume low-watermark.
@@ -162,7 +168,7 @@ fn decode_block_key(key: &[u8]) -> Option<(i64, ArmKey)> {
     Some((from_ordered_i64(block)?, decode_arm(arm)?))
 }
 
-type Block = [(u64, u64); BLOCK_BUCKETS as usize];
+pub(super) type Block = [(u64, u64); BLOCK_BUCKETS as usize];
 
 /// Each bucket's (impressions, clicks) as two little-endian u64.
 fn encode_block(block: &Block) -> [u8; BLOCK_BUCKETS as usize * 16] {
@@ -283,6 +289,110 @@ pub(super) fn write_counts<'k>(
             t.remove(key.as_slice())?;
         } else {
             t.insert(key.as_slice(), encode_block(&block).as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `name` of `tenant`'s `part` a new version and moves the change marker to it.
+pub(super) fn bump_version(
+    tx: &redb::WriteTransaction,
+    tenant: &str,
+    part: Part,
+    name: &str,
+) -> Result<(), redb::Error> {
+    let version = next_version();
+    tx.open_table(VERSIONS)?
+        .insert((tenant, part.as_str(), name), version)?;
+    tx.open_table(META)?
+        .insert(META_CHANGE_MARKER, version.to_string().as_str())?;
+    Ok(())
+}
+
+/// The block keys of one shard's arms in `block`: `block tenant 0 city 0` up to, not including,
+/// `block tenant 0 city 1`.
+fn shard_block_range(block: i64, shard: &ShardKey) -> (Vec<u8>, Vec<u8>) {
+    let prefix = |end: u8| {
+        let mut key = ordered_i64(block).to_vec();
+        for (name, last) in [(&shard.tenant, 0), (&shard.city, end)] {
+            key.extend_from_slice(name.as_bytes());
+            key.push(last);
+        }
+        key
+    };
+    (prefix(0), prefix(1))
+}
+
+/// The first and last block stored, if any.
+fn stored_blocks(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<Option<(i64, i64)>, redb::Error> {
+    let block = |key: &[u8]| {
+        key.get(..8)
+            .and_then(from_ordered_i64)
+            .ok_or_else(|| corrupt("arm_blocks key", key))
+    };
+    match (t.first()?, t.last()?) {
+        (Some((first, _)), Some((last, _))) => {
+            Ok(Some((block(first.value())?, block(last.value())?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Each of one shard's (block, arm) rows in the blocks that hold buckets from `from` on (all
+/// when `None`: the all-time rows are elsewhere), reading only that shard's key ranges.
+pub(super) fn shard_block_rows(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    shard: &ShardKey,
+    from: i64,
+    mut each: impl FnMut(i64, ArmKey, &Block) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let Some((first, last)) = stored_blocks(t)? else {
+        return Ok(());
+    };
+    for block in first.max(block_of(from).0)..=last {
+        let (start, end) = shard_block_range(block, shard);
+        for row in block_rows(t.range(start.as_slice()..end.as_slice())?) {
+            let (block, arm, cells) = row?;
+            each(block, arm, &cells)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one shard's bucket counts before bucket `keep_from` (whole block rows, and the
+/// earlier cells of the block that holds `keep_from`).
+pub(super) fn expire_buckets(
+    tx: &redb::WriteTransaction,
+    shard: &ShardKey,
+    keep_from: i64,
+) -> Result<(), redb::Error> {
+    let mut t = tx.open_table(ARM_BLOCKS)?;
+    let Some((first, _)) = stored_blocks(&t)? else {
+        return Ok(());
+    };
+    let (keep_block, keep_place) = block_of(keep_from);
+    for block in first..=keep_block {
+        let (start, end) = shard_block_range(block, shard);
+        if block < keep_block {
+            t.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+            continue;
+        }
+        let mut trimmed = Vec::new();
+        for row in block_rows(t.range(start.as_slice()..end.as_slice())?) {
+            let (block, arm, mut cells) = row?;
+            if cells[..keep_place].iter().any(|&c| c != (0, 0)) {
+                cells[..keep_place].fill((0, 0));
+                trimmed.push((block_key(block, &arm), cells));
+            }
+        }
+        for (key, cells) in trimmed {
+            if cells.iter().all(|&c| c == (0, 0)) {
+                t.remove(key.as_slice())?;
+            } else {
+                t.insert(key.as_slice(), encode_block(&cells).as_slice())?;
+            }
         }
     }
     Ok(())

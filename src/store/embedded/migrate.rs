@@ -2,14 +2,17 @@
 //! counts kept one row per bucket move into the block layout, the customer history kept as JSON
 //! into the compact rows.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
 use super::layout::{
-    corrupt, decode_arm, from_ordered_i64, insert_customer_event, write_counts, CUSTOMER_EVENTS,
+    bump_version, corrupt, decode_arm, from_ordered_i64, insert_customer_event, write_counts,
+    ARM_TOTALS, CUSTOMER_EVENTS, PRIORS, SLOTS, VERSIONS,
 };
 use crate::model::{CountKey, Counts, Event};
+use crate::store::Part;
 
 /// Where stores written before the block layout kept the counts: (tenant, city, slot, banner,
 /// bucket) → (impressions, clicks), the key read by [`decode_legacy_arm_state_key`].
@@ -29,6 +32,34 @@ pub(super) fn move_earlier_layouts(tx: &redb::WriteTransaction) -> Result<(), re
     }
     if exists(CUSTOMER_EVENTS_JSON.name())? {
         move_json_customer_history(tx)?;
+    }
+    if tx.open_table(VERSIONS)?.is_empty()? {
+        version_every_part(tx)?;
+    }
+    Ok(())
+}
+
+/// Gives every shard, slot and priors of a store written before versions existed a version, so
+/// that readers can tell when they change.
+fn version_every_part(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut parts = BTreeSet::new();
+    for entry in tx.open_table(ARM_TOTALS)?.iter()? {
+        let (k, _) = entry?;
+        let arm = decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
+        parts.insert((arm.tenant, Part::Shard, arm.city));
+    }
+    for entry in tx.open_table(SLOTS)?.iter()? {
+        let (key, _) = entry?;
+        let (tenant, slot) = key.value();
+        parts.insert((tenant.to_string(), Part::Slot, slot.to_string()));
+    }
+    for entry in tx.open_table(PRIORS)?.iter()? {
+        let (key, _) = entry?;
+        let (tenant, slot, _) = key.value();
+        parts.insert((tenant.to_string(), Part::Priors, slot.to_string()));
+    }
+    for (tenant, part, name) in parts {
+        bump_version(tx, &tenant, part, &name)?;
     }
     Ok(())
 }

@@ -8,16 +8,18 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::layout::{
-    block_of, block_rows, corrupt, customer_event, decode_arm, insert_customer_event, ordered_i64,
-    write_counts, API_KEYS, APPLIED, ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS,
-    CUSTOMER_EVENTS, META, PRIORS, SLOTS,
+    block_of, block_rows, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
+    insert_customer_event, ordered_i64, shard_block_rows, write_counts, Block, API_KEYS, APPLIED,
+    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER,
+    PRIORS, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
 use crate::model::{ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig};
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
 use crate::store::{
-    ApiKey, AppliedOffsets, CountQuery, PosteriorStore, ShardState, ShardWrite, StoreError,
+    next_version, ApiKey, AppliedOffsets, CountQuery, Part, PosteriorStore, ShardState, ShardWrite,
+    StoreError, Versions,
 };
 
 pub struct EmbeddedStore {
@@ -54,6 +56,7 @@ impl EmbeddedStore {
             tx.open_table(SLOTS)?;
             tx.open_table(API_KEYS)?;
             tx.open_table(CUSTOMER_EVENTS)?;
+            tx.open_table(VERSIONS)?;
             move_earlier_layouts(tx)
         })?;
         Ok(store)
@@ -90,6 +93,12 @@ impl EmbeddedStore {
                 tx,
                 shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)),
             )?;
+            for shard in shards {
+                if let Some(keep_from) = shard.keep_from {
+                    expire_buckets(tx, &shard.shard, keep_from)?;
+                }
+                bump_version(tx, &shard.shard.tenant, Part::Shard, &shard.shard.city)?;
+            }
             let mut applied = tx.open_table(APPLIED)?;
             for shard in shards {
                 for (&partition, &offset) in &shard.applied {
@@ -139,6 +148,11 @@ impl PosteriorStore for EmbeddedStore {
             tx.open_table(ARM_BLOCKS)?;
             tx.delete_table(APPLIED)?;
             tx.open_table(APPLIED)?;
+            // A shard whose version is gone reads as changed: readers drop what they had.
+            let mut versions = tx.open_table(VERSIONS)?;
+            versions.retain(|(_, part, _), _| part != Part::Shard.as_str())?;
+            tx.open_table(META)?
+                .insert(META_CHANGE_MARKER, next_version().to_string().as_str())?;
             Ok(())
         })
     }
@@ -154,12 +168,16 @@ impl PosteriorStore for EmbeddedStore {
             match q.from_bucket {
                 None => {
                     let t = tx.open_table(ARM_TOTALS)?;
-                    let (start, end) = match &q.tenant {
-                        Some(tenant) => (
+                    let (start, end) = match (&q.tenant, &q.city) {
+                        (Some(tenant), Some(city)) => (
+                            format!("{tenant}\0{city}\0").into_bytes(),
+                            format!("{tenant}\0{city}\u{1}").into_bytes(),
+                        ),
+                        (Some(tenant), None) => (
                             format!("{tenant}\0").into_bytes(),
                             format!("{tenant}\u{1}").into_bytes(),
                         ),
-                        None => (Vec::new(), vec![0xff]),
+                        (None, _) => (Vec::new(), vec![0xff]),
                     };
                     for entry in t.range(start.as_slice()..end.as_slice())? {
                         let (k, v) = entry?;
@@ -171,10 +189,7 @@ impl PosteriorStore for EmbeddedStore {
                 }
                 Some(from) => {
                     let t = tx.open_table(ARM_BLOCKS)?;
-                    let (first, _) = block_of(from);
-                    let start = ordered_i64(first);
-                    for row in block_rows(t.range(start.as_slice()..)?) {
-                        let (block, arm, cells) = row?;
+                    let mut add_window = |block: i64, arm: ArmKey, cells: &Block| {
                         let (imp, clk) = cells
                             .iter()
                             .enumerate()
@@ -183,10 +198,70 @@ impl PosteriorStore for EmbeddedStore {
                         if (imp, clk) != (0, 0) {
                             add(arm, imp, clk);
                         }
+                    };
+                    if let (Some(tenant), Some(city)) = (&q.tenant, &q.city) {
+                        let shard = ShardKey::new(tenant, city);
+                        shard_block_rows(&t, &shard, from, |block, arm, cells| {
+                            add_window(block, arm, cells);
+                            Ok(())
+                        })?;
+                    } else {
+                        let (first, _) = block_of(from);
+                        let start = ordered_i64(first);
+                        for row in block_rows(t.range(start.as_slice()..)?) {
+                            let (block, arm, cells) = row?;
+                            add_window(block, arm, &cells);
+                        }
                     }
                 }
             }
             Ok(sums.into_iter().collect())
+        })
+    }
+
+    fn versions(&self, tenant: &str) -> Result<Versions, StoreError> {
+        self.read(|tx| {
+            let mut versions = Versions::new();
+            let t = tx.open_table(VERSIONS)?;
+            for entry in t.range((tenant, "", "")..)? {
+                let (k, v) = entry?;
+                let (kt, part, name) = k.value();
+                if kt != tenant {
+                    break;
+                }
+                let part = Part::parse(part)
+                    .ok_or_else(|| redb::Error::Corrupted(format!("versions part {part:?}")))?;
+                versions.insert((part, name.to_string()), v.value());
+            }
+            Ok(versions)
+        })
+    }
+
+    fn change_marker(&self) -> Result<Option<u64>, StoreError> {
+        let marker = self.read(|tx| {
+            let t = tx.open_table(META)?;
+            let value = t.get(META_CHANGE_MARKER)?;
+            Ok(value.map(|v| v.value().to_string()))
+        })?;
+        match marker {
+            None => Ok(Some(0)),
+            Some(m) => m.parse().map(Some).map_err(|_| StoreError::Meta {
+                key: META_CHANGE_MARKER,
+                detail: format!("not a number: {m:?}"),
+            }),
+        }
+    }
+
+    fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let mut tenants = std::collections::BTreeSet::new();
+            for entry in tx.open_table(VERSIONS)?.iter()? {
+                tenants.insert(entry?.0.value().0.to_string());
+            }
+            for entry in tx.open_table(SLOTS)?.iter()? {
+                tenants.insert(entry?.0.value().0.to_string());
+            }
+            Ok(tenants.into_iter().collect())
         })
     }
 
@@ -204,7 +279,7 @@ impl PosteriorStore for EmbeddedStore {
                     (row.alpha0, row.beta0, row.source),
                 )?;
             }
-            Ok(())
+            bump_version(tx, tenant, Part::Priors, slot)
         })
     }
 
@@ -342,7 +417,7 @@ impl PosteriorStore for EmbeddedStore {
                 (config.tenant.as_str(), config.slot.as_str()),
                 json.as_str(),
             )?;
-            Ok(())
+            bump_version(tx, &config.tenant, Part::Slot, &config.slot)
         })
     }
 
