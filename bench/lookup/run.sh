@@ -30,7 +30,7 @@ trap cleanup EXIT
 
 store="embedded:$work/store.redb"
 RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
-RUST_LOG=warn "$bin" priors --input datasets/sample --store "$store" >/dev/null 2>&1
+RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1
 key="$("$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
 
 RUST_LOG=warn "$bin" serve --store "$store" --log "file:$work/log" --spool-dir "$work/spool" \

@@ -557,10 +557,7 @@ fn backfill_flags_are_validated() {
             vec!["posteriors", "--store", "embedded:/nonexistent/x.redb"],
             "does not exist",
         ),
-        (
-            vec!["priors", "--input", "x", "--prior-strength", "-1"],
-            "positive",
-        ),
+        (vec!["priors", "--prior-strength", "-1"], "positive"),
     ] {
         let o = slotbandit(&args);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -576,11 +573,9 @@ fn backfill_flags_are_validated() {
 fn priors_from_history_feed_the_posteriors() {
     let f = Fixture::new("--events 50000 --days 2 --tenants 1 --cities 4 --banners 3");
     ok(f.backfill(&[]));
-    let (data, store) = (&f.data, &f.store);
+    let store = &f.store;
     ok(slotbandit(&[
         "priors",
-        "--input",
-        data.to_str().unwrap(),
         "--store",
         store,
         "--prior-strength",

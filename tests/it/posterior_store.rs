@@ -239,6 +239,7 @@ fn a_later_epoch_replaces_counts_and_a_zero_row_is_deleted(store: &dyn Posterior
                 row(&b1, 490, 1, 0)
             ],
             applied: offsets(&[(0, 20)]),
+            keep_from: None,
         }]
     );
     assert_eq!(
@@ -287,6 +288,7 @@ fn shards_returns_exactly_the_owned_shards_with_their_rows_and_offsets(store: &d
         shard: ShardKey::new(tenant, city),
         rows,
         applied,
+        keep_from: None,
     };
     let ajio = [
         state(

@@ -41,7 +41,7 @@ def store(tmp_path_factory, session):
         "--cities", "4", "--banners", "5", "--seed", "17")
     run("schema", "apply", "--store", url)
     run("backfill", "--input", str(data), "--store", url)
-    run("priors", "--input", str(data), "--store", url)
+    run("priors", "--store", url)
     yield keyspace, url
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
 
