@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use slotbandit::serve::cache::TenantScope;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
 use slotbandit::source::open_log;
 use slotbandit::store::open_store;
@@ -50,6 +51,10 @@ pub struct ServeArgs {
     /// (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
+    /// Load and serve only these tenants, comma-separated (replicas that split the tenants);
+    /// requests for others get 404. Default: every tenant in the store.
+    #[arg(long, value_delimiter = ',', value_parser = flags::name)]
+    tenants: Vec<String>,
 }
 
 impl ServeArgs {
@@ -63,6 +68,11 @@ impl ServeArgs {
             body_limit: self.body_limit,
             spool_dir: self.spool_dir.clone(),
             threads: self.threads.map_or(defaults.threads, usize::from),
+            tenants: if self.tenants.is_empty() {
+                TenantScope::All
+            } else {
+                TenantScope::Only(self.tenants.iter().cloned().collect())
+            },
             ..defaults
         }
     }

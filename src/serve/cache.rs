@@ -1,14 +1,19 @@
 //! The posterior cache: every configured slot with its banners, priors and posteriors per city
-//! (and pooled over cities), loaded from the store and replaced whole on every refresh. Readers
-//! load the current snapshot through an `ArcSwap` (an atomic pointer and a reference count), so
-//! the decision path takes no lock and a slow or failing store never blocks it: decisions keep
-//! coming from the last good snapshot, whose age is reported.
+//! (and pooled over cities). Readers load the current snapshot through an `ArcSwap` (an atomic
+//! pointer and a reference count), so the decision path takes no lock and a slow or failing store
+//! never blocks it: decisions keep coming from the last good snapshot, whose age is reported.
+//!
+//! Loading is incremental (docs/architecture.md, "Lookup service"): the first load reads
+//! everything; a refresh then reads the store's change marker and, when it moved, each served
+//! tenant's versions, and reads again only the shards (tenant, city), slots and priors whose
+//! version changed. A snapshot shares every unchanged tenant, slot and city with the one before.
+//! Windows move with the clock: when a window's first bucket changes, its tenants load anew.
 //!
 //! Windows (the seed's `pastmin`): besides the all-time posteriors, a snapshot holds windowed
 //! posteriors (counts of the whole buckets that start at or after now − W) for each window in a
 //! small registered set; a request for a new window registers it and waits for one load.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,14 +21,52 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::bandit::{BetaPosterior, SlotPolicy, SlotPriors};
-use crate::model::{pool_cities, ArmKey, Counts, SlotConfig, ALL_CITIES};
-use crate::store::{CountQuery, PosteriorStore, StoreError};
+use crate::model::{ArmKey, Counts, SlotConfig, ALL_CITIES};
+use crate::store::{CountQuery, Part, PosteriorStore, StoreError, Versions};
 
 /// Counts per arm, as the store answers them.
 type ArmRows = Vec<(ArmKey, Counts)>;
 
 /// At most this many distinct windows are kept per service.
 pub const MAX_WINDOWS: usize = 8;
+
+/// The tenants a service serves: every tenant in the store, or a list (replicas that split
+/// the tenants between them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TenantScope {
+    #[default]
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl TenantScope {
+    pub fn serves(&self, tenant: &str) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::Only(tenants) => tenants.contains(tenant),
+        }
+    }
+
+    /// Fails on a listed tenant the store knows nothing of (no counts, slot or priors).
+    pub fn check(&self, store: &dyn PosteriorStore) -> Result<(), CacheError> {
+        let TenantScope::Only(listed) = self else {
+            return Ok(());
+        };
+        let known: BTreeSet<String> = store.tenants()?.into_iter().collect();
+        let unknown: Vec<&str> = listed
+            .iter()
+            .filter(|t| !known.contains(*t))
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(CacheError::UnknownTenants {
+            unknown: unknown.join(", "),
+            known: known.into_iter().collect::<Vec<_>>().join(", "),
+        })
+    }
+}
 
 /// One city's (or the pooled) arms of a slot: counts per banner in config order, and the
 /// prepared Thompson policy.
@@ -53,7 +96,7 @@ impl Arms {
 /// fallback for a city without counts).
 #[derive(Debug, Clone)]
 pub struct WindowArms {
-    pub by_city: HashMap<String, Arms>,
+    pub by_city: HashMap<String, Arc<Arms>>,
     pub all_cities: Arms,
 }
 
@@ -66,6 +109,83 @@ impl WindowArms {
             None => (&self.all_cities, ALL_CITIES),
         }
     }
+
+    /// From counts per city in config order.
+    fn new(config: &SlotConfig, priors: &SlotPriors, cities: HashMap<String, Vec<Counts>>) -> Self {
+        let by_city = cities
+            .into_iter()
+            .map(|(c, counts)| (c, Arc::new(Arms::new(config, priors, counts))))
+            .collect();
+        Self::pooled(config, priors, by_city)
+    }
+
+    /// With the pooled arms summed over `by_city`.
+    fn pooled(
+        config: &SlotConfig,
+        priors: &SlotPriors,
+        by_city: HashMap<String, Arc<Arms>>,
+    ) -> Self {
+        let mut pooled = vec![Counts::ZERO; config.banners.len()];
+        for arms in by_city.values() {
+            for (sum, &c) in pooled.iter_mut().zip(&arms.counts) {
+                *sum += c;
+            }
+        }
+        WindowArms {
+            by_city,
+            all_cities: Arms::new(config, priors, pooled),
+        }
+    }
+
+    /// These arms with the cities of `changed` replaced by their new rows (a city without rows
+    /// of this slot is dropped), pooled anew.
+    fn with_cities<'a>(
+        &self,
+        config: &SlotConfig,
+        priors: &SlotPriors,
+        changed: impl Iterator<Item = (&'a str, &'a [(ArmKey, Counts)])>,
+    ) -> Self {
+        let mut by_city = self.by_city.clone();
+        for (city, rows) in changed {
+            by_city.remove(city);
+            for (c, counts) in counts_per_city(config, rows.iter()) {
+                by_city.insert(c, Arc::new(Arms::new(config, priors, counts)));
+            }
+        }
+        Self::pooled(config, priors, by_city)
+    }
+
+    /// Arms per (city, banner).
+    fn arm_count(&self) -> usize {
+        self.by_city.values().map(|a| a.counts.len()).sum()
+    }
+}
+
+/// The counts of `config`'s banners per city, in config order, from rows of any slot: counts of
+/// other slots, and of banners no longer configured, are not shown.
+fn counts_per_city<'a>(
+    config: &SlotConfig,
+    rows: impl Iterator<Item = &'a (ArmKey, Counts)>,
+) -> HashMap<String, Vec<Counts>> {
+    let index: HashMap<&str, usize> = config
+        .banners
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.id.as_str(), i))
+        .collect();
+    let mut cities: HashMap<String, Vec<Counts>> = HashMap::new();
+    for (arm, c) in rows {
+        if arm.tenant != config.tenant || arm.slot != config.slot {
+            continue;
+        }
+        let Some(&i) = index.get(arm.banner.as_str()) else {
+            continue;
+        };
+        cities
+            .entry(arm.city.clone())
+            .or_insert_with(|| vec![Counts::ZERO; config.banners.len()])[i] += *c;
+    }
+    cities
 }
 
 #[derive(Debug, Clone)]
@@ -84,44 +204,45 @@ impl SlotEntry {
         all_time: &[(ArmKey, Counts)],
         windows: &[(u32, ArmRows)],
     ) -> Self {
-        let arms = |counts: &[(ArmKey, Counts)]| {
-            let index: HashMap<&str, usize> = config
-                .banners
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (b.id.as_str(), i))
-                .collect();
-            // Counts of other slots, and of banners no longer configured, are not shown.
-            let slot_rows = counts.iter().filter_map(|(arm, c)| {
-                let mine = arm.tenant == config.tenant && arm.slot == config.slot;
-                let i = *index.get(arm.banner.as_str()).filter(|_| mine)?;
-                Some((arm, i, *c))
-            });
-            let mut cities: HashMap<String, Vec<Counts>> = HashMap::new();
-            for (arm, i, c) in slot_rows.clone() {
-                cities
-                    .entry(arm.city.clone())
-                    .or_insert_with(|| vec![Counts::ZERO; config.banners.len()])[i] += c;
-            }
-            let mut pooled = vec![Counts::ZERO; config.banners.len()];
-            for (arm, c) in pool_cities(slot_rows.map(|(arm, _, c)| (arm, c))) {
-                pooled[index[arm.banner.as_str()]] = c;
-            }
-            WindowArms {
-                by_city: cities
-                    .into_iter()
-                    .map(|(c, counts)| (c, Arms::new(&config, &priors, counts)))
-                    .collect(),
-                all_cities: Arms::new(&config, &priors, pooled),
-            }
+        let arms = |rows: &[(ArmKey, Counts)]| {
+            WindowArms::new(&config, &priors, counts_per_city(&config, rows.iter()))
         };
         let all_time_arms = arms(all_time);
-        let windows = windows.iter().map(|(w, c)| (*w, arms(c))).collect();
+        let windows = windows.iter().map(|(w, rows)| (*w, arms(rows))).collect();
         Self {
             all_time: all_time_arms,
             windows,
             config,
             priors,
+        }
+    }
+
+    /// This entry with the rows of the changed shards (cities) in place of the old ones.
+    fn with_cities(&self, changed: &[ShardRows]) -> Self {
+        let (config, priors) = (&self.config, &self.priors);
+        let all_time = self.all_time.with_cities(
+            config,
+            priors,
+            changed
+                .iter()
+                .map(|s| (s.city.as_str(), s.all_time.as_slice())),
+        );
+        let windows = self
+            .windows
+            .iter()
+            .map(|(&w, arms)| {
+                let rows = changed.iter().map(move |s| {
+                    let rows = s.windows.get(&w).map_or(&[][..], Vec::as_slice);
+                    (s.city.as_str(), rows)
+                });
+                (w, arms.with_cities(config, priors, rows))
+            })
+            .collect();
+        Self {
+            config: self.config.clone(),
+            priors: self.priors.clone(),
+            all_time,
+            windows,
         }
     }
 
@@ -134,15 +255,42 @@ impl SlotEntry {
     }
 }
 
+/// One changed shard's rows: all-time and per window.
+struct ShardRows {
+    city: String,
+    all_time: ArmRows,
+    windows: HashMap<u32, ArmRows>,
+}
+
+/// A tenant's slots by name.
+pub type TenantSlots = HashMap<String, Arc<SlotEntry>>;
+
 /// Everything the service decides from, as of one load.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// tenant → slot → entry (nested so that lookups borrow the request's strings).
-    pub slots: HashMap<String, HashMap<String, Arc<SlotEntry>>>,
+    pub slots: HashMap<String, Arc<TenantSlots>>,
+    /// Arms per (tenant, slot, city, banner) with all-time counts.
+    pub arms: usize,
+    /// When the store was last found to hold what this snapshot holds.
     pub loaded_at: Instant,
     pub loaded_at_utc: DateTime<Utc>,
     /// The store's "as of" instant (end of the last backfill), if recorded.
     pub store_as_of: Option<DateTime<Utc>>,
+    /// The versions each tenant's slots were read at.
+    versions: HashMap<String, Arc<Versions>>,
+    /// Each kept window's first bucket when it was read.
+    window_starts: BTreeMap<u32, i64>,
+    /// The store's change marker when this snapshot was read.
+    marker: Option<u64>,
+}
+
+/// What a refresh found.
+pub enum Refresh {
+    /// Nothing changed in the store since the snapshot before.
+    Unchanged,
+    /// A new snapshot, and how many shards it read again.
+    Changed { snapshot: Snapshot, shards: usize },
 }
 
 impl Snapshot {
@@ -151,52 +299,256 @@ impl Snapshot {
     }
 
     pub fn slot_count(&self) -> usize {
-        self.slots.values().map(HashMap::len).sum()
+        self.slots.values().map(|s| s.len()).sum()
     }
 
-    /// Reads every configured slot with its priors and counts from the store.
+    /// Reads every configured slot of the served tenants with its priors and counts.
     pub fn load(
         store: &dyn PosteriorStore,
         windows: &[u32],
         now: DateTime<Utc>,
+        scope: &TenantScope,
     ) -> Result<Snapshot, StoreError> {
-        let buckets = store.buckets()?;
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        for (tenant, slot) in store.slots(None)? {
-            by_tenant.entry(tenant).or_default().push(slot);
+        match Self::refresh(None, store, windows, now, scope)? {
+            Refresh::Changed { snapshot, .. } => Ok(snapshot),
+            Refresh::Unchanged => unreachable!("a first load always reads"),
         }
-        let mut slots: HashMap<String, HashMap<String, Arc<SlotEntry>>> = HashMap::new();
-        for (tenant, names) in by_tenant {
-            let query = |from_bucket| CountQuery {
-                tenant: Some(tenant.clone()),
-                from_bucket,
-                ..Default::default()
-            };
-            let all_time = store.counts(&query(None))?;
-            let windowed = windows
-                .iter()
-                .map(|&w| {
-                    let from = buckets.first_in_window(now, w);
-                    Ok((w, store.counts(&query(Some(from)))?))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            let entries = slots.entry(tenant.clone()).or_default();
-            for name in names {
-                let Some(config) = store.slot(&tenant, &name)? else {
-                    continue;
-                };
-                let priors = store.priors(&tenant, &name)?;
-                let entry = SlotEntry::build(config, priors, &all_time, &windowed);
-                entries.insert(name, Arc::new(entry));
+    }
+
+    /// The snapshot after `previous`, reading again only what changed in the store since it
+    /// (everything when there is none, or when a window's first bucket moved).
+    pub fn refresh(
+        previous: Option<&Snapshot>,
+        store: &dyn PosteriorStore,
+        windows: &[u32],
+        now: DateTime<Utc>,
+        scope: &TenantScope,
+    ) -> Result<Refresh, StoreError> {
+        let buckets = store.buckets()?;
+        let window_starts: BTreeMap<u32, i64> = windows
+            .iter()
+            .map(|&w| (w, buckets.first_in_window(now, w)))
+            .collect();
+        // Read before the versions: a write after this read moves the marker again.
+        let marker = store.change_marker()?;
+        let previous = previous.filter(|p| p.window_starts == window_starts);
+        if let Some(p) = previous {
+            if marker.is_some() && marker == p.marker {
+                return Ok(Refresh::Unchanged);
             }
         }
-        Ok(Snapshot {
-            slots,
-            loaded_at: Instant::now(),
-            loaded_at_utc: now,
-            store_as_of: store.as_of()?,
+        let tenants = match scope {
+            TenantScope::All => store.tenants()?,
+            TenantScope::Only(listed) => listed.iter().cloned().collect(),
+        };
+        let mut slots = HashMap::new();
+        let mut versions = HashMap::new();
+        let mut shards = 0;
+        for tenant in tenants {
+            let current = Arc::new(store.versions(&tenant)?);
+            let before = previous.and_then(|p| p.versions.get(&tenant));
+            let loaded = match before {
+                Some(before) if **before == *current => {
+                    previous.and_then(|p| p.slots.get(&tenant)).cloned()
+                }
+                Some(before) => {
+                    let diff = VersionDiff::new(before, &current);
+                    shards += diff.cities.len();
+                    let old = previous.and_then(|p| p.slots.get(&tenant));
+                    Some(Arc::new(update_tenant(
+                        store,
+                        &tenant,
+                        old.map(Arc::as_ref),
+                        &diff,
+                        &current,
+                        &window_starts,
+                    )?))
+                }
+                None => {
+                    shards += names_of(&current, Part::Shard).count();
+                    Some(Arc::new(load_tenant(
+                        store,
+                        &tenant,
+                        &current,
+                        &window_starts,
+                    )?))
+                }
+            };
+            if let Some(loaded) = loaded.filter(|l| !l.is_empty()) {
+                slots.insert(tenant.clone(), loaded);
+            }
+            versions.insert(tenant, current);
+        }
+        let arms = slots
+            .values()
+            .flat_map(|s| s.values())
+            .map(|e| e.all_time.arm_count())
+            .sum();
+        Ok(Refresh::Changed {
+            snapshot: Snapshot {
+                slots,
+                arms,
+                loaded_at: Instant::now(),
+                loaded_at_utc: now,
+                store_as_of: store.as_of()?,
+                versions,
+                window_starts,
+                marker,
+            },
+            shards,
         })
     }
+
+    /// This snapshot, found current at `now` again.
+    fn confirmed(&self, now: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            loaded_at: Instant::now(),
+            loaded_at_utc: now,
+            ..self.clone()
+        }
+    }
+}
+
+/// The names of one part in a tenant's versions.
+fn names_of(versions: &Versions, part: Part) -> impl Iterator<Item = &str> {
+    versions
+        .keys()
+        .filter(move |(p, _)| *p == part)
+        .map(|(_, name)| name.as_str())
+}
+
+/// What changed in one tenant's versions: the shards (cities), and the slots whose
+/// configuration or priors changed.
+struct VersionDiff {
+    cities: BTreeSet<String>,
+    slots: BTreeSet<String>,
+}
+
+impl VersionDiff {
+    fn new(before: &Versions, now: &Versions) -> Self {
+        let mut diff = VersionDiff {
+            cities: BTreeSet::new(),
+            slots: BTreeSet::new(),
+        };
+        let keys: BTreeSet<&(Part, String)> = before.keys().chain(now.keys()).collect();
+        for key in keys {
+            if before.get(key) == now.get(key) {
+                continue;
+            }
+            let (part, name) = key;
+            match part {
+                Part::Shard => diff.cities.insert(name.clone()),
+                Part::Slot | Part::Priors => diff.slots.insert(name.clone()),
+            };
+        }
+        diff
+    }
+}
+
+/// Every configured slot of a tenant, read whole.
+fn load_tenant(
+    store: &dyn PosteriorStore,
+    tenant: &str,
+    versions: &Versions,
+    window_starts: &BTreeMap<u32, i64>,
+) -> Result<TenantSlots, StoreError> {
+    let query = CountQuery {
+        tenant: Some(tenant.to_string()),
+        ..Default::default()
+    };
+    let (all_time, windows) = read_counts(store, &query, window_starts)?;
+    let mut entries = TenantSlots::new();
+    for name in names_of(versions, Part::Slot) {
+        if let Some(entry) = read_slot(store, tenant, name, &all_time, &windows)? {
+            entries.insert(name.to_string(), Arc::new(entry));
+        }
+    }
+    Ok(entries)
+}
+
+/// A tenant's slots after `diff`: changed slots read whole, changed shards patched into the
+/// others, the rest shared with `old`.
+fn update_tenant(
+    store: &dyn PosteriorStore,
+    tenant: &str,
+    old: Option<&TenantSlots>,
+    diff: &VersionDiff,
+    versions: &Versions,
+    window_starts: &BTreeMap<u32, i64>,
+) -> Result<TenantSlots, StoreError> {
+    let mut changed = Vec::with_capacity(diff.cities.len());
+    for city in &diff.cities {
+        let query = CountQuery {
+            tenant: Some(tenant.to_string()),
+            city: Some(city.clone()),
+            ..Default::default()
+        };
+        let (all_time, windows) = read_counts(store, &query, window_starts)?;
+        changed.push(ShardRows {
+            city: city.clone(),
+            all_time,
+            windows: windows.into_iter().collect(),
+        });
+    }
+    let mut entries = TenantSlots::new();
+    for name in names_of(versions, Part::Slot) {
+        let kept = old
+            .and_then(|o| o.get(name))
+            .filter(|_| !diff.slots.contains(name));
+        let entry = match kept {
+            Some(entry) if changed.is_empty() => Some(entry.clone()),
+            Some(entry) => Some(Arc::new(entry.with_cities(&changed))),
+            None => {
+                let query = CountQuery {
+                    tenant: Some(tenant.to_string()),
+                    slot: Some(name.to_string()),
+                    ..Default::default()
+                };
+                let (all_time, windows) = read_counts(store, &query, window_starts)?;
+                read_slot(store, tenant, name, &all_time, &windows)?.map(Arc::new)
+            }
+        };
+        if let Some(entry) = entry {
+            entries.insert(name.to_string(), entry);
+        }
+    }
+    Ok(entries)
+}
+
+/// The counts `query` names: all-time, and over each window.
+fn read_counts(
+    store: &dyn PosteriorStore,
+    query: &CountQuery,
+    window_starts: &BTreeMap<u32, i64>,
+) -> Result<(ArmRows, Vec<(u32, ArmRows)>), StoreError> {
+    let all_time = store.counts(query)?;
+    let windows = window_starts
+        .iter()
+        .map(|(&w, &from)| {
+            let query = CountQuery {
+                from_bucket: Some(from),
+                ..query.clone()
+            };
+            Ok((w, store.counts(&query)?))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok((all_time, windows))
+}
+
+/// A slot's configuration and priors with its arms from `all_time` and `windows`; `None` when
+/// the slot has no configuration.
+fn read_slot(
+    store: &dyn PosteriorStore,
+    tenant: &str,
+    slot: &str,
+    all_time: &[(ArmKey, Counts)],
+    windows: &[(u32, ArmRows)],
+) -> Result<Option<SlotEntry>, StoreError> {
+    let Some(config) = store.slot(tenant, slot)? else {
+        return Ok(None);
+    };
+    let priors = store.priors(tenant, slot)?;
+    Ok(Some(SlotEntry::build(config, priors, all_time, windows)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,11 +559,23 @@ pub enum CacheError {
     TooManyWindows(String),
     #[error("the cache load was cancelled")]
     Cancelled,
+    #[error("--tenants names tenants the store does not know: {unknown} (known: {known})")]
+    UnknownTenants { unknown: String, known: String },
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub snapshot: Arc<Snapshot>,
+    /// Shards read again (every shard on a full load); 0 when nothing changed.
+    pub shards: usize,
+    pub seconds: f64,
 }
 
 /// The shared cache: the current snapshot and the windows to keep.
 pub struct PosteriorCache {
     store: Arc<dyn PosteriorStore>,
+    scope: TenantScope,
     current: ArcSwapOption<Snapshot>,
     windows: Mutex<BTreeSet<u32>>,
     /// Serializes loads, so that a refresh asked for by a request waits for a load that
@@ -221,9 +585,14 @@ pub struct PosteriorCache {
 }
 
 impl PosteriorCache {
-    pub fn new(store: Arc<dyn PosteriorStore>, windows: impl IntoIterator<Item = u32>) -> Self {
+    pub fn new(
+        store: Arc<dyn PosteriorStore>,
+        windows: impl IntoIterator<Item = u32>,
+        scope: TenantScope,
+    ) -> Self {
         Self {
             store,
+            scope,
             current: ArcSwapOption::empty(),
             windows: Mutex::new(windows.into_iter().collect()),
             loading: tokio::sync::Mutex::new(()),
@@ -248,10 +617,15 @@ impl PosteriorCache {
         &self.store
     }
 
-    /// Loads a new snapshot from the store (on a blocking thread) and installs it. On failure
-    /// the previous snapshot stays.
-    pub async fn refresh(&self) -> Result<Arc<Snapshot>, CacheError> {
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
+    }
+
+    /// Reads what changed in the store (on a blocking thread) and installs the snapshot. On
+    /// failure the previous snapshot stays.
+    pub async fn refresh(&self) -> Result<Refreshed, CacheError> {
         let _guard = self.loading.lock().await;
+        let started = Instant::now();
         let windows: Vec<u32> = self
             .windows
             .lock()
@@ -260,17 +634,30 @@ impl PosteriorCache {
             .copied()
             .collect();
         let store = self.store.clone();
+        let scope = self.scope.clone();
+        let previous = self.snapshot();
         let loaded = tokio::task::spawn_blocking(move || {
-            Snapshot::load(store.as_ref(), &windows, Utc::now())
+            let now = Utc::now();
+            let refresh =
+                Snapshot::refresh(previous.as_deref(), store.as_ref(), &windows, now, &scope);
+            refresh.map(|r| match (r, previous) {
+                (Refresh::Changed { snapshot, shards }, _) => (snapshot, shards),
+                (Refresh::Unchanged, Some(previous)) => (previous.confirmed(now), 0),
+                (Refresh::Unchanged, None) => unreachable!("a first load always reads"),
+            })
         })
         .await
         .map_err(|_| CacheError::Cancelled)?;
         match loaded {
-            Ok(snapshot) => {
+            Ok((snapshot, shards)) => {
                 let snapshot = Arc::new(snapshot);
                 self.current.store(Some(snapshot.clone()));
                 *self.last_error.lock().expect("not poisoned") = None;
-                Ok(snapshot)
+                Ok(Refreshed {
+                    snapshot,
+                    shards,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
             }
             Err(e) => {
                 *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
@@ -291,7 +678,7 @@ impl PosteriorCache {
                 windows.insert(minutes);
             }
         }
-        self.refresh().await
+        Ok(self.refresh().await?.snapshot)
     }
 }
 
@@ -355,5 +742,203 @@ mod tests {
         assert_eq!(city, "*");
         assert_eq!(pooled.counts, [Counts::new(150, 11), Counts::new(40, 4)]);
         assert!(entry.window(Some(60)).is_none());
+    }
+
+    mod incremental {
+        use super::*;
+        use crate::bandit::{Prior, PriorSource};
+        use crate::model::{CountKey, ShardKey, ALL_TIME};
+        use crate::store::{EmbeddedStore, ShardWrite};
+        use proptest::prelude::*;
+
+        const TENANTS: [&str; 2] = ["ajio", "zara"];
+        const SLOTS: [&str; 2] = ["hero", "side"];
+        const CITIES: [&str; 3] = ["pune", "goa", "agra"];
+        const BANNERS: [&str; 3] = ["b1", "b2", "b3"];
+        /// The clock of every load: windows of 120 and 600 minutes start at fixed buckets.
+        const NOW: &str = "2026-12-01T12:30:00Z";
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Rows of one shard: (slot, banner, bucket offset from now's bucket, or all
+            /// time, impressions, clicks), and whether buckets before now − 5 h expire.
+            Epoch {
+                tenant: usize,
+                city: usize,
+                rows: Vec<(usize, usize, Option<i64>, u64, u64)>,
+                expire: bool,
+            },
+            PutSlot {
+                tenant: usize,
+                slot: usize,
+                banners: Vec<usize>,
+            },
+            Priors {
+                tenant: usize,
+                slot: usize,
+                alpha0: f64,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let row = (
+                0..SLOTS.len(),
+                0..BANNERS.len(),
+                prop::option::of(-12i64..1),
+                0u64..50,
+                0u64..5,
+            );
+            prop_oneof![
+                4 => (0..TENANTS.len(), 0..CITIES.len(), prop::collection::vec(row, 1..6), any::<bool>())
+                    .prop_map(|(tenant, city, rows, expire)| Op::Epoch { tenant, city, rows, expire }),
+                1 => (0..TENANTS.len(), 0..SLOTS.len(), prop::collection::vec(0..BANNERS.len(), 1..4))
+                    .prop_map(|(tenant, slot, banners)| Op::PutSlot { tenant, slot, banners }),
+                1 => (0..TENANTS.len(), 0..SLOTS.len(), 0.5f64..20.0)
+                    .prop_map(|(tenant, slot, alpha0)| Op::Priors { tenant, slot, alpha0 }),
+            ]
+        }
+
+        fn apply(store: &EmbeddedStore, op: &Op, now_bucket: i64) {
+            match op {
+                Op::Epoch {
+                    tenant,
+                    city,
+                    rows,
+                    expire,
+                } => {
+                    let (tenant, city) = (TENANTS[*tenant], CITIES[*city]);
+                    let rows = rows
+                        .iter()
+                        .map(|&(slot, banner, bucket, imp, clk)| {
+                            let arm = ArmKey::new(tenant, SLOTS[slot], city, BANNERS[banner]);
+                            let bucket = bucket.map_or(ALL_TIME, |b| now_bucket + b);
+                            (CountKey::new(Arc::new(arm), bucket), Counts::new(imp, clk))
+                        })
+                        .collect();
+                    let write = ShardWrite {
+                        rows,
+                        keep_from: expire.then_some(now_bucket - 5),
+                        ..ShardWrite::new(ShardKey::new(tenant, city))
+                    };
+                    store.apply_epoch(&[write]).unwrap();
+                }
+                Op::PutSlot {
+                    tenant,
+                    slot,
+                    banners,
+                } => {
+                    let from = crate::time::parse_rfc3339("2026-11-01T00:00:00Z").unwrap();
+                    let ids: BTreeSet<&str> = banners.iter().map(|&b| BANNERS[b]).collect();
+                    let config = SlotConfig::with_banners(
+                        TENANTS[*tenant],
+                        SLOTS[*slot],
+                        ids,
+                        from,
+                        from + chrono::Duration::days(60),
+                    );
+                    store.put_slot(&config).unwrap();
+                }
+                Op::Priors {
+                    tenant,
+                    slot,
+                    alpha0,
+                } => {
+                    let mut priors = SlotPriors::uniform();
+                    priors.banners.insert(
+                        "b2".into(),
+                        Prior {
+                            alpha0: *alpha0,
+                            beta0: 10.0,
+                            source: PriorSource::EmpiricalBayes,
+                        },
+                    );
+                    store
+                        .write_priors(TENANTS[*tenant], SLOTS[*slot], &priors)
+                        .unwrap();
+                }
+            }
+        }
+
+        /// Per (tenant, slot): the configuration, priors, and each window's counts and
+        /// posteriors per city and pooled.
+        type Digest = BTreeMap<
+            (String, String),
+            (
+                SlotConfig,
+                SlotPriors,
+                BTreeMap<(Option<u32>, String), Vec<(Counts, f64, f64)>>,
+            ),
+        >;
+
+        fn digest(snapshot: &Snapshot) -> Digest {
+            let mut out = Digest::new();
+            for (tenant, slots) in &snapshot.slots {
+                for (slot, entry) in slots.iter() {
+                    let mut arms = BTreeMap::new();
+                    let windows = std::iter::once((None, &entry.all_time))
+                        .chain(entry.windows.iter().map(|(w, a)| (Some(*w), a)));
+                    for (window, window_arms) in windows {
+                        let cities = window_arms
+                            .by_city
+                            .iter()
+                            .map(|(c, a)| (c.clone(), a.as_ref()))
+                            .chain([(ALL_CITIES.to_string(), &window_arms.all_cities)]);
+                        for (city, a) in cities {
+                            let row = a
+                                .counts
+                                .iter()
+                                .zip(a.posteriors())
+                                .map(|(c, p)| (*c, p.alpha, p.beta))
+                                .collect();
+                            arms.insert((window, city), row);
+                        }
+                    }
+                    out.insert(
+                        (tenant.clone(), slot.clone()),
+                        (entry.config.clone(), entry.priors.clone(), arms),
+                    );
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            #[test]
+            fn an_incremental_refresh_equals_a_full_load(
+                ops in prop::collection::vec(op(), 1..25),
+                only_ajio in any::<bool>(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
+                let now = crate::time::parse_rfc3339(NOW).unwrap();
+                let now_bucket = store.buckets().unwrap().index(now);
+                let windows = [120, 600];
+                let scope = if only_ajio {
+                    TenantScope::Only(BTreeSet::from(["ajio".to_string()]))
+                } else {
+                    TenantScope::All
+                };
+                let mut current = Snapshot::load(&store, &windows, now, &scope).unwrap();
+                for op in &ops {
+                    apply(&store, op, now_bucket);
+                    let refreshed = Snapshot::refresh(Some(&current), &store, &windows, now, &scope)
+                        .unwrap();
+                    if let Refresh::Changed { snapshot, shards } = refreshed {
+                        let written = usize::from(matches!(op, Op::Epoch { tenant, .. }
+                            if scope.serves(TENANTS[*tenant])));
+                        prop_assert_eq!(shards, written, "{:?}", op);
+                        current = snapshot;
+                    }
+                    let full = Snapshot::load(&store, &windows, now, &scope).unwrap();
+                    prop_assert_eq!(digest(&current), digest(&full), "after {:?}", op);
+                    prop_assert_eq!(current.arms, full.arms);
+                }
+                // Nothing written: the marker has not moved and nothing is read.
+                let again = Snapshot::refresh(Some(&current), &store, &windows, now, &scope).unwrap();
+                prop_assert!(matches!(again, Refresh::Unchanged));
+            }
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub cache_refreshes: IntCounter,
     pub cache_refresh_failures: IntCounter,
     pub cache_slots: IntGauge,
+    pub cache_arms: IntGauge,
+    pub cache_refresh_seconds: Histogram,
+    pub cache_refresh_changed_shards: Histogram,
     pub auth_failures: IntCounter,
 }
 
@@ -80,7 +83,29 @@ impl Metrics {
         registry
             .register(Box::new(cache_age_seconds.clone()))
             .expect("registered once");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
         Self {
+            cache_arms: gauge(
+                "cache_arms",
+                "Arms (tenant, slot, city, banner) with counts in the posterior cache",
+            ),
+            cache_refresh_seconds: histogram(
+                "cache_refresh_seconds",
+                "Time a posterior cache refresh took (reading what changed and rebuilding it)",
+                vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0],
+            ),
+            cache_refresh_changed_shards: histogram(
+                "cache_refresh_changed_shards",
+                "Shards (tenant, city) a posterior cache refresh read again",
+                vec![0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1e3, 1e4, 1e5],
+            ),
             decisions: counter("decisions_total", "Decisions answered"),
             decision_errors: counter(
                 "decision_errors_total",

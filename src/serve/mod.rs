@@ -33,7 +33,7 @@ use axum::Router;
 use rand::Rng;
 
 use self::auth::KeyCache;
-use self::cache::{CacheError, PosteriorCache, SlotEntry, Snapshot};
+use self::cache::{CacheError, PosteriorCache, SlotEntry, Snapshot, TenantScope};
 use self::error::ApiError;
 use self::events::EventSink;
 use self::metrics::Metrics;
@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub spool_dir: PathBuf,
     /// Serving threads, each with its own share of the connections.
     pub threads: usize,
+    /// The tenants this replica loads and serves (others get 404).
+    pub tenants: TenantScope,
 }
 
 impl Default for ServeOptions {
@@ -82,6 +84,7 @@ impl Default for ServeOptions {
             csv_limit: 1024 * 1024,
             spool_dir: PathBuf::from("slotbandit-spool"),
             threads: std::thread::available_parallelism().map_or(1, usize::from),
+            tenants: TenantScope::All,
         }
     }
 }
@@ -94,6 +97,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error("token secret: {0}")]
     Secret(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -129,7 +134,32 @@ impl AppState {
     /// A configured slot of the cache; 404 when it is not configured.
     fn slot_entry(&self, tenant: &str, slot: &str) -> Result<Arc<SlotEntry>, ApiError> {
         let snapshot = self.snapshot()?;
-        entry_of(&snapshot, tenant, slot)
+        self.entry_of(&snapshot, tenant, slot)
+    }
+
+    /// A slot of `snapshot`; 404 when it is not configured or its tenant is not served here.
+    fn entry_of(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &str,
+        slot: &str,
+    ) -> Result<Arc<SlotEntry>, ApiError> {
+        if let TenantScope::Only(served) = &self.options.tenants {
+            if !served.contains(tenant) {
+                let served: Vec<&str> = served.iter().map(String::as_str).collect();
+                return Err(ApiError::not_found(
+                    "tenant",
+                    format!(
+                        "tenant {tenant:?} is not served by this replica (it serves {})",
+                        served.join(", ")
+                    ),
+                ));
+            }
+        }
+        snapshot
+            .slot(tenant, slot)
+            .cloned()
+            .ok_or_else(|| ApiError::slot_not_configured(tenant, slot))
     }
 
     /// A slot with its arms for `window` loaded (`None` = all time), loading a new window into
@@ -141,7 +171,7 @@ impl AppState {
         window: Option<u32>,
     ) -> Result<(Arc<Snapshot>, Arc<SlotEntry>), ApiError> {
         let snapshot = self.snapshot()?;
-        let entry = entry_of(&snapshot, tenant, slot)?;
+        let entry = self.entry_of(&snapshot, tenant, slot)?;
         if entry.window(window).is_some() {
             return Ok((snapshot, entry));
         }
@@ -154,16 +184,9 @@ impl AppState {
                 CacheError::TooManyWindows(_) => ApiError::invalid("window_minutes", e.to_string()),
                 other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
             })?;
-        let entry = entry_of(&snapshot, tenant, slot)?;
+        let entry = self.entry_of(&snapshot, tenant, slot)?;
         Ok((snapshot, entry))
     }
-}
-
-fn entry_of(snapshot: &Snapshot, tenant: &str, slot: &str) -> Result<Arc<SlotEntry>, ApiError> {
-    snapshot
-        .slot(tenant, slot)
-        .cloned()
-        .ok_or_else(|| ApiError::slot_not_configured(tenant, slot))
 }
 
 /// The token secret: `explicit` when given, else the store's, made and stored on first use so
@@ -214,7 +237,12 @@ impl Service {
         let spool = Spool::open(&options.spool_dir)?;
         metrics.spool_pending.set(spool.pending() as i64);
         let events = EventSink::start(log, spool, metrics.clone())?;
-        let cache = Arc::new(PosteriorCache::new(store, options.windows.iter().copied()));
+        options.tenants.check(store.as_ref())?;
+        let cache = Arc::new(PosteriorCache::new(
+            store,
+            options.windows.iter().copied(),
+            options.tenants.clone(),
+        ));
         let state = Arc::new(AppState {
             cache,
             keys: KeyCache::new(),
@@ -256,9 +284,17 @@ impl Service {
 
 async fn refresh_once(state: &AppState) {
     match state.cache.refresh().await {
-        Ok(snapshot) => {
-            state.metrics.cache_refreshes.inc();
-            state.metrics.cache_slots.set(snapshot.slot_count() as i64);
+        Ok(refreshed) => {
+            let metrics = &state.metrics;
+            metrics.cache_refreshes.inc();
+            metrics.cache_refresh_seconds.observe(refreshed.seconds);
+            metrics
+                .cache_refresh_changed_shards
+                .observe(refreshed.shards as f64);
+            metrics
+                .cache_slots
+                .set(refreshed.snapshot.slot_count() as i64);
+            metrics.cache_arms.set(refreshed.snapshot.arms as i64);
         }
         Err(e) => {
             state.metrics.cache_refresh_failures.inc();

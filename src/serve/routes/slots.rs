@@ -273,7 +273,7 @@ pub async fn list_slots(
         .slots
         .get(&tenant)
         .into_iter()
-        .flatten()
+        .flat_map(|slots| slots.iter())
         .map(|(name, entry)| SlotSummary {
             slot: name.clone(),
             banners: entry.config.banners.len(),
