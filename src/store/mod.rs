@@ -250,7 +250,7 @@ pub trait PosteriorStore: Send + Sync {
     fn change_marker(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
-    /// Every tenant with counts, a slot or priors.
+    /// Every tenant with counts, a slot, priors or an API key.
     fn tenants(&self) -> Result<Vec<String>, StoreError>;
     fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
         -> Result<(), StoreError>;

@@ -872,3 +872,58 @@ fn keys_add_validates_its_flags() {
     assert_ne!(a, b);
     assert!(a.starts_with("sbk_") && a.len() > 40);
 }
+
+#[test]
+fn replicas_that_split_the_tenants_serve_only_theirs() {
+    let s = Server::start_with(&["--tenants", "ajio"]);
+    let r = s.get(
+        "/v1/tenants/ajio/slots/hero/decision?city=pune",
+        Some(&s.serve),
+    );
+    assert_eq!(r.status(), 200);
+    let (status, err) = error(s.get(
+        "/v1/tenants/myntra/slots/home/decision?city=pune",
+        Some(&s.other_tenant),
+    ));
+    assert_eq!(status, 404);
+    assert_eq!(err["field"], "tenant");
+    let detail = err["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"myntra\" is not served by this replica (it serves ajio)"),
+        "{detail}"
+    );
+    let metrics = s.get("/metrics", None).text().unwrap();
+    for series in [
+        "slotbandit_cache_refresh_seconds_bucket",
+        "slotbandit_cache_refresh_changed_shards_bucket",
+        "slotbandit_cache_arms",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+
+    // A tenant the store knows nothing of is refused at start, naming it.
+    let mut s = s;
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let store = format!("embedded:{}", s.dir.path().join("store.redb").display());
+    let log = format!("file:{}", s.dir.path().join("log").display());
+    let out = crate::common::slotbandit(&[
+        "serve",
+        "--store",
+        &store,
+        "--log",
+        &log,
+        "--listen",
+        "127.0.0.1:0",
+        "--tenants",
+        "ajio,nosuch",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "--tenants names tenants the store does not know: nosuch (known: ajio, myntra)"
+        ),
+        "{err}"
+    );
+}

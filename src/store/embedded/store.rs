@@ -261,6 +261,9 @@ impl PosteriorStore for EmbeddedStore {
             for entry in tx.open_table(SLOTS)?.iter()? {
                 tenants.insert(entry?.0.value().0.to_string());
             }
+            for entry in tx.open_table(API_KEYS)?.iter()? {
+                tenants.insert(entry?.1.value().0.to_string());
+            }
             Ok(tenants.into_iter().collect())
         })
     }
