@@ -100,7 +100,9 @@ def test_the_commands_in_the_manifests_are_ones_the_cli_accepts():
         for d in manifests() if d["kind"] in ("StatefulSet", "Job")
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
-    assert {name for name, _ in containers} == {"stream", "backfill", "serve", "schema-apply"}
+    assert {name for name, _ in containers} == {
+        "stream", "backfill", "serve-a", "serve-b", "schema-apply"
+    }
     for name, c in containers:
         words = cli_words(c)
         # Every flag of the manifest is known to the binary: `--help` of the subcommand
@@ -113,3 +115,27 @@ def test_the_commands_in_the_manifests_are_ones_the_cli_accepts():
                 assert re.search(rf"(^|[ ,]){re.escape(word)}[ ,<\n]", help_text, re.M), (
                     f"{name}: {word} is not a flag of `slotbandit {words[0]}`"
                 )
+
+
+def test_the_serve_replicas_split_the_tenants_and_the_ingress_routes_each_to_its_half():
+    halves = {}
+    for d in manifests():
+        if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("serve-"):
+            words = cli_words(d["spec"]["template"]["spec"]["containers"][0])
+            halves[d["metadata"]["name"]] = set(words[words.index("--tenants") + 1].split(","))
+    assert len(halves) == 2
+    a, b = halves.values()
+    assert a and b and not a & b, halves
+    routes = {}
+    for rule in find("Ingress", "serve")["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            routes[path["path"]] = path["backend"]["service"]["name"]
+    for statefulset, tenants in halves.items():
+        service = next(
+            d["metadata"]["name"] for d in manifests()
+            if d["kind"] == "Service" and d["spec"].get("clusterIP") != "None"
+            and d["spec"]["selector"] == find("StatefulSet", statefulset)["spec"]["selector"]["matchLabels"]
+        )
+        for tenant in tenants:
+            for prefix in (f"/v1/tenants/{tenant}/", f"/adclick/{tenant}/"):
+                assert routes.get(prefix) == service, (prefix, routes)
