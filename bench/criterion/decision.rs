@@ -18,7 +18,7 @@ fn slot(banners: usize) -> SlotConfig {
 fn decisions(c: &mut Criterion) {
     let config = slot(10);
     let mut i = 0u64;
-    let policy = SlotPolicy::new(&config, |_| {
+    let policy = SlotPolicy::new(&std::sync::Arc::new(config), |_| {
         i += 1;
         BetaPosterior::uniform().updated(10_000, 100 + 20 * i)
     });

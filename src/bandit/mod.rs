@@ -14,7 +14,7 @@ pub use prior::{
     city_priors, empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors,
     DEFAULT_PRIOR_STRENGTH,
 };
-pub use thompson::{thompson_select, Candidate, DecisionError, SlotPolicy};
+pub use thompson::{thompson_select, DecisionError, SlotPolicy};
 
 /// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).
 pub type DecisionRng = rand::rngs::SmallRng;

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngExt};
 use rand_distr::Distribution;
+use std::sync::Arc;
 
 use super::cutoff::{cutoff_point, draw_above};
 use super::{BetaPosterior, BetaSampler};
@@ -125,49 +126,41 @@ fn draw_in_full<R: Rng + ?Sized>(arm: &BetaSampler, rng: &mut R) -> (f64, f64) {
     (x, x + y)
 }
 
-/// A banner of a slot with its current posterior.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub banner: Banner,
-    pub posterior: BetaPosterior,
-}
-
-/// A slot ready for decisions: its banners, their posteriors and the prepared samplers.
+/// A slot ready for decisions: its banners (shared with every other policy of the slot: one
+/// per city and window) and a prepared sampler of each banner's posterior.
 #[derive(Debug, Clone)]
 pub struct SlotPolicy {
-    tenant: String,
-    slot: String,
-    candidates: Vec<Candidate>,
+    config: Arc<SlotConfig>,
     samplers: Vec<BetaSampler>,
 }
 
 impl SlotPolicy {
     pub fn new(
-        config: &SlotConfig,
+        config: &Arc<SlotConfig>,
         mut posterior_of: impl FnMut(&Banner) -> BetaPosterior,
     ) -> Self {
-        let candidates: Vec<Candidate> = config
+        let samplers = config
             .banners
             .iter()
-            .map(|b| Candidate {
-                banner: b.clone(),
-                posterior: posterior_of(b),
-            })
-            .collect();
-        let samplers = candidates
-            .iter()
-            .map(|c| c.posterior.distribution())
+            .map(|b| posterior_of(b).distribution())
             .collect();
         Self {
-            tenant: config.tenant.clone(),
-            slot: config.slot.clone(),
-            candidates,
+            config: config.clone(),
             samplers,
         }
     }
 
-    pub fn candidates(&self) -> &[Candidate] {
-        &self.candidates
+    /// The slot's banners, in the order of `samplers()` and `posteriors()`.
+    pub fn banners(&self) -> &[Banner] {
+        &self.config.banners
+    }
+
+    /// Each banner's posterior.
+    pub fn posteriors(&self) -> impl Iterator<Item = BetaPosterior> + '_ {
+        self.samplers.iter().map(|s| BetaPosterior {
+            alpha: s.alpha(),
+            beta: s.beta(),
+        })
     }
 
     pub fn samplers(&self) -> &[BetaSampler] {
@@ -186,12 +179,12 @@ impl SlotPolicy {
         if n == 0 {
             return Err(DecisionError::ZeroBanners);
         }
-        let valid = |i: usize| self.candidates[i].banner.is_valid_at(now);
+        let valid = |i: usize| self.config.banners[i].is_valid_at(now);
         thompson_select(&self.samplers, valid, n, rng, out);
         if out.is_empty() {
             return Err(DecisionError::NoValidBanner {
-                tenant: self.tenant.clone(),
-                slot: self.slot.clone(),
+                tenant: self.config.tenant.clone(),
+                slot: self.config.slot.clone(),
                 at: time::format_ist(now),
             });
         }

@@ -77,7 +77,7 @@ pub struct Arms {
 }
 
 impl Arms {
-    fn new(config: &SlotConfig, priors: &SlotPriors, counts: Vec<Counts>) -> Self {
+    fn new(config: &Arc<SlotConfig>, priors: &SlotPriors, counts: Vec<Counts>) -> Self {
         let mut i = 0;
         let policy = SlotPolicy::new(config, |b| {
             let c = counts[i];
@@ -88,7 +88,7 @@ impl Arms {
     }
 
     pub fn posteriors(&self) -> impl Iterator<Item = BetaPosterior> + '_ {
-        self.policy.candidates().iter().map(|c| c.posterior)
+        self.policy.posteriors()
     }
 }
 
@@ -111,7 +111,11 @@ impl WindowArms {
     }
 
     /// From counts per city in config order.
-    fn new(config: &SlotConfig, priors: &SlotPriors, cities: HashMap<String, Vec<Counts>>) -> Self {
+    fn new(
+        config: &Arc<SlotConfig>,
+        priors: &SlotPriors,
+        cities: HashMap<String, Vec<Counts>>,
+    ) -> Self {
         let by_city = cities
             .into_iter()
             .map(|(c, counts)| (c, Arc::new(Arms::new(config, priors, counts))))
@@ -121,7 +125,7 @@ impl WindowArms {
 
     /// With the pooled arms summed over `by_city`.
     fn pooled(
-        config: &SlotConfig,
+        config: &Arc<SlotConfig>,
         priors: &SlotPriors,
         by_city: HashMap<String, Arc<Arms>>,
     ) -> Self {
@@ -141,7 +145,7 @@ impl WindowArms {
     /// of this slot is dropped), pooled anew.
     fn with_cities<'a>(
         &self,
-        config: &SlotConfig,
+        config: &Arc<SlotConfig>,
         priors: &SlotPriors,
         changed: impl Iterator<Item = (&'a str, &'a [(ArmKey, Counts)])>,
     ) -> Self {
@@ -190,7 +194,7 @@ fn counts_per_city<'a>(
 
 #[derive(Debug, Clone)]
 pub struct SlotEntry {
-    pub config: SlotConfig,
+    pub config: Arc<SlotConfig>,
     pub priors: SlotPriors,
     pub all_time: WindowArms,
     /// Window minutes → arms over that window.
@@ -204,6 +208,7 @@ impl SlotEntry {
         all_time: &[(ArmKey, Counts)],
         windows: &[(u32, ArmRows)],
     ) -> Self {
+        let config = Arc::new(config);
         let arms = |rows: &[(ArmKey, Counts)]| {
             WindowArms::new(&config, &priors, counts_per_city(&config, rows.iter()))
         };
@@ -895,7 +900,7 @@ mod tests {
                     }
                     out.insert(
                         (tenant.clone(), slot.clone()),
-                        (entry.config.clone(), entry.priors.clone(), arms),
+                        ((*entry.config).clone(), entry.priors.clone(), arms),
                     );
                 }
             }

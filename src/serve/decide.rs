@@ -103,10 +103,7 @@ pub(super) async fn decide(
             e.to_string(),
         )
     })?;
-    let banners: Vec<&Banner> = chosen
-        .iter()
-        .map(|&i| &arms.policy.candidates()[i].banner)
-        .collect();
+    let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
     let (token, decision_id) = state.tokens.sign(tenant, slot, city, &ids, now, nonce);

@@ -143,7 +143,7 @@ fn simulator_thompson_is_the_service_function() {
         .collect();
     let config = slot_config(arms);
     let mut banner = 0;
-    let service = SlotPolicy::new(&config, |_| {
+    let service = SlotPolicy::new(&std::sync::Arc::new(config.clone()), |_| {
         banner += 1;
         posteriors[banner - 1]
     });

@@ -183,7 +183,7 @@ proptest! {
     ) {
         let config = always_valid_slot(params.len());
         let mut i = 0;
-        let policy = SlotPolicy::new(&config, |_| {
+        let policy = SlotPolicy::new(&std::sync::Arc::new(config.clone()), |_| {
             let (a, b) = params[i];
             i += 1;
             BetaPosterior::new(a, b).unwrap()
@@ -235,7 +235,7 @@ proptest! {
                 })
                 .collect(),
         };
-        let policy = SlotPolicy::new(&config, |_| BetaPosterior::uniform());
+        let policy = SlotPolicy::new(&std::sync::Arc::new(config.clone()), |_| BetaPosterior::uniform());
         let now = epoch + Duration::minutes(now_min);
         let valid = config.banners.iter().filter(|b| b.valid_from <= now && now < b.valid_to).count();
         let mut out = Vec::new();
@@ -263,7 +263,9 @@ proptest! {
 
 #[test]
 fn zero_banners_requested_is_an_error() {
-    let policy = SlotPolicy::new(&always_valid_slot(3), |_| BetaPosterior::uniform());
+    let policy = SlotPolicy::new(&std::sync::Arc::new(always_valid_slot(3)), |_| {
+        BetaPosterior::uniform()
+    });
     let now = DateTime::from_timestamp(1_764_345_900, 0).unwrap();
     let err = policy
         .decide(now, 0, &mut seeded_rng(1), &mut Vec::new())

@@ -71,16 +71,17 @@ fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosterior
         city: city.to_string(),
         banners: arms
             .policy
-            .candidates()
+            .banners()
             .iter()
+            .zip(arms.posteriors())
             .zip(&arms.counts)
             .zip(p_best)
-            .map(|((c, &counts), p_best)| BannerPosterior {
-                banner: c.banner.id.clone(),
-                image: c.banner.image.clone(),
-                summary: PosteriorSummary::new(counts, c.posterior),
+            .map(|(((banner, posterior), &counts), p_best)| BannerPosterior {
+                banner: banner.id.clone(),
+                image: banner.image.clone(),
+                summary: PosteriorSummary::new(counts, posterior),
                 p_best,
-                valid_now: c.banner.is_valid_at(now),
+                valid_now: banner.is_valid_at(now),
             })
             .collect(),
     }
