@@ -309,18 +309,18 @@ pub(super) fn bump_version(
     Ok(())
 }
 
-/// The block keys of one shard's arms in `block`: `block tenant 0 city 0` up to, not including,
-/// `block tenant 0 city 1`.
-fn shard_block_range(block: i64, shard: &ShardKey) -> (Vec<u8>, Vec<u8>) {
-    let prefix = |end: u8| {
+/// The block keys in `block` of the arms whose leading names are `names` (a tenant, or a
+/// tenant and a city): `block name 0 … name 0` up to, not including, `block name 0 … name 1`.
+fn block_range(block: i64, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    let bound = |end: u8| {
         let mut key = ordered_i64(block).to_vec();
-        for (name, last) in [(&shard.tenant, 0), (&shard.city, end)] {
+        for (i, name) in names.iter().enumerate() {
             key.extend_from_slice(name.as_bytes());
-            key.push(last);
+            key.push(if i + 1 == names.len() { end } else { 0 });
         }
         key
     };
-    (prefix(0), prefix(1))
+    (bound(0), bound(1))
 }
 
 /// The first and last block stored, if any.
@@ -340,19 +340,28 @@ fn stored_blocks(
     }
 }
 
-/// Each of one shard's (block, arm) rows in the blocks that hold buckets from `from` on (all
-/// when `None`: the all-time rows are elsewhere), reading only that shard's key ranges.
-pub(super) fn shard_block_rows(
+/// Each (block, arm) row in the blocks that hold buckets from `from` on, of the arms whose
+/// leading names are `names` (a tenant, or a tenant and a city; none: every arm), reading only
+/// their key ranges.
+pub(super) fn block_rows_from(
     t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    shard: &ShardKey,
+    names: &[&str],
     from: i64,
     mut each: impl FnMut(i64, ArmKey, &Block) -> Result<(), redb::Error>,
 ) -> Result<(), redb::Error> {
     let Some((first, last)) = stored_blocks(t)? else {
         return Ok(());
     };
+    if names.is_empty() {
+        let start = ordered_i64(block_of(from).0);
+        for row in block_rows(t.range(start.as_slice()..)?) {
+            let (block, arm, cells) = row?;
+            each(block, arm, &cells)?;
+        }
+        return Ok(());
+    }
     for block in first.max(block_of(from).0)..=last {
-        let (start, end) = shard_block_range(block, shard);
+        let (start, end) = block_range(block, names);
         for row in block_rows(t.range(start.as_slice()..end.as_slice())?) {
             let (block, arm, cells) = row?;
             each(block, arm, &cells)?;
@@ -374,7 +383,7 @@ pub(super) fn expire_buckets(
     };
     let (keep_block, keep_place) = block_of(keep_from);
     for block in first..=keep_block {
-        let (start, end) = shard_block_range(block, shard);
+        let (start, end) = block_range(block, &[&shard.tenant, &shard.city]);
         if block < keep_block {
             t.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
             continue;

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::layout::{
-    block_of, block_rows, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
-    insert_customer_event, ordered_i64, shard_block_rows, write_counts, Block, API_KEYS, APPLIED,
-    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER,
-    PRIORS, SLOTS, VERSIONS,
+    block_rows, block_rows_from, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
+    insert_customer_event, write_counts, Block, API_KEYS, APPLIED, ARM_BLOCKS, ARM_TOTALS,
+    BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER, PRIORS, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
@@ -199,20 +198,15 @@ impl PosteriorStore for EmbeddedStore {
                             add(arm, imp, clk);
                         }
                     };
-                    if let (Some(tenant), Some(city)) = (&q.tenant, &q.city) {
-                        let shard = ShardKey::new(tenant, city);
-                        shard_block_rows(&t, &shard, from, |block, arm, cells| {
-                            add_window(block, arm, cells);
-                            Ok(())
-                        })?;
-                    } else {
-                        let (first, _) = block_of(from);
-                        let start = ordered_i64(first);
-                        for row in block_rows(t.range(start.as_slice()..)?) {
-                            let (block, arm, cells) = row?;
-                            add_window(block, arm, &cells);
-                        }
-                    }
+                    let names: Vec<&str> = match (&q.tenant, &q.city) {
+                        (Some(tenant), Some(city)) => vec![tenant, city],
+                        (Some(tenant), None) => vec![tenant],
+                        (None, _) => vec![],
+                    };
+                    block_rows_from(&t, &names, from, |block, arm, cells| {
+                        add_window(block, arm, cells);
+                        Ok(())
+                    })?;
                 }
             }
             Ok(sums.into_iter().collect())
