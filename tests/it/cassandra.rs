@@ -15,11 +15,16 @@ use std::sync::Arc;
 use crate::common::{gen, ok, service, slotbandit, stderr, unique_name};
 use crate::posterior_store::customer_history;
 
-use slotbandit::model::{ArmKey, CountKey, Counts, Offset, Partition, ShardKey};
-use slotbandit::store::{open_store, PosteriorStore, ShardState, ShardWrite};
+use scylla::value::{CqlValue, Row};
+use slotbandit::model::{ArmKey, CountKey, Counts, Offset, Partition, ShardKey, ALL_TIME};
+use slotbandit::store::{
+    open_store, CountQuery, Part, PosteriorStore, ShardState, ShardWrite, Versions,
+};
 
-/// Runs CQL on a node directly with the driver (what the store does not offer: DROP).
-pub(crate) fn cql(node: &str, statement: &str) -> Result<(), String> {
+/// Runs CQL statements on a node, in order, directly with the driver (what the store does not
+/// offer: DROP, a keyspace of an earlier schema version, the server's own metrics); returns the
+/// rows of the last one.
+pub(crate) fn cql_rows(node: &str, statements: &[String]) -> Result<Vec<Row>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,12 +35,55 @@ pub(crate) fn cql(node: &str, statement: &str) -> Result<(), String> {
             .build()
             .await
             .map_err(|e| e.to_string())?;
-        session
-            .query_unpaged(statement, &[])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let mut rows = Vec::new();
+        for statement in statements {
+            let result = session
+                .query_unpaged(statement.as_str(), &[])
+                .await
+                .map_err(|e| format!("{statement}: {e}"))?;
+            rows = match result.into_rows_result() {
+                Ok(result) => result
+                    .rows::<Row>()
+                    .map_err(|e| e.to_string())?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?,
+                Err(_) => Vec::new(),
+            };
+        }
+        Ok(rows)
     })
+}
+
+/// Runs one CQL statement on a node (see [`cql_rows`]).
+pub(crate) fn cql(node: &str, statement: &str) -> Result<(), String> {
+    cql_rows(node, &[statement.to_string()]).map(|_| ())
+}
+
+/// The statements of schema version 1 for `keyspace`, and the record of it, as `schema apply` of
+/// a build that knew only version 1 ran them.
+fn version_1_schema(keyspace: &str) -> Vec<String> {
+    let cql = include_str!("../../schema/cassandra/001_init.cql")
+        .replace("{keyspace}", keyspace)
+        .replace(
+            "{replication}",
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        );
+    let code: Vec<&str> = cql
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect();
+    let mut statements: Vec<String> = code
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    statements.push(format!(
+        "INSERT INTO {keyspace}.schema_version (version, name, applied_at) \
+         VALUES (1, '001_init', toTimestamp(now()))"
+    ));
+    statements
 }
 
 /// A keyspace of this test with the schema applied; dropped at the end.
@@ -54,11 +102,25 @@ impl Keyspace {
         let name = unique_name(prefix);
         let url = format!("cassandra://{node}/{name}{suffix}");
         let applied = ok(slotbandit(&["schema", "apply", "--store", &url]));
-        assert!(applied.contains("applied schema version(s) 1"), "{applied}");
+        assert!(
+            applied.contains("applied schema version(s) 1, 2; now at 2"),
+            "{applied}"
+        );
         Self {
             node: node.to_string(),
             name,
             url,
+        }
+    }
+
+    /// A keyspace at schema version 1, as a build that knew only that version left it.
+    fn at_version_1(node: &str, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        cql_rows(node, &version_1_schema(&name)).unwrap();
+        Self {
+            node: node.to_string(),
+            url: format!("cassandra://{node}/{name}"),
+            name,
         }
     }
 
@@ -616,4 +678,389 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     own.run("start");
     ok(backfill(&h.data, &ks.url, &["-w", "2"]));
     assert_same_posteriors(&ks.url, &h.embedded);
+}
+
+/// The keys of versions, in order.
+fn parts(versions: &Versions) -> Vec<(Part, &str)> {
+    versions.keys().map(|(p, n)| (*p, n.as_str())).collect()
+}
+
+#[test]
+fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_offset() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::at_version_1(&node, "sbt_migrate");
+    let k = &ks.name;
+    let count = |t: &str, c: &str, s: &str, b: &str, bucket: i64, imp: u64, clk: u64| {
+        format!(
+            "INSERT INTO {k}.arm_state (tenant, city, slot, banner, bucket, impressions, clicks) \
+             VALUES ('{t}', '{c}', '{s}', '{b}', {bucket}, {imp}, {clk})"
+        )
+    };
+    // As a build of version 1 left it: ajio/pune with history and offsets, ajio/delhi with
+    // counts only, zara/surat with offsets only; a slot of ajio and priors of myntra.
+    let fill = [
+        count("ajio", "pune", "hero", "b1", ALL_TIME, 30, 6),
+        count("ajio", "pune", "hero", "b1", 480, 10, 2),
+        count("ajio", "pune", "hero", "b1", 481, 20, 4),
+        count("ajio", "pune", "hero", "b2", ALL_TIME, 5, 1),
+        count("ajio", "pune", "hero", "b2", 481, 5, 1),
+        count("ajio", "pune", "footer", "f1", ALL_TIME, 3, 0),
+        count("ajio", "pune", "footer", "f1", 100, 3, 0),
+        count("ajio", "delhi", "hero", "b1", ALL_TIME, 7, 2),
+        count("ajio", "delhi", "hero", "b1", 481, 7, 2),
+        count("myntra", "pune", "hero", "m1", ALL_TIME, 9, 9),
+        count("myntra", "pune", "hero", "m1", 480, 9, 9),
+        format!(
+            "UPDATE {k}.arm_state SET applied = applied + {{0: 11, 1: 1011}} \
+             WHERE tenant = 'ajio' AND city = 'pune'"
+        ),
+        format!(
+            "UPDATE {k}.arm_state SET applied = applied + {{2: 9}} \
+             WHERE tenant = 'zara' AND city = 'surat'"
+        ),
+        format!(
+            "INSERT INTO {k}.slot_banners \
+             (tenant, slot, banner, image_url, valid_from, valid_to, updated_at) \
+             VALUES ('ajio', 'hero', 'b1', 'https://img/b1.png', '2026-11-01', '2026-12-01', \
+             '2026-11-01')"
+        ),
+        format!(
+            "INSERT INTO {k}.priors (tenant, slot, banner, alpha0, beta0, source) \
+             VALUES ('myntra', 'hero', '', 2.0, 30.0, 'slot_mean')"
+        ),
+    ];
+    cql_rows(&node, &fill).unwrap();
+
+    let refused = open_store(&ks.url, true).err().unwrap().to_string();
+    assert!(
+        refused.contains("schema version 1 is older than this build's 2")
+            && refused.contains("run `slotbandit schema apply --store"),
+        "{refused}"
+    );
+    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(
+        applied.contains("applied schema version(s) 2; now at 2"),
+        "{applied}"
+    );
+
+    let store = ks.store();
+    let arm = |t: &str, c: &str, s: &str, b: &str| ArmKey::new(t, s, c, b);
+    let (pune_b1, pune_b2, pune_f1) = (
+        arm("ajio", "pune", "hero", "b1"),
+        arm("ajio", "pune", "hero", "b2"),
+        arm("ajio", "pune", "footer", "f1"),
+    );
+    let (delhi_b1, myntra_m1) = (
+        arm("ajio", "delhi", "hero", "b1"),
+        arm("myntra", "pune", "hero", "m1"),
+    );
+    let c = Counts::new;
+    let counts = |tenant: Option<&str>, city: Option<&str>, from_bucket: Option<i64>| {
+        let query = CountQuery {
+            tenant: tenant.map(Into::into),
+            city: city.map(Into::into),
+            from_bucket,
+            slot: None,
+        };
+        store.counts(&query).unwrap()
+    };
+    assert_eq!(
+        counts(None, None, None),
+        [
+            (pune_f1.clone(), c(3, 0)),
+            (delhi_b1.clone(), c(7, 2)),
+            (pune_b1.clone(), c(30, 6)),
+            (pune_b2.clone(), c(5, 1)),
+            (myntra_m1.clone(), c(9, 9)),
+        ]
+    );
+    assert_eq!(
+        counts(None, None, Some(481)),
+        [
+            (delhi_b1.clone(), c(7, 2)),
+            (pune_b1.clone(), c(20, 4)),
+            (pune_b2.clone(), c(5, 1)),
+        ]
+    );
+    assert_eq!(
+        counts(Some("ajio"), Some("pune"), Some(0)),
+        [
+            (pune_f1.clone(), c(3, 0)),
+            (pune_b1.clone(), c(30, 6)),
+            (pune_b2.clone(), c(5, 1)),
+        ]
+    );
+    assert_eq!(
+        counts(Some("myntra"), None, Some(480)),
+        [(myntra_m1, c(9, 9))]
+    );
+
+    let pune = store.shards(&|t, c| (t, c) == ("ajio", "pune")).unwrap();
+    let key = |a: &ArmKey, bucket: i64, counts: Counts| {
+        (CountKey::new(Arc::new(a.clone()), bucket), counts)
+    };
+    assert_eq!(
+        pune,
+        [ShardState {
+            shard: ShardKey::new("ajio", "pune"),
+            rows: vec![
+                key(&pune_f1, ALL_TIME, c(3, 0)),
+                key(&pune_f1, 100, c(3, 0)),
+                key(&pune_b1, ALL_TIME, c(30, 6)),
+                key(&pune_b1, 480, c(10, 2)),
+                key(&pune_b1, 481, c(20, 4)),
+                key(&pune_b2, ALL_TIME, c(5, 1)),
+                key(&pune_b2, 481, c(5, 1)),
+            ],
+            applied: BTreeMap::from([(Partition(0), Offset(11)), (Partition(1), Offset(1011)),]),
+            keep_from: None,
+        }]
+    );
+    assert_eq!(
+        store.applied_offsets().unwrap(),
+        BTreeMap::from([
+            (
+                ShardKey::new("ajio", "pune"),
+                BTreeMap::from([(Partition(0), Offset(11)), (Partition(1), Offset(1011))])
+            ),
+            (
+                ShardKey::new("zara", "surat"),
+                BTreeMap::from([(Partition(2), Offset(9))])
+            ),
+        ])
+    );
+
+    assert_eq!(store.tenants().unwrap(), ["ajio", "myntra", "zara"]);
+    let ajio = store.versions("ajio").unwrap();
+    assert_eq!(
+        parts(&ajio),
+        [
+            (Part::Shard, "delhi"),
+            (Part::Shard, "pune"),
+            (Part::Slot, "hero")
+        ]
+    );
+    assert_eq!(
+        parts(&store.versions("myntra").unwrap()),
+        [(Part::Shard, "pune"), (Part::Priors, "hero")]
+    );
+    assert_eq!(
+        parts(&store.versions("zara").unwrap()),
+        [(Part::Shard, "surat")]
+    );
+    assert_eq!(store.versions("ajio").unwrap(), ajio, "versions are stable");
+    assert_eq!(store.priors("myntra", "hero").unwrap().slot.beta0, 30.0);
+    assert!(store.slot("ajio", "hero").unwrap().is_some());
+
+    let again = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(store.versions("ajio").unwrap(), ajio);
+}
+
+#[test]
+fn a_part_left_marked_by_a_writer_that_stopped_reads_as_changed_until_written_again() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_writing");
+    let store = ks.store();
+    let pune = ArmKey::new("ajio", "hero", "pune", "b1");
+    let write = |impressions| {
+        let rows = vec![(
+            CountKey::all_time(Arc::new(pune.clone())),
+            Counts::new(impressions, 0),
+        )];
+        let shard = ShardWrite {
+            rows,
+            ..ShardWrite::new(ShardKey::new("ajio", "pune"))
+        };
+        store.apply_epoch(&[shard]).unwrap();
+    };
+    write(1);
+    let written = store.versions("ajio").unwrap();
+    assert_eq!(store.versions("ajio").unwrap(), written);
+    // What a writer leaves when it stops between marking the shard and versioning it.
+    cql(
+        &node,
+        &format!(
+            "UPDATE {}.part_versions SET writing = true \
+             WHERE tenant = 'ajio' AND part = 'shard' AND name = 'pune'",
+            ks.name
+        ),
+    )
+    .unwrap();
+    let (first, second) = (
+        store.versions("ajio").unwrap(),
+        store.versions("ajio").unwrap(),
+    );
+    assert_ne!(first, written);
+    assert_ne!(second, first);
+    write(2);
+    let rewritten = store.versions("ajio").unwrap();
+    assert_eq!(store.versions("ajio").unwrap(), rewritten);
+    assert_eq!(parts(&rewritten), [(Part::Shard, "pune")]);
+}
+
+/// A number the server's metric tables hold (their counts and sizes are integers or doubles).
+fn metric_number(value: &Option<CqlValue>) -> f64 {
+    match value {
+        Some(CqlValue::BigInt(n)) => *n as f64,
+        Some(CqlValue::Int(n)) => f64::from(*n),
+        Some(CqlValue::Counter(n)) => n.0 as f64,
+        Some(CqlValue::Double(n)) => *n,
+        None => 0.0,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// The server's count of single-partition reads of one table, and the most live rows one read of
+/// it scanned (`system_views.local_read_latency` and `rows_per_read`, kept since the node started;
+/// a keyspace of its own is read only by its test).
+fn server_reads(node: &str, keyspace: &str, table: &str) -> (u64, f64) {
+    let metric = |view: &str, column: &str| {
+        let rows = cql_rows(
+            node,
+            &[format!(
+                "SELECT {column} FROM system_views.{view} \
+                 WHERE keyspace_name = '{keyspace}' AND table_name = '{table}'"
+            )],
+        )
+        .unwrap();
+        rows.first().map_or(0.0, |r| metric_number(&r.columns[0]))
+    };
+    (
+        metric("local_read_latency", "count") as u64,
+        metric("rows_per_read", "max"),
+    )
+}
+
+/// What a reader that follows the versions reads from the server after one epoch changed
+/// `changed` of `cities` shards per tenant, each shard holding `buckets` buckets of history:
+/// (partitions of arm_counts read, the most rows one read scanned, partitions of part_versions
+/// read).
+fn reads_after_one_epoch(
+    node: &str,
+    cities: usize,
+    buckets: i64,
+    changed: usize,
+) -> (u64, f64, u64) {
+    const TENANTS: [&str; 2] = ["ajio", "myntra"];
+    const BANNERS: usize = 3;
+    const WINDOW: i64 = 24;
+    let ks = Keyspace::new(node, "sbt_reads");
+    let store = ks.store();
+    let now = 500_000;
+    let shard_rows = |tenant: &str, city: &str, imp: u64| {
+        let mut rows = Vec::new();
+        for b in 0..BANNERS {
+            let arm = Arc::new(ArmKey::new(tenant, "hero", city, &format!("b{b}")));
+            rows.push((
+                CountKey::all_time(arm.clone()),
+                Counts::new(imp * buckets as u64, 1),
+            ));
+            for bucket in now - buckets + 1..=now {
+                rows.push((CountKey::new(arm.clone(), bucket), Counts::new(imp, 0)));
+            }
+        }
+        rows
+    };
+    let history: Vec<ShardWrite> = TENANTS
+        .iter()
+        .flat_map(|t| (0..cities).map(move |c| (t, format!("c{c:03}"))))
+        .map(|(t, city)| ShardWrite {
+            rows: shard_rows(t, &city, 2),
+            applied: BTreeMap::from([(Partition(0), Offset(1))]),
+            ..ShardWrite::new(ShardKey::new(t, &city))
+        })
+        .collect();
+    for epoch in history.chunks(64) {
+        store.apply_epoch(epoch).unwrap();
+    }
+    // The reader knows every tenant's versions (it loaded everything before).
+    let known: BTreeMap<String, Versions> = store
+        .tenants()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.clone(), store.versions(&t).unwrap()))
+        .collect();
+    // One epoch changes a few shards of the first tenant, now with a new bucket.
+    let epoch: Vec<ShardWrite> = (0..changed)
+        .map(|c| {
+            let city = format!("c{c:03}");
+            let arm = Arc::new(ArmKey::new(TENANTS[0], "hero", &city, "b0"));
+            ShardWrite {
+                rows: vec![
+                    (
+                        CountKey::all_time(arm.clone()),
+                        Counts::new(3 * buckets as u64, 1),
+                    ),
+                    (CountKey::new(arm, now + 1), Counts::new(1, 0)),
+                ],
+                applied: BTreeMap::from([(Partition(0), Offset(2))]),
+                keep_from: Some(now + 1 - buckets),
+                shard: ShardKey::new(TENANTS[0], &city),
+            }
+        })
+        .collect();
+    store.apply_epoch(&epoch).unwrap();
+
+    let (counts_before, _) = server_reads(node, &ks.name, "arm_counts");
+    let (versions_before, _) = server_reads(node, &ks.name, "part_versions");
+    let mut reloaded = Vec::new();
+    for (tenant, seen) in &known {
+        let now_versions = store.versions(tenant).unwrap();
+        for ((part, city), version) in &now_versions {
+            if *part != Part::Shard || seen.get(&(*part, city.clone())) == Some(version) {
+                continue;
+            }
+            for from_bucket in [None, Some(now + 1 - WINDOW)] {
+                let query = CountQuery {
+                    tenant: Some(tenant.clone()),
+                    city: Some(city.clone()),
+                    from_bucket,
+                    slot: None,
+                };
+                assert!(!store.counts(&query).unwrap().is_empty());
+            }
+            reloaded.push(city.clone());
+        }
+    }
+    let expected: Vec<String> = (0..changed).map(|c| format!("c{c:03}")).collect();
+    assert_eq!(
+        reloaded, expected,
+        "the reader reloads exactly the changed shards"
+    );
+    let (counts_after, most_rows) = server_reads(node, &ks.name, "arm_counts");
+    let (versions_after, _) = server_reads(node, &ks.name, "part_versions");
+    (
+        counts_after - counts_before,
+        most_rows,
+        versions_after - versions_before,
+    )
+}
+
+#[test]
+fn a_reader_that_follows_the_versions_reads_only_the_changed_shards_and_only_their_slices() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let changed = 3;
+    // 2 tenants × 5 shards with 2 days of hourly buckets; 2 tenants × 100 shards with 20 days.
+    let small = reads_after_one_epoch(&node, 5, 48, changed);
+    let large = reads_after_one_epoch(&node, 100, 480, changed);
+    eprintln!(
+        "partitions of arm_counts read, most rows one read scanned, partitions of part_versions \
+         read: 10 shards × 48 buckets {small:?}; 200 shards × 480 buckets {large:?}"
+    );
+    // Per changed shard, one read of its all-time rows and one of its window; per tenant, one
+    // read of its versions.
+    assert_eq!(small.0, 2 * changed as u64);
+    assert_eq!(large.0, small.0);
+    assert_eq!((small.2, large.2), (2, 2));
+    // A read scans its slice (the window: 24 buckets × 3 banners), never the shard's history
+    // (480 buckets × 3 banners in the large store).
+    assert_eq!(large.1, small.1);
+    assert!(large.1 < 100.0, "{large:?}");
 }

@@ -15,8 +15,8 @@ use slotbandit::model::{
     ALL_CITIES, ALL_TIME,
 };
 use slotbandit::store::{
-    open_store, ApiKey, CountQuery, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
-    META_AS_OF, META_BUCKET_MINUTES,
+    open_store, ApiKey, CountQuery, Part, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
+    Versions, META_AS_OF, META_BUCKET_MINUTES,
 };
 use slotbandit::time::Buckets;
 
@@ -57,6 +57,10 @@ conformance!(
     customer_events_are_kept_once_newest_first_up_to_the_limit,
     meta_as_of_and_buckets_round_trip,
     posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior,
+    a_parts_version_changes_exactly_when_the_part_is_written,
+    keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
+    tenants_are_those_with_counts_a_slot_or_priors,
+    counts_of_one_tenant_and_city_are_that_shards_only,
 );
 
 fn on_embedded(check: fn(&dyn PosteriorStore)) {
@@ -646,6 +650,256 @@ fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn
         ..hero("nowhere")
     };
     assert_eq!(store.posteriors(&unknown_slot).unwrap(), []);
+}
+
+/// The parts whose version differs between two reads of one tenant's versions (added, removed
+/// or changed).
+fn changed_parts(before: &Versions, after: &Versions) -> Vec<(Part, String)> {
+    let mut keys: Vec<&(Part, String)> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn part(part: Part, name: &str) -> (Part, String) {
+    (part, name.to_string())
+}
+
+/// A slot of `tenant` with banners b1 and b2, valid for 30 days from 1 November 2026.
+fn hero_slot(tenant: &str, slot: &str) -> SlotConfig {
+    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    SlotConfig::with_banners(tenant, slot, ["b1", "b2"], from, from + Duration::days(30))
+}
+
+fn a_parts_version_changes_exactly_when_the_part_is_written(store: &dyn PosteriorStore) {
+    assert_eq!(store.versions("ajio").unwrap(), Versions::new());
+    let pune = arm("ajio", "pune", "hero", "b1");
+    let delhi = arm("ajio", "delhi", "hero", "b1");
+    let myntra = arm("myntra", "pune", "hero", "m1");
+    let rows = [
+        row(&pune, ALL_TIME, 1, 0),
+        row(&delhi, ALL_TIME, 1, 0),
+        row(&myntra, ALL_TIME, 1, 0),
+    ];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    store.put_slot(&hero_slot("ajio", "hero")).unwrap();
+    store
+        .write_priors("ajio", "hero", &SlotPriors::uniform())
+        .unwrap();
+    let ajio = store.versions("ajio").unwrap();
+    let myntra_versions = store.versions("myntra").unwrap();
+    assert_eq!(
+        ajio.keys().cloned().collect::<Vec<_>>(),
+        [
+            part(Part::Shard, "delhi"),
+            part(Part::Shard, "pune"),
+            part(Part::Slot, "hero"),
+            part(Part::Priors, "hero"),
+        ]
+    );
+    assert_eq!(
+        myntra_versions.keys().cloned().collect::<Vec<_>>(),
+        [part(Part::Shard, "pune")]
+    );
+    assert_eq!(
+        store.versions("ajio").unwrap(),
+        ajio,
+        "reading changes none"
+    );
+
+    // Each write changes the version of the part it writes and of no other part or tenant.
+    let mut before = ajio;
+    let mut assert_changes = |write: &dyn Fn(), parts: &[(Part, String)]| {
+        write();
+        let after = store.versions("ajio").unwrap();
+        assert_eq!(changed_parts(&before, &after), parts);
+        assert_eq!(store.versions("myntra").unwrap(), myntra_versions);
+        before = after;
+    };
+    assert_changes(
+        &|| {
+            let rows = [row(&pune, ALL_TIME, 2, 0)];
+            store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+        },
+        &[part(Part::Shard, "pune")],
+    );
+    assert_changes(
+        &|| {
+            // Offsets alone change the shard too.
+            let write = ShardWrite {
+                applied: offsets(&[(0, 4)]),
+                ..ShardWrite::new(ShardKey::new("ajio", "delhi"))
+            };
+            store.apply_epoch(&[write]).unwrap();
+        },
+        &[part(Part::Shard, "delhi")],
+    );
+    assert_changes(
+        &|| store.put_slot(&hero_slot("ajio", "hero")).unwrap(),
+        &[part(Part::Slot, "hero")],
+    );
+    assert_changes(
+        &|| {
+            store
+                .write_priors("ajio", "hero", &SlotPriors::uniform())
+                .unwrap()
+        },
+        &[part(Part::Priors, "hero")],
+    );
+    assert_changes(
+        &|| store.put_slot(&hero_slot("ajio", "footer")).unwrap(),
+        &[part(Part::Slot, "footer")],
+    );
+    // Clearing the counts removes every shard's version: readers see each shard change.
+    let before_clear = store.versions("ajio").unwrap();
+    store.clear_counts().unwrap();
+    let cleared = store.versions("ajio").unwrap();
+    assert_eq!(
+        changed_parts(&before_clear, &cleared),
+        [part(Part::Shard, "delhi"), part(Part::Shard, "pune")]
+    );
+    assert_eq!(
+        cleared.keys().cloned().collect::<Vec<_>>(),
+        [
+            part(Part::Slot, "footer"),
+            part(Part::Slot, "hero"),
+            part(Part::Priors, "hero")
+        ]
+    );
+    assert_eq!(store.versions("myntra").unwrap(), Versions::new());
+}
+
+fn keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows(
+    store: &dyn PosteriorStore,
+) {
+    let b1 = arm("ajio", "pune", "hero", "b1");
+    let b2 = arm("ajio", "pune", "hero", "b2");
+    let delhi = arm("ajio", "delhi", "hero", "b1");
+    let rows = [
+        row(&b1, ALL_TIME, 30, 6),
+        row(&b1, 100, 10, 2),
+        row(&b1, 101, 10, 2),
+        row(&b1, 102, 10, 2),
+        row(&b2, ALL_TIME, 5, 1),
+        row(&b2, 100, 5, 1),
+        row(&delhi, ALL_TIME, 4, 1),
+        row(&delhi, 100, 4, 1),
+    ];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    // Pune keeps its buckets from 101 on and writes bucket 102 again; delhi is not written.
+    let pune = ShardKey::new("ajio", "pune");
+    store
+        .apply_epoch(&[ShardWrite {
+            rows: vec![row(&b1, ALL_TIME, 31, 6), row(&b1, 102, 11, 2)],
+            applied: offsets(&[(0, 7)]),
+            keep_from: Some(101),
+            ..ShardWrite::new(pune.clone())
+        }])
+        .unwrap();
+    let window = |from| CountQuery {
+        from_bucket: Some(from),
+        ..Default::default()
+    };
+    let c = Counts::new;
+    assert_eq!(
+        counts(store, window(0)),
+        [(delhi.clone(), c(4, 1)), (b1.clone(), c(21, 4))]
+    );
+    assert_eq!(
+        counts(store, CountQuery::default()),
+        [
+            (delhi.clone(), c(4, 1)),
+            (b1.clone(), c(31, 6)),
+            (b2.clone(), c(5, 1))
+        ]
+    );
+    assert_eq!(
+        all_shards(store, &|_, c| c == "pune"),
+        [ShardState {
+            shard: pune.clone(),
+            rows: vec![
+                row(&b1, ALL_TIME, 31, 6),
+                row(&b1, 101, 10, 2),
+                row(&b1, 102, 11, 2),
+                row(&b2, ALL_TIME, 5, 1),
+            ],
+            applied: offsets(&[(0, 7)]),
+            keep_from: None,
+        }]
+    );
+    // Keeping from past every bucket leaves the all-time rows alone.
+    store
+        .apply_epoch(&[ShardWrite {
+            keep_from: Some(200),
+            ..ShardWrite::new(pune)
+        }])
+        .unwrap();
+    assert_eq!(counts(store, window(0)), [(delhi.clone(), c(4, 1))]);
+    assert_eq!(
+        counts(store, CountQuery::default()),
+        [(delhi, c(4, 1)), (b1, c(31, 6)), (b2, c(5, 1))]
+    );
+}
+
+fn tenants_are_those_with_counts_a_slot_or_priors(store: &dyn PosteriorStore) {
+    assert_eq!(store.tenants().unwrap(), Vec::<String>::new());
+    let rows = [row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 1, 0)];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    store.put_slot(&hero_slot("myntra", "hero")).unwrap();
+    store
+        .write_priors("zara", "hero", &SlotPriors::uniform())
+        .unwrap();
+    assert_eq!(store.tenants().unwrap(), ["ajio", "myntra", "zara"]);
+    // A tenant with counts only is gone with its counts.
+    store.clear_counts().unwrap();
+    assert_eq!(store.tenants().unwrap(), ["myntra", "zara"]);
+}
+
+fn counts_of_one_tenant_and_city_are_that_shards_only(store: &dyn PosteriorStore) {
+    let b1 = arm("ajio", "pune", "hero", "b1");
+    let f1 = arm("ajio", "pune", "footer", "f1");
+    // Shards whose names start like ajio/pune, and one of another city.
+    let rows = [
+        row(&b1, ALL_TIME, 10, 1),
+        row(&b1, 500, 4, 1),
+        row(&b1, 501, 6, 0),
+        row(&f1, ALL_TIME, 3, 0),
+        row(&f1, 501, 3, 0),
+        row(&arm("ajio", "pune-2", "hero", "b1"), ALL_TIME, 7, 7),
+        row(&arm("ajio", "pune-2", "hero", "b1"), 501, 7, 7),
+        row(&arm("ajio2", "pune", "hero", "b1"), ALL_TIME, 9, 0),
+        row(&arm("ajio2", "pune", "hero", "b1"), 501, 9, 0),
+        row(&arm("ajio", "delhi", "hero", "b1"), ALL_TIME, 2, 2),
+    ];
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    let pune = |slot: Option<&str>, from_bucket: Option<i64>| CountQuery {
+        tenant: Some("ajio".into()),
+        city: Some("pune".into()),
+        slot: slot.map(Into::into),
+        from_bucket,
+    };
+    let c = Counts::new;
+    assert_eq!(
+        counts(store, pune(None, None)),
+        [(f1.clone(), c(3, 0)), (b1.clone(), c(10, 1))]
+    );
+    assert_eq!(
+        counts(store, pune(None, Some(500))),
+        [(f1.clone(), c(3, 0)), (b1.clone(), c(10, 1))]
+    );
+    assert_eq!(
+        counts(store, pune(Some("hero"), Some(501))),
+        [(b1.clone(), c(6, 0))]
+    );
+    assert_eq!(counts(store, pune(Some("footer"), None)), [(f1, c(3, 0))]);
+    let nowhere = CountQuery {
+        city: Some("nowhere".into()),
+        ..pune(None, None)
+    };
+    assert_eq!(counts(store, nowhere), []);
 }
 
 /// A prior row whose source this build does not know, written straight into a backend's table.

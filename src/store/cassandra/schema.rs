@@ -8,16 +8,24 @@ use chrono::Utc;
 use scylla::value::CqlTimestamp;
 
 use super::connection::Connection;
+use super::migrate::move_data_to;
 use crate::store::url::{validate_keyspace, CassandraUrl};
 use crate::store::StoreError;
 
 /// The schema files, in version order: (version, name, CQL with `{keyspace}` and
 /// `{replication}` placeholders).
-const MIGRATIONS: [(i32, &str, &str); 1] = [(
-    1,
-    "001_init",
-    include_str!("../../../schema/cassandra/001_init.cql"),
-)];
+const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (
+        1,
+        "001_init",
+        include_str!("../../../schema/cassandra/001_init.cql"),
+    ),
+    (
+        2,
+        "002_counts_by_bucket",
+        include_str!("../../../schema/cassandra/002_counts_by_bucket.cql"),
+    ),
+];
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
@@ -127,11 +135,14 @@ fn cql_statements(cql: &str) -> Vec<String> {
 }
 
 /// Creates the keyspace and tables if missing and records the schema versions; returns the
-/// versions this call recorded (empty when the keyspace was already current).
+/// versions this call recorded (empty when the keyspace was already current). A version not yet
+/// recorded moves the data of the one before it (`migrate`) first.
 pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec<i32>, StoreError> {
     let conn = Connection::connect(url)?;
     conn.run(async {
-        for (_, name, cql) in MIGRATIONS {
+        let present = schema_versions(&conn).await?.unwrap_or_default();
+        let mut recorded = Vec::new();
+        for (version, name, cql) in MIGRATIONS {
             for statement in cql_statements(&render(cql, &url.keyspace, replication)) {
                 conn.retrying(&format!("schema {name}"), || async {
                     conn.session.query_unpaged(statement.as_str(), &[]).await?;
@@ -139,13 +150,10 @@ pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec
                 })
                 .await?;
             }
-        }
-        let present = schema_versions(&conn).await?.unwrap_or_default();
-        let mut recorded = Vec::new();
-        for (version, name, _) in MIGRATIONS {
             if present.contains(&version) {
                 continue;
             }
+            move_data_to(version, &conn).await?;
             let insert = format!(
                 "INSERT INTO {}.schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                 url.keyspace
@@ -266,6 +274,8 @@ mod tests {
         assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS sb_test"));
         for table in [
             "arm_state",
+            "arm_counts",
+            "part_versions",
             "priors",
             "slot_banners",
             "customer_events",

@@ -11,12 +11,19 @@ use crate::store::StoreError;
 pub(super) struct Statements {
     pub upsert_count: PreparedStatement,
     pub delete_count: PreparedStatement,
+    pub expire_buckets: PreparedStatement,
     pub add_applied: PreparedStatement,
-    pub shard_partitions: PreparedStatement,
-    pub applied_offsets: PreparedStatement,
     pub shard: PreparedStatement,
-    pub counts_in_shard: PreparedStatement,
-    pub counts_of_slot_in_shard: PreparedStatement,
+    pub shard_applied: PreparedStatement,
+    pub all_time_counts: PreparedStatement,
+    pub all_time_counts_of_slot: PreparedStatement,
+    pub bucket_counts: PreparedStatement,
+    pub mark_writing: PreparedStatement,
+    pub set_version: PreparedStatement,
+    pub versions: PreparedStatement,
+    pub part_names: PreparedStatement,
+    pub delete_part_versions: PreparedStatement,
+    pub tenants: PreparedStatement,
     pub write_prior: PreparedStatement,
     pub priors_of_slot: PreparedStatement,
     pub set_meta: PreparedStatement,
@@ -47,44 +54,73 @@ impl Statements {
         };
         Ok(Statements {
             upsert_count: prepare(format!(
-                "INSERT INTO {ks}.arm_state (tenant, city, slot, banner, bucket, impressions, clicks) \
+                "INSERT INTO {ks}.arm_counts (tenant, city, bucket, slot, banner, impressions, clicks) \
                  VALUES (?, ?, ?, ?, ?, ?, ?)"
             ))
             .await?,
             delete_count: prepare(format!(
-                "DELETE FROM {ks}.arm_state \
-                 WHERE tenant = ? AND city = ? AND slot = ? AND banner = ? AND bucket = ?"
+                "DELETE FROM {ks}.arm_counts \
+                 WHERE tenant = ? AND city = ? AND bucket = ? AND slot = ? AND banner = ?"
+            ))
+            .await?,
+            // One range delete: the all-time rows (bucket -1) lie outside it.
+            expire_buckets: prepare(format!(
+                "DELETE FROM {ks}.arm_counts \
+                 WHERE tenant = ? AND city = ? AND bucket >= 0 AND bucket < ?"
             ))
             .await?,
             add_applied: prepare(format!(
-                "UPDATE {ks}.arm_state SET applied = applied + ? WHERE tenant = ? AND city = ?"
-            ))
-            .await?,
-            shard_partitions: prepare(format!("SELECT DISTINCT tenant, city FROM {ks}.arm_state"))
-                .await?,
-            // DISTINCT reads partition keys and static columns only: no rows.
-            applied_offsets: prepare(format!(
-                "SELECT DISTINCT tenant, city, applied FROM {ks}.arm_state"
+                "UPDATE {ks}.arm_counts SET applied = applied + ? WHERE tenant = ? AND city = ?"
             ))
             .await?,
             shard: prepare(format!(
-                "SELECT slot, banner, bucket, impressions, clicks, applied FROM {ks}.arm_state \
+                "SELECT bucket, slot, banner, impressions, clicks, applied FROM {ks}.arm_counts \
                  WHERE tenant = ? AND city = ?"
             ))
             .await?,
-            // Filtering on the last clustering column inside one partition: the server reads
-            // the partition and sends only the wanted buckets.
-            counts_in_shard: prepare(format!(
-                "SELECT slot, banner, bucket, impressions, clicks FROM {ks}.arm_state \
-                 WHERE tenant = ? AND city = ? AND bucket >= ? AND bucket <= ? ALLOW FILTERING"
+            // DISTINCT reads the partition's static columns only: no rows.
+            shard_applied: prepare(format!(
+                "SELECT DISTINCT applied FROM {ks}.arm_counts WHERE tenant = ? AND city = ?"
             ))
             .await?,
-            counts_of_slot_in_shard: prepare(format!(
-                "SELECT slot, banner, bucket, impressions, clicks FROM {ks}.arm_state \
-                 WHERE tenant = ? AND city = ? AND slot = ? AND bucket >= ? AND bucket <= ? \
-                 ALLOW FILTERING"
+            all_time_counts: prepare(format!(
+                "SELECT slot, banner, impressions, clicks FROM {ks}.arm_counts \
+                 WHERE tenant = ? AND city = ? AND bucket = -1"
             ))
             .await?,
+            all_time_counts_of_slot: prepare(format!(
+                "SELECT slot, banner, impressions, clicks FROM {ks}.arm_counts \
+                 WHERE tenant = ? AND city = ? AND bucket = -1 AND slot = ?"
+            ))
+            .await?,
+            bucket_counts: prepare(format!(
+                "SELECT bucket, slot, banner, impressions, clicks FROM {ks}.arm_counts \
+                 WHERE tenant = ? AND city = ? AND bucket >= ? AND bucket <= ?"
+            ))
+            .await?,
+            mark_writing: prepare(format!(
+                "UPDATE {ks}.part_versions SET writing = true \
+                 WHERE tenant = ? AND part = ? AND name = ?"
+            ))
+            .await?,
+            set_version: prepare(format!(
+                "UPDATE {ks}.part_versions SET version = ?, writing = false \
+                 WHERE tenant = ? AND part = ? AND name = ?"
+            ))
+            .await?,
+            versions: prepare(format!(
+                "SELECT part, name, version, writing FROM {ks}.part_versions WHERE tenant = ?"
+            ))
+            .await?,
+            part_names: prepare(format!(
+                "SELECT name FROM {ks}.part_versions WHERE tenant = ? AND part = ?"
+            ))
+            .await?,
+            delete_part_versions: prepare(format!(
+                "DELETE FROM {ks}.part_versions WHERE tenant = ? AND part = ?"
+            ))
+            .await?,
+            tenants: prepare(format!("SELECT DISTINCT tenant FROM {ks}.part_versions")).await?,
             write_prior: prepare(format!(
                 "INSERT INTO {ks}.priors (tenant, slot, banner, alpha0, beta0, source) \
                  VALUES (?, ?, ?, ?, ?, ?)"

@@ -1,8 +1,10 @@
 //! [`CassandraStore`]: the [`PosteriorStore`] over the tables of `schema/cassandra/`. An epoch
-//! writes each changed shard as UNLOGGED single-partition batches; reads of several shards or
+//! writes each changed shard as UNLOGGED single-partition batches and gives it a new version in
+//! `part_versions`, which also lists the tenants and their shards; reads of several shards or
 //! partitions run at once.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
 use scylla::value::CqlTimestamp;
 
@@ -25,8 +28,8 @@ use crate::store::customer_rows::CustomerEventRow;
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
 use crate::store::url::CassandraUrl;
 use crate::store::{
-    ApiKey, AppliedOffsets, CountQuery, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
-    Versions,
+    next_version, ApiKey, AppliedOffsets, CountQuery, Part, PosteriorStore, Role, ShardState,
+    ShardWrite, StoreError, Versions,
 };
 
 /// A batch holds at most this many statements (the protocol counts them in a u16).
@@ -67,14 +70,39 @@ impl CassandraStore {
     }
 
     /// The batches that write one shard: one, unless a backfill (no applied offsets to keep in
-    /// step) changed more rows than a batch holds.
+    /// step) changed more rows than a batch holds. Rows in buckets that `keep_from` expires are
+    /// left out, so the range delete and the rows never meet in one batch or across two.
     fn shard_batches<'a>(
         &self,
         shard: &'a ShardWrite,
     ) -> Result<Vec<(Batch, BatchValues<'a>)>, StoreError> {
         let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
-        let statements = shard.rows.len() + usize::from(!shard.applied.is_empty());
-        if statements > BATCH_LIMIT && !shard.applied.is_empty() {
+        let expired = |bucket: i64| shard.keep_from.is_some_and(|k| (0..k).contains(&bucket));
+        let mut statements: Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)> = Vec::new();
+        if let Some(keep_from) = shard.keep_from.filter(|&k| k > 0) {
+            statements.push((&self.st.expire_buckets, Box::new((t, c, keep_from))));
+        }
+        for (key, counts) in shard.rows.iter().filter(|(key, _)| !expired(key.bucket)) {
+            let a = &key.arm;
+            let (slot, banner) = (a.slot.as_str(), a.banner.as_str());
+            if counts.is_zero() {
+                let values = (t, c, key.bucket, slot, banner);
+                statements.push((&self.st.delete_count, Box::new(values)));
+            } else {
+                let count = |n: u64| {
+                    i64::try_from(n)
+                        .map_err(|_| self.conn.fail(format!("count {n} of {a} exceeds bigint")))
+                };
+                let (imp, clk) = (count(counts.impressions)?, count(counts.clicks)?);
+                let values = (t, c, key.bucket, slot, banner, imp, clk);
+                statements.push((&self.st.upsert_count, Box::new(values)));
+            }
+        }
+        if !shard.applied.is_empty() {
+            let values = (offsets_to_cql(&shard.applied), t, c);
+            statements.push((&self.st.add_applied, Box::new(values)));
+        }
+        if statements.len() > BATCH_LIMIT && !shard.applied.is_empty() {
             return Err(self.conn.fail(format!(
                 "shard ({t}, {c}) changed {} rows in one epoch; one batch holds at most {BATCH_LIMIT} \
                  statements (use shorter epochs)",
@@ -82,104 +110,184 @@ impl CassandraStore {
             )));
         }
         let mut batches = Vec::new();
-        for chunk in shard.rows.chunks(BATCH_LIMIT - 1) {
+        let mut statements = statements.into_iter().peekable();
+        while statements.peek().is_some() {
             let mut batch = Batch::new(BatchType::Unlogged);
             batch.set_is_idempotent(true);
-            let mut values: BatchValues<'a> = Vec::with_capacity(chunk.len() + 1);
-            for (key, counts) in chunk {
-                let a = &key.arm;
-                if counts.is_zero() {
-                    batch.append_statement(BatchStatement::from(self.st.delete_count.clone()));
-                    values.push(Box::new((
-                        t,
-                        c,
-                        a.slot.as_str(),
-                        a.banner.as_str(),
-                        key.bucket,
-                    )));
-                } else {
-                    let count = |n: u64| {
-                        i64::try_from(n)
-                            .map_err(|_| self.conn.fail(format!("count {n} of {a} exceeds bigint")))
-                    };
-                    batch.append_statement(BatchStatement::from(self.st.upsert_count.clone()));
-                    values.push(Box::new((
-                        t,
-                        c,
-                        a.slot.as_str(),
-                        a.banner.as_str(),
-                        key.bucket,
-                        count(counts.impressions)?,
-                        count(counts.clicks)?,
-                    )));
-                }
+            let mut values: BatchValues<'a> = Vec::new();
+            for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
+                batch.append_statement(BatchStatement::from(statement.clone()));
+                values.push(value);
             }
             batches.push((batch, values));
-        }
-        if !shard.applied.is_empty() {
-            if batches.is_empty() {
-                let mut batch = Batch::new(BatchType::Unlogged);
-                batch.set_is_idempotent(true);
-                batches.push((batch, Vec::new()));
-            }
-            let (batch, values) = batches.last_mut().expect("one batch");
-            batch.append_statement(BatchStatement::from(self.st.add_applied.clone()));
-            values.push(Box::new((offsets_to_cql(&shard.applied), t, c)));
         }
         Ok(batches)
     }
 
-    /// Every (tenant, city) partition of `arm_state`.
-    async fn shard_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.conn
-            .select_all("list shards", &self.st.shard_partitions, &[])
-            .await
+    /// Runs `statement` once per (tenant, values), as one single-partition batch of
+    /// `part_versions` per tenant, the tenants' batches at once.
+    async fn for_each_part<V: SerializeRow>(
+        &self,
+        what: &str,
+        statement: &PreparedStatement,
+        rows: impl IntoIterator<Item = (&str, V)>,
+    ) -> Result<(), StoreError> {
+        let mut per_tenant: BTreeMap<&str, Vec<V>> = BTreeMap::new();
+        for (tenant, values) in rows {
+            per_tenant.entry(tenant).or_default().push(values);
+        }
+        let mut batches = Vec::new();
+        for values in per_tenant.into_values() {
+            let mut values = values.into_iter().peekable();
+            while values.peek().is_some() {
+                let chunk: Vec<V> = values.by_ref().take(BATCH_LIMIT).collect();
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_is_idempotent(true);
+                for _ in &chunk {
+                    batch.append_statement(BatchStatement::from(statement.clone()));
+                }
+                batches.push((batch, chunk));
+            }
+        }
+        futures::stream::iter(batches.iter().map(|(batch, values)| {
+            self.conn.retrying(what, move || async move {
+                self.conn.session.batch(batch, values).await?;
+                Ok(())
+            })
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await
     }
 
-    /// The shards a query touches.
+    /// Runs `write`, which changes `parts` ((tenant, part, name)), so that a reader that reads
+    /// the versions first and the data after never misses the change (docs/architecture.md,
+    /// "Store layouts"): the parts are marked `writing` first, then written, and only once the
+    /// write has succeeded given new versions. A writer that stops in between leaves its parts
+    /// marked, and a marked part reads as changed on every read until it is written again.
+    async fn versioned<T>(
+        &self,
+        parts: &[(&str, Part, &str)],
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let each_part = || {
+            parts
+                .iter()
+                .map(|&(tenant, part, name)| (tenant, part.as_str(), name))
+        };
+        let marks = each_part().map(|(tenant, part, name)| (tenant, (tenant, part, name)));
+        self.for_each_part("mark parts as being written", &self.st.mark_writing, marks)
+            .await?;
+        let written = write.await?;
+        let mut versions = Vec::new();
+        for (tenant, part, name) in each_part() {
+            let version = i64::try_from(next_version()).map_err(|_| {
+                self.conn
+                    .fail("the version clock passed the range of bigint")
+            })?;
+            versions.push((tenant, (version, tenant, part, name)));
+        }
+        self.for_each_part("record versions", &self.st.set_version, versions)
+            .await?;
+        Ok(written)
+    }
+
+    /// Every tenant with a part in `part_versions`.
+    async fn tenant_names(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = self
+            .conn
+            .select_all("list tenants", &self.st.tenants, &[])
+            .await?;
+        let mut tenants: Vec<String> = rows.into_iter().map(|(t,)| t).collect();
+        tenants.sort();
+        Ok(tenants)
+    }
+
+    /// The cities of one tenant's shards, from its `part_versions` partition.
+    async fn cities_of(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = self
+            .conn
+            .select_all(
+                "list shards",
+                &self.st.part_names,
+                (tenant, Part::Shard.as_str()),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(city,)| city).collect())
+    }
+
+    /// The shards a query touches: the one named, or those `part_versions` lists.
     async fn shards_of(&self, q: &CountQuery) -> Result<Vec<(String, String)>, StoreError> {
         if let (Some(t), Some(c)) = (&q.tenant, &q.city) {
             return Ok(vec![(t.clone(), c.clone())]);
         }
-        let mut keys = self.shard_keys().await?;
-        keys.retain(|(t, c)| {
-            q.tenant.as_ref().is_none_or(|want| want == t)
-                && q.city.as_ref().is_none_or(|want| want == c)
-        });
+        let tenants = match &q.tenant {
+            Some(t) => vec![t.clone()],
+            None => self.tenant_names().await?,
+        };
+        let mut keys = Vec::new();
+        for tenant in tenants {
+            for city in self.cities_of(&tenant).await? {
+                if q.city.as_ref().is_none_or(|want| *want == city) {
+                    keys.push((tenant.clone(), city));
+                }
+            }
+        }
         Ok(keys)
     }
 
-    /// The wanted buckets' rows of one shard: (slot, banner, bucket, impressions, clicks).
+    /// The rows of one shard a query wants: (slot, banner, impressions, clicks), read as one
+    /// clustering slice (the all-time rows, or a window's buckets).
     async fn shard_counts(
         &self,
         tenant: &str,
         city: &str,
-        slot: Option<&str>,
-        buckets: (i64, i64),
-    ) -> Result<Vec<(String, String, i64, i64, i64)>, StoreError> {
+        q: &CountQuery,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
         let what = format!("read shard ({tenant}, {city})");
-        let (from, to) = buckets;
-        match slot {
-            Some(s) => {
-                let values = (tenant, city, s, from, to);
-                let statement = &self.st.counts_of_slot_in_shard;
-                self.conn.select_all(&what, statement, values).await
-            }
-            None => {
-                let values = (tenant, city, from, to);
-                let statement = &self.st.counts_in_shard;
-                self.conn.select_all(&what, statement, values).await
-            }
+        let Some(from) = q.from_bucket else {
+            return match &q.slot {
+                Some(s) => {
+                    let statement = &self.st.all_time_counts_of_slot;
+                    let values = (tenant, city, s.as_str());
+                    self.conn.select_all(&what, statement, values).await
+                }
+                None => {
+                    let statement = &self.st.all_time_counts;
+                    self.conn.select_all(&what, statement, (tenant, city)).await
+                }
+            };
+        };
+        let mut rows = Vec::new();
+        for (first, last) in window_ranges(from) {
+            let values = (tenant, city, first, last);
+            let window: Vec<(i64, String, String, i64, i64)> = self
+                .conn
+                .select_all(&what, &self.st.bucket_counts, values)
+                .await?;
+            // The slot follows the bucket in the key, so a window of one slot is filtered here.
+            rows.extend(
+                window
+                    .into_iter()
+                    .filter(|(_, slot, ..)| q.slot.as_ref().is_none_or(|want| want == slot))
+                    .map(|(_, slot, banner, imp, clk)| (slot, banner, imp, clk)),
+            );
         }
+        Ok(rows)
+    }
+
+    /// Every shard `part_versions` lists.
+    async fn all_shards(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.shards_of(&CountQuery::default()).await
     }
 
     /// One shard's rows and applied offsets, read in one request so that they come from one
     /// isolated view of the partition.
     async fn shard_state(&self, tenant: &str, city: &str) -> Result<ShardState, StoreError> {
         type Row = (
-            Option<String>,
-            Option<String>,
             Option<i64>,
+            Option<String>,
+            Option<String>,
             Option<i64>,
             Option<i64>,
             Option<BTreeMap<i32, i64>>,
@@ -189,12 +297,12 @@ impl CassandraStore {
             .select_unpaged(&what, &self.st.shard, (tenant, city), |result| {
                 let mut state = ShardState::new(ShardKey::new(tenant, city));
                 for row in result.rows::<Row>()? {
-                    let (slot, banner, bucket, imp, clk, applied) = row?;
+                    let (bucket, slot, banner, imp, clk, applied) = row?;
                     if let Some(applied) = applied {
                         state.applied = offsets_from_cql(applied);
                     }
                     // A partition with offsets but no rows reads as one row of nulls.
-                    let (Some(slot), Some(banner), Some(bucket)) = (slot, banner, bucket) else {
+                    let (Some(bucket), Some(slot), Some(banner)) = (bucket, slot, banner) else {
                         continue;
                     };
                     let arm = ArmKey::new(tenant, &slot, city, &banner);
@@ -207,6 +315,34 @@ impl CassandraStore {
             })
             .await
     }
+
+    /// One shard's applied offsets (its static column only).
+    async fn shard_applied(
+        &self,
+        tenant: &str,
+        city: &str,
+    ) -> Result<BTreeMap<Partition, Offset>, StoreError> {
+        let what = format!("read applied offsets of ({tenant}, {city})");
+        self.conn
+            .select_unpaged(&what, &self.st.shard_applied, (tenant, city), |rows| {
+                let applied = rows.maybe_first_row::<(Option<BTreeMap<i32, i64>>,)>()?;
+                Ok(offsets_from_cql(
+                    applied.and_then(|(a,)| a).unwrap_or_default(),
+                ))
+            })
+            .await
+    }
+}
+
+/// The inclusive bucket ranges of a window from bucket `from` on: every bucket but the
+/// all-time rows' (one range, unless the window reaches back past it).
+fn window_ranges(from: i64) -> Vec<(i64, i64)> {
+    let mut ranges = Vec::new();
+    if from < ALL_TIME {
+        ranges.push((from, ALL_TIME - 1));
+    }
+    ranges.push((from.max(ALL_TIME + 1), i64::MAX));
+    ranges
 }
 
 /// A row's counts, which the schema keeps as bigint: a missing one is 0, a negative one is corrupt.
@@ -227,41 +363,54 @@ impl PosteriorStore for CassandraStore {
                 batches.push((what.clone(), batch));
             }
         }
-        self.conn.run(
-            futures::stream::iter(batches.iter().map(|(what, (batch, values))| {
-                self.conn.retrying(what, move || async move {
-                    self.conn.session.batch(batch, values).await?;
-                    Ok(())
-                })
-            }))
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect::<()>(),
-        )
+        let parts: Vec<(&str, Part, &str)> = shards
+            .iter()
+            .map(|s| (s.shard.tenant.as_str(), Part::Shard, s.shard.city.as_str()))
+            .collect();
+        let write_shards = futures::stream::iter(batches.iter().map(|(what, (batch, values))| {
+            self.conn.retrying(what, move || async move {
+                self.conn.session.batch(batch, values).await?;
+                Ok(())
+            })
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<()>();
+        self.conn.run(self.versioned(&parts, write_shards))
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
-        let mut truncate = Statement::new(format!("TRUNCATE {}.arm_state", self.conn.keyspace));
+        let mut truncate = Statement::new(format!("TRUNCATE {}.arm_counts", self.conn.keyspace));
         truncate.set_request_timeout(Some(TRUNCATE_TIMEOUT));
         truncate.set_is_idempotent(true);
-        self.conn
-            .run(self.conn.retrying("truncate arm_state", || async {
-                self.conn
-                    .session
-                    .query_unpaged(truncate.clone(), &[])
-                    .await?;
-                Ok(())
-            }))
+        self.conn.run(async {
+            // The counts go first: a reader that meanwhile reads the old versions reads either
+            // the old counts or none, and sees every shard change once the versions go.
+            self.conn
+                .retrying("truncate arm_counts", || async {
+                    self.conn
+                        .session
+                        .query_unpaged(truncate.clone(), &[])
+                        .await?;
+                    Ok(())
+                })
+                .await?;
+            let tenants = self.tenant_names().await?;
+            let shard_parts = tenants.iter().map(|t| (t.as_str(), Part::Shard.as_str()));
+            self.conn
+                .execute_each(
+                    "delete shard versions",
+                    &self.st.delete_part_versions,
+                    shard_parts,
+                )
+                .await
+        })
     }
 
     fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError> {
-        let buckets = match q.from_bucket {
-            None => (ALL_TIME, ALL_TIME),
-            Some(from) => (from, i64::MAX),
-        };
         self.conn.run(async {
             let shards = self.shards_of(q).await?;
             let per_shard: Vec<_> = futures::stream::iter(shards.iter().map(|(t, c)| async move {
-                let rows = self.shard_counts(t, c, q.slot.as_deref(), buckets).await?;
+                let rows = self.shard_counts(t, c, q).await?;
                 Ok::<_, StoreError>((t, c, rows))
             }))
             .buffer_unordered(IN_FLIGHT)
@@ -269,10 +418,7 @@ impl PosteriorStore for CassandraStore {
             .await?;
             let mut sums: BTreeMap<ArmKey, Counts> = BTreeMap::new();
             for (tenant, city, rows) in per_shard {
-                for (slot, banner, bucket, imp, clk) in rows {
-                    if q.from_bucket.is_some() && bucket == ALL_TIME {
-                        continue;
-                    }
+                for (slot, banner, imp, clk) in rows {
                     let arm = ArmKey::new(tenant, &slot, city, &banner);
                     let counts = counts_of(&arm, Some(imp), Some(clk))
                         .map_err(|f| self.conn.fail(f.detail))?;
@@ -283,20 +429,32 @@ impl PosteriorStore for CassandraStore {
         })
     }
 
-    fn versions(&self, _tenant: &str) -> Result<Versions, StoreError> {
-        Ok(Versions::new())
+    fn versions(&self, tenant: &str) -> Result<Versions, StoreError> {
+        type Row = (String, String, Option<i64>, Option<bool>);
+        let rows: Vec<Row> = self.conn.run(self.conn.select_all(
+            "read versions",
+            &self.st.versions,
+            (tenant,),
+        ))?;
+        let mut versions = Versions::new();
+        for (part, name, version, writing) in rows {
+            let corrupt =
+                |detail: String| self.conn.failed("read versions", Failure::corrupt(detail));
+            let part =
+                Part::parse(&part).ok_or_else(|| corrupt(format!("unknown part {part:?}")))?;
+            let version = match (version, writing) {
+                (Some(v), Some(false) | None) => u64::try_from(v)
+                    .map_err(|_| corrupt(format!("negative version of {part:?} {name}")))?,
+                // Being written, or left so by a writer that stopped: changed on every read.
+                _ => next_version(),
+            };
+            versions.insert((part, name), version);
+        }
+        Ok(versions)
     }
 
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        let mut tenants: std::collections::BTreeSet<String> =
-            self.slots(None)?.into_iter().map(|(t, _)| t).collect();
-        tenants.extend(
-            self.conn
-                .run(self.shard_keys())?
-                .into_iter()
-                .map(|(t, _)| t),
-        );
-        Ok(tenants.into_iter().collect())
+        self.conn.run(self.tenant_names())
     }
 
     fn write_priors(
@@ -314,10 +472,11 @@ impl PosteriorStore for CassandraStore {
             } = row;
             (tenant, slot, banner, alpha0, beta0, source)
         });
-        self.conn.run(
-            self.conn
-                .execute_each("write priors", &self.st.write_prior, rows),
-        )
+        let write = self
+            .conn
+            .execute_each("write priors", &self.st.write_prior, rows);
+        self.conn
+            .run(self.versioned(&[(tenant, Part::Priors, slot)], write))
     }
 
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError> {
@@ -366,7 +525,7 @@ impl PosteriorStore for CassandraStore {
 
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.conn.run(async {
-            let mut keys = self.shard_keys().await?;
+            let mut keys = self.all_shards().await?;
             keys.retain(|(t, c)| owns(t, c));
             keys.sort();
             let mut states: Vec<ShardState> =
@@ -374,6 +533,7 @@ impl PosteriorStore for CassandraStore {
                     .buffered(IN_FLIGHT)
                     .try_collect()
                     .await?;
+            states.retain(|s| !s.rows.is_empty() || !s.applied.is_empty());
             for state in &mut states {
                 state.rows.sort();
             }
@@ -382,18 +542,21 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn applied_offsets(&self) -> Result<AppliedOffsets, StoreError> {
-        type Row = (String, String, Option<BTreeMap<i32, i64>>);
-        let rows: Vec<Row> = self.conn.run(self.conn.select_all(
-            "read applied offsets",
-            &self.st.applied_offsets,
-            &[],
-        ))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(t, c, applied)| {
-                Some((ShardKey { tenant: t, city: c }, offsets_from_cql(applied?)))
-            })
-            .collect())
+        self.conn.run(async {
+            let keys = self.all_shards().await?;
+            let offsets: Vec<_> =
+                futures::stream::iter(keys.into_iter().map(|(t, c)| async move {
+                    let applied = self.shard_applied(&t, &c).await?;
+                    Ok::<_, StoreError>((ShardKey { tenant: t, city: c }, applied))
+                }))
+                .buffer_unordered(IN_FLIGHT)
+                .try_collect()
+                .await?;
+            Ok(offsets
+                .into_iter()
+                .filter(|(_, applied): &(ShardKey, BTreeMap<_, _>)| !applied.is_empty())
+                .collect())
+        })
     }
 
     fn checkpoints(&self, job: &str) -> Result<BTreeMap<Partition, Offset>, StoreError> {
@@ -457,10 +620,11 @@ impl PosteriorStore for CassandraStore {
                 written,
             )));
         }
-        self.conn.run(self.conn.retrying("write slot", || async {
+        let write = self.conn.retrying("write slot", || async {
             self.conn.session.batch(&batch, &values).await?;
             Ok(())
-        }))
+        });
+        self.conn.run(self.versioned(&[(t, Part::Slot, s)], write))
     }
 
     fn slot(&self, tenant: &str, slot: &str) -> Result<Option<SlotConfig>, StoreError> {
