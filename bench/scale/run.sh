@@ -126,8 +126,10 @@ record backfill rows_per_s "$(awk -v r="$rows" -v s="$sb_wall" 'BEGIN { printf "
   "DuckDB $(awk -v r="$rows" -v s="$dk_wall" 'BEGIN { printf "%.0f", r / s }')" "$(ratio "$dk_wall" "$sb_wall")×"
 record backfill peak_rss_mib "$sb_rss" "DuckDB $dk_rss" "$(ratio "$sb_rss" "$dk_rss")×" "slotbandit / DuckDB"
 "$bin" posteriors --store "$store" --format csv | cut -d, -f1-6 >"$work/slotbandit.csv"
+store_arms="$(($(wc -l <"$work/slotbandit.csv") - 1))"
+record backfill store_arms "$store_arms" "" "" "arms with counts in the store (of $arms in the generator's world)"
 if cmp -s "$work/slotbandit.csv" "$work/duckdb.csv"; then
-  record backfill all_time_counts "equal to DuckDB's on all $(($(wc -l <"$work/slotbandit.csv") - 1)) arms"
+  record backfill all_time_counts "equal to DuckDB's on all $store_arms arms"
   rm -f "$work/slotbandit.csv" "$work/duckdb.csv"
 else
   diff "$work/slotbandit.csv" "$work/duckdb.csv" | head >&2
@@ -170,7 +172,8 @@ record serve rss_empty_store_mib "$((rss_empty / 1024))"
 t0="$(now)"
 serve "$store" 18090 serve
 wait_http http://127.0.0.1:18090/readyz 900 "$serve_pid" || { cat "$work/serve.out" >&2; exit 1; }
-record serve start_to_ready_s "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')"
+record serve start_to_ready_s "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')" "" "" \
+  "no slot configured yet (restart_to_ready_s below: with every slot)"
 pid="$serve_pid"
 
 : >"$work/imports.tsv"
@@ -210,7 +213,8 @@ record serve idle_cpu_pct_of_core "$(awk -v c="$((c1 - c0))" -v k="$clk" -v a="$
   'BEGIN { printf "%.2f", 100 * c / k / (b - a) }')"
 rss_loaded="$(rss_kib "$pid")"
 record serve rss_loaded_mib "$((rss_loaded / 1024))"
-record serve bytes_per_arm "$(awk -v l="$rss_loaded" -v e="$rss_empty" -v a="$arms" 'BEGIN { printf "%.0f", (l - e) * 1024 / a }')"
+record serve bytes_per_arm "$(awk -v l="$rss_loaded" -v e="$rss_empty" -v a="$store_arms" 'BEGIN { printf "%.0f", (l - e) * 1024 / a }')" \
+  "" "" "(RSS loaded - RSS on an empty store) / the store's $store_arms arms"
 
 while IFS=$'\t' read -r tenant slot city; do
   printf '/v1/tenants/%s/slots/%s/decision?city=%s %s\n' "$tenant" "$slot" "$city" "${keys[$tenant]}"
@@ -235,6 +239,19 @@ record serve at80_max_latency_ms "$mx80"
 record serve at80_errors "$errors80 / $requests80"
 record serve rss_after_wrk_mib "$(($(rss_kib "$pid") / 1024))"
 stop "$pid"
+# A restart on the loaded store (every slot configured): what a deploy or a crash costs.
+t0="$(now)"
+serve "$store" 18090 serve-restart
+wait_http http://127.0.0.1:18090/readyz 900 "$serve_pid" || { cat "$work/serve-restart.out" >&2; exit 1; }
+t1="$(now)"
+ready_slots="$(curl -s http://127.0.0.1:18090/readyz | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache_slots"])')"
+record serve restart_to_ready_s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" "" "" \
+  "serve restarted on the store with every slot; $ready_slots slots in the cache at the first 200"
+sleep 2
+rss_restart="$(rss_kib "$serve_pid")"
+record serve rss_after_restart_mib "$((rss_restart / 1024))"
+record serve bytes_per_arm_after_restart "$(awk -v l="$rss_restart" -v e="$rss_empty" -v a="$store_arms" 'BEGIN { printf "%.0f", (l - e) * 1024 / a }')"
+stop "$serve_pid"
 
 # 5. click to decision, through the demo (stream job + service in one process)
 if [ "${SKIP_CLICKS:-0}" = 1 ]; then
