@@ -162,7 +162,10 @@ record priors wall_s "$wall_s"
 # A key per tenant (before serve: the redb file opens in one process only).
 : >"$work/keys.tsv"
 for tenant in $(tail -n +2 "$gen/_slots.csv" | cut -d, -f1 | sort -u); do
-  printf '%s\t%s\n' "$tenant" "$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role admin 2>/dev/null)" >>"$work/keys.tsv"
+  key="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role admin)" \
+    || die "slotbandit keys add --tenant $tenant failed"
+  [ -n "$key" ] || die "slotbandit keys add --tenant $tenant printed no key"
+  printf '%s\t%s\n' "$tenant" "$key" >>"$work/keys.tsv"
 done
 declare -A keys
 while IFS=$'\t' read -r tenant key; do keys[$tenant]="$key"; done <"$work/keys.tsv"
