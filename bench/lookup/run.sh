@@ -1,86 +1,227 @@
 #!/usr/bin/env bash
-# Lookup service throughput and latency side by side: slotbandit serve (release, 2 serving
-# threads, embedded store with the sample's posteriors, file event log, API key checked, token
-# signed, impressions logged) and a minimal Python Thompson-sampling service (FastAPI on uvicorn,
-# 2 workers, counts in memory), both answering GET .../decision for 10 banners on loopback,
-# driven by wrk with the same script. For each: the maximum throughput (as fast as wrk can), then
-# p50/p99 at 80% of that maximum (each connection pauses between requests; the pause is
-# calibrated by two short runs). Prints a Markdown table and the ratio.
-# Usage: bench/lookup/run.sh   (env: DURATION seconds per run, default 20; CONNECTIONS, default 64;
-#        SERVE_THREADS, the service's serving threads, default 2)
+# Lookup service throughput and latency side by side, on loopback, driven by wrk -t2 with the
+# same Lua script (bench/lookup/wrk_decision.lua):
+# - slotbandit serve (release, 2 serving threads, embedded store, file event log, API key
+#   checked, request_id signed, impressions logged);
+# - python: peer.py, a minimal Thompson-sampling service as a Python shop deploys it: FastAPI on
+#   uvicorn[standard] with uvloop and httptools, 2 workers (checked: fails unless every worker
+#   runs uvloop and httptools);
+# - nginx: 2 worker processes answering every URL with one constant decision body (captured from
+#   slotbandit, so the same shape and size): the HTTP ceiling of this box.
+# For each, the maximum throughput, then p50/p99 at 80% of it (each connection pauses between
+# requests; the pause is calibrated by two 5 s runs). ROUNDS rounds, the order rotated each round;
+# every run is listed, then a summary with the ratios slotbandit / python and slotbandit / nginx.
+#
+# Usage: bench/lookup/run.sh
+# env: DURATION seconds per measured run (default 20); WARMUP seconds (default 5);
+#      CONNECTIONS (default 64); ROUNDS (default 3); SERVE_THREADS (default 2);
+#      STORE_SCALE=DIR to serve a big store instead of the sample: a folder left by
+#      bench/scale/run.sh (its store.redb with every slot imported, targets.tsv, banners), each
+#      request then a random (tenant, slot, city) of it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root="$(pwd)"
+# shellcheck source=bench/lib/http.sh
+source bench/lib/http.sh
 duration="${DURATION:-20}"
 conns="${CONNECTIONS:-64}"
+rounds="${ROUNDS:-3}"
+store_scale="${STORE_SCALE:-}"
 cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
-command -v wrk >/dev/null || { echo "run.sh: wrk is required (apt-get install wrk)" >&2; exit 1; }
+
+need wrk "apt-get install wrk"
+need curl "apt-get install curl"
+if ! command -v nginx >/dev/null; then
+  echo "run.sh: installing nginx (apt-get install nginx)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null \
+    || die "nginx is required and apt-get install nginx failed"
+fi
+need nginx "apt-get install nginx"
 venv="$cache/bench-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastapi, uvicorn' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastapi, uvicorn, uvloop, httptools' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet -r bench/requirements.txt
 fi
+"$venv/bin/python" -c 'import uvloop, httptools' || die "uvloop and httptools are missing from $venv"
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/slotbandit"
+[ -x "$bin" ] || die "no release binary at $bin"
+
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
+# The store and what to ask for.
 store="embedded:$work/store.redb"
-RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
-RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1
-key="$("$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
+if [ -n "$store_scale" ]; then
+  for f in store.redb targets.tsv banners; do
+    [ -f "$store_scale/$f" ] || die "STORE_SCALE=$store_scale has no $f (run bench/scale/run.sh first)"
+  done
+  echo "serving a copy of $store_scale/store.redb ($(du -h "$store_scale/store.redb" | cut -f1))" >&2
+  cp "$store_scale/store.redb" "$work/store.redb"
+  banners="$(cat "$store_scale/banners")"
+  declare -A keys
+  while read -r tenant; do
+    keys[$tenant]="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role serve 2>/dev/null)"
+  done < <(cut -f1 "$store_scale/targets.tsv" | sort -u)
+  while IFS=$'\t' read -r tenant slot city; do
+    printf '/v1/tenants/%s/slots/%s/decision?city=%s %s\n' "$tenant" "$slot" "$city" "${keys[$tenant]}"
+  done <"$store_scale/targets.tsv" >"$work/targets"
+  export SB_TARGETS="$work/targets"
+  echo "$(wc -l <"$work/targets") (tenant, slot, city) targets over ${#keys[@]} tenants, $banners banners a slot" >&2
+else
+  RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
+  RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1
+  SB_KEY="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
+  export SB_KEY
+  banners=10
+fi
 
 RUST_LOG=warn "$bin" serve --store "$store" --log "file:$work/log" --spool-dir "$work/spool" \
-  --listen 127.0.0.1:18080 --threads ${SERVE_THREADS:-2} >"$work/serve.out" 2>&1 &
+  --listen 127.0.0.1:18080 --threads "${SERVE_THREADS:-2}" >"$work/serve.out" 2>&1 &
 pids+=($!)
-(cd bench/lookup && exec "$venv/bin/uvicorn" peer:app --host 127.0.0.1 --port 18081 --workers 2 \
+wait_http http://127.0.0.1:18080/readyz 600 "${pids[-1]}" \
+  || { cat "$work/serve.out" >&2; exit 1; }
+if [ -z "$store_scale" ]; then
+  curl -sf -X POST -H "Authorization: Bearer $SB_KEY" -H 'content-type: text/csv' \
+    --data-binary @datasets/slots/ajio_hero.csv http://127.0.0.1:18080/v1/tenants/ajio/slot-imports >/dev/null \
+    || die "importing datasets/slots/ajio_hero.csv failed"
+  first_path="/v1/tenants/ajio/slots/hero/decision?city=mumbai"; first_key="$SB_KEY"
+else
+  read -r first_path first_key <"$work/targets"
+fi
+# One real decision: it must succeed, and it is nginx's constant body (same shape and size). The
+# cache takes up to a refresh to see the imported slot, hence the retries.
+for _ in $(seq 50); do
+  body="$(curl -sf -H "Authorization: Bearer $first_key" "http://127.0.0.1:18080$first_path")" && break
+  sleep 0.2
+done
+[ -n "${body:-}" ] || die "slotbandit answered no decision for $first_path"
+case "$body" in *"'"* | *'$'* | *\\*) die "the decision body has characters nginx's return would mangle: $body" ;; esac
+
+(cd bench/lookup && PEER_BANNERS="$banners" PEER_REQUIRE_FAST=1 exec "$venv/bin/uvicorn" peer:app \
+  --host 127.0.0.1 --port 18081 --workers 2 --loop uvloop --http httptools --lifespan on \
   --log-level warning --no-access-log) >"$work/peer.out" 2>&1 &
 pids+=($!)
-for port in 18080 18081; do
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" -w '%{http_code}' | grep -q '200\|404' && break; sleep 0.2; done
+wait_http http://127.0.0.1:18081/peerinfo 60 "${pids[-1]}" || { cat "$work/peer.out" >&2; exit 1; }
+# Every worker must run uvloop and httptools: ask until both workers have answered.
+declare -A peer_workers=()
+for _ in $(seq 200); do
+  info="$(curl -sf http://127.0.0.1:18081/peerinfo)" || die "peer /peerinfo failed"
+  read -r pid loop http < <("$venv/bin/python" -c \
+    'import json,sys; d=json.loads(sys.argv[1]); print(d["pid"], d["loop"], ",".join(d["http"]))' "$info")
+  [[ "$loop" == uvloop.* && "$http" == httptools ]] \
+    || die "the Python peer's worker $pid runs loop $loop and HTTP $http, not uvloop and httptools"
+  peer_workers[$pid]="$loop $http"
+  [ "${#peer_workers[@]}" -ge 2 ] && break
 done
-curl -sf -X POST -H "Authorization: Bearer $key" -H 'content-type: text/csv' \
-  --data-binary @datasets/slots/ajio_hero.csv http://127.0.0.1:18080/v1/tenants/ajio/slot-imports >/dev/null
+[ "${#peer_workers[@]}" -ge 2 ] || die "only ${#peer_workers[@]} peer worker(s) answered /peerinfo"
+echo "python peer: ${#peer_workers[@]} workers, each on $(printf '%s\n' "${peer_workers[@]}" | sort -u)" >&2
 
-load() { # url delay_ms [seconds] -> "rps p50_ms p99_ms max_ms errors requests"
-  SB_KEY="$key" SB_DELAY_MS="$2" wrk -t2 -c"$conns" -d"${3:-$duration}s" \
-    -s bench/lookup/wrk_decision.lua "$1" | awk '/^RESULT/ { $1 = ""; print }'
+# nginx as the current user, everything in the temp folder, no root config.
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
+worker_processes 2;
+daemon off;
+master_process on;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 75s;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server {
+    listen 127.0.0.1:18082;
+    location / {
+      default_type application/json;
+      return 200 '$body';
+    }
+  }
 }
+EOF
+nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx/test.out" \
+  || { cat "$work/nginx/test.out" >&2; die "nginx rejected its generated config"; }
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.out" 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:18082/healthz 20 "${pids[-1]}" || { cat "$work/nginx.out" >&2; exit 1; }
+[ "$(curl -sf "http://127.0.0.1:18082$first_path")" = "$body" ] || die "nginx does not answer the decision body"
 
-# The pause per connection that gives `target` requests/s: a closed loop does
-# conns / (pause + latency) requests per second, so each 5 s run at a pause estimates the latency
-# and corrects the pause; two rounds land within a few percent of the target.
-pause_for() { # url target -> delay_ms (fractional)
-  local pause rps
-  pause="$(awk -v c="$conns" -v t="$2" 'BEGIN { printf "%.3f", c * 1000 / t }')"
-  for _ in 1 2; do
-    read -r rps _ < <(load "$1" "$pause" 5)
-    pause="$(awk -v c="$conns" -v t="$2" -v p="$pause" -v r="$rps" \
-      'BEGIN { d = c * 1000 / t - (c * 1000 / r - p); if (d < 0) d = 0; printf "%.3f", d }')"
+declare -A url=([slotbandit]=http://127.0.0.1:18080 [python]=http://127.0.0.1:18081 [nginx]=http://127.0.0.1:18082)
+services=(slotbandit python nginx)
+raw="$work/runs.tsv"
+: >"$raw"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for ((r = 1; r <= rounds; r++)); do
+  order=("${services[@]:$(((r - 1) % 3))}" "${services[@]:0:$(((r - 1) % 3))}")
+  echo "round $r: ${order[*]} (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+  for name in "${order[@]}"; do
+    before="$(wc -l <"$raw")"
+    while read -r asked rps p50 p99 mx errors n; do
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$asked" "$rps" "$p50" "$p99" "$mx" "$errors" "$n" >>"$raw"
+    done < <(max_and_80 "${url[$name]}")
+    [ "$(wc -l <"$raw")" -eq $((before + 2)) ] || die "round $r: the runs against $name failed"
   done
-  echo "$pause"
-}
-
-declare -A max
-results=()
-for name in slotbandit python; do
-  url="http://127.0.0.1:18080"; [ "$name" = python ] && url="http://127.0.0.1:18081"
-  load "$url" 0 >/dev/null # warm-up
-  read -r rps p50 p99 mx errors n < <(load "$url" 0)
-  max[$name]="$rps"
-  results+=("| $name | max | $rps | $p50 | $p99 | $mx | $errors / $n |")
-  target="$(awk -v r="$rps" 'BEGIN { printf "%d", r * 0.8 }')"
-  read -r rps p50 p99 mx errors n < <(load "$url" "$(pause_for "$url" "$target")")
-  results+=("| $name | 80% ($target/s asked) | $rps | $p50 | $p99 | $mx | $errors / $n |")
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo
-echo "| service | load | decisions/s | p50 ms | p99 ms | max ms | errors / requests |"
-echo "|---|---|---|---|---|---|---|"
-printf '%s\n' "${results[@]}"
-awk -v a="${max[slotbandit]}" -v b="${max[python]}" \
-  'BEGIN { printf "\nslotbandit / python throughput: %.1fx\n", a / b }'
+echo "Every run (wrk -t2 -c$conns, ${duration} s each):"
+echo
+echo "| round | service | load | decisions/s | p50 ms | p99 ms | max ms | errors / requests |"
+echo "|---|---|---|---|---|---|---|---|"
+awk -F'\t' '{
+  load = $3 == "max" ? "max" : sprintf("80%% (%d/s asked)", $3)
+  printf "| %s | %s | %s | %.0f | %s | %s | %s | %s / %s |\n", $1, $2, load, $4, $5, $6, $7, $8, $9
+}' "$raw"
+
+echo
+echo "Summary over $rounds rounds (median, and the range):"
+echo
+awk -F'\t' -v rounds="$rounds" '
+function median(a, n,   i, j, t) {
+  for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+  return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+function cell(s, what, fmt,   i, a, lo, hi) {
+  for (i = 1; i <= cnt[s, what]; i++) { a[i] = v[s, what, i]; if (i == 1 || a[i] < lo) lo = a[i]; if (i == 1 || a[i] > hi) hi = a[i] }
+  return sprintf(fmt " (" fmt "–" fmt ")", median(a, cnt[s, what]), lo, hi)
+}
+{
+  if ($3 == "max") { k = "max"; v[$2, k, ++cnt[$2, k]] = $4; bymax[$1, $2] = $4 }
+  else { v[$2, "at80", ++cnt[$2, "at80"]] = $4; v[$2, "p50", ++cnt[$2, "p50"]] = $5; v[$2, "p99", ++cnt[$2, "p99"]] = $6
+         v[$2, "share", ++cnt[$2, "share"]] = 100 * $4 / bymax[$1, $2] }
+}
+END {
+  print "| service | max decisions/s | at ~80%: decisions/s | share of max % | p50 ms | p99 ms |"
+  print "|---|---|---|---|---|---|"
+  split("slotbandit python nginx", names, " ")
+  for (i = 1; i <= 3; i++) {
+    s = names[i]
+    printf "| %s | %s | %s | %s | %s | %s |\n", s, cell(s, "max", "%.0f"), cell(s, "at80", "%.0f"),
+      cell(s, "share", "%.0f"), cell(s, "p50", "%.2f"), cell(s, "p99", "%.2f")
+  }
+  print ""
+  print "| ratio of max throughput | median of the rounds | each round |"
+  print "|---|---|---|"
+  split("python nginx", peers, " ")
+  for (i = 1; i <= 2; i++) {
+    p = peers[i]; list = ""
+    for (r = 1; r <= rounds; r++) { q[r] = bymax[r, "slotbandit"] / bymax[r, p]; list = list sprintf("%s%.2f", r > 1 ? ", " : "", q[r]) }
+    printf "| slotbandit / %s | %.2f× | %s |\n", p, median(q, rounds), list
+  }
+}' "$raw"
+echo
 echo "impressions logged by slotbandit: $(curl -s http://127.0.0.1:18080/metrics | awk '/^slotbandit_impressions_logged_total/ { print $2 }')"

@@ -1,0 +1,72 @@
+# Shell functions shared by bench/lookup/run.sh and bench/scale/run.sh (sourced, not run):
+# waiting for a service, driving it with wrk and bench/lookup/wrk_decision.lua, and calibrating
+# the pause per connection that gives 80% of a service's maximum.
+# The caller sets `conns` (wrk connections) and `duration` (seconds per measured run), and may
+# export SB_KEY (one API key for every request) or SB_TARGETS (a file of "PATH KEY" lines, one
+# request picked at random each time) for the Lua script.
+# shellcheck shell=bash
+
+bench_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+wrk_lua="$bench_lib_dir/../lookup/wrk_decision.lua"
+
+die() { echo "${0##*/}: $*" >&2; exit 1; }
+
+need() { # command hint: fails loudly when a command is missing
+  command -v "$1" >/dev/null || die "$1 is required ($2)"
+}
+
+wait_http() { # url seconds [pid] -> waits for a 200; else says why (the url, a dead pid), returns 1
+  local url="$1" deadline=$((SECONDS + $2)) pid="${3:-}"
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url")" = 200 ]; do
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      echo "${0##*/}: the process behind $url (pid $pid) exited" >&2; return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "${0##*/}: $url did not answer 200 within $2 s" >&2; return 1
+    fi
+    sleep 0.02
+  done
+}
+
+# One wrk run: url delay_ms [seconds] -> "rps p50_ms p99_ms max_ms errors requests".
+# A delay of 0 runs as fast as wrk can (the Lua script then defines no delay function).
+wrk_load() {
+  local out
+  out="$(SB_DELAY_MS="$2" wrk -t2 -c"${conns:?}" -d"${3:-${duration:?}}s" -s "$wrk_lua" "$1")" \
+    || die "wrk failed against $1"
+  awk '/^RESULT/ { $1 = ""; sub(/^ /, ""); print; found = 1 } END { exit !found }' <<<"$out" \
+    || die "wrk printed no RESULT line against $1: $out"
+}
+
+# The pause per connection that gives `target` requests/s: a closed loop does
+# conns / (pause + latency) requests per second, so each 5 s run at a pause estimates the latency
+# and corrects the pause; two rounds land within a few percent of the target.
+pause_for() { # url target -> delay_ms (fractional)
+  local pause rps
+  pause="$(awk -v c="$conns" -v t="$2" 'BEGIN { printf "%.3f", c * 1000 / t }')"
+  for _ in 1 2; do
+    read -r rps _ < <(wrk_load "$1" "$pause" 5)
+    pause="$(awk -v c="$conns" -v t="$2" -v p="$pause" -v r="$rps" \
+      'BEGIN { d = c * 1000 / t - (c * 1000 / r - p); if (d < 0) d = 0; printf "%.3f", d }')"
+  done
+  echo "$pause"
+}
+
+# The maximum, then about 80% of it: url -> two lines of "rps p50 p99 max errors requests",
+# the second prefixed by the rate asked. A warm-up run of WARMUP seconds (default 5) first.
+max_and_80() {
+  local url="$1" rps rest target
+  wrk_load "$url" 0 "${WARMUP:-5}" >/dev/null
+  read -r rps rest < <(wrk_load "$url" 0)
+  echo "max $rps $rest"
+  target="$(awk -v r="$rps" 'BEGIN { printf "%d", r * 0.8 }')"
+  echo "$target $(wrk_load "$url" "$(pause_for "$url" "$target")")"
+}
+
+cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+rss_kib() { # pid -> resident set size in KiB
+  awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
