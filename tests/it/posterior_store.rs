@@ -59,7 +59,7 @@ conformance!(
     posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior,
     a_parts_version_changes_exactly_when_the_part_is_written,
     keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
-    tenants_are_those_with_counts_a_slot_or_priors,
+    tenants_are_those_with_counts_a_slot_priors_or_a_key,
     counts_of_one_tenant_and_city_are_that_shards_only,
 );
 
@@ -844,18 +844,26 @@ fn keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows(
     );
 }
 
-fn tenants_are_those_with_counts_a_slot_or_priors(store: &dyn PosteriorStore) {
+fn tenants_are_those_with_counts_a_slot_priors_or_a_key(store: &dyn PosteriorStore) {
     assert_eq!(store.tenants().unwrap(), Vec::<String>::new());
+    let key = ApiKey {
+        tenant: "nykaa".into(),
+        role: Role::Serve,
+    };
+    store.put_api_key(&"ab".repeat(32), &key).unwrap();
     let rows = [row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 1, 0)];
     store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
     store.put_slot(&hero_slot("myntra", "hero")).unwrap();
     store
         .write_priors("zara", "hero", &SlotPriors::uniform())
         .unwrap();
-    assert_eq!(store.tenants().unwrap(), ["ajio", "myntra", "zara"]);
+    assert_eq!(
+        store.tenants().unwrap(),
+        ["ajio", "myntra", "nykaa", "zara"]
+    );
     // A tenant with counts only is gone with its counts.
     store.clear_counts().unwrap();
-    assert_eq!(store.tenants().unwrap(), ["myntra", "zara"]);
+    assert_eq!(store.tenants().unwrap(), ["myntra", "nykaa", "zara"]);
 }
 
 fn counts_of_one_tenant_and_city_are_that_shards_only(store: &dyn PosteriorStore) {

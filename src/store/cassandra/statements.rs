@@ -36,6 +36,7 @@ pub(super) struct Statements {
     pub slot_partitions: PreparedStatement,
     pub put_api_key: PreparedStatement,
     pub api_key: PreparedStatement,
+    pub api_key_tenants: PreparedStatement,
     pub insert_customer_event: PreparedStatement,
     pub customer_events: PreparedStatement,
 }
@@ -170,6 +171,8 @@ impl Statements {
                 "SELECT tenant, role FROM {ks}.api_keys WHERE key_sha256 = ?"
             ))
             .await?,
+            // A few rows per tenant: the whole table is small.
+            api_key_tenants: prepare(format!("SELECT tenant FROM {ks}.api_keys")).await?,
             insert_customer_event: prepare(format!(
                 "INSERT INTO {ks}.customer_events (tenant, customer_id, ts, ts_us, event_id, kind, \
                  slot, city, banner, referrer, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -454,7 +454,16 @@ impl PosteriorStore for CassandraStore {
     }
 
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        self.conn.run(self.tenant_names())
+        self.conn.run(async {
+            let mut tenants: std::collections::BTreeSet<String> =
+                self.tenant_names().await?.into_iter().collect();
+            let keys: Vec<(Option<String>,)> = self
+                .conn
+                .select_all("list api key tenants", &self.st.api_key_tenants, &[])
+                .await?;
+            tenants.extend(keys.into_iter().filter_map(|(t,)| t));
+            Ok(tenants.into_iter().collect())
+        })
     }
 
     fn write_priors(
