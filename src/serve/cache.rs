@@ -566,6 +566,21 @@ pub enum CacheError {
     Cancelled,
     #[error("--tenants names tenants the store does not know: {unknown} (known: {known})")]
     UnknownTenants { unknown: String, known: String },
+    #[error(
+        "a window of {minutes} minutes is longer than the store keeps hourly buckets \
+         ({hours} hours: the jobs' --retention-hours)"
+    )]
+    WindowBeyondRetention { minutes: u32, hours: u32 },
+}
+
+/// Fails when a window of `minutes` reaches further back than `retention_hours` of buckets.
+fn within_retention(minutes: u32, retention_hours: Option<u32>) -> Result<(), CacheError> {
+    match retention_hours {
+        Some(hours) if u64::from(minutes) > u64::from(hours) * 60 => {
+            Err(CacheError::WindowBeyondRetention { minutes, hours })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What one refresh did.
@@ -671,8 +686,22 @@ impl PosteriorCache {
         }
     }
 
+    /// Fails on a kept window longer than the store keeps bucket counts (blocking: at start).
+    pub fn check_windows(&self) -> Result<(), CacheError> {
+        let retention = self.store.retention_hours()?;
+        let windows = self.windows.lock().expect("not poisoned").clone();
+        windows
+            .into_iter()
+            .try_for_each(|w| within_retention(w, retention))
+    }
+
     /// Makes sure `minutes` is a kept window and a snapshot holding it is installed.
     pub async fn ensure_window(&self, minutes: u32) -> Result<Arc<Snapshot>, CacheError> {
+        let store = self.store.clone();
+        let retention = tokio::task::spawn_blocking(move || store.retention_hours())
+            .await
+            .map_err(|_| CacheError::Cancelled)??;
+        within_retention(minutes, retention)?;
         {
             let mut windows = self.windows.lock().expect("not poisoned");
             if !windows.contains(&minutes) {

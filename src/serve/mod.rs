@@ -181,7 +181,9 @@ impl AppState {
             .ensure_window(minutes)
             .await
             .map_err(|e| match e {
-                CacheError::TooManyWindows(_) => ApiError::invalid("window_minutes", e.to_string()),
+                CacheError::TooManyWindows(_) | CacheError::WindowBeyondRetention { .. } => {
+                    ApiError::invalid("window_minutes", e.to_string())
+                }
                 other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
             })?;
         let entry = self.entry_of(&snapshot, tenant, slot)?;
@@ -243,6 +245,7 @@ impl Service {
             options.windows.iter().copied(),
             options.tenants.clone(),
         ));
+        cache.check_windows()?;
         let state = Arc::new(AppState {
             cache,
             keys: KeyCache::new(),

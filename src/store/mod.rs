@@ -31,6 +31,7 @@ pub use url::{CassandraUrl, StoreUrl};
 
 pub const META_AS_OF: &str = "as_of";
 pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
+pub const META_RETENTION_HOURS: &str = "retention_hours";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -327,6 +328,19 @@ pub trait PosteriorStore: Send + Sync {
                     detail,
                 }),
         }
+    }
+
+    /// How long the jobs keep hourly buckets (`None` before a job recorded it): windows longer
+    /// than this would read buckets that are gone.
+    fn retention_hours(&self) -> Result<Option<u32>, StoreError> {
+        self.meta(META_RETENTION_HOURS)?
+            .map(|s| {
+                s.parse::<u32>().map_err(|e| StoreError::Meta {
+                    key: META_RETENTION_HOURS,
+                    detail: format!("{s:?}: {e}"),
+                })
+            })
+            .transpose()
     }
 
     /// Posteriors (prior + counts) per arm, in key order. A city without counts falls back to

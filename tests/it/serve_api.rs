@@ -927,3 +927,76 @@ fn replicas_that_split_the_tenants_serve_only_theirs() {
         "{err}"
     );
 }
+
+#[test]
+fn windows_longer_than_the_stores_retention_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = format!("embedded:{}", path.display());
+    let log = format!("file:{}", dir.path().join("log").display());
+    let key = crate::common::keys_add(&store, "ajio", "admin");
+    slotbandit::store::open_store(&store, true)
+        .unwrap()
+        .set_meta(slotbandit::store::META_RETENTION_HOURS, "24")
+        .unwrap();
+    let serve = |windows: &str| {
+        vec![
+            "--store".to_string(),
+            store.clone(),
+            "--log".into(),
+            log.clone(),
+            "--spool-dir".into(),
+            dir.path().join("spool").display().to_string(),
+            "--windows".into(),
+            windows.into(),
+        ]
+    };
+
+    let args = serve("1441");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out =
+        crate::common::slotbandit(&[&["serve", "--listen", "127.0.0.1:0"], &args[..]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(
+            "a window of 1441 minutes is longer than the store keeps hourly buckets (24 hours"
+        ),
+        "{err}"
+    );
+
+    let args = serve("720");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, base) =
+        crate::common::spawn_serve(&args, &[("SLOTBANDIT_TOKEN_SECRET", SECRET)]);
+    let client = Client::new();
+    let r = client
+        .post(format!("{base}/v1/tenants/ajio/slot-imports"))
+        .bearer_auth(&key)
+        .header("content-type", "text/csv")
+        .body(SLOT_CSV)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let decide = |minutes: u32| {
+        client
+            .get(format!(
+                "{base}/v1/tenants/ajio/slots/hero/decision?city=pune&window_minutes={minutes}"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(decide(1440).status(), 200);
+    let (status, body) = error(decide(1441));
+    assert_eq!(
+        (status.as_u16(), body["field"].as_str()),
+        (400, Some("window_minutes"))
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("24 hours"),
+        "{body}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
