@@ -37,15 +37,8 @@ if ! command -v nginx >/dev/null; then
     || die "nginx is required and apt-get install nginx failed"
 fi
 need nginx "apt-get install nginx"
-venv="$cache/bench-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import fastapi, uvicorn, uvloop, httptools' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r bench/requirements.txt
-fi
-"$venv/bin/python" -c 'import uvloop, httptools' || die "uvloop and httptools are missing from $venv"
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/slotbandit"
-[ -x "$bin" ] || die "no release binary at $bin"
+bench_venv fastapi uvicorn uvloop httptools
+release_binary
 
 work="$(mktemp -d)"
 pids=()

@@ -45,15 +45,8 @@ need wrk "apt-get install wrk"
 need curl "apt-get install curl"
 need python3 "apt-get install python3"
 [ -x /usr/bin/time ] || die "/usr/bin/time is required (apt-get install time)"
-venv="$cache/bench-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r bench/requirements.txt
-fi
-"$venv/bin/python" -c 'import duckdb' || die "duckdb is missing from $venv"
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/slotbandit"
-[ -x "$bin" ] || die "no release binary at $bin"
+bench_venv duckdb
+release_binary
 
 base="$cache/bench-scale/e$events-d$days-t$tenants-c$cities-b$banners-s1"
 gen="$base/gen"
