@@ -15,11 +15,16 @@ use std::sync::Arc;
 use crate::common::{gen, ok, service, slotbandit, stderr, unique_name};
 use crate::posterior_store::customer_history;
 
+use chrono::Utc;
 use scylla::value::{CqlValue, Row};
-use slotbandit::model::{ArmKey, CountKey, Counts, Offset, Partition, ShardKey, ALL_TIME};
+use slotbandit::model::{
+    ArmKey, CountKey, Counts, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
+};
+use slotbandit::serve::cache::{Refresh, Snapshot, TenantScope};
 use slotbandit::store::{
     open_store, CountQuery, Part, PosteriorStore, ShardState, ShardWrite, Versions,
 };
+use slotbandit::time::Buckets;
 
 /// Runs CQL statements on a node, in order, directly with the driver (what the store does not
 /// offer: DROP, a keyspace of an earlier schema version, the server's own metrics); returns the
@@ -936,7 +941,7 @@ fn server_reads(node: &str, keyspace: &str, table: &str) -> (u64, f64) {
     )
 }
 
-/// What a reader that follows the versions reads from the server after one epoch changed
+/// What the lookup service's cache refresh reads from the server after one epoch changed
 /// `changed` of `cities` shards per tenant, each shard holding `buckets` buckets of history:
 /// (partitions of arm_counts read, the most rows one read scanned, partitions of part_versions
 /// read).
@@ -978,13 +983,23 @@ fn reads_after_one_epoch(
     for epoch in history.chunks(64) {
         store.apply_epoch(epoch).unwrap();
     }
-    // The reader knows every tenant's versions (it loaded everything before).
-    let known: BTreeMap<String, Versions> = store
-        .tenants()
-        .unwrap()
-        .into_iter()
-        .map(|t| (t.clone(), store.versions(&t).unwrap()))
-        .collect();
+    for tenant in TENANTS {
+        let from = Utc::now() - chrono::Duration::days(1);
+        let banners = (0..BANNERS).map(|b| format!("b{b}"));
+        let slot = SlotConfig::with_banners(
+            tenant,
+            "hero",
+            banners,
+            from,
+            from + chrono::Duration::days(9),
+        );
+        store.put_slot(&slot).unwrap();
+    }
+    // The service's cache has loaded everything, at a clock inside bucket now + 1.
+    let clock = Buckets::hourly().start(now + 1) + chrono::Duration::minutes(30);
+    let windows = [WINDOW as u32 * 60];
+    let scope = TenantScope::All;
+    let loaded = Snapshot::load(store.as_ref(), &windows, clock, &scope).unwrap();
     // One epoch changes a few shards of the first tenant, now with a new bucket.
     let epoch: Vec<ShardWrite> = (0..changed)
         .map(|c| {
@@ -1008,29 +1023,25 @@ fn reads_after_one_epoch(
 
     let (counts_before, _) = server_reads(node, &ks.name, "arm_counts");
     let (versions_before, _) = server_reads(node, &ks.name, "part_versions");
-    let mut reloaded = Vec::new();
-    for (tenant, seen) in &known {
-        let now_versions = store.versions(tenant).unwrap();
-        for ((part, city), version) in &now_versions {
-            if *part != Part::Shard || seen.get(&(*part, city.clone())) == Some(version) {
-                continue;
-            }
-            for from_bucket in [None, Some(now + 1 - WINDOW)] {
-                let query = CountQuery {
-                    tenant: Some(tenant.clone()),
-                    city: Some(city.clone()),
-                    from_bucket,
-                    slot: None,
-                };
-                assert!(!store.counts(&query).unwrap().is_empty());
-            }
-            reloaded.push(city.clone());
-        }
-    }
-    let expected: Vec<String> = (0..changed).map(|c| format!("c{c:03}")).collect();
+    let refreshed =
+        Snapshot::refresh(Some(&loaded), store.as_ref(), &windows, clock, &scope).unwrap();
+    let Refresh::Changed { snapshot, shards } = refreshed else {
+        panic!("the epoch changed shards");
+    };
     assert_eq!(
-        reloaded, expected,
-        "the reader reloads exactly the changed shards"
+        shards, changed,
+        "the refresh reads exactly the changed shards"
+    );
+    let hero = snapshot.slot(TENANTS[0], "hero").unwrap();
+    let (arms, city) = hero.all_time.for_city("c000");
+    assert_eq!(
+        (city, arms.counts[0]),
+        ("c000", Counts::new(3 * buckets as u64, 1))
+    );
+    let window = hero.window(Some(windows[0])).unwrap().for_city("c000").0;
+    assert_eq!(
+        window.counts[0],
+        Counts::new(2 * (WINDOW as u64 - 1) + 1, 0)
     );
     let (counts_after, most_rows) = server_reads(node, &ks.name, "arm_counts");
     let (versions_after, _) = server_reads(node, &ks.name, "part_versions");
@@ -1042,7 +1053,7 @@ fn reads_after_one_epoch(
 }
 
 #[test]
-fn a_reader_that_follows_the_versions_reads_only_the_changed_shards_and_only_their_slices() {
+fn a_cache_refresh_reads_only_the_changed_shards_and_only_their_slices() {
     let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
         return;
     };
