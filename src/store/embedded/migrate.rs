@@ -199,4 +199,52 @@ mod tests {
         let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
         assert!(!names.contains(&"arm_counts".to_string()), "{names:?}");
     }
+
+    #[test]
+    fn a_store_written_before_versions_gets_a_version_for_every_part_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut totals = tx.open_table(ARM_TOTALS).unwrap();
+                for (tenant, city) in [("ajio", "pune"), ("ajio", "goa"), ("zara", "pune")] {
+                    let arm = ArmKey::new(tenant, "hero", city, "b1");
+                    totals.insert(arm_key(&arm).as_slice(), (10, 1)).unwrap();
+                }
+                let mut slots = tx.open_table(SLOTS).unwrap();
+                slots.insert(("ajio", "side"), "{}").unwrap();
+                let mut priors = tx.open_table(PRIORS).unwrap();
+                priors
+                    .insert(("zara", "hero", ""), (1.0, 9.0, "empirical_bayes"))
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        let parts = |tenant: &str| -> Vec<(Part, String)> {
+            let versions = store.versions(tenant).unwrap();
+            assert!(versions.values().all(|&v| v > 0));
+            versions.into_keys().collect()
+        };
+        assert_eq!(
+            parts("ajio"),
+            [
+                (Part::Shard, "goa".into()),
+                (Part::Shard, "pune".into()),
+                (Part::Slot, "side".into())
+            ]
+        );
+        assert_eq!(
+            parts("zara"),
+            [(Part::Shard, "pune".into()), (Part::Priors, "hero".into())]
+        );
+        assert!(store.change_marker().unwrap().is_some_and(|m| m > 0));
+        // Opening again gives no part a new version.
+        let before = store.versions("ajio").unwrap();
+        drop(store);
+        let reopened = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(reopened.versions("ajio").unwrap(), before);
+    }
 }
