@@ -23,7 +23,7 @@ use crate::bandit::{BetaPosterior, PosteriorSummary, SlotPriors};
 use crate::model::{
     pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
 };
-use crate::time::Buckets;
+use crate::time::{Buckets, Retention};
 
 pub use cassandra::{apply_schema, render_schema, CassandraStore, Replication, SCHEMA_VERSION};
 pub use embedded::EmbeddedStore;
@@ -31,6 +31,7 @@ pub use url::{CassandraUrl, StoreUrl};
 
 pub const META_AS_OF: &str = "as_of";
 pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
+pub const META_RETENTION_HOURS: &str = "retention_hours";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -327,6 +328,23 @@ pub trait PosteriorStore: Send + Sync {
                     detail,
                 }),
         }
+    }
+
+    /// How long the jobs keep bucket rows (recorded by the backfill and the stream job; `None`
+    /// for a store written before retention existed, which kept every bucket). A window longer
+    /// than this cannot be answered whole.
+    fn retention(&self) -> Result<Option<Retention>, StoreError> {
+        self.meta(META_RETENTION_HOURS)?
+            .map(|s| {
+                s.parse::<u32>()
+                    .map_err(|e| e.to_string())
+                    .and_then(Retention::of_hours)
+                    .map_err(|detail| StoreError::Meta {
+                        key: META_RETENTION_HOURS,
+                        detail,
+                    })
+            })
+            .transpose()
     }
 
     /// Posteriors (prior + counts) per arm, in key order. A city without counts falls back to

@@ -9,9 +9,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::layout::{
     block_of, block_rows, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
-    insert_customer_event, ordered_i64, shard_block_rows, write_counts, Block, API_KEYS, APPLIED,
-    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER,
-    PRIORS, SLOTS, VERSIONS,
+    insert_customer_event, ordered_i64, shard_block_rows, write_encoded_counts, Block,
+    EncodedCounts, API_KEYS, APPLIED, ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS,
+    CUSTOMER_EVENTS, META, META_CHANGE_MARKER, PRIORS, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
@@ -88,11 +88,9 @@ impl EmbeddedStore {
     }
 
     fn write_epoch(&self, durability: Durability, shards: &[ShardWrite]) -> Result<(), StoreError> {
+        let counts = EncodedCounts::of(shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)));
         self.write_with(durability, |tx| {
-            write_counts(
-                tx,
-                shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)),
-            )?;
+            write_encoded_counts(tx, counts)?;
             for shard in shards {
                 if let Some(keep_from) = shard.keep_from {
                     expire_buckets(tx, &shard.shard, keep_from)?;
