@@ -171,7 +171,7 @@ fn many_arms_are_counted_exactly_all_time_and_in_windows_with_1_and_2_workers() 
 
 #[test]
 fn a_short_retention_keeps_windows_inside_it_and_drops_older_bucket_rows() {
-    use slotbandit::store::{open_store, PosteriorStore};
+    use slotbandit::store::open_store;
     let f = Fixture::new("--events 40000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 9");
     let events = events_of(&list_parquet_files(&f.data).unwrap());
     let now = events.iter().map(|e| e.ts).max().unwrap();
