@@ -209,7 +209,7 @@ fn backfill_worker(
         if epoch.rows < job.epoch_rows && units.peek().is_some() {
             continue;
         }
-        for cell in epoch.drain(&mut names) {
+        for cell in epoch.drain(&names) {
             cells_in.send(cell);
         }
         next += 1;
@@ -222,9 +222,8 @@ fn backfill_worker(
     }
     drop(cells_in);
     drop(bad_in);
-    // The owners write once every worker has read everything: the reader's names are not needed
-    // for that, and their memory would add to the store's.
-    drop(names);
+    // The owners write once every worker has read everything; the epoch's emptied map would
+    // hold its memory through the writes.
     drop(epoch);
     while worker.step_or_park(None) {}
     report
@@ -255,7 +254,7 @@ impl EpochCounts {
     }
 
     /// The epoch's cells with their names; empties the epoch.
-    fn drain(&mut self, names: &mut Names) -> Vec<BackfillCell> {
+    fn drain(&mut self, names: &Names) -> Vec<BackfillCell> {
         self.rows = 0;
         self.cells
             .drain()

@@ -18,7 +18,6 @@ use crate::time::Buckets;
 pub struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
-    arms: FxHashMap<ArmIds, PackedArm>,
 }
 
 /// An arm as interned (tenant, slot, city, banner).
@@ -35,16 +34,12 @@ impl Names {
         id
     }
 
-    /// The arm of `ids`, built once and shared after.
-    pub fn arm(&mut self, ids: ArmIds) -> PackedArm {
-        let names = &self.names;
-        self.arms
-            .entry(ids)
-            .or_insert_with(|| {
-                let [tenant, slot, city, banner] = ids.map(|id| names[id as usize].as_str());
-                PackedArm::new(tenant, slot, city, banner)
-            })
-            .clone()
+    /// The arm of `ids`, built anew for each call: at a million arms, a cache of built arms cost
+    /// more in lookups that miss the CPU cache than building them does (bench/backfill/README.md,
+    /// session 8).
+    pub fn arm(&self, ids: ArmIds) -> PackedArm {
+        let [tenant, slot, city, banner] = ids.map(|id| self.names[id as usize].as_str());
+        PackedArm::new(tenant, slot, city, banner)
     }
 }
 
