@@ -156,6 +156,52 @@ impl Buckets {
     }
 }
 
+/// How long the hourly (per-bucket) counts are kept: bucket rows that end before the horizon are
+/// not kept, as the all-time rows already hold them (docs/architecture.md, "Store layouts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    hours: u32,
+}
+
+impl Retention {
+    /// The largest window the service keeps warm (720 minutes) plus a day, at least two days.
+    pub const DEFAULT_HOURS: u32 = 48;
+    /// Ten years.
+    pub const MAX_HOURS: u32 = 24 * 366 * 10;
+
+    /// `hours` from 1 to [`Retention::MAX_HOURS`].
+    pub fn of_hours(hours: u32) -> Result<Self, String> {
+        if !(1..=Self::MAX_HOURS).contains(&hours) {
+            return Err(format!(
+                "retention_hours must be from 1 to {} (ten years), got {hours}",
+                Self::MAX_HOURS
+            ));
+        }
+        Ok(Self { hours })
+    }
+
+    pub fn hours(&self) -> u32 {
+        self.hours
+    }
+
+    /// The first bucket kept when "now" falls in bucket `newest`: the retention in whole
+    /// buckets (rounded up) before it, so that every window up to the retention, which starts
+    /// at most that many buckets before now's, is whole.
+    pub fn horizon(&self, buckets: Buckets, newest: i64) -> i64 {
+        let width_secs = buckets.width_secs;
+        let kept = (i64::from(self.hours) * 3600 + width_secs - 1) / width_secs;
+        newest.saturating_sub(kept)
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            hours: Self::DEFAULT_HOURS,
+        }
+    }
+}
+
 fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     let micros = t.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(t)
@@ -175,6 +221,28 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn retention_keeps_whole_buckets_covering_its_hours_and_refuses_zero_or_over_ten_years() {
+        let hourly = Buckets::hourly();
+        assert_eq!(Retention::of_hours(48).unwrap().horizon(hourly, 1000), 952);
+        assert_eq!(Retention::of_hours(1).unwrap().horizon(hourly, 1000), 999);
+        let ninety = Buckets::of_minutes(90).unwrap();
+        // 2 hours need two 90-minute buckets.
+        assert_eq!(Retention::of_hours(2).unwrap().horizon(ninety, 10), 8);
+        let quarter = Buckets::of_minutes(15).unwrap();
+        assert_eq!(Retention::of_hours(1).unwrap().horizon(quarter, 10), 6);
+        // A window of the whole retention, ending exactly at a bucket's start, is kept whole.
+        let now = hourly.start(1000);
+        assert_eq!(hourly.first_in_window(now, 48 * 60), 952);
+        assert_eq!(Retention::default().hours(), 48);
+        assert_eq!(
+            Retention::of_hours(0).unwrap_err(),
+            "retention_hours must be from 1 to 87840 (ten years), got 0"
+        );
+        assert!(Retention::of_hours(Retention::MAX_HOURS).is_ok());
+        assert!(Retention::of_hours(Retention::MAX_HOURS + 1).is_err());
     }
 
     #[test]

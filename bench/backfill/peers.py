@@ -1,8 +1,11 @@
 """The backfill aggregation by a peer engine, for bench/backfill/run.sh.
 
-Usage: peers.py duckdb|pyspark PARQUET_DIR OUT_CSV
+Usage: peers.py duckdb|pyspark|duckdb-hourly|duckdb-all-time PARQUET_DIR OUT_CSV
 Counts impressions and clicks per (tenant, slot, city, banner, IST hour) and per arm all-time
 (hour -1), as `slotbandit backfill` does, and writes the all-time rows as CSV.
+duckdb-hourly only computes the hourly counts (a table in memory; writes the number of rows),
+duckdb-all-time only the all-time counts (written as CSV): the two halves of the job, timed
+apart in bench/backfill/scale.sh.
 """
 import sys
 
@@ -29,6 +32,38 @@ if engine == "duckdb":
     con.execute(
         f"COPY (SELECT tenant, slot, city, banner, impressions, clicks FROM counts WHERE bucket = -1 "
         f"ORDER BY ALL) TO '{out}' (HEADER)"
+    )
+elif engine == "duckdb-hourly":
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    con.execute(
+        f"""
+        CREATE TABLE hourly AS
+        SELECT tenant, slot, city, banner,
+               floor((epoch(ts) + {IST_OFFSET}) / 3600)::BIGINT AS bucket,
+               count(*) FILTER (WHERE kind = 'impression') AS impressions,
+               count(*) FILTER (WHERE kind = 'click') AS clicks
+        FROM read_parquet('{data}/**/*.parquet')
+        GROUP BY ALL
+        """
+    )
+    with open(out, "w") as f:
+        f.write(f"{con.execute('SELECT count(*) FROM hourly').fetchone()[0]}\n")
+elif engine == "duckdb-all-time":
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    con.execute(
+        f"""
+        COPY (SELECT tenant, slot, city, banner,
+                     count(*) FILTER (WHERE kind = 'impression') AS impressions,
+                     count(*) FILTER (WHERE kind = 'click') AS clicks
+              FROM read_parquet('{data}/**/*.parquet')
+              GROUP BY ALL ORDER BY ALL) TO '{out}' (HEADER)
+        """
     )
 elif engine == "pyspark":
     from pyspark.sql import SparkSession, functions as F

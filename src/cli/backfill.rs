@@ -14,7 +14,7 @@ use slotbandit::dataflow::{
 };
 use slotbandit::source::open_log;
 use slotbandit::store::{open_store, PosteriorStore};
-use slotbandit::time::Buckets;
+use slotbandit::time::{Buckets, Retention};
 
 use super::flags;
 
@@ -37,8 +37,8 @@ pub struct BackfillArgs {
     /// Report unreadable files and count the rest, instead of failing.
     #[arg(long)]
     skip_bad_files: bool,
-    /// Rows each worker reads into one epoch (whole row groups, at least this many): one store
-    /// transaction per worker and epoch.
+    /// Rows each worker reads into one epoch (whole row groups, at least this many): what it
+    /// pre-aggregates before handing the counts to the workers that own them.
     #[arg(long, default_value_t = DEFAULT_EPOCH_ROWS, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_rows: u64,
     /// After the backfill, stream from --log: history covers ts < cutoff (--until, else the
@@ -70,6 +70,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             bucket_minutes: args.bucket_minutes,
             skip_bad_files: args.skip_bad_files,
             epoch_rows: args.epoch_rows,
+            retention: args.stream.retention,
         },
         true,
     )?;
@@ -104,11 +105,13 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How history is read: bucket width, what to do with bad files, and the epoch size.
+/// How history is read: bucket width, what to do with bad files, the epoch size, and how long
+/// bucket rows are kept.
 pub struct ReadOptions {
     pub bucket_minutes: u32,
     pub skip_bad_files: bool,
     pub epoch_rows: u64,
+    pub retention: Retention,
 }
 
 impl Default for ReadOptions {
@@ -117,6 +120,7 @@ impl Default for ReadOptions {
             bucket_minutes: 60,
             skip_bad_files: false,
             epoch_rows: DEFAULT_EPOCH_ROWS,
+            retention: Retention::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ pub fn backfill(
         bucket_minutes,
         skip_bad_files,
         epoch_rows,
+        retention,
     } = options;
     let buckets = Buckets::of_minutes(bucket_minutes).map_err(anyhow::Error::msg)?;
     let plan = plan_backfill(input, skip_bad_files)?;
@@ -158,6 +163,7 @@ pub fn backfill(
     let job = BackfillJob {
         plan,
         buckets,
+        retention,
         until,
         skip_bad_files,
         epoch_rows,

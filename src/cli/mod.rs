@@ -162,6 +162,13 @@ pub mod flags {
         slotbandit::time::Buckets::of_minutes(m).map(|_| m)
     }
 
+    pub fn retention_hours(s: &str) -> Result<slotbandit::time::Retention, String> {
+        let hours: u32 = s
+            .parse()
+            .map_err(|_| format!("must be a whole number of hours (got {s:?})"))?;
+        slotbandit::time::Retention::of_hours(hours)
+    }
+
     pub fn positive_f64(s: &str) -> Result<f64, String> {
         match s.parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 => Ok(v),

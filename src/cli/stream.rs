@@ -14,6 +14,7 @@ use slotbandit::dataflow::{
 };
 use slotbandit::source::{open_log, EventLog};
 use slotbandit::store::{open_store, PosteriorStore};
+use slotbandit::time::Retention;
 
 use super::flags;
 
@@ -52,6 +53,10 @@ pub struct StreamOptions {
     /// the lifetime of the service's decision tokens.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub click_dedup_minutes: u64,
+    /// Hours of per-bucket counts to keep (the all-time counts keep everything): at least the
+    /// longest window the service answers. Also what `backfill` keeps.
+    #[arg(long = "retention-hours", default_value = "48", value_parser = flags::retention_hours)]
+    pub retention: Retention,
     /// Do not write events with a customer ID to the customer history.
     #[arg(long)]
     pub no_customer_events: bool,
@@ -79,7 +84,12 @@ pub fn stream(
     cluster: &Cluster,
     show_progress: bool,
 ) -> anyhow::Result<()> {
-    let start = stream_start(store.as_ref(), &options.job_name, options.cutoff)?;
+    let start = stream_start(
+        store.as_ref(),
+        &options.job_name,
+        options.cutoff,
+        options.retention,
+    )?;
     let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signals(shutdown.clone())?;
     let bar = if show_progress {
@@ -104,6 +114,7 @@ pub fn stream(
         store,
         name: options.job_name.clone(),
         buckets: start.buckets,
+        retention: options.retention,
         epoch: Duration::from_millis(options.epoch_ms),
         cutoff: start.cutoff,
         click_dedup: Duration::from_secs(options.click_dedup_minutes * 60),

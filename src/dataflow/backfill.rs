@@ -7,20 +7,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use differential_dataflow::input::Input;
-use timely::dataflow::operators::ToStream;
+use timely::dataflow::operators::Input;
 use timely::worker::Worker;
 
 use rustc_hash::FxHashMap;
 
 use super::handoff::record_backfill;
 use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
-use super::sink::{count_and_sink, AppliedOffset, SinkSpec, SinkStats};
+use super::sink::{SinkSpec, SinkStats};
+use super::totals::{total_and_sink, BackfillCell};
 use super::{Cluster, DataflowError};
-use crate::model::{CountKey, ALL_TIME};
+use crate::model::Counts;
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
 use crate::store::{open_store, PosteriorStore, StoreUrl};
-use crate::time::Buckets;
+use crate::time::{Buckets, Retention};
 
 /// What one process saw during a backfill.
 #[derive(Debug, Default, Clone)]
@@ -90,6 +90,9 @@ impl BackfillStore {
 pub struct BackfillJob {
     pub plan: ParquetPlan,
     pub buckets: Buckets,
+    /// Buckets before the horizon (the as-of instant's bucket less the retention) count into
+    /// the all-time rows only.
+    pub retention: Retention,
     pub until: Option<DateTime<Utc>>,
     pub skip_bad_files: bool,
     /// Rows a worker reads into one epoch (see [`DEFAULT_EPOCH_ROWS`]).
@@ -99,13 +102,26 @@ pub struct BackfillJob {
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
+impl BackfillJob {
+    /// The instant the counts are as of: `until`, else the newest event.
+    fn as_of(&self) -> Option<DateTime<Utc>> {
+        self.until.or(self.plan.newest)
+    }
+
+    /// The first bucket whose rows are kept (none without an as-of instant: no rows either).
+    fn horizon(&self) -> Option<i64> {
+        self.as_of()
+            .map(|t| self.retention.horizon(self.buckets, self.buckets.index(t)))
+    }
+}
+
 /// Runs the backfill on this process's workers and returns what they saw. Once every epoch is
 /// in the store, process 0 records the instant the counts are as of (`until`, else the newest
-/// event) and their bucket width.
+/// event), their bucket width and the retention.
 pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillReport, DataflowError> {
     let store = job.store.store.clone();
-    let as_of = job.until.or(job.plan.newest);
-    let buckets = job.buckets;
+    let as_of = job.as_of();
+    let (buckets, retention) = (job.buckets, job.retention);
     let setup = JobSetup {
         name: "backfill",
         store: store.clone(),
@@ -113,6 +129,8 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
         store_in_every_process: false,
         first_written_epoch: 0,
         durable_epochs: false,
+        // The backfill keeps only the buckets from its horizon on in the first place.
+        retention: None,
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
@@ -125,7 +143,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
         store.sync()?;
         report.sink.seconds += started.elapsed().as_secs_f64();
         if cluster.process == 0 {
-            record_backfill(store.as_ref(), as_of, buckets)?;
+            record_backfill(store.as_ref(), as_of, buckets, retention)?;
         }
     }
     Ok(report)
@@ -142,32 +160,30 @@ fn backfill_worker(
     let index = worker.index();
     let peers = worker.peers();
     let mut report = BackfillReport::default();
-    let (mut counts_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (counts_in, counts) = scope.new_collection::<(u32, CountKey), (i64, i64)>();
-        let (bad_in, bad_files) = scope.new_collection::<u32, isize>();
-        let good = if job.skip_bad_files {
-            counts.antijoin(bad_files.distinct_core::<i64>())
-        } else {
-            counts
-        };
-        let records = good.map(|(_, key)| key);
-        let no_offsets = Vec::<AppliedOffset>::new().to_stream(scope);
-        let probe = count_and_sink(records, no_offsets, sink.clone());
-        (counts_in, bad_in, probe)
+    let (mut cells_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (cells_in, cells) = scope.new_input::<Vec<BackfillCell>>();
+        let (bad_in, bad_files) = scope.new_input::<Vec<u32>>();
+        let probe = total_and_sink(cells, bad_files, sink.clone());
+        (cells_in, bad_in, probe)
     });
     let mut names = Names::default();
-    let mut epoch = EpochCounts::default();
+    let mut epoch = EpochCounts {
+        horizon: job.horizon(),
+        ..EpochCounts::default()
+    };
     let mut next = 0u64;
     let mut units = job.plan.share(index, peers).peekable();
     while let Some(unit) = units.next() {
         let file = &job.plan.files[unit.file as usize];
+        // Without --skip-bad-files no count is ever taken back, so files need not be told apart.
+        let file_id = if job.skip_bad_files { unit.file } else { 0 };
         let counted = read_unit(
             file,
             unit,
             job.buckets,
             job.until,
             &mut names,
-            |arm, b, c| epoch.add(unit.file, arm, b, c),
+            |arm, b, c| epoch.add(file_id, arm, b, c),
         );
         match counted {
             Ok(read) => {
@@ -181,7 +197,7 @@ fn backfill_worker(
             }
             Err(e) if job.skip_bad_files => {
                 report.skipped.push(e.to_string());
-                bad_in.insert(unit.file);
+                bad_in.send(unit.file);
             }
             Err(e) => {
                 failure.set(e);
@@ -193,67 +209,61 @@ fn backfill_worker(
         if epoch.rows < job.epoch_rows && units.peek().is_some() {
             continue;
         }
-        for (key, diff) in epoch.drain(&mut names) {
-            counts_in.update(key, diff);
+        for cell in epoch.drain(&names) {
+            cells_in.send(cell);
         }
         next += 1;
-        counts_in.advance_to(next);
+        cells_in.advance_to(next);
         bad_in.advance_to(next);
-        counts_in.flush();
-        bad_in.flush();
         wait_for_epochs_in_flight(worker, &probe, next, &failure);
         if failure.is_set() {
             break;
         }
     }
-    drop(counts_in);
+    drop(cells_in);
     drop(bad_in);
+    // The owners write once every worker has read everything; the epoch's emptied map would
+    // hold its memory through the writes.
+    drop(epoch);
     while worker.step_or_park(None) {}
     report
 }
 
-/// Rows a worker reads into one epoch: larger epochs mean fewer store transactions and fewer
-/// rewrites of the all-time rows; the state held for an epoch is its distinct (arm, bucket)
-/// cells, not its rows.
-/// 2M rows: fewer sink transactions and block rewrites than 1M for a few tens of MiB more, and
-/// larger epochs gained nothing (measured in bench/backfill/README.md).
-pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 21;
+/// Rows a worker reads into one epoch: the unit of pre-aggregation before the exchange. Epochs
+/// are not written (the owners write once at the end), so they only need to be large enough
+/// that an arm's rows meet in one, and small enough that a worker's epoch state stays small.
+/// 512k rows (measured in bench/backfill/README.md).
+pub const DEFAULT_EPOCH_ROWS: u64 = 1 << 19;
 
 /// One epoch's counts per (file, arm, bucket), on interned names. The file stays in the key so
-/// that a file found bad later (`--skip-bad-files`) takes all of its counts back.
+/// that a file found bad later (`--skip-bad-files`) takes all of its counts back. A bucket before
+/// the retention horizon is kept as `None`: it counts into the all-time row only.
 #[derive(Default)]
 struct EpochCounts {
-    cells: FxHashMap<(u32, ArmIds, i64), (i64, i64)>,
+    cells: FxHashMap<(u32, ArmIds, Option<i64>), Counts>,
+    horizon: Option<i64>,
     rows: u64,
 }
 
 impl EpochCounts {
     fn add(&mut self, file: u32, arm: ArmIds, bucket: i64, (imp, clk): (i64, i64)) {
-        let cell = self.cells.entry((file, arm, bucket)).or_default();
-        cell.0 += imp;
-        cell.1 += clk;
+        let kept = self.horizon.is_none_or(|h| bucket >= h).then_some(bucket);
+        let cell = self.cells.entry((file, arm, kept)).or_default();
+        cell.impressions += imp.max(0) as u64;
+        cell.clicks += clk.max(0) as u64;
     }
 
-    /// The epoch's records, bucket and all-time, with their names; empties the epoch.
-    fn drain(&mut self, names: &mut Names) -> Vec<((u32, CountKey), (i64, i64))> {
-        let mut all_time: FxHashMap<(u32, ArmIds), (i64, i64)> = FxHashMap::default();
-        let mut records = Vec::with_capacity(self.cells.len());
-        for ((file, arm, bucket), (imp, clk)) in self.cells.drain() {
-            let total = all_time.entry((file, arm)).or_default();
-            total.0 += imp;
-            total.1 += clk;
-            let arm = names.arm(arm);
-            records.push(((file, CountKey { arm, bucket }), (imp, clk)));
-        }
-        records.reserve(all_time.len());
-        for ((file, arm), counts) in all_time {
-            let key = CountKey {
-                arm: names.arm(arm),
-                bucket: ALL_TIME,
-            };
-            records.push(((file, key), counts));
-        }
+    /// The epoch's cells with their names; empties the epoch.
+    fn drain(&mut self, names: &Names) -> Vec<BackfillCell> {
         self.rows = 0;
-        records
+        self.cells
+            .drain()
+            .map(|((file, arm, bucket), counts)| BackfillCell {
+                file,
+                arm: names.arm(arm),
+                bucket,
+                counts,
+            })
+            .collect()
     }
 }

@@ -7,8 +7,10 @@ use chrono::{DateTime, Utc};
 
 use super::DataflowError;
 use crate::source::EventLog;
-use crate::store::{PosteriorStore, StoreError, META_AS_OF, META_BUCKET_MINUTES};
-use crate::time::{self, Buckets};
+use crate::store::{
+    PosteriorStore, StoreError, META_AS_OF, META_BUCKET_MINUTES, META_RETENTION_HOURS,
+};
+use crate::time::{self, Buckets, Retention};
 
 /// How far before the cutoff the handoff starts reading; events before the cutoff are dropped,
 /// so the margin only catches events appended a little before their own timestamp.
@@ -19,17 +21,19 @@ fn cutoff_key(job_name: &str) -> String {
     format!("cutoff.{job_name}")
 }
 
-/// Records what a finished backfill counted: the instant its counts are as of (when known) and
-/// the bucket width they were counted with.
+/// Records what a finished backfill counted: the instant its counts are as of (when known), the
+/// bucket width they were counted with and how long bucket rows are kept.
 pub fn record_backfill(
     store: &dyn PosteriorStore,
     as_of: Option<DateTime<Utc>>,
     buckets: Buckets,
+    retention: Retention,
 ) -> Result<(), StoreError> {
     if let Some(t) = as_of {
         store.set_meta(META_AS_OF, &time::format_utc(t))?;
     }
-    store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())
+    store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
+    store.set_meta(META_RETENTION_HOURS, &retention.hours().to_string())
 }
 
 /// The handoff from a backfill that counted `ts < cutoff`: the stream job `job_name` will start
@@ -59,11 +63,13 @@ pub struct StreamStart {
 /// Where the stream job `job_name` starts from in `store`: the bucket width its counts were
 /// written with (hourly if none is recorded; a store recording an invalid width is refused), and
 /// `cutoff` if given, else the cutoff a handoff recorded for the job. Records the bucket width,
-/// so that what the stream writes is read with the width it counted with.
+/// so that what the stream writes is read with the width it counted with, and the job's
+/// `retention`, so that readers know how long a window the store can answer.
 pub fn stream_start(
     store: &dyn PosteriorStore,
     job_name: &str,
     cutoff: Option<DateTime<Utc>>,
+    retention: Retention,
 ) -> Result<StreamStart, DataflowError> {
     let buckets = store.buckets()?;
     let cutoff = match cutoff {
@@ -75,6 +81,7 @@ pub fn stream_start(
             .map_err(DataflowError::HandoffCutoff)?,
     };
     store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
+    store.set_meta(META_RETENTION_HOURS, &retention.hours().to_string())?;
     Ok(StreamStart { buckets, cutoff })
 }
 
@@ -112,12 +119,12 @@ mod tests {
         let store = store(&dir);
         let as_of = instant("2026-11-02T06:30:00Z");
         let quarter_hours = Buckets::of_minutes(15).unwrap();
-        record_backfill(&store, Some(as_of), quarter_hours).unwrap();
+        record_backfill(&store, Some(as_of), quarter_hours, Retention::default()).unwrap();
         assert_eq!(store.as_of().unwrap(), Some(as_of));
 
         let log = open_log(&format!("file:{}", dir.path().join("log").display())).unwrap();
         hand_off(log.as_ref(), &store, "stream", as_of).unwrap();
-        let start = stream_start(&store, "stream", None).unwrap();
+        let start = stream_start(&store, "stream", None, Retention::default()).unwrap();
         assert_eq!(
             start,
             StreamStart {
@@ -128,17 +135,30 @@ mod tests {
         // A cutoff given to the job wins over the recorded one; another job has none.
         let given = instant("2026-11-03T00:00:00Z");
         assert_eq!(
-            stream_start(&store, "stream", Some(given)).unwrap().cutoff,
+            stream_start(&store, "stream", Some(given), Retention::default())
+                .unwrap()
+                .cutoff,
             Some(given)
         );
-        assert_eq!(stream_start(&store, "other", None).unwrap().cutoff, None);
+        assert_eq!(
+            stream_start(&store, "other", None, Retention::default())
+                .unwrap()
+                .cutoff,
+            None
+        );
     }
 
     #[test]
     fn a_backfill_without_an_as_of_instant_records_only_its_bucket_width() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        record_backfill(&store, None, Buckets::of_minutes(30).unwrap()).unwrap();
+        record_backfill(
+            &store,
+            None,
+            Buckets::of_minutes(30).unwrap(),
+            Retention::default(),
+        )
+        .unwrap();
         assert_eq!(store.as_of().unwrap(), None);
         assert_eq!(store.buckets().unwrap().minutes(), 30);
     }
@@ -147,7 +167,7 @@ mod tests {
     fn a_fresh_store_streams_hourly_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let start = stream_start(&store, "stream", None).unwrap();
+        let start = stream_start(&store, "stream", None, Retention::default()).unwrap();
         assert_eq!(start.buckets, Buckets::hourly());
         assert_eq!(start.cutoff, None);
         assert_eq!(
@@ -161,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         store.set_meta(META_BUCKET_MINUTES, "7").unwrap();
-        let e = stream_start(&store, "stream", None).unwrap_err();
+        let e = stream_start(&store, "stream", None, Retention::default()).unwrap_err();
         assert_eq!(
             chain(&e),
             "store metadata `bucket_minutes`: bucket_minutes must divide 1440 (a day), got 7"
@@ -169,7 +189,7 @@ mod tests {
 
         store.set_meta(META_BUCKET_MINUTES, "60").unwrap();
         store.set_meta(&cutoff_key("stream"), "yesterday").unwrap();
-        let e = stream_start(&store, "stream", None).unwrap_err();
+        let e = stream_start(&store, "stream", None, Retention::default()).unwrap_err();
         assert!(
             chain(&e).starts_with("the cutoff recorded by the backfill handoff: "),
             "{}",

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use super::sink::{ShardPlacement, SinkSpec, SinkStats};
+use super::sink::{ShardPlacement, SinkRetention, SinkSpec, SinkStats};
 use super::{Cluster, DataflowError};
 use crate::store::PosteriorStore;
 
@@ -52,6 +52,8 @@ pub(super) struct JobSetup {
     pub first_written_epoch: u64,
     /// Whether each epoch must be on disk before the next (else the job syncs at its end).
     pub durable_epochs: bool,
+    /// How long the sink keeps bucket rows, if it expires them as time moves (the stream).
+    pub retention: Option<SinkRetention>,
 }
 
 /// Runs `work` on every worker of this process with the sink it builds its dataflow with, and
@@ -73,6 +75,7 @@ pub(super) fn run_job<R: WorkerReport>(
         placement: ShardPlacement::new(setup.shared_store, cluster.workers, cluster.processes()),
         first_written_epoch: setup.first_written_epoch,
         durable_epochs: setup.durable_epochs,
+        retention: setup.retention,
         failure: Failure::default(),
         stats: Arc::default(),
     };
@@ -149,6 +152,7 @@ mod tests {
             store_in_every_process,
             first_written_epoch: 1,
             durable_epochs: true,
+            retention: None,
         }
     }
 

@@ -1,15 +1,15 @@
 //! The timely/differential jobs (docs/architecture.md, "The dataflow"). Each worker reads its
 //! share of the input and pre-aggregates it to one record per (arm, bucket) per epoch; records are
-//! exchanged by (tenant, city), so one worker owns each shard; differential keeps the counts with
-//! a pair diff (impressions, clicks) per (arm, bucket) and per arm all-time (bucket −1); the sink
-//! writes each shard's changed rows, with its applied log offsets, once the frontier passes their
-//! epoch.
+//! exchanged by (tenant, city), so one worker owns each shard. The stream keeps the counts in
+//! differential with a pair diff (impressions, clicks) per (arm, bucket) and per arm all-time
+//! (bucket −1), and writes each shard's changed rows, with its applied log offsets, once the
+//! frontier passes their epoch; the backfill totals them per worker and writes them once.
 //!
 //! - `backfill.rs`: Parquet history; `stream/`: an event log with exactly-once effect. They differ
-//!   only in the source and the driver loop; both end in the dataflow of `sink.rs` and run under
-//!   `harness.rs`.
+//!   in the source and the driver loop; the stream ends in the dataflow of `sink.rs`, the backfill
+//!   in that of `totals.rs`, and both run under `harness.rs`.
 //! - `handoff.rs`: what the jobs leave each other in the store's metadata (the backfill's as-of
-//!   instant and bucket width, the stream's cutoff and start).
+//!   instant, bucket width and retention, the stream's cutoff and start).
 //! - `priors.rs`: cold-start priors from counted history.
 
 mod backfill;
@@ -18,6 +18,7 @@ mod harness;
 mod priors;
 mod sink;
 mod stream;
+mod totals;
 
 pub use backfill::{
     plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,

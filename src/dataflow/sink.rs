@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::count::CountTotal;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
@@ -21,8 +22,9 @@ use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use super::harness::Failure;
-use crate::model::{owner_of, ArmKey, CountKey, Counts, Offset, Partition, ShardKey};
+use crate::model::{owner_of, ArmKey, CountKey, Counts, Offset, Partition, ShardKey, ALL_TIME};
 use crate::store::{PosteriorStore, ShardWrite};
+use crate::time::{Buckets, Retention};
 
 /// A [`CountKey`] with its arm interned by the worker that owns the arm's shard, so that
 /// differential sorts, merges and seeks integers instead of four strings, and the sink groups
@@ -113,6 +115,12 @@ impl ShardPlacement {
     pub(super) fn exchange_key(self, tenant: &str, city: &str) -> u64 {
         self.owner(tenant, city) as u64
     }
+
+    /// [`ShardPlacement::exchange_key`] of the shard whose [`crate::model::shard_hash`] is
+    /// `shard_hash`, as [`owner_of`] reckons it.
+    pub(super) fn exchange_key_of_hash(self, shard_hash: u64) -> u64 {
+        shard_hash % self.writers.max(1) as u64
+    }
 }
 
 /// Epoch writes to the store, the shard batches and rows they carried, and the time the sink
@@ -144,6 +152,8 @@ pub(super) struct SinkSpec {
     pub(super) first_written_epoch: u64,
     /// Whether each epoch must be on disk before the next (else the job syncs at its end).
     pub(super) durable_epochs: bool,
+    /// How long bucket rows are kept, when the sink expires them as time moves.
+    pub(super) retention: Option<SinkRetention>,
     pub(super) failure: Failure,
     pub(super) stats: Arc<Mutex<SinkStats>>,
 }
@@ -152,6 +162,56 @@ impl SinkSpec {
     /// What the sink has written so far, summed over this process's workers.
     pub(super) fn stats(&self) -> SinkStats {
         *self.stats.lock().expect("sink stats lock")
+    }
+}
+
+/// How long the stream's sink keeps bucket rows, and the bucket width to reckon it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SinkRetention {
+    pub(super) retention: Retention,
+    pub(super) buckets: Buckets,
+}
+
+/// Where one worker's sink stands with retention: the newest bucket it has counted and the
+/// horizon each shard was last written with.
+#[derive(Default)]
+struct Expiry {
+    newest_bucket: Option<i64>,
+    kept_from: FxHashMap<ShardKey, i64>,
+}
+
+impl Expiry {
+    fn saw(&mut self, updates: &[Update]) {
+        let newest = updates
+            .iter()
+            .map(|((key, _), _, _)| key.bucket)
+            .filter(|&b| b != ALL_TIME)
+            .max();
+        self.newest_bucket = self.newest_bucket.max(newest);
+    }
+
+    /// The first bucket kept: the retention before the newest bucket counted, but never after
+    /// the wall clock's bucket, so that an event from the far future cannot expire the present.
+    fn horizon(&self, retention: SinkRetention, now: DateTime<Utc>) -> Option<i64> {
+        let SinkRetention { retention, buckets } = retention;
+        let newest = self.newest_bucket?.min(buckets.index(now));
+        Some(retention.horizon(buckets, newest))
+    }
+
+    /// Drops the rows of buckets before `horizon` from `writes` (their counts stay in the
+    /// all-time rows) and asks the store to delete a shard's earlier buckets the first time it
+    /// is written with this horizon.
+    fn apply(&mut self, writes: &mut [ShardWrite], horizon: i64) {
+        for write in writes {
+            write
+                .rows
+                .retain(|(key, _)| key.bucket == ALL_TIME || key.bucket >= horizon);
+            let kept_from = self.kept_from.get(&write.shard).copied();
+            if kept_from.is_none_or(|k| k < horizon) {
+                write.keep_from = Some(horizon);
+                self.kept_from.insert(write.shard.clone(), horizon);
+            }
+        }
     }
 }
 
@@ -197,6 +257,7 @@ pub(super) fn count_and_sink<'s>(
             move |_cap, _info| {
                 type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
                 let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+                let mut expiry = Expiry::default();
                 move |(counts, counts_frontier), (offsets, offsets_frontier), _output| {
                     counts.for_each(|cap, data| {
                         for update in data.drain(..) {
@@ -224,6 +285,7 @@ pub(super) fn count_and_sink<'s>(
                         .collect();
                     for t in complete {
                         let (_cap, updates, applied) = pending.remove(&t).expect("listed");
+                        expiry.saw(&updates);
                         let Some(store) = spec
                             .store
                             .as_ref()
@@ -234,7 +296,12 @@ pub(super) fn count_and_sink<'s>(
                         if spec.failure.is_set() {
                             continue;
                         }
-                        let writes = shard_writes(updates, applied, &arms.borrow());
+                        let mut writes = shard_writes(updates, applied, &arms.borrow());
+                        if let Some(horizon) =
+                            spec.retention.and_then(|r| expiry.horizon(r, Utc::now()))
+                        {
+                            expiry.apply(&mut writes, horizon);
+                        }
                         let started = std::time::Instant::now();
                         let applied = if spec.durable_epochs {
                             store.apply_epoch(&writes)
@@ -380,6 +447,59 @@ mod tests {
     }
 
     #[test]
+    fn expiry_follows_the_newest_bucket_but_not_past_the_clock_and_deletes_once_per_horizon() {
+        let hourly = Buckets::hourly();
+        let retention = SinkRetention {
+            retention: Retention::of_hours(2).unwrap(),
+            buckets: hourly,
+        };
+        let mut table = ArmTable::default();
+        let old = table.pack(key("t1", "hero", "pune", "b1", 100));
+        let new = table.pack(key("t1", "hero", "pune", "b1", 110));
+        let total = table.pack(key("t1", "hero", "pune", "b1", ALL_TIME));
+        let mut expiry = Expiry::default();
+        let now = hourly.start(200);
+        assert_eq!(expiry.horizon(retention, now), None);
+        expiry.saw(&[((old, (1, 0)), 1, 1), ((total, (1, 0)), 1, 1)]);
+        assert_eq!(expiry.horizon(retention, now), Some(98));
+        expiry.saw(&[((new, (1, 0)), 2, 1)]);
+        assert_eq!(expiry.horizon(retention, now), Some(108));
+        // A bucket from the far future moves the horizon no further than the clock's bucket.
+        let future = table.pack(key("t1", "hero", "pune", "b1", 10_000));
+        expiry.saw(&[((future, (1, 0)), 3, 1)]);
+        assert_eq!(expiry.horizon(retention, now), Some(198));
+
+        let pune = ShardKey::new("t1", "pune");
+        let write = |rows: Vec<(CountKey, Counts)>| ShardWrite {
+            rows,
+            ..ShardWrite::new(pune.clone())
+        };
+        let mut expiry = Expiry::default();
+        let mut writes = vec![write(vec![
+            (key("t1", "hero", "pune", "b1", 100), Counts::new(1, 0)),
+            (key("t1", "hero", "pune", "b1", 110), Counts::new(2, 0)),
+            (key("t1", "hero", "pune", "b1", ALL_TIME), Counts::new(3, 0)),
+        ])];
+        expiry.apply(&mut writes, 108);
+        assert_eq!(writes[0].keep_from, Some(108));
+        assert_eq!(
+            writes[0].rows,
+            vec![
+                (key("t1", "hero", "pune", "b1", 110), Counts::new(2, 0)),
+                (key("t1", "hero", "pune", "b1", ALL_TIME), Counts::new(3, 0)),
+            ]
+        );
+        let mut again = vec![write(vec![])];
+        expiry.apply(&mut again, 108);
+        assert_eq!(
+            again[0].keep_from, None,
+            "already expired up to this horizon"
+        );
+        expiry.apply(&mut again, 109);
+        assert_eq!(again[0].keep_from, Some(109));
+    }
+
+    #[test]
     fn the_worker_that_loads_a_shard_is_the_one_the_sink_sends_it_to() {
         for processes in 1..=3 {
             for threads in 1..=8 {
@@ -390,6 +510,11 @@ mod tests {
                         let (tenant, city) = (format!("t{}", shard % 7), format!("c{shard}"));
                         let routed =
                             (placement.exchange_key(&tenant, &city) % peers as u64) as usize;
+                        assert_eq!(
+                            placement
+                                .exchange_key_of_hash(crate::model::shard_hash(&tenant, &city)),
+                            placement.exchange_key(&tenant, &city)
+                        );
                         let loaders: Vec<usize> = (0..peers)
                             .filter(|&w| placement.owns(w, &tenant, &city))
                             .collect();

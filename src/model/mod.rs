@@ -10,7 +10,7 @@ pub mod parquet;
 mod slot;
 mod validate;
 
-pub use arm::ArmKey;
+pub use arm::{ArmKey, PackedArm};
 pub use counts::{pool_cities, Counts};
 pub use event::{
     Event, EventError, EventFields, EventKind, EventRef, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use crate::bandit::{BetaPosterior, SlotPolicy, SlotPriors};
 use crate::model::{ArmKey, Counts, SlotConfig, ALL_CITIES};
 use crate::store::{CountQuery, Part, PosteriorStore, StoreError, Versions};
+use crate::time::Retention;
 
 /// Counts per arm, as the store answers them.
 type ArmRows = Vec<(ArmKey, Counts)>;
@@ -573,9 +574,9 @@ pub enum CacheError {
     WindowBeyondRetention { minutes: u32, hours: u32 },
 }
 
-/// Fails when a window of `minutes` reaches further back than `retention_hours` of buckets.
-fn within_retention(minutes: u32, retention_hours: Option<u32>) -> Result<(), CacheError> {
-    match retention_hours {
+/// Fails when a window of `minutes` reaches further back than the store keeps buckets.
+fn within_retention(minutes: u32, retention: Option<Retention>) -> Result<(), CacheError> {
+    match retention.map(|r| r.hours()) {
         Some(hours) if u64::from(minutes) > u64::from(hours) * 60 => {
             Err(CacheError::WindowBeyondRetention { minutes, hours })
         }
@@ -688,7 +689,7 @@ impl PosteriorCache {
 
     /// Fails on a kept window longer than the store keeps bucket counts (blocking: at start).
     pub fn check_windows(&self) -> Result<(), CacheError> {
-        let retention = self.store.retention_hours()?;
+        let retention = self.store.retention()?;
         let windows = self.windows.lock().expect("not poisoned").clone();
         windows
             .into_iter()
@@ -698,7 +699,7 @@ impl PosteriorCache {
     /// Makes sure `minutes` is a kept window and a snapshot holding it is installed.
     pub async fn ensure_window(&self, minutes: u32) -> Result<Arc<Snapshot>, CacheError> {
         let store = self.store.clone();
-        let retention = tokio::task::spawn_blocking(move || store.retention_hours())
+        let retention = tokio::task::spawn_blocking(move || store.retention())
             .await
             .map_err(|_| CacheError::Cancelled)??;
         within_retention(minutes, retention)?;

@@ -23,7 +23,7 @@ use crate::bandit::{BetaPosterior, PosteriorSummary, SlotPriors};
 use crate::model::{
     pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
 };
-use crate::time::Buckets;
+use crate::time::{Buckets, Retention};
 
 pub use cassandra::{apply_schema, render_schema, CassandraStore, Replication, SCHEMA_VERSION};
 pub use embedded::EmbeddedStore;
@@ -330,15 +330,19 @@ pub trait PosteriorStore: Send + Sync {
         }
     }
 
-    /// How long the jobs keep hourly buckets (`None` before a job recorded it): windows longer
-    /// than this would read buckets that are gone.
-    fn retention_hours(&self) -> Result<Option<u32>, StoreError> {
+    /// How long the jobs keep bucket rows (recorded by the backfill and the stream job; `None`
+    /// for a store written before retention existed, which kept every bucket). A window longer
+    /// than this cannot be answered whole.
+    fn retention(&self) -> Result<Option<Retention>, StoreError> {
         self.meta(META_RETENTION_HOURS)?
             .map(|s| {
-                s.parse::<u32>().map_err(|e| StoreError::Meta {
-                    key: META_RETENTION_HOURS,
-                    detail: format!("{s:?}: {e}"),
-                })
+                s.parse::<u32>()
+                    .map_err(|e| e.to_string())
+                    .and_then(Retention::of_hours)
+                    .map_err(|detail| StoreError::Meta {
+                        key: META_RETENTION_HOURS,
+                        detail,
+                    })
             })
             .transpose()
     }

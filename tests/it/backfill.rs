@@ -126,6 +126,80 @@ fn backfill_is_exact_for_1_2_4_workers_and_2_processes() {
     assert_eq!(filtered, want);
 }
 
+/// The first IST hour of a window of `minutes` ending at `now`, by the rule the store states:
+/// the whole hours that start at or after now − minutes.
+fn first_hour_of_window(now: chrono::DateTime<chrono::Utc>, minutes: i64) -> i64 {
+    let from = now.timestamp() - minutes * 60 + 19_800;
+    from.div_euclid(3600) + i64::from(from.rem_euclid(3600) != 0)
+}
+
+/// Every bucket row (not all-time) kept in an embedded store, as (arm, bucket).
+fn bucket_rows(store: &str) -> Vec<(String, i64)> {
+    use slotbandit::store::{open_store, PosteriorStore};
+    let store: Box<dyn PosteriorStore> = open_store(store, false).unwrap();
+    store
+        .shards(&|_, _| true)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.rows)
+        .filter(|(k, _)| k.bucket != slotbandit::model::ALL_TIME)
+        .map(|(k, _)| (k.arm.to_string(), k.bucket))
+        .collect()
+}
+
+#[test]
+fn many_arms_are_counted_exactly_all_time_and_in_windows_with_1_and_2_workers() {
+    // 4 tenants × 2 slots × 60 cities × 40 banners: about 19,000 arms, most seen a few times.
+    let f = Fixture::new("--events 120000 --days 2 --tenants 4 --cities 60 --banners 40 --seed 8");
+    let events = events_of(&list_parquet_files(&f.data).unwrap());
+    let all_time = recount(&events);
+    assert!(all_time.len() > 10_000, "{} arms", all_time.len());
+    let now = events.iter().map(|e| e.ts).max().unwrap();
+    for workers in ["1", "2"] {
+        ok(f.backfill(&["-w", workers]));
+        assert_eq!(posteriors(&f.store, &[]), all_time, "{workers} workers");
+        for minutes in [60, 720, 2880] {
+            let first_hour = first_hour_of_window(now, minutes);
+            assert_eq!(
+                posteriors(&f.store, &["--window-minutes", &minutes.to_string()]),
+                recount(events.iter().filter(|e| ist_hour(e) >= first_hour)),
+                "{workers} workers, {minutes} minutes"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_short_retention_keeps_windows_inside_it_and_drops_older_bucket_rows() {
+    use slotbandit::store::open_store;
+    let f = Fixture::new("--events 40000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 9");
+    let events = events_of(&list_parquet_files(&f.data).unwrap());
+    let now = events.iter().map(|e| e.ts).max().unwrap();
+    let now_hour = (now.timestamp() + 19_800).div_euclid(3600);
+    for workers in ["1", "2"] {
+        ok(f.backfill(&["-w", workers, "--retention-hours", "6"]));
+        assert_eq!(posteriors(&f.store, &[]), recount(&events), "all-time");
+        for minutes in [60, 240, 360] {
+            let first_hour = first_hour_of_window(now, minutes);
+            assert_eq!(
+                posteriors(&f.store, &["--window-minutes", &minutes.to_string()]),
+                recount(events.iter().filter(|e| ist_hour(e) >= first_hour)),
+                "{minutes} minutes inside a retention of 6 hours, {workers} workers"
+            );
+        }
+        let rows = bucket_rows(&f.store);
+        assert!(!rows.is_empty());
+        let oldest = rows.iter().map(|r| r.1).min().unwrap();
+        assert_eq!(oldest, now_hour - 6, "the horizon is now's hour less 6");
+        let store = open_store(&f.store, false).unwrap();
+        assert_eq!(store.retention().unwrap().unwrap().hours(), 6);
+    }
+    // The default keeps two days.
+    ok(f.backfill(&[]));
+    let oldest = bucket_rows(&f.store).iter().map(|r| r.1).min().unwrap();
+    assert_eq!(oldest, now_hour - 48);
+}
+
 #[test]
 fn windows_and_until_match_a_recount_with_the_same_rule() {
     let f = Fixture::new("--events 60000 --days 3 --tenants 1 --cities 4 --banners 4 --seed 5");
@@ -558,6 +632,18 @@ fn backfill_flags_are_validated() {
             "does not exist",
         ),
         (vec!["priors", "--prior-strength", "-1"], "positive"),
+        (
+            vec!["backfill", "--input", "x", "--retention-hours", "0"],
+            "--retention-hours",
+        ),
+        (
+            vec!["backfill", "--input", "x", "--retention-hours", "100000"],
+            "ten years",
+        ),
+        (
+            vec!["stream", "--log", "file:x", "--retention-hours", "two"],
+            "--retention-hours",
+        ),
     ] {
         let o = slotbandit(&args);
         let err = String::from_utf8_lossy(&o.stderr);

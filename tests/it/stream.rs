@@ -192,6 +192,91 @@ fn handoff_counts_history_before_the_cutoff_and_the_log_after_it() {
     assert_eq!(f.counts(), recount(&events));
 }
 
+/// Every bucket row (not all-time) kept in the store: its IST hour.
+fn bucket_hours(store: &str) -> Vec<i64> {
+    use slotbandit::store::{open_store, PosteriorStore};
+    let store: Box<dyn PosteriorStore> = open_store(store, false).unwrap();
+    store
+        .shards(&|_, _| true)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.rows)
+        .map(|(k, _)| k.bucket)
+        .filter(|&b| b != slotbandit::model::ALL_TIME)
+        .collect()
+}
+
+#[test]
+fn a_short_retention_folds_as_time_moves_and_kill_9_loses_and_doubles_nothing() {
+    use crate::common::ist_hour;
+    use rand::{RngExt, SeedableRng};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let f = Fixture::new("--events 60000 --days 3 --tenants 2 --cities 5 --banners 4 --seed 15");
+    let files = list_parquet_files(&f.data).unwrap();
+    let first_day: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("dt=2026-11-01"))
+        .cloned()
+        .collect();
+    assert!(!first_day.is_empty() && first_day.len() < files.len());
+    for file in &first_day {
+        f.produce_from(file);
+    }
+    f.stream(&["--retention-hours", "6", "-w", "2"]);
+    let early = events_of(&first_day);
+    assert_eq!(f.counts(), recount(&early));
+    let early_hour = early.iter().map(ist_hour).max().unwrap();
+    let kept = bucket_hours(&f.store);
+    assert!(kept.iter().all(|&h| h >= early_hour - 6 - 1), "{kept:?}");
+
+    // The rest of the history arrives; the job is killed at random moments while it counts.
+    for file in files.iter().filter(|p| !first_day.contains(p)) {
+        f.produce_from(file);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    for _ in 0..4 {
+        let mut job = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+            .args(["stream", "--log", &f.log, "--store", &f.store])
+            .args(["--epoch-ms", "20", "-w", "2", "--retention-hours", "6"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+        job.kill().unwrap(); // SIGKILL
+        job.wait().unwrap();
+    }
+    f.stream(&["--retention-hours", "6", "-w", "2"]);
+    let events = f.events();
+    assert_eq!(f.counts(), recount(&events), "all-time after the kills");
+    let now = events.iter().map(|e| e.ts).max().unwrap();
+    let now_arg = slotbandit::time::format_utc(now);
+    for minutes in [60i64, 180, 360] {
+        let from = now.timestamp() - minutes * 60 + 19_800;
+        let first_hour = from.div_euclid(3600) + i64::from(from.rem_euclid(3600) != 0);
+        assert_eq!(
+            posteriors(
+                &f.store,
+                &["--window-minutes", &minutes.to_string(), "--now", &now_arg]
+            ),
+            recount(events.iter().filter(|e| ist_hour(e) >= first_hour)),
+            "{minutes} minutes"
+        );
+    }
+    // The hours of the first day were folded into the all-time rows as time moved on; a shard
+    // expires its old hours when it is next written, so one written a little before the end
+    // may keep an hour or two more than the horizon.
+    let now_hour = (now.timestamp() + 19_800).div_euclid(3600);
+    let kept = bucket_hours(&f.store);
+    assert!(kept.iter().all(|&h| h >= now_hour - 6 - 2), "{kept:?}");
+    assert!(kept.contains(&now_hour));
+    let store = slotbandit::store::open_store(&f.store, false).unwrap();
+    assert_eq!(store.retention().unwrap().unwrap().hours(), 6);
+}
+
 /// A Kafka topic (created with `partitions`) and an embedded store in a temp folder.
 fn kafka_fixture(broker: &str, prefix: &str, gen_flags: &str) -> Fixture {
     let mut f = Fixture::new(gen_flags);

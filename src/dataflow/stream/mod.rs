@@ -34,13 +34,13 @@ use timely::worker::Worker;
 
 use self::reader::PartitionReader;
 use super::harness::{run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress};
-use super::sink::{count_and_sink, AppliedOffset, SinkSpec};
+use super::sink::{count_and_sink, AppliedOffset, SinkRetention, SinkSpec};
 use super::{Cluster, DataflowError};
 use crate::model::{CountKey, Offset, Partition};
 use crate::retry::{Retry, RetryPolicy};
 use crate::source::{EventLog, LogError};
 use crate::store::PosteriorStore;
-use crate::time::Buckets;
+use crate::time::{Buckets, Retention};
 
 /// How the job waits for a log that fails, and how long before it gives up.
 const LOG_RETRY: RetryPolicy =
@@ -52,6 +52,9 @@ pub struct StreamJob {
     /// The name the job's checkpoints are kept under.
     pub name: String,
     pub buckets: Buckets,
+    /// Bucket rows before the horizon (the newest bucket seen, at most the wall clock's, less
+    /// the retention) are deleted from each shard as it is written, and not written again.
+    pub retention: Retention,
     /// How often an epoch closes.
     pub epoch: Duration,
     /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
@@ -81,6 +84,10 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         store_in_every_process: true,
         first_written_epoch: 1,
         durable_epochs: true,
+        retention: Some(SinkRetention {
+            retention: job.retention,
+            buckets: job.buckets,
+        }),
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);

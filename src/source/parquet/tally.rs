@@ -1,8 +1,6 @@
 //! Aggregation: names interned once per distinct dictionary value, rows checked against the
 //! event contract, and counts per (arm, bucket) in a dense grid or a hash map.
 
-use std::sync::Arc;
-
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -11,7 +9,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type};
 use rustc_hash::FxHashMap;
 
-use crate::model::{validate_name, ArmKey, EventKind, FieldError};
+use crate::model::{validate_name, EventKind, FieldError, PackedArm};
 use crate::time::Buckets;
 
 /// Names interned by the worker that reads them, so that a tally is keyed by four integers and
@@ -20,7 +18,6 @@ use crate::time::Buckets;
 pub struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
-    arms: FxHashMap<ArmIds, Arc<ArmKey>>,
 }
 
 /// An arm as interned (tenant, slot, city, banner).
@@ -37,16 +34,12 @@ impl Names {
         id
     }
 
-    /// The arm of `ids`, built once and shared after.
-    pub fn arm(&mut self, ids: ArmIds) -> Arc<ArmKey> {
-        let names = &self.names;
-        self.arms
-            .entry(ids)
-            .or_insert_with(|| {
-                let [tenant, slot, city, banner] = ids.map(|id| names[id as usize].as_str());
-                Arc::new(ArmKey::new(tenant, slot, city, banner))
-            })
-            .clone()
+    /// The arm of `ids`, built anew for each call: at a million arms, a cache of built arms cost
+    /// more in lookups that miss the CPU cache than building them does (bench/backfill/README.md,
+    /// session 8).
+    pub fn arm(&self, ids: ArmIds) -> PackedArm {
+        let [tenant, slot, city, banner] = ids.map(|id| self.names[id as usize].as_str());
+        PackedArm::new(tenant, slot, city, banner)
     }
 }
 

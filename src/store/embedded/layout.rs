@@ -16,11 +16,13 @@ use crate::store::{next_version, Part};
 pub(super) const ARM_TOTALS: TableDefinition<&[u8], (u64, u64)> =
     TableDefinition::new("arm_totals");
 /// (block, tenant, city, slot, banner) → (impressions, clicks) of each of the block's
-/// [`BLOCK_BUCKETS`] buckets, the key encoded by [`block_key`], the value by [`encode_block`].
-/// One row carries a day of hourly buckets, and blocks lead the key, so that a backfill, whose
-/// epochs move forward in time, appends few rows near the end of the table instead of inserting
-/// one row per (arm, hour) all over it, and a window is one range of the table.
-pub(super) const ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_blocks");
+/// [`BLOCK_BUCKETS`] buckets that has any, the key encoded by [`block_key`], the value by
+/// [`encode_block`]. One row carries a day of hourly buckets, and blocks lead the key, so that a
+/// backfill, whose epochs move forward in time, appends few rows near the end of the table instead
+/// of inserting one row per (arm, hour) all over it, and a window is one range of the table.
+/// (Stores written before the sparse encoding kept every cell of a block in `arm_blocks`.)
+pub(super) const ARM_BLOCKS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("arm_block_cells");
 /// Consecutive buckets kept in one [`ARM_BLOCKS`] row (a day of the default hourly buckets).
 pub(super) const BLOCK_BUCKETS: i64 = 24;
 /// (tenant, slot, banner) → (alpha0, beta0, source); banner "" is the slot prior.
@@ -170,29 +172,63 @@ fn decode_block_key(key: &[u8]) -> Option<(i64, ArmKey)> {
 
 pub(super) type Block = [(u64, u64); BLOCK_BUCKETS as usize];
 
-/// Each bucket's (impressions, clicks) as two little-endian u64.
-fn encode_block(block: &Block) -> [u8; BLOCK_BUCKETS as usize * 16] {
-    let mut bytes = [0; BLOCK_BUCKETS as usize * 16];
-    for (chunk, &(imp, clk)) in bytes.chunks_exact_mut(16).zip(block) {
-        chunk[..8].copy_from_slice(&imp.to_le_bytes());
-        chunk[8..].copy_from_slice(&clk.to_le_bytes());
+const _: () = assert!(BLOCK_BUCKETS <= 32, "a block's cells are flagged in a u32");
+
+/// A little-endian u32 with bit i set when bucket i of the block has counts, then each such
+/// bucket's impressions and clicks as LEB128 varints: an arm seen in a few hours of a day costs a
+/// few bytes per hour, not 16 per bucket of the day.
+pub(super) fn encode_block(block: &Block) -> Vec<u8> {
+    let mut present = 0u32;
+    let mut bytes = vec![0; 4];
+    for (place, &(imp, clk)) in block.iter().enumerate() {
+        if (imp, clk) != (0, 0) {
+            present |= 1 << place;
+            push_varint(&mut bytes, imp);
+            push_varint(&mut bytes, clk);
+        }
     }
+    bytes[..4].copy_from_slice(&present.to_le_bytes());
     bytes
 }
 
 fn decode_block(bytes: &[u8]) -> Option<Block> {
-    if bytes.len() != BLOCK_BUCKETS as usize * 16 {
+    let (present, mut rest) = bytes.split_at_checked(4)?;
+    let present = u32::from_le_bytes(present.try_into().ok()?);
+    if present >> BLOCK_BUCKETS != 0 {
         return None;
     }
     let mut block = [(0, 0); BLOCK_BUCKETS as usize];
-    for (cell, chunk) in block.iter_mut().zip(bytes.chunks_exact(16)) {
-        let (imp, clk) = chunk.split_at(8);
-        *cell = (
-            u64::from_le_bytes(imp.try_into().ok()?),
-            u64::from_le_bytes(clk.try_into().ok()?),
-        );
+    for (place, cell) in block.iter_mut().enumerate() {
+        if present & (1 << place) != 0 {
+            *cell = (take_varint(&mut rest)?, take_varint(&mut rest)?);
+        }
     }
-    Some(block)
+    rest.is_empty().then_some(block)
+}
+
+fn push_varint(bytes: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        bytes.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    bytes.push(v as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        let bits = u64::from(byte & 0x7f);
+        if shift == 63 && bits > 1 {
+            return None;
+        }
+        v |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 pub(super) fn corrupt(what: &str, bytes: &[u8]) -> redb::Error {
@@ -214,9 +250,9 @@ pub(super) fn block_rows<'a, I: Iterator<Item = BlockEntry<'a>>>(
     range.map(|entry| {
         let (k, v) = entry?;
         let (block, arm) =
-            decode_block_key(k.value()).ok_or_else(|| corrupt("arm_blocks key", k.value()))?;
+            decode_block_key(k.value()).ok_or_else(|| corrupt("arm_block_cells key", k.value()))?;
         let cells =
-            decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value()))?;
+            decode_block(v.value()).ok_or_else(|| corrupt("arm_block_cells value", v.value()))?;
         Ok((block, arm, cells))
     })
 }
@@ -227,45 +263,67 @@ pub(super) fn write_counts<'k>(
     tx: &redb::WriteTransaction,
     rows: impl Iterator<Item = (&'k CountKey, Counts)>,
 ) -> Result<(), redb::Error> {
-    type Changes = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
-    let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
-    // Rows usually come grouped by arm (a sink's rows are), so a row of the block before it is
-    // found without a lookup.
-    let mut blocks: Vec<((i64, &ArmKey), Changes)> = Vec::new();
-    let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
-    for (
-        key,
-        Counts {
-            impressions: imp,
-            clicks: clk,
-        },
-    ) in rows
-    {
-        if key.bucket == ALL_TIME {
-            totals.push((arm_key(&key.arm), imp, clk));
-            continue;
+    write_encoded_counts(tx, EncodedCounts::of(rows))
+}
+
+type BlockChanges = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
+
+/// Count rows with their keys encoded, in key order: built before the write transaction, so
+/// that a writer holds redb's single write lock only to read and insert.
+pub(super) struct EncodedCounts {
+    totals: Vec<(Vec<u8>, u64, u64)>,
+    blocks: Vec<(Vec<u8>, BlockChanges)>,
+}
+
+impl EncodedCounts {
+    pub(super) fn of<'k>(rows: impl Iterator<Item = (&'k CountKey, Counts)>) -> Self {
+        let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+        // Rows usually come grouped by arm (a sink's rows are), so a row of the block before it
+        // is found without a lookup.
+        let mut blocks: Vec<((i64, &ArmKey), BlockChanges)> = Vec::new();
+        let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
+        for (
+            key,
+            Counts {
+                impressions: imp,
+                clicks: clk,
+            },
+        ) in rows
+        {
+            if key.bucket == ALL_TIME {
+                totals.push((arm_key(&key.arm), imp, clk));
+                continue;
+            }
+            let (block, place) = block_of(key.bucket);
+            let id = (block, key.arm.as_ref());
+            let index = match blocks.last() {
+                Some((last, _)) if *last == id => blocks.len() - 1,
+                _ => *block_index.entry(id).or_insert_with(|| {
+                    blocks.push((id, [None; BLOCK_BUCKETS as usize]));
+                    blocks.len() - 1
+                }),
+            };
+            blocks[index].1[place] = Some((imp, clk));
         }
-        let (block, place) = block_of(key.bucket);
-        let id = (block, key.arm.as_ref());
-        let index = match blocks.last() {
-            Some((last, _)) if *last == id => blocks.len() - 1,
-            _ => *block_index.entry(id).or_insert_with(|| {
-                blocks.push((id, [None; BLOCK_BUCKETS as usize]));
-                blocks.len() - 1
-            }),
-        };
-        blocks[index].1[place] = Some((imp, clk));
+        // In key order, so that the B-trees are written front to back; the keys are encoded
+        // first so that sorting compares bytes, not four names.
+        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut blocks: Vec<(Vec<u8>, BlockChanges)> = blocks
+            .into_iter()
+            .map(|((block, arm), changes)| (block_key(block, arm), changes))
+            .collect();
+        blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self { totals, blocks }
     }
-    // In key order, so that the B-trees are written front to back; the keys are encoded first
-    // so that sorting compares bytes, not four names.
-    totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut blocks: Vec<(Vec<u8>, Changes)> = blocks
-        .into_iter()
-        .map(|((block, arm), changes)| (block_key(block, arm), changes))
-        .collect();
-    blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+}
+
+/// Writes [`EncodedCounts`] as [`write_counts`] does.
+pub(super) fn write_encoded_counts(
+    tx: &redb::WriteTransaction,
+    counts: EncodedCounts,
+) -> Result<(), redb::Error> {
     let mut t = tx.open_table(ARM_TOTALS)?;
-    for (key, imp, clk) in totals {
+    for (key, imp, clk) in counts.totals {
         if imp == 0 && clk == 0 {
             t.remove(key.as_slice())?;
         } else {
@@ -273,10 +331,10 @@ pub(super) fn write_counts<'k>(
         }
     }
     let mut t = tx.open_table(ARM_BLOCKS)?;
-    for (key, changes) in blocks {
-        let stored = t
-            .get(key.as_slice())?
-            .map(|v| decode_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value())));
+    for (key, changes) in counts.blocks {
+        let stored = t.get(key.as_slice())?.map(|v| {
+            decode_block(v.value()).ok_or_else(|| corrupt("arm_block_cells value", v.value()))
+        });
         let mut block = stored
             .transpose()?
             .unwrap_or([(0, 0); BLOCK_BUCKETS as usize]);
@@ -330,7 +388,7 @@ fn stored_blocks(
     let block = |key: &[u8]| {
         key.get(..8)
             .and_then(from_ordered_i64)
-            .ok_or_else(|| corrupt("arm_blocks key", key))
+            .ok_or_else(|| corrupt("arm_block_cells key", key))
     };
     match (t.first()?, t.last()?) {
         (Some((first, _)), Some((last, _))) => {
@@ -438,10 +496,45 @@ mod tests {
         assert_eq!(decode_block_key(b"short"), None);
         assert_eq!(decode_arm(b"a\0b\0c\0"), None);
         assert_eq!(decode_arm(b"a\0b\0c\0d\0e\0"), None);
+    }
+
+    #[test]
+    fn blocks_keep_only_the_cells_with_counts_and_refuse_what_they_did_not_write() {
         let mut block = [(0, 0); BLOCK_BUCKETS as usize];
-        block[0] = (7, 1);
-        block[23] = (u64::MAX, 3);
+        assert_eq!(encode_block(&block), vec![0; 4]);
         assert_eq!(decode_block(&encode_block(&block)), Some(block));
-        assert_eq!(decode_block(&[0; 16]), None);
+        block[0] = (7, 1);
+        block[5] = (0, 2);
+        block[23] = (u64::MAX, 3);
+        let bytes = encode_block(&block);
+        assert_eq!(bytes.len(), 4 + 2 + 2 + 10 + 1);
+        assert_eq!(decode_block(&bytes), Some(block));
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut bytes = Vec::new();
+            push_varint(&mut bytes, v);
+            let mut rest = bytes.as_slice();
+            assert_eq!(take_varint(&mut rest), Some(v));
+            assert!(rest.is_empty());
+        }
+        // Truncated, trailing bytes, a bucket past the block, a varint past 64 bits.
+        assert_eq!(decode_block(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_block(&[bytes.as_slice(), &[0]].concat()), None);
+        assert_eq!(decode_block(&(1u32 << 24).to_le_bytes()), None);
+        assert_eq!(
+            decode_block(&[
+                1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0
+            ]),
+            None
+        );
+        assert_eq!(decode_block(&[0; 3]), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Stores written by earlier builds are moved to the current layout when opened for writing: the
-//! counts kept one row per bucket move into the block layout, the customer history kept as JSON
-//! into the compact rows.
+//! counts kept one row per bucket move into the block layout, blocks that kept every bucket's
+//! cell into the sparse encoding, the customer history kept as JSON into the compact rows.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,8 +8,9 @@ use std::sync::Arc;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
 use super::layout::{
-    bump_version, corrupt, decode_arm, from_ordered_i64, insert_customer_event, write_counts,
-    ARM_TOTALS, CUSTOMER_EVENTS, PRIORS, SLOTS, VERSIONS,
+    bump_version, corrupt, decode_arm, encode_block, from_ordered_i64, insert_customer_event,
+    write_counts, Block, ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CUSTOMER_EVENTS, PRIORS, SLOTS,
+    VERSIONS,
 };
 use crate::model::{CountKey, Counts, Event};
 use crate::store::Part;
@@ -17,6 +18,9 @@ use crate::store::Part;
 /// Where stores written before the block layout kept the counts: (tenant, city, slot, banner,
 /// bucket) → (impressions, clicks), the key read by [`decode_legacy_arm_state_key`].
 const LEGACY_ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
+/// Where stores written before the sparse block encoding kept the bucket counts: the key of
+/// [`ARM_BLOCKS`] → every bucket's (impressions, clicks) as two little-endian u64.
+const DENSE_ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_blocks");
 /// Where stores written before the compact encoding kept the customer history: the key of
 /// [`CUSTOMER_EVENTS`] → the event as JSON.
 const CUSTOMER_EVENTS_JSON: TableDefinition<(&str, &str, i64, &str), &str> =
@@ -27,6 +31,9 @@ pub(super) fn move_earlier_layouts(tx: &redb::WriteTransaction) -> Result<(), re
     let exists = |name: &str| -> Result<bool, redb::Error> {
         Ok(tx.list_tables()?.any(|t| t.name() == name))
     };
+    if exists(DENSE_ARM_BLOCKS.name())? {
+        move_dense_blocks(tx)?;
+    }
     if exists(LEGACY_ARM_STATE.name())? {
         move_legacy_counts(tx)?;
     }
@@ -86,6 +93,37 @@ fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     }
     write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
     tx.delete_table(LEGACY_ARM_STATE)?;
+    Ok(())
+}
+
+fn decode_dense_block(bytes: &[u8]) -> Option<Block> {
+    if bytes.len() != BLOCK_BUCKETS as usize * 16 {
+        return None;
+    }
+    let mut block = [(0, 0); BLOCK_BUCKETS as usize];
+    for (cell, chunk) in block.iter_mut().zip(bytes.chunks_exact(16)) {
+        let (imp, clk) = chunk.split_at(8);
+        *cell = (
+            u64::from_le_bytes(imp.try_into().ok()?),
+            u64::from_le_bytes(clk.try_into().ok()?),
+        );
+    }
+    Some(block)
+}
+
+/// Moves the blocks of a store written before the sparse encoding into it (same keys).
+fn move_dense_blocks(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut sparse = tx.open_table(ARM_BLOCKS)?;
+    for entry in tx.open_table(DENSE_ARM_BLOCKS)?.iter()? {
+        let (k, v) = entry?;
+        let block =
+            decode_dense_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value()))?;
+        if block.iter().any(|&c| c != (0, 0)) {
+            sparse.insert(k.value(), encode_block(&block).as_slice())?;
+        }
+    }
+    drop(sparse);
+    tx.delete_table(DENSE_ARM_BLOCKS)?;
     Ok(())
 }
 
@@ -159,6 +197,62 @@ mod tests {
             reopened.customer_events("ajio", "c-1", 1).unwrap(),
             vec![newer]
         );
+    }
+
+    #[test]
+    fn a_store_with_dense_blocks_is_moved_to_the_sparse_encoding_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let rows = vec![
+            row("ajio", "pune", "hero", "b1", ALL_TIME, 9, 2),
+            row("ajio", "pune", "hero", "b1", 20, 4, 1),
+            row("ajio", "pune", "hero", "b1", 25, 5, 1),
+            row("ajio", "pune", "hero", "b2", ALL_TIME, 3, 0),
+            row("ajio", "pune", "hero", "b2", 25, 3, 0),
+        ];
+        {
+            // The layout as the previous build wrote it: the all-time rows as now, each block
+            // with all 24 cells of 16 bytes.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut totals = tx.open_table(ARM_TOTALS).unwrap();
+                let mut blocks = tx.open_table(DENSE_ARM_BLOCKS).unwrap();
+                let mut dense: std::collections::BTreeMap<Vec<u8>, [u8; 384]> = Default::default();
+                for (k, c) in &rows {
+                    if k.bucket == ALL_TIME {
+                        totals
+                            .insert(arm_key(&k.arm).as_slice(), (c.impressions, c.clicks))
+                            .unwrap();
+                        continue;
+                    }
+                    let mut key = ordered_i64(k.bucket.div_euclid(24)).to_vec();
+                    key.extend_from_slice(&arm_key(&k.arm));
+                    let cell = k.bucket.rem_euclid(24) as usize * 16;
+                    let value = dense.entry(key).or_insert([0; 384]);
+                    value[cell..cell + 8].copy_from_slice(&c.impressions.to_le_bytes());
+                    value[cell + 8..cell + 16].copy_from_slice(&c.clicks.to_le_bytes());
+                }
+                for (key, value) in &dense {
+                    blocks.insert(key.as_slice(), value.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        assert_eq!(stored_rows(&store), rows);
+        let arm = |b: &str| ArmKey::new("ajio", "hero", "pune", b);
+        assert_eq!(
+            window(&store, None, Some(21)),
+            vec![
+                (arm("b1"), Counts::new(5, 1)),
+                (arm("b2"), Counts::new(3, 0))
+            ]
+        );
+        let tx = store.db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
+        assert!(!names.contains(&"arm_blocks".to_string()), "{names:?}");
+        assert!(names.contains(&"arm_block_cells".to_string()), "{names:?}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::layout::{
     block_rows, block_rows_from, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
-    insert_customer_event, write_counts, Block, API_KEYS, APPLIED, ARM_BLOCKS, ARM_TOTALS,
-    BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER, PRIORS, SLOTS, VERSIONS,
+    insert_customer_event, write_encoded_counts, Block, EncodedCounts, API_KEYS, APPLIED,
+    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER,
+    PRIORS, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
@@ -87,11 +88,9 @@ impl EmbeddedStore {
     }
 
     fn write_epoch(&self, durability: Durability, shards: &[ShardWrite]) -> Result<(), StoreError> {
+        let counts = EncodedCounts::of(shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)));
         self.write_with(durability, |tx| {
-            write_counts(
-                tx,
-                shards.iter().flat_map(|s| &s.rows).map(|(k, c)| (k, *c)),
-            )?;
+            write_encoded_counts(tx, counts)?;
             for shard in shards {
                 if let Some(keep_from) = shard.keep_from {
                     expire_buckets(tx, &shard.shard, keep_from)?;

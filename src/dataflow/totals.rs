@@ -1,0 +1,413 @@
+//! The backfill's sink (docs/architecture.md, "The dataflow"): records are exchanged by (tenant,
+//! city) like the stream's, but the owner keeps its shards' totals in memory, per (interned arm,
+//! bucket), and writes them once every worker has read everything. A backfill starts over after
+//! a crash, so it needs neither per-epoch writes nor a collection that can tell what changed.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Operator, Probe};
+use timely::dataflow::{ProbeHandle, StreamVec};
+
+use super::sink::{SinkSpec, SinkStats};
+use super::DataflowError;
+use crate::model::{CountKey, Counts, PackedArm, ShardKey, ALL_TIME};
+use crate::store::ShardWrite;
+
+/// One file's counts of one arm in one bucket, as a reader hands them to the arm's owner.
+/// `bucket` is `None` for counts of buckets before the retention horizon: they go into the
+/// all-time row only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct BackfillCell {
+    pub(super) file: u32,
+    pub(super) arm: PackedArm,
+    pub(super) bucket: Option<i64>,
+    pub(super) counts: Counts,
+}
+
+/// The bucket of a [`Cell`] whose counts go into the all-time row only. Buckets of events
+/// (years 1970 to 9999, buckets of a minute or more) are below it.
+const FOLDED: u32 = u32::MAX;
+
+/// Counts of an interned arm in one bucket, on the worker that owns the arm: 24 bytes, as a
+/// backfill of many arms holds one per (arm, hour) it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell {
+    arm: u32,
+    bucket: u32,
+    counts: Counts,
+}
+
+impl Cell {
+    fn key(&self) -> (u32, u32) {
+        (self.arm, self.bucket)
+    }
+}
+
+/// Cells appended as they arrive and merged by sorting in place whenever the vector is full, so
+/// that memory follows the distinct cells and grows by halves, not doublings.
+#[derive(Default)]
+struct Cells(Vec<Cell>);
+
+impl Cells {
+    fn push(&mut self, cell: Cell) {
+        if self.0.len() == self.0.capacity() {
+            self.merge();
+            let len = self.0.len();
+            if len >= self.0.capacity() / 2 {
+                self.0.reserve_exact((len / 2).max(1 << 12));
+            }
+        }
+        self.0.push(cell);
+    }
+
+    /// Sorts the cells by (arm, bucket) and sums equal ones.
+    fn merge(&mut self) {
+        self.0.sort_unstable_by_key(Cell::key);
+        self.0.dedup_by(|later, kept| {
+            if later.key() != kept.key() {
+                return false;
+            }
+            kept.counts.impressions = kept
+                .counts
+                .impressions
+                .saturating_add(later.counts.impressions);
+            kept.counts.clicks = kept.counts.clicks.saturating_add(later.counts.clicks);
+            true
+        });
+    }
+}
+
+/// Rows handed to the store in one call: bounds the memory a write holds (here and in the
+/// store's transaction) while keeping the number of transactions small.
+const WRITE_ROWS: usize = 1 << 17;
+
+/// The arms and shards one worker owns, by id.
+#[derive(Default)]
+struct OwnedArms {
+    ids: FxHashMap<PackedArm, u32>,
+    /// Each arm with the id of its shard.
+    arms: Vec<(PackedArm, u32)>,
+    shard_ids: FxHashMap<ShardKey, u32>,
+    shards: Vec<ShardKey>,
+}
+
+impl OwnedArms {
+    fn intern(&mut self, arm: PackedArm) -> u32 {
+        if let Some(&id) = self.ids.get(&arm) {
+            return id;
+        }
+        let next_shard = self.shards.len() as u32;
+        let shard = ShardKey::new(arm.tenant(), arm.city());
+        let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
+            self.shards.push(shard.clone());
+            next_shard
+        });
+        let id = self.arms.len() as u32;
+        self.arms.push((arm.clone(), shard));
+        self.ids.insert(arm, id);
+        id
+    }
+}
+
+/// The totals of the shards one worker owns, per file so that a bad file can take its counts
+/// back (one file, 0, when files need not be told apart).
+#[derive(Default)]
+struct ShardTotals {
+    arms: OwnedArms,
+    files: FxHashMap<u32, Cells>,
+}
+
+impl ShardTotals {
+    fn add(&mut self, cell: BackfillCell) -> Result<(), DataflowError> {
+        let bucket = match cell.bucket {
+            None => FOLDED,
+            Some(b) => u32::try_from(b)
+                .ok()
+                .filter(|&b| b != FOLDED)
+                .ok_or_else(|| {
+                    DataflowError::Config(format!(
+                        "bucket {b} of {} is out of range",
+                        cell.arm.unpack()
+                    ))
+                })?,
+        };
+        let arm = self.arms.intern(cell.arm);
+        self.files.entry(cell.file).or_default().push(Cell {
+            arm,
+            bucket,
+            counts: cell.counts,
+        });
+        Ok(())
+    }
+
+    /// Takes back every count of a bad file and sums the files of each (arm, bucket).
+    fn finish(&mut self, bad_files: &FxHashSet<u32>) -> Cells {
+        let mut files: Vec<Cells> = std::mem::take(&mut self.files)
+            .into_iter()
+            .filter(|(file, _)| !bad_files.contains(file))
+            .map(|(_, cells)| cells)
+            .collect();
+        files.sort_by_key(|c| std::cmp::Reverse(c.0.len()));
+        let mut all = files.pop().unwrap_or_default();
+        for cells in files {
+            all.0.extend(cells.0);
+        }
+        all.merge();
+        all.0.shrink_to_fit();
+        all
+    }
+
+    /// The shards' rows, all-time and per bucket, grouped by shard in shard order and each
+    /// arm's rows together, handed to `write` in groups of about [`WRITE_ROWS`] rows (a shard
+    /// larger than that is split between arms). `cells` are [`ShardTotals::finish`]'s.
+    fn write_in_groups(&self, cells: &Cells, mut write: impl FnMut(Vec<ShardWrite>)) {
+        let arms = &self.arms;
+        let runs: Vec<&[Cell]> = cells.0.chunk_by(|a, b| a.arm == b.arm).collect();
+        let mut shard_order: Vec<u32> = (0..arms.shards.len() as u32).collect();
+        shard_order.sort_by(|&a, &b| arms.shards[a as usize].cmp(&arms.shards[b as usize]));
+        let mut runs_by_shard: Vec<Vec<u32>> = vec![Vec::new(); arms.shards.len()];
+        for (run, cells) in runs.iter().enumerate() {
+            runs_by_shard[arms.arms[cells[0].arm as usize].1 as usize].push(run as u32);
+        }
+        let mut group: Vec<ShardWrite> = Vec::new();
+        let mut group_rows = 0;
+        for shard in shard_order {
+            let mut current = ShardWrite::new(arms.shards[shard as usize].clone());
+            for &run in &runs_by_shard[shard as usize] {
+                let cells = runs[run as usize];
+                let arm = Arc::new(arms.arms[cells[0].arm as usize].0.unpack());
+                let mut all_time = Counts::ZERO;
+                for cell in cells {
+                    all_time.impressions =
+                        all_time.impressions.saturating_add(cell.counts.impressions);
+                    all_time.clicks = all_time.clicks.saturating_add(cell.counts.clicks);
+                    if cell.bucket != FOLDED && !cell.counts.is_zero() {
+                        let key = CountKey {
+                            arm: arm.clone(),
+                            bucket: i64::from(cell.bucket),
+                        };
+                        current.rows.push((key, cell.counts));
+                    }
+                }
+                if !all_time.is_zero() {
+                    let key = CountKey {
+                        arm,
+                        bucket: ALL_TIME,
+                    };
+                    current.rows.push((key, all_time));
+                }
+                if group_rows + current.rows.len() >= WRITE_ROWS {
+                    let shard = current.shard.clone();
+                    group.push(std::mem::replace(&mut current, ShardWrite::new(shard)));
+                    write(std::mem::take(&mut group));
+                    group_rows = 0;
+                }
+            }
+            if !current.rows.is_empty() {
+                group_rows += current.rows.len();
+                group.push(current);
+            }
+        }
+        if !group.is_empty() {
+            write(group);
+        }
+    }
+}
+
+/// Totals `cells` per (arm, bucket) on the worker that owns each arm's shard and, once every
+/// worker has read everything, writes them: each arm's all-time row (every cell of the arm,
+/// folded ones too) and its bucket rows, in groups of whole arms, unsynced (the job syncs at its
+/// end). With `skip_bad_files`, a file in `bad_files` (from any worker) takes back all its
+/// counts first. The probe passes an epoch once every owner has received it.
+pub(super) fn total_and_sink<'s>(
+    cells: StreamVec<'s, u64, BackfillCell>,
+    bad_files: StreamVec<'s, u64, u32>,
+    spec: SinkSpec,
+) -> ProbeHandle<u64> {
+    let placement = spec.placement;
+    let totals: Rc<RefCell<ShardTotals>> = Rc::default();
+    let stream = cells.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        bad_files.broadcast(),
+        Exchange::new(move |c: &BackfillCell| placement.exchange_key_of_hash(c.arm.shard_hash())),
+        Pipeline,
+        "Totals",
+        move |_cap, _info| {
+            let mut bad: FxHashSet<u32> = FxHashSet::default();
+            let mut written = false;
+            move |(cells, cells_frontier), (files, files_frontier), _output| {
+                cells.for_each(|_cap, data| {
+                    let mut totals = totals.borrow_mut();
+                    for cell in data.drain(..) {
+                        if let Err(e) = totals.add(cell) {
+                            spec.failure.set(e);
+                        }
+                    }
+                });
+                files.for_each(|_cap, data| bad.extend(data.drain(..)));
+                if written || !cells_frontier.is_empty() || !files_frontier.is_empty() {
+                    return;
+                }
+                written = true;
+                let mut totals = totals.borrow_mut();
+                let Some(store) = spec.store.as_ref() else {
+                    return;
+                };
+                if spec.failure.is_set() {
+                    return;
+                }
+                let cells = totals.finish(&bad);
+                totals.write_in_groups(&cells, |writes| {
+                    if spec.failure.is_set() {
+                        return;
+                    }
+                    let started = std::time::Instant::now();
+                    if let Err(e) = store.apply_epoch_unsynced(&writes) {
+                        spec.failure.set(e);
+                    }
+                    spec.stats.lock().expect("sink stats lock").add(SinkStats {
+                        epochs: 1,
+                        shards: writes.len() as u64,
+                        rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
+                        seconds: started.elapsed().as_secs_f64(),
+                    });
+                });
+                *totals = ShardTotals::default();
+            }
+        },
+    );
+    let (probe, _) = stream.probe();
+    probe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(file: u32, banner: &str, city: &str, bucket: Option<i64>, imp: u64) -> BackfillCell {
+        BackfillCell {
+            file,
+            arm: PackedArm::new("t1", "hero", city, banner),
+            bucket,
+            counts: Counts::new(imp, imp / 2),
+        }
+    }
+
+    fn written(totals: &mut ShardTotals, bad: &[u32]) -> Vec<Vec<ShardWrite>> {
+        let cells = totals.finish(&bad.iter().copied().collect());
+        let mut groups = Vec::new();
+        totals.write_in_groups(&cells, |g| groups.push(g));
+        groups
+    }
+
+    fn rows(groups: &[Vec<ShardWrite>]) -> Vec<(ShardKey, String, i64, Counts)> {
+        groups
+            .iter()
+            .flatten()
+            .flat_map(|w| {
+                w.rows
+                    .iter()
+                    .map(|(k, c)| (w.shard.clone(), k.arm.banner.clone(), k.bucket, *c))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cells_of_one_arm_and_bucket_are_summed_and_folded_ones_count_only_all_time() {
+        let mut totals = ShardTotals::default();
+        for c in [
+            cell(0, "b1", "pune", Some(10), 4),
+            cell(1, "b1", "pune", Some(10), 6),
+            cell(0, "b1", "pune", None, 20),
+            cell(0, "b1", "pune", Some(11), 2),
+            cell(0, "b2", "delhi", Some(10), 8),
+        ] {
+            totals.add(c).unwrap();
+        }
+        let groups = written(&mut totals, &[]);
+        assert_eq!(groups.len(), 1);
+        let delhi = ShardKey::new("t1", "delhi");
+        let pune = ShardKey::new("t1", "pune");
+        assert_eq!(
+            rows(&groups),
+            vec![
+                (delhi.clone(), "b2".into(), 10, Counts::new(8, 4)),
+                (delhi, "b2".into(), ALL_TIME, Counts::new(8, 4)),
+                (pune.clone(), "b1".into(), 10, Counts::new(10, 5)),
+                (pune.clone(), "b1".into(), 11, Counts::new(2, 1)),
+                (pune, "b1".into(), ALL_TIME, Counts::new(32, 16)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_file_takes_back_every_count_it_contributed() {
+        let mut totals = ShardTotals::default();
+        for c in [
+            cell(0, "b1", "pune", Some(10), 4),
+            cell(1, "b1", "pune", Some(10), 6),
+            cell(1, "b1", "pune", None, 6),
+            cell(1, "b2", "pune", Some(12), 6),
+        ] {
+            totals.add(c).unwrap();
+        }
+        let pune = ShardKey::new("t1", "pune");
+        assert_eq!(
+            rows(&written(&mut totals, &[1])),
+            vec![
+                (pune.clone(), "b1".into(), 10, Counts::new(4, 2)),
+                (pune, "b1".into(), ALL_TIME, Counts::new(4, 2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bucket_outside_the_cells_range_is_refused() {
+        let mut totals = ShardTotals::default();
+        for bucket in [-5, i64::from(u32::MAX), i64::MAX] {
+            let e = totals
+                .add(cell(0, "b1", "pune", Some(bucket), 1))
+                .unwrap_err();
+            assert!(e.to_string().contains(&format!("bucket {bucket}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn many_cells_merge_as_they_grow_and_are_written_in_bounded_groups_of_whole_arms() {
+        let mut totals = ShardTotals::default();
+        let (arms, buckets) = (3_000u32, 60i64);
+        for round in 0..2 {
+            for arm in 0..arms {
+                for bucket in 0..buckets {
+                    let city = format!("c{}", arm % 7);
+                    totals
+                        .add(cell(round, &format!("b{arm}"), &city, Some(bucket), 2))
+                        .unwrap();
+                }
+            }
+        }
+        let groups = written(&mut totals, &[]);
+        assert!(groups.len() > 1);
+        for group in &groups {
+            let rows: usize = group.iter().map(|w| w.rows.len()).sum();
+            assert!(rows < WRITE_ROWS + buckets as usize + 1, "{rows}");
+        }
+        let rows = rows(&groups);
+        assert_eq!(rows.len(), arms as usize * (buckets as usize + 1));
+        assert!(rows.iter().all(|(_, _, b, c)| *c
+            == if *b == ALL_TIME {
+                Counts::new(240, 120)
+            } else {
+                Counts::new(4, 2)
+            }));
+        // Shards come in order, each arm's rows together.
+        let shards: Vec<&ShardKey> = rows.iter().map(|r| &r.0).collect();
+        assert!(shards.windows(2).all(|w| w[0] <= w[1]));
+    }
+}
