@@ -163,6 +163,26 @@ impl SinkSpec {
     pub(super) fn stats(&self) -> SinkStats {
         *self.stats.lock().expect("sink stats lock")
     }
+
+    /// Applies one batch of shard writes, on disk before returning or not (`durable`), counting
+    /// it and its time in the sink's statistics; a failure is the job's.
+    pub(super) fn write(&self, store: &dyn PosteriorStore, writes: &[ShardWrite], durable: bool) {
+        let started = std::time::Instant::now();
+        let applied = if durable {
+            store.apply_epoch(writes)
+        } else {
+            store.apply_epoch_unsynced(writes)
+        };
+        if let Err(e) = applied {
+            self.failure.set(e);
+        }
+        self.stats.lock().expect("sink stats lock").add(SinkStats {
+            epochs: 1,
+            shards: writes.len() as u64,
+            rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
 }
 
 /// How long the stream's sink keeps bucket rows, and the bucket width to reckon it in.
@@ -302,21 +322,7 @@ pub(super) fn count_and_sink<'s>(
                         {
                             expiry.apply(&mut writes, horizon);
                         }
-                        let started = std::time::Instant::now();
-                        let applied = if spec.durable_epochs {
-                            store.apply_epoch(&writes)
-                        } else {
-                            store.apply_epoch_unsynced(&writes)
-                        };
-                        if let Err(e) = applied {
-                            spec.failure.set(e);
-                        }
-                        spec.stats.lock().expect("sink stats lock").add(SinkStats {
-                            epochs: 1,
-                            shards: writes.len() as u64,
-                            rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
-                            seconds: started.elapsed().as_secs_f64(),
-                        });
+                        spec.write(store.as_ref(), &writes, spec.durable_epochs);
                     }
                 }
             },

@@ -15,7 +15,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
-use super::sink::{SinkSpec, SinkStats};
+use super::sink::SinkSpec;
 use super::DataflowError;
 use crate::model::{CountKey, Counts, PackedArm, ShardKey, ALL_TIME};
 use crate::store::ShardWrite;
@@ -267,16 +267,7 @@ pub(super) fn total_and_sink<'s>(
                     if spec.failure.is_set() {
                         return;
                     }
-                    let started = std::time::Instant::now();
-                    if let Err(e) = store.apply_epoch_unsynced(&writes) {
-                        spec.failure.set(e);
-                    }
-                    spec.stats.lock().expect("sink stats lock").add(SinkStats {
-                        epochs: 1,
-                        shards: writes.len() as u64,
-                        rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
-                        seconds: started.elapsed().as_secs_f64(),
-                    });
+                    spec.write(store.as_ref(), &writes, false);
                 });
                 *totals = ShardTotals::default();
             }
