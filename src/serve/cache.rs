@@ -638,10 +638,6 @@ impl PosteriorCache {
         &self.store
     }
 
-    pub fn scope(&self) -> &TenantScope {
-        &self.scope
-    }
-
     /// Reads what changed in the store (on a blocking thread) and installs the snapshot. On
     /// failure the previous snapshot stays.
     pub async fn refresh(&self) -> Result<Refreshed, CacheError> {
