@@ -16,7 +16,9 @@ pub enum ClickOutcome {
 
 pub struct Metrics {
     registry: Registry,
-    pub decisions: IntCounter,
+    decisions: IntCounter,
+    tenant_decisions: IntCounterVec,
+    http_responses: [IntCounter; 5],
     pub decision_seconds: Histogram,
     pub decision_errors: IntCounter,
     clicks: [IntCounter; 3],
@@ -62,6 +64,30 @@ impl Metrics {
             .expect("registered once");
         let clicks =
             ["accepted", "rejected", "unavailable"].map(|o| clicks_vec.with_label_values(&[o]));
+        let tenant_decisions = IntCounterVec::new(
+            Opts::new("tenant_decisions_total", "Decisions answered, by tenant"),
+            &["tenant"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tenant_decisions.clone()))
+            .expect("registered once");
+        let responses_vec = IntCounterVec::new(
+            Opts::new(
+                "http_responses_total",
+                "HTTP responses by status class (1xx to 5xx)",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(responses_vec.clone()))
+            .expect("registered once");
+        let http_responses =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| responses_vec.with_label_values(&[c]));
+        registry
+            .register(Box::new(crate::store::failed_attempts().clone()))
+            .expect("registered once");
         let decision_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "decision_seconds",
@@ -140,12 +166,26 @@ impl Metrics {
             decision_seconds,
             cache_age_seconds,
             clicks,
+            tenant_decisions,
+            http_responses,
             registry,
         }
     }
 
     pub fn click(&self, outcome: ClickOutcome) {
         self.clicks[outcome as usize].inc();
+    }
+
+    /// Counts a decision answered for `tenant`.
+    pub fn decided(&self, tenant: &str) {
+        self.decisions.inc();
+        self.tenant_decisions.with_label_values(&[tenant]).inc();
+    }
+
+    /// Counts a response by its status class.
+    pub fn responded(&self, status: axum::http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.http_responses[class].inc();
     }
 
     /// The text exposition format.

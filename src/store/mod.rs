@@ -29,6 +29,19 @@ pub use cassandra::{apply_schema, render_schema, CassandraStore, Replication, SC
 pub use embedded::EmbeddedStore;
 pub use url::{CassandraUrl, StoreUrl};
 
+/// Failed attempts at a store operation in this process (every Cassandra attempt that failed,
+/// whether retried or not), registered in the job's and the service's metrics.
+pub fn failed_attempts() -> &'static prometheus::IntCounter {
+    static FAILED: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+        prometheus::IntCounter::new(
+            "store_errors_total",
+            "Failed attempts at a store operation (retried or not)",
+        )
+        .expect("a valid metric")
+    });
+    &FAILED
+}
+
 pub const META_AS_OF: &str = "as_of";
 pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
 pub const META_RETENTION_HOURS: &str = "retention_hours";

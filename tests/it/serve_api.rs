@@ -897,6 +897,9 @@ fn replicas_that_split_the_tenants_serve_only_theirs() {
         "slotbandit_cache_refresh_seconds_bucket",
         "slotbandit_cache_refresh_changed_shards_bucket",
         "slotbandit_cache_arms",
+        "slotbandit_tenant_decisions_total{tenant=\"ajio\"}",
+        "slotbandit_http_responses_total{class=\"4xx\"}",
+        "slotbandit_store_errors_total",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

@@ -485,9 +485,44 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    assert!(seen, "metrics never showed every event counted:\n{last}");
+    // Once everything is counted the job reports itself caught up on every partition it reads.
+    let caught_up = loop {
+        let text = reqwest::blocking::get(&url).unwrap().text().unwrap();
+        let lags: Vec<i64> = text
+            .lines()
+            .filter(|l| l.starts_with("slotbandit_stream_partition_lag_records{partition="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        let age = sample::<f64>(
+            &text,
+            "slotbandit_stream_oldest_uncounted_event_age_seconds",
+        );
+        let stored_at = sample::<f64>(
+            &text,
+            "slotbandit_stream_last_epoch_stored_timestamp_seconds",
+        );
+        let now = chrono::Utc::now().timestamp() as f64;
+        if !lags.is_empty() && lags.iter().all(|&l| l == 0) && age == Some(0.0) {
+            let stored_at = stored_at.expect("the last stored epoch's time is exported");
+            assert!(
+                (now - 60.0..=now + 1.0).contains(&stored_at),
+                "{stored_at} vs {now}"
+            );
+            break true;
+        }
+        last = text;
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     job.kill().unwrap();
     job.wait().unwrap();
-    assert!(seen, "metrics never showed every event counted:\n{last}");
+    assert!(
+        caught_up,
+        "the lag never came to 0 on every partition:\n{last}"
+    );
 }
 
 #[test]

@@ -1,12 +1,15 @@
-//! What the stream job tells: its live counters for Prometheus and the click-to-store latency
-//! ([`StreamMetrics`]), and what a process's workers did ([`StreamReport`]).
+//! What the stream job tells: its live counters for Prometheus, the click-to-store latency and
+//! how far the job is behind the log ([`StreamMetrics`]), and what a process's workers did
+//! ([`StreamReport`]).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use chrono::Utc;
 
 use crate::dataflow::harness::WorkerReport;
 use crate::dataflow::SinkStats;
+use crate::model::{Offset, Partition};
 
 /// The job's live counters, for Prometheus (`stream --metrics-listen`).
 pub struct StreamMetrics {
@@ -18,9 +21,24 @@ pub struct StreamMetrics {
     before_cutoff: prometheus::IntCounter,
     dead_letters: prometheus::IntCounter,
     epochs_stored: prometheus::IntCounter,
+    last_epoch_stored: prometheus::Gauge,
+    partition_lag: prometheus::IntGaugeVec,
+    oldest_uncounted_age: prometheus::Gauge,
+    lag: Mutex<Lag>,
     click_to_store: prometheus::Histogram,
     /// The same latencies in milliseconds, exact enough for the report's quantiles.
     click_to_store_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Where this process's partitions stand against the log, for the lag gauges.
+#[derive(Default)]
+struct Lag {
+    /// Per partition this process reads: the offset up to which its events are in the store.
+    stored: BTreeMap<Partition, Offset>,
+    /// Per partition: when it was last seen with every appended record in the store (ms).
+    caught_up_ms: BTreeMap<Partition, i64>,
+    /// When the job started reading (ms): the bound for a partition never seen caught up.
+    started_ms: i64,
 }
 
 /// Quantiles of the time from a click's append to the log to its count being in the store.
@@ -43,6 +61,27 @@ impl Default for StreamMetrics {
                 .expect("registered once");
             c
         };
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::Gauge::new(name, help).expect("a valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let partition_lag = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "partition_lag_records",
+                "Records of the partition appended to the log and not yet counted in the store",
+            ),
+            &["partition"],
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(partition_lag.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(crate::store::failed_attempts().clone()))
+            .expect("registered once");
         Self {
             records: counter("records_total", "Records read from the event log"),
             counted: counter("events_counted_total", "Events counted into the posteriors"),
@@ -66,6 +105,20 @@ impl Default for StreamMetrics {
                 "epochs_stored_total",
                 "Epochs whose changes are in the store (summed over readers)",
             ),
+            last_epoch_stored: gauge(
+                "last_epoch_stored_timestamp_seconds",
+                "When an epoch's changes last reached the store (Unix time)",
+            ),
+            oldest_uncounted_age: gauge(
+                "oldest_uncounted_event_age_seconds",
+                "At most how long the oldest record appended to the log and not yet counted has \
+                 waited: the time since its partition was last seen fully counted (0 when caught up)",
+            ),
+            partition_lag,
+            lag: Mutex::new(Lag {
+                started_ms: Utc::now().timestamp_millis(),
+                ..Lag::default()
+            }),
             click_to_store: {
                 let h = prometheus::Histogram::with_opts(
                     prometheus::HistogramOpts::new(
@@ -119,9 +172,43 @@ impl StreamMetrics {
         }
     }
 
-    /// Counts an epoch whose changes are in the store.
-    pub(super) fn epoch_stored(&self) {
+    /// Notes where a reader's partitions start: everything before is in the store.
+    pub(super) fn reading_from(&self, positions: &BTreeMap<Partition, Offset>) {
+        let mut lag = self.lag.lock().expect("lag lock");
+        lag.stored.extend(positions);
+    }
+
+    /// Counts an epoch whose changes are in the store, up to `positions` of its reader.
+    pub(super) fn epoch_stored(&self, positions: &BTreeMap<Partition, Offset>) {
         self.epochs_stored.inc();
+        self.last_epoch_stored
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        self.lag.lock().expect("lag lock").stored.extend(positions);
+    }
+
+    /// Sets the lag gauges from the log's end offsets, read at `now_ms`.
+    pub fn log_ends(&self, ends: &BTreeMap<Partition, Offset>, now_ms: i64) {
+        let mut lag = self.lag.lock().expect("lag lock");
+        let Lag {
+            stored,
+            caught_up_ms,
+            started_ms,
+        } = &mut *lag;
+        let mut oldest_ms = 0;
+        for (&partition, &position) in stored.iter() {
+            let end = ends.get(&partition).copied().unwrap_or(position);
+            let behind = (end.0 - position.0).max(0);
+            self.partition_lag
+                .with_label_values(&[&partition.index().to_string()])
+                .set(behind);
+            if behind == 0 {
+                caught_up_ms.insert(partition, now_ms);
+            } else {
+                let since = caught_up_ms.get(&partition).copied().unwrap_or(*started_ms);
+                oldest_ms = oldest_ms.max(now_ms - since);
+            }
+        }
+        self.oldest_uncounted_age.set(oldest_ms as f64 / 1000.0);
     }
 
     pub fn click_latency(&self) -> ClickLatency {
@@ -174,5 +261,46 @@ impl WorkerReport for StreamReport {
         self.before_cutoff += o.before_cutoff;
         self.dead_letters += o.dead_letters;
         self.rewound += o.rewound;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<Partition, Offset> {
+        pairs
+            .iter()
+            .map(|&(p, o)| (Partition(p), Offset(o)))
+            .collect()
+    }
+
+    fn lag_of(m: &StreamMetrics, partition: &str) -> i64 {
+        m.partition_lag.with_label_values(&[partition]).get()
+    }
+
+    #[test]
+    fn lag_is_the_log_end_less_what_is_stored_and_its_age_runs_from_the_last_catch_up() {
+        let m = StreamMetrics::default();
+        let start = m.lag.lock().unwrap().started_ms;
+        m.reading_from(&offsets(&[(0, 10), (1, 5)]));
+        // Partition 1 was behind from the start: its wait is bounded by the job's start.
+        m.log_ends(&offsets(&[(0, 10), (1, 8), (2, 40)]), start + 2_000);
+        assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (0, 3));
+        assert_eq!(m.oldest_uncounted_age.get(), 2.0);
+        // A partition this process does not read is not reported.
+        assert!(!m.render().contains("partition=\"2\""));
+
+        m.epoch_stored(&offsets(&[(1, 8)]));
+        m.log_ends(&offsets(&[(0, 12), (1, 8)]), start + 5_000);
+        assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (2, 0));
+        // Partition 0 was last seen caught up at +2 s.
+        assert_eq!(m.oldest_uncounted_age.get(), 3.0);
+        assert!(m.last_epoch_stored.get() > 0.0);
+
+        m.epoch_stored(&offsets(&[(0, 12)]));
+        m.log_ends(&offsets(&[(0, 12), (1, 8)]), start + 6_000);
+        assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (0, 0));
+        assert_eq!(m.oldest_uncounted_age.get(), 0.0);
     }
 }

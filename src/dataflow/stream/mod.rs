@@ -45,6 +45,8 @@ use crate::time::{Buckets, Retention};
 /// How the job waits for a log that fails, and how long before it gives up.
 const LOG_RETRY: RetryPolicy =
     RetryPolicy::fixed(Duration::from_millis(500), Some(Duration::from_secs(60)));
+/// How often the lag gauges are set from the log's end offsets.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 pub struct StreamJob {
     pub log: Arc<dyn EventLog>,
@@ -91,11 +93,45 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
-    let (mut report, sink) = run_job(cluster, setup, move |worker, sink| {
-        stream_worker(worker, sink, &job, &partitions, &progress)
-    })?;
+    let lag_watch = watch_lag(job.clone());
+    let worker_job = job.clone();
+    let ran = run_job(cluster, setup, move |worker, sink| {
+        stream_worker(worker, sink, &worker_job, &partitions, &progress)
+    });
+    lag_watch.stop();
+    let (mut report, sink) = ran?;
     report.sink = sink;
     Ok(report)
+}
+
+/// The thread that keeps the lag gauges current while the job runs.
+struct LagWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LagWatch {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join().ok();
+    }
+}
+
+/// Reads the log's end offsets every [`LAG_EVERY`] and sets the lag gauges from them.
+fn watch_lag(job: Arc<StreamJob>) -> LagWatch {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) && !job.shutdown.load(Ordering::Relaxed) {
+            match job.log.end_offsets() {
+                Ok(ends) => job.metrics.log_ends(&ends, Utc::now().timestamp_millis()),
+                Err(e) => tracing::debug!("lag not measured: {e}"),
+            }
+            std::thread::park_timeout(LAG_EVERY);
+        }
+    });
+    LagWatch { stop, thread }
 }
 
 /// One worker's stream: epoch 0 loads the stored counts of the shards it owns, then every epoch
@@ -248,7 +284,7 @@ fn checkpoint(
         newest = Some(stored.positions);
     }
     if let Some(positions) = newest {
-        job.metrics.epoch_stored();
+        job.metrics.epoch_stored(&positions);
         if let Err(e) = job.store.set_checkpoints(&job.name, &positions) {
             failure.set(e);
         }

@@ -141,6 +141,7 @@ impl PartitionReader {
         };
         let state =
             PartitionState::new(partitions, start, job.buckets, job.cutoff, job.click_dedup);
+        job.metrics.reading_from(&state.resume_points());
         Ok(Some(Self {
             reader: job.log.reader(&state.positions)?,
             state,

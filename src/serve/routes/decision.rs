@@ -69,8 +69,8 @@ pub async fn decision(
     let started = Instant::now();
     let result = checked_decision(&state, caller, path, query).await;
     match &result {
-        Ok(_) => {
-            state.metrics.decisions.inc();
+        Ok(answer) => {
+            state.metrics.decided(&answer.tenant);
             state
                 .metrics
                 .decision_seconds

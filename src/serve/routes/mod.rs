@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -82,7 +83,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(super::openapi::document))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_response,
+        ))
         .with_state(state)
+}
+
+async fn count_response(State(state): Shared, response: Response) -> Response {
+    state.metrics.responded(response.status());
+    response
 }
 
 pub(super) type Shared = State<Arc<AppState>>;

@@ -151,6 +151,7 @@ where
                 permanent: false,
             },
         };
+        crate::store::failed_attempts().inc();
         if failure.permanent {
             return Err(failure.into_error(store, what));
         }
