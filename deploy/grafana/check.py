@@ -115,8 +115,7 @@ def check(hint, value, path, context):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return
-        panel_union = {dashboard.Panel, dashboard.RowPanel} <= set(args)
-        if panel_union:
+        if {dashboard.Panel, dashboard.RowPanel} <= set(args) and isinstance(value, dict):
             model = dashboard.RowPanel if value.get("type") == "row" else dashboard.Panel
             return check_model(model, value, path, context)
         failures = []
@@ -142,7 +141,7 @@ def check(hint, value, path, context):
         if value not in args:
             raise Problem(path, f"expected one of {list(args)}, got {describe(value)}")
         return
-    if hint is variants.Dataquery:
+    if hint is variants.Dataquery and isinstance(value, dict):
         datasource = (value.get("datasource") or {}).get("type") or context.get("datasource")
         config = runtime.Runtime().dataquery_variants.get(datasource)
         if config is not None:
@@ -157,8 +156,10 @@ def check(hint, value, path, context):
     expected = {
         str: (str,), bool: (bool,), int: (int,), float: (int, float), type(None): (type(None),),
     }.get(hint)
+    if expected is None:
+        return  # object, Any: the model takes anything
     # bool is an int to isinstance, but not to JSON.
-    if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
         raise Problem(path, f"expected {hint.__name__}, got {describe(value)}")
 
 
