@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh machine of this kind; quick when done.
 # - Rust: rustfmt and clippy components.
-# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages).
+# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages), and
+#   prometheus (promtool checks the alert rules; the live operations test runs Prometheus).
 # - Python: a virtualenv with the packages in scripts/requirements-test.txt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,13 +21,15 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 missing=()
-for pkg in chromium chromium-driver; do
+for pkg in chromium chromium-driver prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install.sh: installing ${missing[*]} (apt-get)" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q >/dev/null
+  # The prometheus package brings an init script, but package installs start no service on
+  # these machines (no systemd, and policy-rc.d refuses), so nothing is left on :9090.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 

@@ -31,6 +31,11 @@ cargo clippy --locked --all-targets -- -D warnings
 step "Rust tests"
 cargo test --locked
 
+step "operations: promtool"
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+promtool check config deploy/prometheus/prometheus.yml
+
 step "Python tests (clients we did not write)"
 export SLOTBANDIT_BIN="$CARGO_TARGET_DIR/debug/slotbandit"
 cd "$root"
