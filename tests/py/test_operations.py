@@ -26,7 +26,7 @@ from serve_fixture import BIN, ROOT, sample_slots_valid_for_years
 
 SERVICES = ROOT / "scripts" / "services"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.py"
+DASHBOARD_QUERIES = ROOT / "deploy" / "grafana" / "queries.py"
 PROMETHEUS = "/usr/bin/prometheus"
 
 # Thresholds that are durations in seconds, scaled like `for:` and ranges.
@@ -80,7 +80,7 @@ def scaled_rules(out: Path):
 
 
 def dashboard_queries():
-    spec = importlib.util.spec_from_file_location("slotbandit_dashboard", DASHBOARD)
+    spec = importlib.util.spec_from_file_location("slotbandit_dashboard", DASHBOARD_QUERIES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.dashboard_queries()
@@ -288,15 +288,28 @@ def test_each_fault_fires_its_alerts_and_they_resolve_after_recovery(stack):
         """Injects a fault, waits until every expected alert fires, recovers, waits until no
         alert fires."""
         wait_for(lambda: not prometheus.firing(), ALERT_TIMEOUT, "a quiet start")
-        inject()
+        seen = set()
+
+        def all_seen():
+            seen.update(prometheus.firing_names())
+            return expected <= seen
+
+        watch = threading.Thread(target=wait_for, daemon=True,
+                                 args=(all_seen, ALERT_TIMEOUT, "the fault's alerts"))
+        watch.start()
         try:
-            wait_for(lambda: expected <= prometheus.firing_names(), ALERT_TIMEOUT,
-                     f"{sorted(expected)} to fire")
+            inject()
+            watch.join()
+            assert expected <= seen, f"fired {sorted(seen)}, expected {sorted(expected)}"
         finally:
-            fired.update(prometheus.firing_names())
+            fired.update(seen)
             recover()
-        wait_for(lambda: not prometheus.firing(), ALERT_TIMEOUT,
-                 f"every alert to resolve (firing: {sorted(prometheus.firing())})")
+        try:
+            wait_for(lambda: not prometheus.firing(), ALERT_TIMEOUT, "every alert to resolve")
+        except AssertionError as e:
+            values = {name: prometheus.query(stack["alerts"][name]["expr"])
+                      for name in prometheus.firing_names()}
+            raise AssertionError(f"{e}; still firing: {values}") from None
 
     # Malformed messages on the log go to the dead letters.
     junk = stack["tmp"] / "junk.jsonl"
@@ -314,8 +327,8 @@ def test_each_fault_fires_its_alerts_and_they_resolve_after_recovery(stack):
 
     def stop_job_and_produce():
         job.kill()
-        wait_for(lambda: ("SlotbanditTargetDown", "slotbandit-stream") in prometheus.firing(),
-                 ALERT_TIMEOUT, "the stopped job to be seen down")
+        wait_for(lambda: "SlotbanditTargetDown" in prometheus.firing_names(), ALERT_TIMEOUT,
+                 "the stopped job to be seen down")
         run("produce", "--log", stack["log"], "--from", str(history))
         # Its first epoch reads for 8 s before anything is stored: long enough to be seen behind.
         job.start(["--epoch-ms", "8000"])

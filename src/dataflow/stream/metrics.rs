@@ -2,7 +2,7 @@
 //! how far the job is behind the log ([`StreamMetrics`]), and what a process's workers did
 //! ([`StreamReport`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use chrono::Utc;
@@ -35,9 +35,10 @@ pub struct StreamMetrics {
 struct Lag {
     /// Per partition this process reads: the offset up to which its events are in the store.
     stored: BTreeMap<Partition, Offset>,
-    /// Per partition: when it was last seen with every appended record in the store (ms).
-    caught_up_ms: BTreeMap<Partition, i64>,
-    /// When the job started reading (ms): the bound for a partition never seen caught up.
+    /// Per partition, the log ends seen, oldest first, each with the last time it was seen (ms):
+    /// a record at or past an end was appended after that time.
+    ends_seen: BTreeMap<Partition, VecDeque<(i64, Offset)>>,
+    /// When the job started reading (ms): the bound for records appended before any end was seen.
     started_ms: i64,
 }
 
@@ -82,7 +83,7 @@ impl Default for StreamMetrics {
         registry
             .register(Box::new(crate::store::failed_attempts().clone()))
             .expect("registered once");
-        Self {
+        let metrics = Self {
             records: counter("records_total", "Records read from the event log"),
             counted: counter("events_counted_total", "Events counted into the posteriors"),
             already_applied: counter(
@@ -107,12 +108,12 @@ impl Default for StreamMetrics {
             ),
             last_epoch_stored: gauge(
                 "last_epoch_stored_timestamp_seconds",
-                "When an epoch's changes last reached the store (Unix time)",
+                "When an epoch's changes last reached the store, or the job started (Unix time)",
             ),
             oldest_uncounted_age: gauge(
                 "oldest_uncounted_event_age_seconds",
-                "At most how long the oldest record appended to the log and not yet counted has \
-                 waited: the time since its partition was last seen fully counted (0 when caught up)",
+                "How long the oldest record appended to the log and not yet counted has waited, \
+                 at most (to within a look at the log's end, once a second); 0 when caught up",
             ),
             partition_lag,
             lag: Mutex::new(Lag {
@@ -139,7 +140,10 @@ impl Default for StreamMetrics {
                     .expect("valid histogram bounds"),
             ),
             registry,
-        }
+        };
+        // Until its first epoch is stored, a job counts as having stored one when it started.
+        metrics.last_epoch_stored.set(Utc::now().timestamp() as f64);
+        metrics
     }
 }
 
@@ -191,20 +195,30 @@ impl StreamMetrics {
         let mut lag = self.lag.lock().expect("lag lock");
         let Lag {
             stored,
-            caught_up_ms,
+            ends_seen,
             started_ms,
         } = &mut *lag;
         let mut oldest_ms = 0;
         for (&partition, &position) in stored.iter() {
             let end = ends.get(&partition).copied().unwrap_or(position);
+            let seen = ends_seen.entry(partition).or_default();
+            match seen.back_mut() {
+                Some((at, last)) if *last == end => *at = now_ms,
+                _ => seen.push_back((now_ms, end)),
+            }
+            // Keep the newest end that is wholly counted: the oldest uncounted record came later.
+            while seen.len() >= 2 && seen[1].1 <= position {
+                seen.pop_front();
+            }
             let behind = (end.0 - position.0).max(0);
             self.partition_lag
                 .with_label_values(&[&partition.index().to_string()])
                 .set(behind);
-            if behind == 0 {
-                caught_up_ms.insert(partition, now_ms);
-            } else {
-                let since = caught_up_ms.get(&partition).copied().unwrap_or(*started_ms);
+            if behind > 0 {
+                let since = match seen.front() {
+                    Some(&(at, counted_end)) if counted_end <= position => at,
+                    _ => *started_ms,
+                };
                 oldest_ms = oldest_ms.max(now_ms - since);
             }
         }
@@ -280,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn lag_is_the_log_end_less_what_is_stored_and_its_age_runs_from_the_last_catch_up() {
+    fn lag_is_the_log_end_less_what_is_stored_and_its_age_runs_from_when_that_was_the_end() {
         let m = StreamMetrics::default();
         let start = m.lag.lock().unwrap().started_ms;
         m.reading_from(&offsets(&[(0, 10), (1, 5)]));
@@ -294,12 +308,19 @@ mod tests {
         m.epoch_stored(&offsets(&[(1, 8)]));
         m.log_ends(&offsets(&[(0, 12), (1, 8)]), start + 5_000);
         assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (2, 0));
-        // Partition 0 was last seen caught up at +2 s.
+        // Partition 0 ended at 10 when last seen at +2 s: records 10 and 11 came later.
         assert_eq!(m.oldest_uncounted_age.get(), 3.0);
         assert!(m.last_epoch_stored.get() > 0.0);
 
+        // A job that keeps up with a busy log waits about one look at the log, not since it
+        // was last seen with nothing to count.
         m.epoch_stored(&offsets(&[(0, 12)]));
-        m.log_ends(&offsets(&[(0, 12), (1, 8)]), start + 6_000);
+        m.log_ends(&offsets(&[(0, 14), (1, 8)]), start + 6_000);
+        assert_eq!(lag_of(&m, "0"), 2);
+        assert_eq!(m.oldest_uncounted_age.get(), 1.0);
+
+        m.epoch_stored(&offsets(&[(0, 14)]));
+        m.log_ends(&offsets(&[(0, 14), (1, 8)]), start + 7_000);
         assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (0, 0));
         assert_eq!(m.oldest_uncounted_age.get(), 0.0);
     }
