@@ -35,7 +35,7 @@ pub enum Format {
 
 fn read(file: &PathBuf) -> anyhow::Result<Vec<SlotConfig>> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    Ok(SlotConfig::read_csv(f).with_context(|| format!("{}", file.display()))?)
+    SlotConfig::read_csv(f).with_context(|| format!("{}", file.display()))
 }
 
 pub fn run(cmd: SlotsCommand) -> anyhow::Result<()> {

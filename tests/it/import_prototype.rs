@@ -421,7 +421,7 @@ fn import_prototype_history_and_slots_backfill_to_the_inserted_counts_and_import
 
     // The slots, in true UTC, import into the store.
     let slots = SlotConfig::read_csv(std::fs::File::open(out.join("_slots.csv")).unwrap()).unwrap();
-    let mut got: Vec<(String, String, String, String, DateTime<Utc>, DateTime<Utc>)> = slots
+    let mut got: Vec<_> = slots
         .iter()
         .flat_map(|s| {
             s.banners.iter().map(|b| {
