@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh machine of this kind; quick when done.
 # - Rust: rustfmt and clippy components.
-# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages).
+# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages), and
+#   libjs-jquery (the prototype's banner page in that test loads jQuery).
 # - Python: a virtualenv with the packages in scripts/requirements-test.txt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,7 +21,7 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 missing=()
-for pkg in chromium chromium-driver; do
+for pkg in chromium chromium-driver libjs-jquery; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
