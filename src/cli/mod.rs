@@ -6,6 +6,7 @@ mod config;
 mod consume;
 mod customer;
 mod demo;
+mod import_prototype;
 mod keys;
 mod posteriors;
 mod priors;
@@ -50,6 +51,8 @@ enum Command {
     Gen(synth::GenArgs),
     /// Count Parquet history into a store with the timely/differential job.
     Backfill(backfill::BackfillArgs),
+    /// Import a prototype installation's Cassandra history and slots as Parquet and a slot CSV.
+    ImportPrototype(import_prototype::ImportPrototypeArgs),
     /// Count the live event log into a store, with exactly-once effect across restarts.
     Stream(stream::StreamArgs),
     /// Print posteriors per (tenant, slot, city, banner) from a store.
@@ -111,6 +114,7 @@ pub fn run() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Gen(args) => synth::run(args),
         Command::Backfill(args) => backfill::run(args),
+        Command::ImportPrototype(args) => import_prototype::run(args),
         Command::Stream(args) => stream::run(args),
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),

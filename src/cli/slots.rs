@@ -1,4 +1,4 @@
-//! `slotbandit slots`: validate and convert slot configurations.
+//! `slotbandit slots`: validate, convert and import slot configurations.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -17,6 +17,13 @@ pub enum SlotsCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Store every slot of a slot CSV, replacing each slot's configuration.
+    Import {
+        /// CSV with columns platform,slotname,imageid,imagename,validfrom,validto.
+        file: PathBuf,
+        #[command(flatten)]
+        store: super::flags::StoreArg,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -26,11 +33,31 @@ pub enum Format {
     Csv,
 }
 
+fn read(file: &PathBuf) -> anyhow::Result<Vec<SlotConfig>> {
+    let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    SlotConfig::read_csv(f).with_context(|| format!("{}", file.display()))
+}
+
 pub fn run(cmd: SlotsCommand) -> anyhow::Result<()> {
     match cmd {
+        SlotsCommand::Import { file, store } => {
+            let slots = read(&file)?;
+            let db = slotbandit::store::open_store(&store.store, true)?;
+            for s in &slots {
+                db.put_slot(s)
+                    .with_context(|| format!("storing {}/{}", s.tenant, s.slot))?;
+            }
+            let banners: usize = slots.iter().map(|s| s.banners.len()).sum();
+            println!(
+                "{}: stored {} slots, {banners} banners into {}",
+                file.display(),
+                slots.len(),
+                store.store
+            );
+            Ok(())
+        }
         SlotsCommand::Check { file, format } => {
-            let f = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
-            let slots = SlotConfig::read_csv(f).with_context(|| format!("{}", file.display()))?;
+            let slots = read(&file)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&slots)?),
                 Format::Csv => SlotConfig::write_csv(&slots, std::io::stdout())?,

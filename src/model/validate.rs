@@ -44,6 +44,15 @@ pub fn validate_name(field: &str, value: &str) -> Result<(), FieldError> {
     }
 }
 
+/// The one rule that maps a name as other systems wrote it (the prototype stored `Pune` beside
+/// `pune`, and its pages send ` Pune`) onto the contract: trim, lowercase, then
+/// [`validate_name`]. Inputs that already follow the contract come back unchanged.
+pub fn normalize_name(field: &str, value: &str) -> Result<String, FieldError> {
+    let name = value.trim().to_lowercase();
+    validate_name(field, &name)?;
+    Ok(name)
+}
+
 /// Free-text identifiers (event_id, customer_id, referrer, request_id): bounded length, no
 /// control characters or whitespace.
 pub fn validate_token(field: &str, value: &str, max_bytes: usize) -> Result<(), FieldError> {
@@ -99,6 +108,22 @@ mod tests {
         }
         for bad in ["", "Pune", "new delhi", "a.b", "ü", &"a".repeat(65)] {
             let err = validate_name("city", bad).unwrap_err();
+            assert_eq!(err.field, "city");
+            assert!(err.rule.contains("[a-z0-9_-]{1,64}"), "{err}");
+        }
+    }
+
+    #[test]
+    fn names_normalize_by_trimming_and_lowercasing_then_validate() {
+        for (raw, name) in [
+            ("Pune", "pune"),
+            (" NEW_delhi\t", "new_delhi"),
+            ("b-01", "b-01"),
+        ] {
+            assert_eq!(normalize_name("city", raw).unwrap(), name, "{raw:?}");
+        }
+        for bad in ["", "  ", "New Delhi", "Zürich", &"A".repeat(65)] {
+            let err = normalize_name("city", bad).unwrap_err();
             assert_eq!(err.field, "city");
             assert!(err.rule.contains("[a-z0-9_-]{1,64}"), "{err}");
         }

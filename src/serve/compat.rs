@@ -2,8 +2,10 @@
 //! `GET /adclick/{platform}/{slot}/{location}/{pastmin}` (every part optional from the right;
 //! defaults ajio, hero, bangalore, 720) answers `{"key": banner, "value": image}` and logs an
 //! impression; `POST /adclick/?bannerid=&location=&clicked=&customerid=&platform=&slot=&referral=`
-//! records a click. These routes carry no key and no token, so they are off unless the service
-//! enables them for a tenant (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON.
+//! records a click. Names are normalized as the prototype's routes did (trimmed and lowercased,
+//! [`normalize_name`]): the GET route's location only, the click route's every name. These routes
+//! carry no key and no token, so they are off unless the service enables them for a tenant
+//! (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,8 +18,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::decide::{decide, DecisionRequest};
 use super::error::{ApiError, ErrorBody};
 use super::routes::click::log_click;
-use super::routes::{given, optional_token, required_name, Shared, MAX_WINDOW_MINUTES};
-use crate::model::{validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX};
+use super::routes::{given, optional_token, Shared, MAX_WINDOW_MINUTES};
+use crate::model::{
+    normalize_name, validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX,
+};
 
 const DEFAULTS: [&str; 4] = ["ajio", "hero", "bangalore", "720"];
 
@@ -52,7 +56,7 @@ fn enabled(state: &super::AppState, tenant: &str) -> Result<(), ApiError> {
     params(
         ("platform" = String, Path, description = "Tenant; default ajio", pattern = "^[a-z0-9_-]{1,64}$"),
         ("slot" = String, Path, description = "Slot; default hero", pattern = "^[a-z0-9_-]{1,64}$"),
-        ("location" = String, Path, description = "City; default bangalore", pattern = "^[a-z0-9_-]{1,64}$"),
+        ("location" = String, Path, description = "City, trimmed and lowercased as the prototype did; default bangalore"),
         ("pastmin" = u32, Path, description = "Window in minutes; default 720", minimum = 1, maximum = 43200),
     ),
     responses(
@@ -72,10 +76,12 @@ pub async fn decision(
         Err(e) => return Err(e.into()),
     };
     let part = |i: usize| parts.get(i).map(String::as_str).unwrap_or(DEFAULTS[i]);
-    let (tenant, slot, city) = (part(0), part(1), part(2));
+    let (tenant, slot) = (part(0), part(1));
     validate_name("platform", tenant)?;
     validate_name("slot", slot)?;
-    validate_name("location", city)?;
+    // The prototype lowercased the location of this route (only that part), so its page may send
+    // `Pune`.
+    let city = &normalize_name("location", part(2))?;
     let pastmin = match part(3).parse::<u32>() {
         Ok(m) if (1..=MAX_WINDOW_MINUTES).contains(&m) => m,
         _ => {
@@ -109,11 +115,11 @@ pub async fn decision(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ClickQuery {
-    /// The banner clicked.
-    #[param(required = true, value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+    /// The banner clicked (trimmed and lowercased, like every name of this route).
+    #[param(required = true, value_type = String)]
     pub bannerid: Option<String>,
     /// The city.
-    #[param(required = true, value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+    #[param(required = true, value_type = String)]
     pub location: Option<String>,
     /// 1 (or true, yes) for a click; 0 (false, no) records nothing.
     #[param(value_type = Option<String>, example = "1")]
@@ -121,14 +127,18 @@ pub struct ClickQuery {
     #[param(value_type = Option<String>, max_length = 128)]
     pub customerid: Option<String>,
     /// Tenant; default ajio.
-    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    #[param(value_type = Option<String>)]
     pub platform: Option<String>,
     /// Slot; default hero.
-    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    #[param(value_type = Option<String>)]
     pub slot: Option<String>,
     /// The referrer (`ads`, `thirdparty`, …).
     #[param(value_type = Option<String>, max_length = 64)]
     pub referral: Option<String>,
+}
+
+fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    given(value).ok_or_else(|| ApiError::invalid(field, "is required"))
 }
 
 /// The prototype's click: records a click on a banner of the slot (durable before the answer).
@@ -148,12 +158,14 @@ pub async fn click(
     query: Result<Query<ClickQuery>, QueryRejection>,
 ) -> Result<Json<Vec<KeyValue>>, ApiError> {
     let Query(q) = query?;
-    let tenant = given(q.platform).unwrap_or_else(|| DEFAULTS[0].into());
-    let slot = given(q.slot).unwrap_or_else(|| DEFAULTS[1].into());
-    validate_name("platform", &tenant)?;
-    validate_name("slot", &slot)?;
-    let banner = required_name("bannerid", q.bannerid)?;
-    let city = required_name("location", q.location)?;
+    // The prototype's click route lowercased every name it was given.
+    let tenant = normalize_name(
+        "platform",
+        &given(q.platform).unwrap_or_else(|| DEFAULTS[0].into()),
+    )?;
+    let slot = normalize_name("slot", &given(q.slot).unwrap_or_else(|| DEFAULTS[1].into()))?;
+    let banner = normalize_name("bannerid", &required("bannerid", q.bannerid)?)?;
+    let city = normalize_name("location", &required("location", q.location)?)?;
     let clicked = match q.clicked.as_deref().unwrap_or("1") {
         "1" | "true" | "yes" => true,
         "0" | "false" | "no" => false,

@@ -1,5 +1,6 @@
-//! Where events come from. Backfill reads Parquet history (`parquet`); the streaming job and the
-//! lookup service use an event log, one trait ([`EventLog`]) with a backend per folder: Kafka
+//! Where events come from. Backfill reads Parquet history (`parquet`), which `prototype` also
+//! writes from a prototype installation's Cassandra keyspace; the streaming job and the lookup
+//! service use an event log, one trait ([`EventLog`]) with a backend per folder: Kafka
 //! (`kafka://HOST:PORT/TOPIC`) and the embedded file log (`file:PATH`). Every backend passes the
 //! same conformance suite, tests/it/event_log.rs; a new backend proves itself there.
 //!
@@ -14,6 +15,7 @@
 pub mod filelog;
 pub mod kafka;
 pub mod parquet;
+pub mod prototype;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ mod cli;
 mod event_log;
 mod faults;
 mod filelog;
+mod import_prototype;
 mod kafka;
 mod lab;
 mod lab_replay;

@@ -816,7 +816,7 @@ fn seed_compatible_routes() {
         ("bannerid=b02", "location"),
         ("bannerid=b09&location=pune", "bannerid"),
         ("bannerid=b02&location=pune&clicked=maybe", "clicked"),
-        ("bannerid=b02&location=Pune", "location"),
+        ("bannerid=b02&location=New%20Delhi", "location"),
     ] {
         let (status, err) = error(
             s.client
@@ -847,6 +847,47 @@ fn seed_compatible_routes() {
             clicks[0].referrer.as_deref()
         ),
         ("b02", Some("c-1"), Some("ads"))
+    );
+}
+
+/// The prototype's page sends the city as the visitor picked it (`Pune`); both routes normalize
+/// it with the model's one rule, and the click route every other name too, as the prototype did.
+#[test]
+fn seed_compatible_routes_take_mixed_case_names_as_the_prototype_did() {
+    let s = Server::start();
+    for path in [
+        "/adclick/ajio/hero/Pune/60",
+        "/adclick/ajio/hero/%20PUNE%20",
+    ] {
+        let r = s.get(path, None);
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = s
+        .client
+        .post(s.url(
+            "/adclick/?bannerid=B02&location=Pune&clicked=1&customerid=c-9&platform=AJIO&slot=Hero&referral=ads",
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, err) = error(s.get("/adclick/Ajio/hero/pune", None));
+    assert_eq!(
+        (status.as_u16(), err["field"].as_str()),
+        (400, Some("platform")),
+        "the GET route lowercased only the location"
+    );
+    let events = s.stop_and_read_log();
+    assert_eq!(events.len(), 3, "{events:?}");
+    for e in &events {
+        assert_eq!(
+            (e.tenant.as_str(), e.slot.as_str(), e.city.as_str()),
+            ("ajio", "hero", "pune")
+        );
+    }
+    let click = events.iter().find(|e| e.kind == EventKind::Click).unwrap();
+    assert_eq!(
+        (click.banner.as_str(), click.customer_id.as_deref()),
+        ("b02", Some("c-9"))
     );
 }
 

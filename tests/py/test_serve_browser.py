@@ -1,7 +1,10 @@
 """Headless Chromium (Debian's chromium and chromium-driver) drives the demo page: pick a city,
-show a banner, click it; then loads the dashboard. Screenshots are kept in test-artifacts/."""
+show a banner, click it; then loads the dashboard; then a page shaped like the prototype's
+templates/banner.html (jQuery calls to /adclick/...) against the compat routes. Screenshots are
+kept in test-artifacts/."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from selenium import webdriver
@@ -10,10 +13,33 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from serve_fixture import ARTIFACTS, start_service, stop_service
+from serve_fixture import ARTIFACTS, run, start_service, stop_service
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
+JQUERY = Path("/usr/share/javascript/jquery/jquery.min.js")  # Debian's libjs-jquery
+
+# The prototype's banner page: on load, GET /adclick/{platform}/{slot}/{location}/{pastmin} and
+# show the banner; on a click, POST /adclick/?bannerid=&location=&... The city is sent as the
+# visitor picked it (`Pune`), which the prototype accepted.
+PROTOTYPE_PAGE = """<!doctype html>
+<html><head><title>banner</title><script>%(jquery)s</script></head>
+<body>
+<img id="banner" alt="banner" width="600">
+<p id="status">loading</p>
+<script>
+var platform = "ajio", slot = "hero", location_ = "Pune";
+$.get("/adclick/" + platform + "/" + slot + "/" + location_ + "/720", function (data) {
+  $("#banner").attr("src", "/static/banners/" + data.value).attr("data-key", data.key);
+  $("#status").text("shown " + data.key);
+});
+$("#banner").click(function () {
+  $.post("/adclick/?bannerid=" + $(this).attr("data-key") + "&location=" + location_ +
+         "&clicked=1&customerid=c-1&platform=" + platform + "&slot=" + slot + "&referral=ads",
+         function (data) { $("#status").text(data[0].key + " " + data[0].value); });
+});
+</script>
+</body></html>"""
 
 
 @pytest.fixture()
@@ -97,3 +123,27 @@ def test_dashboard_draws_every_city(service, browser):
     series = browser.find_elements(By.CSS_SELECTOR, "#series-svg path")
     assert len(series) == 10, "one CTR line per banner"
     browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+
+def test_the_prototypes_banner_page_works_on_the_compat_routes_with_a_mixed_case_city(service, browser, tmp_path):
+    assert JQUERY.exists(), "libjs-jquery is installed by scripts/install.sh"
+    ARTIFACTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 20)
+    # The page must come from the service's origin, as the prototype's did: open a page of the
+    # service and replace it with the prototype's.
+    browser.get(f"{service.base}/static/app.css")
+    browser.execute_script("document.open(); document.write(arguments[0]); document.close();",
+                           PROTOTYPE_PAGE % {"jquery": JQUERY.read_text()})
+    wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "shown b"))
+    img = browser.find_element(By.ID, "banner")
+    shown = img.get_attribute("data-key")
+    assert img.get_attribute("src").endswith(f"/static/banners/{shown}.svg")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img))
+    img.click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "200 Record updated successfully"))
+    browser.save_screenshot(str(ARTIFACTS / "prototype-page.png"))
+    # The log holds the page's impression and click, in the city `pune`.
+    stop_service(service)
+    out = run("consume", "--log", f"file:{tmp_path / 'log'}", "--print", "messages")
+    events = [json.loads(json.loads(line)["payload"]) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["kind"], e["city"], e["banner"]) for e in events] == [("impression", "pune", shown), ("click", "pune", shown)]
