@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a fresh machine of this kind; quick when done.
 # - Rust: rustfmt and clippy components.
-# - Debian: chromium and chromium-driver (the browser test of the lookup service's pages), and
-#   prometheus (promtool checks the alert rules; the live operations test runs Prometheus).
-#   libjs-jquery (the prototype's banner page in that test loads jQuery).
+# - Debian: chromium and chromium-driver (the browser tests of the lookup service's pages),
+#   libjs-jquery (the prototype's banner page in those tests loads jQuery) and prometheus
+#   (promtool checks the alert rules; the live operations test runs Prometheus); kubectl renders
+#   the kustomize overlays.
 # - Python: a virtualenv with the packages in scripts/requirements-test.txt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,7 +23,7 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 missing=()
-for pkg in chromium chromium-driver prometheus libjs-jquery; do
+for pkg in chromium chromium-driver libjs-jquery prometheus kubectl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
