@@ -54,35 +54,26 @@ impl Metrics {
                 .expect("registered once");
             g
         };
-        let clicks_vec = IntCounterVec::new(
-            Opts::new("clicks_total", "Click requests by outcome"),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(clicks_vec.clone()))
-            .expect("registered once");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(v.clone()))
+                .expect("registered once");
+            v
+        };
+        let clicks_vec = counter_vec("clicks_total", "Click requests by outcome", "outcome");
         let clicks =
             ["accepted", "rejected", "unavailable"].map(|o| clicks_vec.with_label_values(&[o]));
-        let tenant_decisions = IntCounterVec::new(
-            Opts::new("tenant_decisions_total", "Decisions answered, by tenant"),
-            &["tenant"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(tenant_decisions.clone()))
-            .expect("registered once");
-        let responses_vec = IntCounterVec::new(
-            Opts::new(
-                "http_responses_total",
-                "HTTP responses by status class (1xx to 5xx)",
-            ),
-            &["class"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(responses_vec.clone()))
-            .expect("registered once");
+        let tenant_decisions = counter_vec(
+            "tenant_decisions_total",
+            "Decisions answered, by tenant",
+            "tenant",
+        );
+        let responses_vec = counter_vec(
+            "http_responses_total",
+            "HTTP responses by status class (1xx to 5xx)",
+            "class",
+        );
         let http_responses =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| responses_vec.with_label_values(&[c]));
         registry
