@@ -177,9 +177,13 @@ SERVE = [
     PanelSpec(
         "Cache age",
         "Seconds since each replica last checked its cache against the store (every 500 ms by "
-        "default).",
+        "default), and since a check last found new counts, slots or priors.",
         "s",
-        [Query("max by (instance) (slotbandit_cache_age_seconds)", "{{instance}}")],
+        [
+            Query("max by (instance) (slotbandit_cache_age_seconds)", "checked {{instance}}"),
+            Query("max by (instance) (slotbandit_cache_unchanged_seconds)",
+                  "changed {{instance}}"),
+        ],
     ),
     PanelSpec(
         "Cache refresh duration",

@@ -225,6 +225,7 @@ fn live(
         no_customer_events: false,
         stop_at_end: false,
         metrics_listen: None,
+        ready_max_lag: 10_000,
     };
     let secret = token_secret(store.as_ref(), None)?;
     let options = ServeOptions {

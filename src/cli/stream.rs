@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
-    run_stream, stream_start, ClickLatency, Cluster, StreamJob, StreamMetrics, StreamReport,
+    run_stream, stream_start, ClickLatency, Cluster, Readiness, StreamJob, StreamMetrics,
+    StreamReport,
 };
 use slotbandit::source::{open_log, EventLog};
 use slotbandit::store::{open_store, PosteriorStore};
@@ -63,9 +64,13 @@ pub struct StreamOptions {
     /// Stop once everything the log held at start is counted (catch-up runs, tests).
     #[arg(long)]
     pub stop_at_end: bool,
-    /// Serve the job's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    /// Serve the job's Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464), and
+    /// its readiness at /readyz.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// /readyz answers 503 while a partition is more records than this behind the log's end.
+    #[arg(long, default_value = "10000")]
+    pub ready_max_lag: u64,
 }
 
 pub fn run(args: StreamArgs) -> anyhow::Result<()> {
@@ -105,7 +110,7 @@ pub fn stream(
     let progress_bar = bar.clone();
     let metrics = Arc::new(StreamMetrics::default());
     if let Some(addr) = options.metrics_listen {
-        serve_metrics(addr, metrics.clone())?;
+        serve_metrics(addr, metrics.clone(), options.ready_max_lag)?;
     }
     let started = Instant::now();
     let log_name = log.name().to_string();
@@ -195,19 +200,34 @@ fn in_background(
     Ok(())
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own for as long as the process runs.
-fn serve_metrics(addr: std::net::SocketAddr, metrics: Arc<StreamMetrics>) -> anyhow::Result<()> {
+/// Serves `GET /metrics` and `GET /readyz` on `addr` from a thread of its own for as long as
+/// the process runs.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<StreamMetrics>,
+    ready_max_lag: u64,
+) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
     listener.set_nonblocking(true)?;
     in_background("metrics", async move {
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
-            }),
-        );
+        let readiness = metrics.clone();
+        let app = axum::Router::new()
+            .route("/metrics", get(move || async move { metrics.render() }))
+            .route(
+                "/readyz",
+                get(move || async move {
+                    let state = readiness.readiness(ready_max_lag);
+                    let code = if state == Readiness::Ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, state.to_string())
+                }),
+            );
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => {
                 if let Err(e) = axum::serve(listener, app).await {

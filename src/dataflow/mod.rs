@@ -26,7 +26,7 @@ pub use backfill::{
 pub use handoff::{hand_off, stream_start, StreamStart};
 pub use priors::write_priors;
 pub use sink::SinkStats;
-pub use stream::{run_stream, ClickLatency, StreamJob, StreamMetrics, StreamReport};
+pub use stream::{run_stream, ClickLatency, Readiness, StreamJob, StreamMetrics, StreamReport};
 
 use crate::model::parquet::ParquetEventError;
 use crate::source::LogError;

@@ -281,6 +281,8 @@ pub struct Snapshot {
     /// When the store was last found to hold what this snapshot holds.
     pub loaded_at: Instant,
     pub loaded_at_utc: DateTime<Utc>,
+    /// When a refresh last found something changed (counts, slots or priors).
+    pub changed_at: Instant,
     /// The store's "as of" instant (end of the last backfill), if recorded.
     pub store_as_of: Option<DateTime<Utc>>,
     /// The versions each tenant's slots were read at.
@@ -396,6 +398,7 @@ impl Snapshot {
                 arms,
                 loaded_at: Instant::now(),
                 loaded_at_utc: now,
+                changed_at: Instant::now(),
                 store_as_of: store.as_of()?,
                 versions,
                 window_starts,
@@ -624,10 +627,6 @@ impl PosteriorCache {
     /// The current snapshot (`None` before the first successful load). Lock-free.
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
-    }
-
-    pub fn age(&self) -> Option<Duration> {
-        self.current.load().as_ref().map(|s| s.loaded_at.elapsed())
     }
 
     pub fn last_error(&self) -> Option<String> {

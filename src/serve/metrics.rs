@@ -27,6 +27,7 @@ pub struct Metrics {
     pub spool_pending: IntGauge,
     pub log_up: IntGauge,
     pub cache_age_seconds: Gauge,
+    pub cache_unchanged_seconds: Gauge,
     pub cache_refreshes: IntCounter,
     pub cache_refresh_failures: IntCounter,
     pub cache_slots: IntGauge,
@@ -92,14 +93,21 @@ impl Metrics {
         registry
             .register(Box::new(decision_seconds.clone()))
             .expect("registered once");
-        let cache_age_seconds = Gauge::new(
+        let float_gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let cache_age_seconds = float_gauge(
             "cache_age_seconds",
-            "Seconds since the posterior cache was last loaded from the store",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(cache_age_seconds.clone()))
-            .expect("registered once");
+            "Seconds since the posterior cache was last found current in the store",
+        );
+        let cache_unchanged_seconds = float_gauge(
+            "cache_unchanged_seconds",
+            "Seconds since a cache refresh last found new counts, slots or priors",
+        );
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
@@ -156,6 +164,7 @@ impl Metrics {
             ),
             decision_seconds,
             cache_age_seconds,
+            cache_unchanged_seconds,
             clicks,
             tenant_decisions,
             http_responses,

@@ -941,6 +941,7 @@ fn replicas_that_split_the_tenants_serve_only_theirs() {
         "slotbandit_tenant_decisions_total{tenant=\"ajio\"}",
         "slotbandit_http_responses_total{class=\"4xx\"}",
         "slotbandit_store_errors_total",
+        "slotbandit_cache_unchanged_seconds",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

@@ -517,12 +517,52 @@ fn the_running_job_reports_its_counts_as_prometheus_metrics() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    let ready = reqwest::blocking::get(format!("http://{addr}/readyz")).unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().unwrap(), "ready");
     job.kill().unwrap();
     job.wait().unwrap();
     assert!(
         caught_up,
         "the lag never came to 0 on every partition:\n{last}"
     );
+}
+
+#[test]
+fn a_job_further_behind_than_its_bound_is_not_ready() {
+    let f = Fixture::new("--events 400 --days 1 --tenants 1 --cities 3 --banners 3 --seed 19");
+    f.produce_from(&f.data);
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
+    // The first epoch reads for a minute before anything is stored: the job stays behind.
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args(["stream", "--log", &f.log, "--store", &f.store])
+        .args(["--epoch-ms", "60000", "--metrics-listen", &addr])
+        .args(["--ready-max-lag", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}/readyz");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = None;
+    let behind = loop {
+        if let Ok(r) = reqwest::blocking::get(&url) {
+            let status = r.status();
+            let body = r.text().unwrap();
+            assert_eq!(status, 503, "ready while nothing is stored: {body}");
+            if body.starts_with("behind: partition") {
+                break true;
+            }
+            last = Some(body);
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    job.kill().unwrap();
+    job.wait().unwrap();
+    assert!(behind, "never reported behind; last answer {last:?}");
 }
 
 #[test]

@@ -66,6 +66,7 @@ METRICS = {
     "slotbandit_spool_pending_events",
     "slotbandit_event_log_up",
     "slotbandit_cache_age_seconds",
+    "slotbandit_cache_unchanged_seconds",
     "slotbandit_cache_slots",
     "slotbandit_cache_arms",
 }

@@ -40,6 +40,35 @@ struct Lag {
     ends_seen: BTreeMap<Partition, VecDeque<(i64, Offset)>>,
     /// When the job started reading (ms): the bound for records appended before any end was seen.
     started_ms: i64,
+    /// Per partition: how many records it was behind at the last look at the log's end.
+    behind: BTreeMap<Partition, i64>,
+}
+
+/// Whether the job keeps up with its log (its `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The log's end has not been read yet.
+    Starting,
+    /// The partition furthest behind, over the bound.
+    Behind {
+        partition: Partition,
+        records: i64,
+    },
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Ready => write!(f, "ready"),
+            Readiness::Starting => write!(f, "starting: the log's end is not read yet"),
+            Readiness::Behind { partition, records } => write!(
+                f,
+                "behind: partition {} is {records} records behind the log's end",
+                partition.index()
+            ),
+        }
+    }
 }
 
 /// Quantiles of the time from a click's append to the log to its count being in the store.
@@ -197,6 +226,7 @@ impl StreamMetrics {
             stored,
             ends_seen,
             started_ms,
+            behind: behind_by_partition,
         } = &mut *lag;
         let mut oldest_ms = 0;
         for (&partition, &position) in stored.iter() {
@@ -211,6 +241,7 @@ impl StreamMetrics {
                 seen.pop_front();
             }
             let behind = (end.0 - position.0).max(0);
+            behind_by_partition.insert(partition, behind);
             self.partition_lag
                 .with_label_values(&[&partition.index().to_string()])
                 .set(behind);
@@ -223,6 +254,24 @@ impl StreamMetrics {
             }
         }
         self.oldest_uncounted_age.set(oldest_ms as f64 / 1000.0);
+    }
+
+    /// Ready while no partition this process reads is more than `max_lag` records behind.
+    pub fn readiness(&self, max_lag: u64) -> Readiness {
+        let lag = self.lag.lock().expect("lag lock");
+        if lag.behind.is_empty() {
+            return Readiness::Starting;
+        }
+        let (&partition, &records) = lag
+            .behind
+            .iter()
+            .max_by_key(|(_, &records)| records)
+            .expect("not empty");
+        if records as u64 > max_lag {
+            Readiness::Behind { partition, records }
+        } else {
+            Readiness::Ready
+        }
     }
 
     pub fn click_latency(&self) -> ClickLatency {
@@ -298,10 +347,19 @@ mod tests {
         let m = StreamMetrics::default();
         let start = m.lag.lock().unwrap().started_ms;
         m.reading_from(&offsets(&[(0, 10), (1, 5)]));
+        assert_eq!(m.readiness(0), Readiness::Starting);
         // Partition 1 was behind from the start: its wait is bounded by the job's start.
         m.log_ends(&offsets(&[(0, 10), (1, 8), (2, 40)]), start + 2_000);
         assert_eq!((lag_of(&m, "0"), lag_of(&m, "1")), (0, 3));
         assert_eq!(m.oldest_uncounted_age.get(), 2.0);
+        assert_eq!(m.readiness(3), Readiness::Ready);
+        assert_eq!(
+            m.readiness(2),
+            Readiness::Behind {
+                partition: Partition(1),
+                records: 3
+            }
+        );
         // A partition this process does not read is not reported.
         assert!(!m.render().contains("partition=\"2\""));
 

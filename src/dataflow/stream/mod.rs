@@ -19,7 +19,7 @@ mod dedup;
 mod metrics;
 mod reader;
 
-pub use metrics::{ClickLatency, StreamMetrics, StreamReport};
+pub use metrics::{ClickLatency, Readiness, StreamMetrics, StreamReport};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

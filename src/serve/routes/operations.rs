@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use super::Shared;
 use crate::serve::auth::Caller;
+use crate::serve::cache::Snapshot;
 use crate::serve::error::{ApiError, ErrorBody};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -79,6 +80,8 @@ pub struct Readiness {
     /// decisions continue from the cache); `not_ready` before the first load.
     pub status: String,
     pub cache_age_seconds: Option<f64>,
+    /// Seconds since a refresh last found new counts, slots or priors.
+    pub cache_unchanged_seconds: Option<f64>,
     pub cache_slots: usize,
     /// The last error of a cache load, if the last load failed.
     pub store_error: Option<String>,
@@ -105,6 +108,9 @@ pub async fn readyz(State(state): Shared) -> Response {
     let body = Readiness {
         status: status.into(),
         cache_age_seconds: age.map(|a| a.as_secs_f64()),
+        cache_unchanged_seconds: snapshot
+            .as_ref()
+            .map(|s| s.changed_at.elapsed().as_secs_f64()),
         cache_slots: snapshot.as_ref().map_or(0, |s| s.slot_count()),
         store_error: state.cache.last_error(),
         event_log: state.events.log_name().to_string(),
@@ -125,8 +131,19 @@ pub async fn readyz(State(state): Shared) -> Response {
     responses((status = 200, content_type = "text/plain", body = String))
 )]
 pub async fn metrics_text(State(state): Shared) -> Response {
-    let age = state.cache.age().map_or(f64::NAN, |a| a.as_secs_f64());
-    state.metrics.cache_age_seconds.set(age);
+    let snapshot = state.cache.snapshot();
+    let seconds_since = |at: fn(&Snapshot) -> std::time::Instant| {
+        snapshot
+            .as_deref()
+            .map_or(f64::NAN, |s| at(s).elapsed().as_secs_f64())
+    };
+    let metrics = &state.metrics;
+    metrics
+        .cache_age_seconds
+        .set(seconds_since(|s| s.loaded_at));
+    metrics
+        .cache_unchanged_seconds
+        .set(seconds_since(|s| s.changed_at));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
