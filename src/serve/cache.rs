@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
@@ -298,7 +298,10 @@ pub enum Refresh {
     /// Nothing changed in the store since the snapshot before.
     Unchanged,
     /// A new snapshot, and how many shards it read again.
-    Changed { snapshot: Snapshot, shards: usize },
+    Changed {
+        snapshot: Box<Snapshot>,
+        shards: usize,
+    },
 }
 
 impl Snapshot {
@@ -318,7 +321,7 @@ impl Snapshot {
         scope: &TenantScope,
     ) -> Result<Snapshot, StoreError> {
         match Self::refresh(None, store, windows, now, scope)? {
-            Refresh::Changed { snapshot, .. } => Ok(snapshot),
+            Refresh::Changed { snapshot, .. } => Ok(*snapshot),
             Refresh::Unchanged => unreachable!("a first load always reads"),
         }
     }
@@ -393,7 +396,7 @@ impl Snapshot {
             .map(|e| e.all_time.arm_count())
             .sum();
         Ok(Refresh::Changed {
-            snapshot: Snapshot {
+            snapshot: Box::new(Snapshot {
                 slots,
                 arms,
                 loaded_at: Instant::now(),
@@ -403,7 +406,7 @@ impl Snapshot {
                 versions,
                 window_starts,
                 marker,
-            },
+            }),
             shards,
         })
     }
@@ -657,7 +660,7 @@ impl PosteriorCache {
             let refresh =
                 Snapshot::refresh(previous.as_deref(), store.as_ref(), &windows, now, &scope);
             refresh.map(|r| match (r, previous) {
-                (Refresh::Changed { snapshot, shards }, _) => (snapshot, shards),
+                (Refresh::Changed { snapshot, shards }, _) => (*snapshot, shards),
                 (Refresh::Unchanged, Some(previous)) => (previous.confirmed(now), 0),
                 (Refresh::Unchanged, None) => unreachable!("a first load always reads"),
             })
@@ -959,7 +962,7 @@ mod tests {
                         let written = usize::from(matches!(op, Op::Epoch { tenant, .. }
                             if scope.serves(TENANTS[*tenant])));
                         prop_assert_eq!(shards, written, "{:?}", op);
-                        current = snapshot;
+                        current = *snapshot;
                     }
                     let full = Snapshot::load(&store, &windows, now, &scope).unwrap();
                     prop_assert_eq!(digest(&current), digest(&full), "after {:?}", op);
