@@ -152,8 +152,9 @@ fn print_report(r: &StreamReport, latency: &ClickLatency, secs: f64) {
         r.dead_letters
     );
     println!(
-        "sink: {} epochs, {} shard batches, {} rows written in {:.2} s",
-        r.sink.epochs, r.sink.shards, r.sink.rows, r.sink.seconds
+        "sink: {} epochs, {} shard batches, {} rows written in {:.2} s; {} expired bucket rows \
+         released from memory",
+        r.sink.epochs, r.sink.shards, r.sink.rows, r.sink.seconds, r.sink.released
     );
     if latency.clicks > 0 {
         println!(

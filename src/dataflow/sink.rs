@@ -131,6 +131,8 @@ pub struct SinkStats {
     pub shards: u64,
     pub rows: u64,
     pub seconds: f64,
+    /// Bucket rows past the retention horizon taken out of the job's memory.
+    pub released: u64,
 }
 
 impl SinkStats {
@@ -139,6 +141,7 @@ impl SinkStats {
         self.shards += other.shards;
         self.rows += other.rows;
         self.seconds += other.seconds;
+        self.released += other.released;
     }
 }
 
@@ -181,6 +184,7 @@ impl SinkSpec {
             shards: writes.len() as u64,
             rows: writes.iter().map(|w| w.rows.len() as u64).sum(),
             seconds: started.elapsed().as_secs_f64(),
+            released: 0,
         });
     }
 }
@@ -192,22 +196,51 @@ pub(super) struct SinkRetention {
     pub(super) buckets: Buckets,
 }
 
-/// Where one worker's sink stands with retention: the newest bucket it has counted and the
-/// horizon each shard was last written with.
+/// Where one worker's sink stands with retention: the newest bucket it has counted, the
+/// horizon each shard was last written with, and the totals of the bucket rows it holds.
 #[derive(Default)]
 struct Expiry {
     newest_bucket: Option<i64>,
     kept_from: FxHashMap<ShardKey, i64>,
+    /// Per bucket, the current total of each arm with a row in it, as the dataflow holds it.
+    held: BTreeMap<i64, FxHashMap<u32, (i64, i64)>>,
 }
 
 impl Expiry {
+    /// Notes one epoch's changes of the totals: the newest bucket, and each bucket key's total
+    /// (a key whose new total is inserted after its old one is retracted; one only retracted
+    /// fell to zero).
     fn saw(&mut self, updates: &[Update]) {
-        let newest = updates
-            .iter()
-            .map(|((key, _), _, _)| key.bucket)
-            .filter(|&b| b != ALL_TIME)
-            .max();
-        self.newest_bucket = self.newest_bucket.max(newest);
+        for &((key, total), _, diff) in updates {
+            if key.bucket == ALL_TIME {
+                continue;
+            }
+            self.newest_bucket = self.newest_bucket.max(Some(key.bucket));
+            let bucket = self.held.entry(key.bucket).or_default();
+            if diff > 0 {
+                bucket.insert(key.arm, total);
+            } else if bucket.get(&key.arm) == Some(&total) {
+                bucket.remove(&key.arm);
+            }
+        }
+    }
+
+    /// Takes the rows of buckets before `horizon` out of what is held, each with the diff that
+    /// retracts its total: fed back into the dataflow, they drop the keys from its arrangement
+    /// (the all-time rows keep the counts, and the store no longer has those buckets).
+    fn release(&mut self, horizon: i64) -> Vec<(PackedKey, (i64, i64))> {
+        let kept = self.held.split_off(&horizon);
+        let expired = std::mem::replace(&mut self.held, kept);
+        expired
+            .into_iter()
+            .flat_map(|(bucket, arms)| {
+                arms.into_iter().filter(|&(_, total)| total != (0, 0)).map(
+                    move |(arm, (impressions, clicks))| {
+                        (PackedKey { arm, bucket }, (-impressions, -clicks))
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The first bucket kept: the retention before the newest bucket counted, but never after
@@ -221,8 +254,8 @@ impl Expiry {
     /// Drops the rows of buckets before `horizon` from `writes` (their counts stay in the
     /// all-time rows) and asks the store to delete a shard's earlier buckets the first time it
     /// is written with this horizon.
-    fn apply(&mut self, writes: &mut [ShardWrite], horizon: i64) {
-        for write in writes {
+    fn apply(&mut self, writes: &mut Vec<ShardWrite>, horizon: i64) {
+        for write in writes.iter_mut() {
             write
                 .rows
                 .retain(|(key, _)| key.bucket == ALL_TIME || key.bucket >= horizon);
@@ -232,6 +265,8 @@ impl Expiry {
                 self.kept_from.insert(write.shard.clone(), horizon);
             }
         }
+        // A shard whose only change was released rows has nothing to write.
+        writes.retain(|w| !w.rows.is_empty() || !w.applied.is_empty() || w.keep_from.is_some());
     }
 }
 
@@ -241,14 +276,21 @@ pub(super) type AppliedOffset = (ShardKey, Partition, Offset);
 /// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
 type Update = ((PackedKey, (i64, i64)), u64, isize);
 
+/// Bucket rows past the retention horizon, with the diffs that retract them, for the driver to
+/// feed back into the sink's input (this worker's): the dataflow then forgets them.
+pub(super) type Released = Rc<RefCell<Vec<(CountKey, (i64, i64))>>>;
+
 /// Counts `records` per key (a pair diff of impressions and clicks) and writes each completed
 /// epoch's changed shards, with their applied offsets, in one batch per shard. The returned probe
-/// passes an epoch only once it is in the store.
+/// passes an epoch only once it is in the store. With retention, the rows of expired buckets
+/// gather in the returned [`Released`].
 pub(super) fn count_and_sink<'s>(
     records: VecCollection<'s, u64, CountKey, (i64, i64)>,
     applied: StreamVec<'s, u64, AppliedOffset>,
     spec: SinkSpec,
-) -> ProbeHandle<u64> {
+) -> (ProbeHandle<u64>, Released) {
+    let released: Released = Rc::default();
+    let releasing = released.clone();
     let placement = spec.placement;
     // Records reach the owner with their names, which it interns; from there on the keys are
     // integers and stay on that worker (arranged, counted and written without an exchange).
@@ -321,6 +363,17 @@ pub(super) fn count_and_sink<'s>(
                             spec.retention.and_then(|r| expiry.horizon(r, Utc::now()))
                         {
                             expiry.apply(&mut writes, horizon);
+                            let expired = expiry.release(horizon);
+                            if !expired.is_empty() {
+                                let arms = arms.borrow();
+                                spec.stats.lock().expect("sink stats lock").released +=
+                                    expired.len() as u64;
+                                releasing.borrow_mut().extend(
+                                    expired
+                                        .into_iter()
+                                        .map(|(key, diff)| (arms.unpack(key), diff)),
+                                );
+                            }
                         }
                         spec.write(store.as_ref(), &writes, spec.durable_epochs);
                     }
@@ -328,7 +381,7 @@ pub(super) fn count_and_sink<'s>(
             },
         );
     let (probe, _) = stream.probe();
-    probe
+    (probe, released)
 }
 
 /// The new absolute value of every key changed in one epoch and the highest applied offset per
@@ -495,14 +548,41 @@ mod tests {
                 (key("t1", "hero", "pune", "b1", ALL_TIME), Counts::new(3, 0)),
             ]
         );
+        // Already expired up to this horizon, and with no rows: nothing to write.
         let mut again = vec![write(vec![])];
         expiry.apply(&mut again, 108);
-        assert_eq!(
-            again[0].keep_from, None,
-            "already expired up to this horizon"
-        );
+        assert!(again.is_empty());
+        let mut again = vec![write(vec![])];
         expiry.apply(&mut again, 109);
         assert_eq!(again[0].keep_from, Some(109));
+    }
+
+    #[test]
+    fn expired_bucket_rows_are_released_with_the_diffs_that_retract_their_totals() {
+        let mut table = ArmTable::default();
+        let b1_100 = table.pack(key("t1", "hero", "pune", "b1", 100));
+        let b2_100 = table.pack(key("t1", "hero", "pune", "b2", 100));
+        let b1_101 = table.pack(key("t1", "hero", "pune", "b1", 101));
+        let b1_all = table.pack(key("t1", "hero", "pune", "b1", ALL_TIME));
+        let mut expiry = Expiry::default();
+        expiry.saw(&[
+            ((b1_100, (2, 1)), 1, 1),
+            ((b2_100, (1, 0)), 1, 1),
+            ((b1_101, (1, 0)), 1, 1),
+            ((b1_all, (3, 1)), 1, 1),
+        ]);
+        // A changed total replaces the old one whichever comes first; a key retracted alone
+        // fell to zero and is no longer held.
+        expiry.saw(&[((b1_100, (3, 1)), 2, 1), ((b1_100, (2, 1)), 2, -1)]);
+        expiry.saw(&[((b2_100, (1, 0)), 3, -1)]);
+        assert_eq!(expiry.release(100), vec![]);
+        assert_eq!(expiry.release(101), vec![(b1_100, (-3, -1))]);
+        // A late event for a released bucket is held again, and released at the next look.
+        expiry.saw(&[((b2_100, (1, 0)), 4, 1)]);
+        let mut released = expiry.release(102);
+        released.sort();
+        assert_eq!(released, vec![(b1_101, (-1, 0)), (b2_100, (-1, 0))]);
+        assert!(expiry.held.is_empty(), "the all-time rows are never held");
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Fixture {
     }
 }
 
-/// The number after `label` in the job's summary line.
+/// The number just before `label` in the job's summary.
 fn reported(summary: &str, label: &str) -> u64 {
     let before = summary
         .split(label)
@@ -224,7 +224,16 @@ fn a_short_retention_folds_as_time_moves_and_kill_9_loses_and_doubles_nothing() 
     for file in &first_day {
         f.produce_from(file);
     }
-    f.stream(&["--retention-hours", "6", "-w", "2"]);
+    let report = f.stream(&["--retention-hours", "6", "-w", "2"]);
+    // A day of hours went through a job that keeps six: the older ones left its memory.
+    assert!(
+        report.contains("expired bucket rows released from memory"),
+        "{report}"
+    );
+    assert!(
+        reported(&report, "expired bucket rows released") > 0,
+        "{report}"
+    );
     let early = events_of(&first_day);
     assert_eq!(f.counts(), recount(&early));
     let early_hour = early.iter().map(ist_hour).max().unwrap();

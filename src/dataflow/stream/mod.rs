@@ -149,9 +149,10 @@ fn stream_worker(
     let (mut counts_in, mut applied_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
         let (counts_in, counts) = scope.new_collection::<CountKey, (i64, i64)>();
         let (applied_in, applied) = scope.new_input::<Vec<AppliedOffset>>();
-        let probe = count_and_sink(counts, applied, sink.clone());
-        (counts_in, applied_in, probe)
+        let (probe, released) = count_and_sink(counts, applied, sink.clone());
+        (counts_in, applied_in, (probe, released))
     });
+    let (probe, released) = probe;
     let mut report = StreamReport::default();
     // Epoch 0: the stored counts of the shards this worker owns.
     let owns = |tenant: &str, city: &str| sink.placement.owns(index, tenant, city);
@@ -224,6 +225,9 @@ fn stream_worker(
         } else if reader.is_none() {
             done = done || job.stop_at_end;
             std::thread::sleep(job.epoch.min(Duration::from_millis(50)));
+        }
+        for (key, diff) in released.borrow_mut().drain(..) {
+            counts_in.update(key, diff);
         }
         epoch += 1;
         counts_in.advance_to(epoch);
