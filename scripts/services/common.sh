@@ -297,6 +297,11 @@ cluster_main() {
     echo "$ENV_NAME=$(cluster_contacts "$n")"
     ;;
   stop | reset)
+    # All at once: a Kafka node stopped after the others has no quorum to leave.
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      if pid="$(running_pid)"; then kill -CONT "$pid" 2>/dev/null; kill -TERM "$pid" 2>/dev/null || true; fi
+    done
     for ((i = n; i >= 1; i--)); do
       select_node "$i"
       cmd_stop >&2
