@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Single-node Apache Cassandra 5.0 for local tests, run from the Maven Central jars.
+# Apache Cassandra 5.0 for local tests, run from the Maven Central jars: one node, or a cluster of
+# N nodes on loopback addresses (--nodes N).
 #
 #   scripts/services/cassandra.sh start    fetch jars (once), start, wait until CQL answers
 #   scripts/services/cassandra.sh stop     TERM (then KILL) the node, wait for its ports to free
 #   scripts/services/cassandra.sh status   exit 0 when CQL answers on $HOST:$PORT
 #   scripts/services/cassandra.sh reset    stop, then delete the data folder
 #
+# A cluster (node I on 127.0.0.(I + 1), the same ports; nodes start one after another):
+#   scripts/services/cassandra.sh start|stop|status|reset --nodes N
+#   scripts/services/cassandra.sh start-node|stop-node|pause-node|resume-node I
+#
 # Environment (defaults in brackets):
 #   SLOTBANDIT_SERVICES_CACHE          cache root [$HOME/.cache/slotbandit-services]
-#   SLOTBANDIT_CASSANDRA_DATA          data, config and logs [<cache root>/cassandra-<version>/cassandra-data]
+#   SLOTBANDIT_CASSANDRA_DATA          data, config and logs [<cache root>/cassandra-<version>/cassandra-data];
+#                                      of a cluster: its folder, nodeI in it [<...>/cassandra-cluster]
 #   SLOTBANDIT_CASSANDRA_PORT          CQL native port [9042]
 #   SLOTBANDIT_CASSANDRA_STORAGE_PORT  internode port [7000]
+#   SLOTBANDIT_CASSANDRA_NET           a cluster's first three address bytes [127.0.0]
 #   SLOTBANDIT_CASSANDRA_TIMEOUT       seconds to wait for CQL on start [180]
 #   SLOTBANDIT_CASSANDRA_HEAP          max heap, -Xmx syntax [1g] (-Xms is 512m, or the max if smaller)
 #   JAVA_HOME                          JDK to use (Java 17+), else java on PATH
@@ -25,31 +32,72 @@ source "$SCRIPT_DIR/common.sh"
 POM="$SCRIPT_DIR/cassandra/pom.xml"
 VERSION="$(pom_property "$POM" cassandra.version)"
 CACHE="$SERVICES_CACHE_ROOT/cassandra-$VERSION"
-DATA="${SLOTBANDIT_CASSANDRA_DATA:-$CACHE/cassandra-data}"
-HOST=127.0.0.1
 PORT="${SLOTBANDIT_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${SLOTBANDIT_CASSANDRA_STORAGE_PORT:-7000}"
 TIMEOUT="${SLOTBANDIT_CASSANDRA_TIMEOUT:-180}"
 HEAP="${SLOTBANDIT_CASSANDRA_HEAP:-1g}"
-CONF="$DATA/conf"
-LOGDIR="$DATA/logs"
-PIDFILE="$DATA/cassandra.pid"
-STDOUT_LOG="$LOGDIR/stdout.log"
-SYSTEM_LOG="$LOGDIR/system.log"
 PROC_MATCH=org.apache.cassandra.service.CassandraDaemon
-PROC_TAG="-Dcassandra.config=file://$CONF/cassandra.yaml"
-# What wait_ready (common.sh) checks, prints and names.
-READY=cql_ready
-READY_WHAT="CQL answers on $HOST:$PORT"
-NOT_READY="CQL did not answer on $HOST:$PORT"
-ENV_LINE="SLOTBANDIT_CASSANDRA=$HOST:$PORT"
 JVM_NAME=Cassandra
 TIMEOUT_VAR=SLOTBANDIT_CASSANDRA_TIMEOUT
+READY=cql_ready
 READY_POLL=1
-LOGS=("$STDOUT_LOG" "$SYSTEM_LOG")
+# A cluster's layout (common.sh, "clusters").
+CLUSTER_ROOT="${SLOTBANDIT_CASSANDRA_DATA:-$CACHE/cassandra-cluster}"
+CLUSTER_NET="${SLOTBANDIT_CASSANDRA_NET:-127.0.0}"
+CLIENT_PORT="$PORT"
+ENV_NAME=SLOTBANDIT_CASSANDRA
+# The one node's; select_node sets a cluster node's.
+CLUSTER_NAME=slotbandit-test
+SEEDS="127.0.0.1:$STORAGE_PORT"
+INITIAL_TOKEN=''
+
+# node_paths HOST DATA: where the node listens and keeps its files, and what names it.
+node_paths() {
+  HOST="$1"
+  DATA="$2"
+  CONF="$DATA/conf"
+  LOGDIR="$DATA/logs"
+  PIDFILE="$DATA/cassandra.pid"
+  STDOUT_LOG="$LOGDIR/stdout.log"
+  SYSTEM_LOG="$LOGDIR/system.log"
+  PROC_TAG="-Dcassandra.config=file://$CONF/cassandra.yaml"
+  # What wait_ready (common.sh) checks, prints and names.
+  READY_WHAT="CQL answers on $HOST:$PORT"
+  NOT_READY="CQL did not answer on $HOST:$PORT"
+  ENV_LINE="SLOTBANDIT_CASSANDRA=$HOST:$PORT"
+  LOGS=("$STDOUT_LOG" "$SYSTEM_LOG")
+}
+node_paths 127.0.0.1 "${SLOTBANDIT_CASSANDRA_DATA:-$CACHE/cassandra-data}"
+
+# select_node I: node I of a cluster of $NODES. Every node is a seed (none bootstraps: a test
+# cluster starts empty, and a restarted node finds the others whichever is down) and owns an
+# even share of the token ring.
+select_node() {
+  # 2^64 / N without overflowing 64 bits
+  # shellcheck disable=SC2017
+  local i token=-9223372036854775808 step=$(((1 << 62) / NODES * 4)) hosts=()
+  node_paths "$(cluster_host "$1")" "$CLUSTER_ROOT/node$1"
+  ENV_LINE=''
+  CLUSTER_NAME=slotbandit-cluster
+  for ((i = 1; i <= NODES; i++)); do hosts+=("$(cluster_host "$i"):$STORAGE_PORT"); done
+  SEEDS="$(
+    IFS=,
+    echo "${hosts[*]}"
+  )"
+  for ((i = 1; i < $1; i++)); do token=$((token + step)); done
+  INITIAL_TOKEN="$token"
+}
+
+# Starts the selected node and waits until it has joined (CQL answers only then).
+node_launch() {
+  cmd_start
+}
 
 usage() {
-  echo "usage: $0 start|stop|status|reset" >&2
+  cat >&2 <<EOF
+usage: $0 start|stop|status|reset [--nodes N]
+       $0 start-node|stop-node|pause-node|resume-node I [--nodes N]
+EOF
   exit 2
 }
 
@@ -63,16 +111,17 @@ write_config() {
     "$DATA/cdc_raw" "$DATA/triggers"
   cat >"$CONF/cassandra.yaml" <<EOF
 # Generated by scripts/services/cassandra.sh on each start; edits are overwritten.
-cluster_name: slotbandit-test
+cluster_name: $CLUSTER_NAME
 num_tokens: 1
-partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+${INITIAL_TOKEN:+initial_token: $INITIAL_TOKEN
+}partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "127.0.0.1:$STORAGE_PORT"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+      - seeds: "$SEEDS"
+listen_address: $HOST
+rpc_address: $HOST
 storage_port: $STORAGE_PORT
 start_native_transport: true
 native_transport_port: $PORT
@@ -259,11 +308,20 @@ cmd_reset() {
   echo "cassandra: data folder $DATA deleted"
 }
 
-[[ $# -eq 1 ]] || usage
-case "$1" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-reset) cmd_reset ;;
+parse_cluster_args "$@"
+set -- "${ARGS[@]}"
+case "$#:${1:-}" in
+1:start | 1:stop | 1:status | 1:reset)
+  if [[ -z "$NODES" ]]; then
+    "cmd_$1"
+  else
+    NODES="$(cluster_size "$NODES")"
+    cluster_main "$1" "$NODES"
+  fi
+  ;;
+2:start-node | 2:stop-node | 2:pause-node | 2:resume-node)
+  NODES="$(cluster_size "$NODES")"
+  cluster_main "$1" "$NODES" "$2"
+  ;;
 *) usage ;;
 esac

@@ -149,9 +149,11 @@ rss_mib() {
   if [[ -n "$kb" ]]; then echo "$((kb / 1024))"; else echo "?"; fi
 }
 
-# stop_pid PID GRACE_SECONDS: TERM, wait, then KILL
+# stop_pid PID GRACE_SECONDS: TERM, wait, then KILL (a paused process is resumed first, or the
+# TERM would wait for it)
 stop_pid() {
   local pid="$1" grace="$2" i
+  kill -CONT "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || return 0
   for ((i = 0; i < grace * 5; i++)); do
     kill -0 "$pid" 2>/dev/null || return 0
@@ -193,7 +195,7 @@ show_log_tail() {
 }
 
 # Waits until the service answers ($READY, a command), started as JVM `pid` at `start` (bash's
-# SECONDS), then prints $ENV_LINE on stdout. Fails with the tail of the logs named in LOGS when
+# SECONDS), then prints $ENV_LINE on stdout (nothing when it is empty: a cluster's node). Fails with the tail of the logs named in LOGS when
 # the JVM exits or TIMEOUT seconds pass. Each service script sets READY, READY_WHAT, NOT_READY,
 # ENV_LINE, JVM_NAME, TIMEOUT, TIMEOUT_VAR, READY_POLL, LOGS, PIDFILE and LOGDIR.
 wait_ready() {
@@ -201,7 +203,7 @@ wait_ready() {
   while :; do
     if "$READY"; then
       log "$READY_WHAT after $((SECONDS - start)) s (pid $pid, RSS $(rss_mib "$pid") MiB)"
-      echo "$ENV_LINE"
+      if [[ -n "$ENV_LINE" ]]; then echo "$ENV_LINE"; fi
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -214,5 +216,167 @@ wait_ready() {
       die "$NOT_READY within ${TIMEOUT}s ($TIMEOUT_VAR); pid $pid left running, logs: $LOGDIR"
     fi
     sleep "$READY_POLL"
+  done
+}
+
+# ---- clusters (--nodes N) ---------------------------------------------------------------------
+# Node I of a cluster listens on $CLUSTER_NET.(I + 1) (127.0.0.2, .3, … by default: Linux routes
+# all of 127/8 to lo) with the service's usual ports, and keeps its data in $CLUSTER_ROOT/nodeI.
+# The service script sets CLUSTER_ROOT, CLUSTER_NET, CLIENT_PORT and ENV_NAME, and defines:
+#   select_node I   sets HOST, DATA and the per-node paths and names (PIDFILE, PROC_TAG, …)
+#   node_launch     starts the selected node's JVM unless it runs; returns once the next node may
+#                   start (Cassandra: the node has joined and answers CQL)
+#   cmd_stop        stops the selected node
+# and READY (a command: the selected node answers its clients).
+
+cluster_host() { printf '%s.%s\n' "$CLUSTER_NET" "$(($1 + 1))"; }
+
+# cluster_contacts N -> host:port of every node, comma-separated
+cluster_contacts() {
+  local i out=()
+  for ((i = 1; i <= $1; i++)); do out+=("$(cluster_host "$i"):$CLIENT_PORT"); done
+  (
+    IFS=,
+    printf '%s\n' "${out[*]}"
+  )
+}
+
+# The node count a cluster was started with ($CLUSTER_ROOT/nodes), or $1 when given.
+cluster_size() {
+  local saved
+  saved="$(cat "$CLUSTER_ROOT/nodes" 2>/dev/null || true)"
+  if [[ -n "${1:-}" ]]; then
+    if [[ -n "$saved" && "$saved" != "$1" ]]; then
+      die "the cluster in $CLUSTER_ROOT has $saved nodes, not $1 ('reset --nodes $saved' first)"
+    fi
+    printf '%s\n' "$1"
+  elif [[ -n "$saved" ]]; then
+    printf '%s\n' "$saved"
+  else
+    die "no cluster in $CLUSTER_ROOT (start one with 'start --nodes N')"
+  fi
+}
+
+# node_state -> up, paused, starting or down (of the selected node)
+node_state() {
+  local pid state
+  if pid="$(running_pid)"; then
+    state="$(sed -n 's/^[0-9]* ([^)]*) \(.\).*/\1/p' "/proc/$pid/stat" 2>/dev/null || true)"
+    if [[ "$state" == T ]]; then
+      echo paused
+    elif "$READY"; then
+      echo up
+    else
+      echo starting
+    fi
+  elif "$READY"; then
+    echo "up (not started by this script)"
+  else
+    echo down
+  fi
+}
+
+# cluster_main COMMAND NODES [NODE]: the cluster commands, the same for each service.
+cluster_main() {
+  local cmd="$1" n="$2" node="${3:-}" i pid state all_up=0
+  if [[ -n "$node" ]] && ! { [[ "$node" =~ ^[1-9][0-9]*$ ]] && ((node <= n)); }; then
+    die "node must be 1..$n, got '$node'"
+  fi
+  case "$cmd" in
+  start)
+    mkdir -p "$CLUSTER_ROOT"
+    echo "$n" >"$CLUSTER_ROOT/nodes"
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      node_launch >&2
+    done
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      wait_node
+    done
+    echo "$ENV_NAME=$(cluster_contacts "$n")"
+    ;;
+  stop | reset)
+    # All at once: a Kafka node stopped after the others has no quorum to leave.
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      if pid="$(running_pid)"; then kill -CONT "$pid" 2>/dev/null; kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    for ((i = n; i >= 1; i--)); do
+      select_node "$i"
+      cmd_stop >&2
+    done
+    if [[ "$cmd" == reset ]]; then
+      [[ -n "$CLUSTER_ROOT" && "$CLUSTER_ROOT" != "/" ]] || die "refusing to delete '$CLUSTER_ROOT'"
+      rm -rf "$CLUSTER_ROOT"
+      echo "$SVC: cluster folder $CLUSTER_ROOT deleted"
+    else
+      echo "$SVC: cluster stopped"
+    fi
+    ;;
+  status)
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      state="$(node_state)"
+      [[ "$state" == up ]] || all_up=1
+      if pid="$(running_pid)"; then
+        # shellcheck disable=SC2153 # HOST is set by select_node
+        echo "node $i $HOST:$CLIENT_PORT $state (pid $pid, RSS $(rss_mib "$pid") MiB)"
+      else
+        echo "node $i $HOST:$CLIENT_PORT $state"
+      fi
+    done
+    return "$all_up"
+    ;;
+  start-node)
+    select_node "$node"
+    node_launch >&2
+    wait_node
+    echo "$SVC: node $node up on $HOST:$CLIENT_PORT"
+    ;;
+  stop-node)
+    select_node "$node"
+    cmd_stop >&2
+    echo "$SVC: node $node stopped"
+    ;;
+  pause-node | resume-node)
+    select_node "$node"
+    pid="$(running_pid)" || die "node $node is not running"
+    if [[ "$cmd" == pause-node ]]; then kill -STOP "$pid"; else kill -CONT "$pid"; fi
+    echo "$SVC: node $node (pid $pid) ${cmd%-node}d"
+    ;;
+  *) usage ;;
+  esac
+}
+
+# Waits until the selected node answers its clients (wait_ready without the environment line).
+wait_node() {
+  local pid
+  pid="$(running_pid)" || die "node on $HOST is not running (logs: $LOGDIR)"
+  ENV_LINE='' wait_ready "$pid" "$SECONDS" >&2
+}
+
+# parse_cluster_args ARGS...: takes `--nodes N` out of the arguments. Sets NODES (empty: the
+# single node) and ARGS (the rest).
+parse_cluster_args() {
+  NODES=''
+  ARGS=()
+  while (($#)); do
+    case "$1" in
+    --nodes)
+      [[ $# -ge 2 && "$2" =~ ^[1-9]$ ]] || die "--nodes takes a count from 1 to 9"
+      NODES="$2"
+      shift 2
+      ;;
+    --nodes=*)
+      [[ "${1#--nodes=}" =~ ^[1-9]$ ]] || die "--nodes takes a count from 1 to 9"
+      NODES="${1#--nodes=}"
+      shift
+      ;;
+    *)
+      ARGS+=("$1")
+      shift
+      ;;
+    esac
   done
 }

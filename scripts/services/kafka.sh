@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# Single-node Apache Kafka 4 (KRaft, broker and controller in one JVM) for local tests, run from
-# the Maven Central jars.
+# Apache Kafka 4 (KRaft) for local tests, run from the Maven Central jars: one node (broker and
+# controller in one JVM), or a cluster of N such nodes on loopback addresses (--nodes N).
 #
 #   scripts/services/kafka.sh start                   fetch jars (once), format storage (once),
 #                                                     start, wait until the broker answers
 #   scripts/services/kafka.sh stop                    TERM (then KILL), wait for the ports to free
 #   scripts/services/kafka.sh status                  exit 0 when the broker answers on $HOST:$PORT
-#   scripts/services/kafka.sh topic NAME PARTITIONS   create the topic if absent (replication 1)
+#   scripts/services/kafka.sh topic NAME PARTITIONS   create the topic if absent (replication 1,
+#                                                     of a cluster min(3, N))
 #   scripts/services/kafka.sh run-class CLASS ARGS... run a Kafka tool class with the fetched jars,
 #       e.g. run-class org.apache.kafka.tools.ConsoleProducer --bootstrap-server 127.0.0.1:9092 --topic t
 #   scripts/services/kafka.sh reset                   stop, then delete the data folder
 #
+# A cluster (node I on 127.0.0.(I + 1), the same ports; each node is a broker and one of the N
+# voters of the controller quorum):
+#   scripts/services/kafka.sh start|stop|status|reset --nodes N
+#   scripts/services/kafka.sh topic NAME PARTITIONS --nodes N
+#   scripts/services/kafka.sh start-node|stop-node|pause-node|resume-node I
+#
 # Environment (defaults in brackets):
 #   SLOTBANDIT_SERVICES_CACHE        cache root [$HOME/.cache/slotbandit-services]
-#   SLOTBANDIT_KAFKA_DATA            data, config and logs [<cache root>/kafka-<version>/kafka-data]
+#   SLOTBANDIT_KAFKA_DATA            data, config and logs [<cache root>/kafka-<version>/kafka-data];
+#                                    of a cluster: its folder, nodeI in it [<...>/kafka-cluster]
 #   SLOTBANDIT_KAFKA_PORT            broker (PLAINTEXT) port [9092]
 #   SLOTBANDIT_KAFKA_CONTROLLER_PORT KRaft controller port [9093]
+#   SLOTBANDIT_KAFKA_NET             a cluster's first three address bytes [127.0.0]
 #   SLOTBANDIT_KAFKA_TIMEOUT         seconds to wait for the broker on start [180]
 #   SLOTBANDIT_KAFKA_HEAP            broker max heap, -Xmx syntax [1g]
 #   SLOTBANDIT_KAFKA_TOOL_HEAP       max heap of run-class/topic tools [512m]
@@ -31,36 +40,90 @@ source "$SCRIPT_DIR/common.sh"
 POM="$SCRIPT_DIR/kafka/pom.xml"
 VERSION="$(pom_property "$POM" kafka.version)"
 CACHE="$SERVICES_CACHE_ROOT/kafka-$VERSION"
-DATA="${SLOTBANDIT_KAFKA_DATA:-$CACHE/kafka-data}"
-HOST=127.0.0.1
 PORT="${SLOTBANDIT_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${SLOTBANDIT_KAFKA_CONTROLLER_PORT:-9093}"
 TIMEOUT="${SLOTBANDIT_KAFKA_TIMEOUT:-180}"
 HEAP="${SLOTBANDIT_KAFKA_HEAP:-1g}"
 TOOL_HEAP="${SLOTBANDIT_KAFKA_TOOL_HEAP:-512m}"
-CONF="$DATA/conf"
-LOGDIR="$DATA/logs"
-KRAFT_DIR="$DATA/kraft-logs"
-PIDFILE="$DATA/kafka.pid"
-STDOUT_LOG="$LOGDIR/stdout.log"
-SERVER_LOG="$LOGDIR/server.log"
 PROC_MATCH=kafka.Kafka
-PROC_TAG="$CONF/server.properties"
-BOOTSTRAP="$HOST:$PORT"
-# What wait_ready (common.sh) checks, prints and names.
-READY=broker_ready
-READY_WHAT="broker answers on $BOOTSTRAP"
-NOT_READY="the broker did not answer on $BOOTSTRAP"
-ENV_LINE="SLOTBANDIT_KAFKA=$BOOTSTRAP"
 JVM_NAME=Kafka
 TIMEOUT_VAR=SLOTBANDIT_KAFKA_TIMEOUT
+READY=broker_ready
 READY_POLL=0.5
-LOGS=("$STDOUT_LOG" "$SERVER_LOG")
+# A cluster's layout (common.sh, "clusters").
+CLUSTER_ROOT="${SLOTBANDIT_KAFKA_DATA:-$CACHE/kafka-cluster}"
+CLUSTER_NET="${SLOTBANDIT_KAFKA_NET:-127.0.0}"
+CLIENT_PORT="$PORT"
+ENV_NAME=SLOTBANDIT_KAFKA
+# The one node's; select_node sets a cluster node's.
+NODE_ID=1
+QUORUM="controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT"
+REPLICATION=1
+MIN_ISR=1
+
+# node_paths HOST DATA: where the node listens and keeps its files, and what names it.
+node_paths() {
+  HOST="$1"
+  DATA="$2"
+  CONF="$DATA/conf"
+  LOGDIR="$DATA/logs"
+  KRAFT_DIR="$DATA/kraft-logs"
+  PIDFILE="$DATA/kafka.pid"
+  STDOUT_LOG="$LOGDIR/stdout.log"
+  SERVER_LOG="$LOGDIR/server.log"
+  PROC_TAG="$CONF/server.properties"
+  BOOTSTRAP="$HOST:$PORT"
+  # What wait_ready (common.sh) checks, prints and names.
+  READY_WHAT="broker answers on $BOOTSTRAP"
+  NOT_READY="the broker did not answer on $BOOTSTRAP"
+  ENV_LINE="SLOTBANDIT_KAFKA=$BOOTSTRAP"
+  LOGS=("$STDOUT_LOG" "$SERVER_LOG")
+}
+node_paths 127.0.0.1 "${SLOTBANDIT_KAFKA_DATA:-$CACHE/kafka-data}"
+
+# select_node I: node I of a cluster of $NODES, a static quorum of N voters. Internal topics get
+# replication min(3, N), and acks=all writes need 2 in-sync replicas when there are 3.
+select_node() {
+  local i voters=()
+  node_paths "$(cluster_host "$1")" "$CLUSTER_ROOT/node$1"
+  ENV_LINE=''
+  NODE_ID="$1"
+  for ((i = 1; i <= NODES; i++)); do voters+=("$i@$(cluster_host "$i"):$CONTROLLER_PORT"); done
+  QUORUM="controller.quorum.voters=$(
+    IFS=,
+    echo "${voters[*]}"
+  )"
+  REPLICATION=$((NODES < 3 ? NODES : 3))
+  MIN_ISR=$((REPLICATION > 1 ? 2 : 1))
+  BOOTSTRAP="$(cluster_contacts "$NODES")"
+}
+
+# Starts the selected node's JVM unless it runs, and returns once its controller listens: a
+# broker answers only when a quorum of controllers has formed, so the nodes cannot wait for
+# each other's brokers one after another.
+node_launch() {
+  local i
+  broker_ready && return 0
+  launch
+  for ((i = 0; i < TIMEOUT * 5; i++)); do
+    port_open "$HOST" "$CONTROLLER_PORT" && return 0
+    pid_alive_or_die
+    sleep 0.2
+  done
+  die "the controller of $HOST did not listen on port $CONTROLLER_PORT within ${TIMEOUT}s (logs: $LOGDIR)"
+}
+
+pid_alive_or_die() {
+  running_pid >/dev/null && return 0
+  show_log_tail "${LOGS[@]}"
+  die "the Kafka JVM on $HOST exited during startup; logs: $LOGDIR"
+}
 
 usage() {
   cat >&2 <<EOF
-usage: $0 start|stop|status|reset
-       $0 topic NAME PARTITIONS
+usage: $0 start|stop|status|reset [--nodes N]
+       $0 topic NAME PARTITIONS [--nodes N]
+       $0 start-node|stop-node|pause-node|resume-node I [--nodes N]
        $0 run-class CLASS [ARGS...]
 EOF
   exit 2
@@ -79,8 +142,8 @@ write_config() {
   cat >"$CONF/server.properties" <<EOF
 # Generated by scripts/services/kafka.sh on each start; edits are overwritten.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
+node.id=$NODE_ID
+$QUORUM
 listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
 inter.broker.listener.name=PLAINTEXT
@@ -89,14 +152,16 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$KRAFT_DIR
 num.partitions=4
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$MIN_ISR
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
+share.coordinator.state.topic.replication.factor=$REPLICATION
+share.coordinator.state.topic.min.isr=$MIN_ISR
+${NODES:+default.replication.factor=$REPLICATION
+min.insync.replicas=$MIN_ISR
+}group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
@@ -144,29 +209,40 @@ rootLogger.appenderRef.stderr.ref = STDERR
 EOF
 }
 
-# Format the KRaft storage once (a standalone controller quorum of this one node).
+# Format the KRaft storage once: a standalone controller quorum of this one node, or a node of a
+# cluster's static quorum (all its nodes share one cluster id).
 format_storage() {
   local formatted="controller=$HOST:$CONTROLLER_PORT" cluster_id flog="$LOGDIR/format.log"
+  local quorum=(--standalone)
+  if [[ -n "$NODES" ]]; then
+    formatted="$QUORUM"
+    quorum=()
+  fi
   if [[ -f "$KRAFT_DIR/meta.properties" ]]; then
     if [[ -f "$DATA/formatted-with" && "$(cat "$DATA/formatted-with")" != "$formatted" ]]; then
       die "storage in $KRAFT_DIR was formatted with $(cat "$DATA/formatted-with"), now $formatted: run '$0 reset' after changing SLOTBANDIT_KAFKA_CONTROLLER_PORT"
     fi
     return 0
   fi
-  cluster_id="$("$JAVA" -cp "$CACHE/lib/*" "-Dlog4j2.configurationFile=$CONF/tools-log4j2.properties" \
-    kafka.tools.StorageTool random-uuid 2>>"$flog" | tail -n 1)"
+  if [[ -n "$NODES" && -f "$CLUSTER_ROOT/cluster-id" ]]; then
+    cluster_id="$(cat "$CLUSTER_ROOT/cluster-id")"
+  else
+    cluster_id="$("$JAVA" -cp "$CACHE/lib/*" "-Dlog4j2.configurationFile=$CONF/tools-log4j2.properties" \
+      kafka.tools.StorageTool random-uuid 2>>"$flog" | tail -n 1)"
+  fi
   [[ "$cluster_id" =~ ^[A-Za-z0-9_-]{22}$ ]] || {
     show_log_tail "$flog"
     die "StorageTool random-uuid gave no cluster id"
   }
   log "formatting KRaft storage in $KRAFT_DIR (cluster id $cluster_id)"
   if ! "$JAVA" -cp "$CACHE/lib/*" "-Dlog4j2.configurationFile=$CONF/tools-log4j2.properties" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF/server.properties" --standalone \
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$CONF/server.properties" "${quorum[@]}" \
     >>"$flog" 2>&1; then
     show_log_tail "$flog"
     die "formatting the KRaft storage failed"
   fi
   printf '%s\n' "$formatted" >"$DATA/formatted-with"
+  if [[ -n "$NODES" ]]; then printf '%s\n' "$cluster_id" >"$CLUSTER_ROOT/cluster-id"; fi
 }
 
 cmd_status() {
@@ -194,14 +270,23 @@ cmd_start() {
     echo "SLOTBANDIT_KAFKA=$BOOTSTRAP"
     return 0
   fi
-  require_java 17
-  take_lock
   if pid="$(running_pid)"; then
     log "pid $pid is already starting; waiting for the broker on $BOOTSTRAP"
     wait_ready "$pid" "$start"
     return
   fi
-  local p
+  launch
+  wait_ready "$(cat "$PIDFILE")" "$start"
+}
+
+# Launches the node's JVM (unless it is already starting) and writes its pid file.
+launch() {
+  local pid p
+  require_java 17
+  take_lock
+  if running_pid >/dev/null; then
+    return 0
+  fi
   for p in "$PORT" "$CONTROLLER_PORT"; do
     if port_open "$HOST" "$p"; then
       die "port $HOST:$p is taken by something that is not this script's broker (SLOTBANDIT_KAFKA_PORT / SLOTBANDIT_KAFKA_CONTROLLER_PORT pick others)"
@@ -211,7 +296,7 @@ cmd_start() {
   write_config
   format_storage
   : >"$STDOUT_LOG"
-  log "starting Kafka $VERSION (data: $DATA, broker: $BOOTSTRAP, controller: $HOST:$CONTROLLER_PORT)"
+  log "starting Kafka $VERSION (data: $DATA, broker: $HOST:$PORT, controller: $HOST:$CONTROLLER_PORT)"
   nohup "$JAVA" -Xms256m "-Xmx$HEAP" \
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
     -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15 -XX:+ExitOnOutOfMemoryError \
@@ -221,7 +306,6 @@ cmd_start() {
     >>"$STDOUT_LOG" 2>&1 </dev/null 9>&- &
   pid=$!
   echo "$pid" >"$PIDFILE"
-  wait_ready "$pid" "$start"
 }
 
 cmd_stop() {
@@ -277,12 +361,19 @@ cmd_topic() {
   [[ "$name" =~ ^[A-Za-z0-9._-]{1,249}$ ]] || die "invalid topic name '$name'"
   [[ "$partitions" =~ ^[1-9][0-9]*$ ]] || die "PARTITIONS must be a positive integer, got '$partitions'"
   prepare_tools
+  if [[ -n "$NODES" ]]; then
+    local i
+    for ((i = 1; i <= NODES; i++)); do
+      select_node "$i"
+      broker_ready && break
+    done
+  fi
   broker_ready || die "no broker answers on $BOOTSTRAP (run '$0 start' first)"
   # a broker that just started may still be fenced for a moment: retry a few times
   for attempt in 1 2 3 4 5; do
     if out="$(run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
       --create --if-not-exists --topic "$name" --partitions "$partitions" \
-      --replication-factor 1 2>&1)"; then
+      --replication-factor "$REPLICATION" 2>&1)"; then
       break
     fi
     ((attempt < 5)) || {
@@ -308,18 +399,28 @@ cmd_topic() {
 }
 
 [[ $# -ge 1 ]] || usage
-case "$1" in
-start | stop | status | reset)
-  [[ $# -eq 1 ]] || usage
-  "cmd_$1"
-  ;;
-topic)
-  [[ $# -eq 3 ]] || usage
-  cmd_topic "$2" "$3"
-  ;;
-run-class)
+if [[ "$1" == run-class ]]; then
   shift
   cmd_run_class "$@"
+fi
+parse_cluster_args "$@"
+set -- "${ARGS[@]}"
+case "$#:${1:-}" in
+1:start | 1:stop | 1:status | 1:reset)
+  if [[ -z "$NODES" ]]; then
+    "cmd_$1"
+  else
+    NODES="$(cluster_size "$NODES")"
+    cluster_main "$1" "$NODES"
+  fi
+  ;;
+2:start-node | 2:stop-node | 2:pause-node | 2:resume-node)
+  NODES="$(cluster_size "$NODES")"
+  cluster_main "$1" "$NODES" "$2"
+  ;;
+3:topic)
+  if [[ -n "$NODES" ]]; then NODES="$(cluster_size "$NODES")"; fi
+  cmd_topic "$2" "$3"
   ;;
 *) usage ;;
 esac

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use slotbandit::serve::cache::TenantScope;
-use slotbandit::serve::{token_secret, ServeOptions, Service};
+use slotbandit::serve::{record_token_lifetime, token_secret, ServeOptions, Service};
 use slotbandit::source::open_log;
 use slotbandit::store::open_store;
 
@@ -87,6 +87,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::from(open_store(&args.store.store, true)?);
     let log = open_log(&args.log.log)?;
     let secret = token_secret(store.as_ref(), args.token_secret.as_deref())?;
+    record_token_lifetime(store.as_ref(), args.token_ttl_secs)?;
     runtime.block_on(async {
         let service = Service::start(store, log, &secret, args.options()).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -50,9 +50,12 @@ pub struct StreamOptions {
     /// Drop events with a timestamp before this instant (RFC 3339, or IST DD-Mon-YY HH:MM:SS).
     #[arg(long, value_parser = flags::instant)]
     pub cutoff: Option<DateTime<Utc>>,
-    /// How many minutes of clicks to remember to count a (request_id, banner) once; at least
-    /// the lifetime of the service's decision tokens.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// How many minutes of clicks to remember to count a (request_id, banner) once. A click may
+    /// be replayed as long as its decision token is valid, so the job remembers at least the
+    /// token lifetime that `serve` records in the store (`--token-ttl-secs`), and the default is
+    /// that flag's default (24 h). Each remembered click costs memory, and a restart re-reads
+    /// this much of the log.
+    #[arg(long, default_value_t = 1440, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub click_dedup_minutes: u64,
     /// Hours of per-bucket counts to keep (the all-time counts keep everything): at least the
     /// longest window the service answers. Also what `backfill` keeps.
@@ -122,7 +125,7 @@ pub fn stream(
         retention: options.retention,
         epoch: Duration::from_millis(options.epoch_ms),
         cutoff: start.cutoff,
-        click_dedup: Duration::from_secs(options.click_dedup_minutes * 60),
+        click_dedup: start.click_dedup(Duration::from_secs(options.click_dedup_minutes * 60)),
         customer_events: !options.no_customer_events,
         stop_at_end: options.stop_at_end,
         shutdown,

@@ -3,12 +3,15 @@
 //! handoff records where a stream job starts and the cutoff before which it drops events; a
 //! stream job reads both back when it starts, also after restarts.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use super::DataflowError;
 use crate::source::EventLog;
 use crate::store::{
     PosteriorStore, StoreError, META_AS_OF, META_BUCKET_MINUTES, META_RETENTION_HOURS,
+    META_TOKEN_TTL_SECS,
 };
 use crate::time::{self, Buckets, Retention};
 
@@ -58,11 +61,33 @@ pub struct StreamStart {
     pub buckets: Buckets,
     /// Events with `ts` before this instant are dropped.
     pub cutoff: Option<DateTime<Utc>>,
+    /// The decision-token lifetime the lookup service recorded, if it ran on this store.
+    pub token_lifetime: Option<Duration>,
+}
+
+impl StreamStart {
+    /// How long to remember clicks: `wanted`, or the recorded token lifetime when that is longer
+    /// (a click may be replayed as long as its token is valid).
+    pub fn click_dedup(&self, wanted: Duration) -> Duration {
+        match self.token_lifetime {
+            Some(lifetime) if lifetime > wanted => {
+                tracing::info!(
+                    "remembering clicks for {} minutes, the service's token lifetime recorded in \
+                     the store, not {}",
+                    lifetime.as_secs() / 60,
+                    wanted.as_secs() / 60
+                );
+                lifetime
+            }
+            _ => wanted,
+        }
+    }
 }
 
 /// Where the stream job `job_name` starts from in `store`: the bucket width its counts were
 /// written with (hourly if none is recorded; a store recording an invalid width is refused), and
-/// `cutoff` if given, else the cutoff a handoff recorded for the job. Records the bucket width,
+/// `cutoff` if given, else the cutoff a handoff recorded for the job, and the token lifetime the
+/// service recorded. Records the bucket width,
 /// so that what the stream writes is read with the width it counted with, and the job's
 /// `retention`, so that readers know how long a window the store can answer.
 pub fn stream_start(
@@ -80,9 +105,23 @@ pub fn stream_start(
             .transpose()
             .map_err(DataflowError::HandoffCutoff)?,
     };
+    let token_lifetime = store
+        .meta(META_TOKEN_TTL_SECS)?
+        .map(|s| {
+            s.trim().parse().map(Duration::from_secs).map_err(|_| {
+                DataflowError::Config(format!(
+                    "store metadata `{META_TOKEN_TTL_SECS}` is not a number of seconds: {s:?}"
+                ))
+            })
+        })
+        .transpose()?;
     store.set_meta(META_BUCKET_MINUTES, &buckets.minutes().to_string())?;
     store.set_meta(META_RETENTION_HOURS, &retention.hours().to_string())?;
-    Ok(StreamStart { buckets, cutoff })
+    Ok(StreamStart {
+        buckets,
+        cutoff,
+        token_lifetime,
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +168,8 @@ mod tests {
             start,
             StreamStart {
                 buckets: quarter_hours,
-                cutoff: Some(as_of)
+                cutoff: Some(as_of),
+                token_lifetime: None,
             }
         );
         // A cutoff given to the job wins over the recorded one; another job has none.
@@ -161,6 +201,21 @@ mod tests {
         .unwrap();
         assert_eq!(store.as_of().unwrap(), None);
         assert_eq!(store.buckets().unwrap().minutes(), 30);
+    }
+
+    #[test]
+    fn clicks_are_remembered_at_least_as_long_as_the_recorded_token_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let start = stream_start(&store, "stream", None, Retention::default()).unwrap();
+        assert_eq!(start.click_dedup(hours(1)), hours(1));
+        store.set_meta(META_TOKEN_TTL_SECS, "172800").unwrap();
+        let start = stream_start(&store, "stream", None, Retention::default()).unwrap();
+        assert_eq!(start.click_dedup(hours(1)), hours(48));
+        assert_eq!(start.click_dedup(hours(72)), hours(72));
+        store.set_meta(META_TOKEN_TTL_SECS, "a day").unwrap();
+        assert!(stream_start(&store, "stream", None, Retention::default()).is_err());
     }
 
     #[test]

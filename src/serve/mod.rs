@@ -40,7 +40,7 @@ use self::metrics::Metrics;
 use self::spool::{Spool, SpoolError};
 use self::token::TokenSigner;
 use crate::source::EventLog;
-use crate::store::{PosteriorStore, StoreError};
+use crate::store::{PosteriorStore, StoreError, META_TOKEN_TTL_SECS};
 
 /// The store metadata key of the token secret shared by every replica (hex).
 pub const META_TOKEN_SECRET: &str = "token_secret";
@@ -219,6 +219,19 @@ pub fn token_secret(
     Ok(secret.to_vec())
 }
 
+/// Records the lifetime of the tokens this service signs, unless the store records a longer one
+/// (another replica's): the stream job remembers clicks at least that long, so that a click
+/// replayed at any time while its token is valid counts once.
+pub fn record_token_lifetime(store: &dyn PosteriorStore, secs: u64) -> Result<(), ServeError> {
+    let recorded = store
+        .meta(META_TOKEN_TTL_SECS)?
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if recorded.is_none_or(|r| r < secs) {
+        store.set_meta(META_TOKEN_TTL_SECS, &secs.to_string())?;
+    }
+    Ok(())
+}
+
 /// A running service: its state and the cache refresher.
 pub struct Service {
     state: Arc<AppState>,
@@ -313,5 +326,24 @@ async fn refresh_loop(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         refresh_once(&state).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    #[test]
+    fn the_longest_token_lifetime_of_the_replicas_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
+        for (secs, recorded) in [(3600, "3600"), (86_400, "86400"), (600, "86400")] {
+            record_token_lifetime(&store, secs).unwrap();
+            assert_eq!(
+                store.meta(META_TOKEN_TTL_SECS).unwrap().as_deref(),
+                Some(recorded)
+            );
+        }
     }
 }

@@ -45,6 +45,9 @@ pub fn failed_attempts() -> &'static prometheus::IntCounter {
 pub const META_AS_OF: &str = "as_of";
 pub const META_BUCKET_MINUTES: &str = "bucket_minutes";
 pub const META_RETENTION_HOURS: &str = "retention_hours";
+/// The lifetime of the lookup service's decision tokens, in seconds (the longest any replica
+/// signs): how long the stream job must remember a click.
+pub const META_TOKEN_TTL_SECS: &str = "token_ttl_secs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -636,3 +636,99 @@ fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
     assert_eq!(posteriors(&one, &[]), expected);
     assert_eq!(posteriors(&two, &[]), expected);
 }
+
+/// A click of request `request` on banner b1 at `minutes` from `now`, appended to the topic with
+/// that instant as its Kafka timestamp, as if it had been appended then.
+fn append_click_at(
+    producer: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    event_id: &str,
+    request: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    use rdkafka::producer::BaseRecord;
+    let click = Event {
+        event_id: event_id.to_string(),
+        kind: EventKind::Click,
+        tenant: "ajio".into(),
+        slot: "hero".into(),
+        city: "pune".into(),
+        banner: "b1".into(),
+        ts: at,
+        customer_id: None,
+        referrer: None,
+        request_id: Some(request.to_string()),
+    };
+    let key = slotbandit::source::event_key(&click);
+    let payload = click.to_json();
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .key(&key)
+                .payload(&payload)
+                .timestamp(at.timestamp_millis()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+#[test]
+fn a_click_replayed_two_hours_later_counts_once_with_the_defaults_and_after_a_restart() {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let Some(broker) = crate::common::service("SLOTBANDIT_KAFKA") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = crate::common::unique_name("replay").replace('_', "-");
+    let log = format!("kafka://{broker}/{topic}?partitions=1");
+    let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    slotbandit::source::open_log(&log).unwrap();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .create()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let ago = |minutes: i64| now - chrono::Duration::minutes(minutes);
+    // r1 and r6 two hours ago, then clicks that move the newest event time past an hour after
+    // them, then r1 again: the same signed request_id, replayed within its token's day.
+    for (id, request, at) in [
+        ("c1", "r1", ago(120)),
+        ("c6", "r6", ago(120)),
+        ("c2", "r2", ago(90)),
+        ("c3", "r3", ago(60)),
+        ("c4", "r4", ago(30)),
+        ("c1-again", "r1", now),
+    ] {
+        append_click_at(&producer, &topic, id, request, at);
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    let stream = || {
+        ok(slotbandit(&[
+            "stream",
+            "--log",
+            &log,
+            "--store",
+            &store,
+            "--stop-at-end",
+            "--epoch-ms",
+            "50",
+        ]))
+    };
+    let clicks = |store: &str| {
+        posteriors(store, &[])
+            .get(&("ajio".into(), "hero".into(), "pune".into(), "b1".into()))
+            .copied()
+    };
+
+    let first = stream();
+    assert_eq!(reported(&first, "repeated clicks"), 1, "{first}");
+    assert_eq!(clicks(&store), Some((0, 5)));
+
+    // After a restart the job knows r6 only by re-reading the log appended two hours ago.
+    append_click_at(&producer, &topic, "c6-again", "r6", chrono::Utc::now());
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+    let second = stream();
+    assert_eq!(reported(&second, "counted"), 0, "{second}");
+    assert_eq!(reported(&second, "repeated clicks"), 1, "{second}");
+    assert_eq!(clicks(&store), Some((0, 5)));
+}

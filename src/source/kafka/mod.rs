@@ -172,21 +172,25 @@ impl KafkaLog {
         }
     }
 
-    /// Creates a topic (replication factor 1 on a one-broker cluster, else 3 at most) unless it
-    /// exists, and waits until its metadata shows it.
+    /// Creates a topic unless it exists, and waits until its metadata shows it. Its replication
+    /// factor is the cluster's broker count, 3 at most; of 3 replicas 2 must be in sync for an
+    /// append (`acks=all`) to succeed, so an acknowledged append outlives any one broker and
+    /// appends go on while one is down.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), LogError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create()
             .map_err(|e| self.unavailable(format!("cannot create an admin client: {e}")))?;
-        let brokers = self
+        let replication = self
             .meta
             .fetch_metadata(None, self.timeout)
             .map_err(|e| self.unavailable(format!("no metadata within {:?}: {e}", self.timeout)))?
             .brokers()
             .len()
             .clamp(1, 3) as i32;
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(brokers));
+        let min_in_sync = (replication - 1).max(1).to_string();
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+            .set("min.insync.replicas", &min_in_sync);
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
         let results = futures::executor::block_on(admin.create_topics([&new], &opts))
             .map_err(|e| self.unavailable(format!("cannot create topic {topic}: {e}")))?;

@@ -19,7 +19,9 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
 
 use super::retry::{retrying, Failure};
 use crate::store::url::CassandraUrl;
@@ -29,6 +31,11 @@ use crate::store::StoreError;
 pub(super) const IN_FLIGHT: usize = 32;
 /// The longest a single request may take before it counts as a failed attempt.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The consistency of every request the store makes, reads and writes alike (docs/architecture.md,
+/// "Consistency"): a write acknowledged by a quorum of the local data center's replicas meets a
+/// read from any quorum of them, so a restarted job reads back the applied offsets and
+/// checkpoints it wrote, and the service the versions and counts they name.
+pub(super) const CONSISTENCY: Consistency = Consistency::LocalQuorum;
 
 /// A session, the runtime it lives on, and the retry policy.
 pub(super) struct Connection {
@@ -63,6 +70,7 @@ impl Connection {
             })?;
         let profile = ExecutionProfile::builder()
             .request_timeout(Some(REQUEST_TIMEOUT))
+            .consistency(CONSISTENCY)
             .build();
         let builder = SessionBuilder::new()
             .known_nodes(&url.nodes)
@@ -85,6 +93,25 @@ impl Connection {
             session,
             runtime: Some(runtime),
         })
+    }
+
+    /// Prepares an idempotent statement (every one the store runs may be sent again) at
+    /// [`CONSISTENCY`].
+    pub async fn prepare(&self, what: &str, cql: &str) -> Result<PreparedStatement, StoreError> {
+        let mut statement = self
+            .retrying(what, || async { Ok(self.session.prepare(cql).await?) })
+            .await?;
+        statement.set_is_idempotent(true);
+        statement.set_consistency(CONSISTENCY);
+        Ok(statement)
+    }
+
+    /// An empty single-partition batch: unlogged, idempotent, at [`CONSISTENCY`].
+    pub fn batch() -> Batch {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        batch.set_consistency(CONSISTENCY);
+        batch
     }
 
     /// Runs a future to completion on the calling thread (see the module notes).

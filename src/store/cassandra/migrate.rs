@@ -47,12 +47,7 @@ enum CopyWrite {
 async fn copy_arm_state(conn: &Connection) -> Result<(), StoreError> {
     let st = Statements::prepare(conn).await?;
     let ks = &conn.keyspace;
-    let prepare = |cql: String| async move {
-        conn.retrying("prepare the migration", || async {
-            Ok(conn.session.prepare(cql.as_str()).await?)
-        })
-        .await
-    };
+    let prepare = |cql: String| async move { conn.prepare("prepare the migration", &cql).await };
     let arm_state = prepare(format!(
         "SELECT tenant, city, slot, banner, bucket, impressions, clicks, applied FROM {ks}.arm_state"
     ))

@@ -44,15 +44,7 @@ pub(super) struct Statements {
 impl Statements {
     pub async fn prepare(conn: &Connection) -> Result<Self, StoreError> {
         let ks = &conn.keyspace;
-        let prepare = |cql: String| async move {
-            let mut statement = conn
-                .retrying("prepare statements", || async {
-                    Ok(conn.session.prepare(cql.as_str()).await?)
-                })
-                .await?;
-            statement.set_is_idempotent(true);
-            Ok::<_, StoreError>(statement)
-        };
+        let prepare = |cql: String| async move { conn.prepare("prepare statements", &cql).await };
         Ok(Statements {
             upsert_count: prepare(format!(
                 "INSERT INTO {ks}.arm_counts (tenant, city, bucket, slot, banner, impressions, clicks) \

@@ -11,12 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchStatement, BatchType};
+use scylla::statement::batch::{Batch, BatchStatement};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::unprepared::Statement;
 use scylla::value::CqlTimestamp;
 
-use super::connection::{Connection, IN_FLIGHT};
+use super::connection::{Connection, CONSISTENCY, IN_FLIGHT};
 use super::retry::Failure;
 use super::schema::check_schema_version;
 use super::statements::Statements;
@@ -112,8 +112,7 @@ impl CassandraStore {
         let mut batches = Vec::new();
         let mut statements = statements.into_iter().peekable();
         while statements.peek().is_some() {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            batch.set_is_idempotent(true);
+            let mut batch = Connection::batch();
             let mut values: BatchValues<'a> = Vec::new();
             for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
                 batch.append_statement(BatchStatement::from(statement.clone()));
@@ -141,8 +140,7 @@ impl CassandraStore {
             let mut values = values.into_iter().peekable();
             while values.peek().is_some() {
                 let chunk: Vec<V> = values.by_ref().take(BATCH_LIMIT).collect();
-                let mut batch = Batch::new(BatchType::Unlogged);
-                batch.set_is_idempotent(true);
+                let mut batch = Connection::batch();
                 for _ in &chunk {
                     batch.append_statement(BatchStatement::from(statement.clone()));
                 }
@@ -382,6 +380,7 @@ impl PosteriorStore for CassandraStore {
         let mut truncate = Statement::new(format!("TRUNCATE {}.arm_counts", self.conn.keyspace));
         truncate.set_request_timeout(Some(TRUNCATE_TIMEOUT));
         truncate.set_is_idempotent(true);
+        truncate.set_consistency(CONSISTENCY);
         self.conn.run(async {
             // The counts go first: a reader that meanwhile reads the old versions reads either
             // the old counts or none, and sees every shard change once the versions go.
@@ -611,8 +610,7 @@ impl PosteriorStore for CassandraStore {
                 BATCH_LIMIT - 1
             )));
         }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_is_idempotent(true);
+        let mut batch = Connection::batch();
         let mut values: BatchValues = Vec::new();
         batch.append_statement(BatchStatement::from(self.st.delete_slot.clone()));
         values.push(Box::new((written - 1, t, s)));
