@@ -159,6 +159,13 @@ pub mod flags {
             .map_err(|e| e.rule)
     }
 
+    /// A city, by the city rule (`model::normalize_city`).
+    pub fn city(s: &str) -> Result<String, String> {
+        slotbandit::model::normalize_city("city", s)
+            .map(|c| c.into_owned())
+            .map_err(|e| e.rule)
+    }
+
     pub fn bucket_minutes(s: &str) -> Result<u32, String> {
         let m: u32 = s
             .parse()

@@ -15,7 +15,7 @@ pub struct PosteriorsArgs {
     #[arg(long, value_parser = flags::name)]
     slot: Option<String>,
     /// A city without counts falls back to the slot's all-city posterior (city `*`).
-    #[arg(long, value_parser = flags::name)]
+    #[arg(long, value_parser = flags::city)]
     city: Option<String>,
     /// Only the whole buckets that start at or after NOW − M minutes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5_256_000))]

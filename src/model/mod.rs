@@ -18,4 +18,6 @@ pub use event::{
 };
 pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
-pub use validate::{normalize_name, validate_name, validate_token, FieldError};
+pub use validate::{
+    normalize_city, normalize_name, validate_name, validate_token, FieldError, CITY_RULE,
+};

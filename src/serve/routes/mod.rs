@@ -20,7 +20,7 @@ use axum::Router;
 
 use super::error::ApiError;
 use super::{compat, pages, AppState};
-use crate::model::{validate_name, validate_token};
+use crate::model::{normalize_city, validate_name, validate_token};
 use crate::store::StoreError;
 
 /// The longest window a decision or posterior may ask for: 30 days.
@@ -117,20 +117,20 @@ pub(super) fn given(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-/// A name (`[a-z0-9_-]{1,64}`) that must be given.
-pub(super) fn required_name(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    let name = given(value).ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    validate_name(field, &name)?;
-    Ok(name)
+/// A city (normalized, `model::normalize_city`) that must be given.
+pub(super) fn required_city(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let city = given(value).ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    Ok(normalize_city(field, &city)?.into_owned())
 }
 
-/// A name that may be left out.
-fn optional_name(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    let name = given(value);
-    if let Some(n) = &name {
-        validate_name(field, n)?;
-    }
-    Ok(name)
+/// A city (normalized) that may be left out.
+pub(super) fn optional_city(
+    field: &str,
+    value: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    given(value)
+        .map(|c| Ok(normalize_city(field, &c)?.into_owned()))
+        .transpose()
 }
 
 /// A free-form token (no white space, at most `max` bytes) that may be left out.

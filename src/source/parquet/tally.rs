@@ -9,7 +9,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type};
 use rustc_hash::FxHashMap;
 
-use crate::model::{validate_name, EventKind, FieldError, PackedArm};
+use std::borrow::Cow;
+
+use crate::model::{normalize_city, validate_name, EventKind, FieldError, PackedArm};
 use crate::time::Buckets;
 
 /// Names interned by the worker that reads them, so that a tally is keyed by four integers and
@@ -103,8 +105,11 @@ impl NameColumn {
         let values = dict.values().as_string::<i32>().clone();
         let ids = (0..values.len())
             .map(|i| {
-                (values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
-                    .then(|| names.intern(values.value(i)))
+                values
+                    .is_valid(i)
+                    .then(|| column_name(name, values.value(i)).ok())
+                    .flatten()
+                    .map(|n| names.intern(&n))
             })
             .collect();
         Ok(Self {
@@ -146,9 +151,18 @@ impl NameColumn {
         if k >= self.values.len() || self.values.is_null(k) {
             return FieldError::new(self.name, "is required");
         }
-        validate_name(self.name, self.values.value(k))
+        column_name(self.name, self.values.value(k))
             .err()
             .unwrap_or_else(|| FieldError::new(self.name, "is invalid"))
+    }
+}
+
+/// A column's value as a name: a city by the city rule, any other name as it is.
+fn column_name<'v>(column: &str, value: &'v str) -> Result<Cow<'v, str>, FieldError> {
+    if column == "city" {
+        normalize_city(column, value)
+    } else {
+        validate_name(column, value).map(|()| Cow::Borrowed(value))
     }
 }
 
