@@ -2,6 +2,7 @@
 //! job, stores and service share, slot configurations, the address parser, and their codecs.
 
 pub mod address;
+mod alias;
 mod arm;
 mod counts;
 mod event;
@@ -10,6 +11,7 @@ pub mod parquet;
 mod slot;
 mod validate;
 
+pub use alias::{CityAliases, TenantAliases};
 pub use arm::{ArmKey, PackedArm};
 pub use counts::{pool_cities, Counts};
 pub use event::{

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::bandit::{BetaPosterior, SlotPolicy, SlotPriors};
-use crate::model::{ArmKey, Counts, SlotConfig, ALL_CITIES};
+use crate::model::{ArmKey, CityAliases, Counts, SlotConfig, ALL_CITIES};
 use crate::store::{CountQuery, Part, PosteriorStore, StoreError, Versions};
 use crate::time::Retention;
 
@@ -283,6 +283,8 @@ pub struct Snapshot {
     pub loaded_at_utc: DateTime<Utc>,
     /// The store's "as of" instant (end of the last backfill), if recorded.
     pub store_as_of: Option<DateTime<Utc>>,
+    /// Each tenant's city aliases.
+    aliases: HashMap<String, Arc<CityAliases>>,
     /// The versions each tenant's slots were read at.
     versions: HashMap<String, Arc<Versions>>,
     /// Each kept window's first bucket when it was read.
@@ -302,6 +304,15 @@ pub enum Refresh {
 impl Snapshot {
     pub fn slot(&self, tenant: &str, slot: &str) -> Option<&Arc<SlotEntry>> {
         self.slots.get(tenant)?.get(slot)
+    }
+
+    /// The city whose arms answer for `city` (normalized) in `tenant`: its canonical city when
+    /// it is an alias.
+    pub fn resolve_city<'a>(&'a self, tenant: &str, city: &'a str) -> &'a str {
+        match self.aliases.get(tenant) {
+            Some(a) => a.resolve(city),
+            None => city,
+        }
     }
 
     pub fn slot_count(&self) -> usize {
@@ -348,11 +359,22 @@ impl Snapshot {
             TenantScope::Only(listed) => listed.iter().cloned().collect(),
         };
         let mut slots = HashMap::new();
+        let mut aliases = HashMap::new();
         let mut versions = HashMap::new();
         let mut shards = 0;
         for tenant in tenants {
             let current = Arc::new(store.versions(&tenant)?);
             let before = previous.and_then(|p| p.versions.get(&tenant));
+            let alias_version = |v: &Versions| v.get(&(Part::Aliases, String::new())).copied();
+            let kept_aliases = previous
+                .and_then(|p| p.aliases.get(&tenant))
+                .filter(|_| before.map(|b| alias_version(b)) == Some(alias_version(&current)));
+            let tenant_aliases = match (kept_aliases, alias_version(&current)) {
+                (Some(kept), _) => kept.clone(),
+                (None, Some(_)) => Arc::new(store.city_aliases(&tenant)?),
+                (None, None) => Arc::default(),
+            };
+            aliases.insert(tenant.clone(), tenant_aliases);
             let loaded = match before {
                 Some(before) if **before == *current => {
                     previous.and_then(|p| p.slots.get(&tenant)).cloned()
@@ -397,6 +419,7 @@ impl Snapshot {
                 loaded_at: Instant::now(),
                 loaded_at_utc: now,
                 store_as_of: store.as_of()?,
+                aliases,
                 versions,
                 window_starts,
                 marker,
@@ -445,6 +468,8 @@ impl VersionDiff {
             match part {
                 Part::Shard => diff.cities.insert(name.clone()),
                 Part::Slot | Part::Priors => diff.slots.insert(name.clone()),
+                // Read by the refresh itself; they change no slot or shard.
+                Part::Aliases => false,
             };
         }
         diff

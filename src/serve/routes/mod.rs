@@ -1,9 +1,10 @@
 //! The HTTP routes: one file per resource of the `/v1` API (`decision`, `click`, `slots`,
-//! `posteriors` with series, and `operations`: who am I, health, readiness, metrics), the router
+//! `posteriors` with series, `cities` (city aliases), and `operations`: who am I, health, readiness, metrics), the router
 //! that assembles them with the seed-compatible routes and the pages, and the checks the
 //! handlers share. Handlers are thin: check the caller, validate the input (every error names
 //! its field), then read the cache or write through the store and the event log.
 
+pub mod cities;
 pub mod click;
 pub mod decision;
 pub mod operations;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use super::error::ApiError;
@@ -50,12 +51,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(posteriors::series),
         )
         .route("/v1/tenants/{tenant}/clicks", post(click::click))
+        .route(
+            "/v1/tenants/{tenant}/city-aliases",
+            get(cities::list_aliases),
+        )
+        .route(
+            "/v1/tenants/{tenant}/city-aliases/{alias}",
+            put(cities::put_alias).delete(cities::delete_alias),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(
             Router::new()
                 .route(
                     "/v1/tenants/{tenant}/slot-imports",
                     post(slots::import_slots),
+                )
+                .route(
+                    "/v1/tenants/{tenant}/city-alias-imports",
+                    post(cities::import_aliases),
                 )
                 .layer(DefaultBodyLimit::max(csv_limit)),
         );

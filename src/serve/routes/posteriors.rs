@@ -121,7 +121,7 @@ pub async fn posteriors(
     let now = Utc::now();
     let cities = match &city {
         Some(c) => {
-            let (a, shown) = arms.for_city(c);
+            let (a, shown) = arms.for_city(snapshot.resolve_city(&tenant, c));
             vec![city_posteriors(shown, a, now)]
         }
         None => {
@@ -209,6 +209,10 @@ pub async fn series(
     let city = optional_city("city", q.city)?;
     let count = bounded("buckets", q.buckets.as_deref(), 1, 2000)?.unwrap_or(168) as i64;
     let entry = state.slot_entry(&tenant, &slot)?;
+    let city = match (city, state.cache.snapshot()) {
+        (Some(c), Some(snapshot)) => Some(snapshot.resolve_city(&tenant, &c).to_string()),
+        (city, _) => city,
+    };
     let banners: Vec<String> = entry.config.banners.iter().map(|b| b.id.clone()).collect();
     let store = state.cache.store().clone();
     let (t, s, c) = (tenant.clone(), slot.clone(), city.clone());

@@ -11,21 +11,35 @@ use rustc_hash::FxHashMap;
 
 use std::borrow::Cow;
 
-use crate::model::{normalize_city, validate_name, EventKind, FieldError, PackedArm};
+use std::sync::Arc;
+
+use crate::model::{
+    normalize_city, validate_name, EventKind, FieldError, PackedArm, TenantAliases,
+};
 use crate::time::Buckets;
 
 /// Names interned by the worker that reads them, so that a tally is keyed by four integers and
-/// the strings of an arm are built once per distinct key of an epoch, not once per batch.
+/// the strings of an arm are built once per distinct key of an epoch, not once per batch. Cities
+/// are interned normalized; an arm's city is resolved through its tenant's aliases when the arm
+/// is built.
 #[derive(Debug, Default)]
 pub struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
+    aliases: Arc<TenantAliases>,
 }
 
 /// An arm as interned (tenant, slot, city, banner).
 pub type ArmIds = [u32; 4];
 
 impl Names {
+    pub fn new(aliases: Arc<TenantAliases>) -> Self {
+        Self {
+            aliases,
+            ..Self::default()
+        }
+    }
+
     fn intern(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
@@ -41,7 +55,7 @@ impl Names {
     /// session 8).
     pub fn arm(&self, ids: ArmIds) -> PackedArm {
         let [tenant, slot, city, banner] = ids.map(|id| self.names[id as usize].as_str());
-        PackedArm::new(tenant, slot, city, banner)
+        PackedArm::new(tenant, slot, self.aliases.resolve(tenant, city), banner)
     }
 }
 

@@ -34,6 +34,9 @@ pub(super) struct Statements {
     pub insert_banner: PreparedStatement,
     pub slot_banners: PreparedStatement,
     pub slot_partitions: PreparedStatement,
+    pub delete_city_aliases: PreparedStatement,
+    pub insert_city_alias: PreparedStatement,
+    pub city_aliases: PreparedStatement,
     pub put_api_key: PreparedStatement,
     pub api_key: PreparedStatement,
     pub api_key_tenants: PreparedStatement,
@@ -161,6 +164,19 @@ impl Statements {
             .await?,
             slot_partitions: prepare(format!(
                 "SELECT DISTINCT tenant, slot FROM {ks}.slot_banners"
+            ))
+            .await?,
+            delete_city_aliases: prepare(format!(
+                "DELETE FROM {ks}.city_aliases USING TIMESTAMP ? WHERE tenant = ?"
+            ))
+            .await?,
+            insert_city_alias: prepare(format!(
+                "INSERT INTO {ks}.city_aliases (tenant, alias, city) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            city_aliases: prepare(format!(
+                "SELECT alias, city FROM {ks}.city_aliases WHERE tenant = ?"
             ))
             .await?,
             put_api_key: prepare(format!(

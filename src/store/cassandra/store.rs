@@ -22,7 +22,8 @@ use super::schema::check_schema_version;
 use super::statements::Statements;
 use crate::bandit::SlotPriors;
 use crate::model::{
-    ArmKey, Banner, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
+    ArmKey, Banner, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
+    ALL_TIME,
 };
 use crate::store::customer_rows::CustomerEventRow;
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
@@ -76,6 +77,36 @@ impl CassandraStore {
         &self,
         shard: &'a ShardWrite,
     ) -> Result<Vec<(Batch, BatchValues<'a>)>, StoreError> {
+        let statements = self.shard_statements(shard)?;
+        let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
+        if statements.len() > BATCH_LIMIT && !shard.applied.is_empty() {
+            return Err(self.conn.fail(format!(
+                "shard ({t}, {c}) changed {} rows in one epoch; one batch holds at most {BATCH_LIMIT} \
+                 statements (use shorter epochs)",
+                shard.rows.len()
+            )));
+        }
+        let mut batches = Vec::new();
+        let mut statements = statements.into_iter().peekable();
+        while statements.peek().is_some() {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            batch.set_is_idempotent(true);
+            let mut values: BatchValues<'a> = Vec::new();
+            for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
+                batch.append_statement(BatchStatement::from(statement.clone()));
+                values.push(value);
+            }
+            batches.push((batch, values));
+        }
+        Ok(batches)
+    }
+
+    /// The statements that write one shard, in order.
+    #[allow(clippy::type_complexity)]
+    fn shard_statements<'a>(
+        &self,
+        shard: &'a ShardWrite,
+    ) -> Result<Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)>, StoreError> {
         let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
         let expired = |bucket: i64| shard.keep_from.is_some_and(|k| (0..k).contains(&bucket));
         let mut statements: Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)> = Vec::new();
@@ -102,26 +133,7 @@ impl CassandraStore {
             let values = (offsets_to_cql(&shard.applied), t, c);
             statements.push((&self.st.add_applied, Box::new(values)));
         }
-        if statements.len() > BATCH_LIMIT && !shard.applied.is_empty() {
-            return Err(self.conn.fail(format!(
-                "shard ({t}, {c}) changed {} rows in one epoch; one batch holds at most {BATCH_LIMIT} \
-                 statements (use shorter epochs)",
-                shard.rows.len()
-            )));
-        }
-        let mut batches = Vec::new();
-        let mut statements = statements.into_iter().peekable();
-        while statements.peek().is_some() {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            batch.set_is_idempotent(true);
-            let mut values: BatchValues<'a> = Vec::new();
-            for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
-                batch.append_statement(BatchStatement::from(statement.clone()));
-                values.push(value);
-            }
-            batches.push((batch, values));
-        }
-        Ok(batches)
+        Ok(statements)
     }
 
     /// Runs `statement` once per (tenant, values), as one single-partition batch of
@@ -376,6 +388,38 @@ impl PosteriorStore for CassandraStore {
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<()>();
         self.conn.run(self.versioned(&parts, write_shards))
+    }
+
+    /// One LOGGED batch over both partitions: Cassandra applies it all or not at all (the
+    /// batch log replays it after a coordinator failure), which a merge needs and an epoch's
+    /// single-partition batches do not.
+    fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        let mut values: BatchValues = Vec::new();
+        for write in writes {
+            for (statement, value) in self.shard_statements(write)? {
+                batch.append_statement(BatchStatement::from(statement.clone()));
+                values.push(value);
+            }
+        }
+        if values.len() > BATCH_LIMIT {
+            return Err(self.conn.fail(format!(
+                "merging shard ({}, {}) takes {} statements; one batch holds at most {BATCH_LIMIT}",
+                writes[0].shard.tenant,
+                writes[0].shard.city,
+                values.len()
+            )));
+        }
+        let parts: Vec<(&str, Part, &str)> = writes
+            .iter()
+            .map(|s| (s.shard.tenant.as_str(), Part::Shard, s.shard.city.as_str()))
+            .collect();
+        let write = self.conn.retrying("merge shards", || async {
+            self.conn.session.batch(&batch, &values).await?;
+            Ok(())
+        });
+        self.conn.run(self.versioned(&parts, write))
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
@@ -674,6 +718,43 @@ impl PosteriorStore for CassandraStore {
         slots.retain(|(t, _)| tenant.is_none_or(|want| want == t));
         slots.sort();
         Ok(slots)
+    }
+
+    fn city_aliases(&self, tenant: &str) -> Result<CityAliases, StoreError> {
+        let rows: Vec<(String, String)> = self.conn.run(self.conn.select_all(
+            "read city aliases",
+            &self.st.city_aliases,
+            (tenant,),
+        ))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    fn put_city_aliases(&self, tenant: &str, aliases: &CityAliases) -> Result<(), StoreError> {
+        // As in put_slot: the old aliases are deleted one microsecond before the new ones are
+        // written, in one single-partition batch.
+        let written = Utc::now().timestamp_micros();
+        if aliases.len() + 1 > BATCH_LIMIT {
+            return Err(self.conn.fail(format!(
+                "tenant {tenant} has {} city aliases; at most {} fit in one batch",
+                aliases.len(),
+                BATCH_LIMIT - 1
+            )));
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_is_idempotent(true);
+        let mut values: BatchValues = Vec::new();
+        batch.append_statement(BatchStatement::from(self.st.delete_city_aliases.clone()));
+        values.push(Box::new((written - 1, tenant)));
+        for (alias, city) in aliases.iter() {
+            batch.append_statement(BatchStatement::from(self.st.insert_city_alias.clone()));
+            values.push(Box::new((tenant, alias, city, written)));
+        }
+        let write = self.conn.retrying("write city aliases", || async {
+            self.conn.session.batch(&batch, &values).await?;
+            Ok(())
+        });
+        self.conn
+            .run(self.versioned(&[(tenant, Part::Aliases, "")], write))
     }
 
     fn put_api_key(&self, key_sha256: &str, key: &ApiKey) -> Result<(), StoreError> {

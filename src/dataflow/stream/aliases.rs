@@ -1,0 +1,160 @@
+//! City aliases in the stream job (docs/architecture.md, "City names"). An alias is in force,
+//! its events counted into its city's shard, once the alias's own shard holds no counts: at
+//! start, process 0 merges each alias's shard into its city's in one atomic store write, when
+//! that merge is exact, before any worker loads its shards. A job whose store's aliases change,
+//! or whose pending merge becomes exact, stops after its stored epochs and starts again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::model::{CityAliases, CountKey, Counts, Offset, Partition, ShardKey, TenantAliases};
+use crate::store::{PosteriorStore, ShardState, ShardWrite, StoreError};
+
+/// The shards of an alias and of its city, as stored.
+struct Pair {
+    alias: ShardState,
+    city: ShardState,
+}
+
+/// The stored shards of `tenant`'s `alias` and `city`.
+fn pair(
+    store: &dyn PosteriorStore,
+    tenant: &str,
+    alias: &str,
+    city: &str,
+) -> Result<Pair, StoreError> {
+    let mut alias_shard = ShardState::new(ShardKey::new(tenant, alias));
+    let mut city_shard = ShardState::new(ShardKey::new(tenant, city));
+    let owns = |t: &str, c: &str| t == tenant && (c == alias || c == city);
+    for shard in store.shards(&owns)? {
+        if shard.shard.city == alias {
+            alias_shard = shard;
+        } else {
+            city_shard = shard;
+        }
+    }
+    Ok(Pair {
+        alias: alias_shard,
+        city: city_shard,
+    })
+}
+
+impl Pair {
+    fn pending(&self) -> bool {
+        self.alias.rows.iter().any(|(_, c)| !c.is_zero())
+    }
+
+    /// Whether one applied offset per partition can stand for both shards: every partition
+    /// either shard applied is applied by every shard below the job's checkpoint, past both
+    /// offsets. Then no event of either name lies uncounted below the larger offset, which is
+    /// so after a clean stop but not after a crash that cut an epoch's shard writes apart.
+    fn exact(&self, checkpoints: &BTreeMap<Partition, Offset>) -> bool {
+        self.alias
+            .applied
+            .iter()
+            .chain(&self.city.applied)
+            .all(|(p, o)| checkpoints.get(p).is_some_and(|c| c.0 > o.0))
+    }
+
+    /// The merge: the alias's rows to (0, 0); the city's rows plus the alias's; per partition
+    /// the larger applied offset.
+    fn merge(self) -> [ShardWrite; 2] {
+        let city_shard = self.city.shard.clone();
+        let mut sums: BTreeMap<(String, String, i64), Counts> = BTreeMap::new();
+        for (key, c) in self.city.rows.iter().chain(&self.alias.rows) {
+            let k = (key.arm.slot.clone(), key.arm.banner.clone(), key.bucket);
+            *sums.entry(k).or_default() += *c;
+        }
+        let mut applied = self.city.applied;
+        for (p, o) in self.alias.applied {
+            let a = applied.entry(p).or_insert(o);
+            *a = (*a).max(o);
+        }
+        let into = ShardWrite {
+            rows: sums
+                .into_iter()
+                .map(|((slot, banner, bucket), c)| {
+                    let arm = crate::model::ArmKey::new(
+                        &city_shard.tenant,
+                        &slot,
+                        &city_shard.city,
+                        &banner,
+                    );
+                    (CountKey::new(Arc::new(arm), bucket), c)
+                })
+                .collect(),
+            applied,
+            ..ShardWrite::new(city_shard)
+        };
+        let from = ShardWrite {
+            rows: self
+                .alias
+                .rows
+                .into_iter()
+                .map(|(k, _)| (k, Counts::default()))
+                .collect(),
+            ..ShardWrite::new(self.alias.shard)
+        };
+        [from, into]
+    }
+}
+
+/// Process 0 at start: merges every declared alias's shard that holds counts into its city's
+/// shard, where that is exact (else the alias waits, not in force, for a later start).
+pub(super) fn merge_alias_shards(store: &dyn PosteriorStore, job: &str) -> Result<(), StoreError> {
+    let checkpoints = store.checkpoints(job)?;
+    for (tenant, alias, city) in store.all_city_aliases()?.iter() {
+        let pair = pair(store, tenant, alias, city)?;
+        if !pair.pending() {
+            continue;
+        }
+        if pair.exact(&checkpoints) {
+            tracing::info!("merging city {alias} of {tenant} into its alias target {city}");
+            store.merge_shards(&pair.merge())?;
+        } else {
+            tracing::warn!(
+                "city alias {alias} = {city} of {tenant} waits: its counts merge once the job's \
+                 checkpoint has passed both shards' applied offsets"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The aliases the job applies: the declared ones whose alias shard holds no counts.
+pub(super) fn aliases_in_force(store: &dyn PosteriorStore) -> Result<TenantAliases, StoreError> {
+    let declared = store.all_city_aliases()?;
+    let mut in_force: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+    for (tenant, alias, city) in declared.iter() {
+        let entry = in_force.entry(tenant).or_default();
+        if !pair(store, tenant, alias, city)?.pending() {
+            entry.push((alias.to_string(), city.to_string()));
+        }
+    }
+    let mut aliases = TenantAliases::default();
+    for (tenant, pairs) in in_force {
+        aliases.insert(tenant, pairs.into_iter().collect::<CityAliases>());
+    }
+    Ok(aliases)
+}
+
+/// Whether the job should start again: the store's aliases are not `declared` any more, or an
+/// alias's pending merge has become exact.
+pub(super) fn restart_due(
+    store: &dyn PosteriorStore,
+    job: &str,
+    declared: &TenantAliases,
+) -> Result<bool, StoreError> {
+    let now = store.all_city_aliases()?;
+    if now != *declared {
+        return Ok(true);
+    }
+    let checkpoints = store.checkpoints(job)?;
+    for (tenant, alias, city) in now.iter() {
+        let pair = pair(store, tenant, alias, city)?;
+        if pair.pending() && pair.exact(&checkpoints) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
