@@ -283,14 +283,19 @@ pub struct Snapshot {
     pub loaded_at_utc: DateTime<Utc>,
     /// The store's "as of" instant (end of the last backfill), if recorded.
     pub store_as_of: Option<DateTime<Utc>>,
-    /// Each tenant's city aliases.
-    aliases: HashMap<String, Arc<CityAliases>>,
-    /// The versions each tenant's slots were read at.
-    versions: HashMap<String, Arc<Versions>>,
+    /// Per tenant, the versions its slots were read at, and its city aliases.
+    tenants: HashMap<String, TenantRead>,
     /// Each kept window's first bucket when it was read.
     window_starts: BTreeMap<u32, i64>,
     /// The store's change marker when this snapshot was read.
     marker: Option<u64>,
+}
+
+/// What a snapshot read of one tenant besides its slots.
+#[derive(Debug, Clone)]
+struct TenantRead {
+    versions: Arc<Versions>,
+    aliases: Arc<CityAliases>,
 }
 
 /// What a refresh found.
@@ -309,8 +314,8 @@ impl Snapshot {
     /// The city whose arms answer for `city` (normalized) in `tenant`: its canonical city when
     /// it is an alias.
     pub fn resolve_city<'a>(&'a self, tenant: &str, city: &'a str) -> &'a str {
-        match self.aliases.get(tenant) {
-            Some(a) => a.resolve(city),
+        match self.tenants.get(tenant) {
+            Some(t) => t.aliases.resolve(city),
             None => city,
         }
     }
@@ -359,22 +364,21 @@ impl Snapshot {
             TenantScope::Only(listed) => listed.iter().cloned().collect(),
         };
         let mut slots = HashMap::new();
-        let mut aliases = HashMap::new();
-        let mut versions = HashMap::new();
+        let mut read = HashMap::new();
         let mut shards = 0;
         for tenant in tenants {
             let current = Arc::new(store.versions(&tenant)?);
-            let before = previous.and_then(|p| p.versions.get(&tenant));
+            let read_before = previous.and_then(|p| p.tenants.get(&tenant));
+            let before = read_before.map(|r| &r.versions);
             let alias_version = |v: &Versions| v.get(&(Part::Aliases, String::new())).copied();
-            let kept_aliases = previous
-                .and_then(|p| p.aliases.get(&tenant))
-                .filter(|_| before.map(|b| alias_version(b)) == Some(alias_version(&current)));
-            let tenant_aliases = match (kept_aliases, alias_version(&current)) {
-                (Some(kept), _) => kept.clone(),
+            let kept_aliases = read_before
+                .filter(|r| alias_version(&r.versions) == alias_version(&current))
+                .map(|r| r.aliases.clone());
+            let aliases = match (kept_aliases, alias_version(&current)) {
+                (Some(kept), _) => kept,
                 (None, Some(_)) => Arc::new(store.city_aliases(&tenant)?),
                 (None, None) => Arc::default(),
             };
-            aliases.insert(tenant.clone(), tenant_aliases);
             let loaded = match before {
                 Some(before) if **before == *current => {
                     previous.and_then(|p| p.slots.get(&tenant)).cloned()
@@ -405,7 +409,13 @@ impl Snapshot {
             if let Some(loaded) = loaded.filter(|l| !l.is_empty()) {
                 slots.insert(tenant.clone(), loaded);
             }
-            versions.insert(tenant, current);
+            read.insert(
+                tenant,
+                TenantRead {
+                    versions: current,
+                    aliases,
+                },
+            );
         }
         let arms = slots
             .values()
@@ -419,8 +429,7 @@ impl Snapshot {
                 loaded_at: Instant::now(),
                 loaded_at_utc: now,
                 store_as_of: store.as_of()?,
-                aliases,
-                versions,
+                tenants: read,
                 window_starts,
                 marker,
             },

@@ -35,6 +35,9 @@ use crate::store::{
 
 /// A batch holds at most this many statements (the protocol counts them in a u16).
 const BATCH_LIMIT: usize = u16::MAX as usize;
+
+/// Statements with their values, to be batched.
+type ShardStatements<'s, 'a> = Vec<(&'s PreparedStatement, Box<dyn SerializeRow + 'a>)>;
 /// TRUNCATE flushes and waits for every replica.
 const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -102,11 +105,10 @@ impl CassandraStore {
     }
 
     /// The statements that write one shard, in order.
-    #[allow(clippy::type_complexity)]
-    fn shard_statements<'a>(
-        &self,
+    fn shard_statements<'s, 'a>(
+        &'s self,
         shard: &'a ShardWrite,
-    ) -> Result<Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)>, StoreError> {
+    ) -> Result<ShardStatements<'s, 'a>, StoreError> {
         let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
         let expired = |bucket: i64| shard.keep_from.is_some_and(|k| (0..k).contains(&bucket));
         let mut statements: Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)> = Vec::new();
