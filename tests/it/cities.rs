@@ -161,7 +161,16 @@ fn the_stream_counts_every_spelling_as_one_arm_and_a_later_alias_merges_history_
     assert!(!cities_of(&counts).contains(&"bangalore"));
     // A rerun changes nothing: the merge is not done twice.
     stream();
-    assert_eq!(posteriors(&store, &[]), recount_as(&events, &aliases));
+    let want = recount_as(&events, &aliases);
+    assert_eq!(posteriors(&store, &[]), want);
+    let bengaluru: Counts = want
+        .into_iter()
+        .filter(|(k, _)| k.2 == "bengaluru")
+        .collect();
+    assert_eq!(
+        posteriors(&store, &["--tenant", "ajio", "--city", " BANGALORE"]),
+        bengaluru
+    );
 }
 
 /// A running stream job sees an alias declared meanwhile: it stops after its stored epochs,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::{CityAliases, CountKey, Counts, Offset, Partition, ShardKey, TenantAliases};
-use crate::store::{PosteriorStore, ShardState, ShardWrite, StoreError};
+use crate::store::{CountQuery, PosteriorStore, ShardState, ShardWrite, StoreError};
 
 /// The shards of an alias and of its city, as stored.
 struct Pair {
@@ -39,11 +39,18 @@ fn pair(
     })
 }
 
-impl Pair {
-    fn pending(&self) -> bool {
-        self.alias.rows.iter().any(|(_, c)| !c.is_zero())
-    }
+/// Whether `alias`'s own shard holds counts (its all-time rows: one slice), which wait to be
+/// merged into its city's.
+fn pending(store: &dyn PosteriorStore, tenant: &str, alias: &str) -> Result<bool, StoreError> {
+    let query = CountQuery {
+        tenant: Some(tenant.to_string()),
+        city: Some(alias.to_string()),
+        ..Default::default()
+    };
+    Ok(store.counts(&query)?.iter().any(|(_, c)| !c.is_zero()))
+}
 
+impl Pair {
     /// Whether one applied offset per partition can stand for both shards: every partition
     /// either shard applied is applied by every shard below the job's checkpoint, past both
     /// offsets. Then no event of either name lies uncounted below the larger offset, which is
@@ -104,10 +111,10 @@ impl Pair {
 pub(super) fn merge_alias_shards(store: &dyn PosteriorStore, job: &str) -> Result<(), StoreError> {
     let checkpoints = store.checkpoints(job)?;
     for (tenant, alias, city) in store.all_city_aliases()?.iter() {
-        let pair = pair(store, tenant, alias, city)?;
-        if !pair.pending() {
+        if !pending(store, tenant, alias)? {
             continue;
         }
+        let pair = pair(store, tenant, alias, city)?;
         if pair.exact(&checkpoints) {
             tracing::info!("merging city {alias} of {tenant} into its alias target {city}");
             store.merge_shards(&pair.merge())?;
@@ -127,7 +134,7 @@ pub(super) fn aliases_in_force(store: &dyn PosteriorStore) -> Result<TenantAlias
     let mut in_force: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
     for (tenant, alias, city) in declared.iter() {
         let entry = in_force.entry(tenant).or_default();
-        if !pair(store, tenant, alias, city)?.pending() {
+        if !pending(store, tenant, alias)? {
             entry.push((alias.to_string(), city.to_string()));
         }
     }
@@ -151,8 +158,7 @@ pub(super) fn restart_due(
     }
     let checkpoints = store.checkpoints(job)?;
     for (tenant, alias, city) in now.iter() {
-        let pair = pair(store, tenant, alias, city)?;
-        if pair.pending() && pair.exact(&checkpoints) {
+        if pending(store, tenant, alias)? && pair(store, tenant, alias, city)?.exact(&checkpoints) {
             return Ok(true);
         }
     }
