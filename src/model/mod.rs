@@ -20,6 +20,4 @@ pub use event::{
 };
 pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
-pub use validate::{
-    normalize_city, normalize_name, validate_name, validate_token, FieldError, CITY_RULE,
-};
+pub use validate::{normalize_city, normalize_name, validate_name, validate_token, FieldError};
