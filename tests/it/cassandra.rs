@@ -95,7 +95,7 @@ fn version_1_schema(keyspace: &str) -> Vec<String> {
 pub(crate) struct Keyspace {
     node: String,
     pub(crate) name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Keyspace {

@@ -109,12 +109,27 @@ fn import_aliases(store: &str, csv: &str, dir: &Path) -> std::process::Output {
 #[test]
 fn the_stream_counts_every_spelling_as_one_arm_and_a_later_alias_merges_history_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let events = spelled_events(dir.path(), 41);
-    let (early, late) = events.split_at(events.len() / 2);
-    let log = format!("file:{}?partitions=3", dir.path().join("log").display());
     let store = format!("embedded:{}", dir.path().join("s.redb").display());
+    stream_spellings_then_a_later_alias(dir.path(), &store);
+}
+
+/// The same on Cassandra, where the merge is one LOGGED batch over the two shards' partitions.
+#[test]
+fn on_cassandra_the_stream_merges_a_later_alias_exactly() {
+    let Some(node) = crate::common::service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = crate::cassandra::Keyspace::new(&node, "sbt_cities");
+    let dir = tempfile::tempdir().unwrap();
+    stream_spellings_then_a_later_alias(dir.path(), &ks.url);
+}
+
+fn stream_spellings_then_a_later_alias(dir: &Path, store: &str) {
+    let events = spelled_events(dir, 41);
+    let (early, late) = events.split_at(events.len() / 2);
+    let log = format!("file:{}?partitions=3", dir.join("log").display());
     let produce = |name: &str, part: &[Event]| {
-        let file = dir.path().join(name);
+        let file = dir.join(name);
         write_jsonl(&file, part);
         ok(slotbandit(&[
             "produce",
@@ -130,7 +145,7 @@ fn the_stream_counts_every_spelling_as_one_arm_and_a_later_alias_merges_history_
             "--log",
             &log,
             "--store",
-            &store,
+            store,
             "--stop-at-end",
             "--epoch-ms",
             "50",
@@ -139,7 +154,7 @@ fn the_stream_counts_every_spelling_as_one_arm_and_a_later_alias_merges_history_
 
     produce("early.jsonl", early);
     stream();
-    let counts = posteriors(&store, &[]);
+    let counts = posteriors(store, &[]);
     assert_eq!(counts, recount_as(early, &[]));
     let cities = cities_of(&counts);
     for city in ["bangalore", "bengaluru", "new_delhi", "pune"] {
@@ -149,26 +164,26 @@ fn the_stream_counts_every_spelling_as_one_arm_and_a_later_alias_merges_history_
     // Declared after history exists under `bangalore`: the next run merges it into
     // `bengaluru` before it counts, and counts later `Bangalore` events there.
     ok(import_aliases(
-        &store,
+        store,
         "alias,city\nBangalore,Bengaluru\n",
-        dir.path(),
+        dir,
     ));
     produce("late.jsonl", late);
     stream();
     let aliases = [("bangalore", "bengaluru")];
-    let counts = posteriors(&store, &[]);
+    let counts = posteriors(store, &[]);
     assert_eq!(counts, recount_as(&events, &aliases));
     assert!(!cities_of(&counts).contains(&"bangalore"));
     // A rerun changes nothing: the merge is not done twice.
     stream();
     let want = recount_as(&events, &aliases);
-    assert_eq!(posteriors(&store, &[]), want);
+    assert_eq!(posteriors(store, &[]), want);
     let bengaluru: Counts = want
         .into_iter()
         .filter(|(k, _)| k.2 == "bengaluru")
         .collect();
     assert_eq!(
-        posteriors(&store, &["--tenant", "ajio", "--city", " BANGALORE"]),
+        posteriors(store, &["--tenant", "ajio", "--city", " BANGALORE"]),
         bengaluru
     );
 }

@@ -164,3 +164,77 @@ pub(super) fn restart_due(
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ArmKey;
+    use crate::store::EmbeddedStore;
+
+    fn write(city: &str, impressions: u64, applied: &[(i32, i64)]) -> ShardWrite {
+        let arm = ArmKey::new("t1", "hero", city, "b1");
+        ShardWrite {
+            rows: vec![(
+                CountKey::all_time(Arc::new(arm)),
+                Counts::new(impressions, impressions / 10),
+            )],
+            applied: applied
+                .iter()
+                .map(|&(p, o)| (Partition(p), Offset(o)))
+                .collect(),
+            ..ShardWrite::new(ShardKey::new("t1", city))
+        }
+    }
+
+    fn all_time(store: &dyn PosteriorStore, city: &str) -> Option<Counts> {
+        let query = CountQuery {
+            city: Some(city.into()),
+            ..Default::default()
+        };
+        store.counts(&query).unwrap().first().map(|(_, c)| *c)
+    }
+
+    /// After a crash that cut an epoch's writes apart, `bangalore` applied partition 0 up to 100
+    /// and `bengaluru` only to 50: one offset cannot stand for both until the checkpoint has
+    /// passed 100, so the merge waits, with the alias not in force, and the job restarts to
+    /// merge once it has.
+    #[test]
+    fn a_merge_waits_until_the_checkpoint_has_passed_both_shards_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
+        store
+            .apply_epoch(&[
+                write("bangalore", 40, &[(0, 100)]),
+                write("bengaluru", 60, &[(0, 50), (1, 7)]),
+            ])
+            .unwrap();
+        let mut aliases = CityAliases::default();
+        aliases.declare("bangalore", "bengaluru").unwrap();
+        store.put_city_aliases("t1", &aliases).unwrap();
+        let declared = store.all_city_aliases().unwrap();
+        let checkpoint = |p0: i64| {
+            let offsets = BTreeMap::from([(Partition(0), Offset(p0)), (Partition(1), Offset(8))]);
+            store.set_checkpoints("stream", &offsets).unwrap();
+        };
+
+        checkpoint(60);
+        merge_alias_shards(&store, "stream").unwrap();
+        assert_eq!(all_time(&store, "bangalore"), Some(Counts::new(40, 4)));
+        assert_eq!(aliases_in_force(&store).unwrap(), TenantAliases::default());
+        assert!(!restart_due(&store, "stream", &declared).unwrap());
+
+        checkpoint(101);
+        assert!(restart_due(&store, "stream", &declared).unwrap());
+        merge_alias_shards(&store, "stream").unwrap();
+        assert_eq!(all_time(&store, "bangalore"), None);
+        assert_eq!(all_time(&store, "bengaluru"), Some(Counts::new(100, 10)));
+        let merged = store.shards(&|_, c| c == "bengaluru").unwrap().remove(0);
+        let applied = BTreeMap::from([(Partition(0), Offset(100)), (Partition(1), Offset(7))]);
+        assert_eq!(merged.applied, applied);
+        assert_eq!(aliases_in_force(&store).unwrap(), declared);
+        assert!(!restart_due(&store, "stream", &declared).unwrap());
+        // Run again (a crash after the merge), it changes nothing.
+        merge_alias_shards(&store, "stream").unwrap();
+        assert_eq!(all_time(&store, "bengaluru"), Some(Counts::new(100, 10)));
+    }
+}
