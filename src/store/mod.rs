@@ -255,10 +255,16 @@ pub trait PosteriorStore: Send + Sync {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Applies two shard writes, a merge of shard `writes[0]` (every row at (0, 0)) into shard
-    /// `writes[1]` (the sums, the applied offsets), atomically as one: both or neither, so that
-    /// a merge cut short can be run again (docs/architecture.md, "City names").
+    /// Merges shard `writes[0]` (every row at (0, 0)) into shard `writes[1]` (the sums, the
+    /// applied offsets) so that a merge cut short is never applied twice nor half: atomically,
+    /// or in steps that [`PosteriorStore::finish_merges`] or this call again complete
+    /// (docs/architecture.md, "City names").
     fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError>;
+    /// Completes the merges of these aliases that were cut short (a store whose merge is one
+    /// atomic write has none).
+    fn finish_merges(&self, _aliases: &TenantAliases) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes every count (a backfill rebuilds them from history).
     fn clear_counts(&self) -> Result<(), StoreError>;
     /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on. A query of

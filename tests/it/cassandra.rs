@@ -711,6 +711,7 @@ fn schema_apply_moves_a_version_2_keyspace_to_version_3_keeping_its_counts() {
         &node,
         &[
             format!("DROP TABLE {k}.city_aliases"),
+            format!("DROP TABLE {k}.city_merges"),
             format!("DELETE FROM {k}.schema_version WHERE version = 3"),
         ],
     )

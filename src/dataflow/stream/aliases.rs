@@ -110,7 +110,9 @@ impl Pair {
 /// shard, where that is exact (else the alias waits, not in force, for a later start).
 pub(super) fn merge_alias_shards(store: &dyn PosteriorStore, job: &str) -> Result<(), StoreError> {
     let checkpoints = store.checkpoints(job)?;
-    for (tenant, alias, city) in store.all_city_aliases()?.iter() {
+    let declared = store.all_city_aliases()?;
+    store.finish_merges(&declared)?;
+    for (tenant, alias, city) in declared.iter() {
         if !pending(store, tenant, alias)? {
             continue;
         }

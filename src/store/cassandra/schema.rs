@@ -293,6 +293,7 @@ mod tests {
             "meta",
             "schema_version",
             "city_aliases",
+            "city_merges",
         ] {
             let create = format!("CREATE TABLE IF NOT EXISTS sb_test.{table} (");
             assert_eq!(

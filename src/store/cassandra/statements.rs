@@ -37,6 +37,10 @@ pub(super) struct Statements {
     pub delete_city_aliases: PreparedStatement,
     pub insert_city_alias: PreparedStatement,
     pub city_aliases: PreparedStatement,
+    pub record_merge: PreparedStatement,
+    pub merge_record: PreparedStatement,
+    pub delete_merge_record: PreparedStatement,
+    pub delete_shard: PreparedStatement,
     pub put_api_key: PreparedStatement,
     pub api_key: PreparedStatement,
     pub api_key_tenants: PreparedStatement,
@@ -177,6 +181,22 @@ impl Statements {
             .await?,
             city_aliases: prepare(format!(
                 "SELECT alias, city FROM {ks}.city_aliases WHERE tenant = ?"
+            ))
+            .await?,
+            record_merge: prepare(format!(
+                "INSERT INTO {ks}.city_merges (tenant, city, alias, merged_at) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            merge_record: prepare(format!(
+                "SELECT alias FROM {ks}.city_merges WHERE tenant = ? AND city = ? AND alias = ?"
+            ))
+            .await?,
+            delete_merge_record: prepare(format!(
+                "DELETE FROM {ks}.city_merges WHERE tenant = ? AND city = ? AND alias = ?"
+            ))
+            .await?,
+            delete_shard: prepare(format!(
+                "DELETE FROM {ks}.arm_counts WHERE tenant = ? AND city = ?"
             ))
             .await?,
             put_api_key: prepare(format!(

@@ -23,7 +23,7 @@ use super::statements::Statements;
 use crate::bandit::SlotPriors;
 use crate::model::{
     ArmKey, Banner, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
-    ALL_TIME,
+    TenantAliases, ALL_TIME,
 };
 use crate::store::customer_rows::CustomerEventRow;
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
@@ -330,6 +330,38 @@ impl CassandraStore {
             .await
     }
 
+    /// Whether a merge of `alias` into `city` has written its rows and not yet deleted the
+    /// alias's shard.
+    async fn merge_recorded(
+        &self,
+        tenant: &str,
+        alias: &str,
+        city: &str,
+    ) -> Result<bool, StoreError> {
+        let what = format!("read the merge record of ({tenant}, {alias})");
+        let values = (tenant, city, alias);
+        self.conn
+            .select_unpaged(&what, &self.st.merge_record, values, |rows| {
+                Ok(rows.maybe_first_row::<(String,)>()?.is_some())
+            })
+            .await
+    }
+
+    /// The second step of a merge: the alias's shard and the merge's record, together.
+    async fn delete_merged(&self, tenant: &str, alias: &str, city: &str) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_is_idempotent(true);
+        batch.append_statement(BatchStatement::from(self.st.delete_shard.clone()));
+        batch.append_statement(BatchStatement::from(self.st.delete_merge_record.clone()));
+        let values = ((tenant, alias), (tenant, city, alias));
+        self.conn
+            .retrying("delete a merged shard", || async {
+                self.conn.session.batch(&batch, &values).await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// One shard's applied offsets (its static column only).
     async fn shard_applied(
         &self,
@@ -392,36 +424,59 @@ impl PosteriorStore for CassandraStore {
         self.conn.run(self.versioned(&parts, write_shards))
     }
 
-    /// One LOGGED batch over both partitions: Cassandra applies it all or not at all (the
-    /// batch log replays it after a coordinator failure), which a merge needs and an epoch's
-    /// single-partition batches do not.
+    /// In two steps, as no batch over two partitions may be large (Cassandra fails one over
+    /// `batch_size_fail_threshold`, 50 KiB by default): first the city's merged rows and offsets
+    /// with a record of the merge in `city_merges`, one mutation of the city's partition key;
+    /// then the alias's shard and the record, deleted in one small LOGGED batch. A merge cut
+    /// between the steps is finished by [`PosteriorStore::finish_merges`], or by this call
+    /// again, which finds the record and does not add the rows twice.
     fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError> {
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.set_is_idempotent(true);
+        let [from, into] = writes;
+        let tenant = into.shard.tenant.as_str();
+        let (alias, city) = (from.shard.city.as_str(), into.shard.city.as_str());
+        let mut rows = Batch::new(BatchType::Unlogged);
+        rows.set_is_idempotent(true);
         let mut values: BatchValues = Vec::new();
-        for write in writes {
-            for (statement, value) in self.shard_statements(write)? {
-                batch.append_statement(BatchStatement::from(statement.clone()));
-                values.push(value);
-            }
+        for (statement, value) in self.shard_statements(into)? {
+            rows.append_statement(BatchStatement::from(statement.clone()));
+            values.push(value);
         }
+        rows.append_statement(BatchStatement::from(self.st.record_merge.clone()));
+        let now = CqlTimestamp(Utc::now().timestamp_millis());
+        values.push(Box::new((tenant, city, alias, now)));
         if values.len() > BATCH_LIMIT {
             return Err(self.conn.fail(format!(
-                "merging shard ({}, {}) takes {} statements; one batch holds at most {BATCH_LIMIT}",
-                writes[0].shard.tenant,
-                writes[0].shard.city,
-                values.len()
+                "merging shard ({tenant}, {alias}) into ({tenant}, {city}) writes {} rows; one \
+                 batch holds at most {BATCH_LIMIT}",
+                into.rows.len()
             )));
         }
-        let parts: Vec<(&str, Part, &str)> = writes
-            .iter()
-            .map(|s| (s.shard.tenant.as_str(), Part::Shard, s.shard.city.as_str()))
-            .collect();
-        let write = self.conn.retrying("merge shards", || async {
-            self.conn.session.batch(&batch, &values).await?;
+        let parts = [(tenant, Part::Shard, alias), (tenant, Part::Shard, city)];
+        let merge = async {
+            if !self.merge_recorded(tenant, alias, city).await? {
+                self.conn
+                    .retrying("merge shard rows", || async {
+                        self.conn.session.batch(&rows, &values).await?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            self.delete_merged(tenant, alias, city).await
+        };
+        self.conn.run(self.versioned(&parts, merge))
+    }
+
+    fn finish_merges(&self, aliases: &TenantAliases) -> Result<(), StoreError> {
+        self.conn.run(async {
+            for (tenant, alias, city) in aliases.iter() {
+                if self.merge_recorded(tenant, alias, city).await? {
+                    let parts = [(tenant, Part::Shard, alias), (tenant, Part::Shard, city)];
+                    self.versioned(&parts, self.delete_merged(tenant, alias, city))
+                        .await?;
+                }
+            }
             Ok(())
-        });
-        self.conn.run(self.versioned(&parts, write))
+        })
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
