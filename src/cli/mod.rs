@@ -2,6 +2,7 @@
 //! with their causes and exit 1 (clap's own usage errors exit 2).
 
 mod backfill;
+mod cities;
 mod config;
 mod consume;
 mod customer;
@@ -62,6 +63,9 @@ enum Command {
     /// Check or convert slot configurations (the prototype's CSV format).
     #[command(subcommand)]
     Slots(slots::SlotsCommand),
+    /// Declare or list a tenant's city aliases (other spellings of a city).
+    #[command(subcommand)]
+    Cities(cities::CitiesCommand),
     /// Apply or print the Cassandra schema (keyspace and tables).
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
@@ -119,6 +123,7 @@ pub fn run() -> ExitCode {
         Command::Posteriors(args) => posteriors::run(args),
         Command::Priors(args) => priors::run(args),
         Command::Slots(cmd) => slots::run(cmd),
+        Command::Cities(cmd) => cities::run(cmd),
         Command::Schema(cmd) => schema::run(cmd),
         Command::Customer(args) => customer::run(args),
         Command::Simulate(args) => simulate::run(args),
@@ -156,6 +161,13 @@ pub mod flags {
     pub fn name(s: &str) -> Result<String, String> {
         slotbandit::model::validate_name("value", s)
             .map(|()| s.to_string())
+            .map_err(|e| e.rule)
+    }
+
+    /// A city, by the city rule (`model::normalize_city`).
+    pub fn city(s: &str) -> Result<String, String> {
+        slotbandit::model::normalize_city("city", s)
+            .map(|c| c.into_owned())
             .map_err(|e| e.rule)
     }
 

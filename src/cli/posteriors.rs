@@ -14,8 +14,9 @@ pub struct PosteriorsArgs {
     tenant: Option<String>,
     #[arg(long, value_parser = flags::name)]
     slot: Option<String>,
-    /// A city without counts falls back to the slot's all-city posterior (city `*`).
-    #[arg(long, value_parser = flags::name)]
+    /// A city (normalized; with --tenant, resolved through the tenant's city aliases). A city
+    /// without counts falls back to the slot's all-city posterior (city `*`).
+    #[arg(long, value_parser = flags::city)]
     city: Option<String>,
     /// Only the whole buckets that start at or after NOW − M minutes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5_256_000))]
@@ -46,10 +47,14 @@ pub fn run(args: PosteriorsArgs) -> anyhow::Result<()> {
             Some(store.buckets()?.first_in_window(now, minutes))
         }
     };
+    let city = match (&args.tenant, args.city) {
+        (Some(tenant), Some(city)) => Some(store.city_aliases(tenant)?.resolve(&city).to_string()),
+        (_, city) => city,
+    };
     let rows = store.posteriors(&CountQuery {
         tenant: args.tenant,
         slot: args.slot,
-        city: args.city,
+        city,
         from_bucket,
     })?;
     match args.format {

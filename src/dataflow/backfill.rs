@@ -17,7 +17,7 @@ use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress,
 use super::sink::{SinkSpec, SinkStats};
 use super::totals::{total_and_sink, BackfillCell};
 use super::{Cluster, DataflowError};
-use crate::model::Counts;
+use crate::model::{Counts, TenantAliases};
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
 use crate::store::{open_store, PosteriorStore, StoreUrl};
 use crate::time::{Buckets, Retention};
@@ -64,6 +64,8 @@ pub struct BackfillStore {
     store: Option<Arc<dyn PosteriorStore>>,
     /// Whether every process writes the shards its workers own (else process 0 writes all).
     shared: bool,
+    /// Every tenant's city aliases, which the workers apply to the arms they read.
+    aliases: Arc<TenantAliases>,
 }
 
 impl BackfillStore {
@@ -83,7 +85,23 @@ impl BackfillStore {
         } else {
             None
         };
-        Ok(Self { store, shared })
+        let aliases = match &store {
+            Some(store) => store.all_city_aliases()?,
+            None => TenantAliases::default(),
+        };
+        // The processes that cannot open the store would not know them.
+        if !shared && cluster.hosts.len() > 1 && !aliases.is_empty() {
+            return Err(DataflowError::Config(
+                "city aliases are declared, and only process 0 can read this store: run the \
+                 backfill in one process, or on a Cassandra store"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            store,
+            shared,
+            aliases: Arc::new(aliases),
+        })
     }
 }
 
@@ -166,7 +184,7 @@ fn backfill_worker(
         let probe = total_and_sink(cells, bad_files, sink.clone());
         (cells_in, bad_in, probe)
     });
-    let mut names = Names::default();
+    let mut names = Names::new(job.store.aliases.clone());
     let mut epoch = EpochCounts {
         horizon: job.horizon(),
         ..EpochCounts::default()

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::validate::{validate_name, validate_token, FieldError};
+use super::validate::{normalize_city, validate_name, validate_token, FieldError};
 use super::ArmKey;
 use crate::time;
 
@@ -132,7 +132,9 @@ struct RawEvent<'a> {
     request_id: Option<Cow<'a, str>>,
 }
 
-/// Field values before validation, as read from any codec (JSON, Parquet, CSV, HTTP).
+/// Field values before validation, as read from any codec (JSON, Parquet, CSV, HTTP). A codec
+/// hands the city through [`normalize_city`] first: [`EventFields::check`] takes it in that form
+/// only.
 #[derive(Debug, Default, Clone)]
 pub struct EventFields<'a> {
     pub event_id: Option<&'a str>,
@@ -284,12 +286,16 @@ impl Event {
                 Some(time::parse_rfc3339(s).map_err(|e| FieldError::new("ts", e.to_string()))?)
             }
         };
+        let city = match raw.city.as_deref() {
+            None => None,
+            Some(c) => Some(normalize_city("city", c)?),
+        };
         let fields = EventFields {
             event_id: raw.event_id.as_deref(),
             kind: raw.kind.as_deref(),
             tenant: raw.tenant.as_deref(),
             slot: raw.slot.as_deref(),
-            city: raw.city.as_deref(),
+            city: city.as_deref(),
             banner: raw.banner.as_deref(),
             ts,
             customer_id: raw.customer_id.as_deref(),

@@ -2,6 +2,7 @@
 //! job, stores and service share, slot configurations, the address parser, and their codecs.
 
 pub mod address;
+mod alias;
 mod arm;
 mod counts;
 mod event;
@@ -10,6 +11,7 @@ pub mod parquet;
 mod slot;
 mod validate;
 
+pub use alias::{CityAliases, TenantAliases};
 pub use arm::{ArmKey, PackedArm};
 pub use counts::{pool_cities, Counts};
 pub use event::{
@@ -18,4 +20,4 @@ pub use event::{
 };
 pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
 pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
-pub use validate::{normalize_name, validate_name, validate_token, FieldError};
+pub use validate::{normalize_city, normalize_name, validate_name, validate_token, FieldError};

@@ -20,7 +20,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::event::{EventFields, EventRef, FIELDS};
-use super::{Event, FieldError};
+use super::{normalize_city, Event, FieldError};
 use crate::time;
 
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
@@ -410,12 +410,19 @@ impl EventFileReader {
             } else {
                 None
             };
+            let normal_city = match get(&city, i).map(|c| normalize_city("city", c)).transpose() {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(Err(self.row_error(row, e)));
+                    continue;
+                }
+            };
             let fields = EventFields {
                 event_id: get(&event_id, i),
                 kind: get(&kind, i),
                 tenant: get(&tenant, i),
                 slot: get(&slot, i),
-                city: get(&city, i),
+                city: normal_city.as_deref(),
                 banner: get(&banner, i),
                 ts,
                 customer_id: get(&customer_id, i),

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use chrono::{DateTime, Utc};
 
 use crate::bandit::{BetaPosterior, SlotPolicy, SlotPriors};
-use crate::model::{ArmKey, Counts, SlotConfig, ALL_CITIES};
+use crate::model::{ArmKey, CityAliases, Counts, SlotConfig, ALL_CITIES};
 use crate::store::{CountQuery, Part, PosteriorStore, StoreError, Versions};
 use crate::time::Retention;
 
@@ -285,12 +285,19 @@ pub struct Snapshot {
     pub changed_at: Instant,
     /// The store's "as of" instant (end of the last backfill), if recorded.
     pub store_as_of: Option<DateTime<Utc>>,
-    /// The versions each tenant's slots were read at.
-    versions: HashMap<String, Arc<Versions>>,
+    /// Per tenant, the versions its slots were read at, and its city aliases.
+    tenants: HashMap<String, TenantRead>,
     /// Each kept window's first bucket when it was read.
     window_starts: BTreeMap<u32, i64>,
     /// The store's change marker when this snapshot was read.
     marker: Option<u64>,
+}
+
+/// What a snapshot read of one tenant besides its slots.
+#[derive(Debug, Clone)]
+struct TenantRead {
+    versions: Arc<Versions>,
+    aliases: Arc<CityAliases>,
 }
 
 /// What a refresh found.
@@ -307,6 +314,15 @@ pub enum Refresh {
 impl Snapshot {
     pub fn slot(&self, tenant: &str, slot: &str) -> Option<&Arc<SlotEntry>> {
         self.slots.get(tenant)?.get(slot)
+    }
+
+    /// The city whose arms answer for `city` (normalized) in `tenant`: its canonical city when
+    /// it is an alias.
+    pub fn resolve_city<'a>(&'a self, tenant: &str, city: &'a str) -> &'a str {
+        match self.tenants.get(tenant) {
+            Some(t) => t.aliases.resolve(city),
+            None => city,
+        }
     }
 
     pub fn slot_count(&self) -> usize {
@@ -353,11 +369,21 @@ impl Snapshot {
             TenantScope::Only(listed) => listed.iter().cloned().collect(),
         };
         let mut slots = HashMap::new();
-        let mut versions = HashMap::new();
+        let mut read = HashMap::new();
         let mut shards = 0;
         for tenant in tenants {
             let current = Arc::new(store.versions(&tenant)?);
-            let before = previous.and_then(|p| p.versions.get(&tenant));
+            let read_before = previous.and_then(|p| p.tenants.get(&tenant));
+            let before = read_before.map(|r| &r.versions);
+            let alias_version = |v: &Versions| v.get(&(Part::Aliases, String::new())).copied();
+            let kept_aliases = read_before
+                .filter(|r| alias_version(&r.versions) == alias_version(&current))
+                .map(|r| r.aliases.clone());
+            let aliases = match (kept_aliases, alias_version(&current)) {
+                (Some(kept), _) => kept,
+                (None, Some(_)) => Arc::new(store.city_aliases(&tenant)?),
+                (None, None) => Arc::default(),
+            };
             let loaded = match before {
                 Some(before) if **before == *current => {
                     previous.and_then(|p| p.slots.get(&tenant)).cloned()
@@ -388,7 +414,13 @@ impl Snapshot {
             if let Some(loaded) = loaded.filter(|l| !l.is_empty()) {
                 slots.insert(tenant.clone(), loaded);
             }
-            versions.insert(tenant, current);
+            read.insert(
+                tenant,
+                TenantRead {
+                    versions: current,
+                    aliases,
+                },
+            );
         }
         let arms = slots
             .values()
@@ -403,7 +435,7 @@ impl Snapshot {
                 loaded_at_utc: now,
                 changed_at: Instant::now(),
                 store_as_of: store.as_of()?,
-                versions,
+                tenants: read,
                 window_starts,
                 marker,
             }),
@@ -451,6 +483,8 @@ impl VersionDiff {
             match part {
                 Part::Shard => diff.cities.insert(name.clone()),
                 Part::Slot | Part::Priors => diff.slots.insert(name.clone()),
+                // Read by the refresh itself; they change no slot or shard.
+                Part::Aliases => false,
             };
         }
         diff

@@ -3,7 +3,8 @@
 //! defaults ajio, hero, bangalore, 720) answers `{"key": banner, "value": image}` and logs an
 //! impression; `POST /adclick/?bannerid=&location=&clicked=&customerid=&platform=&slot=&referral=`
 //! records a click. Names are normalized as the prototype's routes did (trimmed and lowercased,
-//! [`normalize_name`]): the GET route's location only, the click route's every name. These routes
+//! [`normalize_name`]): the GET route's location only, the click route's every name; a location
+//! is a city, normalized by the city rule ([`normalize_city`]) as everywhere. These routes
 //! carry no key and no token, so they are off unless the service enables them for a tenant
 //! (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON.
 
@@ -20,7 +21,7 @@ use super::error::{ApiError, ErrorBody};
 use super::routes::click::log_click;
 use super::routes::{given, optional_token, Shared, MAX_WINDOW_MINUTES};
 use crate::model::{
-    normalize_name, validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX,
+    normalize_city, normalize_name, validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX,
 };
 
 const DEFAULTS: [&str; 4] = ["ajio", "hero", "bangalore", "720"];
@@ -79,9 +80,7 @@ pub async fn decision(
     let (tenant, slot) = (part(0), part(1));
     validate_name("platform", tenant)?;
     validate_name("slot", slot)?;
-    // The prototype lowercased the location of this route (only that part), so its page may send
-    // `Pune`.
-    let city = &normalize_name("location", part(2))?;
+    let city = &normalize_city("location", part(2))?;
     let pastmin = match part(3).parse::<u32>() {
         Ok(m) if (1..=MAX_WINDOW_MINUTES).contains(&m) => m,
         _ => {
@@ -165,7 +164,7 @@ pub async fn click(
     )?;
     let slot = normalize_name("slot", &given(q.slot).unwrap_or_else(|| DEFAULTS[1].into()))?;
     let banner = normalize_name("bannerid", &required("bannerid", q.bannerid)?)?;
-    let city = normalize_name("location", &required("location", q.location)?)?;
+    let city = normalize_city("location", &required("location", q.location)?)?.into_owned();
     let clicked = match q.clicked.as_deref().unwrap_or("1") {
         "1" | "true" | "yes" => true,
         "0" | "false" | "no" => false,

@@ -61,6 +61,7 @@ pub struct DecisionResponse {
     pub request_id: String,
     pub tenant: String,
     pub slot: String,
+    /// The requested city, normalized and resolved through the tenant's aliases: the arm's city.
     pub city: String,
     /// The city whose posterior decided: the requested city, or `*` (all cities) when it has
     /// no counts yet.
@@ -85,7 +86,9 @@ pub(super) async fn decide(
         customer_id,
         referrer,
     } = request;
-    let (_snapshot, entry) = state.window_entry(tenant, slot, window).await?;
+    let (snapshot, entry) = state.window_entry(tenant, slot, window).await?;
+    // One place, one arm: an alias decides, and is counted, as its canonical city.
+    let city = snapshot.resolve_city(tenant, city);
     let (arms, posterior_city) = entry
         .window(window)
         .expect("window_entry loads the window")

@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::bandit::{BetaPosterior, PosteriorSummary, SlotPriors};
 use crate::model::{
-    pool_cities, ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
+    pool_cities, ArmKey, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey,
+    SlotConfig, TenantAliases,
 };
 use crate::time::{Buckets, Retention};
 
@@ -104,22 +105,24 @@ impl ShardWrite {
 }
 
 /// A part of a tenant's data that carries a version: a shard's counts (named by city), a slot's
-/// configuration or a slot's priors (named by slot).
+/// configuration or a slot's priors (named by slot), the tenant's city aliases (named `""`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Part {
     Shard,
     Slot,
     Priors,
+    Aliases,
 }
 
 impl Part {
-    pub const ALL: [Part; 3] = [Part::Shard, Part::Slot, Part::Priors];
+    pub const ALL: [Part; 4] = [Part::Shard, Part::Slot, Part::Priors, Part::Aliases];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Part::Shard => "shard",
             Part::Slot => "slot",
             Part::Priors => "priors",
+            Part::Aliases => "aliases",
         }
     }
 
@@ -255,6 +258,16 @@ pub trait PosteriorStore: Send + Sync {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Merges shard `writes[0]` (every row at (0, 0)) into shard `writes[1]` (the sums, the
+    /// applied offsets) so that a merge cut short is never applied twice nor half: atomically,
+    /// or in steps that [`PosteriorStore::finish_merges`] or this call again complete
+    /// (docs/architecture.md, "City names").
+    fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError>;
+    /// Completes the merges of these aliases that were cut short (a store whose merge is one
+    /// atomic write has none).
+    fn finish_merges(&self, _aliases: &TenantAliases) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes every count (a backfill rebuilds them from history).
     fn clear_counts(&self) -> Result<(), StoreError>;
     /// Counts per arm: all-time, or summed over the buckets from `from_bucket` on. A query of
@@ -303,6 +316,20 @@ pub trait PosteriorStore: Send + Sync {
     fn slot(&self, tenant: &str, slot: &str) -> Result<Option<SlotConfig>, StoreError>;
     /// Every configured (tenant, slot), of one tenant or of all.
     fn slots(&self, tenant: Option<&str>) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// A tenant's city aliases (empty when it declared none).
+    fn city_aliases(&self, tenant: &str) -> Result<CityAliases, StoreError>;
+    /// Replaces a tenant's city aliases (checked by [`CityAliases::declare`]) and gives them a
+    /// new version (`Part::Aliases`), atomically.
+    fn put_city_aliases(&self, tenant: &str, aliases: &CityAliases) -> Result<(), StoreError>;
+    /// Every tenant's city aliases, as the jobs apply them.
+    fn all_city_aliases(&self) -> Result<TenantAliases, StoreError> {
+        let mut all = TenantAliases::default();
+        for tenant in self.tenants()? {
+            all.insert(&tenant, self.city_aliases(&tenant)?);
+        }
+        Ok(all)
+    }
 
     fn put_api_key(&self, key_sha256: &str, key: &ApiKey) -> Result<(), StoreError>;
     fn api_key(&self, key_sha256: &str) -> Result<Option<ApiKey>, StoreError>;

@@ -95,7 +95,7 @@ fn version_1_schema(keyspace: &str) -> Vec<String> {
 pub(crate) struct Keyspace {
     node: String,
     pub(crate) name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Keyspace {
@@ -108,7 +108,7 @@ impl Keyspace {
         let url = format!("cassandra://{node}/{name}{suffix}");
         let applied = ok(slotbandit(&["schema", "apply", "--store", &url]));
         assert!(
-            applied.contains("applied schema version(s) 1, 2; now at 2"),
+            applied.contains("applied schema version(s) 1, 2, 3; now at 3"),
             "{applied}"
         );
         Self {
@@ -690,6 +690,54 @@ fn parts(versions: &Versions) -> Vec<(Part, &str)> {
     versions.keys().map(|(p, n)| (*p, n.as_str())).collect()
 }
 
+/// Version 3 adds the city aliases' table: a version-2 keyspace (this build's, without that
+/// table and its record) is refused until `schema apply`, which keeps every count.
+#[test]
+fn schema_apply_moves_a_version_2_keyspace_to_version_3_keeping_its_counts() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_migrate3");
+    let row = slotbandit::model::CountKey::new(
+        std::sync::Arc::new(ArmKey::new("ajio", "hero", "pune", "b1")),
+        ALL_TIME,
+    );
+    let mut write =
+        slotbandit::store::ShardWrite::new(slotbandit::model::ShardKey::new("ajio", "pune"));
+    write.rows.push((row, Counts::new(10, 2)));
+    ks.store().apply_epoch(&[write]).unwrap();
+    let k = &ks.name;
+    cql_rows(
+        &node,
+        &[
+            format!("DROP TABLE {k}.city_aliases"),
+            format!("DROP TABLE {k}.city_merges"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 3"),
+        ],
+    )
+    .unwrap();
+    let refused = open_store(&ks.url, true).err().unwrap().to_string();
+    assert!(
+        refused.contains("schema version 2 is older than this build's 3"),
+        "{refused}"
+    );
+    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(
+        applied.contains("applied schema version(s) 3; now at 3"),
+        "{applied}"
+    );
+    let store = ks.store();
+    assert!(store.city_aliases("ajio").unwrap().is_empty());
+    let all = store.counts(&CountQuery::default()).unwrap();
+    assert_eq!(
+        all,
+        [(
+            ArmKey::new("ajio", "hero", "pune", "b1"),
+            Counts::new(10, 2)
+        )]
+    );
+}
+
 #[test]
 fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_offset() {
     let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
@@ -740,13 +788,13 @@ fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_
 
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 1 is older than this build's 2")
+        refused.contains("schema version 1 is older than this build's 3")
             && refused.contains("run `slotbandit schema apply --store"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 2; now at 2"),
+        applied.contains("applied schema version(s) 2, 3; now at 3"),
         "{applied}"
     );
 

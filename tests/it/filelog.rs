@@ -354,7 +354,7 @@ fn produce_appends_json_lines_as_they_are_and_stops_at_the_limit() {
         "{\"event_id\":\"x\"",
         "",
         "[1,2]",
-        &good.replace("\"delhi\"", "\"Delhi\""),
+        &good.replace("\"delhi\"", "\"दिल्ली\""),
         good.as_str(),
     ];
     let input = tmp.path().join("in.jsonl");
@@ -389,7 +389,7 @@ fn produce_appends_json_lines_as_they_are_and_stops_at_the_limit() {
         (Some("tira|delhi".to_string()), good.clone()),
         (None, "{\"event_id\":\"x\"".to_string()),
         (None, "[1,2]".to_string()),
-        (None, good.replace("\"delhi\"", "\"Delhi\"")),
+        (None, good.replace("\"delhi\"", "\"दिल्ली\"")),
     ];
     want.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(got, want);

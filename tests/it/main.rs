@@ -7,6 +7,7 @@ mod common;
 
 mod backfill;
 mod cassandra;
+mod cities;
 mod cli;
 mod event_log;
 mod faults;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use slotbandit::bandit::{Prior, PriorSource, SlotPriors};
 use slotbandit::model::{
-    ArmKey, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey, SlotConfig,
-    ALL_CITIES, ALL_TIME,
+    ArmKey, CityAliases, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey,
+    SlotConfig, ALL_CITIES, ALL_TIME,
 };
 use slotbandit::store::{
     open_store, ApiKey, CountQuery, Part, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
@@ -61,6 +61,9 @@ conformance!(
     keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
     tenants_are_those_with_counts_a_slot_priors_or_a_key,
     counts_of_one_tenant_and_city_are_that_shards_only,
+    city_aliases_are_replaced_whole_per_tenant_with_a_new_version,
+    merge_shards_moves_every_row_and_the_larger_offsets_in_one_write,
+    a_merge_of_a_shard_with_a_long_history_goes_through,
 );
 
 fn on_embedded(check: fn(&dyn PosteriorStore)) {
@@ -912,6 +915,216 @@ fn counts_of_one_tenant_and_city_are_that_shards_only(store: &dyn PosteriorStore
 
 /// A prior row whose source this build does not know, written straight into a backend's table.
 const UNKNOWN_SOURCE: &str = "gut_feeling";
+
+fn city_aliases_are_replaced_whole_per_tenant_with_a_new_version(store: &dyn PosteriorStore) {
+    assert_eq!(store.city_aliases("ajio").unwrap(), CityAliases::default());
+    let mut aliases = CityAliases::default();
+    aliases.declare("Bangalore", "Bengaluru").unwrap();
+    aliases.declare("gurgaon", "gurugram").unwrap();
+    store.put_city_aliases("ajio", &aliases).unwrap();
+    store
+        .put_city_aliases(
+            "myntra",
+            &CityAliases::default()
+                .with_csv("alias,city\nbombay,mumbai")
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(store.city_aliases("ajio").unwrap(), aliases);
+    assert_eq!(
+        store.city_aliases("ajio").unwrap().resolve("bangalore"),
+        "bengaluru"
+    );
+    let all = store.all_city_aliases().unwrap();
+    assert_eq!(all.resolve("myntra", "bombay"), "mumbai");
+    assert_eq!(all.resolve("ajio", "bombay"), "bombay");
+    assert!(store.tenants().unwrap().contains(&"myntra".to_string()));
+
+    let before = store.versions("ajio").unwrap();
+    assert!(before.contains_key(&part(Part::Aliases, "")), "{before:?}");
+    aliases.remove("gurgaon").unwrap();
+    store.put_city_aliases("ajio", &aliases).unwrap();
+    let after = store.versions("ajio").unwrap();
+    assert_eq!(
+        changed_parts(&before, &after),
+        vec![part(Part::Aliases, "")]
+    );
+    assert_eq!(store.city_aliases("ajio").unwrap(), aliases);
+    assert_eq!(store.city_aliases("ajio").unwrap().len(), 1);
+    store
+        .put_city_aliases("ajio", &CityAliases::default())
+        .unwrap();
+    assert!(store.city_aliases("ajio").unwrap().is_empty());
+    assert_eq!(store.city_aliases("myntra").unwrap().len(), 1);
+}
+
+fn merge_shards_moves_every_row_and_the_larger_offsets_in_one_write(store: &dyn PosteriorStore) {
+    let old = arm("ajio", "bangalore", "hero", "b1");
+    let new = arm("ajio", "bengaluru", "hero", "b1");
+    let new2 = arm("ajio", "bengaluru", "hero", "b2");
+    for shard in epoch(
+        &[row(&old, ALL_TIME, 10, 2), row(&old, 7, 10, 2)],
+        &offsets(&[(0, 40), (1, 5)]),
+    ) {
+        store.apply_epoch(&[shard]).unwrap();
+    }
+    for shard in epoch(
+        &[
+            row(&new, ALL_TIME, 5, 1),
+            row(&new, 7, 5, 1),
+            row(&new2, ALL_TIME, 3, 0),
+        ],
+        &offsets(&[(0, 30), (2, 9)]),
+    ) {
+        store.apply_epoch(&[shard]).unwrap();
+    }
+    let before = store.versions("ajio").unwrap();
+    let old_state = all_shards(store, &|_, c| c == "bangalore").remove(0);
+    let from = ShardWrite {
+        rows: old_state
+            .rows
+            .iter()
+            .map(|(k, _)| (k.clone(), Counts::default()))
+            .collect(),
+        ..ShardWrite::new(ShardKey::new("ajio", "bangalore"))
+    };
+    let into = ShardWrite {
+        rows: vec![row(&new, ALL_TIME, 15, 3), row(&new, 7, 15, 3)],
+        applied: offsets(&[(0, 40), (1, 5)]),
+        ..ShardWrite::new(ShardKey::new("ajio", "bengaluru"))
+    };
+    store.merge_shards(&[from, into]).unwrap();
+    let shards = all_shards(store, &|t, _| t == "ajio");
+    let merged: Vec<_> = shards
+        .iter()
+        .filter(|s| s.shard.city == "bengaluru")
+        .collect();
+    assert_eq!(merged.len(), 1);
+    let mut want = vec![
+        row(&new, ALL_TIME, 15, 3),
+        row(&new, 7, 15, 3),
+        row(&new2, ALL_TIME, 3, 0),
+    ];
+    want.sort();
+    assert_eq!(merged[0].rows, want);
+    assert_eq!(merged[0].applied, offsets(&[(0, 40), (1, 5), (2, 9)]));
+    assert!(shards
+        .iter()
+        .filter(|s| s.shard.city == "bangalore")
+        .all(|s| s.rows.is_empty()));
+    let q = |city: &str| CountQuery {
+        tenant: Some("ajio".into()),
+        city: Some(city.into()),
+        ..Default::default()
+    };
+    assert!(counts(store, q("bangalore")).is_empty());
+    assert_eq!(counts(store, q("bengaluru"))[0].1, Counts::new(15, 3));
+    let changed = changed_parts(&before, &store.versions("ajio").unwrap());
+    assert_eq!(
+        changed,
+        vec![
+            part(Part::Shard, "bangalore"),
+            part(Part::Shard, "bengaluru")
+        ]
+    );
+}
+
+/// Thousands of bucket rows: more than Cassandra takes in one batch over two partitions.
+fn a_merge_of_a_shard_with_a_long_history_goes_through(store: &dyn PosteriorStore) {
+    let banners = ["b1", "b2", "b3", "b4"];
+    let history = |city: &str| -> Vec<(CountKey, Counts)> {
+        let mut rows = Vec::new();
+        for b in banners {
+            let a = arm("ajio", city, "hero", b);
+            rows.push(row(&a, ALL_TIME, 800, 80));
+            rows.extend((0..400).map(|bucket| row(&a, bucket, 2, 0)));
+        }
+        rows
+    };
+    store
+        .apply_epoch(&epoch(&history("bangalore"), &offsets(&[(0, 9)])))
+        .unwrap();
+    store
+        .apply_epoch(&epoch(&history("bengaluru"), &offsets(&[(1, 9)])))
+        .unwrap();
+    let from = ShardWrite {
+        rows: history("bangalore")
+            .into_iter()
+            .map(|(k, _)| (k, Counts::default()))
+            .collect(),
+        ..ShardWrite::new(ShardKey::new("ajio", "bangalore"))
+    };
+    let into = ShardWrite {
+        rows: history("bengaluru")
+            .into_iter()
+            .map(|(k, c)| (k, Counts::new(c.impressions * 2, c.clicks * 2)))
+            .collect(),
+        applied: offsets(&[(0, 9), (1, 9)]),
+        ..ShardWrite::new(ShardKey::new("ajio", "bengaluru"))
+    };
+    store.merge_shards(&[from, into]).unwrap();
+    let all = counts(store, CountQuery::default());
+    assert_eq!(all.len(), banners.len());
+    for (a, c) in all {
+        assert_eq!((a.city.as_str(), c), ("bengaluru", Counts::new(1600, 160)));
+    }
+    let window = CountQuery {
+        from_bucket: Some(0),
+        ..Default::default()
+    };
+    assert!(counts(store, window)
+        .iter()
+        .all(|(_, c)| *c == Counts::new(1600, 0)));
+}
+
+/// A Cassandra merge cut between its two steps (rows and record written, the alias's shard not
+/// yet deleted) is finished without adding the rows twice, by `finish_merges` or by the merge
+/// again.
+#[test]
+fn cassandra_a_merge_cut_between_its_steps_is_finished_once() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_ps_merge_cut");
+    let store = ks.store();
+    let old = arm("ajio", "bangalore", "hero", "b1");
+    let new = arm("ajio", "bengaluru", "hero", "b1");
+    // As the first step leaves it: bengaluru holds the sums, the record is written.
+    let cut_after_first_step = || {
+        let alias_rows = epoch(&[row(&old, ALL_TIME, 10, 1)], &offsets(&[(0, 4)]));
+        store.apply_epoch(&alias_rows).unwrap();
+        let merged_rows = epoch(&[row(&new, ALL_TIME, 15, 2)], &offsets(&[(0, 4)]));
+        store.apply_epoch(&merged_rows).unwrap();
+        let record = format!(
+            "INSERT INTO {}.city_merges (tenant, city, alias) \
+             VALUES ('ajio', 'bengaluru', 'bangalore')",
+            ks.name
+        );
+        cql(&node, &record).unwrap();
+    };
+    let mut aliases = CityAliases::default();
+    aliases.declare("bangalore", "bengaluru").unwrap();
+    store.put_city_aliases("ajio", &aliases).unwrap();
+    let declared = store.all_city_aliases().unwrap();
+    let merged = [(new.clone(), Counts::new(15, 2))];
+
+    cut_after_first_step();
+    store.finish_merges(&declared).unwrap();
+    assert_eq!(counts(store.as_ref(), CountQuery::default()), merged);
+    // With nothing left to do, it changes nothing.
+    store.finish_merges(&declared).unwrap();
+    assert_eq!(counts(store.as_ref(), CountQuery::default()), merged);
+
+    // The merge again, computed from the half-merged state, finds the record.
+    cut_after_first_step();
+    let twice = ShardWrite {
+        rows: vec![row(&new, ALL_TIME, 25, 3)],
+        ..ShardWrite::new(ShardKey::new("ajio", "bengaluru"))
+    };
+    let from = ShardWrite::new(ShardKey::new("ajio", "bangalore"));
+    store.merge_shards(&[from, twice]).unwrap();
+    assert_eq!(counts(store.as_ref(), CountQuery::default()), merged);
+}
 
 fn assert_unknown_source_is_named(store: &dyn PosteriorStore) {
     let err = store.priors("ajio", "hero").unwrap_err().to_string();

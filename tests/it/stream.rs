@@ -373,7 +373,7 @@ fn ten_thousand_malformed_among_a_million_good_all_reach_the_dead_letter_topic()
         },
         |i: usize| {
             format!(
-                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"Pune!","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
+                r#"{{"event_id":"bad{i}","kind":"click","tenant":"ajio","slot":"hero","city":"पुणे","banner":"b1","ts":"2026-01-01T00:00:00Z"}}"#
             )
         },
         |i: usize| {

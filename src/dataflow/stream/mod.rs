@@ -14,7 +14,9 @@
 //!   partitions for `click_dedup` of event time and, on restart, re-reads that much of the log to
 //!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
 //! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
+//! - City aliases: `aliases.rs`; the job starts again when they change.
 
+mod aliases;
 mod dedup;
 mod metrics;
 mod reader;
@@ -33,7 +35,9 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use self::reader::PartitionReader;
-use super::harness::{run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress};
+use super::harness::{
+    run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress, WorkerReport,
+};
 use super::sink::{count_and_sink, AppliedOffset, SinkRetention, SinkSpec};
 use super::{Cluster, DataflowError};
 use crate::model::{CountKey, Offset, Partition};
@@ -74,9 +78,39 @@ pub struct StreamJob {
     pub metrics: Arc<StreamMetrics>,
 }
 
+/// How often the store's city aliases are checked for a change that restarts the job.
+const ALIASES_EVERY: Duration = Duration::from_secs(2);
+
 /// Runs the streaming job on this process's workers until the log's end (with `stop_at_end`),
-/// a shutdown request, or an error.
+/// a shutdown request, or an error; it starts again, within the call, when the store's city
+/// aliases change (`aliases.rs`).
 pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, DataflowError> {
+    let job = Arc::new(job);
+    let mut total = StreamReport::default();
+    loop {
+        if cluster.process == 0 {
+            aliases::merge_alias_shards(job.store.as_ref(), &job.name)?;
+        }
+        let restart = Arc::new(AtomicBool::new(false));
+        let watch = watch_aliases(job.clone(), restart.clone())?;
+        let ran = run_once(&job, cluster, &restart);
+        watch.stop();
+        let mut report = ran?;
+        total.sink.add(std::mem::take(&mut report.sink));
+        total.merge(report);
+        if !restart.load(Ordering::Relaxed) || job.shutdown.load(Ordering::Relaxed) {
+            return Ok(total);
+        }
+        tracing::info!("city aliases changed: the stream job starts again");
+    }
+}
+
+/// One run of the job, until it ends or `restart` is set.
+fn run_once(
+    job: &Arc<StreamJob>,
+    cluster: &Cluster,
+    restart: &Arc<AtomicBool>,
+) -> Result<StreamReport, DataflowError> {
     let partitions = job.log.partitions()?;
     let setup = JobSetup {
         name: "stream",
@@ -92,11 +126,11 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
         }),
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
-    let job = Arc::new(job);
     let lag_watch = watch_lag(job.clone());
     let worker_job = job.clone();
+    let restart = restart.clone();
     let ran = run_job(cluster, setup, move |worker, sink| {
-        stream_worker(worker, sink, &worker_job, &partitions, &progress)
+        stream_worker(worker, sink, &worker_job, &partitions, &progress, &restart)
     });
     lag_watch.stop();
     let (mut report, sink) = ran?;
@@ -104,13 +138,13 @@ pub fn run_stream(job: StreamJob, cluster: &Cluster) -> Result<StreamReport, Dat
     Ok(report)
 }
 
-/// The thread that keeps the lag gauges current while the job runs.
-struct LagWatch {
+/// A thread that watches something for the job while it runs.
+struct Watcher {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
-impl LagWatch {
+impl Watcher {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.thread().unpark();
@@ -118,8 +152,28 @@ impl LagWatch {
     }
 }
 
+/// Checks the store's city aliases every [`ALIASES_EVERY`] and sets `restart` when the job
+/// should start again (the first check waits one period, so that process 0 has merged).
+fn watch_aliases(job: Arc<StreamJob>, restart: Arc<AtomicBool>) -> Result<Watcher, DataflowError> {
+    let declared = job.store.all_city_aliases()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || loop {
+        std::thread::park_timeout(ALIASES_EVERY);
+        if stopped.load(Ordering::Relaxed) || job.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+        match aliases::restart_due(job.store.as_ref(), &job.name, &declared) {
+            Ok(true) => return restart.store(true, Ordering::Relaxed),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("city aliases not checked: {e}"),
+        }
+    });
+    Ok(Watcher { stop, thread })
+}
+
 /// Reads the log's end offsets every [`LAG_EVERY`] and sets the lag gauges from them.
-fn watch_lag(job: Arc<StreamJob>) -> LagWatch {
+fn watch_lag(job: Arc<StreamJob>) -> Watcher {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
     let thread = std::thread::spawn(move || {
@@ -131,7 +185,7 @@ fn watch_lag(job: Arc<StreamJob>) -> LagWatch {
             std::thread::park_timeout(LAG_EVERY);
         }
     });
-    LagWatch { stop, thread }
+    Watcher { stop, thread }
 }
 
 /// One worker's stream: epoch 0 loads the stored counts of the shards it owns, then every epoch
@@ -142,6 +196,7 @@ fn stream_worker(
     job: &StreamJob,
     partitions: &[Partition],
     progress: &ReadProgress,
+    restart: &AtomicBool,
 ) -> StreamReport {
     let index = worker.index();
     let peers = worker.peers();
@@ -166,13 +221,20 @@ fn stream_worker(
         }
         Err(e) => failure.set(e),
     }
+    let aliases = match aliases::aliases_in_force(job.store.as_ref()) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            failure.set(e);
+            Arc::default()
+        }
+    };
     let mine: Vec<Partition> = partitions
         .iter()
         .copied()
         .filter(|p| p.index() % peers == index)
         .collect();
     // Read once every process has joined (a handoff writes them before process 0 joins).
-    let mut reader = while_log_unavailable(job, || PartitionReader::open(job, &mine))
+    let mut reader = while_log_unavailable(job, || PartitionReader::open(job, &mine, &aliases))
         .unwrap_or_else(|e| {
             failure.set(e);
             None
@@ -184,7 +246,9 @@ fn stream_worker(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut log_failing: Option<Retry> = None;
     loop {
-        let mut done = failure.is_set() || job.shutdown.load(Ordering::Relaxed);
+        let mut done = failure.is_set()
+            || job.shutdown.load(Ordering::Relaxed)
+            || restart.load(Ordering::Relaxed);
         if let (Some(r), false) = (reader.as_mut(), done) {
             let before = report.clone();
             // Between polls the dataflow runs on, so an epoch reaches the store while the

@@ -16,7 +16,8 @@ use super::{StreamJob, StreamReport};
 use crate::dataflow::sink::AppliedOffset;
 use crate::dataflow::DataflowError;
 use crate::model::{
-    ArmKey, CountKey, Event, EventKind, EventRef, Offset, Partition, ShardKey, ALL_TIME,
+    ArmKey, CountKey, Event, EventKind, EventRef, Offset, Partition, ShardKey, TenantAliases,
+    ALL_TIME,
 };
 use crate::source::{LogReader, RecordRef};
 use crate::store::AppliedOffsets;
@@ -109,6 +110,8 @@ pub(super) struct PartitionState {
     buckets: Buckets,
     /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
     cutoff: Option<DateTime<Utc>>,
+    /// The city aliases in force: an event counts into its city's canonical arm.
+    aliases: Arc<TenantAliases>,
 }
 
 /// Where a reader's partitions stand when it starts, as read from the store and the log.
@@ -127,6 +130,7 @@ impl PartitionReader {
     pub(super) fn open(
         job: &StreamJob,
         partitions: &[Partition],
+        aliases: &Arc<TenantAliases>,
     ) -> Result<Option<Self>, DataflowError> {
         if partitions.is_empty() {
             return Ok(None);
@@ -139,8 +143,9 @@ impl PartitionReader {
                 Utc::now() - chrono::Duration::from_std(job.click_dedup).unwrap_or_default(),
             )?,
         };
-        let state =
+        let mut state =
             PartitionState::new(partitions, start, job.buckets, job.cutoff, job.click_dedup);
+        state.aliases = aliases.clone();
         job.metrics.reading_from(&state.resume_points());
         Ok(Some(Self {
             reader: job.log.reader(&state.positions)?,
@@ -268,6 +273,7 @@ impl PartitionState {
             clicks: RecentClicks::new(click_dedup),
             buckets,
             cutoff,
+            aliases: Arc::default(),
         }
     }
 
@@ -318,7 +324,9 @@ impl PartitionState {
             report.rewound += 1;
             return None;
         }
-        let (arm, shard) = self.interner.arm(event, &self.applied_at_start);
+        let city = self.aliases.resolve(event.tenant, event.city);
+        let resolved = EventRef { city, ..*event };
+        let (arm, shard) = self.interner.arm(&resolved, &self.applied_at_start);
         let applied = self.interner.shards[shard as usize]
             .1
             .get(&record.partition)

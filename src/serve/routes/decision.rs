@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{bounded, optional_token, required_name, slot_path, window_minutes, Shared, SlotPath};
+use super::{bounded, optional_token, required_city, slot_path, window_minutes, Shared, SlotPath};
 use crate::model::{CUSTOMER_ID_MAX, REFERRER_MAX};
 use crate::serve::auth::Caller;
 use crate::serve::decide::{decide, DecisionRequest, DecisionResponse, MAX_N};
@@ -21,9 +21,10 @@ use crate::store::Role;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DecisionQuery {
-    /// The visitor's city, `[a-z0-9_-]{1,64}`. A city without counts gets the slot's
-    /// all-city posterior.
-    #[param(required = true, value_type = String, pattern = "^[a-z0-9_-]{1,64}$", example = "pune")]
+    /// The visitor's city as the site has it (`Pune`, `New Delhi`), normalized (case, spaces
+    /// and punctuation folded: `new_delhi`) and then resolved through the tenant's city aliases.
+    /// A city without counts gets the slot's all-city posterior.
+    #[param(required = true, value_type = String, example = "New Delhi")]
     pub city: Option<String>,
     /// The visitor, if known (at most 128 bytes, no whitespace); copied into the impressions.
     #[param(value_type = Option<String>, max_length = 128, pattern = "^\\S+$")]
@@ -91,7 +92,7 @@ async fn checked_decision(
     let (tenant, slot) = slot_path(path)?;
     caller.require(&tenant, Role::Serve)?;
     let Query(q) = query?;
-    let city = required_name("city", q.city)?;
+    let city = required_city("city", q.city)?;
     let customer_id = optional_token("customer_id", q.customer_id, CUSTOMER_ID_MAX)?;
     let referrer = optional_token("referrer", q.referrer, REFERRER_MAX)?;
     let n = bounded("n", q.n.as_deref(), 1, MAX_N as u32)?.unwrap_or(1) as usize;

@@ -1,9 +1,10 @@
 //! The HTTP routes: one file per resource of the `/v1` API (`decision`, `click`, `slots`,
-//! `posteriors` with series, and `operations`: who am I, health, readiness, metrics), the router
+//! `posteriors` with series, `cities` (city aliases), and `operations`: who am I, health, readiness, metrics), the router
 //! that assembles them with the seed-compatible routes and the pages, and the checks the
 //! handlers share. Handlers are thin: check the caller, validate the input (every error names
 //! its field), then read the cache or write through the store and the event log.
 
+pub mod cities;
 pub mod click;
 pub mod decision;
 pub mod operations;
@@ -15,12 +16,12 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use super::error::ApiError;
 use super::{compat, pages, AppState};
-use crate::model::{validate_name, validate_token};
+use crate::model::{normalize_city, validate_name, validate_token};
 use crate::store::StoreError;
 
 /// The longest window a decision or posterior may ask for: 30 days.
@@ -50,12 +51,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(posteriors::series),
         )
         .route("/v1/tenants/{tenant}/clicks", post(click::click))
+        .route(
+            "/v1/tenants/{tenant}/city-aliases",
+            get(cities::list_aliases),
+        )
+        .route(
+            "/v1/tenants/{tenant}/city-aliases/{alias}",
+            put(cities::put_alias).delete(cities::delete_alias),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .merge(
             Router::new()
                 .route(
                     "/v1/tenants/{tenant}/slot-imports",
                     post(slots::import_slots),
+                )
+                .route(
+                    "/v1/tenants/{tenant}/city-alias-imports",
+                    post(cities::import_aliases),
                 )
                 .layer(DefaultBodyLimit::max(csv_limit)),
         );
@@ -117,20 +130,20 @@ pub(super) fn given(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-/// A name (`[a-z0-9_-]{1,64}`) that must be given.
-pub(super) fn required_name(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    let name = given(value).ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    validate_name(field, &name)?;
-    Ok(name)
+/// A city (normalized, `model::normalize_city`) that must be given.
+pub(super) fn required_city(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let city = given(value).ok_or_else(|| ApiError::invalid(field, "is required"))?;
+    Ok(normalize_city(field, &city)?.into_owned())
 }
 
-/// A name that may be left out.
-fn optional_name(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    let name = given(value);
-    if let Some(n) = &name {
-        validate_name(field, n)?;
-    }
-    Ok(name)
+/// A city (normalized) that may be left out.
+pub(super) fn optional_city(
+    field: &str,
+    value: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    given(value)
+        .map(|c| Ok(normalize_city(field, &c)?.into_owned()))
+        .transpose()
 }
 
 /// A free-form token (no white space, at most `max` bytes) that may be left out.

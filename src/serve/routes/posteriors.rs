@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, bounded, optional_name, slot_path, window_minutes, Shared, SlotPath};
+use super::{blocking, bounded, optional_city, slot_path, window_minutes, Shared, SlotPath};
 use crate::bandit::{prob_best, PosteriorSummary};
 use crate::model::{Counts, ALL_CITIES};
 use crate::serve::auth::Caller;
@@ -28,9 +28,9 @@ const PBEST_DRAWS: usize = 4000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PosteriorQuery {
-    /// One city (an unknown city gets the all-city posterior, `*`); default every city with
-    /// counts, and `*`.
-    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    /// One city, normalized and resolved through the tenant's aliases as in a decision (an
+    /// unknown city gets the all-city posterior, `*`); default every city with counts, and `*`.
+    #[param(value_type = Option<String>)]
     pub city: Option<String>,
     /// Counts of the last N minutes only (whole buckets); default all time.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 43200)]
@@ -114,14 +114,14 @@ pub async fn posteriors(
     let (tenant, slot) = slot_path(path)?;
     caller.require(&tenant, Role::Serve)?;
     let Query(q) = query?;
-    let city = optional_name("city", q.city)?;
+    let city = optional_city("city", q.city)?;
     let window = window_minutes(q.window_minutes.as_deref())?;
     let (snapshot, entry) = state.window_entry(&tenant, &slot, window).await?;
     let arms = entry.window(window).expect("window_entry loads the window");
     let now = Utc::now();
     let cities = match &city {
         Some(c) => {
-            let (a, shown) = arms.for_city(c);
+            let (a, shown) = arms.for_city(snapshot.resolve_city(&tenant, c));
             vec![city_posteriors(shown, a, now)]
         }
         None => {
@@ -151,8 +151,9 @@ pub async fn posteriors(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SeriesQuery {
-    /// One city; default all cities together.
-    #[param(value_type = Option<String>, pattern = "^[a-z0-9_-]{1,64}$")]
+    /// One city, normalized and resolved through the tenant's aliases; default all cities
+    /// together.
+    #[param(value_type = Option<String>)]
     pub city: Option<String>,
     /// How many buckets, ending at the newest bucket with data (default 168, at most 2000).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 2000)]
@@ -205,9 +206,13 @@ pub async fn series(
     let (tenant, slot) = slot_path(path)?;
     caller.require(&tenant, Role::Serve)?;
     let Query(q) = query?;
-    let city = optional_name("city", q.city)?;
+    let city = optional_city("city", q.city)?;
     let count = bounded("buckets", q.buckets.as_deref(), 1, 2000)?.unwrap_or(168) as i64;
     let entry = state.slot_entry(&tenant, &slot)?;
+    let city = match (city, state.cache.snapshot()) {
+        (Some(c), Some(snapshot)) => Some(snapshot.resolve_city(&tenant, &c).to_string()),
+        (city, _) => city,
+    };
     let banners: Vec<String> = entry.config.banners.iter().map(|b| b.id.clone()).collect();
     let store = state.cache.store().clone();
     let (t, s, c) = (tenant.clone(), slot.clone(), city.clone());

@@ -9,21 +9,37 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type};
 use rustc_hash::FxHashMap;
 
-use crate::model::{validate_name, EventKind, FieldError, PackedArm};
+use std::borrow::Cow;
+
+use std::sync::Arc;
+
+use crate::model::{
+    normalize_city, validate_name, EventKind, FieldError, PackedArm, TenantAliases,
+};
 use crate::time::Buckets;
 
 /// Names interned by the worker that reads them, so that a tally is keyed by four integers and
-/// the strings of an arm are built once per distinct key of an epoch, not once per batch.
+/// the strings of an arm are built once per distinct key of an epoch, not once per batch. Cities
+/// are interned normalized; an arm's city is resolved through its tenant's aliases when the arm
+/// is built.
 #[derive(Debug, Default)]
 pub struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
+    aliases: Arc<TenantAliases>,
 }
 
 /// An arm as interned (tenant, slot, city, banner).
 pub type ArmIds = [u32; 4];
 
 impl Names {
+    pub fn new(aliases: Arc<TenantAliases>) -> Self {
+        Self {
+            aliases,
+            ..Self::default()
+        }
+    }
+
     fn intern(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
@@ -39,7 +55,7 @@ impl Names {
     /// session 8).
     pub fn arm(&self, ids: ArmIds) -> PackedArm {
         let [tenant, slot, city, banner] = ids.map(|id| self.names[id as usize].as_str());
-        PackedArm::new(tenant, slot, city, banner)
+        PackedArm::new(tenant, slot, self.aliases.resolve(tenant, city), banner)
     }
 }
 
@@ -103,8 +119,11 @@ impl NameColumn {
         let values = dict.values().as_string::<i32>().clone();
         let ids = (0..values.len())
             .map(|i| {
-                (values.is_valid(i) && validate_name(name, values.value(i)).is_ok())
-                    .then(|| names.intern(values.value(i)))
+                values
+                    .is_valid(i)
+                    .then(|| column_name(name, values.value(i)).ok())
+                    .flatten()
+                    .map(|n| names.intern(&n))
             })
             .collect();
         Ok(Self {
@@ -146,9 +165,18 @@ impl NameColumn {
         if k >= self.values.len() || self.values.is_null(k) {
             return FieldError::new(self.name, "is required");
         }
-        validate_name(self.name, self.values.value(k))
+        column_name(self.name, self.values.value(k))
             .err()
             .unwrap_or_else(|| FieldError::new(self.name, "is invalid"))
+    }
+}
+
+/// A column's value as a name: a city by the city rule, any other name as it is.
+fn column_name<'v>(column: &str, value: &'v str) -> Result<Cow<'v, str>, FieldError> {
+    if column == "city" {
+        normalize_city(column, value)
+    } else {
+        validate_name(column, value).map(|()| Cow::Borrowed(value))
     }
 }
 

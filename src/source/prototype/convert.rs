@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::model::{normalize_name, Banner, Event, EventFields, EventKind, FieldError, SlotConfig};
+use crate::model::{
+    normalize_city, normalize_name, Banner, Event, EventFields, EventKind, FieldError, SlotConfig,
+};
 
 /// What the prototype added to every time it stored.
 pub const PROTOTYPE_SHIFT_SECS: i64 = 19_800;
@@ -146,7 +148,7 @@ pub fn convert_click(row: &ClickRow, ts: DateTime<Utc>) -> Result<Event, Reject>
     };
     let tenant = normalize_name("tenant", &row.platform).map_err(Reject::field)?;
     let slot = normalize_name("slot", &row.slotname).map_err(Reject::field)?;
-    let city = normalize_name("city", &row.location).map_err(Reject::field)?;
+    let city = normalize_city("city", &row.location).map_err(Reject::field)?;
     let banner = normalize_name("banner", banner).map_err(Reject::field)?;
     let event_id = event_id(row);
     EventFields {
@@ -393,7 +395,7 @@ mod tests {
         );
         assert_eq!(
             code(ClickRow {
-                location: "New Delhi".into(),
+                location: "पुणे".into(),
                 ..row()
             }),
             "invalid_city"

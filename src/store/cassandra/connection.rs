@@ -108,7 +108,16 @@ impl Connection {
 
     /// An empty single-partition batch: unlogged, idempotent, at [`CONSISTENCY`].
     pub fn batch() -> Batch {
-        let mut batch = Batch::new(BatchType::Unlogged);
+        Self::batch_of(BatchType::Unlogged)
+    }
+
+    /// An empty logged batch (atomic across partitions), idempotent, at [`CONSISTENCY`].
+    pub fn logged_batch() -> Batch {
+        Self::batch_of(BatchType::Logged)
+    }
+
+    fn batch_of(kind: BatchType) -> Batch {
+        let mut batch = Batch::new(kind);
         batch.set_is_idempotent(true);
         batch.set_consistency(CONSISTENCY);
         batch

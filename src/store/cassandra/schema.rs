@@ -14,7 +14,7 @@ use crate::store::StoreError;
 
 /// The schema files, in version order: (version, name, CQL with `{keyspace}` and
 /// `{replication}` placeholders).
-const MIGRATIONS: [(i32, &str, &str); 2] = [
+const MIGRATIONS: [(i32, &str, &str); 3] = [
     (
         1,
         "001_init",
@@ -24,6 +24,11 @@ const MIGRATIONS: [(i32, &str, &str); 2] = [
         2,
         "002_counts_by_bucket",
         include_str!("../../../schema/cassandra/002_counts_by_bucket.cql"),
+    ),
+    (
+        3,
+        "003_city_aliases",
+        include_str!("../../../schema/cassandra/003_city_aliases.cql"),
     ),
 ];
 /// The schema version this build reads and writes.
@@ -136,13 +141,15 @@ fn cql_statements(cql: &str) -> Vec<String> {
 
 /// Creates the keyspace and tables if missing and records the schema versions; returns the
 /// versions this call recorded (empty when the keyspace was already current). A version not yet
-/// recorded moves the data of the one before it (`migrate`) first.
+/// recorded moves the data of the one before it (`migrate`) first. Version 3 adds a table only.
 pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec<i32>, StoreError> {
     let conn = Connection::connect(url)?;
     conn.run(async {
         let present = schema_versions(&conn).await?.unwrap_or_default();
         let mut recorded = Vec::new();
-        for (version, name, cql) in MIGRATIONS {
+        // Every version's tables first: a move of data prepares this build's statements, which
+        // name the tables of every version.
+        for (_, name, cql) in MIGRATIONS {
             for statement in cql_statements(&render(cql, &url.keyspace, replication)) {
                 conn.retrying(&format!("schema {name}"), || async {
                     conn.session.query_unpaged(statement.as_str(), &[]).await?;
@@ -150,6 +157,8 @@ pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec
                 })
                 .await?;
             }
+        }
+        for (version, name, _) in MIGRATIONS {
             if present.contains(&version) {
                 continue;
             }
@@ -283,6 +292,8 @@ mod tests {
             "api_keys",
             "meta",
             "schema_version",
+            "city_aliases",
+            "city_merges",
         ] {
             let create = format!("CREATE TABLE IF NOT EXISTS sb_test.{table} (");
             assert_eq!(

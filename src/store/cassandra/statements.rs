@@ -34,6 +34,13 @@ pub(super) struct Statements {
     pub insert_banner: PreparedStatement,
     pub slot_banners: PreparedStatement,
     pub slot_partitions: PreparedStatement,
+    pub delete_city_aliases: PreparedStatement,
+    pub insert_city_alias: PreparedStatement,
+    pub city_aliases: PreparedStatement,
+    pub record_merge: PreparedStatement,
+    pub merge_record: PreparedStatement,
+    pub delete_merge_record: PreparedStatement,
+    pub delete_shard: PreparedStatement,
     pub put_api_key: PreparedStatement,
     pub api_key: PreparedStatement,
     pub api_key_tenants: PreparedStatement,
@@ -153,6 +160,35 @@ impl Statements {
             .await?,
             slot_partitions: prepare(format!(
                 "SELECT DISTINCT tenant, slot FROM {ks}.slot_banners"
+            ))
+            .await?,
+            delete_city_aliases: prepare(format!(
+                "DELETE FROM {ks}.city_aliases USING TIMESTAMP ? WHERE tenant = ?"
+            ))
+            .await?,
+            insert_city_alias: prepare(format!(
+                "INSERT INTO {ks}.city_aliases (tenant, alias, city) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?"
+            ))
+            .await?,
+            city_aliases: prepare(format!(
+                "SELECT alias, city FROM {ks}.city_aliases WHERE tenant = ?"
+            ))
+            .await?,
+            record_merge: prepare(format!(
+                "INSERT INTO {ks}.city_merges (tenant, city, alias, merged_at) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            merge_record: prepare(format!(
+                "SELECT alias FROM {ks}.city_merges WHERE tenant = ? AND city = ? AND alias = ?"
+            ))
+            .await?,
+            delete_merge_record: prepare(format!(
+                "DELETE FROM {ks}.city_merges WHERE tenant = ? AND city = ? AND alias = ?"
+            ))
+            .await?,
+            delete_shard: prepare(format!(
+                "DELETE FROM {ks}.arm_counts WHERE tenant = ? AND city = ?"
             ))
             .await?,
             put_api_key: prepare(format!(

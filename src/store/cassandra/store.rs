@@ -22,7 +22,8 @@ use super::schema::check_schema_version;
 use super::statements::Statements;
 use crate::bandit::SlotPriors;
 use crate::model::{
-    ArmKey, Banner, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
+    ArmKey, Banner, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
+    TenantAliases, ALL_TIME,
 };
 use crate::store::customer_rows::CustomerEventRow;
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
@@ -34,6 +35,9 @@ use crate::store::{
 
 /// A batch holds at most this many statements (the protocol counts them in a u16).
 const BATCH_LIMIT: usize = u16::MAX as usize;
+
+/// Statements with their values, to be batched.
+type ShardStatements<'s, 'a> = Vec<(&'s PreparedStatement, Box<dyn SerializeRow + 'a>)>;
 /// TRUNCATE flushes and waits for every replica.
 const TRUNCATE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -76,6 +80,34 @@ impl CassandraStore {
         &self,
         shard: &'a ShardWrite,
     ) -> Result<Vec<(Batch, BatchValues<'a>)>, StoreError> {
+        let statements = self.shard_statements(shard)?;
+        let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
+        if statements.len() > BATCH_LIMIT && !shard.applied.is_empty() {
+            return Err(self.conn.fail(format!(
+                "shard ({t}, {c}) changed {} rows in one epoch; one batch holds at most {BATCH_LIMIT} \
+                 statements (use shorter epochs)",
+                shard.rows.len()
+            )));
+        }
+        let mut batches = Vec::new();
+        let mut statements = statements.into_iter().peekable();
+        while statements.peek().is_some() {
+            let mut batch = Connection::batch();
+            let mut values: BatchValues<'a> = Vec::new();
+            for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
+                batch.append_statement(BatchStatement::from(statement.clone()));
+                values.push(value);
+            }
+            batches.push((batch, values));
+        }
+        Ok(batches)
+    }
+
+    /// The statements that write one shard, in order.
+    fn shard_statements<'s, 'a>(
+        &'s self,
+        shard: &'a ShardWrite,
+    ) -> Result<ShardStatements<'s, 'a>, StoreError> {
         let (t, c) = (shard.shard.tenant.as_str(), shard.shard.city.as_str());
         let expired = |bucket: i64| shard.keep_from.is_some_and(|k| (0..k).contains(&bucket));
         let mut statements: Vec<(&PreparedStatement, Box<dyn SerializeRow + 'a>)> = Vec::new();
@@ -102,25 +134,7 @@ impl CassandraStore {
             let values = (offsets_to_cql(&shard.applied), t, c);
             statements.push((&self.st.add_applied, Box::new(values)));
         }
-        if statements.len() > BATCH_LIMIT && !shard.applied.is_empty() {
-            return Err(self.conn.fail(format!(
-                "shard ({t}, {c}) changed {} rows in one epoch; one batch holds at most {BATCH_LIMIT} \
-                 statements (use shorter epochs)",
-                shard.rows.len()
-            )));
-        }
-        let mut batches = Vec::new();
-        let mut statements = statements.into_iter().peekable();
-        while statements.peek().is_some() {
-            let mut batch = Connection::batch();
-            let mut values: BatchValues<'a> = Vec::new();
-            for (statement, value) in statements.by_ref().take(BATCH_LIMIT) {
-                batch.append_statement(BatchStatement::from(statement.clone()));
-                values.push(value);
-            }
-            batches.push((batch, values));
-        }
-        Ok(batches)
+        Ok(statements)
     }
 
     /// Runs `statement` once per (tenant, values), as one single-partition batch of
@@ -314,6 +328,37 @@ impl CassandraStore {
             .await
     }
 
+    /// Whether a merge of `alias` into `city` has written its rows and not yet deleted the
+    /// alias's shard.
+    async fn merge_recorded(
+        &self,
+        tenant: &str,
+        alias: &str,
+        city: &str,
+    ) -> Result<bool, StoreError> {
+        let what = format!("read the merge record of ({tenant}, {alias})");
+        let values = (tenant, city, alias);
+        self.conn
+            .select_unpaged(&what, &self.st.merge_record, values, |rows| {
+                Ok(rows.maybe_first_row::<(String,)>()?.is_some())
+            })
+            .await
+    }
+
+    /// The second step of a merge: the alias's shard and the merge's record, together.
+    async fn delete_merged(&self, tenant: &str, alias: &str, city: &str) -> Result<(), StoreError> {
+        let mut batch = Connection::logged_batch();
+        batch.append_statement(BatchStatement::from(self.st.delete_shard.clone()));
+        batch.append_statement(BatchStatement::from(self.st.delete_merge_record.clone()));
+        let values = ((tenant, alias), (tenant, city, alias));
+        self.conn
+            .retrying("delete a merged shard", || async {
+                self.conn.session.batch(&batch, &values).await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// One shard's applied offsets (its static column only).
     async fn shard_applied(
         &self,
@@ -374,6 +419,60 @@ impl PosteriorStore for CassandraStore {
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<()>();
         self.conn.run(self.versioned(&parts, write_shards))
+    }
+
+    /// In two steps, as no batch over two partitions may be large (Cassandra fails one over
+    /// `batch_size_fail_threshold`, 50 KiB by default): first the city's merged rows and offsets
+    /// with a record of the merge in `city_merges`, one mutation of the city's partition key;
+    /// then the alias's shard and the record, deleted in one small LOGGED batch. A merge cut
+    /// between the steps is finished by [`PosteriorStore::finish_merges`], or by this call
+    /// again, which finds the record and does not add the rows twice.
+    fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError> {
+        let [from, into] = writes;
+        let tenant = into.shard.tenant.as_str();
+        let (alias, city) = (from.shard.city.as_str(), into.shard.city.as_str());
+        let mut rows = Connection::batch();
+        let mut values: BatchValues = Vec::new();
+        for (statement, value) in self.shard_statements(into)? {
+            rows.append_statement(BatchStatement::from(statement.clone()));
+            values.push(value);
+        }
+        rows.append_statement(BatchStatement::from(self.st.record_merge.clone()));
+        let now = CqlTimestamp(Utc::now().timestamp_millis());
+        values.push(Box::new((tenant, city, alias, now)));
+        if values.len() > BATCH_LIMIT {
+            return Err(self.conn.fail(format!(
+                "merging shard ({tenant}, {alias}) into ({tenant}, {city}) writes {} rows; one \
+                 batch holds at most {BATCH_LIMIT}",
+                into.rows.len()
+            )));
+        }
+        let parts = [(tenant, Part::Shard, alias), (tenant, Part::Shard, city)];
+        let merge = async {
+            if !self.merge_recorded(tenant, alias, city).await? {
+                self.conn
+                    .retrying("merge shard rows", || async {
+                        self.conn.session.batch(&rows, &values).await?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            self.delete_merged(tenant, alias, city).await
+        };
+        self.conn.run(self.versioned(&parts, merge))
+    }
+
+    fn finish_merges(&self, aliases: &TenantAliases) -> Result<(), StoreError> {
+        self.conn.run(async {
+            for (tenant, alias, city) in aliases.iter() {
+                if self.merge_recorded(tenant, alias, city).await? {
+                    let parts = [(tenant, Part::Shard, alias), (tenant, Part::Shard, city)];
+                    self.versioned(&parts, self.delete_merged(tenant, alias, city))
+                        .await?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
@@ -672,6 +771,42 @@ impl PosteriorStore for CassandraStore {
         slots.retain(|(t, _)| tenant.is_none_or(|want| want == t));
         slots.sort();
         Ok(slots)
+    }
+
+    fn city_aliases(&self, tenant: &str) -> Result<CityAliases, StoreError> {
+        let rows: Vec<(String, String)> = self.conn.run(self.conn.select_all(
+            "read city aliases",
+            &self.st.city_aliases,
+            (tenant,),
+        ))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    fn put_city_aliases(&self, tenant: &str, aliases: &CityAliases) -> Result<(), StoreError> {
+        // As in put_slot: the old aliases are deleted one microsecond before the new ones are
+        // written, in one single-partition batch.
+        let written = Utc::now().timestamp_micros();
+        if aliases.len() + 1 > BATCH_LIMIT {
+            return Err(self.conn.fail(format!(
+                "tenant {tenant} has {} city aliases; at most {} fit in one batch",
+                aliases.len(),
+                BATCH_LIMIT - 1
+            )));
+        }
+        let mut batch = Connection::batch();
+        let mut values: BatchValues = Vec::new();
+        batch.append_statement(BatchStatement::from(self.st.delete_city_aliases.clone()));
+        values.push(Box::new((written - 1, tenant)));
+        for (alias, city) in aliases.iter() {
+            batch.append_statement(BatchStatement::from(self.st.insert_city_alias.clone()));
+            values.push(Box::new((tenant, alias, city, written)));
+        }
+        let write = self.conn.retrying("write city aliases", || async {
+            self.conn.session.batch(&batch, &values).await?;
+            Ok(())
+        });
+        self.conn
+            .run(self.versioned(&[(tenant, Part::Aliases, "")], write))
     }
 
     fn put_api_key(&self, key_sha256: &str, key: &ApiKey) -> Result<(), StoreError> {

@@ -41,6 +41,9 @@ pub(super) const CHECKPOINTS: TableDefinition<(&str, i32), i64> =
     TableDefinition::new("checkpoints");
 /// (tenant, slot) → the slot configuration as JSON.
 pub(super) const SLOTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("slot_banners");
+/// (tenant, alias) → canonical city.
+pub(super) const CITY_ALIASES: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("city_aliases");
 /// key_sha256 → (tenant, role).
 pub(super) const API_KEYS: TableDefinition<&str, (&str, &str)> = TableDefinition::new("api_keys");
 /// (tenant, customer_id, ts µs, event_id) → (slot, city, banner, kind, referrer, request_id).

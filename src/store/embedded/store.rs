@@ -10,12 +10,14 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use super::layout::{
     block_rows, block_rows_from, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
     insert_customer_event, write_encoded_counts, Block, EncodedCounts, API_KEYS, APPLIED,
-    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CUSTOMER_EVENTS, META, META_CHANGE_MARKER,
-    PRIORS, SLOTS, VERSIONS,
+    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CITY_ALIASES, CUSTOMER_EVENTS, META,
+    META_CHANGE_MARKER, PRIORS, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
-use crate::model::{ArmKey, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig};
+use crate::model::{
+    ArmKey, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
+};
 use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
 use crate::store::{
     next_version, ApiKey, AppliedOffsets, CountQuery, Part, PosteriorStore, ShardState, ShardWrite,
@@ -57,6 +59,7 @@ impl EmbeddedStore {
             tx.open_table(API_KEYS)?;
             tx.open_table(CUSTOMER_EVENTS)?;
             tx.open_table(VERSIONS)?;
+            tx.open_table(CITY_ALIASES)?;
             move_earlier_layouts(tx)
         })?;
         Ok(store)
@@ -136,6 +139,11 @@ impl PosteriorStore for EmbeddedStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.write(|_| Ok(()))
+    }
+
+    fn merge_shards(&self, writes: &[ShardWrite; 2]) -> Result<(), StoreError> {
+        // One transaction, as every epoch.
+        self.write_epoch(Durability::Immediate, writes)
     }
 
     fn clear_counts(&self) -> Result<(), StoreError> {
@@ -437,6 +445,37 @@ impl PosteriorStore for EmbeddedStore {
                 }
             }
             Ok(slots)
+        })
+    }
+
+    fn city_aliases(&self, tenant: &str) -> Result<CityAliases, StoreError> {
+        self.read(|tx| {
+            // A file written before aliases existed, opened read-only, has no such table.
+            let table = match tx.open_table(CITY_ALIASES) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(CityAliases::default()),
+                t => t?,
+            };
+            let mut aliases = Vec::new();
+            for entry in table.range((tenant, "")..)? {
+                let (k, v) = entry?;
+                let (t, alias) = k.value();
+                if t != tenant {
+                    break;
+                }
+                aliases.push((alias.to_string(), v.value().to_string()));
+            }
+            Ok(aliases.into_iter().collect())
+        })
+    }
+
+    fn put_city_aliases(&self, tenant: &str, aliases: &CityAliases) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(CITY_ALIASES)?;
+            table.retain(|(t, _), _| t != tenant)?;
+            for (alias, city) in aliases.iter() {
+                table.insert((tenant, alias), city)?;
+            }
+            bump_version(tx, tenant, Part::Aliases, "")
         })
     }
 
