@@ -6,13 +6,12 @@
 //! store promises is checked against both backends in `posterior_store.rs`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::common::{gen, ok, service, slotbandit, stderr, unique_name};
+use crate::common::{free_port, gen, ok, service, slotbandit, stderr, unique_name, OwnService};
 use crate::posterior_store::customer_history;
 
 use chrono::Utc;
@@ -20,7 +19,7 @@ use scylla::value::{CqlValue, Row};
 use slotbandit::model::{
     ArmKey, CountKey, Counts, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
 };
-use slotbandit::serve::cache::{Refresh, Snapshot, TenantScope};
+use slotbandit::serve::cache::{KeptWindows, Refresh, Snapshot, TenantScope};
 use slotbandit::store::{
     open_store, CountQuery, Part, PosteriorStore, ShardState, ShardWrite, Versions,
 };
@@ -266,14 +265,6 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
     let with_priors = views(embedded, &t, &s, &c);
     assert_ne!(with_priors, want);
     assert_eq!(views(&ks.url, &t, &s, &c), with_priors);
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -551,60 +542,6 @@ fn the_schema_applies_once_and_a_store_without_it_is_named() {
     );
 }
 
-/// A second Cassandra node on ports and a data folder of its own, which this test may stop.
-struct OwnNode {
-    dir: tempfile::TempDir,
-    port: u16,
-    storage_port: u16,
-}
-
-impl OwnNode {
-    fn script(&self, action: &str) -> Output {
-        Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/services/cassandra.sh"
-        ))
-        .arg(action)
-        .env("SLOTBANDIT_CASSANDRA_PORT", self.port.to_string())
-        .env(
-            "SLOTBANDIT_CASSANDRA_STORAGE_PORT",
-            self.storage_port.to_string(),
-        )
-        .env(
-            "SLOTBANDIT_CASSANDRA_DATA",
-            self.dir.path().join("cassandra"),
-        )
-        .env("SLOTBANDIT_CASSANDRA_HEAP", "512m")
-        .output()
-        .unwrap()
-    }
-
-    fn start() -> Self {
-        let node = Self {
-            dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            storage_port: free_port(),
-        };
-        node.run("start");
-        node
-    }
-
-    fn run(&self, action: &str) {
-        let out = self.script(action);
-        assert!(
-            out.status.success(),
-            "cassandra.sh {action}: {}",
-            stderr(&out)
-        );
-    }
-}
-
-impl Drop for OwnNode {
-    fn drop(&mut self) {
-        self.script("stop");
-    }
-}
-
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -618,8 +555,8 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     if service("SLOTBANDIT_CASSANDRA").is_none() {
         return;
     }
-    let own = OwnNode::start();
-    let address = format!("127.0.0.1:{}", own.port);
+    let own = OwnService::cassandra();
+    let address = own.address.clone();
     let ks = Keyspace::with_url_suffix(&address, "sbt_stop", "?deadline_s=8");
     let h = history(
         "--events 400000 --days 6 --tenants 2 --cities 6 --banners 4 --seed 13",
@@ -662,7 +599,7 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
         "the backfill ended before Cassandra stopped; give it more history"
     );
     drop(probe);
-    own.run("stop");
+    own.run(&["stop"]);
     signal(job.id(), "-CONT");
     let failed = job.wait_with_output().unwrap();
     let err = stderr(&failed);
@@ -680,7 +617,7 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
         "the job retried before giving up: {err}"
     );
 
-    own.run("start");
+    own.run(&["start"]);
     ok(backfill(&h.data, &ks.url, &["-w", "2"]));
     assert_same_posteriors(&ks.url, &h.embedded);
 }
@@ -1045,7 +982,7 @@ fn reads_after_one_epoch(
     }
     // The service's cache has loaded everything, at a clock inside bucket now + 1.
     let clock = Buckets::hourly().start(now + 1) + chrono::Duration::minutes(30);
-    let windows = [WINDOW as u32 * 60];
+    let windows = KeptWindows::service([WINDOW as u32 * 60]);
     let scope = TenantScope::All;
     let loaded = Snapshot::load(store.as_ref(), &windows, clock, &scope).unwrap();
     // One epoch changes a few shards of the first tenant, now with a new bucket.
@@ -1086,7 +1023,11 @@ fn reads_after_one_epoch(
         (city, arms.counts[0]),
         ("c000", Counts::new(3 * buckets as u64, 1))
     );
-    let window = hero.window(Some(windows[0])).unwrap().for_city("c000").0;
+    let window = hero
+        .window(Some(WINDOW as u32 * 60))
+        .unwrap()
+        .for_city("c000")
+        .0;
     assert_eq!(
         window.counts[0],
         Counts::new(2 * (WINDOW as u64 - 1) + 1, 0)

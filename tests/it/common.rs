@@ -158,3 +158,74 @@ pub fn keys_add(store: &str, tenant: &str, role: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// A single-node Cassandra or Kafka of a test's own (scripts/services/, on free ports with a
+/// data folder in a temporary directory), which the test may stop and start without disturbing
+/// the shared services the other tests use. Stopped when dropped.
+pub struct OwnService {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    ports: Vec<(&'static str, u16)>,
+    pub address: String,
+}
+
+impl OwnService {
+    pub fn cassandra() -> Self {
+        Self::start("cassandra", &["PORT", "STORAGE_PORT"])
+    }
+
+    pub fn kafka() -> Self {
+        Self::start("kafka", &["PORT", "CONTROLLER_PORT"])
+    }
+
+    fn start(name: &'static str, ports: &[&'static str]) -> Self {
+        let mut own = Self {
+            name,
+            dir: tempfile::tempdir().unwrap(),
+            ports: ports.iter().map(|p| (*p, free_port())).collect(),
+            address: String::new(),
+        };
+        own.address = format!("127.0.0.1:{}", own.ports[0].1);
+        own.run(&["start"]);
+        own
+    }
+
+    fn var(&self, key: &str) -> String {
+        format!("SLOTBANDIT_{}_{key}", self.name.to_uppercase())
+    }
+
+    pub fn command(&self, action: &str) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/services")
+            .join(format!("{}.sh", self.name));
+        let mut c = Command::new(script);
+        c.arg(action)
+            .env(self.var("DATA"), self.dir.path().join(self.name))
+            .env(self.var("HEAP"), "512m");
+        for (key, port) in &self.ports {
+            c.env(self.var(key), port.to_string());
+        }
+        c
+    }
+
+    fn check(&self, out: Output, action: &str) {
+        assert!(
+            out.status.success(),
+            "{}.sh {action}: {}",
+            self.name,
+            stderr(&out)
+        );
+    }
+
+    /// Runs a script action (`stop`, `start`, `topic NAME N`, …) and requires it to succeed.
+    pub fn run(&self, args: &[&str]) {
+        let out = self.command(args[0]).args(&args[1..]).output().unwrap();
+        self.check(out, args[0]);
+    }
+}
+
+impl Drop for OwnService {
+    fn drop(&mut self) {
+        let _ = self.command("stop").output();
+    }
+}

@@ -2,33 +2,19 @@
 //! SIGKILL at random moments while events are produced, the broker restarted and Cassandra
 //! restarted mid-stream. After each scenario every arm's counts equal an independent recount.
 //!
-//! These restart the shared services, so they live alone in this test binary (cargo runs test
-//! binaries one after another) and run as one test, scenario after scenario.
+//! The restarts are of a Kafka and a Cassandra of this test's own (`OwnService`), so the tests
+//! running beside it on the shared services are not disturbed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    events_of, gen, ok, posteriors, recount, service, slotbandit, unique_name, Counts,
+    events_of, gen, ok, posteriors, recount, service, slotbandit, unique_name, Counts, OwnService,
 };
 
 use rand::{RngExt, SeedableRng};
 use slotbandit::model::parquet::list_parquet_files;
-
-fn services_script(name: &str, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scripts/services/{name}.sh"));
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name}.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -38,19 +24,19 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(kafka: &str, cassandra: &str, gen_flags: &str) -> Self {
+    fn new(kafka: &OwnService, cassandra: &OwnService, gen_flags: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         ok(gen(&data, gen_flags));
         let topic = unique_name("faults").replace('_', "-");
-        services_script("kafka", &["topic", &topic, "4"]);
+        kafka.run(&["topic", &topic, "4"]);
         let keyspace = unique_name("faults");
-        let store = format!("cassandra://{cassandra}/{keyspace}");
+        let store = format!("cassandra://{}/{keyspace}", cassandra.address);
         ok(slotbandit(&["schema", "apply", "--store", &store]));
         Self {
             _dir: dir,
             data,
-            log: format!("kafka://{kafka}/{topic}"),
+            log: format!("kafka://{}/{topic}", kafka.address),
             store,
         }
     }
@@ -119,26 +105,30 @@ fn kill_9_at_random_moments(s: &Setup, seed: u64) {
 
 /// A service stopped and started while the job runs; the job rides it out or fails cleanly, and
 /// a restart completes the counts.
-fn restart_mid_stream(s: &Setup, service_name: &str) {
+fn restart_mid_stream(s: &Setup, service: &OwnService) {
     assert!(s.produce(&[]).status().unwrap().success());
     let mut job = spawn_quiet(s.stream(true));
     std::thread::sleep(Duration::from_millis(1500));
-    services_script(service_name, &["stop"]);
+    service.run(&["stop"]);
     std::thread::sleep(Duration::from_secs(3));
-    services_script(service_name, &["start"]);
+    service.run(&["start"]);
     let _ = job.wait().unwrap();
-    assert_eq!(s.finish(), s.expected(), "after a {service_name} restart");
+    assert_eq!(
+        s.finish(),
+        s.expected(),
+        "after a {} restart",
+        service.address
+    );
 }
 
 #[test]
 fn exactly_once_under_kills_and_service_restarts() {
-    let (Some(kafka), Some(cassandra)) =
-        (service("SLOTBANDIT_KAFKA"), service("SLOTBANDIT_CASSANDRA"))
-    else {
+    if service("SLOTBANDIT_KAFKA").is_none() || service("SLOTBANDIT_CASSANDRA").is_none() {
         return;
-    };
+    }
+    let (kafka, cassandra) = (OwnService::kafka(), OwnService::cassandra());
     let flags = "--events 120000 --days 2 --tenants 2 --cities 6 --banners 4 --seed 21";
     kill_9_at_random_moments(&Setup::new(&kafka, &cassandra, flags), 7);
-    restart_mid_stream(&Setup::new(&kafka, &cassandra, flags), "kafka");
-    restart_mid_stream(&Setup::new(&kafka, &cassandra, flags), "cassandra");
+    restart_mid_stream(&Setup::new(&kafka, &cassandra, flags), &kafka);
+    restart_mid_stream(&Setup::new(&kafka, &cassandra, flags), &cassandra);
 }
