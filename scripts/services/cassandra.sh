@@ -308,20 +308,4 @@ cmd_reset() {
   echo "cassandra: data folder $DATA deleted"
 }
 
-parse_cluster_args "$@"
-set -- "${ARGS[@]}"
-case "$#:${1:-}" in
-1:start | 1:stop | 1:status | 1:reset)
-  if [[ -z "$NODES" ]]; then
-    "cmd_$1"
-  else
-    NODES="$(cluster_size "$NODES")"
-    cluster_main "$1" "$NODES"
-  fi
-  ;;
-2:start-node | 2:stop-node | 2:pause-node | 2:resume-node)
-  NODES="$(cluster_size "$NODES")"
-  cluster_main "$1" "$NODES" "$2"
-  ;;
-*) usage ;;
-esac
+service_main "$@"

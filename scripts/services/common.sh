@@ -380,3 +380,33 @@ parse_cluster_args() {
     esac
   done
 }
+
+# service_main ARGS...: the actions every service script takes — start|stop|status|reset of the
+# one node or (with --nodes N) of a cluster, and start-node|stop-node|pause-node|resume-node I.
+# Anything else goes to the script's service_action function, if it defines one, with --nodes
+# taken out (NODES holds it); else usage.
+service_main() {
+  parse_cluster_args "$@"
+  set -- "${ARGS[@]}"
+  case "$#:${1:-}" in
+  1:start | 1:stop | 1:status | 1:reset)
+    if [[ -z "$NODES" ]]; then
+      "cmd_$1"
+    else
+      NODES="$(cluster_size "$NODES")"
+      cluster_main "$1" "$NODES"
+    fi
+    ;;
+  2:start-node | 2:stop-node | 2:pause-node | 2:resume-node)
+    NODES="$(cluster_size "$NODES")"
+    cluster_main "$1" "$NODES" "$2"
+    ;;
+  *)
+    if declare -F service_action >/dev/null; then
+      service_action "$@"
+    else
+      usage
+    fi
+    ;;
+  esac
+}

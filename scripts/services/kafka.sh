@@ -403,24 +403,11 @@ if [[ "$1" == run-class ]]; then
   shift
   cmd_run_class "$@"
 fi
-parse_cluster_args "$@"
-set -- "${ARGS[@]}"
-case "$#:${1:-}" in
-1:start | 1:stop | 1:status | 1:reset)
-  if [[ -z "$NODES" ]]; then
-    "cmd_$1"
-  else
-    NODES="$(cluster_size "$NODES")"
-    cluster_main "$1" "$NODES"
-  fi
-  ;;
-2:start-node | 2:stop-node | 2:pause-node | 2:resume-node)
-  NODES="$(cluster_size "$NODES")"
-  cluster_main "$1" "$NODES" "$2"
-  ;;
-3:topic)
+# kafka.sh's own action: topic NAME PARTITIONS [--nodes N].
+service_action() {
+  [[ "$#:${1:-}" == 3:topic ]] || usage
   if [[ -n "$NODES" ]]; then NODES="$(cluster_size "$NODES")"; fi
   cmd_topic "$2" "$3"
-  ;;
-*) usage ;;
-esac
+}
+
+service_main "$@"
