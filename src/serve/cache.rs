@@ -10,8 +10,11 @@
 //! Windows move with the clock: when a window's first bucket changes, its tenants load anew.
 //!
 //! Windows (the seed's `pastmin`): besides the all-time posteriors, a snapshot holds windowed
-//! posteriors (counts of the whole buckets that start at or after now − W) for each window in a
-//! small registered set; a request for a new window registers it and waits for one load.
+//! posteriors (counts of the whole buckets that start at or after now − W) for each kept window
+//! of a tenant: the service's (`--windows`, every tenant), a fixed set for the seed-compatible
+//! routes' tenants, and at most `MAX_TENANT_WINDOWS` more per tenant, which only that tenant's
+//! admin keys register (a decision naming a new window then waits for one load). A window is at
+//! least one bucket long and at most the store's retention.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -28,8 +31,82 @@ use crate::time::Retention;
 /// Counts per arm, as the store answers them.
 type ArmRows = Vec<(ArmKey, Counts)>;
 
-/// At most this many distinct windows are kept per service.
-pub const MAX_WINDOWS: usize = 8;
+/// At most this many windows are registered per tenant, besides the service's and the seed
+/// routes' fixed ones.
+pub const MAX_TENANT_WINDOWS: usize = 4;
+
+/// The windows the cache keeps, per tenant: the service's, kept for every tenant, and each
+/// tenant's own (the seed routes' fixed set, and those its admin keys registered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptWindows {
+    service: BTreeSet<u32>,
+    fixed: BTreeMap<String, BTreeSet<u32>>,
+    registered: BTreeMap<String, BTreeSet<u32>>,
+}
+
+impl KeptWindows {
+    /// The service's windows, kept for every tenant.
+    pub fn service(windows: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            service: windows.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Keeps `windows` for `tenant` too, outside its registration limit.
+    pub fn with_fixed(mut self, tenant: &str, windows: impl IntoIterator<Item = u32>) -> Self {
+        self.fixed
+            .entry(tenant.to_string())
+            .or_default()
+            .extend(windows);
+        self
+    }
+
+    /// The windows kept for `tenant`.
+    pub fn of_tenant(&self, tenant: &str) -> BTreeSet<u32> {
+        let own = [self.fixed.get(tenant), self.registered.get(tenant)];
+        let own = own.into_iter().flatten().flatten();
+        self.service.iter().chain(own).copied().collect()
+    }
+
+    pub fn keeps(&self, tenant: &str, minutes: u32) -> bool {
+        self.service.contains(&minutes)
+            || [&self.fixed, &self.registered]
+                .iter()
+                .any(|m| m.get(tenant).is_some_and(|w| w.contains(&minutes)))
+    }
+
+    /// Every window some tenant keeps.
+    pub fn all(&self) -> BTreeSet<u32> {
+        let own = self
+            .fixed
+            .values()
+            .chain(self.registered.values())
+            .flatten();
+        self.service.iter().chain(own).copied().collect()
+    }
+
+    /// Registers `minutes` for `tenant`; refused past `MAX_TENANT_WINDOWS`.
+    fn register(&mut self, tenant: &str, minutes: u32) -> Result<(), CacheError> {
+        if self.keeps(tenant, minutes) {
+            return Ok(());
+        }
+        let own = self.registered.entry(tenant.to_string()).or_default();
+        if own.len() >= MAX_TENANT_WINDOWS {
+            return Err(CacheError::TooManyWindows {
+                tenant: tenant.to_string(),
+                kept: join_minutes(&self.of_tenant(tenant)),
+            });
+        }
+        own.insert(minutes);
+        Ok(())
+    }
+}
+
+fn join_minutes(windows: &BTreeSet<u32>) -> String {
+    let kept: Vec<String> = windows.iter().map(u32::to_string).collect();
+    kept.join(", ")
+}
 
 /// The tenants a service serves: every tenant in the store, or a list (replicas that split
 /// the tenants between them).
@@ -289,6 +366,8 @@ pub struct Snapshot {
     tenants: HashMap<String, TenantRead>,
     /// Each kept window's first bucket when it was read.
     window_starts: BTreeMap<u32, i64>,
+    /// The windows kept per tenant when it was read.
+    windows: KeptWindows,
     /// The store's change marker when this snapshot was read.
     marker: Option<u64>,
 }
@@ -332,7 +411,7 @@ impl Snapshot {
     /// Reads every configured slot of the served tenants with its priors and counts.
     pub fn load(
         store: &dyn PosteriorStore,
-        windows: &[u32],
+        windows: &KeptWindows,
         now: DateTime<Utc>,
         scope: &TenantScope,
     ) -> Result<Snapshot, StoreError> {
@@ -347,20 +426,24 @@ impl Snapshot {
     pub fn refresh(
         previous: Option<&Snapshot>,
         store: &dyn PosteriorStore,
-        windows: &[u32],
+        windows: &KeptWindows,
         now: DateTime<Utc>,
         scope: &TenantScope,
     ) -> Result<Refresh, StoreError> {
         let buckets = store.buckets()?;
         let window_starts: BTreeMap<u32, i64> = windows
-            .iter()
-            .map(|&w| (w, buckets.first_in_window(now, w)))
+            .all()
+            .into_iter()
+            .map(|w| (w, buckets.first_in_window(now, w)))
             .collect();
         // Read before the versions: a write after this read moves the marker again.
         let marker = store.change_marker()?;
         let previous = previous.filter(|p| p.window_starts == window_starts);
+        // A tenant whose kept windows changed is read whole.
+        let same_windows =
+            |p: &Snapshot, tenant: &str| p.windows.of_tenant(tenant) == windows.of_tenant(tenant);
         if let Some(p) = previous {
-            if marker.is_some() && marker == p.marker {
+            if marker.is_some() && marker == p.marker && p.windows == *windows {
                 return Ok(Refresh::Unchanged);
             }
         }
@@ -373,6 +456,12 @@ impl Snapshot {
         let mut shards = 0;
         for tenant in tenants {
             let current = Arc::new(store.versions(&tenant)?);
+            let previous = previous.filter(|p| same_windows(p, &tenant));
+            let tenant_starts: BTreeMap<u32, i64> = windows
+                .of_tenant(&tenant)
+                .into_iter()
+                .map(|w| (w, window_starts[&w]))
+                .collect();
             let read_before = previous.and_then(|p| p.tenants.get(&tenant));
             let before = read_before.map(|r| &r.versions);
             let alias_version = |v: &Versions| v.get(&(Part::Aliases, String::new())).copied();
@@ -398,7 +487,7 @@ impl Snapshot {
                         old.map(Arc::as_ref),
                         &diff,
                         &current,
-                        &window_starts,
+                        &tenant_starts,
                     )?))
                 }
                 None => {
@@ -407,7 +496,7 @@ impl Snapshot {
                         store,
                         &tenant,
                         &current,
-                        &window_starts,
+                        &tenant_starts,
                     )?))
                 }
             };
@@ -437,6 +526,7 @@ impl Snapshot {
                 store_as_of: store.as_of()?,
                 tenants: read,
                 window_starts,
+                windows: windows.clone(),
                 marker,
             }),
             shards,
@@ -601,8 +691,22 @@ fn read_slot(
 pub enum CacheError {
     #[error("the store is unavailable: {0}")]
     Store(#[from] StoreError),
-    #[error("at most {MAX_WINDOWS} distinct windows are kept (kept: {0})")]
-    TooManyWindows(String),
+    #[error(
+        "tenant {tenant} keeps at most {MAX_TENANT_WINDOWS} windows of its own besides the \
+         service's (kept: {kept})"
+    )]
+    TooManyWindows { tenant: String, kept: String },
+    #[error(
+        "a window of {minutes} minutes is not kept for tenant {tenant} (kept: {kept}); a \
+         decision with an admin key registers it"
+    )]
+    WindowNotKept {
+        tenant: String,
+        minutes: u32,
+        kept: String,
+    },
+    #[error("a window must be at least one bucket ({bucket} minutes) long (got {minutes})")]
+    WindowBelowBucket { minutes: u32, bucket: u32 },
     #[error("the cache load was cancelled")]
     Cancelled,
     #[error("--tenants names tenants the store does not know: {unknown} (known: {known})")]
@@ -638,7 +742,7 @@ pub struct PosteriorCache {
     store: Arc<dyn PosteriorStore>,
     scope: TenantScope,
     current: ArcSwapOption<Snapshot>,
-    windows: Mutex<BTreeSet<u32>>,
+    windows: Mutex<KeptWindows>,
     /// Serializes loads, so that a refresh asked for by a request waits for a load that
     /// started after its write.
     loading: tokio::sync::Mutex<()>,
@@ -646,16 +750,12 @@ pub struct PosteriorCache {
 }
 
 impl PosteriorCache {
-    pub fn new(
-        store: Arc<dyn PosteriorStore>,
-        windows: impl IntoIterator<Item = u32>,
-        scope: TenantScope,
-    ) -> Self {
+    pub fn new(store: Arc<dyn PosteriorStore>, windows: KeptWindows, scope: TenantScope) -> Self {
         Self {
             store,
             scope,
             current: ArcSwapOption::empty(),
-            windows: Mutex::new(windows.into_iter().collect()),
+            windows: Mutex::new(windows),
             loading: tokio::sync::Mutex::new(()),
             last_error: Mutex::new(None),
         }
@@ -679,13 +779,7 @@ impl PosteriorCache {
     pub async fn refresh(&self) -> Result<Refreshed, CacheError> {
         let _guard = self.loading.lock().await;
         let started = Instant::now();
-        let windows: Vec<u32> = self
-            .windows
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .copied()
-            .collect();
+        let windows = self.windows.lock().expect("not poisoned").clone();
         let store = self.store.clone();
         let scope = self.scope.clone();
         let previous = self.snapshot();
@@ -719,33 +813,80 @@ impl PosteriorCache {
         }
     }
 
-    /// Fails on a kept window longer than the store keeps bucket counts (blocking: at start).
+    /// Fails on a kept window shorter than a bucket or longer than the store keeps bucket
+    /// counts (blocking: at start).
     pub fn check_windows(&self) -> Result<(), CacheError> {
-        let retention = self.store.retention()?;
-        let windows = self.windows.lock().expect("not poisoned").clone();
-        windows
-            .into_iter()
-            .try_for_each(|w| within_retention(w, retention))
+        let bounds = WindowBounds::of(self.store.as_ref())?;
+        let windows = self.windows.lock().expect("not poisoned").all();
+        windows.into_iter().try_for_each(|w| bounds.check(w))
     }
 
-    /// Makes sure `minutes` is a kept window and a snapshot holding it is installed.
-    pub async fn ensure_window(&self, minutes: u32) -> Result<Arc<Snapshot>, CacheError> {
+    /// Keeps those of `windows` a window may be (see `WindowBounds`) for `tenant`, outside its
+    /// registration limit (blocking: at start).
+    pub fn keep_fixed(&self, tenant: &str, windows: &[u32]) -> Result<(), CacheError> {
+        let bounds = WindowBounds::of(self.store.as_ref())?;
+        let fixed = windows.iter().copied().filter(|&w| bounds.check(w).is_ok());
+        let mut kept = self.windows.lock().expect("not poisoned");
+        *kept = std::mem::take(&mut *kept).with_fixed(tenant, fixed);
+        Ok(())
+    }
+
+    /// The windows kept for `tenant`.
+    pub fn kept_windows(&self, tenant: &str) -> BTreeSet<u32> {
+        self.windows.lock().expect("not poisoned").of_tenant(tenant)
+    }
+
+    /// A snapshot holding `minutes` for `tenant`. A window not kept yet is registered when
+    /// `may_register` (an admin caller), else refused.
+    pub async fn ensure_window(
+        &self,
+        tenant: &str,
+        minutes: u32,
+        may_register: bool,
+    ) -> Result<Arc<Snapshot>, CacheError> {
         let store = self.store.clone();
-        let retention = tokio::task::spawn_blocking(move || store.retention())
+        let bounds = tokio::task::spawn_blocking(move || WindowBounds::of(store.as_ref()))
             .await
             .map_err(|_| CacheError::Cancelled)??;
-        within_retention(minutes, retention)?;
+        bounds.check(minutes)?;
         {
             let mut windows = self.windows.lock().expect("not poisoned");
-            if !windows.contains(&minutes) {
-                if windows.len() >= MAX_WINDOWS {
-                    let kept: Vec<String> = windows.iter().map(u32::to_string).collect();
-                    return Err(CacheError::TooManyWindows(kept.join(", ")));
-                }
-                windows.insert(minutes);
+            if may_register {
+                windows.register(tenant, minutes)?;
+            } else if !windows.keeps(tenant, minutes) {
+                return Err(CacheError::WindowNotKept {
+                    tenant: tenant.to_string(),
+                    minutes,
+                    kept: join_minutes(&windows.of_tenant(tenant)),
+                });
             }
         }
         Ok(self.refresh().await?.snapshot)
+    }
+}
+
+/// What a window may be: at least a bucket, at most the store's retention.
+struct WindowBounds {
+    bucket_minutes: u32,
+    retention: Option<Retention>,
+}
+
+impl WindowBounds {
+    fn of(store: &dyn PosteriorStore) -> Result<Self, StoreError> {
+        Ok(Self {
+            bucket_minutes: store.buckets()?.minutes(),
+            retention: store.retention()?,
+        })
+    }
+
+    fn check(&self, minutes: u32) -> Result<(), CacheError> {
+        if minutes < self.bucket_minutes {
+            return Err(CacheError::WindowBelowBucket {
+                minutes,
+                bucket: self.bucket_minutes,
+            });
+        }
+        within_retention(minutes, self.retention)
     }
 }
 
@@ -811,6 +952,26 @@ mod tests {
         assert!(entry.window(Some(60)).is_none());
     }
 
+    #[test]
+    fn kept_windows_are_the_services_and_each_tenants_own_up_to_its_limit() {
+        let mut kept = KeptWindows::service([720]).with_fixed("ajio", [60, 1440]);
+        assert_eq!(kept.of_tenant("ajio"), BTreeSet::from([60, 720, 1440]));
+        assert_eq!(kept.of_tenant("zara"), BTreeSet::from([720]));
+        for w in 0..MAX_TENANT_WINDOWS as u32 {
+            kept.register("zara", 100 + w).unwrap();
+        }
+        kept.register("zara", 720).unwrap();
+        kept.register("zara", 100).unwrap();
+        let refused = kept.register("zara", 999).unwrap_err();
+        assert!(matches!(refused, CacheError::TooManyWindows { .. }));
+        // The fixed windows are outside the limit, and another tenant's registrations too.
+        for w in 0..MAX_TENANT_WINDOWS as u32 {
+            kept.register("ajio", 200 + w).unwrap();
+        }
+        assert!(kept.keeps("zara", 100) && !kept.keeps("ajio", 100));
+        assert_eq!(kept.all().len(), 3 + 2 * MAX_TENANT_WINDOWS);
+    }
+
     mod incremental {
         use super::*;
         use crate::bandit::{Prior, PriorSource};
@@ -845,6 +1006,8 @@ mod tests {
                 slot: usize,
                 alpha0: f64,
             },
+            /// An admin key of the tenant registers a window.
+            Window { tenant: usize, minutes: u32 },
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -862,11 +1025,16 @@ mod tests {
                     .prop_map(|(tenant, slot, banners)| Op::PutSlot { tenant, slot, banners }),
                 1 => (0..TENANTS.len(), 0..SLOTS.len(), 0.5f64..20.0)
                     .prop_map(|(tenant, slot, alpha0)| Op::Priors { tenant, slot, alpha0 }),
+                1 => (0..TENANTS.len(), prop::sample::select(vec![120u32, 180, 600]))
+                    .prop_map(|(tenant, minutes)| Op::Window { tenant, minutes }),
             ]
         }
 
-        fn apply(store: &EmbeddedStore, op: &Op, now_bucket: i64) {
+        fn apply(store: &EmbeddedStore, windows: &mut KeptWindows, op: &Op, now_bucket: i64) {
             match op {
+                Op::Window { tenant, minutes } => {
+                    windows.register(TENANTS[*tenant], *minutes).unwrap();
+                }
                 Op::Epoch {
                     tenant,
                     city,
@@ -981,7 +1149,7 @@ mod tests {
                 let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
                 let now = crate::time::parse_rfc3339(NOW).unwrap();
                 let now_bucket = store.buckets().unwrap().index(now);
-                let windows = [120, 600];
+                let mut windows = KeptWindows::service([600]);
                 let scope = if only_ajio {
                     TenantScope::Only(BTreeSet::from(["ajio".to_string()]))
                 } else {
@@ -989,13 +1157,16 @@ mod tests {
                 };
                 let mut current = Snapshot::load(&store, &windows, now, &scope).unwrap();
                 for op in &ops {
-                    apply(&store, op, now_bucket);
+                    apply(&store, &mut windows, op, now_bucket);
                     let refreshed = Snapshot::refresh(Some(&current), &store, &windows, now, &scope)
                         .unwrap();
                     if let Refresh::Changed { snapshot, shards } = refreshed {
                         let written = usize::from(matches!(op, Op::Epoch { tenant, .. }
                             if scope.serves(TENANTS[*tenant])));
-                        prop_assert_eq!(shards, written, "{:?}", op);
+                        // A tenant with a new window is read whole.
+                        if !matches!(op, Op::Window { .. }) {
+                            prop_assert_eq!(shards, written, "{:?}", op);
+                        }
                         current = *snapshot;
                     }
                     let full = Snapshot::load(&store, &windows, now, &scope).unwrap();

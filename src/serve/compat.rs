@@ -6,7 +6,10 @@
 //! [`normalize_name`]): the GET route's location only, the click route's every name; a location
 //! is a city, normalized by the city rule ([`normalize_city`]) as everywhere. These routes
 //! carry no key and no token, so they are off unless the service enables them for a tenant
-//! (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON.
+//! (`--compat-tenant`). Unlike the prototype, errors are 4xx JSON, and `pastmin` picks one of
+//! a fixed set of windows ([`WINDOWS`]) instead of any number of minutes.
+
+use std::collections::BTreeSet;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -25,6 +28,19 @@ use crate::model::{
 };
 
 const DEFAULTS: [&str; 4] = ["ajio", "hero", "bangalore", "720"];
+
+/// The windows kept for a tenant of these routes (those within the store's retention): a
+/// `pastmin` is answered from the shortest of them at least as long, or the longest, so that
+/// requests without a key cannot make the service keep windows of their choosing.
+pub const WINDOWS: [u32; 5] = [60, 180, 720, 1440, 2880];
+
+/// The kept window that answers for `pastmin`.
+fn window_for(pastmin: u32, kept: &BTreeSet<u32>) -> Option<u32> {
+    kept.range(pastmin..)
+        .next()
+        .or_else(|| kept.last())
+        .copied()
+}
 
 /// The prototype's answer: the banner and its image.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -58,7 +74,7 @@ fn enabled(state: &super::AppState, tenant: &str) -> Result<(), ApiError> {
         ("platform" = String, Path, description = "Tenant; default ajio", pattern = "^[a-z0-9_-]{1,64}$"),
         ("slot" = String, Path, description = "Slot; default hero", pattern = "^[a-z0-9_-]{1,64}$"),
         ("location" = String, Path, description = "City, trimmed and lowercased as the prototype did; default bangalore"),
-        ("pastmin" = u32, Path, description = "Window in minutes; default 720", minimum = 1, maximum = 43200),
+        ("pastmin" = u32, Path, description = "Window in minutes; default 720. Answered from the shortest kept window (60, 180, 720, 1440 or 2880 minutes, within the store's retention) at least this long, or the longest", minimum = 1, maximum = 43200),
     ),
     responses(
         (status = 200, body = KeyValue),
@@ -94,12 +110,13 @@ pub async fn decision(
         }
     };
     enabled(&state, tenant)?;
+    let kept = state.cache.kept_windows(tenant);
     let request = DecisionRequest {
         tenant,
         slot,
         city,
         n: 1,
-        window: Some(pastmin),
+        window: window_for(pastmin, &kept),
         customer_id: None,
         referrer: None,
     };
@@ -206,4 +223,21 @@ pub async fn click(
         key: "200".into(),
         value: "Record updated successfully".into(),
     }]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pastmin_takes_the_shortest_kept_window_at_least_as_long_or_the_longest() {
+        let kept = BTreeSet::from([60, 720, 1440]);
+        let answered: Vec<_> = [1, 60, 61, 720, 721, 1440, 43200]
+            .iter()
+            .map(|&m| window_for(m, &kept))
+            .collect();
+        let expected = [60, 60, 720, 720, 1440, 1440, 1440].map(Some);
+        assert_eq!(answered, expected);
+        assert_eq!(window_for(30, &BTreeSet::new()), None, "all time");
+    }
 }

@@ -33,7 +33,7 @@ use axum::Router;
 use rand::Rng;
 
 use self::auth::KeyCache;
-use self::cache::{CacheError, PosteriorCache, SlotEntry, Snapshot, TenantScope};
+use self::cache::{CacheError, KeptWindows, PosteriorCache, SlotEntry, Snapshot, TenantScope};
 use self::error::ApiError;
 use self::events::EventSink;
 use self::metrics::Metrics;
@@ -164,6 +164,28 @@ impl AppState {
 
     /// A slot with its arms for `window` loaded (`None` = all time), loading a new window into
     /// the cache first; the snapshot is the one the arms come from.
+    /// Makes sure `minutes` is kept for `tenant` (registering it when `may_register`, for
+    /// admin callers) and returns a snapshot holding it.
+    async fn ensure_window(
+        &self,
+        tenant: &str,
+        minutes: u32,
+        may_register: bool,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        self.cache
+            .ensure_window(tenant, minutes, may_register)
+            .await
+            .map_err(|e| match e {
+                CacheError::TooManyWindows { .. }
+                | CacheError::WindowNotKept { .. }
+                | CacheError::WindowBelowBucket { .. }
+                | CacheError::WindowBeyondRetention { .. } => {
+                    ApiError::invalid("window_minutes", e.to_string())
+                }
+                other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
+            })
+    }
+
     async fn window_entry(
         &self,
         tenant: &str,
@@ -176,16 +198,7 @@ impl AppState {
             return Ok((snapshot, entry));
         }
         let minutes = window.expect("all-time arms are always loaded");
-        let snapshot = self
-            .cache
-            .ensure_window(minutes)
-            .await
-            .map_err(|e| match e {
-                CacheError::TooManyWindows(_) | CacheError::WindowBeyondRetention { .. } => {
-                    ApiError::invalid("window_minutes", e.to_string())
-                }
-                other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
-            })?;
+        let snapshot = self.ensure_window(tenant, minutes, false).await?;
         let entry = self.entry_of(&snapshot, tenant, slot)?;
         Ok((snapshot, entry))
     }
@@ -255,10 +268,13 @@ impl Service {
         options.tenants.check(store.as_ref())?;
         let cache = Arc::new(PosteriorCache::new(
             store,
-            options.windows.iter().copied(),
+            KeptWindows::service(options.windows.iter().copied()),
             options.tenants.clone(),
         ));
         cache.check_windows()?;
+        for tenant in &options.compat_tenants {
+            cache.keep_fixed(tenant, &compat::WINDOWS)?;
+        }
         let state = Arc::new(AppState {
             cache,
             keys: KeyCache::new(),

@@ -705,7 +705,7 @@ fn posteriors_series_and_operations() {
     let windowed: Value = s
         .get(
             "/v1/tenants/ajio/slots/hero/posteriors?window_minutes=60",
-            Some(&s.serve),
+            Some(&s.admin),
         )
         .json()
         .unwrap();
@@ -976,6 +976,84 @@ fn replicas_that_split_the_tenants_serve_only_theirs() {
         ),
         "{err}"
     );
+}
+
+/// Kept windows are per tenant: a serve key uses the kept ones, an admin key registers new ones
+/// (a few per tenant), a window is at least a bucket, and the seed routes, which carry no key,
+/// register none however many `pastmin` values they are sent.
+#[test]
+fn windows_are_kept_per_tenant_and_only_admin_keys_register_them() {
+    let s = Server::start();
+    let window = |minutes: u32, key: &str, tenant: &str, slot: &str| {
+        let path = format!(
+            "/v1/tenants/{tenant}/slots/{slot}/decision?city=pune&window_minutes={minutes}"
+        );
+        let r = s.get(&path, Some(key));
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap())
+    };
+    let ajio = |minutes: u32, key: &str| window(minutes, key, "ajio", "hero");
+    for pastmin in (10..=70).step_by(10).chain([100, 5000, 43200]) {
+        let r = s.get(&format!("/adclick/ajio/hero/pune/{pastmin}"), None);
+        assert_eq!(r.status(), 200, "pastmin {pastmin}");
+    }
+    // The seed route's windows are fixed, so no unauthenticated request made 10 … 70 kept.
+    let (status, body) = ajio(120, &s.serve);
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("window_minutes"))
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not kept for tenant ajio") && detail.contains("admin key"),
+        "{body}"
+    );
+    let (status, body) = ajio(120, &s.admin);
+    assert_eq!((status, body["window_minutes"].as_u64()), (200, Some(120)));
+    let (status, body) = ajio(120, &s.serve);
+    assert_eq!(
+        (status, body["window_minutes"].as_u64()),
+        (200, Some(120)),
+        "{body}"
+    );
+    // Another tenant's kept windows are its own.
+    let (status, body) = window(120, &s.other_tenant, "myntra", "home");
+    assert_eq!(status, 200, "myntra's admin key registers it: {body}");
+    let (status, body) = window(180, &s.other_tenant, "myntra", "home");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = ajio(30, &s.admin);
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("window_minutes"))
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at least one bucket (60 minutes)"),
+        "{body}"
+    );
+    let limit = slotbandit::serve::cache::MAX_TENANT_WINDOWS as u32;
+    for extra in 1..limit {
+        let (status, body) = ajio(120 + 100 * extra, &s.admin);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = ajio(120 + 100 * limit, &s.admin);
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("window_minutes"))
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {limit} windows")),
+        "{body}"
+    );
+    // A kept window still answers, and the service's own (720) is every tenant's.
+    assert_eq!(ajio(120 + 100 * (limit - 1), &s.serve).0, 200);
+    assert_eq!(window(720, &s.other_tenant, "myntra", "home").0, 200);
 }
 
 #[test]

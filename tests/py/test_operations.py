@@ -253,7 +253,7 @@ def stack(tmp_path_factory):
     traffic = Traffic(base, serve_key)
     traffic.start()
     yield dict(tmp=tmp, services=services, log=log, job=job, service=service, base=base,
-               serve_key=serve_key, alerts=alerts, prometheus=prometheus, traffic=traffic)
+               serve_key=serve_key, admin=admin, alerts=alerts, prometheus=prometheus, traffic=traffic)
     traffic.stop.set()
     traffic.join(timeout=60)
     for p in (prometheus.proc, job.proc, service.proc):
@@ -345,11 +345,11 @@ def test_each_fault_fires_its_alerts_and_they_resolve_after_recovery(stack):
           lambda: services.run("cassandra", "stop"),
           lambda: (services.run("cassandra", "start"), job.ensure_running()))
 
-    # A store that hangs: decisions that need a window it has not loaded wait for it.
+    # A store that hangs: decisions that register a window (an admin key's) wait for its load.
     def hang_store_under_new_windows():
         services.signal_cassandra(signal.SIGSTOP)
         try:
-            traffic = stack["traffic"]
+            traffic = Traffic(stack["base"], stack["admin"])
             threads = [threading.Thread(target=traffic.call, args=(
                 "GET", f"/v1/tenants/ajio/slots/hero/decision?city=pune&window_minutes={w}"))
                 for w in (120, 180) for _ in range(25)]

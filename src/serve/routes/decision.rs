@@ -36,7 +36,10 @@ pub struct DecisionQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 10)]
     pub n: Option<String>,
     /// Decide from the counts of the last N minutes only (whole buckets); default all time.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 43200)]
+    /// A window the tenant keeps (the service's `--windows`, or one its admin keys
+    /// registered); an admin key's request registers a new one (at most 4 per tenant). At
+    /// least one bucket (60 minutes).
+    #[param(value_type = Option<u32>, minimum = 60, maximum = 43200)]
     pub window_minutes: Option<String>,
 }
 
@@ -97,6 +100,10 @@ async fn checked_decision(
     let referrer = optional_token("referrer", q.referrer, REFERRER_MAX)?;
     let n = bounded("n", q.n.as_deref(), 1, MAX_N as u32)?.unwrap_or(1) as usize;
     let window = window_minutes(q.window_minutes.as_deref())?;
+    if let Some(minutes) = window {
+        let may_register = caller.role >= Role::Admin;
+        state.ensure_window(&tenant, minutes, may_register).await?;
+    }
     let request = DecisionRequest {
         tenant: &tenant,
         slot: &slot,

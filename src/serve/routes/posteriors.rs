@@ -33,7 +33,10 @@ pub struct PosteriorQuery {
     #[param(value_type = Option<String>)]
     pub city: Option<String>,
     /// Counts of the last N minutes only (whole buckets); default all time.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 43200)]
+    /// A window the tenant keeps (the service's `--windows`, or one its admin keys
+    /// registered); an admin key's request registers a new one (at most 4 per tenant). At
+    /// least one bucket (60 minutes).
+    #[param(value_type = Option<u32>, minimum = 60, maximum = 43200)]
     pub window_minutes: Option<String>,
 }
 
@@ -116,6 +119,10 @@ pub async fn posteriors(
     let Query(q) = query?;
     let city = optional_city("city", q.city)?;
     let window = window_minutes(q.window_minutes.as_deref())?;
+    if let Some(minutes) = window {
+        let may_register = caller.role >= Role::Admin;
+        state.ensure_window(&tenant, minutes, may_register).await?;
+    }
     let (snapshot, entry) = state.window_entry(&tenant, &slot, window).await?;
     let arms = entry.window(window).expect("window_entry loads the window");
     let now = Utc::now();
