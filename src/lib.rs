@@ -4,6 +4,7 @@
 
 pub mod bandit;
 pub mod dataflow;
+pub mod eval;
 pub mod model;
 pub mod retry;
 pub mod serve;
