@@ -13,15 +13,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("bandit", &["time", "model"]),
     ("synth", &["time", "model", "bandit"]),
     ("sim", &["time", "model", "bandit", "synth"]),
+    ("eval", &["time", "model", "bandit"]),
     ("source", &["time", "model", "retry"]),
     ("store", &["time", "model", "bandit", "retry"]),
     (
         "dataflow",
-        &["time", "model", "bandit", "retry", "source", "store"],
+        &[
+            "time", "model", "bandit", "eval", "retry", "source", "store",
+        ],
     ),
     (
         "serve",
-        &["time", "model", "bandit", "retry", "source", "store"],
+        &[
+            "time", "model", "bandit", "eval", "retry", "source", "store",
+        ],
     ),
 ];
 
