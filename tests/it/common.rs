@@ -161,3 +161,13 @@ pub fn keys_add(store: &str, tenant: &str, role: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves none behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

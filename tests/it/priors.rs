@@ -8,23 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use slotbandit::model::EventKind;
 
-use crate::common::{events_of, gen, keys_add, ok, service, slotbandit, spawn_serve, unique_name};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::{
+    events_of, gen, keys_add, ok, service, slotbandit, spawn_serve, unique_name, Killed,
+};
 
 const TENANT: &str = "ajio";
 const SLOT: &str = "hero";

@@ -35,7 +35,8 @@ pub(super) struct EpochBatch {
     pub(super) clicks_appended_ms: Vec<i64>,
     pub(super) counts: Vec<(CountKey, (i64, i64))>,
     pub(super) applied: Vec<AppliedOffset>,
-    /// The newest event time counted in the epoch (ms since the Unix epoch): the priors' clock.
+    /// The newest event time counted in the epoch, at most the wall clock's (ms since the Unix
+    /// epoch): the priors' clock.
     pub(super) newest_event_ms: Option<i64>,
 }
 
@@ -232,7 +233,10 @@ impl PartitionReader {
             .map(|((shard, p), o)| (shards[shard as usize].0.clone(), p, o))
             .collect();
         batch.clicks_appended_ms = epoch.clicks_appended_ms;
-        batch.newest_event_ms = epoch.newest_event_ms;
+        // Never past the wall clock: one event from the far future must not stall the priors'
+        // cadence until its time comes.
+        let now_ms = Utc::now().timestamp_millis();
+        batch.newest_event_ms = epoch.newest_event_ms.map(|ms| ms.min(now_ms));
         Ok(batch)
     }
 }
