@@ -1,4 +1,5 @@
-//! Bandit math: Beta posteriors, empirical-Bayes priors, Thompson decisions and P(best).
+//! Bandit math: Beta posteriors, empirical-Bayes and hierarchical priors, Thompson decisions and
+//! P(best).
 
 mod beta;
 mod cutoff;
@@ -11,8 +12,8 @@ pub use beta::BetaSampler;
 pub use pbest::prob_best;
 pub use posterior::{BetaPosterior, PosteriorError, PosteriorSummary};
 pub use prior::{
-    city_priors, empirical_bayes, BannerCounts, Prior, PriorSource, SlotPriors,
-    DEFAULT_PRIOR_STRENGTH,
+    empirical_bayes, hierarchical_priors, BannerCounts, CityCounts, CityEffect, Prior, PriorSource,
+    SlotPriors, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
 };
 pub use thompson::{thompson_select, DecisionError, SlotPolicy};
 

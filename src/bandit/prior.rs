@@ -1,10 +1,16 @@
-//! Empirical-Bayes priors per (tenant, slot, banner) from pooled all-city counts (docs/architecture.md, "Bandit math").
+//! Priors (docs/architecture.md, "Bandit math"): empirical Bayes per (tenant, slot, banner) from
+//! pooled all-city counts, and on top of it the hierarchical priors the jobs keep, with an effect
+//! per banner and per city.
 //!
-//! A slot-level Beta(a, b) is fitted to the banners' pooled CTRs by the method of moments, with
-//! the binomial sampling noise taken out of the between-banner variance and its strength a + b
-//! capped at `prior_strength`. Each banner's prior for its city arms is then the banner's pooled
-//! posterior mean under that slot prior, with strength min(prior_strength, a + b + impressions).
-//! A banner without history falls back to the slot prior (the slot mean).
+//! [`empirical_bayes`]: a slot-level Beta(a, b) is fitted to the banners' pooled CTRs by the
+//! method of moments, with the binomial sampling noise taken out of the between-banner variance
+//! and its strength a + b capped at `prior_strength`. Each banner's prior is then the banner's
+//! pooled posterior mean under that slot prior, with strength min(prior_strength, a + b +
+//! impressions). A banner without history falls back to the slot prior (the slot mean).
+//!
+//! [`hierarchical_priors`]: those banner priors are the banner effects; each city gets an effect
+//! (a level multiplying every banner's mean) and the slot a strength fitted to the spread between
+//! cities. [`SlotPriors::for_arm`] composes an arm's prior from them.
 
 use std::collections::BTreeMap;
 
@@ -23,15 +29,21 @@ pub struct BannerCounts {
     pub clicks: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a prior comes from. Stored priors are the slot's (`slot_mean` or `uniform`) and the
+/// banners' (`empirical_bayes`, or `slot_mean` for a banner without history); an arm's prior
+/// ([`SlotPriors::for_arm`]) says which of them it was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriorSource {
-    /// Fitted to this banner's pooled history.
+    /// Fitted to this banner's pooled history. For an arm: the banner's effect at the slot's
+    /// level, as a city without counts of its own in the slot gets it.
     EmpiricalBayes,
-    /// The banner has no history: the slot-level prior.
+    /// The banner has no history: the slot-level prior (for an arm: at its city's level).
     SlotMean,
     /// The slot has no history: Beta(1, 1).
     Uniform,
+    /// An arm's prior only: the banner's effect times its city's own effect.
+    Hierarchical,
 }
 
 impl PriorSource {
@@ -41,6 +53,7 @@ impl PriorSource {
             PriorSource::EmpiricalBayes => "empirical_bayes",
             PriorSource::SlotMean => "slot_mean",
             PriorSource::Uniform => "uniform",
+            PriorSource::Hierarchical => "hierarchical",
         }
     }
 
@@ -49,6 +62,7 @@ impl PriorSource {
             PriorSource::EmpiricalBayes,
             PriorSource::SlotMean,
             PriorSource::Uniform,
+            PriorSource::Hierarchical,
         ]
         .into_iter()
         .find(|source| source.as_str() == s)
@@ -76,12 +90,39 @@ impl Prior {
         }
         .updated(impressions, clicks)
     }
+
+    pub fn mean(&self) -> f64 {
+        self.alpha0 / (self.alpha0 + self.beta0)
+    }
+
+    /// Pseudo-impressions: α0 + β0.
+    pub fn strength(&self) -> f64 {
+        self.alpha0 + self.beta0
+    }
+
+    /// The same mean at another strength.
+    fn with_strength(self, strength: f64) -> Prior {
+        Prior::of_mean(self.mean(), strength, self.source)
+    }
+
+    fn of_mean(mean: f64, strength: f64, source: PriorSource) -> Prior {
+        let m = clamp_mean(mean);
+        Prior {
+            alpha0: m * strength,
+            beta0: (1.0 - m) * strength,
+            source,
+        }
+    }
 }
 
+/// A slot's priors: the slot-level prior, the banner effects and the city effects (empty for
+/// priors fitted without cities, such as a plain [`empirical_bayes`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlotPriors {
     pub slot: Prior,
     pub banners: BTreeMap<String, Prior>,
+    #[serde(default)]
+    pub cities: BTreeMap<String, CityEffect>,
 }
 
 impl SlotPriors {
@@ -89,38 +130,64 @@ impl SlotPriors {
         Self {
             slot: Prior::UNIFORM,
             banners: BTreeMap::new(),
+            cities: BTreeMap::new(),
         }
     }
 
+    /// The banner's own prior (its effect), or the slot's for a banner without one.
     pub fn for_banner(&self, banner: &str) -> Prior {
         self.banners.get(banner).copied().unwrap_or(self.slot)
+    }
+
+    /// The prior of one arm (docs/architecture.md, "Bandit math"): the banner's effect (its
+    /// mean and strength; the slot's for a banner without history) times the city's effect. A
+    /// city without counts in the slot gets the slot's level, 1: every new city starts from the
+    /// same shrinkage prior, the slot's.
+    pub fn for_arm(&self, city: &str, banner: &str) -> Prior {
+        let effect = self.for_banner(banner);
+        if effect.source == PriorSource::Uniform {
+            return effect;
+        }
+        let (level, source) = match self.cities.get(city) {
+            Some(c) if effect.source == PriorSource::EmpiricalBayes => {
+                (c.level, PriorSource::Hierarchical)
+            }
+            Some(c) => (c.level, effect.source),
+            None => (1.0, effect.source),
+        };
+        let strength = effect.strength().max(MIN_STRENGTH);
+        Prior::of_mean(effect.mean() * level, strength, source)
     }
 }
 
 /// Fits the slot prior and each banner's prior from pooled counts.
 pub fn empirical_bayes(counts: &[BannerCounts], prior_strength: f64) -> SlotPriors {
-    let strength_cap = if prior_strength.is_finite() && prior_strength > 0.0 {
-        prior_strength
-    } else {
-        DEFAULT_PRIOR_STRENGTH
-    };
-    let seen: Vec<&BannerCounts> = counts.iter().filter(|c| c.impressions > 0).collect();
-    let n: f64 = seen.iter().map(|c| c.impressions as f64).sum();
+    let rows: Vec<(&str, f64, f64)> = counts
+        .iter()
+        .map(|c| (c.banner.as_str(), c.impressions as f64, c.clicks as f64))
+        .collect();
+    fit_banners(&rows, prior_strength)
+}
+
+/// [`empirical_bayes`] on (banner, impressions, clicks) rows whose impressions may be weighted
+/// (by city levels, in [`hierarchical_priors`]).
+fn fit_banners(rows: &[(&str, f64, f64)], prior_strength: f64) -> SlotPriors {
+    let strength_cap = strength_cap(prior_strength);
+    let seen: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.1 > 0.0)
+        .map(|&(_, n, k)| (n, k.min(n)))
+        .collect();
+    let n: f64 = seen.iter().map(|r| r.0).sum();
     if seen.is_empty() {
         return SlotPriors::uniform();
     }
-    let k: f64 = seen
-        .iter()
-        .map(|c| c.clicks.min(c.impressions) as f64)
-        .sum();
+    let k: f64 = seen.iter().map(|r| r.1).sum();
     // Half a pseudo-click keeps the mean strictly inside (0, 1) when a slot has no clicks yet.
     let mean = (k + 0.5) / (n + 1.0);
     let between: f64 = seen
         .iter()
-        .map(|c| {
-            let p = c.clicks.min(c.impressions) as f64 / c.impressions as f64;
-            c.impressions as f64 * (p - mean).powi(2)
-        })
+        .map(|&(imp, clk)| imp * (clk / imp - mean).powi(2))
         .sum::<f64>()
         / n;
     let noise = mean * (1.0 - mean) * seen.len() as f64 / n;
@@ -136,31 +203,47 @@ pub fn empirical_bayes(counts: &[BannerCounts], prior_strength: f64) -> SlotPrio
         beta0: (1.0 - mean) * slot_strength,
         source: PriorSource::SlotMean,
     };
-    let banners = counts
+    let banners = rows
         .iter()
-        .map(|c| {
-            let prior = if c.impressions == 0 {
+        .map(|&(banner, imp, clk)| {
+            let prior = if imp <= 0.0 {
                 slot
             } else {
-                let pooled = slot.posterior(c.impressions, c.clicks);
-                let strength = (slot_strength + c.impressions as f64).min(strength_cap);
-                let m = pooled.mean();
+                // The banner's pooled posterior under the slot prior; clicks beyond impressions
+                // count as successes without a failure.
+                let alpha = slot.alpha0 + clk;
+                let beta = slot.beta0 + (imp - clk).max(0.0);
+                let strength = (slot_strength + imp).min(strength_cap);
+                let m = alpha / (alpha + beta);
                 Prior {
                     alpha0: m * strength,
                     beta0: (1.0 - m) * strength,
                     source: PriorSource::EmpiricalBayes,
                 }
             };
-            (c.banner.clone(), prior)
+            (banner.to_string(), prior)
         })
         .collect();
-    SlotPriors { slot, banners }
+    SlotPriors {
+        slot,
+        banners,
+        cities: BTreeMap::new(),
+    }
 }
 
 /// Clicks of pseudo-evidence that pull a city's level towards the slot's (level 1).
-const LEVEL_PSEUDO_CLICKS: f64 = 10.0;
+pub const LEVEL_PSEUDO_CLICKS: f64 = 10.0;
 
-/// The prior strengths tried by [`city_priors`]: 10^0.5 to 10^5 pseudo-impressions.
+/// Rounds of the fit of banner and city effects in turn (it usually settles in a few).
+const FIT_ROUNDS: usize = 20;
+
+/// Bounds of a prior's mean away from 0 and 1 (a mean of exactly 0 or 1 has no Beta).
+const MEAN_BOUNDS: (f64, f64) = (1e-6, 1.0 - 1e-6);
+
+/// The weakest prior any arm gets: two pseudo-impressions.
+const MIN_STRENGTH: f64 = 2.0;
+
+/// The prior strengths tried by [`hierarchical_priors`]: 10^0.5 to 10^5 pseudo-impressions.
 fn strength_grid() -> impl Iterator<Item = f64> {
     (2..=20).map(|i| 10f64.powf(f64::from(i) / 4.0))
 }
@@ -169,53 +252,92 @@ fn ln_beta(a: f64, b: f64) -> f64 {
     ln_gamma(a) + ln_gamma(b) - ln_gamma(a + b)
 }
 
-/// Priors per (city, banner) for a slot whose CTRs are a banner effect times a city effect
-/// (hierarchical pooling). `cities[c]` lists city c's counts per banner, in the same banner order
-/// for every city; the result has the same shape.
+/// `max_strength` as a cap: at least [`MIN_STRENGTH`], [`DEFAULT_PRIOR_STRENGTH`] when it is
+/// not a positive number.
+fn strength_cap(max_strength: f64) -> f64 {
+    if max_strength.is_finite() && max_strength > 0.0 {
+        max_strength.max(MIN_STRENGTH)
+    } else {
+        DEFAULT_PRIOR_STRENGTH
+    }
+}
+
+/// One city's all-time counts per banner in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CityCounts {
+    pub city: String,
+    pub banners: Vec<BannerCounts>,
+}
+
+/// A city's effect in a slot: how much its CTRs differ from the slot's, as one factor on every
+/// banner's mean, and the evidence behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CityEffect {
+    /// The city's clicks over the clicks the banner effects predict for its impressions, both
+    /// plus [`LEVEL_PSEUDO_CLICKS`] (so a city with little data stays near the slot's level, 1).
+    pub level: f64,
+    /// The clicks behind the level: the city's own plus [`LEVEL_PSEUDO_CLICKS`].
+    pub clicks: f64,
+}
+
+/// The hierarchical priors of one slot from every city's all-time counts (docs/architecture.md,
+/// "Bandit math"); one rule for the jobs, `slotbandit priors` and the simulator's `ts-hb`.
 ///
-/// The banner effect is the banner's pooled prior mean from `pooled` (see [`empirical_bayes`]);
-/// the city level is the city's clicks over the clicks those means predict for its impressions,
-/// shrunk towards 1 by ten pseudo-clicks; the prior mean of (city, banner) is their product. The
-/// strength is the one on a log grid up to `max_strength` that maximises the beta-binomial
-/// marginal likelihood of all cities' counts, but never more than the strength of the banner's
-/// pooled prior (the evidence behind its mean), so that a rarely shown banner keeps a weak prior
-/// and is still explored.
-pub fn city_priors(
-    pooled: &SlotPriors,
-    cities: &[Vec<BannerCounts>],
-    max_strength: f64,
-) -> Vec<Vec<Prior>> {
-    let mean = |p: Prior| p.alpha0 / (p.alpha0 + p.beta0);
-    let means: Vec<Vec<f64>> = cities
-        .iter()
-        .map(|counts| {
-            let banner_means: Vec<f64> = counts
-                .iter()
-                .map(|c| mean(pooled.for_banner(&c.banner)))
-                .collect();
-            let clicks: f64 = counts
-                .iter()
-                .map(|c| c.clicks.min(c.impressions) as f64)
-                .sum();
-            let expected: f64 = counts
-                .iter()
-                .zip(&banner_means)
-                .map(|(c, m)| c.impressions as f64 * m)
-                .sum();
-            let level = (clicks + LEVEL_PSEUDO_CLICKS) / (expected + LEVEL_PSEUDO_CLICKS);
-            banner_means
-                .iter()
-                .map(|m| (m * level).clamp(1e-6, 1.0 - 1e-6))
-                .collect()
-        })
-        .collect();
+/// - **Banner effects** and **city effects**, fitted in turn until they settle. A banner's effect
+///   is [`empirical_bayes`] (strengths capped at `max_strength`) on its clicks over its
+///   impressions weighted by the levels of the cities that showed them, so that a banner shown
+///   mostly in cities of low CTRs does not pass for a bad banner everywhere (pooled CTRs confound
+///   the two: the lab's runs that did worse than independent TS came from exactly that); the
+///   slot's mean stands for a banner without history. A city's level is its clicks over the
+///   clicks the banner effects predict for its impressions, both plus ten pseudo-clicks, so a
+///   city with little data stays near the slot's level (1) and the mix of banners it happened to
+///   show does not bias it.
+/// - **Strength**: one per slot, the value on a log grid (10^0.5 … `max_strength`) that maximises
+///   the beta-binomial marginal likelihood of every city's counts under means banner × city: the
+///   spread between cities the data supports. A banner's strength is that, but never more than
+///   the evidence behind its effect (its empirical-Bayes strength), so a rarely shown banner
+///   keeps a weak prior and is still explored.
+///
+/// An arm's prior is then [`SlotPriors::for_arm`]: mean banner × city at the banner's strength.
+/// No prior is stronger than `max_strength`, so a city's own counts always win in the end. A slot
+/// without impressions gets Beta(1, 1) everywhere. The result never holds a NaN or a strength
+/// below two pseudo-impressions (property tests in this file).
+pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPriors {
+    let cap = strength_cap(max_strength);
+    // Banner and city effects in turn, until the levels settle.
+    let mut levels: Vec<Option<CityEffect>> = vec![None; cities.len()];
+    for _ in 0..FIT_ROUNDS {
+        let effects = banner_effects(cities, &levels, cap);
+        if effects.slot.source == PriorSource::Uniform {
+            return SlotPriors::uniform();
+        }
+        let mut next: Vec<Option<CityEffect>> = cities
+            .iter()
+            .map(|city| city_effect(&effects, &city.banners))
+            .collect();
+        normalize_levels(&effects, cities, &mut next);
+        let moved = next
+            .iter()
+            .zip(&levels)
+            .map(|(a, b)| (a.map_or(1.0, |e| e.level) - b.map_or(1.0, |e| e.level)).abs())
+            .fold(0.0, f64::max);
+        levels = next;
+        if moved < 1e-6 {
+            break;
+        }
+    }
+    // The banner effects under the levels kept, so each banner's evidence is the impressions
+    // those levels weigh.
+    let effects = banner_effects(cities, &levels, cap);
     let log_likelihood = |strength: f64| -> f64 {
         cities
             .iter()
-            .zip(&means)
-            .flat_map(|(counts, ms)| counts.iter().zip(ms))
+            .zip(&levels)
+            .filter_map(|(city, level)| Some((city, (*level)?)))
+            .flat_map(|(city, level)| city.banners.iter().map(move |c| (c, level)))
             .filter(|(c, _)| c.impressions > 0)
-            .map(|(c, &m)| {
+            .map(|(c, level)| {
+                let m = clamp_mean(effects.for_banner(&c.banner).mean() * level.level);
                 let (a, b) = (m * strength, (1.0 - m) * strength);
                 let k = c.clicks.min(c.impressions) as f64;
                 let misses = c.impressions as f64 - k;
@@ -223,35 +345,96 @@ pub fn city_priors(
             })
             .sum()
     };
-    let cap = if max_strength.is_finite() && max_strength > 0.0 {
-        max_strength
-    } else {
-        DEFAULT_PRIOR_STRENGTH
-    };
     let strength = strength_grid()
         .filter(|&s| s <= cap)
         .map(|s| (log_likelihood(s), s))
+        .filter(|(l, _)| l.is_finite())
         .max_by(|x, y| x.0.total_cmp(&y.0))
-        .map_or(cap.min(2.0), |(_, s)| s);
-    cities
-        .iter()
-        .zip(&means)
-        .map(|(counts, ms)| {
-            counts
-                .iter()
-                .zip(ms)
-                .map(|(c, m)| {
-                    let evidence = pooled.for_banner(&c.banner);
-                    let strength = strength.min(evidence.alpha0 + evidence.beta0);
-                    Prior {
-                        alpha0: m * strength,
-                        beta0: (1.0 - m) * strength,
-                        source: PriorSource::EmpiricalBayes,
-                    }
-                })
-                .collect()
-        })
-        .collect()
+        .map_or(MIN_STRENGTH, |(_, s)| s);
+    let at_strength = |p: Prior| p.with_strength(strength.min(p.strength()));
+    SlotPriors {
+        slot: at_strength(effects.slot),
+        banners: effects
+            .banners
+            .into_iter()
+            .map(|(banner, p)| (banner, at_strength(p)))
+            .collect(),
+        cities: cities
+            .iter()
+            .zip(levels)
+            .filter_map(|(city, level)| Some((city.city.clone(), level?)))
+            .collect(),
+    }
+}
+
+/// [`fit_banners`] on each banner's clicks over its impressions weighted by the levels of the
+/// cities that showed them (a city without a level counts at 1).
+fn banner_effects(cities: &[CityCounts], levels: &[Option<CityEffect>], cap: f64) -> SlotPriors {
+    let mut pooled: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (city, level) in cities.iter().zip(levels) {
+        let level = level.map_or(1.0, |e| e.level);
+        for c in &city.banners {
+            let sum = pooled.entry(c.banner.as_str()).or_default();
+            sum.0 += c.impressions as f64 * level;
+            sum.1 += c.clicks as f64;
+        }
+    }
+    let rows: Vec<(&str, f64, f64)> = pooled.into_iter().map(|(b, (n, k))| (b, n, k)).collect();
+    fit_banners(&rows, cap)
+}
+
+/// Scales the levels so that their mean, weighted by the clicks each city's impressions
+/// would bring at level 1, is 1: the banner effects are then the CTRs of the slot's average
+/// city, and the scale the fit could trade between banners and cities stays put.
+fn normalize_levels(
+    effects: &SlotPriors,
+    cities: &[CityCounts],
+    levels: &mut [Option<CityEffect>],
+) {
+    let (mut weighted, mut weights) = (0.0, 0.0);
+    for (city, level) in cities.iter().zip(levels.iter()) {
+        let Some(level) = level else { continue };
+        let expected: f64 = city
+            .banners
+            .iter()
+            .map(|c| c.impressions as f64 * effects.for_banner(&c.banner).mean())
+            .sum();
+        weighted += expected * level.level;
+        weights += expected;
+    }
+    let scale = weighted / weights;
+    if !(scale.is_finite() && scale > 0.0) {
+        return;
+    }
+    for level in levels.iter_mut().flatten() {
+        level.level /= scale;
+    }
+}
+
+/// A city's effect under the banner means of `effects`; `None` for a city without impressions.
+fn city_effect(effects: &SlotPriors, counts: &[BannerCounts]) -> Option<CityEffect> {
+    let mut clicks = 0.0;
+    let mut expected = 0.0;
+    for c in counts.iter().filter(|c| c.impressions > 0) {
+        clicks += c.clicks.min(c.impressions) as f64;
+        expected += c.impressions as f64 * effects.for_banner(&c.banner).mean();
+    }
+    if expected <= 0.0 {
+        return None;
+    }
+    let level = (clicks + LEVEL_PSEUDO_CLICKS) / (expected + LEVEL_PSEUDO_CLICKS);
+    Some(CityEffect {
+        level,
+        clicks: clicks + LEVEL_PSEUDO_CLICKS,
+    })
+    .filter(|e| e.level.is_finite() && e.clicks.is_finite())
+}
+
+fn clamp_mean(m: f64) -> f64 {
+    if m.is_nan() {
+        return 0.5;
+    }
+    m.clamp(MEAN_BOUNDS.0, MEAN_BOUNDS.1)
 }
 
 #[cfg(test)]
@@ -313,35 +496,235 @@ mod tests {
     }
 
     #[test]
-    fn city_priors_follow_banner_times_city_effects() {
+    fn arms_compose_banner_and_city_effects() {
         let banners = [("a", 0.05), ("b", 0.03), ("c", 0.02)];
-        let city = |level: f64, n: u64| -> Vec<BannerCounts> {
-            banners
+        let city = |name: &str, level: f64, n: u64| CityCounts {
+            city: name.into(),
+            banners: banners
                 .iter()
                 .map(|&(b, p)| BannerCounts {
                     banner: b.into(),
                     impressions: n,
                     clicks: (p * level * n as f64).round() as u64,
                 })
-                .collect()
+                .collect(),
         };
-        let cities = vec![city(1.0, 100_000), city(2.0, 100_000), city(0.5, 400)];
-        let mut pooled_counts = city(1.0, 0);
-        for c in &cities {
-            for (p, x) in pooled_counts.iter_mut().zip(c) {
-                p.impressions += x.impressions;
-                p.clicks += x.clicks;
-            }
-        }
-        let pooled = empirical_bayes(&pooled_counts, 1e9);
-        let priors = city_priors(&pooled, &cities, 1e5);
-        let mean = |p: &Prior| p.alpha0 / (p.alpha0 + p.beta0);
-        for city in &priors {
-            assert!(mean(&city[0]) > mean(&city[1]) && mean(&city[1]) > mean(&city[2]));
+        let cities = vec![
+            city("one", 1.0, 100_000),
+            city("two", 2.0, 100_000),
+            city("small", 0.5, 400),
+        ];
+        let priors = hierarchical_priors(&cities, 1e5);
+        for c in ["one", "two", "small", "new"] {
+            let m: Vec<f64> = ["a", "b", "c"]
+                .iter()
+                .map(|b| priors.for_arm(c, b).mean())
+                .collect();
+            assert!(m[0] > m[1] && m[1] > m[2], "{c}: {m:?}");
         }
         // The busy city at twice the level gets about twice the CTRs.
-        assert!((mean(&priors[1][0]) / mean(&priors[0][0]) - 2.0).abs() < 0.1);
-        // Exactly multiplicative data: the marginal likelihood wants a strong prior.
-        assert!(priors[0][0].alpha0 + priors[0][0].beta0 >= 1_000.0);
+        let ratio = priors.for_arm("two", "a").mean() / priors.for_arm("one", "a").mean();
+        assert!((ratio - 2.0).abs() < 0.1, "{ratio}");
+        // Exactly multiplicative data: the marginal likelihood wants a strong prior, and a busy
+        // city's evidence allows it.
+        assert!(priors.for_arm("one", "a").strength() >= 1_000.0);
+        assert_eq!(priors.for_arm("one", "a").source, PriorSource::Hierarchical);
+        // A new city: the banner's effect at the slot's level.
+        let new = priors.for_arm("new", "a");
+        assert_eq!(new.source, PriorSource::EmpiricalBayes);
+        assert_eq!(new, priors.for_banner("a"));
+        // A banner without history: the slot's mean, at the city's level.
+        let unknown = priors.for_arm("two", "z");
+        assert_eq!(unknown.source, PriorSource::SlotMean);
+        let level = priors.cities["two"].level;
+        assert!((unknown.mean() - priors.slot.mean() * level).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_slot_without_impressions_is_uniform_everywhere() {
+        for cities in [
+            vec![],
+            vec![CityCounts {
+                city: "pune".into(),
+                banners: counts(&[("a", 0, 0), ("b", 0, 3)]),
+            }],
+        ] {
+            let p = hierarchical_priors(&cities, 100.0);
+            assert_eq!(p, SlotPriors::uniform());
+            assert_eq!(p.for_arm("pune", "a"), Prior::UNIFORM);
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const CITIES: [&str; 4] = ["c0", "c1", "c2", "c3"];
+        const BANNERS: [&str; 4] = ["b0", "b1", "b2", "b3"];
+
+        /// Counts from nothing to huge, clicks anywhere from none to more than impressions.
+        fn some_counts() -> impl Strategy<Value = (u64, u64)> {
+            prop_oneof![
+                Just((0, 0)),
+                (0u64..50, 0u64..5),
+                (0u64..100_000).prop_flat_map(|n| (Just(n), 0..=n)),
+                (0u64..10).prop_map(|c| (0, c)),
+                (1u64..u64::MAX / 4, 0u64..1000),
+            ]
+        }
+
+        /// Up to four cities, each once (as the jobs group counts), with any counts per banner.
+        fn slot() -> impl Strategy<Value = Vec<CityCounts>> {
+            let rows = prop::collection::vec((0..BANNERS.len(), some_counts()), 0..5);
+            prop::collection::btree_map(0..CITIES.len(), rows, 0..5).prop_map(|cities| {
+                cities
+                    .into_iter()
+                    .map(|(c, rows)| CityCounts {
+                        city: CITIES[c].into(),
+                        banners: rows
+                            .into_iter()
+                            .map(|(b, (impressions, clicks))| BannerCounts {
+                                banner: BANNERS[b].into(),
+                                impressions,
+                                clicks,
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+        }
+
+        fn max_strength() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                Just(100.0),
+                Just(1e5),
+                0.1f64..1e6,
+                Just(f64::NAN),
+                Just(-1.0)
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_arm_prior_is_a_proper_beta_of_bounded_strength(
+                cities in slot(),
+                max in max_strength(),
+            ) {
+                let priors = hierarchical_priors(&cities, max);
+                let cap = strength_cap(max);
+                for city in CITIES.iter().chain(&["new"]) {
+                    for banner in BANNERS.iter().chain(&["new"]) {
+                        let p = priors.for_arm(city, banner);
+                        prop_assert!(p.alpha0.is_finite() && p.beta0.is_finite(), "{p:?}");
+                        prop_assert!(p.alpha0 > 0.0 && p.beta0 > 0.0, "{p:?}");
+                        // Never zero-strength, never more than the cap...
+                        prop_assert!(p.strength() >= MIN_STRENGTH - 1e-9, "{p:?}");
+                        prop_assert!(p.strength() <= cap * (1.0 + 1e-12), "{p:?} cap {cap}");
+                        if p.source == PriorSource::Uniform {
+                            prop_assert_eq!(p, Prior::UNIFORM);
+                            continue;
+                        }
+                        // ...nor more than the evidence behind the banner's effect: its
+                        // impressions weighted by its cities' levels, plus the slot's strength.
+                        let weighted: f64 = cities
+                            .iter()
+                            .flat_map(|c| {
+                                let level = priors.cities.get(&c.city).map_or(1.0, |e| e.level);
+                                c.banners.iter().map(move |b| (b, level))
+                            })
+                            .filter(|(b, _)| b.banner == *banner)
+                            .map(|(b, level)| b.impressions as f64 * level)
+                            .sum();
+                        let slot = priors.slot.strength();
+                        prop_assert!(
+                            p.strength() <= (slot + weighted) * (1.0 + 1e-9) + 1e-6,
+                            "{p:?} {weighted}"
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn a_city_without_data_gets_the_slots_prior(cities in slot(), max in max_strength()) {
+                let priors = hierarchical_priors(&cities, max);
+                for banner in BANNERS.iter().chain(&["new"]) {
+                    // Every new city alike, at the banner's effect (the slot's level).
+                    let new = priors.for_arm("new", banner);
+                    prop_assert_eq!(new, priors.for_arm("other", banner));
+                    if new.source != PriorSource::Uniform {
+                        let effect = priors.for_banner(banner);
+                        prop_assert!((new.mean() - clamp_mean(effect.mean())).abs() < 1e-12);
+                        prop_assert_eq!(new.source, effect.source);
+                    }
+                }
+                // A city without impressions has no effect of its own.
+                for city in CITIES {
+                    let shown = cities
+                        .iter()
+                        .filter(|c| c.city == city)
+                        .flat_map(|c| &c.banners)
+                        .any(|c| c.impressions > 0);
+                    if !shown {
+                        prop_assert!(!priors.cities.contains_key(city));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_citys_level_is_shrunk_towards_the_slot_and_more_data_moves_it_further(
+                rows in prop::collection::vec((0..BANNERS.len(), 1u64..5_000, 0u64..300), 1..6),
+                scale in 2u64..50,
+            ) {
+                let effects = empirical_bayes(
+                    &counts(&[("b0", 100_000, 5_000), ("b1", 100_000, 3_000), ("b2", 100_000, 1_000)]),
+                    1e5,
+                );
+                let city = |scale: u64| -> Vec<BannerCounts> {
+                    rows.iter()
+                        .map(|&(b, n, k)| BannerCounts {
+                            banner: BANNERS[b].into(),
+                            impressions: n * scale,
+                            clicks: k.min(n) * scale,
+                        })
+                        .collect()
+                };
+                let (few, many) = (city(1), city(scale));
+                let raw = {
+                    let clicks: f64 = few.iter().map(|c| c.clicks as f64).sum();
+                    let expected: f64 = few
+                        .iter()
+                        .map(|c| c.impressions as f64 * effects.for_banner(&c.banner).mean())
+                        .sum();
+                    clicks / expected
+                };
+                let l_few = city_effect(&effects, &few).unwrap();
+                let l_many = city_effect(&effects, &many).unwrap();
+                // Between the slot's level (1) and the city's own ratio...
+                for l in [l_few.level, l_many.level] {
+                    prop_assert!((l - 1.0) * (raw - 1.0) >= 0.0, "{l} {raw}");
+                    prop_assert!((l - 1.0).abs() <= (raw - 1.0).abs() + 1e-9, "{l} {raw}");
+                }
+                // ...and nearer that ratio with more data, with more evidence behind it.
+                prop_assert!((l_many.level - raw).abs() <= (l_few.level - raw).abs() + 1e-12);
+                prop_assert!(l_many.clicks >= l_few.clicks);
+            }
+
+            #[test]
+            fn a_citys_own_counts_win_in_the_end(
+                cities in slot(),
+                max in max_strength(),
+                city in 0..CITIES.len(),
+                banner in 0..BANNERS.len(),
+                own in 0.0f64..1.0,
+            ) {
+                // However strong the priors, the posterior mean of an arm that keeps showing
+                // CTR `own` ends within 1% of it: a prior's strength is bounded.
+                let prior = hierarchical_priors(&cities, max).for_arm(CITIES[city], BANNERS[banner]);
+                let n = 1u64 << 40;
+                let k = (own * n as f64) as u64;
+                let posterior = prior.posterior(n, k);
+                prop_assert!((posterior.mean() - own).abs() < 0.01, "{prior:?} {own}");
+            }
+        }
     }
 }

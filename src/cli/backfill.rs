@@ -10,7 +10,7 @@ use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
     hand_off, plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, Cluster,
-    DEFAULT_EPOCH_ROWS,
+    PriorSettings, DEFAULT_EPOCH_ROWS,
 };
 use slotbandit::source::open_log;
 use slotbandit::store::{open_store, PosteriorStore};
@@ -71,6 +71,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             skip_bad_files: args.skip_bad_files,
             epoch_rows: args.epoch_rows,
             retention: args.stream.retention,
+            priors: args.stream.priors.settings(),
         },
         true,
     )?;
@@ -105,13 +106,14 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How history is read: bucket width, what to do with bad files, the epoch size, and how long
-/// bucket rows are kept.
+/// How history is read: bucket width, what to do with bad files, the epoch size, how long
+/// bucket rows are kept, and how the priors are computed at the end.
 pub struct ReadOptions {
     pub bucket_minutes: u32,
     pub skip_bad_files: bool,
     pub epoch_rows: u64,
     pub retention: Retention,
+    pub priors: Option<PriorSettings>,
 }
 
 impl Default for ReadOptions {
@@ -121,12 +123,13 @@ impl Default for ReadOptions {
             skip_bad_files: false,
             epoch_rows: DEFAULT_EPOCH_ROWS,
             retention: Retention::default(),
+            priors: Some(PriorSettings::default()),
         }
     }
 }
 
 /// Plans and runs a backfill with a progress bar and reports what it skipped and rejected;
-/// shared by `backfill`, `priors` and `demo`.
+/// shared by `backfill` and `demo`.
 pub fn backfill(
     input: &std::path::Path,
     until: Option<DateTime<Utc>>,
@@ -140,6 +143,7 @@ pub fn backfill(
         skip_bad_files,
         epoch_rows,
         retention,
+        priors,
     } = options;
     let buckets = Buckets::of_minutes(bucket_minutes).map_err(anyhow::Error::msg)?;
     let plan = plan_backfill(input, skip_bad_files)?;
@@ -168,6 +172,7 @@ pub fn backfill(
         skip_bad_files,
         epoch_rows,
         store,
+        priors,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
     };
     let mut report =

@@ -1,5 +1,5 @@
 //! `slotbandit demo`: backfills the committed sample into an embedded store with the dataflow
-//! job, computes the cold-start priors, and prints per (tenant, slot, city) the counts, the
+//! job (which keeps the hierarchical priors beside the counts), and prints per (tenant, slot, city) the counts, the
 //! leading banner with its 95% interval and P(best), and the true best banner from _truth.json.
 //! Then, in the same process and until Ctrl-C, it runs the rest of the embedded default: the
 //! stream job on a fresh file log, the lookup service with its demo page and dashboard, and with
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use slotbandit::bandit::{prob_best, seeded_rng, DEFAULT_PRIOR_STRENGTH};
-use slotbandit::dataflow::{hand_off, write_priors, Cluster};
+use slotbandit::bandit::{prob_best, seeded_rng};
+use slotbandit::dataflow::{hand_off, Cluster};
 use slotbandit::model::SlotConfig;
 use slotbandit::serve::auth::create_key;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
@@ -81,7 +81,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         true,
     )?;
     let store = open_store(&url, true)?;
-    write_priors(store.as_ref(), store.as_ref(), DEFAULT_PRIOR_STRENGTH)?;
     let rows = store.posteriors(&CountQuery::default())?;
 
     let truth: Option<Truth> = std::fs::read(input.join(TRUTH_FILE))
@@ -171,7 +170,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         input.display(),
         store_path.display()
     );
-    println!("posterior = empirical-Bayes prior (per tenant, slot, banner) + counts");
+    println!(
+        "posterior = hierarchical prior (banner effect × city effect, kept by the job) + counts"
+    );
     if total > 0 {
         println!("the posterior leader is the true best banner in {agree} of {total} (tenant, slot, city)");
     }
@@ -226,6 +227,7 @@ fn live(
         stop_at_end: false,
         metrics_listen: None,
         ready_max_lag: 10_000,
+        priors: Default::default(),
     };
     let secret = token_secret(store.as_ref(), None)?;
     let options = ServeOptions {

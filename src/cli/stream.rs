@@ -74,6 +74,8 @@ pub struct StreamOptions {
     /// /readyz answers 503 while a partition is more records than this behind the log's end.
     #[arg(long, default_value = "10000")]
     pub ready_max_lag: u64,
+    #[command(flatten)]
+    pub priors: super::priors::PriorOptions,
 }
 
 pub fn run(args: StreamArgs) -> anyhow::Result<()> {
@@ -131,6 +133,7 @@ pub fn stream(
         shutdown,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
         metrics: metrics.clone(),
+        priors: options.priors.settings(),
     };
     let report = run_stream(job, cluster).with_context(|| format!("stream from {log_name}"))?;
     bar.finish_and_clear();

@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::handoff::record_backfill;
 use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
+use super::priors::{keep_priors, AllTime, PriorSettings};
 use super::sink::{SinkSpec, SinkStats};
 use super::totals::{total_and_sink, BackfillCell};
 use super::{Cluster, DataflowError};
@@ -116,6 +117,8 @@ pub struct BackfillJob {
     /// Rows a worker reads into one epoch (see [`DEFAULT_EPOCH_ROWS`]).
     pub epoch_rows: u64,
     pub store: BackfillStore,
+    /// How the job computes the priors at its end (`None`: it leaves them alone).
+    pub priors: Option<PriorSettings>,
     /// Called with the number of rows read so far by this process.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
 }
@@ -149,6 +152,7 @@ pub fn run_backfill(job: BackfillJob, cluster: &Cluster) -> Result<BackfillRepor
         durable_epochs: false,
         // The backfill keeps only the buckets from its horizon on in the first place.
         retention: None,
+        priors: job.priors,
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
@@ -178,12 +182,20 @@ fn backfill_worker(
     let index = worker.index();
     let peers = worker.peers();
     let mut report = BackfillReport::default();
-    let (mut cells_in, mut bad_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (cells_in, cells) = scope.new_input::<Vec<BackfillCell>>();
-        let (bad_in, bad_files) = scope.new_input::<Vec<u32>>();
-        let probe = total_and_sink(cells, bad_files, sink.clone());
-        (cells_in, bad_in, probe)
-    });
+    let (mut cells_in, mut bad_in, mut priors_in, probe, all_time) =
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (cells_in, cells) = scope.new_input::<Vec<BackfillCell>>();
+            let (bad_in, bad_files) = scope.new_input::<Vec<u32>>();
+            let (probe, all_time) = total_and_sink(cells, bad_files, sink.clone());
+            // The written all-time rows, handed on once every owner has written its shards.
+            let priors_in = sink.priors.map(|settings| {
+                let (rows_in, rows) = scope.new_input::<Vec<AllTime>>();
+                let (clock_in, clock) = scope.new_input::<Vec<i64>>();
+                keep_priors(rows, clock, settings, sink.clone());
+                (rows_in, clock_in)
+            });
+            (cells_in, bad_in, priors_in, probe, all_time)
+        });
     let mut names = Names::new(job.store.aliases.clone());
     let mut epoch = EpochCounts {
         horizon: job.horizon(),
@@ -243,6 +255,15 @@ fn backfill_worker(
     // The owners write once every worker has read everything; the epoch's emptied map would
     // hold its memory through the writes.
     drop(epoch);
+    if let Some((rows_in, _)) = priors_in.as_mut() {
+        // A backfill computes the priors once, at its end, from every arm's all-time row as
+        // written (the priors' clock stays silent).
+        worker.step_or_park_while(None, || !probe.done());
+        for row in all_time.take() {
+            rows_in.send(row);
+        }
+    }
+    drop(priors_in);
     while worker.step_or_park(None) {}
     report
 }

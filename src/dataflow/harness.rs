@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
+use super::priors::PriorSettings;
 use super::sink::{ShardPlacement, SinkRetention, SinkSpec, SinkStats};
 use super::{Cluster, DataflowError};
 use crate::store::PosteriorStore;
@@ -54,6 +55,8 @@ pub(super) struct JobSetup {
     pub durable_epochs: bool,
     /// How long the sink keeps bucket rows, if it expires them as time moves (the stream).
     pub retention: Option<SinkRetention>,
+    /// How the job keeps the priors beside the counts (`None`: it does not).
+    pub priors: Option<PriorSettings>,
 }
 
 /// Runs `work` on every worker of this process with the sink it builds its dataflow with, and
@@ -76,6 +79,7 @@ pub(super) fn run_job<R: WorkerReport>(
         first_written_epoch: setup.first_written_epoch,
         durable_epochs: setup.durable_epochs,
         retention: setup.retention,
+        priors: setup.priors,
         failure: Failure::default(),
         stats: Arc::default(),
     };
@@ -153,6 +157,7 @@ mod tests {
             first_written_epoch: 1,
             durable_epochs: true,
             retention: None,
+            priors: None,
         }
     }
 

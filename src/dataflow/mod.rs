@@ -10,7 +10,8 @@
 //!   in that of `totals.rs`, and both run under `harness.rs`.
 //! - `handoff.rs`: what the jobs leave each other in the store's metadata (the backfill's as-of
 //!   instant, bucket width and retention, the stream's cutoff and start).
-//! - `priors.rs`: cold-start priors from counted history.
+//! - `priors.rs`: the priors both jobs keep beside the counts (the hierarchical rule of
+//!   `bandit`, scheduled per slot), and `slotbandit priors` over a store's counts.
 
 mod backfill;
 mod handoff;
@@ -24,7 +25,9 @@ pub use backfill::{
     plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
 };
 pub use handoff::{hand_off, stream_start, StreamStart};
-pub use priors::write_priors;
+pub use priors::{
+    write_priors, PriorSettings, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIORS_EVERY_MINUTES,
+};
 pub use sink::SinkStats;
 pub use stream::{run_stream, ClickLatency, Readiness, StreamJob, StreamMetrics, StreamReport};
 

@@ -22,6 +22,7 @@ use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use super::harness::Failure;
+use super::priors::{AllTime, PriorSettings};
 use crate::model::{owner_of, ArmKey, CountKey, Counts, Offset, Partition, ShardKey, ALL_TIME};
 use crate::store::{PosteriorStore, ShardWrite};
 use crate::time::{Buckets, Retention};
@@ -104,6 +105,11 @@ impl ShardPlacement {
         owner_of(tenant, city, self.writers)
     }
 
+    /// The key an exchange routes a slot's records by, to the writer that keeps its priors.
+    pub(super) fn slot_exchange_key(self, tenant: &str, slot: &str) -> u64 {
+        owner_of(tenant, slot, self.writers) as u64
+    }
+
     /// Whether `worker` (its index among all the cluster's workers) owns a shard.
     pub(super) fn owns(self, worker: usize, tenant: &str, city: &str) -> bool {
         self.owner(tenant, city) == worker
@@ -157,6 +163,8 @@ pub(super) struct SinkSpec {
     pub(super) durable_epochs: bool,
     /// How long bucket rows are kept, when the sink expires them as time moves.
     pub(super) retention: Option<SinkRetention>,
+    /// How the job keeps the priors beside the counts (`None`: it does not).
+    pub(super) priors: Option<PriorSettings>,
     pub(super) failure: Failure,
     pub(super) stats: Arc<Mutex<SinkStats>>,
 }
@@ -283,12 +291,13 @@ pub(super) type Released = Rc<RefCell<Vec<(CountKey, (i64, i64))>>>;
 /// Counts `records` per key (a pair diff of impressions and clicks) and writes each completed
 /// epoch's changed shards, with their applied offsets, in one batch per shard. The returned probe
 /// passes an epoch only once it is in the store. With retention, the rows of expired buckets
-/// gather in the returned [`Released`].
+/// gather in the returned [`Released`]. The returned stream carries each completed epoch's new
+/// all-time counts of the arms it changed (epochs not written too), for the priors.
 pub(super) fn count_and_sink<'s>(
     records: VecCollection<'s, u64, CountKey, (i64, i64)>,
     applied: StreamVec<'s, u64, AppliedOffset>,
     spec: SinkSpec,
-) -> (ProbeHandle<u64>, Released) {
+) -> (ProbeHandle<u64>, Released, StreamVec<'s, u64, AllTime>) {
     let released: Released = Rc::default();
     let releasing = released.clone();
     let placement = spec.placement;
@@ -311,7 +320,7 @@ pub(super) fn count_and_sink<'s>(
     .count_total();
     let stream = totals
         .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<AllTime>>, _, _, _, _>(
             applied,
             Pipeline,
             Exchange::new(move |a: &AppliedOffset| placement.exchange_key(&a.0.tenant, &a.0.city)),
@@ -320,7 +329,7 @@ pub(super) fn count_and_sink<'s>(
                 type Pending = (Capability<u64>, Vec<Update>, Vec<AppliedOffset>);
                 let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
                 let mut expiry = Expiry::default();
-                move |(counts, counts_frontier), (offsets, offsets_frontier), _output| {
+                move |(counts, counts_frontier), (offsets, offsets_frontier), output| {
                     counts.for_each(|cap, data| {
                         for update in data.drain(..) {
                             pending
@@ -346,8 +355,13 @@ pub(super) fn count_and_sink<'s>(
                         })
                         .collect();
                     for t in complete {
-                        let (_cap, updates, applied) = pending.remove(&t).expect("listed");
+                        let (cap, updates, applied) = pending.remove(&t).expect("listed");
                         expiry.saw(&updates);
+                        if spec.priors.is_some() {
+                            output
+                                .session(&cap)
+                                .give_iterator(all_time_changes(&updates, &arms.borrow()));
+                        }
                         let Some(store) = spec
                             .store
                             .as_ref()
@@ -380,8 +394,29 @@ pub(super) fn count_and_sink<'s>(
                 }
             },
         );
-    let (probe, _) = stream.probe();
-    (probe, released)
+    let (probe, all_time) = stream.probe();
+    (probe, released, all_time)
+}
+
+/// The new all-time counts of the arms whose all-time row changed in `updates` (zero for a row
+/// that fell to nothing).
+fn all_time_changes<'a>(
+    updates: &'a [Update],
+    arms: &'a ArmTable,
+) -> impl Iterator<Item = AllTime> + 'a {
+    let mut changed: BTreeMap<u32, Counts> = BTreeMap::new();
+    for &((key, (imp, clk)), _, diff) in updates {
+        if key.bucket != ALL_TIME {
+            continue;
+        }
+        let entry = changed.entry(key.arm).or_insert(Counts::ZERO);
+        if diff > 0 {
+            *entry = Counts::new(imp.max(0) as u64, clk.max(0) as u64);
+        }
+    }
+    changed
+        .into_iter()
+        .map(|(arm, counts)| (arms.arms[arm as usize].0.clone(), counts))
 }
 
 /// The new absolute value of every key changed in one epoch and the highest applied offset per

@@ -15,6 +15,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
+use super::priors::AllTime;
 use super::sink::SinkSpec;
 use super::DataflowError;
 use crate::model::{CountKey, Counts, PackedArm, ShardKey, ALL_TIME};
@@ -225,14 +226,17 @@ impl ShardTotals {
 /// worker has read everything, writes them: each arm's all-time row (every cell of the arm,
 /// folded ones too) and its bucket rows, in groups of whole arms, unsynced (the job syncs at its
 /// end). With `skip_bad_files`, a file in `bad_files` (from any worker) takes back all its
-/// counts first. The probe passes an epoch once every owner has received it.
+/// counts first. The probe passes an epoch once every owner has received it. When the job keeps
+/// priors, the all-time row of every arm written gathers in the returned vector.
 pub(super) fn total_and_sink<'s>(
     cells: StreamVec<'s, u64, BackfillCell>,
     bad_files: StreamVec<'s, u64, u32>,
     spec: SinkSpec,
-) -> ProbeHandle<u64> {
+) -> (ProbeHandle<u64>, Rc<RefCell<Vec<AllTime>>>) {
     let placement = spec.placement;
     let totals: Rc<RefCell<ShardTotals>> = Rc::default();
+    let all_time: Rc<RefCell<Vec<AllTime>>> = Rc::default();
+    let written_all_time = all_time.clone();
     let stream = cells.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
         bad_files.broadcast(),
         Exchange::new(move |c: &BackfillCell| placement.exchange_key_of_hash(c.arm.shard_hash())),
@@ -268,13 +272,20 @@ pub(super) fn total_and_sink<'s>(
                         return;
                     }
                     spec.write(store.as_ref(), &writes, false);
+                    if spec.priors.is_some() {
+                        let rows = writes.iter().flat_map(|w| &w.rows);
+                        written_all_time.borrow_mut().extend(
+                            rows.filter(|(key, _)| key.is_all_time())
+                                .map(|(key, c)| (key.arm.clone(), *c)),
+                        );
+                    }
                 });
                 *totals = ShardTotals::default();
             }
         },
     );
     let (probe, _) = stream.probe();
-    probe
+    (probe, all_time)
 }
 
 #[cfg(test)]

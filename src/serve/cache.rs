@@ -31,6 +31,10 @@ use crate::time::Retention;
 /// Counts per arm, as the store answers them.
 type ArmRows = Vec<(ArmKey, Counts)>;
 
+/// The name under which the arms of a city without counts are built: no city's (the city rule
+/// never gives an empty name), so it gets the slot's prior for a new city.
+const NEW_CITY: &str = "";
+
 /// At most this many windows are registered per tenant, besides the service's and the seed
 /// routes' fixed ones.
 pub const MAX_TENANT_WINDOWS: usize = 4;
@@ -147,7 +151,7 @@ impl TenantScope {
 }
 
 /// One city's (or the pooled) arms of a slot: counts per banner in config order, and the
-/// prepared Thompson policy.
+/// prepared Thompson policy over each arm's prior ([`SlotPriors::for_arm`]) plus its counts.
 #[derive(Debug, Clone)]
 pub struct Arms {
     pub counts: Vec<Counts>,
@@ -155,12 +159,14 @@ pub struct Arms {
 }
 
 impl Arms {
-    fn new(config: &Arc<SlotConfig>, priors: &SlotPriors, counts: Vec<Counts>) -> Self {
+    fn new(config: &Arc<SlotConfig>, priors: &SlotPriors, city: &str, counts: Vec<Counts>) -> Self {
         let mut i = 0;
         let policy = SlotPolicy::new(config, |b| {
             let c = counts[i];
             i += 1;
-            priors.for_banner(&b.id).posterior(c.impressions, c.clicks)
+            priors
+                .for_arm(city, &b.id)
+                .posterior(c.impressions, c.clicks)
         });
         Self { counts, policy }
     }
@@ -170,21 +176,23 @@ impl Arms {
     }
 }
 
-/// A slot's arms for one window: per city with counts, and pooled over every city (the
-/// fallback for a city without counts).
+/// A slot's arms for one window: per city with counts, a city without counts (its prior alone:
+/// the slot's prior for a new city), and pooled over every city (shown as `*`, never decided
+/// from).
 #[derive(Debug, Clone)]
 pub struct WindowArms {
     pub by_city: HashMap<String, Arc<Arms>>,
+    pub new_city: Arms,
     pub all_cities: Arms,
 }
 
 impl WindowArms {
-    /// The arms to decide with for `city`, and the city whose posterior they are (`*` when the
-    /// city has no counts).
-    pub fn for_city(&self, city: &str) -> (&Arms, &str) {
+    /// The arms to decide with for `city`: its own prior and counts, the prior alone for a city
+    /// without counts (every new city starts from the same shrinkage prior).
+    pub fn for_city<'a>(&'a self, city: &'a str) -> (&'a Arms, &'a str) {
         match self.by_city.get_key_value(city) {
             Some((c, arms)) => (arms, c.as_str()),
-            None => (&self.all_cities, ALL_CITIES),
+            None => (&self.new_city, city),
         }
     }
 
@@ -196,12 +204,15 @@ impl WindowArms {
     ) -> Self {
         let by_city = cities
             .into_iter()
-            .map(|(c, counts)| (c, Arc::new(Arms::new(config, priors, counts))))
+            .map(|(c, counts)| {
+                let arms = Arms::new(config, priors, &c, counts);
+                (c, Arc::new(arms))
+            })
             .collect();
         Self::pooled(config, priors, by_city)
     }
 
-    /// With the pooled arms summed over `by_city`.
+    /// With the pooled arms summed over `by_city`, and the arms of a city without counts.
     fn pooled(
         config: &Arc<SlotConfig>,
         priors: &SlotPriors,
@@ -213,10 +224,25 @@ impl WindowArms {
                 *sum += c;
             }
         }
+        let none = vec![Counts::ZERO; config.banners.len()];
         WindowArms {
             by_city,
-            all_cities: Arms::new(config, priors, pooled),
+            new_city: Arms::new(config, priors, NEW_CITY, none),
+            all_cities: Arms::new(config, priors, ALL_CITIES, pooled),
         }
+    }
+
+    /// These arms under other priors (the same counts).
+    fn with_priors(&self, config: &Arc<SlotConfig>, priors: &SlotPriors) -> Self {
+        let by_city = self
+            .by_city
+            .iter()
+            .map(|(c, arms)| {
+                let arms = Arms::new(config, priors, c, arms.counts.clone());
+                (c.clone(), Arc::new(arms))
+            })
+            .collect();
+        Self::pooled(config, priors, by_city)
     }
 
     /// These arms with the cities of `changed` replaced by their new rows (a city without rows
@@ -231,7 +257,8 @@ impl WindowArms {
         for (city, rows) in changed {
             by_city.remove(city);
             for (c, counts) in counts_per_city(config, rows.iter()) {
-                by_city.insert(c, Arc::new(Arms::new(config, priors, counts)));
+                let arms = Arms::new(config, priors, &c, counts);
+                by_city.insert(c, Arc::new(arms));
             }
         }
         Self::pooled(config, priors, by_city)
@@ -296,6 +323,21 @@ impl SlotEntry {
             all_time: all_time_arms,
             windows,
             config,
+            priors,
+        }
+    }
+
+    /// This entry with other priors (its counts as they were).
+    fn with_priors(&self, priors: SlotPriors) -> Self {
+        let config = &self.config;
+        Self {
+            all_time: self.all_time.with_priors(config, &priors),
+            windows: self
+                .windows
+                .iter()
+                .map(|(&w, arms)| (w, arms.with_priors(config, &priors)))
+                .collect(),
+            config: config.clone(),
             priors,
         }
     }
@@ -551,11 +593,12 @@ fn names_of(versions: &Versions, part: Part) -> impl Iterator<Item = &str> {
         .map(|(_, name)| name.as_str())
 }
 
-/// What changed in one tenant's versions: the shards (cities), and the slots whose
-/// configuration or priors changed.
+/// What changed in one tenant's versions: the shards (cities), the slots whose configuration
+/// changed, and those whose priors changed.
 struct VersionDiff {
     cities: BTreeSet<String>,
     slots: BTreeSet<String>,
+    priors: BTreeSet<String>,
 }
 
 impl VersionDiff {
@@ -563,6 +606,7 @@ impl VersionDiff {
         let mut diff = VersionDiff {
             cities: BTreeSet::new(),
             slots: BTreeSet::new(),
+            priors: BTreeSet::new(),
         };
         let keys: BTreeSet<&(Part, String)> = before.keys().chain(now.keys()).collect();
         for key in keys {
@@ -572,7 +616,8 @@ impl VersionDiff {
             let (part, name) = key;
             match part {
                 Part::Shard => diff.cities.insert(name.clone()),
-                Part::Slot | Part::Priors => diff.slots.insert(name.clone()),
+                Part::Slot => diff.slots.insert(name.clone()),
+                Part::Priors => diff.priors.insert(name.clone()),
                 // Read by the refresh itself; they change no slot or shard.
                 Part::Aliases => false,
             };
@@ -602,8 +647,9 @@ fn load_tenant(
     Ok(entries)
 }
 
-/// A tenant's slots after `diff`: changed slots read whole, changed shards patched into the
-/// others, the rest shared with `old`.
+/// A tenant's slots after `diff`: slots whose configuration changed read whole, new priors
+/// applied to the counts held (the job writes priors often; they change no count), changed
+/// shards patched in, the rest shared with `old`.
 fn update_tenant(
     store: &dyn PosteriorStore,
     tenant: &str,
@@ -631,9 +677,15 @@ fn update_tenant(
         let kept = old
             .and_then(|o| o.get(name))
             .filter(|_| !diff.slots.contains(name));
+        let reprior = |entry: &Arc<SlotEntry>| -> Result<Arc<SlotEntry>, StoreError> {
+            match diff.priors.contains(name) {
+                true => Ok(Arc::new(entry.with_priors(store.priors(tenant, name)?))),
+                false => Ok(entry.clone()),
+            }
+        };
         let entry = match kept {
-            Some(entry) if changed.is_empty() => Some(entry.clone()),
-            Some(entry) => Some(Arc::new(entry.with_cities(&changed))),
+            Some(entry) if changed.is_empty() => Some(reprior(entry)?),
+            Some(entry) => Some(Arc::new(reprior(entry)?.with_cities(&changed))),
             None => {
                 let query = CountQuery {
                     tenant: Some(tenant.to_string()),
@@ -946,8 +998,14 @@ mod tests {
         let post: Vec<_> = pune.posteriors().collect();
         assert_eq!((post[0].alpha, post[0].beta), (11.0, 91.0));
         assert_eq!((post[1].alpha, post[1].beta), (2.0, 8.0), "prior only");
-        let (pooled, city) = entry.all_time.for_city("agra");
-        assert_eq!(city, "*");
+        // A city without counts decides from its prior alone, never from the pooled counts.
+        let (agra, city) = entry.all_time.for_city("agra");
+        assert_eq!(city, "agra");
+        assert_eq!(agra.counts, [Counts::ZERO, Counts::ZERO]);
+        let post: Vec<_> = agra.posteriors().collect();
+        assert_eq!((post[0].alpha, post[0].beta), (1.0, 1.0));
+        assert_eq!((post[1].alpha, post[1].beta), (2.0, 8.0));
+        let pooled = &entry.all_time.all_cities;
         assert_eq!(pooled.counts, [Counts::new(150, 11), Counts::new(40, 4)]);
         assert!(entry.window(Some(60)).is_none());
     }
@@ -1005,6 +1063,8 @@ mod tests {
                 tenant: usize,
                 slot: usize,
                 alpha0: f64,
+                /// A city effect, on one of the cities.
+                level: Option<(usize, f64)>,
             },
             /// An admin key of the tenant registers a window.
             Window { tenant: usize, minutes: u32 },
@@ -1023,8 +1083,8 @@ mod tests {
                     .prop_map(|(tenant, city, rows, expire)| Op::Epoch { tenant, city, rows, expire }),
                 1 => (0..TENANTS.len(), 0..SLOTS.len(), prop::collection::vec(0..BANNERS.len(), 1..4))
                     .prop_map(|(tenant, slot, banners)| Op::PutSlot { tenant, slot, banners }),
-                1 => (0..TENANTS.len(), 0..SLOTS.len(), 0.5f64..20.0)
-                    .prop_map(|(tenant, slot, alpha0)| Op::Priors { tenant, slot, alpha0 }),
+                1 => (0..TENANTS.len(), 0..SLOTS.len(), 0.5f64..20.0, prop::option::of((0..CITIES.len(), 0.2f64..5.0)))
+                    .prop_map(|(tenant, slot, alpha0, level)| Op::Priors { tenant, slot, alpha0, level }),
                 1 => (0..TENANTS.len(), prop::sample::select(vec![120u32, 180, 600]))
                     .prop_map(|(tenant, minutes)| Op::Window { tenant, minutes }),
             ]
@@ -1077,6 +1137,7 @@ mod tests {
                     tenant,
                     slot,
                     alpha0,
+                    level,
                 } => {
                     let mut priors = SlotPriors::uniform();
                     priors.banners.insert(
@@ -1087,6 +1148,13 @@ mod tests {
                             source: PriorSource::EmpiricalBayes,
                         },
                     );
+                    if let Some((city, level)) = level {
+                        let effect = crate::bandit::CityEffect {
+                            level: *level,
+                            clicks: 20.0,
+                        };
+                        priors.cities.insert(CITIES[*city].into(), effect);
+                    }
                     store
                         .write_priors(TENANTS[*tenant], SLOTS[*slot], &priors)
                         .unwrap();
@@ -1117,7 +1185,10 @@ mod tests {
                             .by_city
                             .iter()
                             .map(|(c, a)| (c.clone(), a.as_ref()))
-                            .chain([(ALL_CITIES.to_string(), &window_arms.all_cities)]);
+                            .chain([
+                                (ALL_CITIES.to_string(), &window_arms.all_cities),
+                                (NEW_CITY.to_string(), &window_arms.new_city),
+                            ]);
                         for (city, a) in cities {
                             let row = a
                                 .counts

@@ -63,8 +63,8 @@ pub struct DecisionResponse {
     pub slot: String,
     /// The requested city, normalized and resolved through the tenant's aliases: the arm's city.
     pub city: String,
-    /// The city whose posterior decided: the requested city, or `*` (all cities) when it has
-    /// no counts yet.
+    /// The city whose posterior decided: always the (resolved) city itself, a city without
+    /// counts by its prior alone (`*`, the pooled posterior, is no longer decided from).
     pub posterior_city: String,
     pub banners: Vec<ShownBanner>,
     /// When the decision was made, in IST (RFC 3339, +05:30).

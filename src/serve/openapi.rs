@@ -68,9 +68,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::bandit::{BetaPosterior, PosteriorSummary};
+    use crate::bandit::{BetaPosterior, PosteriorSummary, PriorSource};
     use crate::model::Counts;
-    use crate::serve::routes::posteriors::BannerPosterior;
+    use crate::serve::routes::posteriors::{ArmPrior, BannerPosterior};
 
     /// The properties of a component schema, following `$ref` and `allOf` (flattened fields).
     fn properties(spec: &Value, schema: &Value, into: &mut Vec<(String, bool)>) {
@@ -107,6 +107,12 @@ mod tests {
             summary: PosteriorSummary::new(Counts::ZERO, posterior),
             p_best: 1.0,
             valid_now: true,
+            prior: ArmPrior {
+                source: PriorSource::Uniform,
+                alpha0: 1.0,
+                beta0: 1.0,
+                city_effect: None,
+            },
         };
         let json = serde_json::to_value(&banner).unwrap();
         let mut served: Vec<(String, bool)> = json

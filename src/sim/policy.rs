@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::env::argmax;
 use crate::bandit::{
-    city_priors, empirical_bayes, thompson_select, BannerCounts, BetaSampler, Prior,
+    self, empirical_bayes, hierarchical_priors, thompson_select, BannerCounts, BetaSampler, Prior,
 };
 use crate::model::Counts;
 
@@ -44,9 +44,11 @@ pub enum PriorMode {
     /// Empirical-Bayes priors (docs/architecture.md, "Bandit math") from the all-city pooled counts (plus the history
     /// sample, if any), recomputed at each refresh.
     EmpiricalBayes { strength: f64 },
-    /// Hierarchical pooling (`bandit::city_priors`): each city's prior is the banner's pooled
-    /// mean times the city's level, with the strength (at most `max_strength`) of highest
-    /// marginal likelihood; recomputed at each refresh.
+    /// Hierarchical pooling (`bandit::hierarchical_priors`, the rule the service's jobs keep):
+    /// each city's prior is the banner's pooled mean times the city's level, with the strength
+    /// (at most `max_strength`) of highest marginal likelihood, bounded by the evidence behind
+    /// the banner and the city; recomputed at each refresh. A history sample counts as one more
+    /// city.
     Hierarchical { max_strength: f64 },
 }
 
@@ -251,21 +253,38 @@ impl Thompson {
                 vec![banners; cities]
             }
             PriorMode::Hierarchical { max_strength } => {
-                let slot = empirical_bayes(&self.pooled_counts(), max_strength);
-                let per_city: Vec<Vec<BannerCounts>> = (0..cities)
+                let names = |c: usize| format!("c{c}");
+                let city = |city: String, counts: &dyn Fn(usize) -> Counts| bandit::CityCounts {
+                    city,
+                    banners: self
+                        .banner_names
+                        .iter()
+                        .enumerate()
+                        .map(|(a, name)| BannerCounts {
+                            banner: name.clone(),
+                            impressions: counts(a).impressions,
+                            clicks: counts(a).clicks,
+                        })
+                        .collect(),
+                };
+                let mut per_city: Vec<bandit::CityCounts> = (0..cities)
                     .map(|c| {
-                        self.banner_names
-                            .iter()
-                            .enumerate()
-                            .map(|(a, name)| BannerCounts {
-                                banner: name.clone(),
-                                impressions: self.counts.impressions[c][a],
-                                clicks: self.counts.clicks[c][a],
-                            })
-                            .collect()
+                        city(names(c), &|a| {
+                            Counts::new(self.counts.impressions[c][a], self.counts.clicks[c][a])
+                        })
                     })
                     .collect();
-                city_priors(&slot, &per_city, max_strength)
+                per_city.push(city("history".into(), &|a| self.history[a]));
+                let priors = hierarchical_priors(&per_city, max_strength);
+                (0..cities)
+                    .map(|c| {
+                        let city = names(c);
+                        self.banner_names
+                            .iter()
+                            .map(|banner| priors.for_arm(&city, banner))
+                            .collect()
+                    })
+                    .collect()
             }
         }
     }

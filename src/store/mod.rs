@@ -62,6 +62,9 @@ pub enum StoreError {
     Cassandra { store: String, detail: String },
 }
 
+/// One slot's priors to write: (tenant, slot, priors).
+pub type SlotPriorsWrite = (String, String, SlotPriors);
+
 /// Every shard's applied offset per partition.
 pub type AppliedOffsets = BTreeMap<ShardKey, BTreeMap<Partition, Offset>>;
 
@@ -282,8 +285,17 @@ pub trait PosteriorStore: Send + Sync {
     }
     /// Every tenant with counts, a slot, priors or an API key.
     fn tenants(&self) -> Result<Vec<String>, StoreError>;
+    /// Replaces a slot's priors (its slot, banner and city rows) and gives them a new version
+    /// (`Part::Priors`), atomically.
     fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
         -> Result<(), StoreError>;
+    /// [`PosteriorStore::write_priors`] of several slots, each atomically (the embedded store
+    /// writes them all in one transaction).
+    fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
+        slots
+            .iter()
+            .try_for_each(|(tenant, slot, priors)| self.write_priors(tenant, slot, priors))
+    }
     /// The priors of a slot; Beta(1, 1) when none were computed.
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
@@ -390,18 +402,28 @@ pub trait PosteriorStore: Send + Sync {
             .transpose()
     }
 
-    /// Posteriors (prior + counts) per arm, in key order. A city without counts falls back to
-    /// the slot's all-city posterior, reported with city `*`.
+    /// Posteriors (prior + counts) per arm, in key order, each arm from its own prior
+    /// ([`SlotPriors::for_arm`]). A city without counts gets a row per banner the slot has
+    /// counts for anywhere, with no counts of its own: its prior, a new city's.
     fn posteriors(&self, query: &CountQuery) -> Result<Vec<PosteriorRow>, StoreError> {
         let mut counts = self.counts(query)?;
-        if counts.is_empty() && query.city.is_some() {
+        if let (true, Some(city)) = (counts.is_empty(), &query.city) {
             let all_cities = CountQuery {
                 city: None,
                 ..query.clone()
             };
             let all = self.counts(&all_cities)?;
             counts = pool_cities(all.iter().map(|(arm, c)| (arm, *c)))
-                .into_iter()
+                .into_keys()
+                .map(|arm| {
+                    (
+                        ArmKey {
+                            city: city.clone(),
+                            ..arm
+                        },
+                        Counts::ZERO,
+                    )
+                })
                 .collect();
         }
         let mut priors: std::collections::BTreeMap<(String, String), SlotPriors> =
@@ -413,7 +435,7 @@ pub trait PosteriorStore: Send + Sync {
                 let p = self.priors(&arm.tenant, &arm.slot)?;
                 priors.insert(key.clone(), p);
             }
-            let prior = priors[&key].for_banner(&arm.banner);
+            let prior = priors[&key].for_arm(&arm.city, &arm.banner);
             rows.push(PosteriorRow::new(
                 arm,
                 c,

@@ -1,8 +1,9 @@
 //! A slot's priors as stored rows, one codec for both backends: the slot's own prior under banner
-//! `""`, then one row per banner, each with alpha0, beta0 and the source's stored name
-//! (docs/architecture.md, "Store layouts").
+//! `""`, then one row per banner, each with alpha0, beta0 and the source's stored name; and one
+//! row per city effect, its level and the clicks behind it (docs/architecture.md, "Store
+//! layouts").
 
-use crate::bandit::{Prior, PriorSource, SlotPriors};
+use crate::bandit::{CityEffect, Prior, PriorSource, SlotPriors};
 
 /// The banner under which the slot's own prior is stored.
 const SLOT_PRIOR_BANNER: &str = "";
@@ -53,6 +54,47 @@ pub(super) fn read_prior_row(
     Ok(())
 }
 
+/// One stored city effect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct CityRow<'a> {
+    pub city: &'a str,
+    pub level: f64,
+    pub clicks: f64,
+}
+
+/// A stored city effect that no computation gives.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("city {0:?} has an effect that is not a positive number")]
+pub(super) struct BadCityEffect(String);
+
+/// The rows that store `priors`' city effects, in city order.
+pub(super) fn city_rows(priors: &SlotPriors) -> impl Iterator<Item = CityRow<'_>> {
+    priors.cities.iter().map(|(city, e)| CityRow {
+        city,
+        level: e.level,
+        clicks: e.clicks,
+    })
+}
+
+/// Adds a stored city effect to the priors read so far.
+pub(super) fn read_city_row(
+    priors: &mut SlotPriors,
+    row: CityRow<'_>,
+) -> Result<(), BadCityEffect> {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(row.level) || !positive(row.clicks) {
+        return Err(BadCityEffect(row.city.to_string()));
+    }
+    priors.cities.insert(
+        row.city.to_string(),
+        CityEffect {
+            level: row.level,
+            clicks: row.clicks,
+        },
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +116,14 @@ mod tests {
                 ("b2".to_string(), prior(1.0, 1.0, PriorSource::Uniform)),
             ]
             .into(),
+            cities: [(
+                "pune".to_string(),
+                CityEffect {
+                    level: 1.25,
+                    clicks: 42.0,
+                },
+            )]
+            .into(),
         };
         let rows: Vec<PriorRow> = prior_rows(&priors).collect();
         assert_eq!(
@@ -90,7 +140,22 @@ mod tests {
         for row in rows.iter().rev() {
             read_prior_row(&mut read, *row).unwrap();
         }
+        for row in city_rows(&priors) {
+            read_city_row(&mut read, row).unwrap();
+        }
         assert_eq!(read, priors);
+        for level in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let bad = CityRow {
+                city: "goa",
+                level,
+                clicks: 10.0,
+            };
+            let err = read_city_row(&mut read, bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "city \"goa\" has an effect that is not a positive number"
+            );
+        }
 
         let bad = PriorRow {
             source: "guess",

@@ -107,7 +107,7 @@ impl Keyspace {
         let url = format!("cassandra://{node}/{name}{suffix}");
         let applied = ok(slotbandit(&["schema", "apply", "--store", &url]));
         assert!(
-            applied.contains("applied schema version(s) 1, 2, 3; now at 3"),
+            applied.contains("applied schema version(s) 1, 2, 3, 4; now at 4"),
             "{applied}"
         );
         Self {
@@ -245,8 +245,11 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
     // 2 tenants × 2 slots × 5 cities × 4 banners, and the header.
     assert_eq!(want[0].lines().count(), 81, "{}", want[0]);
     assert!(
-        want[3].contains(",*,"),
-        "the fallback shows city *: {}",
+        want[3]
+            .lines()
+            .skip(1)
+            .all(|l| l.contains(",nowhere,") && l.contains(",0,0,")),
+        "a city without counts shows its prior alone: {}",
         want[3]
     );
     assert_eq!(views(&ks.url, &t, &s, &c), want);
@@ -258,13 +261,26 @@ fn backfill_into_cassandra_gives_the_embedded_posteriors_and_twice_changes_nothi
         "a second backfill changed the posteriors"
     );
 
-    // Priors written to and read from Cassandra give the same posteriors too.
+    // `slotbandit priors` fits the store's counts by the rule the backfill kept them with: the
+    // same priors. With another strength, other priors, written to and read from Cassandra as
+    // from the embedded store.
     for store in [embedded, &ks.url] {
         ok(slotbandit(&["priors", "--store", store]));
     }
-    let with_priors = views(embedded, &t, &s, &c);
-    assert_ne!(with_priors, want);
-    assert_eq!(views(&ks.url, &t, &s, &c), with_priors);
+    assert_eq!(views(embedded, &t, &s, &c), want);
+    assert_eq!(views(&ks.url, &t, &s, &c), want);
+    for store in [embedded, &ks.url] {
+        ok(slotbandit(&[
+            "priors",
+            "--store",
+            store,
+            "--prior-strength",
+            "50",
+        ]));
+    }
+    let weaker = views(embedded, &t, &s, &c);
+    assert_ne!(weaker, want);
+    assert_eq!(views(&ks.url, &t, &s, &c), weaker);
 }
 
 #[test]
@@ -627,6 +643,63 @@ fn parts(versions: &Versions) -> Vec<(Part, &str)> {
     versions.keys().map(|(p, n)| (*p, n.as_str())).collect()
 }
 
+/// Version 4 adds the priors' city effects: a version-3 keyspace with the empirical-Bayes priors
+/// of an earlier build is refused until `schema apply`, after which those priors read as they
+/// were (the slot's prior and the banner effects, no city effect: every city gets the banner's
+/// prior) until a job writes the hierarchical ones, city effects and all.
+#[test]
+fn schema_apply_moves_a_version_3_keyspace_to_version_4_keeping_its_priors() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_migrate4");
+    let k = &ks.name;
+    cql_rows(
+        &node,
+        &[
+            format!("DROP TABLE {k}.prior_cities"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 4"),
+            format!(
+                "INSERT INTO {k}.priors (tenant, slot, banner, alpha0, beta0, source) \
+                 VALUES ('ajio', 'hero', '', 2.0, 38.0, 'slot_mean')"
+            ),
+            format!(
+                "INSERT INTO {k}.priors (tenant, slot, banner, alpha0, beta0, source) \
+                 VALUES ('ajio', 'hero', 'b1', 5.0, 95.0, 'empirical_bayes')"
+            ),
+        ],
+    )
+    .unwrap();
+    let refused = open_store(&ks.url, true).err().unwrap().to_string();
+    assert!(
+        refused.contains("schema version 3 is older than this build's 4"),
+        "{refused}"
+    );
+    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(
+        applied.contains("applied schema version(s) 4; now at 4"),
+        "{applied}"
+    );
+    let store = ks.store();
+    let priors = store.priors("ajio", "hero").unwrap();
+    assert!(priors.cities.is_empty());
+    let b1 = priors.for_arm("pune", "b1");
+    assert_eq!((b1.alpha0, b1.beta0), (5.0, 95.0));
+    assert_eq!(b1.source, slotbandit::bandit::PriorSource::EmpiricalBayes);
+    assert_eq!(priors.for_arm("pune", "b9").alpha0, 2.0);
+    // A job's write adds the city effects in the new table.
+    let mut hierarchical = priors.clone();
+    hierarchical.cities.insert(
+        "pune".into(),
+        slotbandit::bandit::CityEffect {
+            level: 1.5,
+            clicks: 30.0,
+        },
+    );
+    store.write_priors("ajio", "hero", &hierarchical).unwrap();
+    assert_eq!(store.priors("ajio", "hero").unwrap(), hierarchical);
+}
+
 /// Version 3 adds the city aliases' table: a version-2 keyspace (this build's, without that
 /// table and its record) is refused until `schema apply`, which keeps every count.
 #[test]
@@ -649,18 +722,20 @@ fn schema_apply_moves_a_version_2_keyspace_to_version_3_keeping_its_counts() {
         &[
             format!("DROP TABLE {k}.city_aliases"),
             format!("DROP TABLE {k}.city_merges"),
+            format!("DROP TABLE {k}.prior_cities"),
             format!("DELETE FROM {k}.schema_version WHERE version = 3"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 4"),
         ],
     )
     .unwrap();
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 2 is older than this build's 3"),
+        refused.contains("schema version 2 is older than this build's 4"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 3; now at 3"),
+        applied.contains("applied schema version(s) 3, 4; now at 4"),
         "{applied}"
     );
     let store = ks.store();
@@ -725,13 +800,13 @@ fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_
 
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 1 is older than this build's 3")
+        refused.contains("schema version 1 is older than this build's 4")
             && refused.contains("run `slotbandit schema apply --store"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 2, 3; now at 3"),
+        applied.contains("applied schema version(s) 2, 3, 4; now at 4"),
         "{applied}"
     );
 

@@ -18,6 +18,7 @@ mod lab;
 mod lab_replay;
 mod layers;
 mod posterior_store;
+mod priors;
 mod properties;
 mod serve_api;
 mod serve_e2e;

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use slotbandit::bandit::{Prior, PriorSource, SlotPriors};
+use slotbandit::bandit::{CityEffect, Prior, PriorSource, SlotPriors};
 use slotbandit::model::{
     ArmKey, CityAliases, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey,
-    SlotConfig, ALL_CITIES, ALL_TIME,
+    SlotConfig, ALL_TIME,
 };
 use slotbandit::store::{
     open_store, ApiKey, CountQuery, Part, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
@@ -52,11 +52,12 @@ conformance!(
     clear_counts_removes_every_row_and_offset,
     checkpoints_round_trip_per_job,
     priors_round_trip_and_default_to_uniform,
+    priors_are_replaced_whole_each_slot_with_a_new_version,
     put_slot_replaces_the_configuration_and_slots_lists_them,
     api_keys_round_trip,
     customer_events_are_kept_once_newest_first_up_to_the_limit,
     meta_as_of_and_buckets_round_trip,
-    posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior,
+    posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior,
     a_parts_version_changes_exactly_when_the_part_is_written,
     keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
     tenants_are_those_with_counts_a_slot_priors_or_a_key,
@@ -395,10 +396,16 @@ fn priors_round_trip_and_default_to_uniform(store: &dyn PosteriorStore) {
             ("b2".to_string(), prior(1.0, 1.0, PriorSource::Uniform)),
         ]
         .into(),
+        cities: [
+            ("pune".to_string(), effect(1.5, 42.0)),
+            ("delhi".to_string(), effect(0.25, 10.5)),
+        ]
+        .into(),
     };
     let footer = SlotPriors {
         slot: prior(1.5, 20.0, PriorSource::EmpiricalBayes),
         banners: BTreeMap::new(),
+        cities: BTreeMap::new(),
     };
     store.write_priors("ajio", "hero", &hero).unwrap();
     store.write_priors("ajio", "footer", &footer).unwrap();
@@ -412,6 +419,67 @@ fn priors_round_trip_and_default_to_uniform(store: &dyn PosteriorStore) {
         store.priors("ajio", "hero").unwrap().for_banner("b9"),
         hero.slot
     );
+}
+
+fn effect(level: f64, clicks: f64) -> CityEffect {
+    CityEffect { level, clicks }
+}
+
+fn priors_are_replaced_whole_each_slot_with_a_new_version(store: &dyn PosteriorStore) {
+    let prior = |alpha0: f64| Prior {
+        alpha0,
+        beta0: 50.0,
+        source: PriorSource::EmpiricalBayes,
+    };
+    let slot = |banners: &[&str], cities: &[&str]| SlotPriors {
+        slot: Prior {
+            alpha0: 1.0,
+            beta0: 30.0,
+            source: PriorSource::SlotMean,
+        },
+        banners: banners
+            .iter()
+            .map(|b| (b.to_string(), prior(3.0)))
+            .collect(),
+        cities: cities
+            .iter()
+            .map(|c| (c.to_string(), effect(2.0, 12.0)))
+            .collect(),
+    };
+    let versions = |store: &dyn PosteriorStore| store.versions("ajio").unwrap();
+    let before = versions(store);
+    store
+        .write_all_priors(&[
+            (
+                "ajio".into(),
+                "hero".into(),
+                slot(&["b1", "b2", "b3"], &["pune", "goa"]),
+            ),
+            ("ajio".into(), "side".into(), slot(&["s1"], &["agra"])),
+        ])
+        .unwrap();
+    let first = versions(store);
+    assert_eq!(
+        changed_parts(&before, &first),
+        [(Part::Priors, "hero".into()), (Part::Priors, "side".into())]
+    );
+    // Banners and cities the new priors leave out are gone: nothing of the old ones stays.
+    let hero = slot(&["b2"], &["goa", "delhi"]);
+    store.write_priors("ajio", "hero", &hero).unwrap();
+    assert_eq!(store.priors("ajio", "hero").unwrap(), hero);
+    assert_eq!(
+        store.priors("ajio", "side").unwrap(),
+        slot(&["s1"], &["agra"])
+    );
+    assert_eq!(
+        changed_parts(&first, &versions(store)),
+        [(Part::Priors, "hero".into())]
+    );
+    store
+        .write_all_priors(&[("ajio".into(), "side".into(), SlotPriors::uniform())])
+        .unwrap();
+    assert_eq!(store.priors("ajio", "side").unwrap(), SlotPriors::uniform());
+    store.write_all_priors(&[]).unwrap();
 }
 
 fn put_slot_replaces_the_configuration_and_slots_lists_them(store: &dyn PosteriorStore) {
@@ -575,7 +643,9 @@ fn meta_as_of_and_buckets_round_trip(store: &dyn PosteriorStore) {
     );
 }
 
-fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn PosteriorStore) {
+fn posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior(
+    store: &dyn PosteriorStore,
+) {
     let rows = [
         row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 100, 10),
         row(&arm("ajio", "delhi", "hero", "b1"), ALL_TIME, 50, 2),
@@ -598,6 +668,7 @@ fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn
             },
         )]
         .into(),
+        cities: [("delhi".to_string(), effect(1.5, 12.0))].into(),
     };
     store.write_priors("ajio", "hero", &priors).unwrap();
 
@@ -635,17 +706,29 @@ fn posteriors_add_the_priors_and_fall_back_to_the_all_city_posterior(store: &dyn
             })
             .collect()
     };
-    let (b1, slot) = (priors.for_banner("b1"), priors.slot);
+    let arm_prior = |city: &str, banner: &str| priors.for_arm(city, banner);
+    let (b1, b2) = (arm_prior("delhi", "b1"), arm_prior("delhi", "b2"));
+    assert_eq!(b1.source, PriorSource::Hierarchical);
+    assert_eq!(b2.source, PriorSource::SlotMean);
+    assert!((b1.mean() - 1.5 * priors.for_banner("b1").mean()).abs() < 1e-12);
     assert_eq!(
         got(hero("delhi")),
-        expect(&[("delhi", "b1", 50, 2, b1), ("delhi", "b2", 40, 8, slot)])
+        expect(&[("delhi", "b1", 50, 2, b1), ("delhi", "b2", 40, 8, b2)])
     );
-    // A city without counts gets the slot's posterior pooled over all cities, as city `*`.
+    // Pune has counts but no city effect in these priors: the banner's effect as it is.
+    assert_eq!(
+        got(hero("pune")),
+        expect(&[("pune", "b1", 100, 10, arm_prior("pune", "b1"))])
+    );
+    // A city without counts gets a row per banner of the slot, with its prior alone: the
+    // prior every new city starts from, never the posterior pooled over cities.
+    let new = arm_prior("nowhere", "b1");
+    assert_eq!(new.source, PriorSource::EmpiricalBayes);
     assert_eq!(
         got(hero("nowhere")),
         expect(&[
-            (ALL_CITIES, "b1", 150, 12, b1),
-            (ALL_CITIES, "b2", 40, 8, slot)
+            ("nowhere", "b1", 0, 0, new),
+            ("nowhere", "b2", 0, 0, arm_prior("nowhere", "b2"))
         ])
     );
     let unknown_slot = CountQuery {

@@ -210,8 +210,8 @@ fn decisions_clicks_and_the_log() {
     let d = s.decide("pune");
     assert_eq!(d["city"], "pune");
     assert_eq!(
-        d["posterior_city"], "*",
-        "no counts yet: the pooled posterior"
+        d["posterior_city"], "pune",
+        "no counts yet: the city's prior alone"
     );
     let banner = d["banners"][0]["banner"].as_str().unwrap().to_string();
     assert!(["b01", "b02", "b03"].contains(&banner.as_str()));
@@ -688,12 +688,16 @@ fn posteriors_series_and_operations() {
         .json()
         .unwrap();
     let city = &p["cities"][0];
-    assert_eq!(city["city"], "*");
+    assert_eq!(city["city"], "pune");
     let banners = city["banners"].as_array().unwrap();
     assert_eq!(banners.len(), 3);
     let p_best: f64 = banners.iter().map(|b| b["p_best"].as_f64().unwrap()).sum();
     assert!((p_best - 1.0).abs() < 1e-9);
     assert_eq!(banners[0]["alpha"], 1.0, "the uniform prior, no counts");
+    assert_eq!(
+        banners[0]["prior"],
+        json!({"source": "uniform", "alpha0": 1.0, "beta0": 1.0, "city_effect": null})
+    );
     let (status, err) = error(s.get(
         "/v1/tenants/ajio/slots/hero/posteriors?city=Stra%C3%9Fe",
         Some(&s.serve),

@@ -3,20 +3,13 @@
 //! service into Kafka, the job counts them into Cassandra, the service's cache picks them up:
 //! the posterior moves, and later decisions prefer the banner that was clicked.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::Killed;
 
 /// The posterior of each banner for `city`: banner → (impressions, clicks, mean).
 fn posteriors(client: &Client, base: &str, key: &str, city: &str) -> Vec<(String, u64, u64, f64)> {

@@ -52,7 +52,6 @@ def start_service(tmp: Path, backfill=True) -> Service:
     store = f"embedded:{tmp / 'store.redb'}"
     if backfill:
         run("backfill", "--input", str(SAMPLE), "--store", store, "-w", "2")
-        run("priors", "--store", store)
     admin = run("keys", "add", "--store", store, "--tenant", "ajio", "--role", "admin").strip()
     serve = run("keys", "add", "--store", store, "--tenant", "ajio", "--role", "serve").strip()
     proc = subprocess.Popen(

@@ -106,6 +106,22 @@ def test_prod_runs_the_timely_cluster_and_two_replicas_of_each_serve_half():
     assert n == 3 and words[words.index("-w") + 1] == "2"
 
 
+def test_every_deployment_keeps_the_priors():
+    """The stream job keeps every slot's priors beside the counts (docs/architecture.md,
+    "Priors"): no deployment may run it without, and none needs a separate priors step."""
+    for docs in (manifests(), render(OVERLAYS / "dev"), render(OVERLAYS / "prod")):
+        stream = find("StatefulSet", "stream", docs)
+        words = cli_words(stream["spec"]["template"]["spec"]["containers"][0])
+        assert "--no-priors" not in words, words
+        assert words[words.index("--priors-every-minutes") + 1] == "1", words
+    backfill = find("Job", "backfill")
+    assert "--no-priors" not in cli_words(backfill["spec"]["template"]["spec"]["containers"][0])
+    jobs = [d for d in manifests() if d["kind"] in ("StatefulSet", "Job")]
+    for d in jobs:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            assert cli_words(c)[0] != "priors", d["metadata"]["name"]
+
+
 def test_the_rules_config_map_is_the_alert_rules_file():
     rules = find("ConfigMap", "slotbandit-prometheus-rules", render(K8S))
     assert rules["data"] == {"alerts.yml": (ROOT / "deploy/prometheus/alerts.yml").read_text()}

@@ -38,6 +38,7 @@ use self::reader::PartitionReader;
 use super::harness::{
     run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress, WorkerReport,
 };
+use super::priors::{keep_priors, PriorSettings};
 use super::sink::{count_and_sink, AppliedOffset, SinkRetention, SinkSpec};
 use super::{Cluster, DataflowError};
 use crate::model::{CountKey, Offset, Partition};
@@ -76,6 +77,8 @@ pub struct StreamJob {
     /// Called with the number of records this process has read so far.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
     pub metrics: Arc<StreamMetrics>,
+    /// How the job keeps the priors beside the counts (`None`: it leaves them alone).
+    pub priors: Option<PriorSettings>,
 }
 
 /// How often the store's city aliases are checked for a change that restarts the job.
@@ -124,6 +127,7 @@ fn run_once(
             retention: job.retention,
             buckets: job.buckets,
         }),
+        priors: job.priors,
     };
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let lag_watch = watch_lag(job.clone());
@@ -201,12 +205,17 @@ fn stream_worker(
     let index = worker.index();
     let peers = worker.peers();
     let failure = sink.failure.clone();
-    let (mut counts_in, mut applied_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (counts_in, counts) = scope.new_collection::<CountKey, (i64, i64)>();
-        let (applied_in, applied) = scope.new_input::<Vec<AppliedOffset>>();
-        let (probe, released) = count_and_sink(counts, applied, sink.clone());
-        (counts_in, applied_in, (probe, released))
-    });
+    let (mut counts_in, mut applied_in, mut clock_in, probe) =
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (counts_in, counts) = scope.new_collection::<CountKey, (i64, i64)>();
+            let (applied_in, applied) = scope.new_input::<Vec<AppliedOffset>>();
+            let (clock_in, clock) = scope.new_input::<Vec<i64>>();
+            let (probe, released, all_time) = count_and_sink(counts, applied, sink.clone());
+            if let Some(settings) = sink.priors {
+                keep_priors(all_time, clock, settings, sink.clone());
+            }
+            (counts_in, applied_in, clock_in, (probe, released))
+        });
     let (probe, released) = probe;
     let mut report = StreamReport::default();
     // Epoch 0: the stored counts of the shards this worker owns.
@@ -242,6 +251,7 @@ fn stream_worker(
     let mut epoch = 1u64;
     counts_in.advance_to(epoch);
     applied_in.advance_to(epoch);
+    clock_in.advance_to(epoch);
     // Reader positions at the end of each epoch not yet known to be in the store.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut log_failing: Option<Retry> = None;
@@ -267,6 +277,9 @@ fn stream_worker(
                     }
                     for (shard, partition, offset) in batch.applied {
                         applied_in.send((shard, partition, offset));
+                    }
+                    if let Some(ms) = batch.newest_event_ms {
+                        clock_in.send(ms);
                     }
                     in_flight.push_back(InFlight {
                         epoch,
@@ -296,8 +309,10 @@ fn stream_worker(
         epoch += 1;
         counts_in.advance_to(epoch);
         applied_in.advance_to(epoch);
+        clock_in.advance_to(epoch);
         counts_in.flush();
         applied_in.flush();
+        clock_in.flush();
         wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
         checkpoint(job, &probe, &mut in_flight, &failure);
         if done {
@@ -306,6 +321,7 @@ fn stream_worker(
     }
     drop(counts_in);
     drop(applied_in);
+    drop(clock_in);
     while worker.step_or_park(None) {}
     checkpoint(job, &probe, &mut in_flight, &failure);
     report

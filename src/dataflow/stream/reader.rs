@@ -35,6 +35,9 @@ pub(super) struct EpochBatch {
     pub(super) clicks_appended_ms: Vec<i64>,
     pub(super) counts: Vec<(CountKey, (i64, i64))>,
     pub(super) applied: Vec<AppliedOffset>,
+    /// The newest event time counted in the epoch, at most the wall clock's (ms since the Unix
+    /// epoch): the priors' clock.
+    pub(super) newest_event_ms: Option<i64>,
 }
 
 /// The arms and shards a reader has seen, numbered, so counting an event hashes one short
@@ -167,6 +170,7 @@ impl PartitionReader {
             clicks_appended_ms: Vec::new(),
             counts: Vec::new(),
             applied: Vec::new(),
+            newest_event_ms: None,
         };
         let mut epoch = EpochCounts::default();
         let mut letters = Vec::new();
@@ -229,6 +233,10 @@ impl PartitionReader {
             .map(|((shard, p), o)| (shards[shard as usize].0.clone(), p, o))
             .collect();
         batch.clicks_appended_ms = epoch.clicks_appended_ms;
+        // Never past the wall clock: one event from the far future must not stall the priors'
+        // cadence until its time comes.
+        let now_ms = Utc::now().timestamp_millis();
+        batch.newest_event_ms = epoch.newest_event_ms.map(|ms| ms.min(now_ms));
         Ok(batch)
     }
 }
@@ -341,6 +349,8 @@ impl PartitionState {
             report.before_cutoff += 1;
         } else {
             report.counted += 1;
+            let ms = event.ts.timestamp_millis();
+            epoch.newest_event_ms = epoch.newest_event_ms.max(Some(ms));
             let diff = match event.kind {
                 EventKind::Impression => (1, 0),
                 EventKind::Click => {
@@ -365,6 +375,7 @@ struct EpochCounts {
     /// The highest offset per (shard, partition) counted or skipped as a repeat.
     applied: FxHashMap<(u32, Partition), Offset>,
     clicks_appended_ms: Vec<i64>,
+    newest_event_ms: Option<i64>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, bounded, optional_city, slot_path, window_minutes, Shared, SlotPath};
-use crate::bandit::{prob_best, PosteriorSummary};
+use crate::bandit::{prob_best, PosteriorSummary, Prior, PriorSource, SlotPriors};
 use crate::model::{Counts, ALL_CITIES};
 use crate::serve::auth::Caller;
 use crate::serve::cache::Arms;
@@ -28,8 +28,9 @@ const PBEST_DRAWS: usize = 4000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PosteriorQuery {
-    /// One city, normalized and resolved through the tenant's aliases as in a decision (an
-    /// unknown city gets the all-city posterior, `*`); default every city with counts, and `*`.
+    /// One city, normalized and resolved through the tenant's aliases as in a decision (a city
+    /// without counts shows the prior it decides from); default every city with counts, and
+    /// `*` (the counts pooled over cities, never decided from).
     #[param(value_type = Option<String>)]
     pub city: Option<String>,
     /// Counts of the last N minutes only (whole buckets); default all time.
@@ -50,6 +51,39 @@ pub struct BannerPosterior {
     pub p_best: f64,
     /// Whether the banner may be shown now.
     pub valid_now: bool,
+    /// The prior this arm's posterior starts from (α = α0 + clicks, β = β0 + misses).
+    pub prior: ArmPrior,
+}
+
+/// The prior of one arm (docs/architecture.md, "Bandit math").
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArmPrior {
+    /// `hierarchical`: the banner's effect times the city's own effect; `empirical_bayes`: the
+    /// banner's effect at the slot's level, as every city without counts in the slot gets it;
+    /// `slot_mean`: a banner without history, the slot's mean at the city's level; `uniform`:
+    /// the slot has no history, Beta(1, 1).
+    pub source: PriorSource,
+    pub alpha0: f64,
+    pub beta0: f64,
+    /// The city's effect (a factor on every banner's mean; the slot's level is 1), when the
+    /// city has counts in the slot.
+    pub city_effect: Option<f64>,
+}
+
+impl ArmPrior {
+    fn new(priors: &SlotPriors, city: &str, banner: &str) -> Self {
+        let Prior {
+            alpha0,
+            beta0,
+            source,
+        } = priors.for_arm(city, banner);
+        Self {
+            source,
+            alpha0,
+            beta0,
+            city_effect: priors.cities.get(city).map(|c| c.level),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -68,7 +102,12 @@ pub struct PosteriorsResponse {
     pub cities: Vec<CityPosteriors>,
 }
 
-fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosteriors {
+fn city_posteriors(
+    city: &str,
+    arms: &Arms,
+    priors: &SlotPriors,
+    now: DateTime<Utc>,
+) -> CityPosteriors {
     let p_best = with_rng(|rng| prob_best(arms.policy.samplers(), PBEST_DRAWS, rng));
     CityPosteriors {
         city: city.to_string(),
@@ -85,6 +124,7 @@ fn city_posteriors(city: &str, arms: &Arms, now: DateTime<Utc>) -> CityPosterior
                 summary: PosteriorSummary::new(counts, posterior),
                 p_best,
                 valid_now: banner.is_valid_at(now),
+                prior: ArmPrior::new(priors, city, &banner.id),
             })
             .collect(),
     }
@@ -126,20 +166,22 @@ pub async fn posteriors(
     let (snapshot, entry) = state.window_entry(&tenant, &slot, window).await?;
     let arms = entry.window(window).expect("window_entry loads the window");
     let now = Utc::now();
+    let priors = &entry.priors;
     let cities = match &city {
         Some(c) => {
             let (a, shown) = arms.for_city(snapshot.resolve_city(&tenant, c));
-            vec![city_posteriors(shown, a, now)]
+            vec![city_posteriors(shown, a, priors, now)]
         }
         None => {
             let mut names: Vec<&String> = arms.by_city.keys().collect();
             names.sort();
             names
                 .into_iter()
-                .map(|c| city_posteriors(c, &arms.by_city[c], now))
+                .map(|c| city_posteriors(c, &arms.by_city[c], priors, now))
                 .chain(std::iter::once(city_posteriors(
                     ALL_CITIES,
                     &arms.all_cities,
+                    priors,
                     now,
                 )))
                 .collect()

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 
 /// The schema files, in version order: (version, name, CQL with `{keyspace}` and
 /// `{replication}` placeholders).
-const MIGRATIONS: [(i32, &str, &str); 3] = [
+const MIGRATIONS: [(i32, &str, &str); 4] = [
     (
         1,
         "001_init",
@@ -29,6 +29,11 @@ const MIGRATIONS: [(i32, &str, &str); 3] = [
         3,
         "003_city_aliases",
         include_str!("../../../schema/cassandra/003_city_aliases.cql"),
+    ),
+    (
+        4,
+        "004_prior_cities",
+        include_str!("../../../schema/cassandra/004_prior_cities.cql"),
     ),
 ];
 /// The schema version this build reads and writes.
@@ -141,7 +146,8 @@ fn cql_statements(cql: &str) -> Vec<String> {
 
 /// Creates the keyspace and tables if missing and records the schema versions; returns the
 /// versions this call recorded (empty when the keyspace was already current). A version not yet
-/// recorded moves the data of the one before it (`migrate`) first. Version 3 adds a table only.
+/// recorded moves the data of the one before it (`migrate`) first. Versions 3 and 4 add tables
+/// only.
 pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec<i32>, StoreError> {
     let conn = Connection::connect(url)?;
     conn.run(async {
@@ -294,6 +300,7 @@ mod tests {
             "schema_version",
             "city_aliases",
             "city_merges",
+            "prior_cities",
         ] {
             let create = format!("CREATE TABLE IF NOT EXISTS sb_test.{table} (");
             assert_eq!(

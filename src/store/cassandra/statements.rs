@@ -24,8 +24,12 @@ pub(super) struct Statements {
     pub part_names: PreparedStatement,
     pub delete_part_versions: PreparedStatement,
     pub tenants: PreparedStatement,
+    pub delete_priors: PreparedStatement,
+    pub delete_prior_cities: PreparedStatement,
     pub write_prior: PreparedStatement,
+    pub write_prior_city: PreparedStatement,
     pub priors_of_slot: PreparedStatement,
+    pub prior_cities_of_slot: PreparedStatement,
     pub set_meta: PreparedStatement,
     pub meta: PreparedStatement,
     pub set_checkpoint: PreparedStatement,
@@ -121,13 +125,30 @@ impl Statements {
             ))
             .await?,
             tenants: prepare(format!("SELECT DISTINCT tenant FROM {ks}.part_versions")).await?,
+            delete_priors: prepare(format!(
+                "DELETE FROM {ks}.priors USING TIMESTAMP ? WHERE tenant = ? AND slot = ?"
+            ))
+            .await?,
+            delete_prior_cities: prepare(format!(
+                "DELETE FROM {ks}.prior_cities USING TIMESTAMP ? WHERE tenant = ? AND slot = ?"
+            ))
+            .await?,
             write_prior: prepare(format!(
                 "INSERT INTO {ks}.priors (tenant, slot, banner, alpha0, beta0, source) \
-                 VALUES (?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            write_prior_city: prepare(format!(
+                "INSERT INTO {ks}.prior_cities (tenant, slot, city, level, clicks) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             priors_of_slot: prepare(format!(
                 "SELECT banner, alpha0, beta0, source FROM {ks}.priors WHERE tenant = ? AND slot = ?"
+            ))
+            .await?,
+            prior_cities_of_slot: prepare(format!(
+                "SELECT city, level, clicks FROM {ks}.prior_cities WHERE tenant = ? AND slot = ?"
             ))
             .await?,
             set_meta: prepare(format!(

@@ -26,11 +26,13 @@ use crate::model::{
     TenantAliases, ALL_TIME,
 };
 use crate::store::customer_rows::CustomerEventRow;
-use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
+use crate::store::prior_rows::{
+    city_rows, prior_rows, read_city_row, read_prior_row, CityRow, PriorRow,
+};
 use crate::store::url::CassandraUrl;
 use crate::store::{
     next_version, ApiKey, AppliedOffsets, CountQuery, Part, PosteriorStore, Role, ShardState,
-    ShardWrite, StoreError, Versions,
+    ShardWrite, SlotPriorsWrite, StoreError, Versions,
 };
 
 /// A batch holds at most this many statements (the protocol counts them in a u16).
@@ -570,42 +572,106 @@ impl PosteriorStore for CassandraStore {
         slot: &str,
         priors: &SlotPriors,
     ) -> Result<(), StoreError> {
-        let rows = prior_rows(priors).map(|row| {
-            let PriorRow {
-                banner,
-                alpha0,
-                beta0,
-                source,
-            } = row;
-            (tenant, slot, banner, alpha0, beta0, source)
-        });
-        let write = self
-            .conn
-            .execute_each("write priors", &self.st.write_prior, rows);
-        self.conn
-            .run(self.versioned(&[(tenant, Part::Priors, slot)], write))
+        self.write_all_priors(&[(tenant.to_string(), slot.to_string(), priors.clone())])
+    }
+
+    fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
+        // A slot's old rows are deleted one microsecond before the new ones are written, in one
+        // batch of its partition key (both tables): one mutation, atomic and isolated.
+        let written = Utc::now().timestamp_micros();
+        let mut batches = Vec::with_capacity(slots.len());
+        for (tenant, slot, priors) in slots {
+            let (t, s) = (tenant.as_str(), slot.as_str());
+            let mut batch = Connection::batch();
+            let mut values: BatchValues = Vec::new();
+            batch.append_statement(BatchStatement::from(self.st.delete_priors.clone()));
+            values.push(Box::new((written - 1, t, s)));
+            batch.append_statement(BatchStatement::from(self.st.delete_prior_cities.clone()));
+            values.push(Box::new((written - 1, t, s)));
+            for row in prior_rows(priors) {
+                let PriorRow {
+                    banner,
+                    alpha0,
+                    beta0,
+                    source,
+                } = row;
+                batch.append_statement(BatchStatement::from(self.st.write_prior.clone()));
+                values.push(Box::new((t, s, banner, alpha0, beta0, source, written)));
+            }
+            for row in city_rows(priors) {
+                batch.append_statement(BatchStatement::from(self.st.write_prior_city.clone()));
+                values.push(Box::new((t, s, row.city, row.level, row.clicks, written)));
+            }
+            if values.len() > BATCH_LIMIT {
+                return Err(self.conn.fail(format!(
+                    "the priors of slot ({t}, {s}) have {} rows; one batch holds at most \
+                     {BATCH_LIMIT}",
+                    values.len() - 2
+                )));
+            }
+            batches.push((batch, values));
+        }
+        let parts: Vec<(&str, Part, &str)> = slots
+            .iter()
+            .map(|(t, s, _)| (t.as_str(), Part::Priors, s.as_str()))
+            .collect();
+        let write = async {
+            futures::stream::iter(batches.iter().map(|(batch, values)| {
+                self.conn.retrying("write priors", move || async move {
+                    self.conn.session.batch(batch, values).await?;
+                    Ok(())
+                })
+            }))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await
+        };
+        self.conn.run(self.versioned(&parts, write)).map(|_| ())
     }
 
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError> {
-        self.conn.run(self.conn.select_unpaged(
-            "read priors",
-            &self.st.priors_of_slot,
-            (tenant, slot),
-            |rows| {
-                let mut priors = SlotPriors::uniform();
-                for row in rows.rows::<(&str, f64, f64, &str)>()? {
-                    let (banner, alpha0, beta0, source) = row?;
-                    let row = PriorRow {
-                        banner,
-                        alpha0,
-                        beta0,
-                        source,
-                    };
-                    read_prior_row(&mut priors, row).map_err(Failure::corrupt)?;
-                }
-                Ok(priors)
-            },
-        ))
+        self.conn.run(async {
+            let mut priors = self
+                .conn
+                .select_unpaged(
+                    "read priors",
+                    &self.st.priors_of_slot,
+                    (tenant, slot),
+                    |rows| {
+                        let mut priors = SlotPriors::uniform();
+                        for row in rows.rows::<(&str, f64, f64, &str)>()? {
+                            let (banner, alpha0, beta0, source) = row?;
+                            let row = PriorRow {
+                                banner,
+                                alpha0,
+                                beta0,
+                                source,
+                            };
+                            read_prior_row(&mut priors, row).map_err(Failure::corrupt)?;
+                        }
+                        Ok(priors)
+                    },
+                )
+                .await?;
+            let cities: Vec<(String, f64, f64)> = self
+                .conn
+                .select_all(
+                    "read prior cities",
+                    &self.st.prior_cities_of_slot,
+                    (tenant, slot),
+                )
+                .await?;
+            for (city, level, clicks) in cities {
+                let row = CityRow {
+                    city: &city,
+                    level,
+                    clicks,
+                };
+                read_city_row(&mut priors, row)
+                    .map_err(|e| self.conn.failed("read prior cities", Failure::corrupt(e)))?;
+            }
+            Ok(priors)
+        })
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {

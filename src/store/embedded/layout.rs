@@ -28,6 +28,10 @@ pub(super) const BLOCK_BUCKETS: i64 = 24;
 /// (tenant, slot, banner) → (alpha0, beta0, source); banner "" is the slot prior.
 pub(super) const PRIORS: TableDefinition<(&str, &str, &str), (f64, f64, &str)> =
     TableDefinition::new("priors");
+/// (tenant, slot, city) → (level, clicks): the city effects of a slot's priors, replaced with
+/// its [`PRIORS`] rows in one transaction.
+pub(super) const PRIOR_CITIES: TableDefinition<(&str, &str, &str), (f64, f64)> =
+    TableDefinition::new("prior_cities");
 pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// (tenant, part, city or slot) → version (see [`crate::store::Versions`]).
 pub(super) const VERSIONS: TableDefinition<(&str, &str, &str), u64> =

@@ -11,17 +11,19 @@ use super::layout::{
     block_rows, block_rows_from, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
     insert_customer_event, write_encoded_counts, Block, EncodedCounts, API_KEYS, APPLIED,
     ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CITY_ALIASES, CUSTOMER_EVENTS, META,
-    META_CHANGE_MARKER, PRIORS, SLOTS, VERSIONS,
+    META_CHANGE_MARKER, PRIORS, PRIOR_CITIES, SLOTS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
 use crate::model::{
     ArmKey, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
 };
-use crate::store::prior_rows::{prior_rows, read_prior_row, PriorRow};
+use crate::store::prior_rows::{
+    city_rows, prior_rows, read_city_row, read_prior_row, CityRow, PriorRow,
+};
 use crate::store::{
     next_version, ApiKey, AppliedOffsets, CountQuery, Part, PosteriorStore, ShardState, ShardWrite,
-    StoreError, Versions,
+    SlotPriorsWrite, StoreError, Versions,
 };
 
 pub struct EmbeddedStore {
@@ -52,6 +54,7 @@ impl EmbeddedStore {
             tx.open_table(ARM_TOTALS)?;
             tx.open_table(ARM_BLOCKS)?;
             tx.open_table(PRIORS)?;
+            tx.open_table(PRIOR_CITIES)?;
             tx.open_table(META)?;
             tx.open_table(APPLIED)?;
             tx.open_table(CHECKPOINTS)?;
@@ -275,20 +278,20 @@ impl PosteriorStore for EmbeddedStore {
         slot: &str,
         priors: &SlotPriors,
     ) -> Result<(), StoreError> {
+        self.write(|tx| replace_priors(tx, tenant, slot, priors))
+    }
+
+    fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut t = tx.open_table(PRIORS)?;
-            for row in prior_rows(priors) {
-                t.insert(
-                    (tenant, slot, row.banner),
-                    (row.alpha0, row.beta0, row.source),
-                )?;
-            }
-            bump_version(tx, tenant, Part::Priors, slot)
+            slots
+                .iter()
+                .try_for_each(|(tenant, slot, priors)| replace_priors(tx, tenant, slot, priors))
         })
     }
 
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError> {
         self.read(|tx| {
+            let corrupt = |e: &dyn std::fmt::Display| redb::Error::Corrupted(e.to_string());
             let t = tx.open_table(PRIORS)?;
             let mut priors = SlotPriors::uniform();
             // The slot's own prior, under banner "", sorts first.
@@ -305,8 +308,21 @@ impl PosteriorStore for EmbeddedStore {
                     beta0,
                     source,
                 };
-                read_prior_row(&mut priors, row)
-                    .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                read_prior_row(&mut priors, row).map_err(|e| corrupt(&e))?;
+            }
+            for entry in tx.open_table(PRIOR_CITIES)?.range((tenant, slot, "")..)? {
+                let (k, v) = entry?;
+                let (kt, ks, city) = k.value();
+                if kt != tenant || ks != slot {
+                    break;
+                }
+                let (level, clicks) = v.value();
+                let row = CityRow {
+                    city,
+                    level,
+                    clicks,
+                };
+                read_city_row(&mut priors, row).map_err(|e| corrupt(&e))?;
             }
             Ok(priors)
         })
@@ -534,6 +550,34 @@ impl PosteriorStore for EmbeddedStore {
             Ok(out)
         })
     }
+}
+
+/// Replaces the priors of one slot (its rows in [`PRIORS`] and [`PRIOR_CITIES`]) and moves its
+/// version, in the transaction `tx`.
+fn replace_priors(
+    tx: &redb::WriteTransaction,
+    tenant: &str,
+    slot: &str,
+    priors: &SlotPriors,
+) -> Result<(), redb::Error> {
+    let mut t = tx.open_table(PRIORS)?;
+    t.retain_in((tenant, slot, "")..=(tenant, slot, "\u{10ffff}"), |_, _| {
+        false
+    })?;
+    for row in prior_rows(priors) {
+        t.insert(
+            (tenant, slot, row.banner),
+            (row.alpha0, row.beta0, row.source),
+        )?;
+    }
+    let mut t = tx.open_table(PRIOR_CITIES)?;
+    t.retain_in((tenant, slot, "")..=(tenant, slot, "\u{10ffff}"), |_, _| {
+        false
+    })?;
+    for row in city_rows(priors) {
+        t.insert((tenant, slot, row.city), (row.level, row.clicks))?;
+    }
+    bump_version(tx, tenant, Part::Priors, slot)
 }
 
 #[cfg(test)]
