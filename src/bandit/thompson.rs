@@ -190,6 +190,37 @@ impl SlotPolicy {
         }
         Ok(())
     }
+
+    /// Up to `n` distinct banners valid at `now`, each ordering equally likely: the holdout's
+    /// uniform random decision. Fails like [`Self::decide`].
+    pub fn decide_uniformly<R: Rng + ?Sized>(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+        rng: &mut R,
+        out: &mut Vec<usize>,
+    ) -> Result<(), DecisionError> {
+        if n == 0 {
+            return Err(DecisionError::ZeroBanners);
+        }
+        out.extend(
+            (0..self.config.banners.len()).filter(|&i| self.config.banners[i].is_valid_at(now)),
+        );
+        if out.is_empty() {
+            return Err(DecisionError::NoValidBanner {
+                tenant: self.config.tenant.clone(),
+                slot: self.config.slot.clone(),
+                at: time::format_ist(now),
+            });
+        }
+        let shown = n.min(out.len());
+        for k in 0..shown {
+            let pick = rng.random_range(k..out.len());
+            out.swap(k, pick);
+        }
+        out.truncate(shown);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +253,45 @@ mod tests {
                     / steps as f64
             })
             .collect()
+    }
+
+    #[test]
+    fn uniform_decisions_ignore_the_posteriors_and_skip_invalid_banners() {
+        let from = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let to = from + chrono::Duration::days(1);
+        let mut config =
+            SlotConfig::with_banners("ajio", "hero", ["b0", "b1", "b2", "b3"], from, to);
+        config.banners[3].valid_to = from + chrono::Duration::hours(1);
+        let config = Arc::new(config);
+        // b0 is far ahead: Thompson sampling would show it first nearly always.
+        let policy = SlotPolicy::new(&config, |b| match b.id.as_str() {
+            "b0" => BetaPosterior {
+                alpha: 900.0,
+                beta: 100.0,
+            },
+            _ => BetaPosterior {
+                alpha: 1.0,
+                beta: 99.0,
+            },
+        });
+        let now = from + chrono::Duration::hours(2);
+        let mut rng = seeded_rng(11);
+        let (draws, mut first, mut out) = (30_000, [0u32; 4], Vec::new());
+        for _ in 0..draws {
+            out.clear();
+            policy.decide_uniformly(now, 2, &mut rng, &mut out).unwrap();
+            assert_eq!(out.len(), 2);
+            assert_ne!(out[0], out[1]);
+            assert!(!out.contains(&3), "b3 is no longer valid");
+            first[out[0]] += 1;
+        }
+        for (i, &n) in first[..3].iter().enumerate() {
+            let freq = f64::from(n) / f64::from(draws);
+            let tol = 4.5 * (2.0 / 9.0 / f64::from(draws)).sqrt();
+            assert!((freq - 1.0 / 3.0).abs() <= tol, "b{i} first in {freq}");
+        }
+        out.clear();
+        assert!(policy.decide_uniformly(to, 1, &mut rng, &mut out).is_err());
     }
 
     #[test]

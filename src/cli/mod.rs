@@ -164,6 +164,14 @@ pub mod flags {
             .map_err(|e| e.rule)
     }
 
+    /// A recency rule in minutes: 0 for all time, else a window (`model::Recency`).
+    pub fn recency(s: &str) -> Result<slotbandit::model::Recency, String> {
+        let minutes = s
+            .parse::<u32>()
+            .map_err(|_| format!("must be a whole number of minutes (got {s:?})"))?;
+        slotbandit::model::Recency::from_minutes("value", minutes).map_err(|e| e.rule)
+    }
+
     /// A city, by the city rule (`model::normalize_city`).
     pub fn city(s: &str) -> Result<String, String> {
         slotbandit::model::normalize_city("city", s)

@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// Windows (minutes) kept in the cache from the start, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "720", value_parser = clap::value_parser!(u32).range(1..=43_200))]
     windows: Vec<u32>,
+    /// The recency rule of slots that set none (a slot sets its own through the admin API or
+    /// the slot CSV's `recency_minutes`): decisions without a window use the counts of the last
+    /// this many minutes (60 to 43200, at most the store's retention), or 0 for all-time counts.
+    #[arg(long = "recency-minutes", default_value = "0", value_parser = flags::recency)]
+    recency: slotbandit::model::Recency,
     /// Largest accepted JSON body, in bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     body_limit: usize,
@@ -65,6 +70,7 @@ impl ServeArgs {
             token_ttl_secs: self.token_ttl_secs,
             compat_tenants: self.compat_tenants.iter().cloned().collect::<BTreeSet<_>>(),
             windows: self.windows.clone(),
+            recency: self.recency,
             body_limit: self.body_limit,
             spool_dir: self.spool_dir.clone(),
             threads: self.threads.map_or(defaults.threads, usize::from),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
-use slotbandit::model::SlotConfig;
+use slotbandit::model::{Recency, SlotConfig};
 use slotbandit::time;
 
 #[derive(Subcommand)]
@@ -82,8 +82,16 @@ fn print_table(slots: &[SlotConfig]) {
         "image",
         "valid from (IST)",
         "valid to (IST)",
+        "recency",
+        "holdout",
     ]);
     for s in slots {
+        let recency = match s.rules.recency {
+            None => "service default".to_string(),
+            Some(Recency::AllTime) => "all time".to_string(),
+            Some(Recency::Window(minutes)) => format!("{minutes} min"),
+        };
+        let holdout = format!("{}%", s.rules.holdout_share() * 100.0);
         for b in &s.banners {
             table.add_row([
                 s.tenant.as_str(),
@@ -92,6 +100,8 @@ fn print_table(slots: &[SlotConfig]) {
                 b.image.as_str(),
                 &time::format_ist(b.valid_from),
                 &time::format_ist(b.valid_to),
+                &recency,
+                &holdout,
             ]);
         }
     }

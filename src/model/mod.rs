@@ -19,5 +19,8 @@ pub use event::{
     REFERRER_MAX, REQUEST_ID_MAX,
 };
 pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
-pub use slot::{Banner, SlotConfig, SlotConfigError, SLOT_CSV_HEADER};
+pub use slot::{
+    Banner, Recency, SlotConfig, SlotConfigError, SlotRules, HOLDOUT_MAX_BP, RECENCY_MINUTES,
+    SLOT_CSV_HEADER, SLOT_CSV_RULE_COLUMNS,
+};
 pub use validate::{normalize_city, normalize_name, validate_name, validate_token, FieldError};

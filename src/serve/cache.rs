@@ -883,6 +883,23 @@ impl PosteriorCache {
         Ok(())
     }
 
+    async fn window_bounds(&self) -> Result<WindowBounds, CacheError> {
+        let store = self.store.clone();
+        let bounds = tokio::task::spawn_blocking(move || WindowBounds::of(store.as_ref()))
+            .await
+            .map_err(|_| CacheError::Cancelled)??;
+        Ok(bounds)
+    }
+
+    /// Keeps a slot's recency window for `tenant`, outside its registration limit (slots are
+    /// written by admins), once it passes the bounds (see `WindowBounds`).
+    pub async fn keep_slot_window(&self, tenant: &str, minutes: u32) -> Result<(), CacheError> {
+        self.window_bounds().await?.check(minutes)?;
+        let mut kept = self.windows.lock().expect("not poisoned");
+        *kept = std::mem::take(&mut *kept).with_fixed(tenant, [minutes]);
+        Ok(())
+    }
+
     /// The windows kept for `tenant`.
     pub fn kept_windows(&self, tenant: &str) -> BTreeSet<u32> {
         self.windows.lock().expect("not poisoned").of_tenant(tenant)
@@ -896,11 +913,7 @@ impl PosteriorCache {
         minutes: u32,
         may_register: bool,
     ) -> Result<Arc<Snapshot>, CacheError> {
-        let store = self.store.clone();
-        let bounds = tokio::task::spawn_blocking(move || WindowBounds::of(store.as_ref()))
-            .await
-            .map_err(|_| CacheError::Cancelled)??;
-        bounds.check(minutes)?;
+        self.window_bounds().await?.check(minutes)?;
         {
             let mut windows = self.windows.lock().expect("not poisoned");
             if may_register {

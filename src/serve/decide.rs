@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -38,7 +38,8 @@ pub struct DecisionRequest<'a> {
     pub city: &'a str,
     /// How many distinct banners to show.
     pub n: usize,
-    /// Decide from the counts of the last `window` minutes; `None` is all time.
+    /// Decide from the counts of the last `window` minutes; `None` follows the slot's recency
+    /// rule, then the service's.
     pub window: Option<u32>,
     /// Copied into the impressions.
     pub customer_id: Option<String>,
@@ -69,7 +70,11 @@ pub struct DecisionResponse {
     pub banners: Vec<ShownBanner>,
     /// When the decision was made, in IST (RFC 3339, +05:30).
     pub ts: String,
+    /// The window the counts came from: the request's, else the slot's recency rule, else the
+    /// service's; null for all-time counts.
     pub window_minutes: Option<u32>,
+    /// A holdout decision: banners drawn uniformly at random (the slot's holdout share).
+    pub holdout: bool,
 }
 
 /// Draws the banners, signs the decision and queues its impressions.
@@ -86,7 +91,7 @@ pub(super) async fn decide(
         customer_id,
         referrer,
     } = request;
-    let (snapshot, entry) = state.window_entry(tenant, slot, window).await?;
+    let (snapshot, entry, window) = state.window_entry(tenant, slot, window).await?;
     // One place, one arm: an alias decides, and is counted, as its canonical city.
     let city = snapshot.resolve_city(tenant, city);
     let (arms, posterior_city) = entry
@@ -94,9 +99,16 @@ pub(super) async fn decide(
         .expect("window_entry loads the window")
         .for_city(city);
     let now = Utc::now();
+    let holdout_share = entry.config.rules.holdout_share();
     let chosen = with_rng(|rng| {
+        let holdout = holdout_share > 0.0 && rng.random::<f64>() < holdout_share;
         let mut out = Vec::with_capacity(n);
-        arms.policy.decide(now, n, rng, &mut out).map(|()| out)
+        let decided = if holdout {
+            arms.policy.decide_uniformly(now, n, rng, &mut out)
+        } else {
+            arms.policy.decide(now, n, rng, &mut out)
+        };
+        decided.map(|()| (out, holdout))
     });
     let chosen = chosen.map_err(|e| {
         ApiError::new(
@@ -106,6 +118,7 @@ pub(super) async fn decide(
             e.to_string(),
         )
     })?;
+    let (chosen, holdout) = chosen;
     let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
@@ -145,5 +158,6 @@ pub(super) async fn decide(
             .collect(),
         ts: time::format_ist_rfc3339(now),
         window_minutes: window,
+        holdout,
     })
 }

@@ -39,6 +39,7 @@ use self::events::EventSink;
 use self::metrics::Metrics;
 use self::spool::{Spool, SpoolError};
 use self::token::TokenSigner;
+use crate::model::Recency;
 use crate::source::EventLog;
 use crate::store::{PosteriorStore, StoreError, META_TOKEN_TTL_SECS};
 
@@ -59,6 +60,8 @@ pub struct ServeOptions {
     pub stale_after: Duration,
     /// Windows (minutes) kept in the cache from the start.
     pub windows: Vec<u32>,
+    /// The recency rule of slots that set none (a window is kept for every tenant).
+    pub recency: Recency,
     /// Largest accepted JSON body, in bytes.
     pub body_limit: usize,
     /// Largest accepted slot CSV, in bytes.
@@ -80,6 +83,7 @@ impl Default for ServeOptions {
             compat_tenants: BTreeSet::new(),
             stale_after: Duration::from_secs(30),
             windows: vec![720],
+            recency: Recency::AllTime,
             body_limit: 16 * 1024,
             csv_limit: 1024 * 1024,
             spool_dir: PathBuf::from("slotbandit-spool"),
@@ -175,32 +179,59 @@ impl AppState {
         self.cache
             .ensure_window(tenant, minutes, may_register)
             .await
-            .map_err(|e| match e {
-                CacheError::TooManyWindows { .. }
-                | CacheError::WindowNotKept { .. }
-                | CacheError::WindowBelowBucket { .. }
-                | CacheError::WindowBeyondRetention { .. } => {
-                    ApiError::invalid("window_minutes", e.to_string())
-                }
-                other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
-            })
+            .map_err(|e| window_error("window_minutes", e))
     }
 
+    /// The slot's entry holding the window a decision uses: the request's, else the slot's
+    /// recency rule, else the service's; returned beside the snapshot and the entry.
     async fn window_entry(
         &self,
         tenant: &str,
         slot: &str,
-        window: Option<u32>,
-    ) -> Result<(Arc<Snapshot>, Arc<SlotEntry>), ApiError> {
+        requested: Option<u32>,
+    ) -> Result<(Arc<Snapshot>, Arc<SlotEntry>, Option<u32>), ApiError> {
         let snapshot = self.snapshot()?;
         let entry = self.entry_of(&snapshot, tenant, slot)?;
+        let window = match requested {
+            Some(minutes) => Some(minutes),
+            None => entry
+                .config
+                .rules
+                .recency
+                .unwrap_or(self.options.recency)
+                .window(),
+        };
         if entry.window(window).is_some() {
-            return Ok((snapshot, entry));
+            return Ok((snapshot, entry, window));
         }
         let minutes = window.expect("all-time arms are always loaded");
-        let snapshot = self.ensure_window(tenant, minutes, false).await?;
+        let snapshot = if requested.is_some() {
+            self.ensure_window(tenant, minutes, false).await?
+        } else {
+            // A slot's rule written to the store directly (`slotbandit slots import`).
+            self.cache
+                .keep_slot_window(tenant, minutes)
+                .await
+                .map_err(|e| window_error("recency_minutes", e))?;
+            self.cache
+                .refresh()
+                .await
+                .map_err(|e| ApiError::unavailable("store_unavailable", e.to_string(), 2))?
+                .snapshot
+        };
         let entry = self.entry_of(&snapshot, tenant, slot)?;
-        Ok((snapshot, entry))
+        Ok((snapshot, entry, window))
+    }
+}
+
+/// A window refused (a 400 naming `field`) or the store unavailable.
+pub(crate) fn window_error(field: &str, e: CacheError) -> ApiError {
+    match e {
+        CacheError::TooManyWindows { .. }
+        | CacheError::WindowNotKept { .. }
+        | CacheError::WindowBelowBucket { .. }
+        | CacheError::WindowBeyondRetention { .. } => ApiError::invalid(field, e.to_string()),
+        other => ApiError::unavailable("store_unavailable", other.to_string(), 2),
     }
 }
 
@@ -268,7 +299,13 @@ impl Service {
         options.tenants.check(store.as_ref())?;
         let cache = Arc::new(PosteriorCache::new(
             store,
-            KeptWindows::service(options.windows.iter().copied()),
+            KeptWindows::service(
+                options
+                    .windows
+                    .iter()
+                    .copied()
+                    .chain(options.recency.window()),
+            ),
             options.tenants.clone(),
         ));
         cache.check_windows()?;

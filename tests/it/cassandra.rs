@@ -17,7 +17,7 @@ use crate::posterior_store::customer_history;
 use chrono::Utc;
 use scylla::value::{CqlValue, Row};
 use slotbandit::model::{
-    ArmKey, CountKey, Counts, Offset, Partition, ShardKey, SlotConfig, ALL_TIME,
+    ArmKey, CountKey, Counts, Offset, Partition, Recency, ShardKey, SlotConfig, SlotRules, ALL_TIME,
 };
 use slotbandit::serve::cache::{KeptWindows, Refresh, Snapshot, TenantScope};
 use slotbandit::store::{
@@ -107,7 +107,7 @@ impl Keyspace {
         let url = format!("cassandra://{node}/{name}{suffix}");
         let applied = ok(slotbandit(&["schema", "apply", "--store", &url]));
         assert!(
-            applied.contains("applied schema version(s) 1, 2, 3, 4; now at 4"),
+            applied.contains("applied schema version(s) 1, 2, 3, 4, 5; now at 5"),
             "{applied}"
         );
         Self {
@@ -659,6 +659,7 @@ fn schema_apply_moves_a_version_3_keyspace_to_version_4_keeping_its_priors() {
         &[
             format!("DROP TABLE {k}.prior_cities"),
             format!("DELETE FROM {k}.schema_version WHERE version = 4"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 5"),
             format!(
                 "INSERT INTO {k}.priors (tenant, slot, banner, alpha0, beta0, source) \
                  VALUES ('ajio', 'hero', '', 2.0, 38.0, 'slot_mean')"
@@ -672,12 +673,12 @@ fn schema_apply_moves_a_version_3_keyspace_to_version_4_keeping_its_priors() {
     .unwrap();
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 3 is older than this build's 4"),
+        refused.contains("schema version 3 is older than this build's 5"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 4; now at 4"),
+        applied.contains("applied schema version(s) 4, 5; now at 5"),
         "{applied}"
     );
     let store = ks.store();
@@ -698,6 +699,54 @@ fn schema_apply_moves_a_version_3_keyspace_to_version_4_keeping_its_priors() {
     );
     store.write_priors("ajio", "hero", &hierarchical).unwrap();
     assert_eq!(store.priors("ajio", "hero").unwrap(), hierarchical);
+}
+
+/// Version 5 adds a slot's rules as static columns of its banner partition: a version-4
+/// keyspace's slots are refused until `schema apply`, then read with no rules (the service's
+/// defaults) until a slot is written with some.
+#[test]
+fn schema_apply_moves_a_version_4_keyspace_to_version_5_keeping_its_slots() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_migrate5");
+    let k = &ks.name;
+    cql_rows(
+        &node,
+        &[
+            format!("ALTER TABLE {k}.slot_banners DROP (recency_minutes, holdout_bp)"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 5"),
+            format!(
+                "INSERT INTO {k}.slot_banners \
+                 (tenant, slot, banner, image_url, valid_from, valid_to, updated_at) \
+                 VALUES ('ajio', 'hero', 'b1', 'b1.png', '2026-11-01', '2026-12-01', '2026-11-01')"
+            ),
+        ],
+    )
+    .unwrap();
+    let refused = open_store(&ks.url, true).err().unwrap().to_string();
+    assert!(
+        refused.contains("schema version 4 is older than this build's 5"),
+        "{refused}"
+    );
+    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    assert!(
+        applied.contains("applied schema version(s) 5; now at 5"),
+        "{applied}"
+    );
+    let store = ks.store();
+    let mut hero = store
+        .slot("ajio", "hero")
+        .unwrap()
+        .expect("the slot is kept");
+    assert_eq!(hero.banners.len(), 1);
+    assert_eq!(hero.rules, SlotRules::default());
+    hero.rules = SlotRules {
+        recency: Some(Recency::Window(720)),
+        holdout_bp: 500,
+    };
+    store.put_slot(&hero).unwrap();
+    assert_eq!(store.slot("ajio", "hero").unwrap(), Some(hero));
 }
 
 /// Version 3 adds the city aliases' table: a version-2 keyspace (this build's, without that
@@ -725,17 +774,18 @@ fn schema_apply_moves_a_version_2_keyspace_to_version_3_keeping_its_counts() {
             format!("DROP TABLE {k}.prior_cities"),
             format!("DELETE FROM {k}.schema_version WHERE version = 3"),
             format!("DELETE FROM {k}.schema_version WHERE version = 4"),
+            format!("DELETE FROM {k}.schema_version WHERE version = 5"),
         ],
     )
     .unwrap();
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 2 is older than this build's 4"),
+        refused.contains("schema version 2 is older than this build's 5"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 3, 4; now at 4"),
+        applied.contains("applied schema version(s) 3, 4, 5; now at 5"),
         "{applied}"
     );
     let store = ks.store();
@@ -800,13 +850,13 @@ fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_
 
     let refused = open_store(&ks.url, true).err().unwrap().to_string();
     assert!(
-        refused.contains("schema version 1 is older than this build's 4")
+        refused.contains("schema version 1 is older than this build's 5")
             && refused.contains("run `slotbandit schema apply --store"),
         "{refused}"
     );
     let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
     assert!(
-        applied.contains("applied schema version(s) 2, 3, 4; now at 4"),
+        applied.contains("applied schema version(s) 2, 3, 4, 5; now at 5"),
         "{applied}"
     );
 

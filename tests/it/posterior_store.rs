@@ -11,8 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use slotbandit::bandit::{CityEffect, Prior, PriorSource, SlotPriors};
 use slotbandit::model::{
-    ArmKey, CityAliases, CountKey, Counts, Event, EventFields, Offset, Partition, ShardKey,
-    SlotConfig, ALL_TIME,
+    ArmKey, CityAliases, CountKey, Counts, Event, EventFields, Offset, Partition, Recency,
+    ShardKey, SlotConfig, SlotRules, ALL_TIME,
 };
 use slotbandit::store::{
     open_store, ApiKey, CountQuery, Part, PosteriorStore, Role, ShardState, ShardWrite, StoreError,
@@ -496,7 +496,11 @@ fn put_slot_replaces_the_configuration_and_slots_lists_them(store: &dyn Posterio
     };
     assert_eq!(store.slot("ajio", "hero").unwrap(), None);
     assert_eq!(store.slots(None).unwrap(), []);
-    let hero = slot("ajio", "hero", &["b1", "b2", "b3"], 30);
+    let mut hero = slot("ajio", "hero", &["b1", "b2", "b3"], 30);
+    hero.rules = SlotRules {
+        recency: Some(Recency::Window(1440)),
+        holdout_bp: 1250,
+    };
     for config in [
         &hero,
         &slot("ajio", "footer", &["f1"], 1),
@@ -505,8 +509,11 @@ fn put_slot_replaces_the_configuration_and_slots_lists_them(store: &dyn Posterio
         store.put_slot(config).unwrap();
     }
     assert_eq!(store.slot("ajio", "hero").unwrap(), Some(hero));
-    // Banners left out of a new configuration are removed.
-    let smaller = slot("ajio", "hero", &["b2", "b4"], 7);
+    // Banners left out of a new configuration are removed, and so are its rules.
+    let mut smaller = slot("ajio", "hero", &["b2", "b4"], 7);
+    store.put_slot(&smaller).unwrap();
+    assert_eq!(store.slot("ajio", "hero").unwrap(), Some(smaller.clone()));
+    smaller.rules.recency = Some(Recency::AllTime);
     store.put_slot(&smaller).unwrap();
     assert_eq!(store.slot("ajio", "hero").unwrap(), Some(smaller));
     assert_eq!(store.slot("ajio", "nope").unwrap(), None);

@@ -258,6 +258,7 @@ proptest! {
                     valid_to: epoch + Duration::minutes(start + len),
                 })
                 .collect(),
+            rules: Default::default(),
         };
         let policy = SlotPolicy::new(&std::sync::Arc::new(config.clone()), |_| BetaPosterior::uniform());
         let now = epoch + Duration::minutes(now_min);

@@ -1132,3 +1132,134 @@ fn windows_longer_than_the_stores_retention_are_refused() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A slot's rules: its recency window decides when a request names none (else the service's
+/// `--recency-minutes`), its holdout share of decisions is drawn uniformly and flagged; both
+/// are set through the API and the slot CSV, and refused out of range with the field named.
+#[test]
+fn slot_rules_set_the_recency_and_the_holdout_of_decisions() {
+    let s = Server::start_with(&["--recency-minutes", "180"]);
+    let banners: Vec<Value> = (1..=4)
+        .map(|i| {
+            json!({"id": format!("s{i}"), "image": format!("s{i}.png"),
+                "valid_from": "2026-01-01T00:00:00+05:30", "valid_to": "2036-01-01T00:00:00+05:30"})
+        })
+        .collect();
+    let side = "/v1/tenants/ajio/slots/side";
+    for (body, field) in [
+        (json!({"banners": banners, "holdout": 0.6}), "holdout"),
+        (json!({"banners": banners, "holdout": -0.1}), "holdout"),
+        (
+            json!({"banners": banners, "recency_minutes": 30}),
+            "recency_minutes",
+        ),
+        (
+            json!({"banners": banners, "recency_minutes": 50000}),
+            "recency_minutes",
+        ),
+    ] {
+        let r = s.put(side, &s.admin, &body);
+        assert_eq!(r.status(), 400, "{body}");
+        let answer: Value = r.json().unwrap();
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    assert_eq!(
+        s.get(side, Some(&s.admin)).status(),
+        404,
+        "nothing was stored"
+    );
+
+    let r = s.put(
+        side,
+        &s.admin,
+        &json!({"banners": banners, "recency_minutes": 1440, "holdout": 0.5}),
+    );
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let stored: Value = s.get(side, Some(&s.admin)).json().unwrap();
+    assert_eq!(
+        (&stored["recency_minutes"], &stored["holdout"]),
+        (&json!(1440), &json!(0.5))
+    );
+
+    let decisions = 400;
+    let mut holdouts = 0;
+    let mut shown = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..decisions {
+        let r = s.get(
+            "/v1/tenants/ajio/slots/side/decision?city=pune&n=2",
+            Some(&s.serve),
+        );
+        assert_eq!(r.status(), 200);
+        let d: Value = r.json().unwrap();
+        assert_eq!(d["window_minutes"], 1440, "the slot's recency decides: {d}");
+        if d["holdout"].as_bool().unwrap() {
+            holdouts += 1;
+            for b in d["banners"].as_array().unwrap() {
+                *shown
+                    .entry(b["banner"].as_str().unwrap().into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    // Binomial(400, 0.5): 4.5 standard errors either side.
+    let share = f64::from(holdouts) / f64::from(decisions);
+    assert!(
+        (share - 0.5).abs() <= 4.5 * (0.25f64 / 400.0).sqrt(),
+        "holdout share {share}"
+    );
+    assert_eq!(
+        shown.len(),
+        4,
+        "every valid banner is drawn in the holdout: {shown:?}"
+    );
+
+    // A request's window wins; a slot without rules follows the service's default.
+    let d: Value = s
+        .get(
+            "/v1/tenants/ajio/slots/side/decision?city=pune&window_minutes=720",
+            Some(&s.serve),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(d["window_minutes"], 720);
+    assert_eq!(s.decide("pune")["window_minutes"], 180);
+    assert_eq!(s.decide("pune")["holdout"], false);
+
+    // The CSV sets the rules too (0: all time), and writes them back.
+    let csv = "platform,slotname,imageid,imagename,validfrom,validto,recency_minutes,holdout\n\
+        ajio,hero,b01,b01.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59,0,10%\n\
+        ajio,hero,b02,b02.svg,01-Nov-26 00:00:00,31-Dec-36 23:59:59,0,10%\n";
+    let r = s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, csv);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let hero: Value = s
+        .get("/v1/tenants/ajio/slots/hero", Some(&s.admin))
+        .json()
+        .unwrap();
+    assert_eq!(
+        (&hero["recency_minutes"], &hero["holdout"]),
+        (&json!(0), &json!(0.1))
+    );
+    assert_eq!(s.decide("pune")["window_minutes"], Value::Null);
+    let bad = csv.replace(",0,10%", ",0,60%");
+    let r = s.post_csv("/v1/tenants/ajio/slot-imports", &s.admin, &bad);
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().unwrap();
+    assert_eq!(answer["field"], "holdout", "{answer}");
+}
+
+#[test]
+fn a_service_recency_below_a_bucket_is_a_usage_error() {
+    let out = crate::common::slotbandit(&[
+        "serve",
+        "--recency-minutes",
+        "30",
+        "--store",
+        "embedded:/nonexistent/x.redb",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = crate::common::stderr(&out);
+    assert!(
+        err.contains("--recency-minutes") && err.contains("60 to 43200"),
+        "{err}"
+    );
+}

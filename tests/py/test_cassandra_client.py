@@ -92,4 +92,4 @@ def test_python_driver_reads_the_posteriors_slotbandit_prints(session, store):
 def test_the_schema_version_is_recorded(session, store):
     keyspace, _ = store
     versions = [r.version for r in session.execute(f"SELECT version FROM {keyspace}.schema_version")]
-    assert sorted(versions) == [1, 2, 3, 4]
+    assert sorted(versions) == [1, 2, 3, 4, 5]

@@ -163,7 +163,8 @@ pub async fn posteriors(
         let may_register = caller.role >= Role::Admin;
         state.ensure_window(&tenant, minutes, may_register).await?;
     }
-    let (snapshot, entry) = state.window_entry(&tenant, &slot, window).await?;
+    // Without a window, the posteriors decisions use (the slot's or the service's recency rule).
+    let (snapshot, entry, window) = state.window_entry(&tenant, &slot, window).await?;
     let arms = entry.window(window).expect("window_entry loads the window");
     let now = Utc::now();
     let priors = &entry.priors;

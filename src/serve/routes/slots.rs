@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{blocking, slot_path, tenant_path, Shared, SlotPath, TenantPath};
-use crate::model::{Banner, FieldError, SlotConfig, SlotConfigError};
+use crate::model::{Banner, FieldError, Recency, SlotConfig, SlotConfigError, SlotRules};
 use crate::serve::auth::Caller;
 use crate::serve::error::{ApiError, ErrorBody};
-use crate::serve::AppState;
+use crate::serve::{window_error, AppState};
 use crate::store::Role;
 use crate::time;
 
@@ -35,6 +35,15 @@ pub struct BannerBody {
 #[serde(deny_unknown_fields)]
 pub struct SlotBody {
     pub banners: Vec<BannerBody>,
+    /// Decide from the counts of the last this many minutes when a decision request names no
+    /// window: 60 to 43200, or 0 for all-time counts; absent follows the service's
+    /// `--recency-minutes`. A window must fit in the store's retention.
+    #[schema(minimum = 0, maximum = 43200, example = 1440)]
+    pub recency_minutes: Option<u32>,
+    /// The share of decisions made uniformly at random among the valid banners and flagged
+    /// as holdout (to measure what Thompson sampling earns), 0 to 0.5; default 0.
+    #[schema(minimum = 0.0, maximum = 0.5, example = 0.1)]
+    pub holdout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -42,6 +51,10 @@ pub struct SlotResponse {
     pub tenant: String,
     pub slot: String,
     pub banners: Vec<BannerBody>,
+    /// The slot's recency rule (0: all time); null follows the service's default.
+    pub recency_minutes: Option<u32>,
+    /// The holdout share, 0 to 0.5.
+    pub holdout: f64,
 }
 
 impl From<&SlotConfig> for SlotResponse {
@@ -59,6 +72,8 @@ impl From<&SlotConfig> for SlotResponse {
                     valid_to: time::format_ist_rfc3339(b.valid_to),
                 })
                 .collect(),
+            recency_minutes: c.rules.recency.map(Recency::minutes),
+            holdout: c.rules.holdout_share(),
         }
     }
 }
@@ -81,10 +96,25 @@ fn parse_slot(tenant: &str, slot: &str, body: SlotBody) -> Result<SlotConfig, Ap
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let recency = body
+        .recency_minutes
+        .map(|m| Recency::from_minutes("recency_minutes", m))
+        .transpose()
+        .map_err(slot_field_error)?;
+    let holdout_bp = body
+        .holdout
+        .map(|share| SlotRules::holdout_from_share("holdout", share))
+        .transpose()
+        .map_err(slot_field_error)?
+        .unwrap_or(0);
     let config = SlotConfig {
         tenant: tenant.to_string(),
         slot: slot.to_string(),
         banners,
+        rules: SlotRules {
+            recency,
+            holdout_bp,
+        },
     };
     config.validate().map_err(slot_field_error)?;
     Ok(config)
@@ -102,8 +132,18 @@ fn slot_field_error(e: FieldError) -> ApiError {
     ApiError::invalid(field, e.rule)
 }
 
-/// Stores slots, then reloads the cache so that the next decision sees them.
+/// Stores slots, then reloads the cache so that the next decision sees them. A slot's recency
+/// window is checked against the store's buckets and retention, and kept, first.
 async fn put_slots(state: &AppState, configs: Vec<SlotConfig>) -> Result<(), ApiError> {
+    for c in &configs {
+        if let Some(minutes) = c.rules.recency.and_then(Recency::window) {
+            state
+                .cache
+                .keep_slot_window(&c.tenant, minutes)
+                .await
+                .map_err(|e| window_error("recency_minutes", e))?;
+        }
+    }
     let store = state.cache.store().clone();
     blocking(move || configs.iter().try_for_each(|c| store.put_slot(c))).await?;
     if let Err(e) = state.cache.refresh().await {

@@ -185,6 +185,7 @@ pub fn convert_slot_row(row: &SlotRow) -> Result<SlotConfig, Reject> {
             valid_from: unshift_secs("validfrom", validfrom)?,
             valid_to: unshift_secs("validto", row.validto)?,
         }],
+        rules: Default::default(),
     };
     config.validate().map_err(Reject::field)?;
     Ok(config)
@@ -211,6 +212,7 @@ pub fn merge_slots(rows: Vec<SlotRow>) -> (Vec<SlotConfig>, Vec<(SlotRow, Reject
             tenant,
             slot,
             mut banners,
+            ..
         } = config;
         let banner = banners.remove(0);
         let banners = slots.entry((tenant, slot)).or_default();
@@ -242,6 +244,7 @@ pub fn merge_slots(rows: Vec<SlotRow>) -> (Vec<SlotConfig>, Vec<(SlotRow, Reject
             tenant,
             slot,
             banners: banners.into_values().map(|(b, _)| b).collect(),
+            rules: Default::default(),
         })
         .collect();
     (configs, rejects)

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 
 /// The schema files, in version order: (version, name, CQL with `{keyspace}` and
 /// `{replication}` placeholders).
-const MIGRATIONS: [(i32, &str, &str); 4] = [
+const MIGRATIONS: [(i32, &str, &str); 5] = [
     (
         1,
         "001_init",
@@ -34,6 +34,11 @@ const MIGRATIONS: [(i32, &str, &str); 4] = [
         4,
         "004_prior_cities",
         include_str!("../../../schema/cassandra/004_prior_cities.cql"),
+    ),
+    (
+        5,
+        "005_slot_rules",
+        include_str!("../../../schema/cassandra/005_slot_rules.cql"),
     ),
 ];
 /// The schema version this build reads and writes.
@@ -146,8 +151,8 @@ fn cql_statements(cql: &str) -> Vec<String> {
 
 /// Creates the keyspace and tables if missing and records the schema versions; returns the
 /// versions this call recorded (empty when the keyspace was already current). A version not yet
-/// recorded moves the data of the one before it (`migrate`) first. Versions 3 and 4 add tables
-/// only.
+/// recorded moves the data of the one before it (`migrate`) first. Versions 3 to 5 add tables
+/// or columns only.
 pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec<i32>, StoreError> {
     let conn = Connection::connect(url)?;
     conn.run(async {

@@ -36,6 +36,7 @@ pub(super) struct Statements {
     pub checkpoints: PreparedStatement,
     pub delete_slot: PreparedStatement,
     pub insert_banner: PreparedStatement,
+    pub insert_slot_rules: PreparedStatement,
     pub slot_banners: PreparedStatement,
     pub slot_partitions: PreparedStatement,
     pub delete_city_aliases: PreparedStatement,
@@ -174,8 +175,14 @@ impl Statements {
                  VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
+            insert_slot_rules: prepare(format!(
+                "INSERT INTO {ks}.slot_banners (tenant, slot, recency_minutes, holdout_bp) \
+                 VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
             slot_banners: prepare(format!(
-                "SELECT banner, image_url, valid_from, valid_to FROM {ks}.slot_banners \
+                "SELECT banner, image_url, valid_from, valid_to, recency_minutes, holdout_bp \
+                 FROM {ks}.slot_banners \
                  WHERE tenant = ? AND slot = ?"
             ))
             .await?,

@@ -22,8 +22,8 @@ use super::schema::check_schema_version;
 use super::statements::Statements;
 use crate::bandit::SlotPriors;
 use crate::model::{
-    ArmKey, Banner, CityAliases, CountKey, Counts, Event, Offset, Partition, ShardKey, SlotConfig,
-    TenantAliases, ALL_TIME,
+    ArmKey, Banner, CityAliases, CountKey, Counts, Event, Offset, Partition, Recency, ShardKey,
+    SlotConfig, SlotRules, TenantAliases, ALL_TIME, HOLDOUT_MAX_BP,
 };
 use crate::store::customer_rows::CustomerEventRow;
 use crate::store::prior_rows::{
@@ -768,17 +768,26 @@ impl PosteriorStore for CassandraStore {
         let written = now.timestamp_micros();
         let updated_at = CqlTimestamp(now.timestamp_millis());
         let (t, s) = (config.tenant.as_str(), config.slot.as_str());
-        if config.banners.len() + 1 > BATCH_LIMIT {
+        if config.banners.len() + 2 > BATCH_LIMIT {
             return Err(self.conn.fail(format!(
                 "slot ({t}, {s}) has {} banners; at most {} fit in one batch",
                 config.banners.len(),
-                BATCH_LIMIT - 1
+                BATCH_LIMIT - 2
             )));
         }
         let mut batch = Connection::batch();
         let mut values: BatchValues = Vec::new();
         batch.append_statement(BatchStatement::from(self.st.delete_slot.clone()));
         values.push(Box::new((written - 1, t, s)));
+        let rules = &config.rules;
+        batch.append_statement(BatchStatement::from(self.st.insert_slot_rules.clone()));
+        values.push(Box::new((
+            t,
+            s,
+            rules.recency.map(|r| r.minutes() as i32),
+            i32::from(rules.holdout_bp),
+            written,
+        )));
         for b in &config.banners {
             batch.append_statement(BatchStatement::from(self.st.insert_banner.clone()));
             values.push(Box::new((
@@ -806,8 +815,22 @@ impl PosteriorStore for CassandraStore {
             (tenant, slot),
             |rows| {
                 let mut banners = Vec::new();
-                for row in rows.rows::<(String, String, CqlTimestamp, CqlTimestamp)>()? {
-                    let (id, image, from, to) = row?;
+                let mut rules = SlotRules::default();
+                type Row = (
+                    Option<String>,
+                    Option<String>,
+                    Option<CqlTimestamp>,
+                    Option<CqlTimestamp>,
+                    Option<i32>,
+                    Option<i32>,
+                );
+                for row in rows.rows::<Row>()? {
+                    let (id, image, from, to, recency, holdout_bp) = row?;
+                    rules = slot_rules(recency, holdout_bp)?;
+                    let (Some(id), Some(image), Some(from), Some(to)) = (id, image, from, to)
+                    else {
+                        continue;
+                    };
                     let instant = |t: CqlTimestamp| {
                         DateTime::from_timestamp_millis(t.0)
                             .ok_or_else(|| Failure::corrupt(format!("banner {id} time {}", t.0)))
@@ -823,6 +846,7 @@ impl PosteriorStore for CassandraStore {
                     tenant: tenant.to_string(),
                     slot: slot.to_string(),
                     banners,
+                    rules,
                 }))
             },
         ))
@@ -969,4 +993,25 @@ impl PosteriorStore for CassandraStore {
             )
             .collect()
     }
+}
+
+/// A slot's rules from their static columns (null: not set).
+fn slot_rules(recency: Option<i32>, holdout_bp: Option<i32>) -> Result<SlotRules, Failure> {
+    let recency = recency
+        .map(|m| {
+            u32::try_from(m)
+                .ok()
+                .and_then(|m| Recency::from_minutes("recency_minutes", m).ok())
+                .ok_or_else(|| Failure::corrupt(format!("slot recency_minutes {m}")))
+        })
+        .transpose()?;
+    let holdout_bp = holdout_bp.unwrap_or(0);
+    let holdout_bp = u16::try_from(holdout_bp)
+        .ok()
+        .filter(|&bp| bp <= HOLDOUT_MAX_BP)
+        .ok_or_else(|| Failure::corrupt(format!("slot holdout_bp {holdout_bp}")))?;
+    Ok(SlotRules {
+        recency,
+        holdout_bp,
+    })
 }
