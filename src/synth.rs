@@ -425,6 +425,7 @@ fn write_row(
         customer_id: Some(&text.customer),
         referrer: Some(REFERRERS[r.referrer as usize].0),
         request_id: Some(&text.request_id),
+        decision: Default::default(),
     })?;
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! Bandit math: Beta posteriors, empirical-Bayes and hierarchical priors, Thompson decisions and
-//! P(best).
+//! Bandit math: Beta posteriors, empirical-Bayes and hierarchical priors, Thompson decisions,
+//! P(best) and the propensities decisions log.
 
 mod beta;
 mod cutoff;
 mod pbest;
 mod posterior;
 mod prior;
+mod propensity;
 mod thompson;
 
 pub use beta::BetaSampler;
@@ -15,6 +16,7 @@ pub use prior::{
     empirical_bayes, hierarchical_priors, BannerCounts, CityCounts, CityEffect, Prior, PriorSource,
     SlotPriors, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
 };
+pub use propensity::{prob_best_bounded, RankPropensities, CAROUSEL_DRAWS};
 pub use thompson::{thompson_select, DecisionError, SlotPolicy};
 
 /// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).

@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngExt};
 use rand_distr::Distribution;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::cutoff::{cutoff_point, draw_above};
-use super::{BetaPosterior, BetaSampler};
+use super::{BetaPosterior, BetaSampler, RankPropensities};
 use crate::model::{Banner, SlotConfig};
 use crate::time;
 
@@ -128,10 +128,25 @@ fn draw_in_full<R: Rng + ?Sized>(arm: &BetaSampler, rng: &mut R) -> (f64, f64) {
 
 /// A slot ready for decisions: its banners (shared with every other policy of the slot: one
 /// per city and window) and a prepared sampler of each banner's posterior.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SlotPolicy {
     config: Arc<SlotConfig>,
     samplers: Vec<BetaSampler>,
+    /// Rank propensities by (valid banners, banners shown), computed when a decision first
+    /// needs them: the posteriors do not change for the life of a policy.
+    propensities: Mutex<Vec<PropensityEntry>>,
+}
+
+type PropensityEntry = (Vec<usize>, usize, Arc<RankPropensities>);
+
+impl Clone for SlotPolicy {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            samplers: self.samplers.clone(),
+            propensities: Mutex::default(),
+        }
+    }
 }
 
 impl SlotPolicy {
@@ -147,7 +162,33 @@ impl SlotPolicy {
         Self {
             config: config.clone(),
             samplers,
+            propensities: Mutex::default(),
         }
+    }
+
+    /// The probability of each banner at each rank for decisions of `n` banners at `now`
+    /// (Thompson sampling alone), and how many banners are valid then.
+    pub fn propensities<R: Rng + ?Sized>(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+        rng: &mut R,
+    ) -> (Arc<RankPropensities>, usize) {
+        let valid: Vec<usize> = (0..self.config.banners.len())
+            .filter(|&i| self.config.banners[i].is_valid_at(now))
+            .collect();
+        let count = valid.len();
+        let mut known = self.propensities.lock().expect("not poisoned");
+        if let Some((_, _, table)) = known.iter().find(|(v, m, _)| *v == valid && *m == n) {
+            return (table.clone(), count);
+        }
+        let table = Arc::new(RankPropensities::compute(&self.samplers, &valid, n, rng));
+        // Validity changes a few times a day: keep the latest few sets.
+        if known.len() >= 4 {
+            known.remove(0);
+        }
+        known.push((valid, n, table.clone()));
+        (table, count)
     }
 
     /// The slot's banners, in the order of `samplers()` and `posteriors()`.

@@ -272,6 +272,7 @@ mod tests {
             customer_id: None,
             referrer: None,
             request_id: None,
+            decision: Default::default(),
         };
         log.append(&[event("e1"), event("e2")]).unwrap();
         // Appended just now: a cutoff less than the margin ahead starts before both records,

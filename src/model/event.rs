@@ -16,8 +16,9 @@ pub const REQUEST_ID_MAX: usize = 512;
 /// A Kafka message or HTTP body larger than this is not an event.
 pub const EVENT_JSON_MAX: usize = 16 * 1024;
 
-/// The field names of the contract, in their documented order.
-pub const FIELDS: [&str; 10] = [
+/// The field names of the contract, in their documented order: the required seven, the
+/// optional strings, then the optional [`DecisionLog`] fields.
+pub const FIELDS: [&str; 16] = [
     "event_id",
     "kind",
     "tenant",
@@ -28,7 +29,167 @@ pub const FIELDS: [&str; 10] = [
     "customer_id",
     "referrer",
     "request_id",
+    "policy",
+    "policy_version",
+    "holdout",
+    "propensity",
+    "propensity_error",
+    "rank",
 ];
+/// The last rank a decision shows (a carousel of at most this many banners).
+pub const RANK_MAX: u8 = 10;
+
+/// The policy that made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Thompson sampling over the posteriors.
+    Thompson,
+    /// Uniformly at random among the valid banners (the holdout).
+    Uniform,
+}
+
+impl Policy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Policy::Thompson => "thompson",
+            Policy::Uniform => "uniform",
+        }
+    }
+
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        match s {
+            "thompson" => Ok(Policy::Thompson),
+            "uniform" => Ok(Policy::Uniform),
+            other => Err(FieldError::new(
+                field,
+                format!(
+                    "must be \"thompson\" or \"uniform\" (got {})",
+                    super::validate::shown(other)
+                ),
+            )),
+        }
+    }
+}
+
+/// How the decision behind an event was made, for the uplift report and off-policy evaluation:
+/// the policy and its version, whether the decision was a holdout one, the probability that the
+/// logging policy shows this banner at this rank (with the bound of its error) and the rank.
+/// Every field is optional, so events written before (or by other tools) stay valid.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct DecisionLog {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propensity_error: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u8>,
+}
+
+/// The checks keep NaN out, so equality is reflexive.
+impl Eq for DecisionLog {}
+
+/// [`DecisionLog`] fields before validation, as codecs read them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DecisionLogFields<'a> {
+    pub policy: Option<&'a str>,
+    pub policy_version: Option<i64>,
+    pub holdout: Option<bool>,
+    pub propensity: Option<f64>,
+    pub propensity_error: Option<f64>,
+    pub rank: Option<i64>,
+}
+
+impl DecisionLogFields<'_> {
+    /// The rules: a known policy; a version that fits 32 bits; a propensity in (0, 1]; an error
+    /// bound in [0, 1], given only with a propensity; a rank from 1 to [`RANK_MAX`]; a holdout
+    /// decision made by the uniform policy.
+    pub fn check(&self) -> Result<DecisionLog, FieldError> {
+        let policy = self
+            .policy
+            .filter(|p| !p.is_empty())
+            .map(|p| Policy::parse("policy", p))
+            .transpose()?;
+        let policy_version = self
+            .policy_version
+            .map(|v| {
+                u32::try_from(v).map_err(|_| {
+                    FieldError::new(
+                        "policy_version",
+                        format!("must be 0 to {} (got {v})", u32::MAX),
+                    )
+                })
+            })
+            .transpose()?;
+        let probability = |field: &str, v: Option<f64>, zero_allowed: bool| {
+            v.map(|p| {
+                let low_ok = if zero_allowed { p >= 0.0 } else { p > 0.0 };
+                if p.is_finite() && low_ok && p <= 1.0 {
+                    Ok(p)
+                } else {
+                    let range = if zero_allowed { "[0, 1]" } else { "(0, 1]" };
+                    Err(FieldError::new(
+                        field,
+                        format!("must be a probability in {range} (got {p})"),
+                    ))
+                }
+            })
+            .transpose()
+        };
+        let propensity = probability("propensity", self.propensity, false)?;
+        let propensity_error = probability("propensity_error", self.propensity_error, true)?;
+        if propensity_error.is_some() && propensity.is_none() {
+            return Err(FieldError::new(
+                "propensity_error",
+                "is given without a propensity",
+            ));
+        }
+        let rank = self
+            .rank
+            .map(|r| {
+                u8::try_from(r)
+                    .ok()
+                    .filter(|r| (1..=RANK_MAX).contains(r))
+                    .ok_or_else(|| {
+                        FieldError::new("rank", format!("must be 1 to {RANK_MAX} (got {r})"))
+                    })
+            })
+            .transpose()?;
+        if self.holdout == Some(true) && policy == Some(Policy::Thompson) {
+            return Err(FieldError::new(
+                "holdout",
+                "a holdout decision is made by the uniform policy, not thompson",
+            ));
+        }
+        Ok(DecisionLog {
+            policy,
+            policy_version,
+            holdout: self.holdout,
+            propensity,
+            propensity_error,
+            rank,
+        })
+    }
+}
+
+impl DecisionLog {
+    pub fn fields(&self) -> DecisionLogFields<'static> {
+        DecisionLogFields {
+            policy: self.policy.map(|p| p.as_str()),
+            policy_version: self.policy_version.map(i64::from),
+            holdout: self.holdout,
+            propensity: self.propensity,
+            propensity_error: self.propensity_error,
+            rank: self.rank.map(i64::from),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +238,8 @@ pub struct Event {
     pub referrer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    #[serde(flatten)]
+    pub decision: DecisionLog,
 }
 
 /// Why bytes are not an event. `field` names the field for field-level rules.
@@ -130,6 +293,13 @@ struct RawEvent<'a> {
     referrer: Option<Cow<'a, str>>,
     #[serde(borrow)]
     request_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    policy: Option<Cow<'a, str>>,
+    policy_version: Option<i64>,
+    holdout: Option<bool>,
+    propensity: Option<f64>,
+    propensity_error: Option<f64>,
+    rank: Option<i64>,
 }
 
 /// Field values before validation, as read from any codec (JSON, Parquet, CSV, HTTP). A codec
@@ -147,6 +317,7 @@ pub struct EventFields<'a> {
     pub customer_id: Option<&'a str>,
     pub referrer: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    pub decision: DecisionLogFields<'a>,
 }
 
 fn required<'v>(field: &str, v: Option<&'v str>) -> Result<&'v str, FieldError> {
@@ -188,6 +359,7 @@ pub struct EventRef<'a> {
     pub customer_id: Option<&'a str>,
     pub referrer: Option<&'a str>,
     pub request_id: Option<&'a str>,
+    pub decision: DecisionLog,
 }
 
 impl<'a> From<&'a Event> for EventRef<'a> {
@@ -203,6 +375,7 @@ impl<'a> From<&'a Event> for EventRef<'a> {
             customer_id: e.customer_id.as_deref(),
             referrer: e.referrer.as_deref(),
             request_id: e.request_id.as_deref(),
+            decision: e.decision,
         }
     }
 }
@@ -220,6 +393,7 @@ impl EventRef<'_> {
             customer_id: self.customer_id.map(str::to_string),
             referrer: self.referrer.map(str::to_string),
             request_id: self.request_id.map(str::to_string),
+            decision: self.decision,
         }
     }
 
@@ -247,6 +421,7 @@ impl<'a> EventFields<'a> {
             customer_id: optional("customer_id", self.customer_id, CUSTOMER_ID_MAX)?,
             referrer: optional("referrer", self.referrer, REFERRER_MAX)?,
             request_id: optional("request_id", self.request_id, REQUEST_ID_MAX)?,
+            decision: self.decision.check()?,
         })
     }
 
@@ -301,6 +476,14 @@ impl Event {
             customer_id: raw.customer_id.as_deref(),
             referrer: raw.referrer.as_deref(),
             request_id: raw.request_id.as_deref(),
+            decision: DecisionLogFields {
+                policy: raw.policy.as_deref(),
+                policy_version: raw.policy_version,
+                holdout: raw.holdout,
+                propensity: raw.propensity,
+                propensity_error: raw.propensity_error,
+                rank: raw.rank,
+            },
         };
         Ok(use_event(fields.check()?))
     }
@@ -325,6 +508,7 @@ impl Event {
             customer_id: self.customer_id.as_deref(),
             referrer: self.referrer.as_deref(),
             request_id: self.request_id.as_deref(),
+            decision: self.decision.fields(),
         }
     }
 }
@@ -347,8 +531,18 @@ fn explain_json_error(bytes: &[u8], err: serde_json::Error) -> EventError {
             )
             .into();
         }
-        if !(v.is_string() || v.is_null()) {
-            return FieldError::new(key.as_str(), "must be a string").into();
+        let rule = match key.as_str() {
+            "holdout" => (!(v.is_boolean() || v.is_null())).then_some("must be true or false"),
+            "propensity" | "propensity_error" => {
+                (!(v.is_number() || v.is_null())).then_some("must be a number")
+            }
+            "policy_version" | "rank" => {
+                (!(v.is_i64() || v.is_u64() || v.is_null())).then_some("must be a whole number")
+            }
+            _ => (!(v.is_string() || v.is_null())).then_some("must be a string"),
+        };
+        if let Some(rule) = rule {
+            return FieldError::new(key.as_str(), rule).into();
         }
     }
     EventError::Json(err.to_string())
@@ -393,6 +587,60 @@ mod tests {
             "referer"
         );
         assert_eq!(err_field(&GOOD.replace(r#""banner":"b03","#, "")), "banner");
+    }
+
+    #[test]
+    fn the_decision_log_round_trips_and_is_checked() {
+        let logged = GOOD.replace(
+            r#""kind":"click""#,
+            r#""kind":"impression","policy":"uniform","policy_version":2,"holdout":true,"propensity":0.25,"propensity_error":0,"rank":2"#,
+        );
+        let e = Event::from_json(logged.as_bytes()).unwrap();
+        assert_eq!(
+            e.decision,
+            DecisionLog {
+                policy: Some(Policy::Uniform),
+                policy_version: Some(2),
+                holdout: Some(true),
+                propensity: Some(0.25),
+                propensity_error: Some(0.0),
+                rank: Some(2),
+            }
+        );
+        assert_eq!(Event::from_json(e.to_json().as_bytes()).unwrap(), e);
+        assert_eq!(
+            Event::from_json(GOOD.as_bytes()).unwrap().decision,
+            DecisionLog::default()
+        );
+        for (from, to, field) in [
+            (r#""propensity":0.25"#, r#""propensity":0"#, "propensity"),
+            (r#""propensity":0.25"#, r#""propensity":1.5"#, "propensity"),
+            (
+                r#""propensity":0.25"#,
+                r#""propensity":"high""#,
+                "propensity",
+            ),
+            (
+                r#""propensity_error":0"#,
+                r#""propensity_error":-0.1"#,
+                "propensity_error",
+            ),
+            (r#""propensity":0.25,"#, "", "propensity_error"),
+            (r#""rank":2"#, r#""rank":11"#, "rank"),
+            (r#""rank":2"#, r#""rank":0"#, "rank"),
+            (r#""rank":2"#, r#""rank":1.5"#, "rank"),
+            (r#""policy":"uniform""#, r#""policy":"greedy""#, "policy"),
+            (r#""policy":"uniform""#, r#""policy":"thompson""#, "holdout"),
+            (r#""holdout":true"#, r#""holdout":"yes""#, "holdout"),
+            (
+                r#""policy_version":2"#,
+                r#""policy_version":-1"#,
+                "policy_version",
+            ),
+        ] {
+            assert!(logged.contains(from), "{from}");
+            assert_eq!(err_field(&logged.replace(from, to)), field, "{to}");
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub use alias::{CityAliases, TenantAliases};
 pub use arm::{ArmKey, PackedArm};
 pub use counts::{pool_cities, Counts};
 pub use event::{
-    Event, EventError, EventFields, EventKind, EventRef, CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS,
-    REFERRER_MAX, REQUEST_ID_MAX,
+    DecisionLog, DecisionLogFields, Event, EventError, EventFields, EventKind, EventRef, Policy,
+    CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS, RANK_MAX, REFERRER_MAX, REQUEST_ID_MAX,
 };
 pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
 pub use slot::{

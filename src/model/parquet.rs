@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::compute::cast;
@@ -19,7 +20,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::event::{EventFields, EventRef, FIELDS};
+use super::event::{DecisionLogFields, EventFields, EventRef, FIELDS};
 use super::{normalize_city, Event, FieldError};
 use crate::time;
 
@@ -28,19 +29,25 @@ const BATCH_ROWS: usize = 64 * 1024;
 pub(crate) const REQUIRED: [&str; 7] =
     ["event_id", "kind", "tenant", "slot", "city", "banner", "ts"];
 
-/// The documented schema: strings, `ts` as Timestamp(µs, UTC); only the last three nullable.
+/// The type of each column other than a string.
+fn column_type(name: &str) -> DataType {
+    match name {
+        "ts" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "holdout" => DataType::Boolean,
+        "propensity" | "propensity_error" => DataType::Float64,
+        "policy_version" | "rank" => DataType::Int64,
+        _ => DataType::Utf8,
+    }
+}
+
+/// The documented schema: strings, `ts` as Timestamp(µs, UTC), the decision log's holdout a
+/// boolean, its propensities doubles and its version and rank 64-bit integers; all but the
+/// required seven nullable.
 pub fn event_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         let fields: Vec<Field> = FIELDS
             .iter()
-            .map(|&name| match name {
-                "ts" => Field::new(
-                    name,
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
-                _ => Field::new(name, DataType::Utf8, !REQUIRED.contains(&name)),
-            })
+            .map(|&name| Field::new(name, column_type(name), !REQUIRED.contains(&name)))
             .collect();
         Arc::new(Schema::new(fields))
     });
@@ -80,8 +87,13 @@ impl ParquetEventError {
 }
 
 struct Columns {
-    strings: [StringBuilder; 9],
+    strings: [StringBuilder; 10],
     ts: TimestampMicrosecondBuilder,
+    policy_version: Int64Builder,
+    holdout: BooleanBuilder,
+    propensity: Float64Builder,
+    propensity_error: Float64Builder,
+    rank: Int64Builder,
     len: usize,
 }
 
@@ -92,12 +104,17 @@ impl Columns {
                 StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)
             }),
             ts: TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone("UTC"),
+            policy_version: Int64Builder::with_capacity(BATCH_ROWS),
+            holdout: BooleanBuilder::with_capacity(BATCH_ROWS),
+            propensity: Float64Builder::with_capacity(BATCH_ROWS),
+            propensity_error: Float64Builder::with_capacity(BATCH_ROWS),
+            rank: Int64Builder::with_capacity(BATCH_ROWS),
             len: 0,
         }
     }
 
     fn push(&mut self, r: &EventRef<'_>) {
-        let [event_id, kind, tenant, slot, city, banner, customer_id, referrer, request_id] =
+        let [event_id, kind, tenant, slot, city, banner, customer_id, referrer, request_id, policy] =
             &mut self.strings;
         event_id.append_value(r.event_id);
         kind.append_value(r.kind.as_str());
@@ -108,6 +125,14 @@ impl Columns {
         customer_id.append_option(r.customer_id);
         referrer.append_option(r.referrer);
         request_id.append_option(r.request_id);
+        let d = &r.decision;
+        policy.append_option(d.policy.map(|p| p.as_str()));
+        self.policy_version
+            .append_option(d.policy_version.map(i64::from));
+        self.holdout.append_option(d.holdout);
+        self.propensity.append_option(d.propensity);
+        self.propensity_error.append_option(d.propensity_error);
+        self.rank.append_option(d.rank.map(i64::from));
         self.ts.append_value(r.ts.timestamp_micros());
         self.len += 1;
     }
@@ -119,10 +144,18 @@ impl Columns {
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
         let ts: ArrayRef = Arc::new(self.ts.finish());
-        // Field order: event_id, kind, tenant, slot, city, banner, ts, customer_id, referrer, request_id.
+        // Field order: the six required strings, ts, customer_id, referrer, request_id, policy,
+        // then the decision log's typed columns.
         let tail = s.split_off(6);
         s.push(ts);
         s.extend(tail);
+        s.extend([
+            Arc::new(self.policy_version.finish()) as ArrayRef,
+            Arc::new(self.holdout.finish()),
+            Arc::new(self.propensity.finish()),
+            Arc::new(self.propensity_error.finish()),
+            Arc::new(self.rank.finish()),
+        ]);
         self.len = 0;
         RecordBatch::try_new(event_schema(), s).expect("columns match the event schema")
     }
@@ -376,11 +409,44 @@ impl EventFileReader {
             ["event_id", "kind", "tenant", "slot", "city", "banner"].map(&strings);
         let (event_id, kind, tenant, slot, city, banner) =
             (event_id?, kind?, tenant?, slot?, city?, banner?);
-        let (customer_id, referrer, request_id) = (
+        let (customer_id, referrer, request_id, policy) = (
             strings("customer_id")?,
             strings("referrer")?,
             strings("request_id")?,
+            strings("policy")?,
         );
+        let typed = |field: &str| -> Result<Option<ArrayRef>, ParquetEventError> {
+            let pos = FIELDS
+                .iter()
+                .position(|f| *f == field)
+                .expect("known field");
+            self.columns[pos]
+                .map(|c| {
+                    cast(batch.column(c), &column_type(field))
+                        .map_err(|e| ParquetEventError::corrupt(&self.path, e))
+                })
+                .transpose()
+        };
+        let (policy_version, holdout, propensity, propensity_error, rank) = (
+            typed("policy_version")?,
+            typed("holdout")?,
+            typed("propensity")?,
+            typed("propensity_error")?,
+            typed("rank")?,
+        );
+        fn typed_value<A: Array + 'static, T>(
+            a: &Option<ArrayRef>,
+            i: usize,
+            value: impl Fn(&A, usize) -> T,
+        ) -> Option<T> {
+            let a = a.as_ref().filter(|a| a.is_valid(i))?;
+            Some(value(
+                a.as_any()
+                    .downcast_ref::<A>()
+                    .expect("cast to the column's type"),
+                i,
+            ))
+        }
         let ts_pos = self.columns[6].expect("ts is required");
         let ts = cast(
             batch.column(ts_pos),
@@ -428,6 +494,14 @@ impl EventFileReader {
                 customer_id: get(&customer_id, i),
                 referrer: get(&referrer, i),
                 request_id: get(&request_id, i),
+                decision: DecisionLogFields {
+                    policy: get(&policy, i),
+                    policy_version: typed_value(&policy_version, i, Int64Array::value),
+                    holdout: typed_value(&holdout, i, BooleanArray::value),
+                    propensity: typed_value(&propensity, i, Float64Array::value),
+                    propensity_error: typed_value(&propensity_error, i, Float64Array::value),
+                    rank: typed_value(&rank, i, Int64Array::value),
+                },
             };
             out.push(fields.validate().map_err(|e| self.row_error(row, e)));
         }
@@ -445,14 +519,22 @@ impl EventFileReader {
 }
 
 pub(crate) fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), ParquetEventError> {
-    let ok = if column == "ts" {
-        matches!(t, DataType::Timestamp(_, _))
-    } else {
-        match t {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-            DataType::Dictionary(_, v) => matches!(**v, DataType::Utf8 | DataType::LargeUtf8),
-            _ => false,
-        }
+    let (ok, rule) = match column_type(column) {
+        DataType::Timestamp(_, _) => (matches!(t, DataType::Timestamp(_, _)), "a timestamp (UTC)"),
+        DataType::Boolean => (matches!(t, DataType::Boolean), "a boolean"),
+        DataType::Float64 => (
+            matches!(t, DataType::Float64 | DataType::Float32),
+            "a floating-point number",
+        ),
+        DataType::Int64 => (t.is_integer(), "an integer"),
+        _ => (
+            match t {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+                DataType::Dictionary(_, v) => matches!(**v, DataType::Utf8 | DataType::LargeUtf8),
+                _ => false,
+            },
+            "a string",
+        ),
     };
     if ok {
         Ok(())
@@ -460,14 +542,7 @@ pub(crate) fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), 
         Err(ParquetEventError::Schema {
             path: path.to_path_buf(),
             column: column.to_string(),
-            rule: format!(
-                "must be {} (found {t})",
-                if column == "ts" {
-                    "a timestamp (UTC)"
-                } else {
-                    "a string"
-                }
-            ),
+            rule: format!("must be {rule} (found {t})"),
         })
     }
 }
@@ -487,7 +562,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, ParquetEventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EventKind;
+    use crate::model::{DecisionLog, EventKind, Policy};
 
     fn event(i: u32, ts: &str) -> Event {
         Event {
@@ -505,6 +580,17 @@ mod tests {
             customer_id: i.is_multiple_of(2).then(|| format!("c{i}")),
             referrer: Some("ads".into()),
             request_id: None,
+            decision: DecisionLog {
+                policy: Some(if i.is_multiple_of(5) {
+                    Policy::Uniform
+                } else {
+                    Policy::Thompson
+                }),
+                holdout: Some(i.is_multiple_of(5)),
+                propensity: (i > 0).then(|| 1.0 / f64::from(i)),
+                rank: Some(1 + (i % 3) as u8),
+                ..DecisionLog::default()
+            },
         }
     }
 

@@ -216,6 +216,7 @@ pub async fn click(
             customer_id,
             referrer,
             request_id: None,
+            decision: Default::default(),
         };
         log_click(&state, event).await?;
     }

@@ -6,19 +6,23 @@
 use std::cell::RefCell;
 
 use axum::http::StatusCode;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::bandit::{seeded_rng, DecisionRng};
-use crate::model::{Banner, Event, EventKind};
+use crate::bandit::{seeded_rng, DecisionRng, SlotPolicy};
+use crate::model::{Banner, DecisionLog, Event, EventKind, Policy, RANK_MAX};
 use crate::time;
 
 /// Banners one decision may show at most (a carousel).
-pub const MAX_N: usize = 10;
+pub const MAX_N: usize = RANK_MAX as usize;
+
+/// The version of the decision rule impressions log beside its name: raised whenever the way a
+/// decision is drawn changes, so that evaluations can tell logs of different rules apart.
+pub const POLICY_VERSION: u32 = 1;
 
 thread_local! {
     /// Each worker thread draws from its own generator: no lock, no contention.
@@ -119,6 +123,7 @@ pub(super) async fn decide(
         )
     })?;
     let (chosen, holdout) = chosen;
+    let logged = logging_propensities(&arms.policy, now, n, holdout_share, &chosen);
     let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
@@ -126,7 +131,8 @@ pub(super) async fn decide(
 
     let impressions = banners
         .iter()
-        .map(|b| Event {
+        .zip(logged)
+        .map(|(b, decision)| Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             kind: EventKind::Impression,
             tenant: tenant.to_string(),
@@ -137,6 +143,15 @@ pub(super) async fn decide(
             customer_id: customer_id.clone(),
             referrer: referrer.clone(),
             request_id: Some(decision_id.clone()),
+            decision: DecisionLog {
+                holdout: Some(holdout),
+                policy: Some(if holdout {
+                    Policy::Uniform
+                } else {
+                    Policy::Thompson
+                }),
+                ..decision
+            },
         })
         .collect();
     state.events.impressions(impressions);
@@ -160,4 +175,33 @@ pub(super) async fn decide(
         window_minutes: window,
         holdout,
     })
+}
+
+/// What each shown banner logs: the probability that the slot's policy — Thompson sampling
+/// with `holdout_share` of decisions drawn uniformly instead — shows it at its rank, with the
+/// error bound, the policy version and the rank.
+fn logging_propensities(
+    policy: &SlotPolicy,
+    now: DateTime<Utc>,
+    n: usize,
+    holdout_share: f64,
+    chosen: &[usize],
+) -> Vec<DecisionLog> {
+    let (table, valid) = with_rng(|rng| policy.propensities(now, n, rng));
+    let uniform = 1.0 / valid.max(1) as f64;
+    chosen
+        .iter()
+        .enumerate()
+        .map(|(rank, &arm)| {
+            let thompson = table.p[arm][rank];
+            let propensity = holdout_share * uniform + (1.0 - holdout_share) * thompson;
+            DecisionLog {
+                policy_version: Some(POLICY_VERSION),
+                propensity: Some(propensity.clamp(f64::MIN_POSITIVE, 1.0)),
+                propensity_error: Some(((1.0 - holdout_share) * table.error[arm][rank]).min(1.0)),
+                rank: Some(rank as u8 + 1),
+                ..DecisionLog::default()
+            }
+        })
+        .collect()
 }

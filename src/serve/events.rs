@@ -330,6 +330,7 @@ mod tests {
             customer_id: None,
             referrer: None,
             request_id: Some(format!("d{i}")),
+            decision: Default::default(),
         }
     }
 

@@ -59,6 +59,7 @@ impl<'a> CustomerEventRow<'a> {
             customer_id: Some(customer_id),
             referrer: self.referrer,
             request_id: self.request_id,
+            decision: Default::default(),
         }
         .validate()
         .map_err(|e| format!("customer event {event_id}: {e}"))
@@ -82,6 +83,7 @@ mod tests {
             customer_id: Some("cust-1"),
             referrer: Some("ads"),
             request_id: None,
+            decision: Default::default(),
         }
         .validate()
         .unwrap();

@@ -42,6 +42,7 @@ pub fn event(tag: &str, i: usize) -> Event {
         customer_id: None,
         referrer: Some("ads".into()),
         request_id: None,
+        decision: Default::default(),
     }
 }
 

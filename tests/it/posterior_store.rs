@@ -83,12 +83,12 @@ fn on_cassandra(name: &str, check: fn(&dyn PosteriorStore)) {
     check(keyspace.store().as_ref());
 }
 
-fn arm(tenant: &str, city: &str, slot: &str, banner: &str) -> ArmKey {
+pub(crate) fn arm(tenant: &str, city: &str, slot: &str, banner: &str) -> ArmKey {
     ArmKey::new(tenant, slot, city, banner)
 }
 
 /// One count row: (tenant, city, slot, banner) in `bucket`.
-fn row(arm: &ArmKey, bucket: i64, impressions: u64, clicks: u64) -> (CountKey, Counts) {
+pub(crate) fn row(arm: &ArmKey, bucket: i64, impressions: u64, clicks: u64) -> (CountKey, Counts) {
     (
         CountKey::new(Arc::new(arm.clone()), bucket),
         Counts::new(impressions, clicks),
@@ -96,7 +96,10 @@ fn row(arm: &ArmKey, bucket: i64, impressions: u64, clicks: u64) -> (CountKey, C
 }
 
 /// The rows grouped into one write per shard, each with `applied` offsets.
-fn epoch(rows: &[(CountKey, Counts)], applied: &BTreeMap<Partition, Offset>) -> Vec<ShardWrite> {
+pub(crate) fn epoch(
+    rows: &[(CountKey, Counts)],
+    applied: &BTreeMap<Partition, Offset>,
+) -> Vec<ShardWrite> {
     let mut shards = BTreeMap::new();
     for r in rows {
         let write = ShardWrite::entry(&mut shards, &ShardKey::of(&r.0.arm));
@@ -106,7 +109,7 @@ fn epoch(rows: &[(CountKey, Counts)], applied: &BTreeMap<Partition, Offset>) -> 
     shards.into_values().collect()
 }
 
-fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<Partition, Offset> {
+pub(crate) fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<Partition, Offset> {
     pairs
         .iter()
         .map(|&(p, o)| (Partition(p), Offset(o)))
@@ -567,6 +570,7 @@ fn customer_event(
         customer_id: Some(customer),
         referrer,
         request_id: Some("req-1"),
+        decision: Default::default(),
     }
     .validate()
     .unwrap()

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use slotbandit::bandit::{prob_best, seeded_rng, BetaPosterior, DecisionError, SlotPolicy};
-use slotbandit::model::{Banner, Event, EventKind, SlotConfig, EVENT_FIELDS};
+use slotbandit::model::{
+    Banner, DecisionLog, Event, EventKind, Policy, SlotConfig, EVENT_FIELDS, RANK_MAX,
+};
 use statrs::distribution::{Beta, Continuous, ContinuousCDF};
 
 fn name() -> impl Strategy<Value = String> {
@@ -25,6 +27,28 @@ fn instant() -> impl Strategy<Value = DateTime<Utc>> {
         .prop_map(|us| DateTime::from_timestamp_micros(us).unwrap())
 }
 
+/// Any valid decision log: each field present or not, propensities anywhere in (0, 1].
+fn decision_log() -> impl Strategy<Value = DecisionLog> {
+    use proptest::option::of;
+    (
+        of(prop_oneof![Just(Policy::Thompson), Just(Policy::Uniform)]),
+        of(any::<u32>()),
+        of(any::<bool>()),
+        of((f64::MIN_POSITIVE..=1.0, of(0.0..=1.0f64))),
+        of(1..=RANK_MAX),
+    )
+        .prop_map(
+            |(policy, policy_version, holdout, propensity, rank)| DecisionLog {
+                policy,
+                policy_version,
+                holdout: holdout.filter(|&h| !(h && policy == Some(Policy::Thompson))),
+                propensity: propensity.map(|(p, _)| p),
+                propensity_error: propensity.and_then(|(_, e)| e),
+                rank,
+            },
+        )
+}
+
 fn event() -> impl Strategy<Value = Event> {
     (
         token(64),
@@ -34,6 +58,7 @@ fn event() -> impl Strategy<Value = Event> {
         proptest::option::of(token(128)),
         proptest::option::of(token(64)),
         proptest::option::of(token(200)),
+        decision_log(),
     )
         .prop_map(
             |(
@@ -44,6 +69,7 @@ fn event() -> impl Strategy<Value = Event> {
                 customer_id,
                 referrer,
                 request_id,
+                decision,
             )| Event {
                 event_id,
                 kind,
@@ -55,6 +81,7 @@ fn event() -> impl Strategy<Value = Event> {
                 customer_id,
                 referrer,
                 request_id,
+                decision,
             },
         )
 }

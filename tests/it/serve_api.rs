@@ -1263,3 +1263,104 @@ fn a_service_recency_below_a_bucket_is_a_usage_error() {
         "{err}"
     );
 }
+
+/// Every impression logs the probability that the slot's policy shows its banner: at a fixed
+/// posterior (counts in the store, no job running) the mean logged propensity of each banner
+/// matches how often the service chose it. With 12,000 decisions the tolerance (4.5 binomial
+/// standard errors) is under 10% of every propensity above 0.2, so a propensity off by 10% fails.
+#[test]
+fn logged_propensities_match_the_frequencies_of_the_choices() {
+    use crate::posterior_store::{arm, epoch, offsets, row};
+    use slotbandit::model::{Policy, SlotConfig, SlotRules, ALL_TIME};
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("embedded:{}", dir.path().join("store.redb").display());
+    {
+        let store = slotbandit::store::open_store(&store_url, true).unwrap();
+        let from = Utc::now() - chrono::Duration::days(1);
+        let mut slot = SlotConfig::with_banners(
+            "ajio",
+            "hero",
+            ["b1", "b2", "b3", "b4"],
+            from,
+            from + chrono::Duration::days(30),
+        );
+        slot.rules = SlotRules {
+            recency: None,
+            holdout_bp: 1000,
+        };
+        store.put_slot(&slot).unwrap();
+        let counts = [
+            ("b1", 300, 30),
+            ("b2", 300, 27),
+            ("b3", 200, 15),
+            ("b4", 400, 8),
+        ];
+        let rows: Vec<_> = counts
+            .iter()
+            .map(|&(b, imp, clk)| row(&arm("ajio", "pune", "hero", b), ALL_TIME, imp, clk))
+            .collect();
+        store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    }
+    let key = crate::common::keys_add(&store_url, "ajio", "serve");
+    let log_dir = dir.path().join("log");
+    let log = format!("file:{}", log_dir.display());
+    let spool = dir.path().join("spool").display().to_string();
+    let (mut child, base) = crate::common::spawn_serve(
+        &["--store", &store_url, "--log", &log, "--spool-dir", &spool],
+        &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
+    );
+    let client = Client::new();
+    let decisions = 12_000;
+    for _ in 0..decisions {
+        let r = client
+            .get(format!(
+                "{base}/v1/tenants/ajio/slots/hero/decision?city=pune"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let impressions = read_log(&log_dir);
+    assert_eq!(impressions.len(), decisions);
+    let mut by_banner = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for e in &impressions {
+        let d = &e.decision;
+        assert_eq!((d.rank, d.policy_version), (Some(1), Some(1)), "{e:?}");
+        let holdout = d.holdout.unwrap();
+        assert_eq!(
+            d.policy,
+            Some(if holdout {
+                Policy::Uniform
+            } else {
+                Policy::Thompson
+            })
+        );
+        assert!(d.propensity_error.unwrap() < 0.01, "{d:?}");
+        let entry = by_banner.entry(e.banner.clone()).or_default();
+        entry.0 += 1.0;
+        entry.1 += d.propensity.unwrap();
+    }
+    let n = decisions as f64;
+    let mut checked = 0;
+    for (banner, (shown, propensity_sum)) in &by_banner {
+        let freq = shown / n;
+        // Every decision at this posterior logs the same propensity for the banner it shows.
+        let propensity = propensity_sum / shown;
+        let tol = 4.5 * (propensity * (1.0 - propensity) / n).sqrt();
+        assert!(
+            (freq - propensity).abs() <= tol,
+            "{banner}: chosen {freq}, logged {propensity} (tolerance {tol})"
+        );
+        if propensity > 0.2 {
+            assert!(tol < 0.1 * propensity, "{banner}: the test is too weak");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "{by_banner:?}");
+}

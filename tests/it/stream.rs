@@ -658,6 +658,7 @@ fn append_click_at(
         customer_id: None,
         referrer: None,
         request_id: Some(request.to_string()),
+        decision: Default::default(),
     };
     let key = slotbandit::source::event_key(&click);
     let payload = click.to_json();

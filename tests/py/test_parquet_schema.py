@@ -27,6 +27,12 @@ EXPECTED = pa.schema(
         pa.field("customer_id", pa.string()),
         pa.field("referrer", pa.string()),
         pa.field("request_id", pa.string()),
+        pa.field("policy", pa.string()),
+        pa.field("policy_version", pa.int64()),
+        pa.field("holdout", pa.bool_()),
+        pa.field("propensity", pa.float64()),
+        pa.field("propensity_error", pa.float64()),
+        pa.field("rank", pa.int64()),
     ]
 )
 EVENTS = int(os.environ.get("SLOTBANDIT_GEN_EVENTS", "300000"))

@@ -406,6 +406,7 @@ mod test_events {
             customer_id: None,
             referrer: None,
             request_id,
+            decision: Default::default(),
         }
     }
 }

@@ -146,6 +146,7 @@ async fn record_click(
         customer_id,
         referrer,
         request_id: Some(decision.id.clone()),
+        decision: Default::default(),
     };
     let accepted = ClickAccepted {
         event_id: event.event_id.clone(),

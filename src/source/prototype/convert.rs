@@ -162,6 +162,7 @@ pub fn convert_click(row: &ClickRow, ts: DateTime<Utc>) -> Result<Event, Reject>
         customer_id: customer(row.customerid.as_deref()),
         referrer: row.adreferrer.as_deref().map(str::trim),
         request_id: None,
+        decision: Default::default(),
     }
     .validate()
     .map_err(Reject::field)

@@ -167,6 +167,7 @@ mod tests {
             customer_id: customer.map(Into::into),
             referrer: Some("ads".into()),
             request_id: None,
+            decision: Default::default(),
         };
         let older = event("e1", Some("c-1"), "2026-11-28T10:00:00Z");
         let newer = event("e2", Some("c-1"), "2026-11-28T11:00:00.000001Z");
