@@ -226,7 +226,8 @@ fn windows_and_until_match_a_recount_with_the_same_rule() {
 }
 
 /// Writes `events` to one Parquet file of small pages (`page_rows` rows each) in the given
-/// order, with the page index, as a writer of another engine might.
+/// order, with the page index and without the decision log's columns, as a writer of another
+/// engine might.
 fn write_small_pages(
     path: &std::path::Path,
     events: &[&slotbandit::model::Event],
@@ -247,8 +248,10 @@ fn write_small_pages(
     let ts =
         TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts.timestamp_micros()))
             .with_timezone("UTC");
+    let schema = slotbandit::model::parquet::event_schema();
+    let without_decision_log = arrow::datatypes::Schema::new(schema.fields()[..10].to_vec());
     let batch = RecordBatch::try_new(
-        slotbandit::model::parquet::event_schema(),
+        std::sync::Arc::new(without_decision_log),
         vec![
             text(|e| e.event_id.clone()),
             text(|e| e.kind.as_str().to_string()),
