@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
+use slotbandit::dataflow::DEFAULT_MAX_PRIOR_STRENGTH;
 use slotbandit::sim::env::{draw_banner_effects, ChangeSpec, EnvSpec, Environment};
 use slotbandit::sim::plot::{plot_regret, write_regret_csv, Reference};
 use slotbandit::sim::{log_spaced_checkpoints, simulate, Experiment, PolicySpec, PriorMode};
@@ -35,8 +36,9 @@ pub struct SimulateArgs {
     /// Decisions between posterior refreshes for Thompson sampling; a list gives one curve each.
     #[arg(long, value_delimiter = ',')]
     refresh: Option<Vec<u64>>,
-    /// Policies: ts, ts-eb (empirical-Bayes priors), ts-hb (hierarchical city priors), ts-window,
-    /// ts-eb-window, ucb1, egreedy, uniform, oracle.
+    /// Policies: service (the production path: the jobs' priors and the service's decision),
+    /// ts, ts-eb (empirical-Bayes priors), ts-window, ts-eb-window, ucb1, egreedy, uniform,
+    /// oracle.
     #[arg(long, value_delimiter = ',')]
     policy: Option<Vec<String>>,
     /// Base seed (run r uses a seed derived from it).
@@ -57,7 +59,8 @@ pub struct SimulateArgs {
     /// ε of the egreedy policy.
     #[arg(long)]
     epsilon: Option<f64>,
-    /// Cap on the empirical-Bayes prior strength, in pseudo-impressions.
+    /// Cap on a prior's strength, in pseudo-impressions, for service and the -eb policies
+    /// (default: the jobs' default).
     #[arg(long)]
     prior_strength: Option<f64>,
     /// Impressions per banner of the pooled history sample the empirical-Bayes priors start from.
@@ -100,12 +103,6 @@ struct EnvConfig {
     change: Option<ChangeSpec>,
 }
 
-/// The service's default cap on the empirical-Bayes prior strength (docs/architecture.md, "Bandit math").
-const DEFAULT_PRIOR_STRENGTH: f64 = 100.0;
-
-/// The largest prior strength the hierarchical priors' marginal likelihood may choose.
-const HIERARCHICAL_MAX_STRENGTH: f64 = 1e5;
-
 const DEFAULT_CTRS: [f64; 10] = [0.1, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08];
 
 fn read_config(path: &Path) -> anyhow::Result<SimulateConfig> {
@@ -138,14 +135,12 @@ fn policy_specs(
                 .collect()
         };
         match name.trim() {
+            "service" => specs.extend(refresh.iter().map(|&refresh| PolicySpec::Service {
+                refresh,
+                max_strength: prior_strength,
+            })),
             "ts" => specs.extend(thompson(PriorMode::Uniform, 0)),
             "ts-eb" => specs.extend(thompson(eb, 0)),
-            "ts-hb" => specs.extend(thompson(
-                PriorMode::Hierarchical {
-                    max_strength: HIERARCHICAL_MAX_STRENGTH,
-                },
-                0,
-            )),
             "ts-window" | "ts-eb-window" => {
                 ensure!(
                     window > 0,
@@ -163,8 +158,8 @@ fn policy_specs(
             "uniform" => specs.push(PolicySpec::Uniform),
             "oracle" => specs.push(PolicySpec::Oracle),
             other => bail!(
-                "unknown policy {other:?}; expected ts, ts-eb, ts-hb, ts-window, ts-eb-window, ucb1, \
-                 egreedy, uniform or oracle"
+                "unknown policy {other:?}; expected service, ts, ts-eb, ts-window, ts-eb-window, \
+                 ucb1, egreedy, uniform or oracle"
             ),
         }
     }
@@ -195,7 +190,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let prior_strength = args
         .prior_strength
         .or(file.prior_strength)
-        .unwrap_or(DEFAULT_PRIOR_STRENGTH);
+        .unwrap_or(DEFAULT_MAX_PRIOR_STRENGTH);
     ensure!(
         prior_strength.is_finite() && prior_strength > 0.0,
         "--prior-strength must be positive (got {prior_strength})"

@@ -5,7 +5,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::env::{draw_city, Environment};
-use super::policy::{EpsilonGreedy, Oracle, Policy, PolicySpec, Thompson, Ucb1, UniformAb};
+use super::policy::{
+    EpsilonGreedy, Oracle, Policy, PolicySpec, Service, Thompson, Ucb1, UniformAb,
+};
 use crate::bandit::{seeded_rng, DecisionRng};
 use crate::model::Counts;
 
@@ -98,6 +100,14 @@ pub fn simulate_run(
             let policy = Thompson::new(cities, arms, refresh, window, priors, history);
             run_policy(experiment, policy, checkpoints, &mut rng)
         }
+        PolicySpec::Service {
+            refresh,
+            max_strength,
+        } => {
+            let history = draw_history(experiment, &mut rng);
+            let policy = Service::new(cities, &env.live_from, refresh, max_strength, history);
+            run_policy(experiment, policy, checkpoints, &mut rng)
+        }
         PolicySpec::Ucb1 => run_policy(experiment, Ucb1::new(cities, arms), checkpoints, &mut rng),
         PolicySpec::EpsilonGreedy { epsilon } => run_policy(
             experiment,
@@ -105,8 +115,8 @@ pub fn simulate_run(
             checkpoints,
             &mut rng,
         ),
-        PolicySpec::Uniform => run_policy(experiment, UniformAb, checkpoints, &mut rng),
-        PolicySpec::Oracle => run_policy(experiment, Oracle, checkpoints, &mut rng),
+        PolicySpec::Uniform => run_policy(experiment, UniformAb::default(), checkpoints, &mut rng),
+        PolicySpec::Oracle => run_policy(experiment, Oracle::default(), checkpoints, &mut rng),
     }
 }
 
@@ -139,21 +149,31 @@ fn run_policy<P: Policy>(
         acc += w;
         cumulative.push(acc);
     }
+    // The best live banner's CTR per city.
+    let best_of = |ctrs: &[Vec<f64>], live: &[bool]| -> Vec<f64> {
+        ctrs.iter()
+            .map(|c| {
+                c.iter()
+                    .zip(live)
+                    .filter(|(_, &l)| l)
+                    .map(|(&p, _)| p)
+                    .fold(f64::MIN, f64::max)
+            })
+            .collect()
+    };
     let mut ctrs = env.ctrs_at(0);
-    let mut best: Vec<f64> = ctrs
-        .iter()
-        .map(|c| c.iter().copied().fold(f64::MIN, f64::max))
-        .collect();
+    let live = env.live_at(0);
+    policy.set_live(&live);
+    let mut best = best_of(&ctrs, &live);
     let mut regret = 0.0;
     let mut out = Vec::with_capacity(checkpoints.len());
     let mut next = checkpoints.iter().peekable();
     for t in 0..experiment.horizon {
         if env.changes_at(t) {
             ctrs = env.ctrs_at(t);
-            best = ctrs
-                .iter()
-                .map(|c| c.iter().copied().fold(f64::MIN, f64::max))
-                .collect();
+            let live = env.live_at(t);
+            policy.set_live(&live);
+            best = best_of(&ctrs, &live);
         }
         let city = draw_city(&cumulative, rng);
         let truth = &ctrs[city];
