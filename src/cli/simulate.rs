@@ -10,7 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use slotbandit::dataflow::DEFAULT_MAX_PRIOR_STRENGTH;
 use slotbandit::sim::env::{draw_banner_effects, ChangeSpec, EnvSpec, Environment};
-use slotbandit::sim::plot::{plot_regret, write_regret_csv, Reference};
+use slotbandit::sim::plot::{
+    plot_per_run, plot_regret, write_per_run_csv, write_regret_csv, Reference,
+};
+use slotbandit::sim::run::{quantile, run_seed};
 use slotbandit::sim::{log_spaced_checkpoints, simulate, Experiment, PolicySpec, PriorMode};
 
 #[derive(Args)]
@@ -66,6 +69,10 @@ pub struct SimulateArgs {
     /// Impressions per banner of the pooled history sample the empirical-Bayes priors start from.
     #[arg(long)]
     history_impressions: Option<u64>,
+    /// Draw each run's own city effects from its seed (one environment per run) instead of one
+    /// environment from --seed for every run.
+    #[arg(long)]
+    environment_per_run: bool,
     /// Title of the plot.
     #[arg(long)]
     title: Option<String>,
@@ -87,6 +94,7 @@ struct SimulateConfig {
     epsilon: Option<f64>,
     prior_strength: Option<f64>,
     history_impressions: Option<u64>,
+    environment_per_run: Option<bool>,
     title: Option<String>,
     environment: Option<EnvConfig>,
 }
@@ -230,6 +238,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         change: env_file.change,
     };
     let env = Environment::build(&spec, seed).context("invalid environment")?;
+    let seeds: Vec<u64> = (0..runs).map(|r| run_seed(seed, r)).collect();
+    let run_envs = if args.environment_per_run || file.environment_per_run.unwrap_or(false) {
+        seeds
+            .iter()
+            .map(|&s| Environment::build(&spec, s))
+            .collect::<Result<Vec<_>, _>>()
+            .context("invalid environment")?
+    } else {
+        Vec::new()
+    };
     let experiment = Experiment {
         env,
         horizon,
@@ -240,6 +258,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .or(file.history_impressions)
             .unwrap_or(0),
         history_ctrs: spec.ctrs.clone(),
+        run_envs,
     };
     let title = args.title.or(file.title).unwrap_or_else(|| {
         format!(
@@ -295,6 +314,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     // dwarfs every finite-horizon curve, so it is tabulated but not drawn.
     let drawn_bound = (experiment.env.cities() == 1).then_some(&bound);
     plot_regret(&args.out, "regret", &title, &curves, drawn_bound)?;
+    write_per_run_csv(&args.out.join("per_run.csv"), &curves, &seeds)?;
+    plot_per_run(&args.out, "per_run", &title, &curves)?;
 
     let mut header = vec![
         "policy".to_string(),
@@ -306,6 +327,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if has_change {
         header.extend(["regret after change".into(), "se after".into()]);
     }
+    // Per run at T: the spread, and in how many runs a policy did worse than the first one
+    // listed (the same seed and environment).
+    let first = curves[0].per_run.clone();
+    header.extend([
+        "median".into(),
+        "p90".into(),
+        "max".into(),
+        format!("runs worse than {}", curves[0].policy),
+    ]);
     let mut table = super::table(&header);
     let mut summary = String::from(&*header.join(","));
     summary.push('\n');
@@ -320,6 +350,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         if let Some((after, after_se)) = c.after_change {
             row.extend([format!("{after:.1}"), format!("{after_se:.1}")]);
         }
+        let worse = c.per_run.iter().zip(&first).filter(|(a, b)| a > b).count();
+        row.extend([
+            format!("{:.1}", quantile(&c.per_run, 0.5)),
+            format!("{:.1}", quantile(&c.per_run, 0.9)),
+            format!("{:.1}", c.per_run.iter().copied().fold(f64::MIN, f64::max)),
+            format!("{worse} of {}", c.per_run.len()),
+        ]);
         summary.push_str(&row.join(","));
         summary.push('\n');
         table.add_row(row);

@@ -23,6 +23,16 @@ pub struct Experiment {
     pub history_impressions: u64,
     /// The banner effects the history sample is drawn at.
     pub history_ctrs: Vec<f64>,
+    /// An environment per run (run r in `run_envs[r]`, e.g. with its own city effects); empty:
+    /// every run in `env`.
+    pub run_envs: Vec<Environment>,
+}
+
+impl Experiment {
+    /// The environment of run `run`.
+    pub fn env_of_run(&self, run: usize) -> &Environment {
+        self.run_envs.get(run).unwrap_or(&self.env)
+    }
 }
 
 /// Mean cumulative regret over the runs, with its standard error, at each checkpoint.
@@ -34,6 +44,9 @@ pub struct RegretCurve {
     pub se: Vec<f64>,
     /// Regret accrued after the change point (mean, standard error), in a changing environment.
     pub after_change: Option<(f64, f64)>,
+    /// Each run's regret at the horizon, in run order (run r of every policy has the same seed
+    /// and environment).
+    pub per_run: Vec<f64>,
 }
 
 impl RegretCurve {
@@ -80,14 +93,24 @@ pub fn run_seed(seed: u64, run: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One run: the cumulative expected regret Σ (μ* − μ_chosen) at each checkpoint.
+/// One run in `experiment.env`: the cumulative expected regret Σ (μ* − μ_chosen) at each
+/// checkpoint.
 pub fn simulate_run(
     experiment: &Experiment,
     spec: &PolicySpec,
     checkpoints: &[u64],
     seed: u64,
 ) -> Vec<f64> {
-    let env = &experiment.env;
+    run_in(experiment, &experiment.env, spec, checkpoints, seed)
+}
+
+fn run_in(
+    experiment: &Experiment,
+    env: &Environment,
+    spec: &PolicySpec,
+    checkpoints: &[u64],
+    seed: u64,
+) -> Vec<f64> {
     let (cities, arms) = (env.cities(), env.arms());
     let mut rng = seeded_rng(seed);
     match *spec {
@@ -98,7 +121,7 @@ pub fn simulate_run(
         } => {
             let history = draw_history(experiment, &mut rng);
             let policy = Thompson::new(cities, arms, refresh, window, priors, history);
-            run_policy(experiment, policy, checkpoints, &mut rng)
+            run_policy(experiment, env, policy, checkpoints, &mut rng)
         }
         PolicySpec::Service {
             refresh,
@@ -106,17 +129,26 @@ pub fn simulate_run(
         } => {
             let history = draw_history(experiment, &mut rng);
             let policy = Service::new(cities, &env.live_from, refresh, max_strength, history);
-            run_policy(experiment, policy, checkpoints, &mut rng)
+            run_policy(experiment, env, policy, checkpoints, &mut rng)
         }
-        PolicySpec::Ucb1 => run_policy(experiment, Ucb1::new(cities, arms), checkpoints, &mut rng),
+        PolicySpec::Ucb1 => run_policy(
+            experiment,
+            env,
+            Ucb1::new(cities, arms),
+            checkpoints,
+            &mut rng,
+        ),
         PolicySpec::EpsilonGreedy { epsilon } => run_policy(
             experiment,
+            env,
             EpsilonGreedy::new(cities, arms, epsilon),
             checkpoints,
             &mut rng,
         ),
-        PolicySpec::Uniform => run_policy(experiment, UniformAb::default(), checkpoints, &mut rng),
-        PolicySpec::Oracle => run_policy(experiment, Oracle::default(), checkpoints, &mut rng),
+        PolicySpec::Uniform => {
+            run_policy(experiment, env, UniformAb::default(), checkpoints, &mut rng)
+        }
+        PolicySpec::Oracle => run_policy(experiment, env, Oracle::default(), checkpoints, &mut rng),
     }
 }
 
@@ -138,11 +170,11 @@ fn draw_history<R: Rng + ?Sized>(experiment: &Experiment, rng: &mut R) -> Vec<Co
 
 fn run_policy<P: Policy>(
     experiment: &Experiment,
+    env: &Environment,
     mut policy: P,
     checkpoints: &[u64],
     rng: &mut DecisionRng,
 ) -> Vec<f64> {
-    let env = &experiment.env;
     let mut cumulative = Vec::with_capacity(env.traffic.len());
     let mut acc = 0.0;
     for w in &env.traffic {
@@ -204,8 +236,9 @@ pub fn simulate(
     let results: Vec<(usize, Vec<f64>)> = jobs
         .par_iter()
         .map(|&(p, r)| {
-            let curve = simulate_run(
+            let curve = run_in(
                 experiment,
+                experiment.env_of_run(r),
                 &policies[p],
                 checkpoints,
                 run_seed(experiment.seed, r),
@@ -224,6 +257,7 @@ pub fn simulate(
                 .map(|(_, c)| c)
                 .collect();
             let mut curve = summarise(spec.to_string(), checkpoints, &runs);
+            curve.per_run = runs.iter().map(|r| r[r.len() - 1]).collect();
             let change = checkpoints
                 .iter()
                 .position(|&t| t == experiment.env.change_at);
@@ -260,6 +294,22 @@ fn summarise(policy: String, checkpoints: &[u64], runs: &[&Vec<f64>]) -> RegretC
         mean,
         se,
         after_change: None,
+        per_run: Vec::new(),
+    }
+}
+
+/// The `q` quantile of `values` (0 ≤ q ≤ 1), linear between order statistics (numpy's
+/// default); NaN for no values.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n => {
+            let at = q.clamp(0.0, 1.0) * (n - 1) as f64;
+            let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
+        }
     }
 }
 
@@ -275,5 +325,16 @@ mod tests {
         assert!(c.contains(&12_345) && c.contains(&1000) && c.contains(&100));
         assert!(c.windows(2).all(|w| w[0] < w[1]));
         assert!(c.len() < 140);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_order_statistics() {
+        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert!((quantile(&v, 0.9) - 4.6).abs() < 1e-12);
+        assert!((quantile(&[1.0, 2.0], 0.5) - 1.5).abs() < 1e-12);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 }
