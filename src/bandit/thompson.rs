@@ -8,8 +8,8 @@ use rand_distr::Distribution;
 use std::sync::{Arc, Mutex};
 
 use super::cutoff::{cutoff_point, draw_above};
-use super::{BetaPosterior, BetaSampler, RankPropensities};
-use crate::model::{Banner, SlotConfig};
+use super::{BetaPosterior, BetaSampler, RankPropensities, SlotPriors};
+use crate::model::{Banner, Counts, SlotConfig};
 use crate::time;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,6 +189,24 @@ impl SlotPolicy {
         }
         known.push((valid, n, table.clone()));
         (table, count)
+    }
+
+    /// The arms of one city as the service decides with them: each banner's prior
+    /// ([`SlotPriors::for_arm`]) updated by its counts (`counts` in config order; a city without
+    /// counts of its own passes zeros and decides from its prior alone).
+    pub fn of_city(
+        config: &Arc<SlotConfig>,
+        priors: &SlotPriors,
+        city: &str,
+        counts: &[Counts],
+    ) -> Self {
+        let mut counts = counts.iter();
+        Self::new(config, |b| {
+            let c = counts.next().copied().unwrap_or(Counts::ZERO);
+            priors
+                .for_arm(city, &b.id)
+                .posterior(c.impressions, c.clicks)
+        })
     }
 
     /// The slot's banners, in the order of `samplers()` and `posteriors()`.

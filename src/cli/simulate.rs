@@ -8,8 +8,12 @@ use anyhow::{bail, ensure, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
+use slotbandit::dataflow::DEFAULT_MAX_PRIOR_STRENGTH;
 use slotbandit::sim::env::{draw_banner_effects, ChangeSpec, EnvSpec, Environment};
-use slotbandit::sim::plot::{plot_regret, write_regret_csv, Reference};
+use slotbandit::sim::plot::{
+    plot_per_run, plot_regret, write_per_run_csv, write_regret_csv, Reference,
+};
+use slotbandit::sim::run::{quantile, run_seed};
 use slotbandit::sim::{log_spaced_checkpoints, simulate, Experiment, PolicySpec, PriorMode};
 
 #[derive(Args)]
@@ -35,8 +39,9 @@ pub struct SimulateArgs {
     /// Decisions between posterior refreshes for Thompson sampling; a list gives one curve each.
     #[arg(long, value_delimiter = ',')]
     refresh: Option<Vec<u64>>,
-    /// Policies: ts, ts-eb (empirical-Bayes priors), ts-hb (hierarchical city priors), ts-window,
-    /// ts-eb-window, ucb1, egreedy, uniform, oracle.
+    /// Policies: service (the production path: the jobs' priors and the service's decision),
+    /// ts, ts-eb (empirical-Bayes priors), ts-window, ts-eb-window, ucb1, egreedy, uniform,
+    /// oracle.
     #[arg(long, value_delimiter = ',')]
     policy: Option<Vec<String>>,
     /// Base seed (run r uses a seed derived from it).
@@ -57,12 +62,17 @@ pub struct SimulateArgs {
     /// ε of the egreedy policy.
     #[arg(long)]
     epsilon: Option<f64>,
-    /// Cap on the empirical-Bayes prior strength, in pseudo-impressions.
+    /// Cap on a prior's strength, in pseudo-impressions, for service and the -eb policies
+    /// (default: the jobs' default).
     #[arg(long)]
     prior_strength: Option<f64>,
     /// Impressions per banner of the pooled history sample the empirical-Bayes priors start from.
     #[arg(long)]
     history_impressions: Option<u64>,
+    /// Draw each run's own city effects from its seed (one environment per run) instead of one
+    /// environment from --seed for every run.
+    #[arg(long)]
+    environment_per_run: bool,
     /// Title of the plot.
     #[arg(long)]
     title: Option<String>,
@@ -84,6 +94,7 @@ struct SimulateConfig {
     epsilon: Option<f64>,
     prior_strength: Option<f64>,
     history_impressions: Option<u64>,
+    environment_per_run: Option<bool>,
     title: Option<String>,
     environment: Option<EnvConfig>,
 }
@@ -99,12 +110,6 @@ struct EnvConfig {
     traffic_skew: Option<f64>,
     change: Option<ChangeSpec>,
 }
-
-/// The service's default cap on the empirical-Bayes prior strength (docs/architecture.md, "Bandit math").
-const DEFAULT_PRIOR_STRENGTH: f64 = 100.0;
-
-/// The largest prior strength the hierarchical priors' marginal likelihood may choose.
-const HIERARCHICAL_MAX_STRENGTH: f64 = 1e5;
 
 const DEFAULT_CTRS: [f64; 10] = [0.1, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08, 0.08];
 
@@ -138,14 +143,12 @@ fn policy_specs(
                 .collect()
         };
         match name.trim() {
+            "service" => specs.extend(refresh.iter().map(|&refresh| PolicySpec::Service {
+                refresh,
+                max_strength: prior_strength,
+            })),
             "ts" => specs.extend(thompson(PriorMode::Uniform, 0)),
             "ts-eb" => specs.extend(thompson(eb, 0)),
-            "ts-hb" => specs.extend(thompson(
-                PriorMode::Hierarchical {
-                    max_strength: HIERARCHICAL_MAX_STRENGTH,
-                },
-                0,
-            )),
             "ts-window" | "ts-eb-window" => {
                 ensure!(
                     window > 0,
@@ -163,8 +166,8 @@ fn policy_specs(
             "uniform" => specs.push(PolicySpec::Uniform),
             "oracle" => specs.push(PolicySpec::Oracle),
             other => bail!(
-                "unknown policy {other:?}; expected ts, ts-eb, ts-hb, ts-window, ts-eb-window, ucb1, \
-                 egreedy, uniform or oracle"
+                "unknown policy {other:?}; expected service, ts, ts-eb, ts-window, ts-eb-window, \
+                 ucb1, egreedy, uniform or oracle"
             ),
         }
     }
@@ -195,7 +198,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let prior_strength = args
         .prior_strength
         .or(file.prior_strength)
-        .unwrap_or(DEFAULT_PRIOR_STRENGTH);
+        .unwrap_or(DEFAULT_MAX_PRIOR_STRENGTH);
     ensure!(
         prior_strength.is_finite() && prior_strength > 0.0,
         "--prior-strength must be positive (got {prior_strength})"
@@ -235,6 +238,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         change: env_file.change,
     };
     let env = Environment::build(&spec, seed).context("invalid environment")?;
+    let seeds: Vec<u64> = (0..runs).map(|r| run_seed(seed, r)).collect();
+    let run_envs = if args.environment_per_run || file.environment_per_run.unwrap_or(false) {
+        seeds
+            .iter()
+            .map(|&s| Environment::build(&spec, s))
+            .collect::<Result<Vec<_>, _>>()
+            .context("invalid environment")?
+    } else {
+        Vec::new()
+    };
     let experiment = Experiment {
         env,
         horizon,
@@ -245,6 +258,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .or(file.history_impressions)
             .unwrap_or(0),
         history_ctrs: spec.ctrs.clone(),
+        run_envs,
     };
     let title = args.title.or(file.title).unwrap_or_else(|| {
         format!(
@@ -300,6 +314,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     // dwarfs every finite-horizon curve, so it is tabulated but not drawn.
     let drawn_bound = (experiment.env.cities() == 1).then_some(&bound);
     plot_regret(&args.out, "regret", &title, &curves, drawn_bound)?;
+    write_per_run_csv(&args.out.join("per_run.csv"), &curves, &seeds)?;
+    plot_per_run(&args.out, "per_run", &title, &curves)?;
 
     let mut header = vec![
         "policy".to_string(),
@@ -311,6 +327,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if has_change {
         header.extend(["regret after change".into(), "se after".into()]);
     }
+    // Per run at T: the spread, and in how many runs a policy did worse than the first one
+    // listed (the same seed and environment).
+    let first = curves[0].per_run.clone();
+    header.extend([
+        "median".into(),
+        "p90".into(),
+        "max".into(),
+        format!("runs worse than {}", curves[0].policy),
+    ]);
     let mut table = super::table(&header);
     let mut summary = String::from(&*header.join(","));
     summary.push('\n');
@@ -325,6 +350,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         if let Some((after, after_se)) = c.after_change {
             row.extend([format!("{after:.1}"), format!("{after_se:.1}")]);
         }
+        let worse = c.per_run.iter().zip(&first).filter(|(a, b)| a > b).count();
+        row.extend([
+            format!("{:.1}", quantile(&c.per_run, 0.5)),
+            format!("{:.1}", quantile(&c.per_run, 0.9)),
+            format!("{:.1}", c.per_run.iter().copied().fold(f64::MIN, f64::max)),
+            format!("{worse} of {}", c.per_run.len()),
+        ]);
         summary.push_str(&row.join(","));
         summary.push('\n');
         table.add_row(row);

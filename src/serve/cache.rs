@@ -160,14 +160,7 @@ pub struct Arms {
 
 impl Arms {
     fn new(config: &Arc<SlotConfig>, priors: &SlotPriors, city: &str, counts: Vec<Counts>) -> Self {
-        let mut i = 0;
-        let policy = SlotPolicy::new(config, |b| {
-            let c = counts[i];
-            i += 1;
-            priors
-                .for_arm(city, &b.id)
-                .posterior(c.impressions, c.clicks)
-        });
+        let policy = SlotPolicy::of_city(config, priors, city, &counts);
         Self { counts, policy }
     }
 

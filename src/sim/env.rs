@@ -21,6 +21,8 @@ pub enum EnvError {
     BadSkew(f64),
     #[error("change.after must list as many CTRs as there are banners ({expected}, got {got})")]
     ChangeShape { expected: usize, got: usize },
+    #[error("change.banner must be the index of a banner, below {arms} (got {got})")]
+    NoSuchBanner { arms: usize, got: usize },
 }
 
 /// How the CTRs change at the change point.
@@ -32,6 +34,9 @@ pub enum ChangeSpec {
     /// From decision `at` the banner effects move linearly to `after`, reaching it `over`
     /// decisions later.
     Drift { at: u64, over: u64, after: Vec<f64> },
+    /// Banner `banner` (an index into the CTRs) is new: no policy may show it before decision
+    /// `at`, in any city.
+    NewBanner { banner: usize, at: u64 },
 }
 
 /// What to build: banner effects, cities with lognormal city effects, and the traffic profile.
@@ -72,6 +77,8 @@ pub struct Environment {
     pub change_at: u64,
     pub change_over: u64,
     pub has_change: bool,
+    /// The first decision at which each banner may be shown (0 but for a new banner).
+    pub live_from: Vec<u64>,
 }
 
 const CTR_CAP: f64 = 0.99;
@@ -111,8 +118,17 @@ impl Environment {
                 .collect()
         };
         let ctrs = scaled(&spec.ctrs);
+        let mut live_from = vec![0; spec.ctrs.len()];
         let (ctrs_after, change_at, change_over) = match &spec.change {
             None => (ctrs.clone(), u64::MAX, 0),
+            Some(ChangeSpec::NewBanner { banner, at }) => {
+                let slot = live_from.get_mut(*banner).ok_or(EnvError::NoSuchBanner {
+                    arms: spec.ctrs.len(),
+                    got: *banner,
+                })?;
+                *slot = *at;
+                (ctrs.clone(), *at, 0)
+            }
             Some(ChangeSpec::Swap { at }) => {
                 let swapped = ctrs.iter().map(|city| swap_best_and_worst(city)).collect();
                 (swapped, *at, 0)
@@ -141,6 +157,7 @@ impl Environment {
             change_at,
             change_over,
             has_change: spec.change.is_some(),
+            live_from,
         })
     }
 
@@ -178,7 +195,12 @@ impl Environment {
             .collect()
     }
 
-    /// Whether the CTRs may differ between decisions `t` and `t + 1`.
+    /// Which banners may be shown at decision `t`.
+    pub fn live_at(&self, t: u64) -> Vec<bool> {
+        self.live_from.iter().map(|&from| from <= t).collect()
+    }
+
+    /// Whether the CTRs or the banners shown may differ between decisions `t` and `t + 1`.
     pub fn changes_at(&self, t: u64) -> bool {
         self.has_change && t >= self.change_at && t <= self.change_at + self.change_over
     }
@@ -290,6 +312,19 @@ mod tests {
         let env = Environment::build(&s, 1).unwrap();
         assert_eq!(env.ctrs_at(9)[0], vec![0.1, 0.05, 0.02]);
         assert_eq!(env.ctrs_at(10)[0], vec![0.02, 0.05, 0.1]);
+    }
+
+    #[test]
+    fn a_new_banner_goes_live_at_its_decision() {
+        let mut s = spec(&[0.1, 0.05, 0.02]);
+        s.change = Some(ChangeSpec::NewBanner { banner: 0, at: 10 });
+        let env = Environment::build(&s, 1).unwrap();
+        assert_eq!(env.live_at(9), vec![false, true, true]);
+        assert_eq!(env.live_at(10), vec![true, true, true]);
+        assert!(env.changes_at(10) && !env.changes_at(11));
+        assert_eq!(env.ctrs_at(10), env.ctrs_at(0));
+        s.change = Some(ChangeSpec::NewBanner { banner: 3, at: 10 });
+        assert!(Environment::build(&s, 1).is_err());
     }
 
     #[test]

@@ -11,5 +11,5 @@ pub mod replay;
 pub mod run;
 
 pub use env::{ChangeSpec, EnvSpec, Environment};
-pub use policy::{Policy, PolicySpec, PriorMode, Thompson};
+pub use policy::{Policy, PolicySpec, PriorMode, Service, Thompson};
 pub use run::{log_spaced_checkpoints, simulate, simulate_run, Experiment, RegretCurve};

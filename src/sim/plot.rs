@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::run::RegretCurve;
+use super::run::{quantile, RegretCurve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -61,6 +61,146 @@ pub fn write_regret_csv(path: &Path, curves: &[RegretCurve]) -> Result<(), PlotE
         }
     }
     w.flush().map_err(io)
+}
+
+/// Writes `per_run.csv`: one row per run (its index and seed) with each policy's regret at the
+/// horizon, a column per policy.
+pub fn write_per_run_csv(
+    path: &Path,
+    curves: &[RegretCurve],
+    seeds: &[u64],
+) -> Result<(), PlotError> {
+    let io = |source| PlotError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let names: Vec<&str> = curves.iter().map(|c| c.policy.as_str()).collect();
+    writeln!(w, "run,seed,{}", names.join(",")).map_err(io)?;
+    for (r, seed) in seeds.iter().enumerate() {
+        write!(w, "{r},{seed}").map_err(io)?;
+        for c in curves {
+            write!(w, ",{:.1}", c.per_run.get(r).copied().unwrap_or(f64::NAN)).map_err(io)?;
+        }
+        writeln!(w).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+/// Draws each run's regret at the horizon (log-y) as `stem.png` and `stem.svg`: runs on the x
+/// axis ordered by the first policy's regret, a dot per policy and run, and each policy's
+/// median (dashed) and 90th percentile (dotted).
+pub fn plot_per_run(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    curves: &[RegretCurve],
+) -> Result<(), PlotError> {
+    register_font();
+    let png = dir.join(format!("{stem}.png"));
+    let svg = dir.join(format!("{stem}.svg"));
+    let size = (1000, 640);
+    draw_per_run(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        title,
+        curves,
+    )
+    .map_err(|message| PlotError::Draw {
+        path: png.display().to_string(),
+        message,
+    })?;
+    draw_per_run(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        title,
+        curves,
+    )
+    .map_err(|message| PlotError::Draw {
+        path: svg.display().to_string(),
+        message,
+    })
+}
+
+fn draw_per_run<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    curves: &[RegretCurve],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let first = curves
+        .first()
+        .filter(|c| !c.per_run.is_empty())
+        .ok_or_else(|| PlotError::Empty.to_string())?;
+    let mut order: Vec<usize> = (0..first.per_run.len()).collect();
+    order.sort_by(|&a, &b| first.per_run[a].total_cmp(&first.per_run[b]));
+    let values = curves.iter().flat_map(|c| c.per_run.iter().copied());
+    let smallest = values.clone().filter(|v| *v > 0.0).fold(f64::MAX, f64::min);
+    let low = if smallest < f64::MAX {
+        smallest * 0.5
+    } else {
+        1.0
+    };
+    let high = values.fold(low * 2.0, f64::max) * 1.25;
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let runs = order.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..runs - 0.5, (low..high).log_scale())
+        .map_err(|e| err(&e))?;
+    let first_name = first.policy.clone();
+    chart
+        .configure_mesh()
+        .x_desc(format!("run, ordered by the regret of {first_name}"))
+        .y_desc("regret at the horizon (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = SERIES_COLORS[i % SERIES_COLORS.len()].to_rgba();
+        let points: Vec<(f64, f64)> = order
+            .iter()
+            .enumerate()
+            .filter_map(|(x, &r)| Some((x as f64, *c.per_run.get(r)?)))
+            .map(|(x, y)| (x, y.max(low)))
+            .collect();
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .map_err(|e| err(&e))?
+            .label(c.policy.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+        let median = quantile(&c.per_run, 0.5).max(low);
+        let p90 = quantile(&c.per_run, 0.9).max(low);
+        let line = |y: f64| vec![(-0.5, y), (runs - 0.5, y)];
+        chart
+            .draw_series(DashedLineSeries::new(
+                line(median),
+                8,
+                5,
+                color.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                line(p90),
+                2,
+                4,
+                color.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
 }
 
 /// A reference line on the plot (the Lai–Robbins bound).
@@ -176,7 +316,7 @@ fn draw<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))

@@ -1,18 +1,22 @@
 //! The policies under test. Thompson sampling calls `bandit::thompson_select`, the function the
 //! service calls, over posteriors rebuilt every `refresh` decisions exactly as the service
-//! rebuilds them from the job's counts (with Beta(1, 1) or empirical-Bayes priors).
+//! rebuilds them from the job's counts (with Beta(1, 1) or empirical-Bayes priors); `Service`
+//! runs the production path itself: the jobs' priors and the service's arms and decision.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
+use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use super::env::argmax;
 use crate::bandit::{
     self, empirical_bayes, hierarchical_priors, thompson_select, BannerCounts, BetaSampler, Prior,
+    SlotPolicy, SlotPriors,
 };
-use crate::model::Counts;
+use crate::model::{Banner, Counts, SlotConfig};
 
 /// Which policy, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -25,6 +29,11 @@ pub enum PolicySpec {
         window: u64,
         priors: PriorMode,
     },
+    /// The production path: the jobs' priors (`bandit::hierarchical_priors`, at most
+    /// `max_strength` pseudo-impressions) recomputed every `refresh` decisions from the all-time
+    /// counts per arm, and each decision by the service's own arms and decision
+    /// (`SlotPolicy::of_city`, `SlotPolicy::decide`).
+    Service { refresh: u64, max_strength: f64 },
     /// UCB1 (Auer et al. 2002).
     Ucb1,
     /// With probability ε a uniform banner, otherwise the best empirical mean.
@@ -44,12 +53,6 @@ pub enum PriorMode {
     /// Empirical-Bayes priors (docs/architecture.md, "Bandit math") from the all-city pooled counts (plus the history
     /// sample, if any), recomputed at each refresh.
     EmpiricalBayes { strength: f64 },
-    /// Hierarchical pooling (`bandit::hierarchical_priors`, the rule the service's jobs keep):
-    /// each city's prior is the banner's pooled mean times the city's level, with the strength
-    /// (at most `max_strength`) of highest marginal likelihood, bounded by the evidence behind
-    /// the banner and the city; recomputed at each refresh. A history sample counts as one more
-    /// city.
-    Hierarchical { max_strength: f64 },
 }
 
 impl fmt::Display for PolicySpec {
@@ -64,13 +67,13 @@ impl fmt::Display for PolicySpec {
                 match priors {
                     PriorMode::Uniform => {}
                     PriorMode::EmpiricalBayes { strength } => write!(f, "-eb{strength}")?,
-                    PriorMode::Hierarchical { max_strength } => write!(f, "-hb{max_strength}")?,
                 }
                 if *window > 0 {
                     write!(f, "-window{window}")?;
                 }
                 write!(f, "/refresh={refresh}")
             }
+            PolicySpec::Service { refresh, .. } => write!(f, "service/refresh={refresh}"),
             PolicySpec::Ucb1 => write!(f, "ucb1"),
             PolicySpec::EpsilonGreedy { epsilon } => write!(f, "egreedy{epsilon}"),
             PolicySpec::Uniform => write!(f, "uniform"),
@@ -85,6 +88,48 @@ pub trait Policy {
     fn choose<R: Rng + ?Sized>(&mut self, city: usize, truth: &[f64], rng: &mut R) -> usize;
     /// The outcome of showing `arm` in `city`.
     fn observe(&mut self, city: usize, arm: usize, click: bool);
+    /// The banners that may be shown from the next decision on (every banner until told).
+    fn set_live(&mut self, live: &[bool]);
+}
+
+/// Which banners a policy may show: all of them, or those flagged.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Live(Option<Vec<bool>>);
+
+impl Live {
+    fn set(&mut self, live: &[bool]) {
+        self.0 = (!live.iter().all(|&l| l)).then(|| live.to_vec());
+    }
+
+    fn allows(&self, arm: usize) -> bool {
+        self.0.as_ref().is_none_or(|live| live[arm])
+    }
+
+    /// The first live arm of the highest `value`.
+    fn argmax(&self, values: &[f64]) -> usize {
+        match &self.0 {
+            None => argmax(values),
+            Some(live) => {
+                let mut best: Option<usize> = None;
+                for (a, v) in values.iter().enumerate() {
+                    if live[a] && best.is_none_or(|b| *v > values[b]) {
+                        best = Some(a);
+                    }
+                }
+                best.unwrap_or(0)
+            }
+        }
+    }
+
+    /// A uniformly drawn live arm among `arms`.
+    fn uniform<R: Rng + ?Sized>(&self, arms: usize, rng: &mut R) -> usize {
+        loop {
+            let a = rng.random_range(0..arms);
+            if self.allows(a) {
+                return a;
+            }
+        }
+    }
 }
 
 /// Impressions and clicks per (city, banner).
@@ -168,6 +213,7 @@ pub struct Thompson {
     /// Sequential TS with fixed Beta(1, 1) priors: the refresh after every outcome changes the
     /// observed arm alone, by one click or one non-click.
     sequential_uniform: bool,
+    live: Live,
     chosen: Vec<usize>,
 }
 
@@ -204,6 +250,7 @@ impl Thompson {
             rebuild_all: true,
             since_refresh: 0,
             sequential_uniform,
+            live: Live::default(),
             chosen: Vec::with_capacity(1),
         };
         policy.refresh_posteriors();
@@ -251,40 +298,6 @@ impl Thompson {
                     .map(|name| slot.for_banner(name))
                     .collect();
                 vec![banners; cities]
-            }
-            PriorMode::Hierarchical { max_strength } => {
-                let names = |c: usize| format!("c{c}");
-                let city = |city: String, counts: &dyn Fn(usize) -> Counts| bandit::CityCounts {
-                    city,
-                    banners: self
-                        .banner_names
-                        .iter()
-                        .enumerate()
-                        .map(|(a, name)| BannerCounts {
-                            banner: name.clone(),
-                            impressions: counts(a).impressions,
-                            clicks: counts(a).clicks,
-                        })
-                        .collect(),
-                };
-                let mut per_city: Vec<bandit::CityCounts> = (0..cities)
-                    .map(|c| {
-                        city(names(c), &|a| {
-                            Counts::new(self.counts.impressions[c][a], self.counts.clicks[c][a])
-                        })
-                    })
-                    .collect();
-                per_city.push(city("history".into(), &|a| self.history[a]));
-                let priors = hierarchical_priors(&per_city, max_strength);
-                (0..cities)
-                    .map(|c| {
-                        let city = names(c);
-                        self.banner_names
-                            .iter()
-                            .map(|banner| priors.for_arm(&city, banner))
-                            .collect()
-                    })
-                    .collect()
             }
         }
     }
@@ -356,8 +369,16 @@ impl Thompson {
 
 impl Policy for Thompson {
     fn choose<R: Rng + ?Sized>(&mut self, city: usize, _truth: &[f64], rng: &mut R) -> usize {
-        thompson_select(&self.samplers[city], |_| true, 1, rng, &mut self.chosen);
+        let samplers = &self.samplers[city];
+        match &self.live.0 {
+            None => thompson_select(samplers, |_| true, 1, rng, &mut self.chosen),
+            Some(live) => thompson_select(samplers, |a| live[a], 1, rng, &mut self.chosen),
+        }
         self.chosen[0]
+    }
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.live.set(live);
     }
 
     #[inline]
@@ -373,11 +394,175 @@ impl Policy for Thompson {
     }
 }
 
+/// The production path (docs/lab.md, "What is simulated"): what the jobs keep and how the
+/// service decides from it, on the simulator's clock (decision t at `EPOCH` + t ms).
+///
+/// - The counts: all-time impressions and clicks per (city, banner), as the store keeps them; a
+///   history sample is one more city's counts.
+/// - The priors: every `refresh` decisions the jobs' rule, `bandit::hierarchical_priors`, over
+///   the arms with counts, cities and banners in name order (as the stream job groups them).
+/// - The decision: at the same refresh the service's arms, `SlotPolicy::of_city` (each arm's
+///   prior composed by `SlotPriors::for_arm`, plus its counts), and `SlotPolicy::decide` over
+///   the banners valid now; a new banner is valid from its first decision on and, without
+///   counts, gets the prior the service gives it (the slot's, at the city's level); a city
+///   without counts decides from the slot's prior for a new city.
+#[derive(Debug, Clone)]
+pub struct Service {
+    refresh: u64,
+    max_strength: f64,
+    config: Arc<SlotConfig>,
+    city_names: Vec<String>,
+    /// City indices in name order.
+    by_name: Vec<usize>,
+    counts: Vec<Vec<Counts>>,
+    history: Vec<Counts>,
+    arms: Vec<SlotPolicy>,
+    since_refresh: u64,
+    decisions: u64,
+    chosen: Vec<usize>,
+}
+
+/// The simulator's clock starts here; decision t is made t milliseconds later.
+const EPOCH: DateTime<Utc> = DateTime::from_timestamp_nanos(1_767_225_600_000_000_000);
+
+/// What the history sample's counts are stored under: a city of its own.
+const HISTORY_CITY: &str = "history";
+
+impl Service {
+    /// `live_from[b]`: the first decision at which banner b may be shown. `history` holds pooled
+    /// (impressions, clicks) per banner known before the first decision (empty: none).
+    pub fn new(
+        cities: usize,
+        live_from: &[u64],
+        refresh: u64,
+        max_strength: f64,
+        history: Vec<Counts>,
+    ) -> Self {
+        let banners = live_from
+            .iter()
+            .enumerate()
+            .map(|(b, &from)| Banner {
+                id: format!("b{b}"),
+                image: String::new(),
+                valid_from: EPOCH + Duration::milliseconds(from as i64),
+                valid_to: DateTime::<Utc>::MAX_UTC,
+            })
+            .collect();
+        let config = Arc::new(SlotConfig {
+            tenant: "lab".into(),
+            slot: "home".into(),
+            banners,
+            rules: Default::default(),
+        });
+        let city_names: Vec<String> = (0..cities).map(|c| format!("c{c}")).collect();
+        let mut by_name: Vec<usize> = (0..cities).collect();
+        by_name.sort_by(|&a, &b| city_names[a].cmp(&city_names[b]));
+        let mut service = Self {
+            refresh: refresh.max(1),
+            max_strength,
+            config,
+            city_names,
+            by_name,
+            counts: vec![vec![Counts::ZERO; live_from.len()]; cities],
+            history,
+            arms: Vec::new(),
+            since_refresh: 0,
+            decisions: 0,
+            chosen: Vec::with_capacity(1),
+        };
+        service.refresh_arms();
+        service
+    }
+
+    /// The arms the decisions currently use, per city.
+    pub fn arms(&self) -> &[SlotPolicy] {
+        &self.arms
+    }
+
+    /// The job's input: every city's arms with counts, cities and banners in name order.
+    fn city_counts(&self) -> Vec<bandit::CityCounts> {
+        let banners = &self.config.banners;
+        let mut cities: BTreeMap<&str, &[Counts]> = self
+            .by_name
+            .iter()
+            .map(|&c| (self.city_names[c].as_str(), self.counts[c].as_slice()))
+            .collect();
+        if !self.history.is_empty() {
+            cities.insert(HISTORY_CITY, &self.history);
+        }
+        cities
+            .into_iter()
+            .map(|(city, counts)| {
+                let mut rows: Vec<BannerCounts> = banners
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, c)| !c.is_zero())
+                    .map(|(b, c)| BannerCounts {
+                        banner: b.id.clone(),
+                        impressions: c.impressions,
+                        clicks: c.clicks,
+                    })
+                    .collect();
+                rows.sort_by(|a, b| a.banner.cmp(&b.banner));
+                bandit::CityCounts {
+                    city: city.to_string(),
+                    banners: rows,
+                }
+            })
+            .filter(|c| !c.banners.is_empty())
+            .collect()
+    }
+
+    /// The job computes the priors; the service builds every city's arms from them.
+    fn refresh_arms(&mut self) {
+        let priors: SlotPriors = hierarchical_priors(&self.city_counts(), self.max_strength);
+        self.arms = self
+            .city_names
+            .iter()
+            .zip(&self.counts)
+            .map(|(city, counts)| SlotPolicy::of_city(&self.config, &priors, city, counts))
+            .collect();
+        self.since_refresh = 0;
+    }
+}
+
+impl Policy for Service {
+    fn choose<R: Rng + ?Sized>(&mut self, city: usize, _truth: &[f64], rng: &mut R) -> usize {
+        let now = EPOCH + Duration::milliseconds(self.decisions as i64);
+        self.decisions += 1;
+        match self.arms[city].decide(now, 1, rng, &mut self.chosen) {
+            Ok(()) => self.chosen[0],
+            // The environment always keeps a banner live.
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    fn observe(&mut self, city: usize, arm: usize, click: bool) {
+        self.counts[city][arm] += Counts::new(1, u64::from(click));
+        self.since_refresh += 1;
+        if self.since_refresh >= self.refresh {
+            self.refresh_arms();
+        }
+    }
+
+    fn set_live(&mut self, live: &[bool]) {
+        // Banners go live by their validity on the service's clock, as in production.
+        let now = EPOCH + Duration::milliseconds(self.decisions as i64);
+        debug_assert!(self
+            .config
+            .banners
+            .iter()
+            .zip(live)
+            .all(|(b, &l)| b.is_valid_at(now) == l));
+    }
+}
+
 /// UCB1 per city: the highest mean + sqrt(2 ln n / n_i), each banner tried once first.
 #[derive(Debug, Clone)]
 pub struct Ucb1 {
     counts: CityCounts,
     plays: Vec<u64>,
+    live: Live,
 }
 
 impl Ucb1 {
@@ -385,6 +570,7 @@ impl Ucb1 {
         Self {
             counts: CityCounts::zero(cities, arms),
             plays: vec![0; cities],
+            live: Live::default(),
         }
     }
 }
@@ -392,7 +578,10 @@ impl Ucb1 {
 impl Policy for Ucb1 {
     fn choose<R: Rng + ?Sized>(&mut self, city: usize, _truth: &[f64], _rng: &mut R) -> usize {
         let impressions = &self.counts.impressions[city];
-        if let Some(untried) = impressions.iter().position(|&n| n == 0) {
+        let live = &self.live;
+        if let Some(untried) =
+            (0..impressions.len()).find(|&a| impressions[a] == 0 && live.allows(a))
+        {
             return untried;
         }
         let log_plays = 2.0 * (self.plays[city] as f64).ln();
@@ -401,7 +590,7 @@ impl Policy for Ucb1 {
         for (a, (&n, &k)) in impressions.iter().zip(clicks).enumerate() {
             let n = n as f64;
             let index = k as f64 / n + (log_plays / n).sqrt();
-            if index > best.0 {
+            if index > best.0 && live.allows(a) {
                 best = (index, a);
             }
         }
@@ -412,6 +601,10 @@ impl Policy for Ucb1 {
         self.counts.add(city, arm, click);
         self.plays[city] += 1;
     }
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.live.set(live);
+    }
 }
 
 /// ε-greedy per city; untried banners count as the best.
@@ -419,6 +612,7 @@ impl Policy for Ucb1 {
 pub struct EpsilonGreedy {
     epsilon: f64,
     counts: CityCounts,
+    live: Live,
 }
 
 impl EpsilonGreedy {
@@ -426,6 +620,7 @@ impl EpsilonGreedy {
         Self {
             epsilon,
             counts: CityCounts::zero(cities, arms),
+            live: Live::default(),
         }
     }
 }
@@ -433,45 +628,70 @@ impl EpsilonGreedy {
 impl Policy for EpsilonGreedy {
     fn choose<R: Rng + ?Sized>(&mut self, city: usize, truth: &[f64], rng: &mut R) -> usize {
         if rng.random::<f64>() < self.epsilon {
-            return rng.random_range(0..truth.len());
+            return self.live.uniform(truth.len(), rng);
         }
         let impressions = &self.counts.impressions[city];
-        if let Some(untried) = impressions.iter().position(|&n| n == 0) {
+        let live = &self.live;
+        if let Some(untried) =
+            (0..impressions.len()).find(|&a| impressions[a] == 0 && live.allows(a))
+        {
             return untried;
         }
-        let means: Vec<f64> = impressions
+        let mut best = (f64::NEG_INFINITY, 0);
+        for (a, (&n, &k)) in impressions
             .iter()
             .zip(&self.counts.clicks[city])
-            .map(|(&n, &k)| k as f64 / n as f64)
-            .collect();
-        argmax(&means)
+            .enumerate()
+        {
+            let mean = k as f64 / n as f64;
+            if mean > best.0 && live.allows(a) {
+                best = (mean, a);
+            }
+        }
+        best.1
     }
 
     fn observe(&mut self, city: usize, arm: usize, click: bool) {
         self.counts.add(city, arm, click);
     }
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.live.set(live);
+    }
 }
 
 /// Uniform A/B.
-#[derive(Debug, Clone, Copy)]
-pub struct UniformAb;
+#[derive(Debug, Clone, Default)]
+pub struct UniformAb {
+    live: Live,
+}
 
 impl Policy for UniformAb {
     fn choose<R: Rng + ?Sized>(&mut self, _city: usize, truth: &[f64], rng: &mut R) -> usize {
-        rng.random_range(0..truth.len())
+        self.live.uniform(truth.len(), rng)
     }
 
     fn observe(&mut self, _city: usize, _arm: usize, _click: bool) {}
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.live.set(live);
+    }
 }
 
 /// The banner with the highest true CTR.
-#[derive(Debug, Clone, Copy)]
-pub struct Oracle;
+#[derive(Debug, Clone, Default)]
+pub struct Oracle {
+    live: Live,
+}
 
 impl Policy for Oracle {
     fn choose<R: Rng + ?Sized>(&mut self, _city: usize, truth: &[f64], _rng: &mut R) -> usize {
-        argmax(truth)
+        self.live.argmax(truth)
     }
 
     fn observe(&mut self, _city: usize, _arm: usize, _click: bool) {}
+
+    fn set_live(&mut self, live: &[bool]) {
+        self.live.set(live);
+    }
 }

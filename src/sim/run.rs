@@ -5,7 +5,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::env::{draw_city, Environment};
-use super::policy::{EpsilonGreedy, Oracle, Policy, PolicySpec, Thompson, Ucb1, UniformAb};
+use super::policy::{
+    EpsilonGreedy, Oracle, Policy, PolicySpec, Service, Thompson, Ucb1, UniformAb,
+};
 use crate::bandit::{seeded_rng, DecisionRng};
 use crate::model::Counts;
 
@@ -21,6 +23,16 @@ pub struct Experiment {
     pub history_impressions: u64,
     /// The banner effects the history sample is drawn at.
     pub history_ctrs: Vec<f64>,
+    /// An environment per run (run r in `run_envs[r]`, e.g. with its own city effects); empty:
+    /// every run in `env`.
+    pub run_envs: Vec<Environment>,
+}
+
+impl Experiment {
+    /// The environment of run `run`.
+    pub fn env_of_run(&self, run: usize) -> &Environment {
+        self.run_envs.get(run).unwrap_or(&self.env)
+    }
 }
 
 /// Mean cumulative regret over the runs, with its standard error, at each checkpoint.
@@ -32,6 +44,9 @@ pub struct RegretCurve {
     pub se: Vec<f64>,
     /// Regret accrued after the change point (mean, standard error), in a changing environment.
     pub after_change: Option<(f64, f64)>,
+    /// Each run's regret at the horizon, in run order (run r of every policy has the same seed
+    /// and environment).
+    pub per_run: Vec<f64>,
 }
 
 impl RegretCurve {
@@ -78,14 +93,24 @@ pub fn run_seed(seed: u64, run: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One run: the cumulative expected regret Σ (μ* − μ_chosen) at each checkpoint.
+/// One run in `experiment.env`: the cumulative expected regret Σ (μ* − μ_chosen) at each
+/// checkpoint.
 pub fn simulate_run(
     experiment: &Experiment,
     spec: &PolicySpec,
     checkpoints: &[u64],
     seed: u64,
 ) -> Vec<f64> {
-    let env = &experiment.env;
+    run_in(experiment, &experiment.env, spec, checkpoints, seed)
+}
+
+fn run_in(
+    experiment: &Experiment,
+    env: &Environment,
+    spec: &PolicySpec,
+    checkpoints: &[u64],
+    seed: u64,
+) -> Vec<f64> {
     let (cities, arms) = (env.cities(), env.arms());
     let mut rng = seeded_rng(seed);
     match *spec {
@@ -96,17 +121,34 @@ pub fn simulate_run(
         } => {
             let history = draw_history(experiment, &mut rng);
             let policy = Thompson::new(cities, arms, refresh, window, priors, history);
-            run_policy(experiment, policy, checkpoints, &mut rng)
+            run_policy(experiment, env, policy, checkpoints, &mut rng)
         }
-        PolicySpec::Ucb1 => run_policy(experiment, Ucb1::new(cities, arms), checkpoints, &mut rng),
+        PolicySpec::Service {
+            refresh,
+            max_strength,
+        } => {
+            let history = draw_history(experiment, &mut rng);
+            let policy = Service::new(cities, &env.live_from, refresh, max_strength, history);
+            run_policy(experiment, env, policy, checkpoints, &mut rng)
+        }
+        PolicySpec::Ucb1 => run_policy(
+            experiment,
+            env,
+            Ucb1::new(cities, arms),
+            checkpoints,
+            &mut rng,
+        ),
         PolicySpec::EpsilonGreedy { epsilon } => run_policy(
             experiment,
+            env,
             EpsilonGreedy::new(cities, arms, epsilon),
             checkpoints,
             &mut rng,
         ),
-        PolicySpec::Uniform => run_policy(experiment, UniformAb, checkpoints, &mut rng),
-        PolicySpec::Oracle => run_policy(experiment, Oracle, checkpoints, &mut rng),
+        PolicySpec::Uniform => {
+            run_policy(experiment, env, UniformAb::default(), checkpoints, &mut rng)
+        }
+        PolicySpec::Oracle => run_policy(experiment, env, Oracle::default(), checkpoints, &mut rng),
     }
 }
 
@@ -128,32 +170,42 @@ fn draw_history<R: Rng + ?Sized>(experiment: &Experiment, rng: &mut R) -> Vec<Co
 
 fn run_policy<P: Policy>(
     experiment: &Experiment,
+    env: &Environment,
     mut policy: P,
     checkpoints: &[u64],
     rng: &mut DecisionRng,
 ) -> Vec<f64> {
-    let env = &experiment.env;
     let mut cumulative = Vec::with_capacity(env.traffic.len());
     let mut acc = 0.0;
     for w in &env.traffic {
         acc += w;
         cumulative.push(acc);
     }
+    // The best live banner's CTR per city.
+    let best_of = |ctrs: &[Vec<f64>], live: &[bool]| -> Vec<f64> {
+        ctrs.iter()
+            .map(|c| {
+                c.iter()
+                    .zip(live)
+                    .filter(|(_, &l)| l)
+                    .map(|(&p, _)| p)
+                    .fold(f64::MIN, f64::max)
+            })
+            .collect()
+    };
     let mut ctrs = env.ctrs_at(0);
-    let mut best: Vec<f64> = ctrs
-        .iter()
-        .map(|c| c.iter().copied().fold(f64::MIN, f64::max))
-        .collect();
+    let live = env.live_at(0);
+    policy.set_live(&live);
+    let mut best = best_of(&ctrs, &live);
     let mut regret = 0.0;
     let mut out = Vec::with_capacity(checkpoints.len());
     let mut next = checkpoints.iter().peekable();
     for t in 0..experiment.horizon {
         if env.changes_at(t) {
             ctrs = env.ctrs_at(t);
-            best = ctrs
-                .iter()
-                .map(|c| c.iter().copied().fold(f64::MIN, f64::max))
-                .collect();
+            let live = env.live_at(t);
+            policy.set_live(&live);
+            best = best_of(&ctrs, &live);
         }
         let city = draw_city(&cumulative, rng);
         let truth = &ctrs[city];
@@ -184,8 +236,9 @@ pub fn simulate(
     let results: Vec<(usize, Vec<f64>)> = jobs
         .par_iter()
         .map(|&(p, r)| {
-            let curve = simulate_run(
+            let curve = run_in(
                 experiment,
+                experiment.env_of_run(r),
                 &policies[p],
                 checkpoints,
                 run_seed(experiment.seed, r),
@@ -204,6 +257,7 @@ pub fn simulate(
                 .map(|(_, c)| c)
                 .collect();
             let mut curve = summarise(spec.to_string(), checkpoints, &runs);
+            curve.per_run = runs.iter().map(|r| r[r.len() - 1]).collect();
             let change = checkpoints
                 .iter()
                 .position(|&t| t == experiment.env.change_at);
@@ -240,6 +294,22 @@ fn summarise(policy: String, checkpoints: &[u64], runs: &[&Vec<f64>]) -> RegretC
         mean,
         se,
         after_change: None,
+        per_run: Vec::new(),
+    }
+}
+
+/// The `q` quantile of `values` (0 ≤ q ≤ 1), linear between order statistics (numpy's
+/// default); NaN for no values.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n => {
+            let at = q.clamp(0.0, 1.0) * (n - 1) as f64;
+            let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
+        }
     }
 }
 
@@ -255,5 +325,16 @@ mod tests {
         assert!(c.contains(&12_345) && c.contains(&1000) && c.contains(&100));
         assert!(c.windows(2).all(|w| w[0] < w[1]));
         assert!(c.len() < 140);
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_order_statistics() {
+        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert!((quantile(&v, 0.9) - 4.6).abs() < 1e-12);
+        assert!((quantile(&[1.0, 2.0], 0.5) - 1.5).abs() < 1e-12);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 }

@@ -31,6 +31,7 @@ fn experiment(ctrs: &[f64], horizon: u64, runs: usize) -> Experiment {
         seed: 3,
         history_impressions: 0,
         history_ctrs: ctrs.to_vec(),
+        run_envs: Vec::new(),
     }
 }
 
