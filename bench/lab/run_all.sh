@@ -12,7 +12,7 @@ release_binary
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
   experiments=(chapelle_li_eps002 chapelle_li_eps001 refresh_eps002 refresh_eps001 sharing coldstart
-    nonstationary drift)
+    newbanner robust robust_hetero nonstationary drift)
 fi
 for e in "${experiments[@]}"; do
   echo "== $e" >&2

@@ -281,7 +281,7 @@ pub struct CityEffect {
 }
 
 /// The hierarchical priors of one slot from every city's all-time counts (docs/architecture.md,
-/// "Bandit math"); one rule for the jobs, `slotbandit priors` and the simulator's `ts-hb`.
+/// "Bandit math"); one rule for the jobs, `slotbandit priors` and the simulator's `service` policy.
 ///
 /// - **Banner effects** and **city effects**, fitted in turn until they settle. A banner's effect
 ///   is [`empirical_bayes`] (strengths capped at `max_strength`) on its clicks over its
