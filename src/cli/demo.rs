@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use slotbandit::bandit::{prob_best, seeded_rng};
 use slotbandit::dataflow::{hand_off, Cluster};
-use slotbandit::model::SlotConfig;
+use slotbandit::model::{SlotConfig, SlotRules};
 use slotbandit::serve::auth::create_key;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
 use slotbandit::sim::audience::{self, AudienceSpec, AudienceStats};
@@ -25,7 +25,7 @@ use slotbandit::source::open_log;
 use slotbandit::store::{open_store, CountQuery, PosteriorRow, PosteriorStore, Role};
 use slotbandit::synth::{Truth, SLOTS_FILE, TRUTH_FILE};
 
-use super::stream::{stream, StreamOptions};
+use super::stream::{stream_until, StreamOptions};
 
 /// (tenant, slot, city)
 type SlotCity = (String, String, String);
@@ -53,6 +53,13 @@ pub struct DemoArgs {
     /// The tenant whose visitors are simulated.
     #[arg(long, default_value = "ajio", value_parser = super::flags::name)]
     audience_tenant: String,
+    /// Stop after the audience has made this many visits, printing its final line.
+    #[arg(long, requires = "audience", value_parser = clap::value_parser!(u64).range(1..))]
+    audience_visits: Option<u64>,
+    /// The share of every slot's decisions held out (uniform among valid banners), 0 to 0.5;
+    /// with --audience, the demo prints TS's uplift over the holdout.
+    #[arg(long, default_value_t = 0.0, value_parser = super::flags::holdout)]
+    holdout: f64,
 }
 
 /// The committed sample: relative to the working folder, else to the source tree.
@@ -202,6 +209,9 @@ fn live(
                 b.valid_to = now + chrono::Duration::days(365);
             }
         }
+        if args.holdout > 0.0 {
+            config.rules.holdout_bp = SlotRules::holdout_from_share("--holdout", args.holdout)?;
+        }
         store.put_slot(&config)?;
         tenants.insert(config.tenant.clone());
     }
@@ -242,11 +252,29 @@ fn live(
         .with_context(|| format!("--listen {listen}"))?;
     let addr = listener.local_addr()?;
 
+    let stop_job = Arc::new(AtomicBool::new(false));
     let job = {
-        let (log, store) = (log.clone(), store.clone());
+        let (log, store, stop) = (log.clone(), store.clone(), stop_job.clone());
         std::thread::Builder::new()
             .name("stream".into())
-            .spawn(move || stream(log, store, &stream_options, &Cluster::single(1), false))?
+            .spawn(move || {
+                stream_until(
+                    log,
+                    store,
+                    &stream_options,
+                    &Cluster::single(1),
+                    false,
+                    stop,
+                )
+            })?
+    };
+    // Ctrl-C, SIGTERM, or the audience's last visit with --audience-visits.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = super::serve::shutdown_signal() => {},
+            _ = done_rx => {},
+        }
     };
     runtime.block_on(async {
         let service = Service::start(store, log, &secret, options).await?;
@@ -281,19 +309,34 @@ fn live(
             };
             let stats = Arc::new(AudienceStats::default());
             tokio::spawn(report_audience(stats.clone()));
+            let visits = args.audience_visits;
             tokio::spawn(async move {
-                if let Err(e) = audience::run(spec, &truth, stats, std::future::pending()).await {
+                let enough = enough_visits(stats.clone(), visits);
+                if let Err(e) = audience::run(spec, &truth, stats.clone(), enough).await {
                     tracing::error!("audience: {e}");
+                }
+                if visits.is_some() {
+                    println!("{}", audience_line(&stats));
+                    let _ = done_tx.send(());
                 }
             });
         }
-        service
-            .serve(listener, super::serve::shutdown_signal())
-            .await?;
+        service.serve(listener, shutdown).await?;
         anyhow::Ok(())
     })?;
+    stop_job.store(true, Ordering::Relaxed);
     job.join()
         .map_err(|_| anyhow::anyhow!("the stream job panicked"))?
+}
+
+/// Resolves once the audience has made `visits` visits (never without a number).
+async fn enough_visits(stats: Arc<AudienceStats>, visits: Option<u64>) {
+    let Some(visits) = visits else {
+        return std::future::pending().await;
+    };
+    while stats.visits.load(Ordering::Relaxed) < visits {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Prints what the audience has done every 10 seconds.
@@ -302,13 +345,35 @@ async fn report_audience(stats: Arc<AudienceStats>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let visits = stats.visits.load(Ordering::Relaxed);
-        let clicks = stats.clicks.load(Ordering::Relaxed);
-        println!(
-            "audience: {visits} visits, {clicks} clicks (CTR {:.2}%), {:.1}% of the clicks the best banners would earn, {} errors",
-            100.0 * clicks as f64 / visits.max(1) as f64,
-            100.0 * stats.efficiency(),
-            stats.errors.load(Ordering::Relaxed)
-        );
+        println!("{}", audience_line(&stats));
     }
+}
+
+/// The audience's visits, clicks and regret, and with a holdout TS's uplift over it: the
+/// interval from the clicks, beside the difference on the sample's true CTRs.
+fn audience_line(stats: &AudienceStats) -> String {
+    let visits = stats.visits.load(Ordering::Relaxed);
+    let clicks = stats.clicks.load(Ordering::Relaxed);
+    let mut line = format!(
+        "audience: {visits} visits, {clicks} clicks (CTR {:.2}%), {:.1}% of the clicks the best banners would earn, {} errors",
+        100.0 * clicks as f64 / visits.max(1) as f64,
+        100.0 * stats.efficiency(),
+        stats.errors.load(Ordering::Relaxed)
+    );
+    if let Some(u) = stats.uplift() {
+        let pp = |x: f64| 100.0 * x;
+        line.push_str(&format!(
+            "\nuplift: TS {ts} visits CTR {:.2}%, holdout {h} visits CTR {:.2}%; TS − holdout {:+.2} pp, 95% [{:+.2}, {:+.2}] pp ({:+.0} extra clicks); on the true CTRs {:+.2} pp",
+            pp(u.ctr_ts),
+            pp(u.ctr_holdout),
+            pp(u.difference.estimate),
+            pp(u.difference.low),
+            pp(u.difference.high),
+            u.extra_clicks.estimate,
+            pp(stats.true_difference()),
+            ts = u.ts.impressions,
+            h = u.holdout.impressions,
+        ));
+    }
+    line
 }

@@ -172,6 +172,16 @@ pub mod flags {
         slotbandit::model::Recency::from_minutes("value", minutes).map_err(|e| e.rule)
     }
 
+    /// A holdout share, 0 to 0.5 (`model::SlotRules::holdout_from_share`).
+    pub fn holdout(s: &str) -> Result<f64, String> {
+        let share = s
+            .parse::<f64>()
+            .map_err(|_| format!("must be a share such as 0.1 (got {s:?})"))?;
+        slotbandit::model::SlotRules::holdout_from_share("value", share)
+            .map(|_| share)
+            .map_err(|e| e.rule)
+    }
+
     /// A city, by the city rule (`model::normalize_city`).
     pub fn city(s: &str) -> Result<String, String> {
         slotbandit::model::normalize_city("city", s)

@@ -94,13 +94,25 @@ pub fn stream(
     cluster: &Cluster,
     show_progress: bool,
 ) -> anyhow::Result<()> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    stream_until(log, store, options, cluster, show_progress, shutdown)
+}
+
+/// [`stream`], also stopping after the epoch in which `shutdown` is set.
+pub fn stream_until(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn PosteriorStore>,
+    options: &StreamOptions,
+    cluster: &Cluster,
+    show_progress: bool,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let start = stream_start(
         store.as_ref(),
         &options.job_name,
         options.cutoff,
         options.retention,
     )?;
-    let shutdown = Arc::new(AtomicBool::new(false));
     stop_on_signals(shutdown.clone())?;
     let bar = if show_progress {
         ProgressBar::new_spinner()

@@ -12,6 +12,8 @@ use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
 use crate::bandit::DecisionRng;
+use crate::eval::{uplift, Uplift};
+use crate::model::Counts;
 use crate::synth::Truth;
 
 #[derive(Debug, Clone)]
@@ -35,9 +37,51 @@ pub struct AudienceStats {
     /// Sum of the shown banners' true CTRs, and of the best banners' (×1e6, for regret).
     pub expected_clicks_micro: AtomicU64,
     pub best_clicks_micro: AtomicU64,
+    /// The visits whose decision was Thompson sampling's, and the holdout's.
+    pub ts: GroupStats,
+    pub holdout: GroupStats,
+}
+
+/// One group of decisions (TS or holdout): what the audience saw and clicked.
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    pub visits: AtomicU64,
+    pub clicks: AtomicU64,
+    /// Sum of the shown banners' true CTRs (×1e6).
+    pub expected_clicks_micro: AtomicU64,
+}
+
+impl GroupStats {
+    pub fn counts(&self) -> Counts {
+        Counts::new(
+            self.visits.load(Ordering::Relaxed),
+            self.clicks.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The mean true CTR of the banners shown to this group (0 before any visit).
+    pub fn true_ctr(&self) -> f64 {
+        let visits = self.visits.load(Ordering::Relaxed);
+        self.expected_clicks_micro.load(Ordering::Relaxed) as f64 / 1e6 / visits.max(1) as f64
+    }
 }
 
 impl AudienceStats {
+    /// TS's uplift over the holdout from the clicks the audience made, with a 95% interval
+    /// (`None` until both groups have visits).
+    pub fn uplift(&self) -> Option<Uplift> {
+        // Clicks are counted after their visit, so the counts are always valid.
+        uplift(self.ts.counts(), self.holdout.counts(), 0.95)
+            .ok()
+            .flatten()
+    }
+
+    /// What the uplift is on the truth: the mean true CTR of the banners TS showed minus the
+    /// holdout's.
+    pub fn true_difference(&self) -> f64 {
+        self.ts.true_ctr() - self.holdout.true_ctr()
+    }
+
     /// The share of the best banners' expected clicks that the shown banners earned so far.
     pub fn efficiency(&self) -> f64 {
         let got = self.expected_clicks_micro.load(Ordering::Relaxed) as f64;
@@ -62,6 +106,8 @@ pub enum AudienceError {
 struct Decision {
     request_id: String,
     banners: Vec<Shown>,
+    #[serde(default)]
+    holdout: bool,
 }
 
 #[derive(Deserialize)]
@@ -154,12 +200,22 @@ async fn visit(
         .json()
         .await?;
     stats.visits.fetch_add(1, Ordering::Relaxed);
+    let group = if decision.holdout {
+        &stats.holdout
+    } else {
+        &stats.ts
+    };
+    group.visits.fetch_add(1, Ordering::Relaxed);
     let banner = &decision.banners[0].banner;
     let ctr = ctrs.get(banner).copied().unwrap_or(0.0);
     let best = ctrs.values().copied().fold(0.0, f64::max);
+    let micro = (ctr * 1e6) as u64;
     stats
         .expected_clicks_micro
-        .fetch_add((ctr * 1e6) as u64, Ordering::Relaxed);
+        .fetch_add(micro, Ordering::Relaxed);
+    group
+        .expected_clicks_micro
+        .fetch_add(micro, Ordering::Relaxed);
     stats
         .best_clicks_micro
         .fetch_add((best * 1e6) as u64, Ordering::Relaxed);
@@ -172,6 +228,7 @@ async fn visit(
             .await?
             .error_for_status()?;
         stats.clicks.fetch_add(1, Ordering::Relaxed);
+        group.clicks.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -196,6 +196,68 @@ fn demo_prints_the_per_city_table_of_the_sample() {
     }
 }
 
+/// The demo end to end with a 10% holdout: a simulated audience clicking with the sample's
+/// true CTRs through the real service, stream job and store; TS's uplift over the holdout is
+/// positive with a 95% interval that excludes 0 (the sample's true difference is about 1.2 pp).
+#[test]
+fn the_demo_with_a_holdout_shows_an_uplift_that_excludes_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("demo.redb");
+    let o = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args([
+            "demo",
+            "--audience",
+            "--holdout",
+            "0.1",
+            "--audience-rate",
+            "2000",
+        ])
+        .args([
+            "--audience-visits",
+            "40000",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+        ])
+        .arg(&store)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("uplift: "))
+        .unwrap_or_else(|| panic!("no uplift line in {out}"));
+    let numbers: Vec<f64> = last
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // TS n, CTR, holdout n, CTR, difference, 95, low, high, extra clicks, true difference
+    let [ts, _, holdout, _, difference, _, low, high, _, truth] = numbers[..] else {
+        panic!("unexpected uplift line {last:?}: {numbers:?}");
+    };
+    let share = holdout / (ts + holdout);
+    assert!(
+        (0.08..0.12).contains(&share),
+        "holdout share {share} in {last}"
+    );
+    assert!(low > 0.0 && low < difference && difference < high, "{last}");
+    assert!(
+        truth > 0.5,
+        "the sample's TS beats uniform by about 1.2 pp: {last}"
+    );
+}
+
+#[test]
+fn demo_flags_out_of_range_are_refused() {
+    let o = slotbandit(&["demo", "--once", "--holdout", "0.6"]);
+    assert_fails_with(&o, &["--holdout", "0.5"]);
+    let o = slotbandit(&["demo", "--once", "--audience-visits", "10"]);
+    assert_fails_with(&o, &["--audience"]);
+}
+
 #[test]
 fn job_files_set_flags_and_the_command_line_wins() {
     let dir = tempfile::tempdir().unwrap();
