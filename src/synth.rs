@@ -15,7 +15,7 @@ use rand_distr::weighted::WeightedAliasIndex;
 use rand_distr::{Distribution, Exp, LogNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::model::parquet::{ParquetEventError, PartitionedWriter};
+use crate::model::parquet::{ParquetEventError, PartitionedWriter, ROWS_PER_FILE};
 use crate::model::{EventKind, EventRef, SlotConfig, SlotConfigError};
 use crate::time;
 
@@ -70,7 +70,6 @@ const DIURNAL: [f64; 24] = [
 ];
 pub const CTR_MIN: f64 = 0.005;
 pub const CTR_MAX: f64 = 0.08;
-const ROWS_PER_FILE: usize = 2 * 1024 * 1024;
 
 /// What to generate. `impressions` is the number of impressions; each click adds a row.
 #[derive(Debug, Clone, Serialize, Deserialize)]

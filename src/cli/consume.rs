@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use slotbandit::model::parquet::{list_parquet_files, PartitionedWriter, ROWS_PER_FILE};
 use slotbandit::model::{Event, Offset, Partition};
 use slotbandit::source::open_log;
 
@@ -41,9 +44,18 @@ pub struct ConsumeArgs {
     /// Messages per poll.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     batch: u32,
+    /// Also write every valid event, decision log included, as Parquet under
+    /// DIR/dt=YYYY-MM-DD/ (IST dates): the history layout that backfill, report, evaluate and
+    /// pyarrow read. DIR must hold no Parquet yet, so a second run cannot count events twice.
+    #[arg(long, value_name = "DIR")]
+    parquet: Option<PathBuf>,
 }
 
 pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut archive = match &args.parquet {
+        Some(dir) => Some(archive_writer(dir)?),
+        None => None,
+    };
     let log = open_log(&args.log.log)?;
     let started = Instant::now();
     let start = match args.since {
@@ -74,7 +86,12 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         reader.poll_each(want, Duration::from_millis(500), &mut |record| {
             messages += 1;
             bytes += record.payload.len() as u64;
-            let decoded = Event::decode_json(record.payload, |_| ());
+            let decoded = Event::decode_json(record.payload, |event| match &mut archive {
+                Some(writer) => writer.write(&event),
+                None => Ok(()),
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|written| written.map_err(|e| format!("writing Parquet: {e}")));
             match &decoded {
                 Ok(()) => valid += 1,
                 Err(e) => {
@@ -93,7 +110,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
                     "timestamp_ms": record.timestamp_ms,
                     "key": record.key.map(String::from_utf8_lossy),
                     "payload": String::from_utf8_lossy(record.payload),
-                    "error": decoded.err().map(|e| e.to_string()),
+                    "error": decoded.err(),
                 });
                 write_error = writeln!(out, "{line}").err();
             }
@@ -124,7 +141,28 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(reason) = first_invalid {
         println!("first invalid message: {reason}");
     }
+    if let (Some(writer), Some(dir)) = (archive, &args.parquet) {
+        let rows = writer.rows();
+        let files = writer.finish()?;
+        println!(
+            "wrote {rows} events to {} Parquet files under {}",
+            files.len(),
+            dir.display()
+        );
+    }
     Ok(())
+}
+
+/// The Parquet writer of `--parquet DIR`, refusing a folder that already holds Parquet.
+fn archive_writer(dir: &Path) -> anyhow::Result<PartitionedWriter> {
+    if dir.is_dir() && !list_parquet_files(dir)?.is_empty() {
+        bail!(
+            "--parquet {}: the folder already holds Parquet files; write to an empty folder so \
+             no event is archived twice",
+            dir.display()
+        );
+    }
+    Ok(PartitionedWriter::create(dir, ROWS_PER_FILE)?)
 }
 
 /// The earliest offset of every partition: the first record at or after the Unix epoch.

@@ -161,6 +161,9 @@ impl Columns {
     }
 }
 
+/// Rows per Parquet file of the writers' history layout.
+pub const ROWS_PER_FILE: usize = 2 * 1024 * 1024;
+
 /// Writes events under `root/dt=YYYY-MM-DD/part-N.parquet` by the IST date of `ts`, starting a
 /// new part every `rows_per_file` rows. Rows should come roughly in time order; a date seen again
 /// later gets a new part file.

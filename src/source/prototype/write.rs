@@ -6,14 +6,13 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use super::ImportError;
-use crate::model::parquet::PartitionedWriter;
+use crate::model::parquet::{PartitionedWriter, ROWS_PER_FILE};
 use crate::model::{Event, EventRef, SlotConfig};
 
 /// Side files start with `_`, like `gen`'s, so readers that take the folder as a Parquet dataset
 /// skip them.
 pub const SLOTS_FILE: &str = "_slots.csv";
 pub const REJECTS_FILE: &str = "_rejects.csv";
-const ROWS_PER_FILE: usize = 2 * 1024 * 1024;
 const REJECTS_HEADER: [&str; 9] = [
     "table",
     "platform",
