@@ -11,7 +11,7 @@
 //! - `slotbandit priors` ([`write_priors`]) runs the same rule over the store's all-time rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
@@ -20,6 +20,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::StreamVec;
 
+use super::harness::Failure;
 use super::sink::SinkSpec;
 use crate::bandit::{hierarchical_priors, BannerCounts, CityCounts};
 use crate::model::{ArmKey, Counts};
@@ -85,19 +86,79 @@ impl SlotCounts {
         table.changed |= changed;
     }
 
-    /// The priors of every slot whose counts changed since the last call, in (tenant, slot)
-    /// order; those slots count as unchanged from then on.
-    pub(super) fn changed_priors(&mut self, max_strength: f64) -> Vec<SlotPriorsWrite> {
+    /// The counts per city of every slot whose counts changed since the last call, in
+    /// (tenant, slot) order; those slots count as unchanged from then on.
+    pub(super) fn take_changed(&mut self) -> Vec<SlotCities> {
         let mut out = Vec::new();
         for (tenant, slots) in &mut self.tenants {
             for (slot, table) in slots.iter_mut().filter(|(_, t)| t.changed) {
                 table.changed = false;
-                let priors = hierarchical_priors(&table.cities(), max_strength);
-                out.push((tenant.clone(), slot.clone(), priors));
+                out.push((tenant.clone(), slot.clone(), table.cities()));
             }
         }
         out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         out
+    }
+}
+
+/// One slot's counts per city: (tenant, slot, cities).
+pub(super) type SlotCities = (String, String, Vec<CityCounts>);
+
+/// Fits and writes priors on a thread of its own, so that a worker's epochs (and the clicks in
+/// them) never wait for a computation that at a million arms takes about a second. Slots handed
+/// on while it works are merged, a slot's newer counts replacing older ones; [`finish`] waits
+/// until everything handed on is written.
+///
+/// [`finish`]: PriorsWriter::finish
+pub(super) struct PriorsWriter {
+    queue: Option<mpsc::Sender<Vec<SlotCities>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PriorsWriter {
+    pub(super) fn start(
+        store: Arc<dyn PosteriorStore>,
+        max_strength: f64,
+        failure: Failure,
+    ) -> Self {
+        let (queue, handed_on) = mpsc::channel::<Vec<SlotCities>>();
+        let thread = std::thread::Builder::new()
+            .name("priors".into())
+            .spawn(move || {
+                while let Ok(first) = handed_on.recv() {
+                    let mut slots: BTreeMap<(String, String), Vec<CityCounts>> = BTreeMap::new();
+                    for batch in std::iter::once(first).chain(handed_on.try_iter()) {
+                        slots.extend(batch.into_iter().map(|(t, s, c)| ((t, s), c)));
+                    }
+                    if failure.is_set() {
+                        continue;
+                    }
+                    let slots = slots.into_iter().map(|((t, s), c)| (t, s, c));
+                    if let Err(e) = store.write_all_priors(&fit(slots, max_strength)) {
+                        failure.set(e);
+                    }
+                }
+            })
+            .ok();
+        Self {
+            queue: Some(queue),
+            thread,
+        }
+    }
+
+    pub(super) fn hand_on(&self, slots: Vec<SlotCities>) {
+        if let Some(queue) = &self.queue {
+            // The thread ends only once the queue is dropped, in `finish`.
+            let _ = queue.send(slots);
+        }
+    }
+
+    /// Waits until every slot handed on is written (or the job has failed).
+    pub(super) fn finish(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -132,9 +193,17 @@ pub fn write_priors(store: &dyn PosteriorStore, max_strength: f64) -> Result<usi
     for (arm, c) in store.counts(&CountQuery::default())? {
         slots.set(Arc::new(arm), c);
     }
-    let priors = slots.changed_priors(max_strength);
+    let priors = fit(slots.take_changed(), max_strength);
     store.write_all_priors(&priors)?;
     Ok(priors.len())
+}
+
+/// Each slot's hierarchical priors, from its counts per city.
+fn fit(slots: impl IntoIterator<Item = SlotCities>, max_strength: f64) -> Vec<SlotPriorsWrite> {
+    slots
+        .into_iter()
+        .map(|(tenant, slot, cities)| (tenant, slot, hierarchical_priors(&cities, max_strength)))
+        .collect()
 }
 
 /// An arm's new all-time counts, as a sink hands them on.
@@ -165,6 +234,7 @@ pub(super) fn keep_priors<'s>(
             let mut newest: Option<i64> = None;
             let mut computed_at: Option<i64> = None;
             let mut done = false;
+            let mut writer: Option<PriorsWriter> = None;
             move |(counts, counts_frontier), (times, times_frontier), _output| {
                 counts.for_each(|cap, data| {
                     let Some(&t) = cap.least() else { return };
@@ -204,12 +274,15 @@ pub(super) fn keep_priors<'s>(
                 if spec.failure.is_set() {
                     return;
                 }
-                let priors = slots.changed_priors(settings.max_strength);
-                if priors.is_empty() {
-                    return;
+                let writer = writer.get_or_insert_with(|| {
+                    PriorsWriter::start(store.clone(), settings.max_strength, spec.failure.clone())
+                });
+                let changed = slots.take_changed();
+                if !changed.is_empty() {
+                    writer.hand_on(changed);
                 }
-                if let Err(e) = store.write_all_priors(&priors) {
-                    spec.failure.set(e);
+                if ended {
+                    writer.finish();
                 }
             }
         },
@@ -243,32 +316,29 @@ mod tests {
         slots.set(arm("t1", "hero", "delhi", "b1"), Counts::new(500, 40));
         slots.set(arm("t1", "side", "pune", "b1"), Counts::new(300, 3));
         slots.set(arm("t2", "hero", "pune", "b9"), Counts::new(200, 20));
-        let all = slots.changed_priors(DEFAULT_PRIOR_STRENGTH);
+        let all = slots.take_changed();
         let names: Vec<(&str, &str)> = all.iter().map(|(t, s, _)| (&t[..], &s[..])).collect();
         assert_eq!(names, [("t1", "hero"), ("t1", "side"), ("t2", "hero")]);
-        let hero = hierarchical_priors(
-            &[
-                CityCounts {
-                    city: "delhi".into(),
-                    banners: vec![banner("b1", 500, 40)],
-                },
-                CityCounts {
-                    city: "pune".into(),
-                    banners: vec![banner("b1", 1000, 50), banner("b2", 800, 8)],
-                },
-            ],
-            DEFAULT_PRIOR_STRENGTH,
-        );
+        let hero = [
+            CityCounts {
+                city: "delhi".into(),
+                banners: vec![banner("b1", 500, 40)],
+            },
+            CityCounts {
+                city: "pune".into(),
+                banners: vec![banner("b1", 1000, 50), banner("b2", 800, 8)],
+            },
+        ];
         assert_eq!(all[0].2, hero);
-        assert!(slots.changed_priors(DEFAULT_PRIOR_STRENGTH).is_empty());
+        assert!(slots.take_changed().is_empty());
 
         // The same counts again change nothing; new counts, or an arm falling to zero, do.
         slots.set(arm("t1", "hero", "pune", "b1"), Counts::new(1000, 50));
-        assert!(slots.changed_priors(DEFAULT_PRIOR_STRENGTH).is_empty());
+        assert!(slots.take_changed().is_empty());
         slots.set(arm("t1", "side", "pune", "b1"), Counts::ZERO);
         slots.set(arm("t2", "hero", "goa", "b9"), Counts::new(10, 1));
         let names: Vec<(String, String)> = slots
-            .changed_priors(DEFAULT_PRIOR_STRENGTH)
+            .take_changed()
             .into_iter()
             .map(|(t, s, _)| (t, s))
             .collect();
@@ -313,8 +383,8 @@ mod tests {
         slots.set(arm("t1", "hero", "pune", "b1"), Counts::new(1000, 50));
         slots.set(arm("t1", "hero", "pune", "b2"), Counts::new(800, 8));
         slots.set(arm("t1", "hero", "delhi", "b1"), Counts::new(500, 40));
-        let expected = slots.changed_priors(DEFAULT_PRIOR_STRENGTH);
-        assert_eq!(store.priors("t1", "hero").unwrap(), expected[0].2);
+        let expected = hierarchical_priors(&slots.take_changed()[0].2, DEFAULT_PRIOR_STRENGTH);
+        assert_eq!(store.priors("t1", "hero").unwrap(), expected);
         // A slot without counts keeps uniform priors.
         assert_eq!(store.priors("t3", "hero").unwrap(), SlotPriors::uniform());
     }
