@@ -16,8 +16,8 @@ pub use prior::{
     empirical_bayes, hierarchical_priors, BannerCounts, CityCounts, CityEffect, Prior, PriorSource,
     SlotPriors, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
 };
-pub use propensity::{prob_best_bounded, RankPropensities, CAROUSEL_DRAWS};
-pub use thompson::{thompson_select, DecisionError, SlotPolicy};
+pub use propensity::{prob_best_bounded, prob_best_of, RankPropensities, CAROUSEL_DRAWS};
+pub use thompson::{thompson_select, ComputeBudget, DecisionError, SlotPolicy, Unbounded};
 
 /// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).
 pub type DecisionRng = rand::rngs::SmallRng;

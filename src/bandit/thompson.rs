@@ -8,7 +8,7 @@ use rand_distr::Distribution;
 use std::sync::{Arc, Mutex};
 
 use super::cutoff::{cutoff_point, draw_above};
-use super::{BetaPosterior, BetaSampler, RankPropensities, SlotPriors};
+use super::{prob_best_of, BetaPosterior, BetaSampler, RankPropensities, SlotPriors};
 use crate::model::{Banner, Counts, SlotConfig};
 use crate::time;
 
@@ -132,12 +132,37 @@ fn draw_in_full<R: Rng + ?Sized>(arm: &BetaSampler, rng: &mut R) -> (f64, f64) {
 pub struct SlotPolicy {
     config: Arc<SlotConfig>,
     samplers: Vec<BetaSampler>,
-    /// Rank propensities by (valid banners, banners shown), computed when a decision first
-    /// needs them: the posteriors do not change for the life of a policy.
+    /// Propensities by (valid banners, banners shown), computed when a decision first needs
+    /// them: the posteriors do not change for the life of a policy.
     propensities: Mutex<Vec<PropensityEntry>>,
 }
 
-type PropensityEntry = (Vec<usize>, usize, Arc<RankPropensities>);
+type PropensityEntry = (Vec<usize>, usize, Propensities);
+
+/// Whether a propensity computation may run now: `run` runs `work` and says so, or skips it.
+/// The service bounds the CPU time decisions spend on propensities this way.
+pub trait ComputeBudget {
+    fn run(&self, work: &mut dyn FnMut()) -> bool;
+}
+
+/// Every computation runs.
+pub struct Unbounded;
+
+impl ComputeBudget for Unbounded {
+    fn run(&self, work: &mut dyn FnMut()) -> bool {
+        work();
+        true
+    }
+}
+
+/// What a policy knows of its propensities for one set of valid banners.
+#[derive(Debug)]
+enum Propensities {
+    /// One banner a decision: P(best) with its error bound, per banner as it is first shown.
+    Best(Vec<Option<(f64, f64)>>),
+    /// Carousels: every rank of every banner at once, estimated from draws.
+    Ranks(RankPropensities),
+}
 
 impl Clone for SlotPolicy {
     fn clone(&self) -> Self {
@@ -166,29 +191,65 @@ impl SlotPolicy {
         }
     }
 
-    /// The probability of each banner at each rank for decisions of `n` banners at `now`
-    /// (Thompson sampling alone), and how many banners are valid then.
+    /// For each banner of `shown` (at rank = its position), the probability that Thompson
+    /// sampling alone shows it there in decisions of `n` banners at `now`, with the bound of its
+    /// error; and how many banners are valid then. Computed once per banner and valid set, when
+    /// `budget` lets the work run; `None` where it does not.
     pub fn propensities<R: Rng + ?Sized>(
         &self,
         now: DateTime<Utc>,
         n: usize,
+        shown: &[usize],
         rng: &mut R,
-    ) -> (Arc<RankPropensities>, usize) {
+        budget: &dyn ComputeBudget,
+    ) -> (Vec<Option<(f64, f64)>>, usize) {
         let valid: Vec<usize> = (0..self.config.banners.len())
             .filter(|&i| self.config.banners[i].is_valid_at(now))
             .collect();
         let count = valid.len();
         let mut known = self.propensities.lock().expect("not poisoned");
-        if let Some((_, _, table)) = known.iter().find(|(v, m, _)| *v == valid && *m == n) {
-            return (table.clone(), count);
-        }
-        let table = Arc::new(RankPropensities::compute(&self.samplers, &valid, n, rng));
-        // Validity changes a few times a day: keep the latest few sets.
-        if known.len() >= 4 {
-            known.remove(0);
-        }
-        known.push((valid, n, table.clone()));
-        (table, count)
+        let at = match known.iter().position(|(v, m, _)| *v == valid && *m == n) {
+            Some(at) => Some(at),
+            None => {
+                let mut table = None;
+                budget.run(&mut || {
+                    table = Some(if n == 1 {
+                        Propensities::Best(vec![None; self.samplers.len()])
+                    } else {
+                        let ranks = RankPropensities::compute(&self.samplers, &valid, n, rng);
+                        Propensities::Ranks(ranks)
+                    });
+                });
+                table.map(|table| {
+                    // Validity changes a few times a day: keep the latest few sets.
+                    if known.len() >= 4 {
+                        known.remove(0);
+                    }
+                    known.push((valid, n, table));
+                    known.len() - 1
+                })
+            }
+        };
+        let Some(at) = at else {
+            return (vec![None; shown.len()], count);
+        };
+        let (valid, _, table) = &mut known[at];
+        let out = shown
+            .iter()
+            .enumerate()
+            .map(|(rank, &arm)| match table {
+                Propensities::Best(best) => {
+                    if best[arm].is_none() {
+                        budget.run(&mut || {
+                            best[arm] = Some(prob_best_of(&self.samplers, valid, arm))
+                        });
+                    }
+                    best[arm]
+                }
+                Propensities::Ranks(r) => Some((r.p[arm][rank], r.error[arm][rank])),
+            })
+            .collect();
+        (out, count)
     }
 
     /// The arms of one city as the service decides with them: each banner's prior

@@ -172,6 +172,16 @@ pub mod flags {
         slotbandit::model::Recency::from_minutes("value", minutes).map_err(|e| e.rule)
     }
 
+    /// A share of one core, 0 to 64.
+    pub fn cpu_share(s: &str) -> Result<f64, String> {
+        match s.parse::<f64>() {
+            Ok(v) if (0.0..=64.0).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "must be a share of one core from 0 to 64 (got {s:?})"
+            )),
+        }
+    }
+
     /// A holdout share, 0 to 0.5 (`model::SlotRules::holdout_from_share`).
     pub fn holdout(s: &str) -> Result<f64, String> {
         let share = s

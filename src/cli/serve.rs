@@ -60,6 +60,12 @@ pub struct ServeArgs {
     /// requests for others get 404. Default: every tenant in the store.
     #[arg(long, value_delimiter = ',', value_parser = flags::name)]
     tenants: Vec<String>,
+    /// Share of one core that decisions may spend computing the propensities impressions log
+    /// (0 to 64; 0 logs none). A propensity is computed once per banner until the posteriors
+    /// change; beyond the share, impressions are logged without one and counted in
+    /// slotbandit_propensities_skipped_total.
+    #[arg(long, default_value_t = slotbandit::serve::DEFAULT_PROPENSITY_CPU, value_parser = flags::cpu_share)]
+    propensity_cpu: f64,
 }
 
 impl ServeArgs {
@@ -74,6 +80,7 @@ impl ServeArgs {
             body_limit: self.body_limit,
             spool_dir: self.spool_dir.clone(),
             threads: self.threads.map_or(defaults.threads, usize::from),
+            propensity_cpu: self.propensity_cpu,
             tenants: if self.tenants.is_empty() {
                 TenantScope::All
             } else {

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::bandit::{seeded_rng, DecisionRng, SlotPolicy};
+use crate::bandit::{seeded_rng, ComputeBudget, DecisionRng, SlotPolicy};
 use crate::model::{Banner, DecisionLog, Event, EventKind, Policy, RANK_MAX};
 use crate::time;
 
@@ -123,7 +123,14 @@ pub(super) async fn decide(
         )
     })?;
     let (chosen, holdout) = chosen;
-    let logged = logging_propensities(&arms.policy, now, n, holdout_share, &chosen);
+    let logged = logging_propensities(
+        &arms.policy,
+        now,
+        n,
+        holdout_share,
+        &chosen,
+        &state.propensity_budget,
+    );
     let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
@@ -179,26 +186,33 @@ pub(super) async fn decide(
 
 /// What each shown banner logs: the probability that the slot's policy — Thompson sampling
 /// with `holdout_share` of decisions drawn uniformly instead — shows it at its rank, with the
-/// error bound, the policy version and the rank.
+/// error bound (both absent when `budget` refused the computation), the policy version and the
+/// rank.
 fn logging_propensities(
     policy: &SlotPolicy,
     now: DateTime<Utc>,
     n: usize,
     holdout_share: f64,
     chosen: &[usize],
+    budget: &dyn ComputeBudget,
 ) -> Vec<DecisionLog> {
-    let (table, valid) = with_rng(|rng| policy.propensities(now, n, rng));
+    let (thompson, valid) = with_rng(|rng| policy.propensities(now, n, chosen, rng, budget));
     let uniform = 1.0 / valid.max(1) as f64;
-    chosen
-        .iter()
+    thompson
+        .into_iter()
         .enumerate()
-        .map(|(rank, &arm)| {
-            let thompson = table.p[arm][rank];
-            let propensity = holdout_share * uniform + (1.0 - holdout_share) * thompson;
+        .map(|(rank, known)| {
+            let mixed = known.map(|(p, error)| {
+                let propensity = holdout_share * uniform + (1.0 - holdout_share) * p;
+                (
+                    propensity.clamp(f64::MIN_POSITIVE, 1.0),
+                    ((1.0 - holdout_share) * error).min(1.0),
+                )
+            });
             DecisionLog {
                 policy_version: Some(POLICY_VERSION),
-                propensity: Some(propensity.clamp(f64::MIN_POSITIVE, 1.0)),
-                propensity_error: Some(((1.0 - holdout_share) * table.error[arm][rank]).min(1.0)),
+                propensity: mixed.map(|m| m.0),
+                propensity_error: mixed.map(|m| m.1),
                 rank: Some(rank as u8 + 1),
                 ..DecisionLog::default()
             }

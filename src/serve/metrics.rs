@@ -24,6 +24,7 @@ pub struct Metrics {
     clicks: [IntCounter; 3],
     pub impressions_logged: IntCounter,
     pub impressions_spooled: IntCounter,
+    pub propensities_skipped: IntCounter,
     pub spool_pending: IntGauge,
     pub log_up: IntGauge,
     pub cache_age_seconds: Gauge,
@@ -143,6 +144,10 @@ impl Metrics {
             impressions_spooled: counter(
                 "impressions_spooled_total",
                 "Impression events written to the local spool while the log was down",
+            ),
+            propensities_skipped: counter(
+                "propensities_skipped_total",
+                "Propensity computations skipped for want of CPU budget (their impressions are logged without one)",
             ),
             spool_pending: gauge(
                 "spool_pending_events",

@@ -10,6 +10,7 @@
 //! and the service's start, refresh and stop.
 
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod compat;
 pub mod decide;
@@ -72,7 +73,13 @@ pub struct ServeOptions {
     pub threads: usize,
     /// The tenants this replica loads and serves (others get 404).
     pub tenants: TenantScope,
+    /// Share of one core that decisions may spend computing the propensities they log
+    /// (`serve::budget`); beyond it impressions are logged without one.
+    pub propensity_cpu: f64,
 }
+
+/// The share of one core decisions may spend on propensities unless told otherwise.
+pub const DEFAULT_PROPENSITY_CPU: f64 = 0.25;
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -89,6 +96,7 @@ impl Default for ServeOptions {
             spool_dir: PathBuf::from("slotbandit-spool"),
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             tenants: TenantScope::All,
+            propensity_cpu: DEFAULT_PROPENSITY_CPU,
         }
     }
 }
@@ -115,6 +123,7 @@ pub struct AppState {
     pub tokens: TokenSigner,
     pub metrics: Arc<Metrics>,
     pub options: ServeOptions,
+    pub propensity_budget: budget::CpuBudget,
 }
 
 impl AppState {
@@ -317,6 +326,10 @@ impl Service {
             keys: KeyCache::new(),
             events,
             tokens: TokenSigner::new(secret, options.token_ttl_secs),
+            propensity_budget: budget::CpuBudget::new(
+                options.propensity_cpu,
+                metrics.propensities_skipped.clone(),
+            ),
             metrics,
             options,
         });

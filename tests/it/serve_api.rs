@@ -1364,3 +1364,94 @@ fn logged_propensities_match_the_frequencies_of_the_choices() {
     }
     assert!(checked >= 2, "{by_banner:?}");
 }
+
+/// With no CPU budget for propensities, decisions answer as before and every impression is
+/// logged, without a propensity, and counted as skipped in /metrics; a bad share is refused.
+#[test]
+fn without_a_propensity_budget_impressions_are_logged_without_one_and_counted() {
+    use crate::posterior_store::{arm, epoch, offsets, row};
+    use slotbandit::model::{SlotConfig, ALL_TIME};
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("embedded:{}", dir.path().join("store.redb").display());
+    {
+        let store = slotbandit::store::open_store(&store_url, true).unwrap();
+        let from = Utc::now() - chrono::Duration::days(1);
+        let slot = SlotConfig::with_banners(
+            "ajio",
+            "hero",
+            ["b1", "b2"],
+            from,
+            from + chrono::Duration::days(30),
+        );
+        store.put_slot(&slot).unwrap();
+        let rows = [
+            row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 300, 30),
+            row(&arm("ajio", "pune", "hero", "b2"), ALL_TIME, 300, 20),
+        ];
+        store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
+    }
+    let key = crate::common::keys_add(&store_url, "ajio", "serve");
+    let log_dir = dir.path().join("log");
+    let log = format!("file:{}", log_dir.display());
+    let spool = dir.path().join("spool").display().to_string();
+    let refused = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args([
+            "serve",
+            "--store",
+            &store_url,
+            "--log",
+            &log,
+            "--propensity-cpu",
+            "65",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--propensity-cpu"));
+    let (mut child, base) = crate::common::spawn_serve(
+        &[
+            "--store",
+            &store_url,
+            "--log",
+            &log,
+            "--spool-dir",
+            &spool,
+            "--propensity-cpu",
+            "0",
+        ],
+        &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
+    );
+    let client = Client::new();
+    for _ in 0..20 {
+        let r = client
+            .get(format!(
+                "{base}/v1/tenants/ajio/slots/hero/decision?city=pune"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("slotbandit_propensities_skipped_total 20"),
+        "{metrics}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let impressions = read_log(&log_dir);
+    assert_eq!(impressions.len(), 20);
+    for e in &impressions {
+        assert_eq!(e.decision.propensity, None, "{e:?}");
+        assert_eq!(e.decision.propensity_error, None, "{e:?}");
+        assert_eq!(e.decision.rank, Some(1));
+    }
+}
