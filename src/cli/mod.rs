@@ -13,6 +13,7 @@ mod posteriors;
 mod priors;
 mod produce;
 mod replay;
+mod report;
 mod schema;
 mod serve;
 mod simulate;
@@ -84,6 +85,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read an event log, validating every message as an event (inspection, benchmarks).
     Consume(consume::ConsumeArgs),
+    /// What TS earned over the holdout per (tenant, slot) and overall, from Parquet history.
+    Report(report::ReportArgs),
 }
 
 /// A table in the one style every subcommand prints.
@@ -132,6 +135,7 @@ pub fn run() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

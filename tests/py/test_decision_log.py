@@ -7,7 +7,7 @@ import subprocess
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from serve_fixture import BIN, run, start_service, stop_service
+from serve_fixture import BIN, run, sample_slots_valid_for_years, start_service, stop_service
 
 DECISIONS = 60
 
@@ -49,3 +49,58 @@ def test_the_service_log_archived_as_parquet_carries_the_decision_log(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode != 0
     assert "--parquet" in again.stderr and "already holds Parquet" in again.stderr
+
+
+def test_the_report_counts_what_the_site_was_answered(tmp_path):
+    """`slotbandit report` over the archived log: per group, exactly the decisions the service
+    answered as TS or as holdout and the clicks posted for them (a click posted twice counts
+    once and is reported as repeated)."""
+    s = start_service(tmp_path, backfill=True)
+    try:
+        csv = sample_slots_valid_for_years().splitlines()
+        held = "\n".join([csv[0] + ",recency_minutes,holdout"] +
+                         [line + ",,0.5" for line in csv[1:] if ",hero," in line]) + "\n"
+        status, _ = s.request("POST", "/v1/tenants/ajio/slot-imports", held.encode(),
+                              content_type="text/csv")
+        assert status == 200
+        ledger = {False: [0, 0], True: [0, 0]}
+        seen_holdout, doubled = False, 0
+        for attempt in range(400):
+            status, body = s.request("GET", "/v1/tenants/ajio/slots/hero/decision?city=pune",
+                                     key=s.serve_key)
+            assert status == 200
+            d = json.loads(body)
+            seen_holdout |= d["holdout"]
+            if not seen_holdout:
+                continue  # the import reaches the cache within a refresh; count from then on
+            ledger[d["holdout"]][0] += 1
+            if attempt % 3 == 0:
+                click = json.dumps({"request_id": d["request_id"],
+                                    "banner": d["banners"][0]["banner"]}).encode()
+                times = 2 if doubled == 0 else 1
+                doubled += times - 1
+                for _ in range(times):
+                    status, _ = s.request("POST", "/v1/tenants/ajio/clicks", click, key=s.serve_key)
+                    assert status == 202
+                ledger[d["holdout"]][1] += 1
+    finally:
+        stop_service(s)
+    assert ledger[True][0] > 50 and ledger[False][0] > 50, ledger
+
+    out = tmp_path / "archive"
+    run("consume", "--log", f"file:{tmp_path / 'log'}", "--parquet", str(out))
+    report = json.loads(run("report", "--input", str(out), "--format", "json"))
+    hero = next(r for r in report["rows"] if r["slot"] == "hero")
+    # Decisions before the holdout reached the cache count as TS: the ledger starts after them.
+    assert hero["holdout"] == {"impressions": ledger[True][0], "clicks": ledger[True][1]}
+    assert hero["ts"]["impressions"] >= ledger[False][0]
+    assert hero["ts"]["clicks"] == ledger[False][1]
+    assert report["repeated_clicks"] == doubled == 1
+    assert report["unmatched_clicks"] == 0
+    assert report["rows"][-1]["slot"] == "*"
+    u = hero["uplift"]
+    assert u["difference"]["low"] <= u["difference"]["estimate"] <= u["difference"]["high"]
+
+    bad = subprocess.run([BIN, "report", "--input", str(out), "--from", "2026-12-02T00:00:00Z",
+                          "--to", "2026-12-01T00:00:00Z"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--from" in bad.stderr, bad.stderr
