@@ -12,7 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &["time"]),
     ("bandit", &["time", "model"]),
     ("synth", &["time", "model", "bandit"]),
-    ("sim", &["time", "model", "bandit", "synth"]),
+    ("sim", &["time", "model", "bandit", "eval", "synth"]),
     ("eval", &["time", "model", "bandit"]),
     ("source", &["time", "model", "retry"]),
     ("store", &["time", "model", "bandit", "retry"]),
