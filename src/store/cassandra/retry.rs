@@ -34,6 +34,16 @@ impl Failure {
         Self::permanent(format!("stored data breaks the schema's rules: {detail}"))
     }
 
+    /// In a schema change, a statement that names a keyspace or table another statement just
+    /// created can reach a node that has not heard of it yet (on a loaded cluster the driver's
+    /// schema agreement may settle before every node does): that passes, so it is retried.
+    pub fn transient_if_schema_lags(mut self) -> Self {
+        if self.detail.contains("doesn't exist") || self.detail.contains("unconfigured table") {
+            self.permanent = false;
+        }
+        self
+    }
+
     /// The error of operation `what` on `store` that ended with this failure.
     pub fn into_error(self, store: &str, what: &str) -> StoreError {
         StoreError::Cassandra {
@@ -180,6 +190,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyspace_or_table_not_yet_seen_is_retried_in_a_schema_change_only() {
+        let missing = "Keyspace 'sb' doesn't exist";
+        assert!(Failure::permanent(missing).permanent);
+        assert!(
+            !Failure::permanent(missing)
+                .transient_if_schema_lags()
+                .permanent
+        );
+        let table = "unconfigured table arm_counts";
+        assert!(
+            !Failure::permanent(table)
+                .transient_if_schema_lags()
+                .permanent
+        );
+        assert!(
+            Failure::permanent("line 1:7 no viable alternative")
+                .transient_if_schema_lags()
+                .permanent
+        );
+    }
 
     fn run<T>(future: impl Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread()

@@ -9,6 +9,7 @@ use scylla::value::CqlTimestamp;
 
 use super::connection::Connection;
 use super::migrate::move_data_to;
+use super::retry::Failure;
 use crate::store::url::{validate_keyspace, CassandraUrl};
 use crate::store::StoreError;
 
@@ -163,7 +164,10 @@ pub fn apply_schema(url: &CassandraUrl, replication: &Replication) -> Result<Vec
         for (_, name, cql) in MIGRATIONS {
             for statement in cql_statements(&render(cql, &url.keyspace, replication)) {
                 conn.retrying(&format!("schema {name}"), || async {
-                    conn.session.query_unpaged(statement.as_str(), &[]).await?;
+                    conn.session
+                        .query_unpaged(statement.as_str(), &[])
+                        .await
+                        .map_err(|e| Failure::from(e).transient_if_schema_lags())?;
                     Ok(())
                 })
                 .await?;
