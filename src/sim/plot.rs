@@ -96,28 +96,7 @@ pub fn plot_per_run(
     title: &str,
     curves: &[RegretCurve],
 ) -> Result<(), PlotError> {
-    register_font();
-    let png = dir.join(format!("{stem}.png"));
-    let svg = dir.join(format!("{stem}.svg"));
-    let size = (1000, 640);
-    draw_per_run(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        title,
-        curves,
-    )
-    .map_err(|message| PlotError::Draw {
-        path: png.display().to_string(),
-        message,
-    })?;
-    draw_per_run(
-        SVGBackend::new(&svg, size).into_drawing_area(),
-        title,
-        curves,
-    )
-    .map_err(|message| PlotError::Draw {
-        path: svg.display().to_string(),
-        message,
-    })
+    save_png_and_svg(dir, stem, &PerRunFigure { title, curves })
 }
 
 fn draw_per_run<DB: DrawingBackend>(
@@ -218,30 +197,61 @@ pub fn plot_regret(
     curves: &[RegretCurve],
     reference: Option<&Reference>,
 ) -> Result<(), PlotError> {
+    save_png_and_svg(
+        dir,
+        stem,
+        &RegretFigure {
+            title,
+            curves,
+            reference,
+        },
+    )
+}
+
+/// A figure that draws itself on any backend.
+trait Figure {
+    fn draw_on<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+struct RegretFigure<'a> {
+    title: &'a str,
+    curves: &'a [RegretCurve],
+    reference: Option<&'a Reference>,
+}
+
+impl Figure for RegretFigure<'_> {
+    fn draw_on<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw(root, self.title, self.curves, self.reference)
+    }
+}
+
+struct PerRunFigure<'a> {
+    title: &'a str,
+    curves: &'a [RegretCurve],
+}
+
+impl Figure for PerRunFigure<'_> {
+    fn draw_on<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        draw_per_run(root, self.title, self.curves)
+    }
+}
+
+/// Draws `figure` as `stem.png` and `stem.svg` under `dir`, 1000 × 640.
+fn save_png_and_svg(dir: &Path, stem: &str, figure: &impl Figure) -> Result<(), PlotError> {
     register_font();
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     let size = (1000, 640);
-    draw(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        title,
-        curves,
-        reference,
-    )
-    .map_err(|message| PlotError::Draw {
-        path: png.display().to_string(),
-        message,
-    })?;
-    draw(
-        SVGBackend::new(&svg, size).into_drawing_area(),
-        title,
-        curves,
-        reference,
-    )
-    .map_err(|message| PlotError::Draw {
-        path: svg.display().to_string(),
-        message,
-    })
+    let failed = |path: &Path| {
+        let path = path.display().to_string();
+        move |message| PlotError::Draw { path, message }
+    };
+    figure
+        .draw_on(BitMapBackend::new(&png, size).into_drawing_area())
+        .map_err(failed(&png))?;
+    figure
+        .draw_on(SVGBackend::new(&svg, size).into_drawing_area())
+        .map_err(failed(&svg))
 }
 
 fn draw<DB: DrawingBackend>(
