@@ -31,4 +31,4 @@ export SLOTBANDIT_BIN="${SLOTBANDIT_BIN:-${CARGO_TARGET_DIR:-$cache/target}/debu
 
 export SLOTBANDIT_CLUSTER_TESTS=1 SLOTBANDIT_CHAOS=full SLOTBANDIT_CHAOS_SEED="$seed" \
   SLOTBANDIT_CHAOS_FAULTS="$faults" SLOTBANDIT_CHAOS_MINUTES="$minutes"
-exec "$cache/venv/bin/python" -m pytest -q -s tests/py/test_chaos.py -k test_chaos_schedule
+exec "$cache/venv/bin/python" -m pytest -q -s -rxs tests/py/test_chaos.py -k test_chaos_schedule
