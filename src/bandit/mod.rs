@@ -14,7 +14,7 @@ pub use pbest::prob_best;
 pub use posterior::{BetaPosterior, PosteriorError, PosteriorSummary};
 pub use prior::{
     empirical_bayes, hierarchical_priors, BannerCounts, CityCounts, CityEffect, Prior, PriorSource,
-    SlotPriors, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
+    SlotPriors, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
 };
 pub use propensity::{prob_best_bounded, prob_best_of, RankPropensities, CAROUSEL_DRAWS};
 pub use thompson::{thompson_select, ComputeBudget, DecisionError, SlotPolicy, Unbounded};

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use statrs::function::gamma::ln_gamma;
 
 use super::BetaPosterior;
+use crate::model::{Banner, Counts};
 
 /// Pseudo-impressions a prior may carry at most, unless configured otherwise.
 pub const DEFAULT_PRIOR_STRENGTH: f64 = 100.0;
@@ -269,6 +270,28 @@ pub struct CityCounts {
     pub banners: Vec<BannerCounts>,
 }
 
+impl CityCounts {
+    /// A city's banners with counts (`counts` in the order of `banners`), in banner-name order;
+    /// `None` when none has any.
+    pub fn of(city: &str, banners: &[Banner], counts: &[Counts]) -> Option<Self> {
+        let mut rows: Vec<BannerCounts> = banners
+            .iter()
+            .zip(counts)
+            .filter(|(_, c)| !c.is_zero())
+            .map(|(b, c)| BannerCounts {
+                banner: b.id.clone(),
+                impressions: c.impressions,
+                clicks: c.clicks,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.banner.cmp(&b.banner));
+        (!rows.is_empty()).then(|| CityCounts {
+            city: city.to_string(),
+            banners: rows,
+        })
+    }
+}
+
 /// A city's effect in a slot: how much its CTRs differ from the slot's, as one factor on every
 /// banner's mean, and the evidence behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -279,6 +302,11 @@ pub struct CityEffect {
     /// The clicks behind the level: the city's own plus [`LEVEL_PSEUDO_CLICKS`].
     pub clicks: f64,
 }
+
+/// Pseudo-impressions an arm's prior carries at most, unless a job is told otherwise: what the
+/// lab's `--policy service` runs with (docs/lab.md). The fitted strength and the evidence bounds of
+/// [`hierarchical_priors`] usually keep priors well below it.
+pub const DEFAULT_MAX_PRIOR_STRENGTH: f64 = 1e5;
 
 /// The hierarchical priors of one slot from every city's all-time counts (docs/architecture.md,
 /// "Bandit math"); one rule for the jobs, `slotbandit priors` and the simulator's `service` policy.

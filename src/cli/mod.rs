@@ -7,6 +7,7 @@ mod config;
 mod consume;
 mod customer;
 mod demo;
+mod evaluate;
 mod import_prototype;
 mod keys;
 mod posteriors;
@@ -87,6 +88,8 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// What TS earned over the holdout per (tenant, slot) and overall, from Parquet history.
     Report(report::ReportArgs),
+    /// Off-policy estimates (IPW, SNIPW, DR) of other policies from the logged propensities.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// A table in the one style every subcommand prints.
@@ -136,6 +139,7 @@ pub fn run() -> ExitCode {
         Command::Produce(args) => produce::run(args),
         Command::Consume(args) => consume::run(args),
         Command::Report(args) => report::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

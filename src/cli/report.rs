@@ -9,11 +9,12 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::eval::{Report, ReportRange, ReportTally};
 use slotbandit::model::parquet::{list_parquet_files, EventFileReader};
+use slotbandit::model::Event;
 
 use super::flags;
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+pub enum Format {
     Table,
     Csv,
     Json,
@@ -21,6 +22,15 @@ enum Format {
 
 #[derive(Args)]
 pub struct ReportArgs {
+    #[command(flatten)]
+    history: HistoryArgs,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+/// The impressions of a time range in Parquet history, with their clicks.
+#[derive(Args)]
+pub struct HistoryArgs {
     /// A folder of Parquet history (searched recursively), e.g. one `consume --parquet` wrote.
     #[arg(long)]
     input: PathBuf,
@@ -30,8 +40,43 @@ pub struct ReportArgs {
     /// Impressions before this instant; default: now.
     #[arg(long, value_parser = flags::instant)]
     to: Option<DateTime<Utc>>,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
+}
+
+impl HistoryArgs {
+    pub fn range(&self) -> anyhow::Result<ReportRange> {
+        let from = self.from.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        Ok(ReportRange::new(from, self.to.unwrap_or_else(Utc::now))?)
+    }
+
+    /// Every valid event of the history, in file order, with a progress bar; returns how many
+    /// rows were invalid (skipped).
+    pub fn read(&self, mut add: impl FnMut(&Event)) -> anyhow::Result<u64> {
+        let files = list_parquet_files(&self.input)
+            .with_context(|| format!("--input {}", self.input.display()))?;
+        anyhow::ensure!(
+            !files.is_empty(),
+            "--input {}: no Parquet files",
+            self.input.display()
+        );
+        let bar = ProgressBar::new(files.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} files  {elapsed}").expect("valid"),
+        );
+        let mut invalid = 0u64;
+        for path in &files {
+            let mut reader = EventFileReader::open(path)?;
+            while let Some(rows) = reader.next_batch() {
+                for row in rows? {
+                    match row {
+                        Ok(event) => add(&event),
+                        Err(_) => invalid += 1,
+                    }
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(invalid)
+    }
 }
 
 const COLUMNS: [&str; 12] = [
@@ -50,33 +95,8 @@ const COLUMNS: [&str; 12] = [
 ];
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let from = args.from.unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let range = ReportRange::new(from, args.to.unwrap_or_else(Utc::now))?;
-    let files = list_parquet_files(&args.input)
-        .with_context(|| format!("--input {}", args.input.display()))?;
-    anyhow::ensure!(
-        !files.is_empty(),
-        "--input {}: no Parquet files",
-        args.input.display()
-    );
-    let bar = ProgressBar::new(files.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} files  {elapsed}").expect("valid"),
-    );
-    let mut tally = ReportTally::new(range);
-    let mut invalid = 0u64;
-    for path in &files {
-        let mut reader = EventFileReader::open(path)?;
-        while let Some(rows) = reader.next_batch() {
-            for row in rows? {
-                match row {
-                    Ok(event) => tally.add(&event),
-                    Err(_) => invalid += 1,
-                }
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let mut tally = ReportTally::new(args.history.range()?);
+    let invalid = args.history.read(|e| tally.add(e))?;
     let report = tally.finish();
     print(&report, args.format)?;
     eprintln!(

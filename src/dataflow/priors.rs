@@ -26,10 +26,7 @@ use crate::bandit::{hierarchical_priors, BannerCounts, CityCounts};
 use crate::model::{ArmKey, Counts};
 use crate::store::{CountQuery, PosteriorStore, SlotPriorsWrite, StoreError};
 
-/// Pseudo-impressions an arm's prior carries at most, unless a job is told otherwise: what the
-/// lab's `--policy service` runs with (docs/lab.md). The fitted strength and the evidence bounds of
-/// `bandit::hierarchical_priors` usually keep priors well below it.
-pub const DEFAULT_MAX_PRIOR_STRENGTH: f64 = 1e5;
+pub use crate::bandit::DEFAULT_MAX_PRIOR_STRENGTH;
 
 /// Minutes of event time between two computations of the stream job's priors, by default.
 pub const DEFAULT_PRIORS_EVERY_MINUTES: u32 = 1;

@@ -38,7 +38,7 @@ impl ReportRange {
         Ok(Self { from, to })
     }
 
-    fn contains(&self, ts: DateTime<Utc>) -> bool {
+    pub fn contains(&self, ts: DateTime<Utc>) -> bool {
         self.from <= ts && ts < self.to
     }
 }

@@ -103,7 +103,7 @@ fn rate(c: Counts) -> f64 {
 }
 
 /// The two-sided standard normal quantile for `confidence`.
-fn z_of(confidence: f64) -> f64 {
+pub(crate) fn z_of(confidence: f64) -> f64 {
     let normal = Normal::standard();
     normal.inverse_cdf(0.5 + confidence / 2.0)
 }

@@ -192,6 +192,15 @@ pub enum SlotConfigError {
 }
 
 impl SlotConfig {
+    /// Each banner's position in `banners`, by ID.
+    pub fn banner_index(&self) -> std::collections::HashMap<&str, usize> {
+        self.banners
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id.as_str(), i))
+            .collect()
+    }
+
     /// A slot whose banners share one validity window, each shown as `<id>.svg`.
     pub fn with_banners<I: Into<String>>(
         tenant: &str,

@@ -269,12 +269,7 @@ fn counts_per_city<'a>(
     config: &SlotConfig,
     rows: impl Iterator<Item = &'a (ArmKey, Counts)>,
 ) -> HashMap<String, Vec<Counts>> {
-    let index: HashMap<&str, usize> = config
-        .banners
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.id.as_str(), i))
-        .collect();
+    let index = config.banner_index();
     let mut cities: HashMap<String, Vec<Counts>> = HashMap::new();
     for (arm, c) in rows {
         if arm.tenant != config.tenant || arm.slot != config.slot {

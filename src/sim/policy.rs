@@ -492,24 +492,7 @@ impl Service {
         }
         cities
             .into_iter()
-            .map(|(city, counts)| {
-                let mut rows: Vec<BannerCounts> = banners
-                    .iter()
-                    .zip(counts)
-                    .filter(|(_, c)| !c.is_zero())
-                    .map(|(b, c)| BannerCounts {
-                        banner: b.id.clone(),
-                        impressions: c.impressions,
-                        clicks: c.clicks,
-                    })
-                    .collect();
-                rows.sort_by(|a, b| a.banner.cmp(&b.banner));
-                bandit::CityCounts {
-                    city: city.to_string(),
-                    banners: rows,
-                }
-            })
-            .filter(|c| !c.banners.is_empty())
+            .filter_map(|(city, counts)| bandit::CityCounts::of(city, banners, counts))
             .collect()
     }
 

@@ -9,6 +9,7 @@ mod backfill;
 mod cassandra;
 mod cities;
 mod cli;
+mod evaluate;
 mod event_log;
 mod faults;
 mod filelog;

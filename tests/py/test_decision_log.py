@@ -7,7 +7,7 @@ import subprocess
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from serve_fixture import BIN, run, sample_slots_valid_for_years, start_service, stop_service
+from serve_fixture import BIN, import_holdout, run, start_service, stop_service
 
 DECISIONS = 60
 
@@ -57,12 +57,7 @@ def test_the_report_counts_what_the_site_was_answered(tmp_path):
     once and is reported as repeated)."""
     s = start_service(tmp_path, backfill=True)
     try:
-        csv = sample_slots_valid_for_years().splitlines()
-        held = "\n".join([csv[0] + ",recency_minutes,holdout"] +
-                         [line + ",,0.5" for line in csv[1:] if ",hero," in line]) + "\n"
-        status, _ = s.request("POST", "/v1/tenants/ajio/slot-imports", held.encode(),
-                              content_type="text/csv")
-        assert status == 200
+        import_holdout(s, 0.5)
         ledger = {False: [0, 0], True: [0, 0]}
         seen_holdout, doubled = False, 0
         for attempt in range(400):
