@@ -2,7 +2,9 @@
 import csv
 import io
 import os
+import socket
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,26 @@ class Service:
             return res.status, res.read()
 
 
-def run(*args):
-    out = subprocess.run([BIN, *args], capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-    assert out.returncode == 0, out.stderr
+def run(*args, timeout=600):
+    out = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "RUST_LOG": "warn"})
+    assert out.returncode == 0, f"slotbandit {' '.join(args)}: {out.stderr[-3000:]}"
     return out.stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def sample_slots_valid_for_years(tenant="ajio"):

@@ -23,7 +23,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_fixture import BIN, ROOT, sample_slots_valid_for_years
+from serve_fixture import BIN, ROOT, free_port, run, sample_slots_valid_for_years, wait_for
 
 SERVICES = ROOT / "scripts" / "services"
 TENANT, SLOT = "ajio", "hero"
@@ -52,28 +51,6 @@ KINDS = ("kill_serve", "kill_stream", "cassandra_restart", "kafka_leader_kill", 
 if "1" not in (os.environ.get("SLOTBANDIT_REQUIRE_SERVICES"), os.environ.get("SLOTBANDIT_CLUSTER_TESTS")):
     pytest.skip("cluster tests run under SLOTBANDIT_REQUIRE_SERVICES=1 or SLOTBANDIT_CLUSTER_TESTS=1",
                 allow_module_level=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def slotbandit(*args, timeout=600):
-    done = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "RUST_LOG": "warn"})
-    assert done.returncode == 0, f"slotbandit {' '.join(args)}: {done.stderr[-3000:]}"
-    return done.stdout
-
-
-def wait_for(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def metrics(base):
@@ -211,10 +188,10 @@ class Stack:
         self.kafka_contacts = kafka
         self.store = f"cassandra://{cassandra}/chaos?deadline_s=600"
         self.log = f"kafka://{kafka}/events?partitions={PARTITIONS}"
-        slotbandit("schema", "apply", "--store", self.store, "--replication", "simple:3")
-        self.admin = slotbandit("keys", "add", "--store", self.store, "--tenant", TENANT,
+        run("schema", "apply", "--store", self.store, "--replication", "simple:3")
+        self.admin = run("keys", "add", "--store", self.store, "--tenant", TENANT,
                                 "--role", "admin").strip()
-        self.key = slotbandit("keys", "add", "--store", self.store, "--tenant", TENANT,
+        self.key = run("keys", "add", "--store", self.store, "--tenant", TENANT,
                               "--role", "serve").strip()
         self.job_base = f"http://127.0.0.1:{free_port()}"
         self.job = Process(["stream", "--log", self.log, "--store", self.store,
@@ -434,7 +411,7 @@ def recount(stack) -> Recount:
     stack.settle()
     ledger = stack.ledger
     copies = {}
-    for line in slotbandit("consume", "--log", stack.log, "--print", "messages").splitlines():
+    for line in run("consume", "--log", stack.log, "--print", "messages").splitlines():
         if not line.startswith("{"):
             continue
         message = json.loads(line)
@@ -461,7 +438,7 @@ def recount(stack) -> Recount:
                              f"with no kill of their service just after: {unexplained[:5]}")
 
     stored = {}
-    csv = slotbandit("posteriors", "--store", stack.store, "--tenant", TENANT, "--slot", SLOT,
+    csv = run("posteriors", "--store", stack.store, "--tenant", TENANT, "--slot", SLOT,
                      "--format", "csv").splitlines()
     header = csv[0].split(",")
     for row in csv[1:]:
@@ -611,11 +588,11 @@ def test_a_malformed_message_during_a_broker_failover_is_dead_lettered_once(stac
     stack.settle()
 
     where = [json.loads(line)["partition"] for line in
-             slotbandit("consume", "--log", stack.log, "--print", "messages").splitlines()
+             run("consume", "--log", stack.log, "--print", "messages").splitlines()
              if marker in line]
     assert where == [partition]
     dlq = f"kafka://{stack.kafka_contacts}/events-dlq"
-    letters = [line for line in slotbandit("consume", "--log", dlq, "--print", "messages").splitlines()
+    letters = [line for line in run("consume", "--log", dlq, "--print", "messages").splitlines()
                if marker in line]
     assert len(letters) == 1, letters
     assert stack.job_metric("dead_letters_total") == dead_letters + 1

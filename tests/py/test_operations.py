@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_fixture import BIN, ROOT, sample_slots_valid_for_years
+from serve_fixture import BIN, ROOT, free_port, run, sample_slots_valid_for_years, wait_for
 
 SERVICES = ROOT / "scripts" / "services"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -43,19 +42,6 @@ pytestmark = pytest.mark.skipif(
     not (os.path.exists(PROMETHEUS) and os.environ.get("SLOTBANDIT_CASSANDRA")),
     reason="needs Debian's prometheus and the test services (./scripts/test.sh)",
 )
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(*args, timeout=300):
-    out = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "RUST_LOG": "warn"})
-    assert out.returncode == 0, f"slotbandit {' '.join(args)}: {out.stderr}"
-    return out.stdout
 
 
 def scaled_rules(out: Path):
@@ -211,15 +197,6 @@ class Prometheus:
 
     def firing_names(self):
         return {name for name, _ in self.firing()}
-
-
-def wait_for(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
