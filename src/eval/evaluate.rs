@@ -57,6 +57,8 @@ pub struct ThompsonTarget {
     pub refresh: Duration,
 }
 
+const YEAR_MS: f64 = 366.0 * 24.0 * 3600e3;
+
 /// How often the target's posteriors are rebuilt, by default: the job's priors cadence.
 pub const DEFAULT_TARGET_REFRESH_SECS: i64 = 60;
 
@@ -95,46 +97,54 @@ impl FromStr for Target {
             rule,
         };
         let (kind, settings) = spec.split_once(':').unwrap_or((spec, ""));
-        let policy = match kind {
-            "uniform" if settings.is_empty() => TargetPolicy::Uniform,
-            "uniform" => return Err(error("uniform takes no settings".into())),
-            "thompson" => {
-                let mut target = ThompsonTarget::default();
-                for pair in settings.split(',').filter(|p| !p.is_empty()) {
-                    let (key, value) = pair
-                        .split_once('=')
-                        .ok_or_else(|| error(format!("{pair:?} is not key=value")))?;
-                    let number = value
-                        .parse::<f64>()
-                        .ok()
-                        .filter(|v| v.is_finite() && *v > 0.0)
-                        .ok_or_else(|| {
-                            error(format!("{key} must be a positive number (got {value:?})"))
-                        })?;
-                    match key {
-                        "window" => {
-                            target.window = Some(Duration::milliseconds((number * 60e3) as i64))
-                        }
-                        "prior" => target.prior_strength = number,
-                        "refresh" => {
-                            target.refresh = Duration::milliseconds((number * 1e3).max(1.0) as i64)
-                        }
-                        _ => {
-                            return Err(error(format!(
-                                "unknown setting {key:?} (known: window, prior, refresh)"
-                            )))
+        let policy =
+            match kind {
+                "uniform" if settings.is_empty() => TargetPolicy::Uniform,
+                "uniform" => return Err(error("uniform takes no settings".into())),
+                "thompson" => {
+                    let mut target = ThompsonTarget::default();
+                    for pair in settings.split(',').filter(|p| !p.is_empty()) {
+                        let (key, value) = pair
+                            .split_once('=')
+                            .ok_or_else(|| error(format!("{pair:?} is not key=value")))?;
+                        let number = value
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|v| v.is_finite() && *v > 0.0)
+                            .ok_or_else(|| {
+                                error(format!("{key} must be a positive number (got {value:?})"))
+                            })?;
+                        // A window or refresh beyond a year means nothing and would overflow a
+                        // Duration.
+                        let within_a_year = |unit_ms: f64, unit: &str| {
+                            let ms = number * unit_ms;
+                            if ms > YEAR_MS {
+                                Err(error(format!(
+                                    "{key} must be at most a year ({} {unit}; got {value:?})",
+                                    YEAR_MS / unit_ms
+                                )))
+                            } else {
+                                Ok(Duration::milliseconds(ms.max(1.0) as i64))
+                            }
+                        };
+                        match key {
+                            "window" => target.window = Some(within_a_year(60e3, "minutes")?),
+                            "prior" => target.prior_strength = number,
+                            "refresh" => target.refresh = within_a_year(1e3, "seconds")?,
+                            _ => {
+                                return Err(error(format!(
+                                    "unknown setting {key:?} (known: window, prior, refresh)"
+                                )))
+                            }
                         }
                     }
+                    TargetPolicy::Thompson(target)
                 }
-                TargetPolicy::Thompson(target)
-            }
-            _ => {
-                return Err(error(
+                _ => return Err(error(
                     "must be uniform or thompson[:window=MINUTES,prior=STRENGTH,refresh=SECONDS]"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         Ok(Target {
             name: spec.to_string(),
             policy,
@@ -659,4 +669,37 @@ fn capped(counts: &[Counts]) -> Vec<Counts> {
         .iter()
         .map(|c| Counts::new(c.impressions, c.clicks.min(c.impressions)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_specs_parse_or_name_the_setting_and_rule() {
+        let t: Target = "thompson:window=60,prior=30,refresh=5".parse().unwrap();
+        let TargetPolicy::Thompson(s) = t.policy else {
+            panic!("{t:?}")
+        };
+        assert_eq!(s.window, Some(Duration::minutes(60)));
+        assert_eq!(s.prior_strength, 30.0);
+        assert_eq!(s.refresh, Duration::seconds(5));
+        assert_eq!(
+            "uniform".parse::<Target>().unwrap().policy,
+            TargetPolicy::Uniform
+        );
+        for (spec, rule) in [
+            ("greedy", "must be uniform or thompson"),
+            ("uniform:window=5", "uniform takes no settings"),
+            ("thompson:window", "is not key=value"),
+            ("thompson:window=0", "window must be a positive number"),
+            ("thompson:prior=NaN", "prior must be a positive number"),
+            ("thompson:window=1e300", "window must be at most a year"),
+            ("thompson:refresh=1e30", "refresh must be at most a year"),
+            ("thompson:decay=2", "unknown setting"),
+        ] {
+            let e = spec.parse::<Target>().unwrap_err().to_string();
+            assert!(e.contains("--policy") && e.contains(rule), "{spec}: {e}");
+        }
+    }
 }
