@@ -82,6 +82,8 @@ STREAM = [
                   "already applied (skipped)"),
             Query(f"sum(rate(slotbandit_stream_repeated_clicks_total{RATE}))",
                   "repeated clicks (skipped)"),
+            Query(f"sum(rate(slotbandit_stream_repeated_impressions_total{RATE}))",
+                  "impressions sent again (skipped)"),
             Query(f"sum(rate(slotbandit_stream_events_before_cutoff_total{RATE}))",
                   "before the handoff cutoff (skipped)"),
             Query(f"sum(rate(slotbandit_stream_epochs_stored_total{RATE}))", "epochs stored"),

@@ -232,6 +232,7 @@ fn live(
         epoch_ms: 250,
         cutoff: None,
         click_dedup_minutes: 24 * 60,
+        impression_dedup_minutes: 60,
         retention: slotbandit::time::Retention::default(),
         no_customer_events: false,
         stop_at_end: false,

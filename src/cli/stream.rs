@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
-    run_stream, stream_start, ClickLatency, Cluster, Readiness, StreamJob, StreamMetrics,
-    StreamReport,
+    run_stream, stream_start, ClickLatency, Cluster, Readiness, RepeatWindows, StreamJob,
+    StreamMetrics, StreamReport,
 };
 use slotbandit::source::{open_log, EventLog};
 use slotbandit::store::{open_store, PosteriorStore};
@@ -23,7 +23,13 @@ use super::flags;
 pub const DEFAULT_JOB_NAME: &str = "stream";
 
 #[derive(Args)]
-#[command(disable_help_flag = true)]
+#[command(
+    disable_help_flag = true,
+    after_help = "Malformed messages are not counted: they go, with the reason, to the \
+                  dead-letter log (Kafka: topic TOPIC-dlq, one partition with TOPIC's replicas; \
+                  file log: the folder PATH/dlq); `slotbandit consume --print messages --log` on that \
+                  topic or folder reads them."
+)]
 pub struct StreamArgs {
     #[command(flatten)]
     pub log: flags::LogArg,
@@ -57,6 +63,13 @@ pub struct StreamOptions {
     /// this much of the log.
     #[arg(long, default_value_t = 1440, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub click_dedup_minutes: u64,
+    /// How many minutes of impressions to remember to count a (request_id, banner) once. A
+    /// service re-sends impressions whose append to the log timed out (the log may hold them
+    /// after all); a copy that arrives within this much event time of its decision is dropped.
+    /// Cover the longest log outage a service's spool should ride out; each remembered
+    /// impression costs about 50 bytes.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub impression_dedup_minutes: u64,
     /// Hours of per-bucket counts to keep (the all-time counts keep everything): at least the
     /// longest window the service answers. Also what `backfill` keeps.
     #[arg(long = "retention-hours", default_value = "48", value_parser = flags::retention_hours)]
@@ -139,7 +152,10 @@ pub fn stream_until(
         retention: options.retention,
         epoch: Duration::from_millis(options.epoch_ms),
         cutoff: start.cutoff,
-        click_dedup: start.click_dedup(Duration::from_secs(options.click_dedup_minutes * 60)),
+        repeats: RepeatWindows {
+            clicks: start.click_dedup(Duration::from_secs(options.click_dedup_minutes * 60)),
+            impressions: Duration::from_secs(options.impression_dedup_minutes * 60),
+        },
         customer_events: !options.no_customer_events,
         stop_at_end: options.stop_at_end,
         shutdown,
@@ -160,12 +176,13 @@ pub fn stream_until(
 fn print_report(r: &StreamReport, latency: &ClickLatency, secs: f64) {
     println!(
         "stream: {} records in {secs:.2} s ({:.0} records/s): {} counted, {} already applied, \
-         {} repeated clicks, {} before the cutoff, {} dead letters",
+         {} repeated clicks, {} repeated impressions, {} before the cutoff, {} dead letters",
         r.records,
         r.records as f64 / secs.max(1e-9),
         r.counted,
         r.already_applied,
         r.repeated_clicks,
+        r.repeated_impressions,
         r.before_cutoff,
         r.dead_letters
     );

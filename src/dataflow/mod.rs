@@ -29,7 +29,9 @@ pub use priors::{
     write_priors, PriorSettings, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIORS_EVERY_MINUTES,
 };
 pub use sink::SinkStats;
-pub use stream::{run_stream, ClickLatency, Readiness, StreamJob, StreamMetrics, StreamReport};
+pub use stream::{
+    run_stream, ClickLatency, Readiness, RepeatWindows, StreamJob, StreamMetrics, StreamReport,
+};
 
 use crate::model::parquet::ParquetEventError;
 use crate::source::LogError;

@@ -1,10 +1,11 @@
 //! API keys: `Authorization: Bearer <key>`. A key belongs to one tenant and has a role (`serve`:
 //! decide, click, read; `admin`: also configure slots). The store keeps only the key's SHA-256;
 //! known keys are cached in memory (a lock-free map replaced on insert), so a request checks its
-//! key without a store read once the key has been seen, and keeps working while the store is down.
+//! key without a store read once the key has been seen, and keeps working while the store is down
+//! or slow (a key is re-read in the background once it is a minute old).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 
 use super::error::ApiError;
 use super::AppState;
@@ -75,15 +77,24 @@ impl Caller {
     }
 }
 
-/// Key hashes seen in the store, with when they were read.
+/// Key hashes seen in the store, with when they were read. A key older than [`KEY_TTL`] is
+/// still answered from memory while one background read per key refreshes it (a revoked key
+/// stops working once that read returns), so requests never wait on a slow or quorum-less store
+/// for a key they have seen; an unseen key waits at most [`FIRST_READ_WAIT`].
 pub struct KeyCache {
-    keys: ArcSwap<HashMap<String, (ApiKey, Instant)>>,
+    keys: Arc<ArcSwap<HashMap<String, (ApiKey, Instant)>>>,
+    /// Hashes being read from the store now.
+    reading: Arc<Mutex<HashSet<String>>>,
 }
+
+/// How long a request with a key not seen before waits for the store to say whose it is.
+const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
 
 impl KeyCache {
     pub fn new() -> Self {
         Self {
-            keys: ArcSwap::from_pointee(HashMap::new()),
+            keys: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            reading: Arc::default(),
         }
     }
 
@@ -93,36 +104,65 @@ impl KeyCache {
         key: &str,
     ) -> Result<Option<ApiKey>, ApiError> {
         let hash = key_hash(key);
-        let cached = self.keys.load().get(&hash).cloned();
-        if let Some((found, at)) = &cached {
-            if at.elapsed() < KEY_TTL {
-                return Ok(Some(found.clone()));
+        if let Some((found, at)) = self.keys.load().get(&hash) {
+            if at.elapsed() >= KEY_TTL {
+                // The handle is dropped: the read goes on and updates the cache when it returns.
+                drop(self.read(store, hash));
             }
+            return Ok(Some(found.clone()));
         }
-        let store = store.clone();
-        let h = hash.clone();
-        let read = tokio::task::spawn_blocking(move || store.api_key(&h)).await;
-        match read {
-            Ok(Ok(found)) => {
-                self.keys.rcu(|keys| {
+        let Some(read) = self.read(store, hash) else {
+            return Err(Self::unchecked("the store is being asked already"));
+        };
+        match tokio::time::timeout(FIRST_READ_WAIT, read).await {
+            Ok(Ok(Ok(found))) => Ok(found),
+            Ok(Ok(Err(e))) => Err(Self::unchecked(&e.to_string())),
+            Ok(Err(join)) => Err(Self::unchecked(&join.to_string())),
+            Err(_) => Err(Self::unchecked(&format!(
+                "the store did not answer within {FIRST_READ_WAIT:?}"
+            ))),
+        }
+    }
+
+    fn unchecked(detail: &str) -> ApiError {
+        ApiError::unavailable(
+            "store_unavailable",
+            format!("cannot check the API key: {detail}"),
+            5,
+        )
+    }
+
+    /// Starts reading `hash` from the store, unless a read of it is under way; the cache takes
+    /// what the store says (a key removed from the store leaves the cache).
+    fn read(
+        &self,
+        store: &Arc<dyn PosteriorStore>,
+        hash: String,
+    ) -> Option<JoinHandle<Result<Option<ApiKey>, StoreError>>> {
+        if !self
+            .reading
+            .lock()
+            .expect("not poisoned")
+            .insert(hash.clone())
+        {
+            return None;
+        }
+        let (store, keys, reading) = (store.clone(), self.keys.clone(), self.reading.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            let found = store.api_key(&hash);
+            if let Ok(found) = &found {
+                keys.rcu(|keys| {
                     let mut keys = HashMap::clone(keys);
-                    match &found {
+                    match found {
                         Some(k) => keys.insert(hash.clone(), (k.clone(), Instant::now())),
                         None => keys.remove(&hash),
                     };
                     keys
                 });
-                Ok(found)
             }
-            // The store is down: a key seen before stays good; an unseen one cannot be checked.
-            _ if cached.is_some() => Ok(cached.map(|(k, _)| k)),
-            Ok(Err(e)) => Err(ApiError::unavailable(
-                "store_unavailable",
-                format!("cannot check the API key: {e}"),
-                5,
-            )),
-            Err(e) => Err(ApiError::unavailable("store_unavailable", e.to_string(), 5)),
-        }
+            reading.lock().expect("not poisoned").remove(&hash);
+            found
+        }))
     }
 }
 

@@ -227,7 +227,10 @@ fn a_running_stream_job_merges_an_alias_declared_while_it_runs() {
             .unwrap(),
         epoch: Duration::from_millis(50),
         cutoff: None,
-        click_dedup: Duration::from_secs(3600),
+        repeats: slotbandit::dataflow::RepeatWindows {
+            clicks: Duration::from_secs(3600),
+            impressions: Duration::from_secs(3600),
+        },
         customer_events: false,
         stop_at_end: false,
         shutdown: shutdown.clone(),

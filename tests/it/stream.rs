@@ -122,7 +122,7 @@ fn write_jsonl(path: &Path, lines: &[String]) {
 }
 
 #[test]
-fn repeated_clicks_count_once_and_malformed_messages_become_dead_letters() {
+fn repeated_clicks_and_impressions_count_once_and_malformed_messages_become_dead_letters() {
     let f = Fixture::new("--events 5000 --days 1 --tenants 1 --cities 3 --banners 3 --seed 13");
     let events = f.events();
     // The newest click, so that it is within the job's memory of clicks (60 minutes of event
@@ -137,6 +137,13 @@ fn repeated_clicks_count_once_and_malformed_messages_become_dead_letters() {
         event_id: format!("{}-again", click.event_id),
         ..click.clone()
     };
+    // An impression sent twice, as a service re-sends one whose append timed out but landed.
+    let impression = events
+        .iter()
+        .filter(|e| e.kind == slotbandit::model::EventKind::Impression && e.request_id.is_some())
+        .max_by_key(|e| e.ts)
+        .expect("an impression with a request_id")
+        .clone();
     let malformed = [
         "not json".to_string(),
         r#"{"event_id":"x1","kind":"view","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}"#.to_string(),
@@ -146,6 +153,7 @@ fn repeated_clicks_count_once_and_malformed_messages_become_dead_letters() {
     ];
     let mut lines: Vec<String> = events.iter().map(Event::to_json).collect();
     lines.push(repeat.to_json());
+    lines.push(impression.to_json());
     lines.extend(malformed.iter().cloned());
     let jsonl = f.dir.path().join("events.jsonl");
     write_jsonl(&jsonl, &lines);
@@ -153,6 +161,7 @@ fn repeated_clicks_count_once_and_malformed_messages_become_dead_letters() {
 
     let summary = f.stream(&[]);
     assert_eq!(reported(&summary, "repeated clicks"), 1, "{summary}");
+    assert_eq!(reported(&summary, "repeated impressions"), 1, "{summary}");
     assert_eq!(
         reported(&summary, "dead letters"),
         malformed.len() as u64,

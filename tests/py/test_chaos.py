@@ -395,19 +395,21 @@ class Recount:
     # Against the promise: each click acknowledged 202 and each impression logged counted once.
     lost: int
     duplicated: int
-    # Arms whose stored counts differ from the log's impression records (duplicates included)
-    # and the acknowledged clicks: what the stream job got wrong.
-    job_mismatch: list
-    # (request_id, banner) of impressions the log holds more than once, with each copy's
-    # (partition, offset, event_id).
-    log_duplicates: dict
+    # Arms whose stored counts differ from the recount, with both.
+    mismatched: list
+    # Impressions the log holds more than once (a service re-sent an append that timed out but
+    # landed): copies beyond the first, which the job must not count.
+    resent: int
+    # (request_id, banner) logged more than once under different event IDs: two impressions
+    # of one decision's banner, which no service makes.
+    conflicting: dict
 
 
 def recount(stack) -> Recount:
     """Compares every arm's counts in the store with the clients' ledger: clicks with those
-    acknowledged 202, impressions with those in the log, and checks that every decision answered
-    200 has its impressions in the log, unless its service was killed within QUEUE_WINDOW_S after
-    answering it."""
+    acknowledged 202, impressions with the (request_id, banner) pairs in the log, and checks that
+    every decision answered 200 has its impressions in the log, unless its service was killed
+    within QUEUE_WINDOW_S after answering it."""
     stack.settle()
     ledger = stack.ledger
     copies = {}
@@ -422,9 +424,6 @@ def recount(stack) -> Recount:
             copies.setdefault((event["request_id"], event["banner"], event["city"]), []).append(
                 (message["partition"], message["offset"], event["event_id"]))
     logged = Counter((city, banner) for (_, banner, city) in copies)
-    records = Counter()
-    for (_, banner, city), where in copies.items():
-        records[(city, banner)] += len(where)
     acked = Counter((city, banner) for (_, banner), (city, _) in ledger.clicks_acked.items())
 
     unlogged = []
@@ -445,55 +444,26 @@ def recount(stack) -> Recount:
         r = dict(zip(header, row.split(",")))
         stored[(r["city"], r["banner"])] = (int(r["impressions"]), int(r["clicks"]))
     lost = duplicated = 0
-    job_mismatch = []
+    mismatched = []
     for arm in set(stored) | set(logged) | set(acked):
-        have = stored.get(arm, (0, 0))
-        for h, w in zip(have, (logged[arm], acked[arm])):
+        have, want = stored.get(arm, (0, 0)), (logged[arm], acked[arm])
+        for h, w in zip(have, want):
             lost += max(0, w - h)
             duplicated += max(0, h - w)
-        if have != (records[arm], acked[arm]):
-            job_mismatch.append((arm, "stored", have, "log records and clicks acknowledged",
-                                 (records[arm], acked[arm])))
+        if have != want:
+            mismatched.append((arm, "stored", have, "recounted", want))
     return Recount(clicks=sum(acked.values()), impressions=sum(logged.values()), lost=lost,
-                   duplicated=duplicated, job_mismatch=sorted(job_mismatch),
-                   log_duplicates={k[:2]: v for k, v in copies.items() if len(v) > 1})
-
-
-# The product bugs these tests found (docs/reliability.md, "Known bugs"). A test that meets one
-# checks everything else first, then ends as xfail naming it.
-DUPLICATE_IMPRESSIONS = (
-    "impressions in the log twice with one event_id, so counted twice: an append that times out "
-    "(its request in flight at a paused or dying leader) may still be written; "
-    "serve::events Appender::flush spools it, Spool::drain sends it again, and the stream job "
-    "does not deduplicate impressions")
-KEY_RECHECK_BLOCKS = (
-    "decisions and clicks wait for the store while it has no quorum: serve::auth KeyCache::lookup "
-    "re-reads a key older than KEY_TTL (60 s) from the store under the store's whole retry "
-    "deadline (deadline_s) before it falls back to the key it has")
-DLQ_UNDER_REPLICATED = (
-    "a dead-letter topic first used while a broker is down is created with the replication of the "
-    "brokers alive then (2, min.insync.replicas 1) and keeps it: source::kafka KafkaLog::create_topic "
-    "takes the replication from the metadata's live brokers")
+                   duplicated=duplicated, mismatched=sorted(mismatched),
+                   resent=sum(len(where) - 1 for where in copies.values()),
+                   conflicting={k[:2]: where for k, where in copies.items()
+                                if len({event_id for _, _, event_id in where}) > 1})
 
 
 def assert_exact(stack, result: Recount):
-    """Fails on anything lost or counted twice; returns the known bugs the recount met."""
+    """Fails on anything refused, lost or counted twice."""
     assert not stack.ledger.clicks_refused, stack.ledger.clicks_refused[:10]
-    assert not result.job_mismatch, result.job_mismatch[:20]
-    assert result.lost == 0, result.lost
-    if result.log_duplicates:
-        resent = all(len({event_id for _, _, event_id in where}) == 1
-                     for where in result.log_duplicates.values())
-        assert resent, f"impressions logged twice under two event IDs: {result.log_duplicates}"
-        return [f"{DUPLICATE_IMPRESSIONS}; {len(result.log_duplicates)} such, e.g. (partition, "
-                f"offset, event_id) {list(result.log_duplicates.items())[:2]}"]
-    assert result.duplicated == 0, result.duplicated
-    return []
-
-
-def xfail_if(bugs):
-    if bugs:
-        pytest.xfail("product bug: " + " | ".join(bugs))
+    assert not result.conflicting, list(result.conflicting.items())[:5]
+    assert result.lost == 0 and result.duplicated == 0, result.mismatched[:20]
 
 
 def p99(seconds):
@@ -597,8 +567,7 @@ def test_a_malformed_message_during_a_broker_failover_is_dead_lettered_once(stac
     assert len(letters) == 1, letters
     assert stack.job_metric("dead_letters_total") == dead_letters + 1
     [(_, replicas, _)] = stack.describe("events-dlq").values()
-    if len(replicas) < 3:
-        pytest.xfail(f"product bug: {DLQ_UNDER_REPLICATED}; events-dlq has replicas {replicas}")
+    assert len(replicas) == 3, f"events-dlq has replicas {replicas}"
 
 
 def test_quorum_lost_the_job_stops_writing_and_resumes_when_a_node_returns(stack):
@@ -635,15 +604,11 @@ def test_quorum_lost_the_job_stops_writing_and_resumes_when_a_node_returns(stack
         f.seek(log_start)
         failed = [line for line in f if re.search(r"cassandra store .* failed \(attempt \d+\)", line)]
     assert failed, "the job logged no failed store attempt"
-    bugs = assert_exact(stack, recount(stack))
+    assert_exact(stack, recount(stack))
     statuses = Counter(s for _, _, s in decisions + clicks)
-    if [status for status, _ in probes] == [200, 200]:
-        assert decisions_all_answered(decisions), statuses
-        assert clicks and {s for _, _, s in clicks} == {202}, statuses
-    else:
-        bugs.append(f"{KEY_RECHECK_BLOCKS}; a decision to each service: (status, seconds) "
-                    f"{probes}; answers while the quorum was lost: {dict(statuses)}")
-    xfail_if(bugs)
+    assert [status for status, _ in probes] == [200, 200], probes
+    assert decisions_all_answered(decisions), statuses
+    assert clicks and {s for _, _, s in clicks} == {202}, statuses
 
 
 def chaos_schedule(rng):
@@ -749,9 +714,9 @@ def test_chaos_schedule(stack):
     answered = [took for _, took, status in decisions if status == 200]
     result = recount(stack)
     print(f"chaos seed {seed}: {len(kinds)} faults injected, {result.clicks} clicks acknowledged, "
-          f"{result.impressions} impressions logged, lost {result.lost}, duplicated "
-          f"{result.duplicated}, decision p99 {p99(answered) * 1000:.0f} ms during the faults "
+          f"{result.impressions} impressions logged ({result.resent} sent twice, counted once), "
+          f"lost {result.lost}, duplicated {result.duplicated}, decision p99 {p99(answered) * 1000:.0f} ms during the faults "
           f"({len(decisions) - len(answered)} of {len(decisions)} decisions unanswered)")
     if died_unkilled:
         print(f"processes that exited without being killed: {died_unkilled}")
-    xfail_if(assert_exact(stack, result))
+    assert_exact(stack, result)

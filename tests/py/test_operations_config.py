@@ -40,6 +40,7 @@ METRICS = {
     "slotbandit_stream_events_counted_total",
     "slotbandit_stream_events_already_applied_total",
     "slotbandit_stream_repeated_clicks_total",
+    "slotbandit_stream_repeated_impressions_total",
     "slotbandit_stream_events_before_cutoff_total",
     "slotbandit_stream_dead_letters_total",
     "slotbandit_stream_epochs_stored_total",

@@ -1,52 +1,56 @@
-//! Repeated clicks: a click counts at most once per (request_id, banner) within a window of event
-//! time. Each reader remembers the clicks of its partitions; events are keyed `tenant|city`, so a
-//! request's clicks share a partition and so a reader.
+//! Repeats: a click counts at most once per (request_id, banner) within a window of event time,
+//! and so does an impression. A click is repeated when a site replays it; an impression when a
+//! service re-sends what the log may already hold (an append that timed out and was spooled,
+//! then written by the log after all). Each reader remembers the events of its partitions;
+//! events are keyed `tenant|city`, so a request's events share a partition and so a reader.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
+use twox_hash::XxHash3_128;
 
 use crate::model::EventRef;
 
-/// The clicks seen in the last `window` of event time, by `request_id 0 banner`.
-pub(super) struct RecentClicks {
+/// The (request_id, banner) pairs of one kind of event seen in the last `window` of event time,
+/// each held as a 128-bit digest (a collision among even 10^12 pairs is about 10^-15 likely).
+pub(super) struct RecentRequests {
     window: chrono::Duration,
-    seen: FxHashMap<String, DateTime<Utc>>,
-    order: VecDeque<(DateTime<Utc>, String)>,
+    seen: FxHashSet<u128>,
+    order: VecDeque<(DateTime<Utc>, u128)>,
     newest: Option<DateTime<Utc>>,
-    scratch: String,
+    scratch: Vec<u8>,
 }
 
-impl RecentClicks {
+impl RecentRequests {
     pub(super) fn new(window: Duration) -> Self {
         Self {
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
-            seen: FxHashMap::default(),
+            seen: FxHashSet::default(),
             order: VecDeque::new(),
             newest: None,
-            scratch: String::new(),
+            scratch: Vec::new(),
         }
     }
 
-    /// Whether this is the first click of its (request_id, banner); clicks without a
+    /// Whether this is the first event of its (request_id, banner); events without a
     /// request_id are always first.
-    pub(super) fn first(&mut self, click: &EventRef<'_>) -> bool {
-        let Some(request) = click.request_id else {
+    pub(super) fn first(&mut self, event: &EventRef<'_>) -> bool {
+        let Some(request) = event.request_id else {
             return true;
         };
         self.scratch.clear();
-        self.scratch.push_str(request);
-        self.scratch.push('\0');
-        self.scratch.push_str(click.banner);
-        if self.seen.contains_key(self.scratch.as_str()) {
+        self.scratch.extend_from_slice(request.as_bytes());
+        self.scratch.push(0);
+        self.scratch.extend_from_slice(event.banner.as_bytes());
+        let key = XxHash3_128::oneshot(&self.scratch);
+        if !self.seen.insert(key) {
             return false;
         }
-        self.seen.insert(self.scratch.clone(), click.ts);
-        self.order.push_back((click.ts, self.scratch.clone()));
-        let newest = *self.newest.get_or_insert(click.ts);
-        self.newest = Some(newest.max(click.ts));
+        self.order.push_back((event.ts, key));
+        let newest = *self.newest.get_or_insert(event.ts);
+        self.newest = Some(newest.max(event.ts));
         self.forget_old();
         true
     }
@@ -55,11 +59,11 @@ impl RecentClicks {
         let Some(horizon) = self.newest.and_then(|n| n.checked_sub_signed(self.window)) else {
             return;
         };
-        while let Some((ts, _)) = self.order.front() {
-            if *ts >= horizon {
+        while let Some(&(ts, key)) = self.order.front() {
+            if ts >= horizon {
                 break;
             }
-            let (_, key) = self.order.pop_front().expect("front exists");
+            self.order.pop_front();
             self.seen.remove(&key);
         }
     }
@@ -83,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_repeated_request_and_banner_within_the_window_is_dropped() {
-        let mut clicks = RecentClicks::new(HOUR);
+        let mut clicks = RecentRequests::new(HOUR);
         assert!(clicks.first(&click(Some("r1"), "b1", 0)));
         assert!(!clicks.first(&click(Some("r1"), "b1", 0)));
         assert!(!clicks.first(&click(Some("r1"), "b1", 59)));
@@ -93,8 +97,19 @@ mod tests {
     }
 
     #[test]
+    fn an_impression_and_a_click_are_remembered_apart_by_whoever_holds_them() {
+        let mut impressions = RecentRequests::new(HOUR);
+        let shown = event(EventKind::Impression, "pune", "b1", Some("r1"), 0);
+        assert!(impressions.first(&shown));
+        assert!(!impressions.first(&shown));
+        // The pair is the key: the banner and the request_id are not run together.
+        assert!(impressions.first(&event(EventKind::Impression, "pune", "1", Some("r1b"), 0)));
+        assert!(impressions.first(&event(EventKind::Impression, "pune", "b1", Some("r"), 0)));
+    }
+
+    #[test]
     fn clicks_without_a_request_id_always_count() {
-        let mut clicks = RecentClicks::new(HOUR);
+        let mut clicks = RecentRequests::new(HOUR);
         for _ in 0..3 {
             assert!(clicks.first(&click(None, "b1", 0)));
         }
@@ -102,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_click_older_than_the_window_is_forgotten_once_a_newer_click_arrives() {
-        let mut clicks = RecentClicks::new(HOUR);
+        let mut clicks = RecentRequests::new(HOUR);
         assert!(clicks.first(&click(Some("r1"), "b1", 0)));
         assert!(clicks.first(&click(Some("r2"), "b1", 30)));
         // 61 minutes after the first: the window (by event time) no longer holds it.
@@ -114,7 +129,7 @@ mod tests {
 
     #[test]
     fn the_window_follows_the_newest_event_time_not_the_arrival_order() {
-        let mut clicks = RecentClicks::new(HOUR);
+        let mut clicks = RecentRequests::new(HOUR);
         assert!(clicks.first(&click(Some("late"), "b1", 100)));
         // An older click arriving later is remembered while within the window of the newest…
         assert!(clicks.first(&click(Some("early"), "b1", 50)));

@@ -18,6 +18,7 @@ pub struct StreamMetrics {
     counted: prometheus::IntCounter,
     already_applied: prometheus::IntCounter,
     repeated_clicks: prometheus::IntCounter,
+    repeated_impressions: prometheus::IntCounter,
     before_cutoff: prometheus::IntCounter,
     dead_letters: prometheus::IntCounter,
     epochs_stored: prometheus::IntCounter,
@@ -123,6 +124,10 @@ impl Default for StreamMetrics {
                 "repeated_clicks_total",
                 "Clicks dropped as repeats of a (request_id, banner)",
             ),
+            repeated_impressions: counter(
+                "repeated_impressions_total",
+                "Impressions dropped as repeats of a (request_id, banner): sent again by a service",
+            ),
             before_cutoff: counter(
                 "events_before_cutoff_total",
                 "Events dropped for a timestamp before the handoff cutoff",
@@ -185,6 +190,8 @@ impl StreamMetrics {
             .inc_by(after.already_applied - before.already_applied);
         self.repeated_clicks
             .inc_by(after.repeated_clicks - before.repeated_clicks);
+        self.repeated_impressions
+            .inc_by(after.repeated_impressions - before.repeated_impressions);
         self.before_cutoff
             .inc_by(after.before_cutoff - before.before_cutoff);
         self.dead_letters
@@ -306,11 +313,13 @@ pub struct StreamReport {
     pub already_applied: u64,
     /// Clicks dropped as repeats of a (request_id, banner).
     pub repeated_clicks: u64,
+    /// Impressions dropped as repeats of a (request_id, banner).
+    pub repeated_impressions: u64,
     /// Events dropped for `ts` before the cutoff.
     pub before_cutoff: u64,
     /// Malformed messages sent to the dead-letter log.
     pub dead_letters: u64,
-    /// Records read before the checkpoint only to remember clicks.
+    /// Records read before the checkpoint only to remember repeats.
     pub rewound: u64,
     pub sink: SinkStats,
 }
@@ -321,6 +330,7 @@ impl WorkerReport for StreamReport {
         self.counted += o.counted;
         self.already_applied += o.already_applied;
         self.repeated_clicks += o.repeated_clicks;
+        self.repeated_impressions += o.repeated_impressions;
         self.before_cutoff += o.before_cutoff;
         self.dead_letters += o.dead_letters;
         self.rewound += o.rewound;

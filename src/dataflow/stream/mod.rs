@@ -1,6 +1,6 @@
 //! Stream: an event log (Kafka or the file log) counted into the store with exactly-once effect
 //! (docs/architecture.md, "Exactly once"). This file holds the job and its driver loop;
-//! `reader.rs` reads and pre-aggregates a worker's partitions, `dedup.rs` drops repeated clicks,
+//! `reader.rs` reads and pre-aggregates a worker's partitions, `dedup.rs` drops repeats,
 //! `metrics.rs` holds what the job reports.
 //!
 //! - Worker `w` of `W` reads the log partitions `p` with `p % W == w`, from the job's checkpoint
@@ -10,9 +10,11 @@
 //!   one atomic batch. On restart an event at or below its shard's applied offset is skipped.
 //! - Once an epoch is in the store, the reader moves the checkpoint of its partitions past it.
 //! - Epoch 0 loads the stored counts (so totals continue from them); it is not written back.
-//! - Clicks count at most once per (request_id, banner): each reader remembers the clicks of its
-//!   partitions for `click_dedup` of event time and, on restart, re-reads that much of the log to
-//!   remember them again. Events are keyed `tenant|city`, so a request's clicks share a partition.
+//! - Clicks count at most once per (request_id, banner), and so do impressions (a service re-sends
+//!   impressions whose append timed out, which the log may hold after all): each reader remembers
+//!   the events of its partitions for their `repeats` window of event time and, on restart,
+//!   re-reads that much of the log to remember them again. Events are keyed `tenant|city`, so a
+//!   request's events share a partition.
 //! - Malformed messages go to the dead-letter log with the reason; the job never stops for them.
 //! - City aliases: `aliases.rs`; the job starts again when they change.
 
@@ -66,8 +68,8 @@ pub struct StreamJob {
     pub epoch: Duration,
     /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
     pub cutoff: Option<DateTime<Utc>>,
-    /// How much event time of clicks each reader remembers to drop repeated clicks.
-    pub click_dedup: Duration,
+    /// How much event time of clicks and of impressions each reader remembers to drop repeats.
+    pub repeats: RepeatWindows,
     /// Whether events with a customer ID are written to the store's customer history.
     pub customer_events: bool,
     /// Stop once the offsets that were the log's end at start are counted (else run until
@@ -79,6 +81,20 @@ pub struct StreamJob {
     pub metrics: Arc<StreamMetrics>,
     /// How the job keeps the priors beside the counts (`None`: it leaves them alone).
     pub priors: Option<PriorSettings>,
+}
+
+/// How long each kind of event is remembered by its (request_id, banner) to drop repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatWindows {
+    pub clicks: Duration,
+    pub impressions: Duration,
+}
+
+impl RepeatWindows {
+    /// How much of the log a restart re-reads to remember repeats.
+    pub fn longest(&self) -> Duration {
+        self.clicks.max(self.impressions)
+    }
 }
 
 /// How often the store's city aliases are checked for a change that restarts the job.

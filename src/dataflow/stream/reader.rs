@@ -1,6 +1,6 @@
 //! Reading a worker's partitions: where each stands (the checkpoint it resumed from, the rewind
 //! before it that only remembers clicks, the resume points after each epoch), which events count
-//! (not yet applied by their shard, not a repeated click, not before the cutoff), and their
+//! (not yet applied by their shard, not a repeat, not before the cutoff), and their
 //! pre-aggregation into one epoch's batch, on interned arms so that counting an event allocates
 //! nothing once its arm is known.
 
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 
-use super::dedup::RecentClicks;
-use super::{StreamJob, StreamReport};
+use super::dedup::RecentRequests;
+use super::{RepeatWindows, StreamJob, StreamReport};
 use crate::dataflow::sink::AppliedOffset;
 use crate::dataflow::DataflowError;
 use crate::model::{
@@ -109,7 +109,8 @@ pub(super) struct PartitionState {
     /// What each shard had applied at start, for the shards of these partitions.
     applied_at_start: AppliedOffsets,
     interner: Interner,
-    clicks: RecentClicks,
+    clicks: RecentRequests,
+    impressions: RecentRequests,
     buckets: Buckets,
     /// Events with `ts` before this instant are dropped (the backfill→stream handoff).
     cutoff: Option<DateTime<Utc>>,
@@ -125,7 +126,7 @@ struct Start {
     applied: AppliedOffsets,
     /// The log's end per partition.
     ends: BTreeMap<Partition, Offset>,
-    /// Per partition, the first offset whose append time is within the click dedup window.
+    /// Per partition, the first offset whose append time is within the longer repeat window.
     remember_from: BTreeMap<Partition, Offset>,
 }
 
@@ -143,11 +144,11 @@ impl PartitionReader {
             applied: job.store.applied_offsets()?,
             ends: job.log.end_offsets()?,
             remember_from: job.log.offsets_for_time(
-                Utc::now() - chrono::Duration::from_std(job.click_dedup).unwrap_or_default(),
+                Utc::now() - chrono::Duration::from_std(job.repeats.longest()).unwrap_or_default(),
             )?,
         };
         let mut state =
-            PartitionState::new(partitions, start, job.buckets, job.cutoff, job.click_dedup);
+            PartitionState::new(partitions, start, job.buckets, job.cutoff, job.repeats);
         state.aliases = aliases.clone();
         job.metrics.reading_from(&state.resume_points());
         Ok(Some(Self {
@@ -243,14 +244,14 @@ impl PartitionReader {
 
 impl PartitionState {
     /// A reader's partitions at `start`: each is read from its checkpoint, or from earlier to
-    /// remember the clicks within `click_dedup`; each shard's applied offsets are kept for these
-    /// partitions only.
+    /// remember the events within the `repeats` windows; each shard's applied offsets are kept
+    /// for these partitions only.
     fn new(
         partitions: &[Partition],
         start: Start,
         buckets: Buckets,
         cutoff: Option<DateTime<Utc>>,
-        click_dedup: Duration,
+        repeats: RepeatWindows,
     ) -> Self {
         let mut positions = BTreeMap::new();
         let mut checkpoints = BTreeMap::new();
@@ -278,7 +279,8 @@ impl PartitionState {
                 .collect(),
             applied_at_start,
             interner: Interner::default(),
-            clicks: RecentClicks::new(click_dedup),
+            clicks: RecentRequests::new(repeats.clicks),
+            impressions: RecentRequests::new(repeats.impressions),
             buckets,
             cutoff,
             aliases: Arc::default(),
@@ -291,13 +293,13 @@ impl PartitionState {
             .insert(record.partition, record.offset.next());
     }
 
-    /// Whether `record` lies before the checkpoint, re-read only to remember clicks.
+    /// Whether `record` lies before the checkpoint, re-read only to remember what it repeats.
     fn rewound(&self, record: &RecordRef<'_>) -> bool {
         record.offset < self.checkpoint(record.partition)
     }
 
     /// Where a restart may resume each partition: past everything read, never before the
-    /// checkpoint it started from (re-reading to remember clicks does not move it back).
+    /// checkpoint it started from (re-reading to remember repeats does not move it back).
     pub(super) fn resume_points(&self) -> BTreeMap<Partition, Offset> {
         self.positions
             .iter()
@@ -318,8 +320,8 @@ impl PartitionState {
             .unwrap_or_default()
     }
 
-    /// Adds one valid event to the epoch unless it is already applied, a repeated click or
-    /// before the cutoff; returns its shard's number when it moves the shard's applied offset.
+    /// Adds one valid event to the epoch unless it is already applied, a repeat or before the
+    /// cutoff; returns its shard's number when it moves the shard's applied offset.
     fn count(
         &mut self,
         record: &RecordRef<'_>,
@@ -327,7 +329,10 @@ impl PartitionState {
         epoch: &mut EpochCounts,
         report: &mut StreamReport,
     ) -> Option<u32> {
-        let repeated = event.kind == EventKind::Click && !self.clicks.first(event);
+        let repeated = !match event.kind {
+            EventKind::Click => self.clicks.first(event),
+            EventKind::Impression => self.impressions.first(event),
+        };
         if self.rewound(record) {
             report.rewound += 1;
             return None;
@@ -344,7 +349,10 @@ impl PartitionState {
             return None;
         }
         if repeated {
-            report.repeated_clicks += 1;
+            match event.kind {
+                EventKind::Click => report.repeated_clicks += 1,
+                EventKind::Impression => report.repeated_impressions += 1,
+            }
         } else if self.cutoff.is_some_and(|c| event.ts < c) {
             report.before_cutoff += 1;
         } else {
@@ -423,7 +431,10 @@ mod tests {
                     start,
                     Buckets::hourly(),
                     cutoff,
-                    Duration::from_secs(3600),
+                    RepeatWindows {
+                        clicks: Duration::from_secs(3600),
+                        impressions: Duration::from_secs(3600),
+                    },
                 ),
                 epoch: EpochCounts::default(),
                 report: StreamReport::default(),
@@ -514,7 +525,29 @@ mod tests {
     }
 
     #[test]
-    fn the_rewind_below_the_checkpoint_only_remembers_clicks() {
+    fn an_impression_sent_again_counts_once_even_across_a_restart() {
+        let shown = |request| event(EventKind::Impression, "pune", Some(request), 0);
+        let mut r = Reading::new(start(&[(P0, 10)], &[(P0, 4)]), None);
+        // Remembered in the rewind, counted before the restart.
+        assert_eq!(r.read(P0, 5, shown("r1")), None);
+        let shard = r.read(P0, 10, shown("r1"));
+        assert!(shard.is_some(), "a repeat still moves the applied offset");
+        assert_eq!(r.read(P0, 11, shown("r2")), shard);
+        assert_eq!(r.read(P0, 12, shown("r2")), shard);
+        // Impressions without a request_id are never taken for repeats.
+        r.read(P0, 13, impression("pune"));
+        r.read(P0, 14, impression("pune"));
+        assert_eq!(r.report.repeated_impressions, 2);
+        assert_eq!(r.report.repeated_clicks, 0);
+        assert_eq!(r.report.counted, 3);
+        assert_eq!(r.counts()[&("pune".to_string(), ALL_TIME)], (3, 0));
+        // A click of the same request and banner is not a repeat of its impression.
+        r.read(P0, 15, click("r2"));
+        assert_eq!(r.counts()[&("pune".to_string(), ALL_TIME)], (3, 1));
+    }
+
+    #[test]
+    fn the_rewind_below_the_checkpoint_only_remembers_repeats() {
         let mut r = Reading::new(start(&[(P0, 10)], &[(P0, 4)]), None);
         assert_eq!(r.read(P0, 5, click("r1")), None);
         assert_eq!(r.read(P0, 6, impression("pune")), None);

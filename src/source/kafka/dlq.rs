@@ -1,5 +1,6 @@
-//! Dead letters: topic `TOPIC-dlq` (created with one partition on first use) with the original
-//! key and payload and headers `reason`, `source_partition`, `source_offset` and
+//! Dead letters: topic `TOPIC-dlq` (one partition, as many replicas as `TOPIC`; created with
+//! `TOPIC`, or at the first dead letter when `TOPIC` was made by hand) with the original key and
+//! payload and headers `reason`, `source_partition`, `source_offset` and
 //! `source_timestamp_ms`.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use crate::model::{Offset, Partition};
 use crate::source::{DeadLetter, LogError, LogRecord};
 
 impl KafkaLog {
-    fn dlq_topic(&self) -> String {
+    pub(super) fn dlq_topic(&self) -> String {
         format!("{}-dlq", self.topic)
     }
 
@@ -56,7 +57,13 @@ impl KafkaLog {
         let topic = self.dlq_topic();
         if self.dlq_ready.get().is_none() {
             if self.topic_partitions(&topic)?.is_none() {
-                self.create_topic(&topic, 1)?;
+                // Created with the events topic's replication, never fewer replicas because a
+                // broker happens to be down at the first dead letter.
+                let replication = match self.topic_replication(&self.topic)? {
+                    Some(n) => n,
+                    None => self.cluster_replication()?,
+                };
+                self.create_topic(&topic, 1, replication)?;
             }
             let _ = self.dlq_ready.set(());
         }

@@ -126,7 +126,9 @@ impl KafkaLog {
             }
             (Some(n), _) => (0..n).map(Partition).collect(),
             (None, Some(want)) => {
-                log.create_topic(topic, want)?;
+                let replication = log.cluster_replication()?;
+                log.create_topic(topic, want, replication)?;
+                log.create_topic(&log.dlq_topic(), 1, replication)?;
                 (0..want).map(Partition).collect()
             }
             (None, None) => {
@@ -172,22 +174,45 @@ impl KafkaLog {
         }
     }
 
-    /// Creates a topic unless it exists, and waits until its metadata shows it. Its replication
-    /// factor is the cluster's broker count, 3 at most; of 3 replicas 2 must be in sync for an
-    /// append (`acks=all`) to succeed, so an acknowledged append outlives any one broker and
-    /// appends go on while one is down.
-    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), LogError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .map_err(|e| self.unavailable(format!("cannot create an admin client: {e}")))?;
-        let replication = self
+    /// The replication factor of a new events topic: the cluster's broker count, 3 at most.
+    fn cluster_replication(&self) -> Result<i32, LogError> {
+        Ok(self
             .meta
             .fetch_metadata(None, self.timeout)
             .map_err(|e| self.unavailable(format!("no metadata within {:?}: {e}", self.timeout)))?
             .brokers()
             .len()
-            .clamp(1, 3) as i32;
+            .clamp(1, 3) as i32)
+    }
+
+    /// How many replicas each partition of `topic` has by assignment (whether or not they are
+    /// alive now), or `None` if it does not exist.
+    fn topic_replication(&self, topic: &str) -> Result<Option<i32>, LogError> {
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| self.unavailable(format!("no metadata within {:?}: {e}", self.timeout)))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .and_then(|t| t.partitions().iter().map(|p| p.replicas().len()).max())
+            .map(|n| n as i32))
+    }
+
+    /// Creates a topic unless it exists, and waits until its metadata shows it. Of 3 replicas 2
+    /// must be in sync for an append (`acks=all`) to succeed, so an acknowledged append outlives
+    /// any one broker and appends go on while one is down.
+    pub fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), LogError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .map_err(|e| self.unavailable(format!("cannot create an admin client: {e}")))?;
         let min_in_sync = (replication - 1).max(1).to_string();
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
             .set("min.insync.replicas", &min_in_sync);
