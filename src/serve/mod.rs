@@ -259,17 +259,21 @@ pub fn token_secret(
         }
         return Ok(s.as_bytes().to_vec());
     }
-    if let Some(hex_secret) = store.meta(META_TOKEN_SECRET)? {
-        return hex::decode(hex_secret.trim()).map_err(|e| {
-            ServeError::Secret(format!(
-                "store metadata `{META_TOKEN_SECRET}` is not hex: {e}"
-            ))
-        });
-    }
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    store.set_meta(META_TOKEN_SECRET, &hex::encode(secret))?;
-    Ok(secret.to_vec())
+    let held = match store.meta(META_TOKEN_SECRET)? {
+        Some(held) => held,
+        None => {
+            // Replicas starting together on a new store each make one; the first stored is
+            // every one's.
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            store.claim_meta(META_TOKEN_SECRET, &hex::encode(secret))?
+        }
+    };
+    hex::decode(held.trim()).map_err(|e| {
+        ServeError::Secret(format!(
+            "store metadata `{META_TOKEN_SECRET}` is not hex: {e}"
+        ))
+    })
 }
 
 /// Records the lifetime of the tokens this service signs, unless the store records a longer one

@@ -300,6 +300,9 @@ pub trait PosteriorStore: Send + Sync {
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Stores `value` under `key` unless the key holds a value already, atomically; returns
+    /// what the key holds afterwards: the first writer's value, whichever process that was.
+    fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
     /// Whether several processes may write to it at once (else process 0 writes for all).
     fn shared_across_processes(&self) -> bool;
 

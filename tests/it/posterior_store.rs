@@ -57,6 +57,7 @@ conformance!(
     api_keys_round_trip,
     customer_events_are_kept_once_newest_first_up_to_the_limit,
     meta_as_of_and_buckets_round_trip,
+    the_first_claim_of_a_meta_key_is_every_claimants,
     posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior,
     a_parts_version_changes_exactly_when_the_part_is_written,
     keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
@@ -652,6 +653,23 @@ fn meta_as_of_and_buckets_round_trip(store: &dyn PosteriorStore) {
         "{:?}",
         store.buckets()
     );
+}
+
+fn the_first_claim_of_a_meta_key_is_every_claimants(store: &dyn PosteriorStore) {
+    // As replicas starting together on a new store each claim their own token secret.
+    let claims: Vec<String> = std::thread::scope(|s| {
+        let claimants: Vec<_> = (0..6)
+            .map(|i| s.spawn(move || store.claim_meta("secret", &format!("replica-{i}")).unwrap()))
+            .collect();
+        claimants.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let held = store.meta("secret").unwrap().expect("claimed");
+    assert!(held.starts_with("replica-"), "{held}");
+    assert!(claims.iter().all(|c| *c == held), "{claims:?} vs {held}");
+    assert_eq!(store.claim_meta("secret", "late").unwrap(), held);
+    // A plain write still replaces it.
+    store.set_meta("secret", "rotated").unwrap();
+    assert_eq!(store.claim_meta("secret", "late").unwrap(), "rotated");
 }
 
 fn posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior(

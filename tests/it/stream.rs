@@ -125,25 +125,23 @@ fn write_jsonl(path: &Path, lines: &[String]) {
 fn repeated_clicks_and_impressions_count_once_and_malformed_messages_become_dead_letters() {
     let f = Fixture::new("--events 5000 --days 1 --tenants 1 --cities 3 --banners 3 --seed 13");
     let events = f.events();
-    // The newest click, so that it is within the job's memory of clicks (60 minutes of event
-    // time) when its repeat arrives at the end of the log.
-    let click = events
-        .iter()
-        .filter(|e| e.kind == slotbandit::model::EventKind::Click && e.request_id.is_some())
-        .max_by_key(|e| e.ts)
-        .expect("a click with a request_id")
-        .clone();
+    // The newest of each kind, so that it is within the job's memory of repeats (60 minutes of
+    // event time) when it arrives again at the end of the log.
+    let newest = |kind| {
+        events
+            .iter()
+            .filter(|e| e.kind == kind && e.request_id.is_some())
+            .max_by_key(|e| e.ts)
+            .expect("an event of the kind with a request_id")
+            .clone()
+    };
+    let click = newest(slotbandit::model::EventKind::Click);
     let repeat = Event {
         event_id: format!("{}-again", click.event_id),
-        ..click.clone()
+        ..click
     };
     // An impression sent twice, as a service re-sends one whose append timed out but landed.
-    let impression = events
-        .iter()
-        .filter(|e| e.kind == slotbandit::model::EventKind::Impression && e.request_id.is_some())
-        .max_by_key(|e| e.ts)
-        .expect("an impression with a request_id")
-        .clone();
+    let impression = newest(slotbandit::model::EventKind::Impression);
     let malformed = [
         "not json".to_string(),
         r#"{"event_id":"x1","kind":"view","tenant":"ajio","slot":"hero","city":"pune","banner":"b1","ts":"2026-01-01T00:00:00Z"}"#.to_string(),

@@ -1,8 +1,10 @@
 //! The store's prepared statements, one per thing it does, prepared once when the store opens.
-//! Every one is idempotent (an upsert, a delete, a read, or a map update with the same entries), so
-//! the driver and the retry policy may send it again.
+//! Every one is idempotent (an upsert, a delete, a read, a map update with the same entries, or an
+//! insert-if-absent whose outcome is read back), so the driver and the retry policy may send it
+//! again.
 
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
 
 use super::connection::Connection;
 use crate::store::StoreError;
@@ -32,6 +34,11 @@ pub(super) struct Statements {
     pub prior_cities_of_slot: PreparedStatement,
     pub set_meta: PreparedStatement,
     pub meta: PreparedStatement,
+    /// A lightweight transaction: the insert applies only if the name holds nothing yet.
+    pub claim_meta: PreparedStatement,
+    /// A read at LOCAL_SERIAL: it sees the outcome of every lightweight transaction, finishing
+    /// one left in progress.
+    pub meta_serial: PreparedStatement,
     pub set_checkpoint: PreparedStatement,
     pub checkpoints: PreparedStatement,
     pub delete_slot: PreparedStatement,
@@ -157,6 +164,19 @@ impl Statements {
             ))
             .await?,
             meta: prepare(format!("SELECT value FROM {ks}.meta WHERE name = ?")).await?,
+            claim_meta: {
+                let mut s = prepare(format!(
+                    "INSERT INTO {ks}.meta (name, value) VALUES (?, ?) IF NOT EXISTS"
+                ))
+                .await?;
+                s.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                s
+            },
+            meta_serial: {
+                let mut s = prepare(format!("SELECT value FROM {ks}.meta WHERE name = ?")).await?;
+                s.set_consistency(Consistency::LocalSerial);
+                s
+            },
             set_checkpoint: prepare(format!(
                 "INSERT INTO {ks}.checkpoints (job, partition, offset, updated_at) VALUES (?, ?, ?, ?)"
             ))

@@ -681,6 +681,28 @@ impl PosteriorStore for CassandraStore {
         )
     }
 
+    fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        self.conn.run(async {
+            // Whether this attempt or an earlier one applied, the serial read says who won.
+            self.conn
+                .execute("claim meta", &self.st.claim_meta, (key, value))
+                .await?;
+            self.conn
+                .select_unpaged("read claimed meta", &self.st.meta_serial, (key,), |rows| {
+                    Ok(rows
+                        .maybe_first_row::<(Option<String>,)>()?
+                        .and_then(|(v,)| v))
+                })
+                .await?
+                .ok_or_else(|| {
+                    self.conn.failed(
+                        "read claimed meta",
+                        Failure::corrupt(format!("meta {key:?} is empty after it was claimed")),
+                    )
+                })
+        })
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn.run(
             self.conn

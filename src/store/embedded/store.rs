@@ -335,6 +335,22 @@ impl PosteriorStore for EmbeddedStore {
         })
     }
 
+    fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        let mut held = value.to_string();
+        self.write(|tx| {
+            let mut t = tx.open_table(META)?;
+            let before = t.get(key)?.map(|v| v.value().to_string());
+            match before {
+                Some(before) => held = before,
+                None => {
+                    t.insert(key, value)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(held)
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|tx| {
             let t = tx.open_table(META)?;
