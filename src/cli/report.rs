@@ -1,13 +1,17 @@
 //! `slotbandit report`: TS against the holdout per (tenant, slot) and overall, from Parquet
-//! history (an event log becomes Parquet with `consume --parquet`).
+//! history (an event log becomes Parquet with `consume --parquet`), computed by the dataflow job
+//! on one or several timely processes.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::eval::{Report, ReportRange, ReportTally};
+use slotbandit::dataflow::{plan_backfill, run_report, ReportJob, ReportRun};
+use slotbandit::eval::{Report, ReportRange};
 use slotbandit::model::parquet::{list_parquet_files, EventFileReader};
 use slotbandit::model::Event;
 
@@ -21,11 +25,17 @@ pub enum Format {
 }
 
 #[derive(Args)]
+#[command(disable_help_flag = true)]
 pub struct ReportArgs {
     #[command(flatten)]
     history: HistoryArgs,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    #[command(flatten)]
+    cluster: flags::ClusterArgs,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// The impressions of a time range in Parquet history, with their clicks.
@@ -95,19 +105,52 @@ const COLUMNS: [&str; 12] = [
 ];
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let mut tally = ReportTally::new(args.history.range()?);
-    let invalid = args.history.read(|e| tally.add(e))?;
-    let report = tally.finish();
+    let cluster = args.cluster.cluster()?;
+    let input = &args.history.input;
+    let plan = plan_backfill(input, false)?;
+    let bar = ProgressBar::new(plan.rows()).with_style(
+        ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} rows  {per_sec}  {elapsed}")
+            .expect("valid template"),
+    );
+    let progress_bar = bar.clone();
+    let job = ReportJob {
+        plan,
+        range: args.history.range()?,
+        progress: Arc::new(move |n| progress_bar.set_position(n)),
+    };
+    let run = with_stdout_on_stderr(|| run_report(job, &cluster))?
+        .with_context(|| format!("report of {}", input.display()))?;
+    bar.finish_and_clear();
+    // Process 0 gathers the report; the other processes of a cluster only read their share.
+    let Some(ReportRun {
+        report,
+        invalid_rows,
+    }) = run
+    else {
+        return Ok(());
+    };
     print(&report, args.format)?;
     eprintln!(
-        "{} events read, {invalid} invalid rows skipped; {} impressions without a holdout flag, \
-         {} repeated clicks counted once, {} clicks without their impression in the range",
+        "{} events read, {invalid_rows} invalid rows skipped; {} impressions without a holdout \
+         flag, {} repeated clicks counted once, {} clicks without their impression in the range",
         report.events,
         report.unflagged_impressions,
         report.repeated_clicks,
         report.unmatched_clicks
     );
     Ok(())
+}
+
+/// Runs `job` with stdout going to stderr: timely prints its connection messages to stdout when
+/// a job spans processes, and the report must be all of stdout.
+fn with_stdout_on_stderr<T>(job: impl FnOnce() -> T) -> anyhow::Result<T> {
+    std::io::stdout().flush()?;
+    let stdout = rustix::io::dup(std::io::stdout())?;
+    rustix::stdio::dup2_stdout(std::io::stderr())?;
+    let out = job();
+    std::io::stdout().flush()?;
+    rustix::stdio::dup2_stdout(&stdout)?;
+    Ok(out)
 }
 
 fn cells(row: &slotbandit::eval::ReportRow) -> Vec<String> {

@@ -12,11 +12,14 @@
 //!   instant, bucket width and retention, the stream's cutoff and start).
 //! - `priors.rs`: the priors both jobs keep beside the counts (the hierarchical rule of
 //!   `bandit`, scheduled per slot), and `slotbandit priors` over a store's counts.
+//! - `report.rs`: `slotbandit report` over Parquet history, its row groups shared like the
+//!   backfill's, impressions and clicks joined by (request_id, banner) across the workers.
 
 mod backfill;
 mod handoff;
 mod harness;
 mod priors;
+mod report;
 mod sink;
 mod stream;
 mod totals;
@@ -28,6 +31,7 @@ pub use handoff::{hand_off, stream_start, StreamStart};
 pub use priors::{
     write_priors, PriorSettings, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIORS_EVERY_MINUTES,
 };
+pub use report::{run_report, ReportJob, ReportRun};
 pub use sink::SinkStats;
 pub use stream::{
     run_stream, ClickLatency, Readiness, RepeatWindows, StreamJob, StreamMetrics, StreamReport,

@@ -1,5 +1,5 @@
-//! What the bandit earned: uplift over the holdout, the report that tallies it from events, and
-//! off-policy estimates of other configurations from the decision log.
+//! What the bandit earned: uplift over the holdout, the report of it per (tenant, slot) (counted
+//! by the dataflow job), and off-policy estimates of other configurations from the decision log.
 
 pub mod evaluate;
 pub mod ope;
@@ -11,5 +11,5 @@ pub use evaluate::{
     Skipped, Target, TargetPolicy, ThompsonTarget,
 };
 pub use ope::{OffPolicyEstimate, OffPolicyTally, Term};
-pub use report::{Report, ReportError, ReportRange, ReportRow, ReportTally};
+pub use report::{report_rows, Groups, Report, ReportError, ReportRange, ReportRow};
 pub use uplift::{uplift, Interval, Uplift, UpliftError};

@@ -325,6 +325,15 @@ pub struct EventFileReader {
 
 impl EventFileReader {
     pub fn open(path: &Path) -> Result<Self, ParquetEventError> {
+        Self::open_rows(path, None)
+    }
+
+    /// Reads only row group `row_group` of the file; rows are numbered as in the whole file.
+    pub fn open_row_group(path: &Path, row_group: usize) -> Result<Self, ParquetEventError> {
+        Self::open_rows(path, Some(row_group))
+    }
+
+    fn open_rows(path: &Path, row_group: Option<usize>) -> Result<Self, ParquetEventError> {
         let file = File::open(path).map_err(|source| ParquetEventError::Io {
             path: path.to_path_buf(),
             source,
@@ -361,16 +370,32 @@ impl EventFileReader {
             })
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
+        let (builder, first_row) = match row_group {
+            None => (builder, 0),
+            Some(rg) => {
+                let groups = builder.metadata().row_groups();
+                if rg >= groups.len() {
+                    return Err(ParquetEventError::corrupt(
+                        path,
+                        format!("no row group {rg} (the file has {})", groups.len()),
+                    ));
+                }
+                let before = groups[..rg]
+                    .iter()
+                    .map(|g| g.num_rows().max(0) as u64)
+                    .sum();
+                (builder.with_row_groups(vec![rg]), before)
+            }
+        };
         let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
             .build()
             .map_err(|e| ParquetEventError::corrupt(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             reader,
             columns,
-            row: 0,
+            row: first_row,
         })
     }
 
@@ -595,6 +620,34 @@ mod tests {
                 ..DecisionLog::default()
             },
         }
+    }
+
+    #[test]
+    fn a_row_group_is_read_alone_with_its_rows_numbered_as_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.parquet");
+        let events: Vec<Event> = (0..7).map(|i| event(i, "2026-11-28T10:00:00Z")).collect();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(3))
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), event_schema(), Some(props))
+                .unwrap();
+        let mut columns = Columns::new();
+        for e in &events {
+            columns.push(&e.into());
+        }
+        writer.write(&columns.finish()).unwrap();
+        writer.close().unwrap();
+
+        let mut reader = EventFileReader::open_row_group(&path, 1).unwrap();
+        let rows = reader.next_batch().unwrap().unwrap();
+        let read: Vec<Event> = rows.into_iter().map(Result::unwrap).collect();
+        assert_eq!(read, events[3..6]);
+        assert!(reader.next_batch().is_none());
+        assert_eq!(reader.row, 6);
+        let missing = EventFileReader::open_row_group(&path, 3).err().unwrap();
+        assert!(missing.to_string().contains("no row group 3"), "{missing}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod layers;
 mod posterior_store;
 mod priors;
 mod properties;
+mod report;
 mod serve_api;
 mod serve_e2e;
 mod stream;

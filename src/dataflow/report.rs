@@ -1,0 +1,416 @@
+//! `slotbandit report` as a dataflow over Parquet history (the semantics are those of
+//! `eval::report`). Row groups are shared among the workers as in the backfill; each worker reads
+//! its row groups as events, counts what it can alone (events, impressions per (tenant, slot,
+//! group), impressions without a holdout flag, clicks without a request id), and hands the
+//! keyed impressions and clicks to the dataflow, which exchanges them by (request_id, banner),
+//! joins each clicked key to its impression and counts the rest. Every count ends on worker 0,
+//! which makes the report.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use differential_dataflow::input::Input;
+use differential_dataflow::VecCollection;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
+use timely::worker::Worker;
+
+use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
+use super::sink::SinkSpec;
+use super::{Cluster, DataflowError};
+use crate::eval::{report_rows, Groups, Report, ReportRange};
+use crate::model::parquet::EventFileReader;
+use crate::model::{Counts, Event, EventKind};
+use crate::source::parquet::ParquetPlan;
+
+/// The (request_id, banner) of an impression, which its clicks name.
+type ImpressionKey = (String, String);
+
+/// Where an impression counts: its tenant, its slot, and whether it was held out.
+type Place = (String, String, bool);
+
+/// What the report sums: each record stands for as many of its kind as its diff says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Counted {
+    Event,
+    InvalidRow,
+    Impression(Place),
+    UnflaggedImpression,
+    Click(Place),
+    RepeatedClick,
+    UnmatchedClick,
+}
+
+/// What the report sums from what the readers counted alone (`read`), the keyed impressions of
+/// the range with their places, and the keyed clicks: a clicked key counts one click for its
+/// impression, once however often it was clicked (the repeats counted apart), or one unmatched
+/// click without one. A key of several impressions counts for the least of their places.
+/// Consolidated per worker and batch, not across workers.
+fn report_counts<'s>(
+    read: VecCollection<'s, u64, Counted>,
+    impressions: VecCollection<'s, u64, (ImpressionKey, Place)>,
+    clicks: VecCollection<'s, u64, ImpressionKey>,
+) -> VecCollection<'s, u64, Counted> {
+    let clicked = clicks.clone().distinct();
+    let repeated = clicks
+        .map(|_| Counted::RepeatedClick)
+        .concat(clicked.clone().map(|_| Counted::RepeatedClick).negate());
+    let matched = impressions
+        .semijoin(clicked.clone())
+        .reduce(|_key, places, once| once.push((places[0].0.clone(), 1)));
+    let unmatched = clicked
+        .map(|_| Counted::UnmatchedClick)
+        .concat(matched.clone().map(|_| Counted::UnmatchedClick).negate());
+    read.concat(repeated)
+        .concat(unmatched)
+        .concat(matched.map(|(_, place)| Counted::Click(place)))
+        .consolidate_stream()
+}
+
+pub struct ReportJob {
+    pub plan: ParquetPlan,
+    pub range: ReportRange,
+    /// Called with the number of rows read so far by this process.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+/// The report, and the rows that broke the event contract (not counted as events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRun {
+    pub report: Report,
+    pub invalid_rows: u64,
+}
+
+/// The totals of what the report sums; only worker 0's are not empty.
+#[derive(Default)]
+struct Totals(FxHashMap<Counted, i64>);
+
+impl WorkerReport for Totals {
+    fn merge(&mut self, other: Totals) {
+        for (counted, n) in other.0 {
+            *self.0.entry(counted).or_default() += n;
+        }
+    }
+}
+
+/// Runs the report on this process's workers; process 0 returns it, the others `None`.
+pub fn run_report(job: ReportJob, cluster: &Cluster) -> Result<Option<ReportRun>, DataflowError> {
+    let setup = JobSetup {
+        name: "report",
+        store: None,
+        shared_store: false,
+        store_in_every_process: false,
+        first_written_epoch: 0,
+        durable_epochs: false,
+        retention: None,
+        priors: None,
+    };
+    let progress = Arc::new(ReadProgress::new(job.progress.clone()));
+    let job = Arc::new(job);
+    let (totals, _) = run_job(cluster, setup, move |worker, sink| {
+        report_worker(worker, sink, &job, &progress)
+    })?;
+    Ok((cluster.process == 0).then(|| report_of(totals)))
+}
+
+fn report_of(totals: Totals) -> ReportRun {
+    let mut report = Report::default();
+    let mut invalid_rows = 0;
+    let mut slots: BTreeMap<(String, String), Groups> = BTreeMap::new();
+    for (counted, n) in totals.0 {
+        let n = u64::try_from(n).expect("a total is never negative");
+        match counted {
+            Counted::Event => report.events += n,
+            Counted::InvalidRow => invalid_rows += n,
+            Counted::Impression((tenant, slot, holdout)) => {
+                slots
+                    .entry((tenant, slot))
+                    .or_default()
+                    .add(holdout, Counts::new(n, 0));
+            }
+            Counted::Click((tenant, slot, holdout)) => {
+                slots
+                    .entry((tenant, slot))
+                    .or_default()
+                    .add(holdout, Counts::new(0, n));
+            }
+            Counted::UnflaggedImpression => report.unflagged_impressions += n,
+            Counted::RepeatedClick => report.repeated_clicks += n,
+            Counted::UnmatchedClick => report.unmatched_clicks += n,
+        }
+    }
+    report.rows = report_rows(slots);
+    ReportRun {
+        report,
+        invalid_rows,
+    }
+}
+
+/// One worker's report: its share of the row groups, one epoch per row group.
+fn report_worker(
+    worker: &mut Worker,
+    sink: &SinkSpec,
+    job: &ReportJob,
+    progress: &ReadProgress,
+) -> Totals {
+    let failure = sink.failure.clone();
+    let (index, peers) = (worker.index(), worker.peers());
+    let totals: Rc<RefCell<FxHashMap<Counted, i64>>> = Rc::default();
+    let adding = totals.clone();
+    let (mut read_in, mut impressions_in, mut clicks_in, probe) =
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (read_in, read) = scope.new_collection::<Counted, isize>();
+            let (impressions_in, impressions) = scope.new_collection();
+            let (clicks_in, clicks) = scope.new_collection();
+            let (probe, _) = report_counts(read, impressions, clicks)
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |(counted, _, n): &(Counted, u64, isize)| {
+                    *adding.borrow_mut().entry(counted.clone()).or_default() += *n as i64;
+                })
+                .probe();
+            (read_in, impressions_in, clicks_in, probe)
+        });
+    let mut read = UnitCounts::default();
+    let mut epoch = 0u64;
+    for unit in job.plan.share(index, peers) {
+        let path = &job.plan.files[unit.file as usize].path;
+        let events = EventFileReader::open_row_group(path, unit.row_group);
+        let mut reader = match events {
+            Ok(reader) => reader,
+            Err(e) => {
+                failure.set(e);
+                break;
+            }
+        };
+        while let Some(rows) = reader.next_batch() {
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => {
+                    failure.set(e);
+                    break;
+                }
+            };
+            for row in rows {
+                match row {
+                    Ok(event) => match read.add(event, &job.range) {
+                        Some(Keyed::Impression(key, place)) => impressions_in.insert((key, place)),
+                        Some(Keyed::Click(key)) => clicks_in.insert(key),
+                        None => {}
+                    },
+                    Err(_) => read.count(Counted::InvalidRow),
+                }
+            }
+        }
+        for (counted, n) in read.0.drain() {
+            read_in.update(counted, n);
+        }
+        progress.add(unit.rows);
+        epoch += 1;
+        read_in.advance_to(epoch);
+        impressions_in.advance_to(epoch);
+        clicks_in.advance_to(epoch);
+        read_in.flush();
+        impressions_in.flush();
+        clicks_in.flush();
+        wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
+        if failure.is_set() {
+            break;
+        }
+    }
+    drop((read_in, impressions_in, clicks_in));
+    while worker.step_or_park(None) {}
+    Totals(totals.take())
+}
+
+/// An event the dataflow must match: a keyed impression of the range, or a keyed click.
+#[derive(Debug, PartialEq)]
+enum Keyed {
+    Impression(ImpressionKey, Place),
+    Click(ImpressionKey),
+}
+
+/// What a worker counts alone in one row group.
+#[derive(Default)]
+struct UnitCounts(FxHashMap<Counted, isize>);
+
+impl UnitCounts {
+    fn count(&mut self, counted: Counted) {
+        *self.0.entry(counted).or_default() += 1;
+    }
+
+    /// Counts `event`, and returns it keyed if the dataflow must match it.
+    fn add(&mut self, event: Event, range: &ReportRange) -> Option<Keyed> {
+        self.count(Counted::Event);
+        match event.kind {
+            EventKind::Impression if !range.contains(event.ts) => None,
+            EventKind::Impression => {
+                let Some(holdout) = event.decision.holdout else {
+                    self.count(Counted::UnflaggedImpression);
+                    return None;
+                };
+                let place = (event.tenant, event.slot, holdout);
+                self.count(Counted::Impression(place.clone()));
+                let request_id = event.request_id?;
+                Some(Keyed::Impression((request_id, event.banner), place))
+            }
+            EventKind::Click => match event.request_id {
+                Some(request_id) => Some(Keyed::Click((request_id, event.banner))),
+                None => {
+                    self.count(Counted::UnmatchedClick);
+                    None
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parquet::PartitionedWriter;
+    use crate::model::DecisionLog;
+    use chrono::DateTime;
+
+    fn at(minute: i64) -> chrono::DateTime<chrono::Utc> {
+        DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap()
+    }
+
+    fn event(kind: EventKind, slot: &str, request: &str, banner: &str, minute: i64) -> Event {
+        Event {
+            event_id: format!("{request}-{banner}-{minute}-{kind:?}"),
+            kind,
+            tenant: "ajio".into(),
+            slot: slot.into(),
+            city: "pune".into(),
+            banner: banner.into(),
+            ts: at(minute),
+            customer_id: None,
+            referrer: None,
+            request_id: Some(request.into()),
+            decision: DecisionLog::default(),
+        }
+    }
+
+    fn shown(slot: &str, request: &str, banner: &str, minute: i64, holdout: Option<bool>) -> Event {
+        let mut e = event(EventKind::Impression, slot, request, banner, minute);
+        e.decision.holdout = holdout;
+        e
+    }
+
+    fn report(events: &[Event], range: ReportRange, workers: usize) -> ReportRun {
+        let dir = tempfile::tempdir().unwrap();
+        // Two rows per file: the workers share many row groups.
+        let mut writer = PartitionedWriter::create(dir.path(), 2).unwrap();
+        for e in events {
+            writer.write(&e.into()).unwrap();
+        }
+        writer.finish().unwrap();
+        let job = ReportJob {
+            plan: ParquetPlan::new(dir.path(), false).unwrap(),
+            range,
+            progress: Arc::new(|_| {}),
+        };
+        run_report(job, &Cluster::single(workers)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn clicks_count_once_for_their_impressions_group_and_the_rest_is_counted() {
+        let range = ReportRange::new(at(0), at(60)).unwrap();
+        let mut keyless_click = event(EventKind::Click, "hero", "-", "b1", 9);
+        keyless_click.request_id = None;
+        let events = [
+            // A click read before its impression still counts.
+            event(EventKind::Click, "hero", "r1", "b1", 2),
+            shown("hero", "r1", "b1", 1, Some(false)),
+            shown("hero", "r2", "b2", 3, Some(true)),
+            event(EventKind::Click, "hero", "r2", "b2", 4),
+            event(EventKind::Click, "hero", "r2", "b2", 5),
+            shown("hero", "r3", "b1", 6, Some(false)),
+            // After the range: its click is not the range's.
+            shown("hero", "r4", "b1", 61, Some(false)),
+            event(EventKind::Click, "hero", "r4", "b1", 62),
+            // In the range, without a flag.
+            shown("side", "r5", "b1", 7, None),
+            shown("side", "r6", "b1", 8, Some(true)),
+            keyless_click,
+        ];
+        for workers in [1, 3] {
+            let ReportRun {
+                report,
+                invalid_rows,
+            } = report(&events, range, workers);
+            assert_eq!(invalid_rows, 0);
+            assert_eq!(report.events, 11);
+            assert_eq!(report.repeated_clicks, 1);
+            assert_eq!(report.unmatched_clicks, 2);
+            assert_eq!(report.unflagged_impressions, 1);
+            let hero = &report.rows[0];
+            assert_eq!((hero.tenant.as_str(), hero.slot.as_str()), ("ajio", "hero"));
+            assert_eq!(hero.groups.ts, Counts::new(2, 1));
+            assert_eq!(hero.groups.holdout, Counts::new(1, 1));
+            let side = &report.rows[1];
+            assert_eq!(side.groups.ts, Counts::ZERO);
+            assert_eq!(side.groups.holdout, Counts::new(1, 0));
+            let overall = report.rows.last().unwrap();
+            assert_eq!(overall.slot, "*");
+            assert_eq!(overall.groups.ts, Counts::new(2, 1));
+            assert_eq!(overall.groups.holdout, Counts::new(2, 1));
+        }
+    }
+
+    #[test]
+    fn a_key_of_two_impressions_counts_both_and_its_click_once_for_the_least_place() {
+        let range = ReportRange::new(at(0), at(60)).unwrap();
+        let events = [
+            shown("side", "r1", "b1", 1, Some(false)),
+            shown("hero", "r1", "b1", 2, Some(true)),
+            event(EventKind::Click, "hero", "r1", "b1", 3),
+        ];
+        let report = report(&events, range, 2).report;
+        let hero = &report.rows[0];
+        assert_eq!(hero.slot, "hero");
+        assert_eq!(hero.groups.holdout, Counts::new(1, 1));
+        assert_eq!(report.rows[1].groups.ts, Counts::new(1, 0));
+        assert_eq!(report.unmatched_clicks, 0);
+    }
+
+    #[test]
+    fn a_worker_counts_impressions_of_the_range_and_keys_what_must_be_matched() {
+        let range = ReportRange::new(at(0), at(60)).unwrap();
+        let mut read = UnitCounts::default();
+        let mut keyless = shown("hero", "-", "b1", 1, Some(true));
+        keyless.request_id = None;
+        assert_eq!(read.add(keyless, &range), None);
+        assert_eq!(
+            read.add(shown("hero", "r1", "b2", 2, Some(false)), &range),
+            Some(Keyed::Impression(
+                ("r1".into(), "b2".into()),
+                ("ajio".into(), "hero".into(), false)
+            ))
+        );
+        assert_eq!(
+            read.add(shown("hero", "r2", "b2", 60, Some(false)), &range),
+            None
+        );
+        assert_eq!(
+            read.add(event(EventKind::Click, "hero", "r2", "b2", 61), &range),
+            Some(Keyed::Click(("r2".into(), "b2".into())))
+        );
+        let counts: BTreeMap<_, _> = read.0.into_iter().collect();
+        assert_eq!(
+            counts,
+            BTreeMap::from([
+                (Counted::Event, 4),
+                (Counted::Impression(("ajio".into(), "hero".into(), true)), 1),
+                (
+                    Counted::Impression(("ajio".into(), "hero".into(), false)),
+                    1
+                ),
+            ])
+        );
+    }
+}
