@@ -8,15 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 events="${1:-50000000}"
-cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
-venv="$cache/bench-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import duckdb, pyspark' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r bench/requirements.txt
-fi
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/slotbandit"
+. bench/lib/env.sh
+bench_venv duckdb pyspark
+bench_release_build
 work="${SLOTBANDIT_BENCH_DIR:-$cache/bench-backfill}"
 mkdir -p "$work"
 

@@ -10,12 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="$(realpath "$1")"; rounds="${2:-3}"; old="${3:+$(realpath "$3")}"
 events="${SCALE_EVENTS:-16000000}"
-cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
-venv="$cache/bench-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "$(grep '^duckdb' bench/requirements.txt)"
-fi
+. bench/lib/env.sh
+bench_venv duckdb
 history="$cache/bench-scale/gen-$events"
 if [ ! -f "$history/_truth.json" ]; then
   rm -rf "$history"
