@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use slotbandit::dataflow::{
-    hand_off, plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, Cluster,
+    hand_off, plan_history, run_backfill, BackfillJob, BackfillReport, BackfillStore, Cluster,
     PriorSettings, DEFAULT_EPOCH_ROWS,
 };
 use slotbandit::source::open_log;
@@ -146,7 +146,7 @@ pub fn backfill(
         priors,
     } = options;
     let buckets = Buckets::of_minutes(bucket_minutes).map_err(anyhow::Error::msg)?;
-    let plan = plan_backfill(input, skip_bad_files)?;
+    let plan = plan_history(input, skip_bad_files)?;
     for s in &plan.skipped {
         tracing::warn!("skipped: {s}");
     }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::dataflow::{plan_backfill, run_report, ReportJob, ReportRun};
+use slotbandit::dataflow::{plan_history, run_report, ReportJob, ReportRun};
 use slotbandit::eval::{Report, ReportRange};
 use slotbandit::model::parquet::{list_parquet_files, EventFileReader};
 use slotbandit::model::Event;
@@ -107,7 +107,8 @@ const COLUMNS: [&str; 12] = [
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let cluster = args.cluster.cluster()?;
     let input = &args.history.input;
-    let plan = plan_backfill(input, false)?;
+    let plan =
+        plan_history(input, false).with_context(|| format!("--input {}", input.display()))?;
     let bar = ProgressBar::new(plan.rows()).with_style(
         ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} rows  {per_sec}  {elapsed}")
             .expect("valid template"),

@@ -47,8 +47,9 @@ impl WorkerReport for BackfillReport {
     }
 }
 
-/// The Parquet files under `input`, planned for a backfill; a folder without any is refused.
-pub fn plan_backfill(input: &Path, skip_bad_files: bool) -> Result<ParquetPlan, DataflowError> {
+/// The Parquet files under `input`, planned for a job over history (the backfill, the report);
+/// a folder without any is refused.
+pub fn plan_history(input: &Path, skip_bad_files: bool) -> Result<ParquetPlan, DataflowError> {
     let plan = ParquetPlan::new(input, skip_bad_files)?;
     if plan.files.is_empty() && plan.skipped.is_empty() {
         return Err(DataflowError::Config(format!(

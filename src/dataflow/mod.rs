@@ -25,7 +25,7 @@ mod stream;
 mod totals;
 
 pub use backfill::{
-    plan_backfill, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
+    plan_history, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
 };
 pub use handoff::{hand_off, stream_start, StreamStart};
 pub use priors::{

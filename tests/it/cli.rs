@@ -325,3 +325,25 @@ fn backfill_refuses_an_epoch_of_no_rows_naming_the_flag() {
         assert!(err.contains("--epoch-rows"), "{err}");
     }
 }
+
+#[test]
+fn stream_repeat_windows_and_report_inputs_out_of_range_are_refused_naming_the_flag() {
+    for flag in ["--impression-dedup-minutes", "--click-dedup-minutes"] {
+        for bad in ["0", "100001", "an-hour"] {
+            let o = slotbandit(&[
+                "stream",
+                "--log",
+                "file:/nonexistent",
+                &format!("{flag}={bad}"),
+            ]);
+            assert_fails_with(&o, &[flag]);
+        }
+    }
+    let o = slotbandit(&["report", "--input", "datasets/sample", "--workers", "0"]);
+    assert_fails_with(&o, &["--workers"]);
+    let o = slotbandit(&["report", "--input", "/nonexistent/history"]);
+    assert_fails_with(&o, &["--input", "/nonexistent/history"]);
+    let empty = tempfile::tempdir().unwrap();
+    let o = slotbandit(&["report", "--input", empty.path().to_str().unwrap()]);
+    assert_fails_with(&o, &["--input", "no Parquet files"]);
+}
