@@ -147,8 +147,13 @@ impl KeyCache {
         {
             return None;
         }
-        let (store, keys, reading) = (store.clone(), self.keys.clone(), self.reading.clone());
+        let (store, keys) = (store.clone(), self.keys.clone());
+        let mark = ReadMark {
+            reading: self.reading.clone(),
+            hash: hash.clone(),
+        };
         Some(tokio::task::spawn_blocking(move || {
+            let _unmarked_when_done = mark;
             let found = store.api_key(&hash);
             if let Ok(found) = &found {
                 keys.rcu(|keys| {
@@ -160,9 +165,24 @@ impl KeyCache {
                     keys
                 });
             }
-            reading.lock().expect("not poisoned").remove(&hash);
             found
         }))
+    }
+}
+
+/// A hash marked as being read; the mark goes when the read ends, however it ends (a store call
+/// that panicked must not leave its key never refreshed again).
+struct ReadMark {
+    reading: Arc<Mutex<HashSet<String>>>,
+    hash: String,
+}
+
+impl Drop for ReadMark {
+    fn drop(&mut self) {
+        self.reading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.hash);
     }
 }
 
