@@ -230,6 +230,68 @@ SERVE = [
 ]
 
 
+
+def group_increase(counter, group):
+    """A decision group's stored impressions or clicks per (tenant, slot) over the dashboard's
+    time range (the stream job's counters, after its deduplication)."""
+    return (f"sum by (tenant, slot) (increase(slotbandit_stream_group_{counter}_total"
+            f'{{group="{group}", tenant=~"$tenant"}}[$__range]))')
+
+
+def uplift_queries():
+    """TS's CTR minus the holdout's in percentage points with a 95% Wald interval, and the extra
+    clicks it earned (the difference times TS's impressions), per (tenant, slot); a slot without
+    holdout impressions in the range has no value. `slotbandit report` gives the exact counts
+    and a Newcombe interval."""
+    ts_impressions = group_increase("impressions", "thompson")
+    holdout_impressions = group_increase("impressions", "holdout")
+    ts = f'({group_increase("clicks", "thompson")} / {ts_impressions})'
+    holdout = f'({group_increase("clicks", "holdout")} / {holdout_impressions})'
+    difference = f"({ts} - {holdout})"
+    error = (f"sqrt({ts} * (1 - {ts}) / {ts_impressions} + "
+             f"{holdout} * (1 - {holdout}) / {holdout_impressions})")
+    return {
+        "uplift": Query(f"100 * {difference}", "{{tenant}}/{{slot}} uplift"),
+        "low": Query(f"100 * ({difference} - 1.96 * {error})", "{{tenant}}/{{slot}} low 95%"),
+        "high": Query(f"100 * ({difference} + 1.96 * {error})", "{{tenant}}/{{slot}} high 95%"),
+        "extra_clicks": Query(f"{difference} * {ts_impressions}", "{{tenant}}/{{slot}}"),
+    }
+
+
+UPLIFT = uplift_queries()
+
+EARNED = [
+    PanelSpec(
+        "Uplift over the holdout",
+        "Thompson sampling's CTR minus the holdout's (uniform choice) over the dashboard's time "
+        "range, in percentage points, with a 95% interval, per slot with a holdout. The exact "
+        "figures: `slotbandit report` (docs/evaluation.md).",
+        "suffix: pp",
+        [UPLIFT["uplift"], UPLIFT["low"], UPLIFT["high"]],
+        kind="stat",
+    ),
+    PanelSpec(
+        "Extra clicks earned",
+        "Clicks Thompson sampling earned beyond what uniform choice would have on the same "
+        "impressions, over the dashboard's time range, per slot with a holdout.",
+        "short",
+        [UPLIFT["extra_clicks"]],
+        kind="stat",
+    ),
+    PanelSpec(
+        "CTR by decision group",
+        "Clicks per impression of Thompson sampling's decisions and of the holdout's, over the "
+        "hour before each point (decisions logged without a group are left out).",
+        "percentunit",
+        [Query(f'sum by (group) (increase(slotbandit_stream_group_clicks_total'
+               f'{{tenant=~"$tenant"}}[1h])) / sum by (group) '
+               f'(increase(slotbandit_stream_group_impressions_total{{tenant=~"$tenant"}}[1h]))',
+               "{{group}}")],
+        width=24,
+    ),
+]
+
+
 def target(ref_id, query):
     return (
         prometheus.Dataquery()
@@ -293,7 +355,9 @@ def build():
         )
     )
     panel_ids = iter(range(1, 1000))
-    for title, specs in (("Overview", OVERVIEW), ("Stream job", STREAM), ("Lookup service", SERVE)):
+    rows = (("Overview", OVERVIEW), ("What the bandit earned", EARNED), ("Stream job", STREAM),
+            ("Lookup service", SERVE))
+    for title, specs in rows:
         dashboard = dashboard.with_row(dashboards.Row(title).id(next(panel_ids)))
         for spec in specs:
             dashboard = dashboard.with_panel(panel(next(panel_ids), spec))

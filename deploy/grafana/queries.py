@@ -1,12 +1,12 @@
 """The PromQL of the committed dashboard (slotbandit.json), ready to send to Prometheus as is:
 `dashboard_queries()` gives every (panel title, expr) pair with the dashboard's variables filled
-in ($tenant as every tenant, $__rate_interval as 1m). Needs only the standard library."""
+in ($tenant as every tenant, $__rate_interval as 1m, $__range as 1h). Needs only the standard library."""
 
 import json
 from pathlib import Path
 
 DASHBOARD = Path(__file__).resolve().parent / "slotbandit.json"
-SUBSTITUTIONS = {"$__rate_interval": "1m", "$tenant": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "1m", "$__range": "1h", "$tenant": ".*"}
 
 
 def dashboard_panels(path=DASHBOARD):

@@ -179,6 +179,20 @@ impl DecisionLogFields<'_> {
 }
 
 impl DecisionLog {
+    /// This log with the decision's group: held out (the uniform policy) or Thompson sampling.
+    pub fn with_group(self, holdout: bool) -> Self {
+        let policy = if holdout {
+            Policy::Uniform
+        } else {
+            Policy::Thompson
+        };
+        Self {
+            policy: Some(policy),
+            holdout: Some(holdout),
+            ..self
+        }
+    }
+
     pub fn fields(&self) -> DecisionLogFields<'static> {
         DecisionLogFields {
             policy: self.policy.map(|p| p.as_str()),

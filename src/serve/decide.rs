@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::token::Shown;
 use super::AppState;
 use crate::bandit::{seeded_rng, ComputeBudget, DecisionRng, SlotPolicy};
-use crate::model::{Banner, DecisionLog, Event, EventKind, Policy, RANK_MAX};
+use crate::model::{Banner, DecisionLog, Event, EventKind, RANK_MAX};
 use crate::time;
 
 /// Banners one decision may show at most (a carousel).
@@ -134,7 +135,14 @@ pub(super) async fn decide(
     let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
-    let (token, decision_id) = state.tokens.sign(tenant, slot, city, &ids, now, nonce);
+    let shown = Shown {
+        tenant,
+        slot,
+        city,
+        banners: &ids,
+        holdout,
+    };
+    let (token, decision_id) = state.tokens.sign(&shown, now, nonce);
 
     let impressions = banners
         .iter()
@@ -150,15 +158,7 @@ pub(super) async fn decide(
             customer_id: customer_id.clone(),
             referrer: referrer.clone(),
             request_id: Some(decision_id.clone()),
-            decision: DecisionLog {
-                holdout: Some(holdout),
-                policy: Some(if holdout {
-                    Policy::Uniform
-                } else {
-                    Policy::Thompson
-                }),
-                ..decision
-            },
+            decision: decision.with_group(holdout),
         })
         .collect();
     state.events.impressions(impressions);

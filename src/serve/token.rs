@@ -3,9 +3,11 @@
 //! click can only count for a banner that a decision of this service really showed, recently,
 //! to that tenant.
 //!
-//! Form: `base64url(payload) "." base64url(tag)`, payload = `v1|tenant|slot|city|b1,b2|ms|nonce`,
+//! Form: `base64url(payload) "." base64url(tag)`, payload =
+//! `v2|tenant|slot|city|b1,b2|ms|nonce|group`, group `t` (Thompson sampling) or `h` (holdout),
 //! tag = the first 16 bytes of HMAC-SHA256(secret, payload). Names are `[a-z0-9_-]`, so `|` and
-//! `,` never occur inside them. Events carry the tag (22 characters) as their `request_id`: it
+//! `,` never occur inside them. Tokens of the first form (`v1|…|nonce`, no group), issued before
+//! an upgrade, are still accepted: their decision's group is unknown. Events carry the tag (22 characters) as their `request_id`: it
 //! identifies the decision and links its clicks to its impressions, and it stays within the
 //! event contract's 512 bytes however many banners were shown.
 
@@ -19,7 +21,9 @@ use crate::model::validate_name;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: &str = "v1";
+const VERSION: &str = "v2";
+/// The form before the group was signed in.
+const VERSION_WITHOUT_GROUP: &str = "v1";
 const TAG_BYTES: usize = 16;
 /// A token may be issued this far in the future of the verifying clock (clock skew between
 /// replicas) and still be accepted.
@@ -33,8 +37,21 @@ pub struct Decision {
     pub city: String,
     pub banners: Vec<String>,
     pub issued_at: DateTime<Utc>,
+    /// Whether the decision was held out (uniform choice); `None` for a token issued before
+    /// the group was signed in.
+    pub holdout: Option<bool>,
     /// The decision's ID (the token's tag), written as `request_id` into its events.
     pub id: String,
+}
+
+/// What a decision showed, to sign into its token.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<'a> {
+    pub tenant: &'a str,
+    pub slot: &'a str,
+    pub city: &'a str,
+    pub banners: &'a [&'a str],
+    pub holdout: bool,
 }
 
 /// Why a token is refused.
@@ -73,17 +90,17 @@ impl TokenSigner {
 
     /// The token for a decision and the decision's ID. `nonce` makes two decisions of the same
     /// millisecond differ.
-    pub fn sign(
-        &self,
-        tenant: &str,
-        slot: &str,
-        city: &str,
-        banners: &[&str],
-        at: DateTime<Utc>,
-        nonce: u64,
-    ) -> (String, String) {
+    pub fn sign(&self, shown: &Shown<'_>, at: DateTime<Utc>, nonce: u64) -> (String, String) {
+        let Shown {
+            tenant,
+            slot,
+            city,
+            banners,
+            holdout,
+        } = *shown;
+        let group = if holdout { 'h' } else { 't' };
         let payload = format!(
-            "{VERSION}|{tenant}|{slot}|{city}|{}|{}|{nonce:x}",
+            "{VERSION}|{tenant}|{slot}|{city}|{}|{}|{nonce:x}|{group}",
             banners.join(","),
             at.timestamp_millis()
         );
@@ -122,8 +139,19 @@ impl TokenSigner {
 
         let payload = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed)?;
         let parts: Vec<&str> = payload.split('|').collect();
-        let [VERSION, tenant, slot, city, banners, ms, _nonce] = parts[..] else {
-            return Err(TokenError::Malformed);
+        let (tenant, slot, city, banners, ms, holdout) = match parts[..] {
+            [VERSION, tenant, slot, city, banners, ms, _nonce, group] => {
+                let holdout = match group {
+                    "t" => false,
+                    "h" => true,
+                    _ => return Err(TokenError::Malformed),
+                };
+                (tenant, slot, city, banners, ms, Some(holdout))
+            }
+            [VERSION_WITHOUT_GROUP, tenant, slot, city, banners, ms, _nonce] => {
+                (tenant, slot, city, banners, ms, None)
+            }
+            _ => return Err(TokenError::Malformed),
         };
         let banners: Vec<String> = banners.split(',').map(str::to_string).collect();
         let names_ok = [tenant, slot, city]
@@ -153,6 +181,7 @@ impl TokenSigner {
             city: city.to_string(),
             banners,
             issued_at,
+            holdout,
             id: tag_b64.to_string(),
         })
     }
@@ -167,19 +196,30 @@ mod tests {
         crate::time::parse_rfc3339("2026-11-28T21:05:00+05:30").unwrap()
     }
 
+    fn shown<'a>(banners: &'a [&'a str], holdout: bool) -> Shown<'a> {
+        Shown {
+            tenant: "ajio",
+            slot: "hero",
+            city: "pune",
+            banners,
+            holdout,
+        }
+    }
+
     #[test]
     fn a_signed_token_verifies_to_what_was_shown() {
         let s = TokenSigner::new(b"0123456789abcdef0123456789abcdef", 3600);
-        let (token, id) = s.sign("ajio", "hero", "pune", &["b03", "b07"], now(), 42);
+        let (token, id) = s.sign(&shown(&["b03", "b07"], false), now(), 42);
         let d = s.verify(&token, now() + Duration::seconds(10)).unwrap();
         assert_eq!(d.tenant, "ajio");
         assert_eq!(d.slot, "hero");
         assert_eq!(d.city, "pune");
         assert_eq!(d.banners, ["b03", "b07"]);
         assert_eq!(d.issued_at, now());
+        assert_eq!(d.holdout, Some(false));
         assert_eq!(d.id, id);
         assert_eq!(id.len(), 22);
-        let (other, other_id) = s.sign("ajio", "hero", "pune", &["b03", "b07"], now(), 43);
+        let (other, other_id) = s.sign(&shown(&["b03", "b07"], false), now(), 43);
         assert_ne!(
             (other, other_id),
             (token, id),
@@ -190,9 +230,9 @@ mod tests {
     #[test]
     fn forged_altered_and_old_tokens_are_refused() {
         let s = TokenSigner::new(b"0123456789abcdef0123456789abcdef", 3600);
-        let (token, _) = s.sign("ajio", "hero", "pune", &["b03"], now(), 1);
+        let (token, _) = s.sign(&shown(&["b03"], false), now(), 1);
         let other_key = TokenSigner::new(b"another secret, also 32 bytes...", 3600);
-        let (forged, _) = other_key.sign("ajio", "hero", "pune", &["b03"], now(), 1);
+        let (forged, _) = other_key.sign(&shown(&["b03"], false), now(), 1);
         assert_eq!(s.verify(&forged, now()), Err(TokenError::BadSignature));
 
         let (payload, tag) = token.split_once('.').unwrap();
@@ -219,5 +259,33 @@ mod tests {
             s.verify(&token, early),
             Err(TokenError::FromTheFuture { .. })
         ));
+    }
+
+    #[test]
+    fn the_group_is_signed_in_and_tokens_of_the_first_form_still_verify() {
+        let s = TokenSigner::new(b"0123456789abcdef0123456789abcdef", 3600);
+        let (held_out, _) = s.sign(&shown(&["b03"], true), now(), 7);
+        assert_eq!(s.verify(&held_out, now()).unwrap().holdout, Some(true));
+
+        let (payload, tag) = held_out.split_once('.').unwrap();
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(text.ends_with("|h"), "{text}");
+        let flipped = URL_SAFE_NO_PAD.encode(format!("{}t", &text[..text.len() - 1]));
+        assert_eq!(
+            s.verify(&format!("{flipped}.{tag}"), now()),
+            Err(TokenError::BadSignature),
+            "the group cannot be changed without the secret"
+        );
+
+        let first_form = format!("v1|ajio|hero|pune|b03,b07|{}|2a", now().timestamp_millis());
+        let tag = URL_SAFE_NO_PAD.encode(s.tag(first_form.as_bytes()));
+        let token = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(&first_form));
+        let d = s.verify(&token, now()).unwrap();
+        assert_eq!((d.holdout, d.banners.len(), d.id), (None, 2, tag));
+
+        let unknown_group = format!("v2|ajio|hero|pune|b03|{}|2a|x", now().timestamp_millis());
+        let tag = URL_SAFE_NO_PAD.encode(s.tag(unknown_group.as_bytes()));
+        let token = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(&unknown_group));
+        assert_eq!(s.verify(&token, now()), Err(TokenError::Malformed));
     }
 }

@@ -10,7 +10,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use slotbandit::model::{Event, EventKind, Offset};
-use slotbandit::serve::token::TokenSigner;
+use slotbandit::serve::token::{Shown, TokenSigner};
 use slotbandit::source::open_log;
 
 const SECRET: &str = "test secret for the lookup service, 32+ bytes";
@@ -446,22 +446,18 @@ fn bad_clicks_are_refused_with_reasons_and_log_nothing() {
         .unwrap();
 
     let now = Utc::now();
-    let (expired, _) = TokenSigner::new(SECRET.as_bytes(), 86_400).sign(
-        "ajio",
-        "hero",
-        "pune",
-        &[&shown],
-        now - chrono::Duration::days(2),
-        7,
-    );
-    let (forged, _) = TokenSigner::new(b"a different secret of 32 bytes or more", 86_400).sign(
-        "ajio",
-        "hero",
-        "pune",
-        &[&shown],
-        now,
-        7,
-    );
+    let banners = [shown.as_str()];
+    let what = Shown {
+        tenant: "ajio",
+        slot: "hero",
+        city: "pune",
+        banners: &banners,
+        holdout: false,
+    };
+    let (expired, _) =
+        TokenSigner::new(SECRET.as_bytes(), 86_400).sign(&what, now - chrono::Duration::days(2), 7);
+    let (forged, _) =
+        TokenSigner::new(b"a different secret of 32 bytes or more", 86_400).sign(&what, now, 7);
     let myntra: Value = s
         .get(
             "/v1/tenants/myntra/slots/home/decision?city=pune",

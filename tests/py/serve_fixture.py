@@ -90,11 +90,16 @@ def stop_service(service: Service):
     service.process.wait(timeout=30)
 
 
-def import_holdout(service, share):
-    """Re-imports the sample's hero slot with a holdout share (the slot CSV's `holdout` column)."""
+def hero_with_holdout(share):
+    """The sample's hero slot, valid for years, with a holdout share (the slot CSV's `holdout`
+    column)."""
     csv = sample_slots_valid_for_years().splitlines()
-    held = "\n".join([csv[0] + ",recency_minutes,holdout"] +
-                     [line + f",,{share}" for line in csv[1:] if ",hero," in line]) + "\n"
-    status, _ = service.request("POST", "/v1/tenants/ajio/slot-imports", held.encode(),
-                                content_type="text/csv")
+    return "\n".join([csv[0] + ",recency_minutes,holdout"] +
+                      [line + f",,{share}" for line in csv[1:] if ",hero," in line]) + "\n"
+
+
+def import_holdout(service, share):
+    """Re-imports the sample's hero slot with a holdout share."""
+    status, _ = service.request("POST", "/v1/tenants/ajio/slot-imports",
+                                hero_with_holdout(share).encode(), content_type="text/csv")
     assert status == 200

@@ -86,6 +86,14 @@ def test_the_report_counts_what_the_site_was_answered(tmp_path):
     run("consume", "--log", f"file:{tmp_path / 'log'}", "--parquet", str(out))
     report = json.loads(run("report", "--input", str(out), "--format", "json"))
     hero = next(r for r in report["rows"] if r["slot"] == "hero")
+
+    # A click carries its decision's group, signed into the token: the same as its impression's.
+    events = ds.dataset(out, format="parquet", partitioning="hive").to_table().to_pylist()
+    group_of = {e["request_id"]: (e["policy"], e["holdout"]) for e in events
+                if e["kind"] == "impression"}
+    clicks = [e for e in events if e["kind"] == "click"]
+    assert {e["holdout"] for e in clicks} == {True, False}
+    assert all((e["policy"], e["holdout"]) == group_of[e["request_id"]] for e in clicks)
     # Decisions before the holdout reached the cache count as TS: the ledger starts after them.
     assert hero["holdout"] == {"impressions": ledger[True][0], "clicks": ledger[True][1]}
     assert hero["ts"]["impressions"] >= ledger[False][0]

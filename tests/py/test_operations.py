@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_fixture import BIN, ROOT, free_port, run, sample_slots_valid_for_years, wait_for
+from serve_fixture import BIN, ROOT, free_port, hero_with_holdout, run, wait_for
 
 SERVICES = ROOT / "scripts" / "services"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -128,11 +128,15 @@ class Process:
 
 
 class Traffic(threading.Thread):
-    """Decisions and clicks against the service, as a site sends them, until stopped."""
+    """Decisions and clicks against the service, as a site sends them, until stopped; holding
+    `lock` pauses it. `answered` counts, per decision group, the impressions and clicks the
+    service acknowledged."""
 
     def __init__(self, base, key):
         super().__init__(daemon=True)
         self.base, self.key, self.stop = base, key, threading.Event()
+        self.lock = threading.Lock()
+        self.answered = {"thompson": [0, 0], "holdout": [0, 0]}
 
     def call(self, method, path, body=None):
         req = urllib.request.Request(self.base + path, method=method,
@@ -150,14 +154,23 @@ class Traffic(threading.Thread):
     def run(self):
         i = 0
         while not self.stop.is_set():
-            city = ("pune", "mumbai", "delhi")[i % 3]
-            status, answer = self.call("GET", f"/v1/tenants/ajio/slots/hero/decision?city={city}")
-            if status == 200 and i % 3 == 0:
-                self.call("POST", "/v1/tenants/ajio/clicks",
-                          {"request_id": answer["request_id"],
-                           "banner": answer["banners"][0]["banner"]})
+            with self.lock:
+                self.decide_and_click(i)
             i += 1
             time.sleep(0.02)
+
+    def decide_and_click(self, i):
+        city = ("pune", "mumbai", "delhi")[i % 3]
+        status, answer = self.call("GET", f"/v1/tenants/ajio/slots/hero/decision?city={city}")
+        if status != 200:
+            return
+        group = self.answered["holdout" if answer["holdout"] else "thompson"]
+        group[0] += len(answer["banners"])
+        if i % 3 == 0:
+            status, _ = self.call("POST", "/v1/tenants/ajio/clicks",
+                                  {"request_id": answer["request_id"],
+                                   "banner": answer["banners"][0]["banner"]})
+            group[1] += status == 202
 
 
 class Prometheus:
@@ -185,8 +198,9 @@ class Prometheus:
         except OSError:
             return None
 
-    def query(self, expr):
-        answer = self.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    def query(self, expr, at=None):
+        params = {"query": expr} | ({} if at is None else {"time": at})
+        answer = self.get("/api/v1/query?" + urllib.parse.urlencode(params))
         assert answer and answer["status"] == "success", f"{expr}: {answer}"
         return answer["data"]["result"]
 
@@ -219,7 +233,7 @@ def stack(tmp_path_factory):
     assert line.startswith("listening on "), line
     base = line.removeprefix("listening on ")
     req = urllib.request.Request(base + "/v1/tenants/ajio/slot-imports", method="POST",
-                                 data=sample_slots_valid_for_years().encode())
+                                 data=hero_with_holdout(0.3).encode())
     req.add_header("Authorization", "Bearer " + admin)
     req.add_header("Content-Type", "text/csv")
     assert urllib.request.urlopen(req, timeout=30).status == 200
@@ -255,6 +269,64 @@ def test_every_dashboard_query_returns_data_from_the_real_processes(stack):
     except AssertionError as e:
         raise AssertionError(f"{e}; still empty: {empty}") from None
     assert prometheus.firing() == set(), "alerts fire on a healthy system"
+
+
+def test_the_group_counters_count_what_the_service_answered(stack):
+    """Paused traffic: once the job has caught up, its per-group counters (scraped by
+    Prometheus) equal the impressions and clicks the service acknowledged in each group."""
+    prometheus, traffic = stack["prometheus"], stack["traffic"]
+    seen = {}
+
+    def counted():
+        for counter in ("impressions", "clicks"):
+            for r in prometheus.query(
+                    f"sum by (group) (slotbandit_stream_group_{counter}_total)"):
+                seen[(r["metric"]["group"], counter)] = int(float(r["value"][1]))
+        return all(seen.get((group, counter)) == traffic.answered[group][i]
+                   for group in traffic.answered for i, counter in enumerate(("impressions", "clicks")))
+
+    with traffic.lock:
+        assert traffic.answered["holdout"][0] > 0 and traffic.answered["thompson"][1] > 0
+        try:
+            wait_for(counted, 60, "the group counters to reach what the service answered")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: counted {seen}, answered {traffic.answered}") from None
+
+
+def test_the_uplift_panel_is_the_wald_interval_of_the_group_counts(stack):
+    """The dashboard's uplift and extra-clicks PromQL, evaluated by the real Prometheus, equals
+    the difference of the two groups' CTRs with a 95% normal interval computed here from the
+    groups' counts at the same instant."""
+    prometheus = stack["prometheus"]
+    queries = dict()
+    for title, expr in dashboard_queries():
+        queries.setdefault(title, []).append(expr)
+    uplift, low, high = queries["Uplift over the holdout"]
+    [extra] = queries["Extra clicks earned"]
+    wait_for(lambda: prometheus.query(uplift), 60, "an uplift to show")
+    at = time.time()
+
+    def per_slot(expr):
+        return {(r["metric"]["tenant"], r["metric"]["slot"]): float(r["value"][1])
+                for r in prometheus.query(expr, at)}
+
+    counts = {(group, counter): per_slot(
+        f"sum by (tenant, slot) (increase(slotbandit_stream_group_{counter}_total"
+        f'{{group="{group}"}}[1h]))')
+        for group in ("thompson", "holdout") for counter in ("impressions", "clicks")}
+    shown = {name: per_slot(expr) for name, expr in
+             (("uplift", uplift), ("low", low), ("high", high), ("extra", extra))}
+    assert set(shown["uplift"]) == {("ajio", "hero")}
+    for slot in shown["uplift"]:
+        n_ts, n_h = counts[("thompson", "impressions")][slot], counts[("holdout", "impressions")][slot]
+        p_ts = counts[("thompson", "clicks")][slot] / n_ts
+        p_h = counts[("holdout", "clicks")][slot] / n_h
+        error = (p_ts * (1 - p_ts) / n_ts + p_h * (1 - p_h) / n_h) ** 0.5
+        expected = {"uplift": 100 * (p_ts - p_h), "low": 100 * (p_ts - p_h - 1.96 * error),
+                    "high": 100 * (p_ts - p_h + 1.96 * error), "extra": (p_ts - p_h) * n_ts}
+        for name, value in expected.items():
+            assert shown[name][slot] == pytest.approx(value, rel=1e-9, abs=1e-9), name
+        assert shown["low"][slot] < shown["uplift"][slot] < shown["high"][slot]
 
 
 def test_each_fault_fires_its_alerts_and_they_resolve_after_recovery(stack):

@@ -49,6 +49,8 @@ METRICS = {
     "slotbandit_stream_partition_lag_records",
     "slotbandit_stream_oldest_uncounted_event_age_seconds",
     "slotbandit_stream_last_epoch_stored_timestamp_seconds",
+    "slotbandit_stream_group_impressions_total",
+    "slotbandit_stream_group_clicks_total",
     # the lookup service
     "slotbandit_decisions_total",
     "slotbandit_tenant_decisions_total",

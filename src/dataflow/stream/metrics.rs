@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use chrono::Utc;
 
+use super::reader::GroupCount;
 use crate::dataflow::harness::WorkerReport;
 use crate::dataflow::SinkStats;
 use crate::model::{Offset, Partition};
@@ -21,6 +22,8 @@ pub struct StreamMetrics {
     repeated_impressions: prometheus::IntCounter,
     before_cutoff: prometheus::IntCounter,
     dead_letters: prometheus::IntCounter,
+    group_impressions: prometheus::IntCounterVec,
+    group_clicks: prometheus::IntCounterVec,
     epochs_stored: prometheus::IntCounter,
     last_epoch_stored: prometheus::Gauge,
     partition_lag: prometheus::IntGaugeVec,
@@ -29,6 +32,15 @@ pub struct StreamMetrics {
     click_to_store: prometheus::Histogram,
     /// The same latencies in milliseconds, exact enough for the report's quantiles.
     click_to_store_ms: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// The `group` label of a decision: held out (uniform choice) or Thompson sampling.
+pub fn group_label(holdout: bool) -> &'static str {
+    if holdout {
+        "holdout"
+    } else {
+        "thompson"
+    }
 }
 
 /// Where this process's partitions stand against the log, for the lag gauges.
@@ -99,6 +111,17 @@ impl Default for StreamMetrics {
                 .expect("registered once");
             g
         };
+        let per_group = |name: &str, help: &str| {
+            let c = prometheus::IntCounterVec::new(
+                prometheus::Opts::new(name, help),
+                &["tenant", "slot", "group"],
+            )
+            .expect("a valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
         let partition_lag = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
                 "partition_lag_records",
@@ -135,6 +158,16 @@ impl Default for StreamMetrics {
             dead_letters: counter(
                 "dead_letters_total",
                 "Malformed messages sent to the dead-letter log",
+            ),
+            group_impressions: per_group(
+                "group_impressions_total",
+                "Impressions stored, per slot and decision group (thompson or holdout); \
+                 impressions of decisions logged without a group are not in it",
+            ),
+            group_clicks: per_group(
+                "group_clicks_total",
+                "Clicks stored, per slot and the group of the decision they follow; clicks \
+                 on decisions made before the service signed groups into tokens are not in it",
             ),
             epochs_stored: counter(
                 "epochs_stored_total",
@@ -213,6 +246,23 @@ impl StreamMetrics {
     }
 
     /// Notes where a reader's partitions start: everything before is in the store.
+    /// Adds the group counts of an epoch whose changes are in the store.
+    pub(super) fn groups_stored(&self, groups: &[GroupCount]) {
+        for (arm, holdout, counts) in groups {
+            let labels = [
+                arm.tenant.as_str(),
+                arm.slot.as_str(),
+                group_label(*holdout),
+            ];
+            self.group_impressions
+                .with_label_values(&labels)
+                .inc_by(counts.impressions);
+            self.group_clicks
+                .with_label_values(&labels)
+                .inc_by(counts.clicks);
+        }
+    }
+
     pub(super) fn reading_from(&self, positions: &BTreeMap<Partition, Offset>) {
         let mut lag = self.lag.lock().expect("lag lock");
         lag.stored.extend(positions);

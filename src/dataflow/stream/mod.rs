@@ -36,7 +36,7 @@ use timely::dataflow::operators::Input as TimelyInput;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use self::reader::PartitionReader;
+use self::reader::{GroupCount, PartitionReader};
 use super::harness::{
     run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress, WorkerReport,
 };
@@ -301,6 +301,7 @@ fn stream_worker(
                         epoch,
                         positions: r.state.resume_points(),
                         clicks_appended_ms: batch.clicks_appended_ms,
+                        groups: batch.groups,
                     });
                     done = job.stop_at_end && r.state.at_end();
                 }
@@ -365,6 +366,7 @@ struct InFlight {
     /// The reader's resume points at the end of the epoch.
     positions: BTreeMap<Partition, Offset>,
     clicks_appended_ms: Vec<i64>,
+    groups: Vec<GroupCount>,
 }
 
 /// Moves the checkpoint past every epoch the store has (all of them once the dataflow is done).
@@ -381,6 +383,7 @@ fn checkpoint(
         }
         let stored = in_flight.pop_front().expect("front exists");
         job.metrics.clicks_stored(&stored.clicks_appended_ms);
+        job.metrics.groups_stored(&stored.groups);
         newest = Some(stored.positions);
     }
     if let Some(positions) = newest {

@@ -16,8 +16,8 @@ use super::{RepeatWindows, StreamJob, StreamReport};
 use crate::dataflow::sink::AppliedOffset;
 use crate::dataflow::DataflowError;
 use crate::model::{
-    ArmKey, CountKey, Event, EventKind, EventRef, Offset, Partition, ShardKey, TenantAliases,
-    ALL_TIME,
+    ArmKey, CountKey, Counts, Event, EventKind, EventRef, Offset, Partition, ShardKey,
+    TenantAliases, ALL_TIME,
 };
 use crate::source::{LogReader, RecordRef};
 use crate::store::AppliedOffsets;
@@ -34,11 +34,16 @@ pub(super) struct EpochBatch {
     /// When each counted click was appended to the log (ms since the Unix epoch).
     pub(super) clicks_appended_ms: Vec<i64>,
     pub(super) counts: Vec<(CountKey, (i64, i64))>,
+    /// The counted events of decisions whose group is known, per (arm, held out).
+    pub(super) groups: Vec<GroupCount>,
     pub(super) applied: Vec<AppliedOffset>,
     /// The newest event time counted in the epoch, at most the wall clock's (ms since the Unix
     /// epoch): the priors' clock.
     pub(super) newest_event_ms: Option<i64>,
 }
+
+/// The impressions and clicks of one arm's decisions of one group (held out or not) in an epoch.
+pub(crate) type GroupCount = (Arc<ArmKey>, bool, Counts);
 
 /// The arms and shards a reader has seen, numbered, so counting an event hashes one short
 /// string and allocates nothing once its arm is known.
@@ -170,6 +175,7 @@ impl PartitionReader {
             records: 0,
             clicks_appended_ms: Vec::new(),
             counts: Vec::new(),
+            groups: Vec::new(),
             applied: Vec::new(),
             newest_event_ms: None,
         };
@@ -227,6 +233,11 @@ impl PartitionReader {
                 let arm = arms[arm as usize].0.clone();
                 (CountKey { arm, bucket }, diff)
             })
+            .collect();
+        batch.groups = epoch
+            .groups
+            .into_iter()
+            .map(|((arm, holdout), counts)| (arms[arm as usize].0.clone(), holdout, counts))
             .collect();
         batch.applied = epoch
             .applied
@@ -359,17 +370,20 @@ impl PartitionState {
             report.counted += 1;
             let ms = event.ts.timestamp_millis();
             epoch.newest_event_ms = epoch.newest_event_ms.max(Some(ms));
-            let diff = match event.kind {
-                EventKind::Impression => (1, 0),
+            let (diff, one) = match event.kind {
+                EventKind::Impression => ((1, 0), Counts::new(1, 0)),
                 EventKind::Click => {
                     epoch.clicks_appended_ms.push(record.timestamp_ms);
-                    (0, 1)
+                    ((0, 1), Counts::new(0, 1))
                 }
             };
             for bucket in [ALL_TIME, self.buckets.index(event.ts)] {
                 let c = epoch.counts.entry((arm, bucket)).or_default();
                 c.0 += diff.0;
                 c.1 += diff.1;
+            }
+            if let Some(holdout) = event.decision.holdout {
+                *epoch.groups.entry((arm, holdout)).or_default() += one;
             }
         }
         Some(shard)
@@ -380,6 +394,7 @@ impl PartitionState {
 #[derive(Default)]
 struct EpochCounts {
     counts: FxHashMap<(u32, i64), (i64, i64)>,
+    groups: FxHashMap<(u32, bool), Counts>,
     /// The highest offset per (shard, partition) counted or skipped as a repeat.
     applied: FxHashMap<(u32, Partition), Offset>,
     clicks_appended_ms: Vec<i64>,
@@ -390,6 +405,7 @@ struct EpochCounts {
 mod tests {
     use super::*;
     use crate::dataflow::stream::test_events::{self, at};
+    use crate::model::DecisionLog;
 
     const P0: Partition = Partition(0);
     const P1: Partition = Partition(1);
@@ -522,6 +538,36 @@ mod tests {
             r.state.applied_at_start,
             AppliedOffsets::from([(ShardKey::new("t1", "pune"), offsets(&[(P0, 15)]))])
         );
+    }
+
+    #[test]
+    fn group_counts_take_flagged_events_once_and_leave_unflagged_ones_out() {
+        let in_group = |kind, request, holdout: bool| EventRef {
+            decision: DecisionLog::default().with_group(holdout),
+            ..event(kind, "pune", Some(request), 0)
+        };
+        let mut r = Reading::new(start(&[], &[]), None);
+        r.read(P0, 0, in_group(EventKind::Impression, "r1", false));
+        r.read(P0, 1, in_group(EventKind::Impression, "r1", false));
+        r.read(P0, 2, in_group(EventKind::Click, "r1", false));
+        r.read(P0, 3, in_group(EventKind::Impression, "r2", true));
+        r.read(P1, 0, in_group(EventKind::Impression, "r3", true));
+        r.read(P1, 1, in_group(EventKind::Click, "r3", true));
+        r.read(P1, 2, in_group(EventKind::Click, "r3", true));
+        r.read(P1, 3, event(EventKind::Impression, "pune", Some("r4"), 0));
+        r.read(P1, 4, click("r4"));
+        let groups: BTreeMap<bool, Counts> = r
+            .epoch
+            .groups
+            .iter()
+            .map(|(&(_, holdout), &c)| (holdout, c))
+            .collect();
+        assert_eq!(
+            groups,
+            BTreeMap::from([(false, Counts::new(1, 1)), (true, Counts::new(2, 1))]),
+            "repeats are out, unflagged events are out"
+        );
+        assert_eq!(r.counts()[&("pune".to_string(), ALL_TIME)], (4, 3));
     }
 
     #[test]

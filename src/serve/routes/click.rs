@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{optional_token, tenant_path, Shared, TenantPath};
-use crate::model::{validate_name, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX};
+use crate::model::{validate_name, DecisionLog, Event, EventKind, CUSTOMER_ID_MAX, REFERRER_MAX};
 use crate::serve::auth::Caller;
 use crate::serve::error::{ApiError, ErrorBody};
 use crate::serve::events::ClickError;
@@ -146,7 +146,10 @@ async fn record_click(
         customer_id,
         referrer,
         request_id: Some(decision.id.clone()),
-        decision: Default::default(),
+        decision: decision
+            .holdout
+            .map(|holdout| DecisionLog::default().with_group(holdout))
+            .unwrap_or_default(),
     };
     let accepted = ClickAccepted {
         event_id: event.event_id.clone(),
