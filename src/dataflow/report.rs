@@ -5,6 +5,10 @@
 //! keyed impressions and clicks to the dataflow, which exchanges them by (request_id, banner),
 //! joins each clicked key to its impression and counts the rest. Every count ends on worker 0,
 //! which makes the report.
+//!
+//! The dataflow holds no names: a (request_id, banner) is its 128-bit digest and a (tenant,
+//! slot) too, so the arrangement of millions of impressions holds fixed-size keys and values.
+//! The names of each (tenant, slot) travel once per row group that saw it, to worker 0.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,23 +27,30 @@ use super::sink::SinkSpec;
 use super::{Cluster, DataflowError};
 use crate::eval::{report_rows, Groups, Report, ReportRange};
 use crate::model::parquet::EventFileReader;
-use crate::model::{Counts, Event, EventKind};
+use crate::model::{Counts, Event, EventKind, PairDigest};
 use crate::source::parquet::ParquetPlan;
 
-/// The (request_id, banner) of an impression, which its clicks name.
-type ImpressionKey = (String, String);
+/// The digest of the (request_id, banner) of an impression, which its clicks name.
+type ImpressionKey = u128;
 
-/// Where an impression counts: its tenant, its slot, and whether it was held out.
-type Place = (String, String, bool);
+/// The digest of a (tenant, slot).
+type SlotId = u128;
+
+/// Where an impression counts: its (tenant, slot), and whether it was held out.
+type Place = (SlotId, bool);
 
 /// What the report sums: each record stands for as many of its kind as its diff says.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Counted {
     Event,
     InvalidRow,
+    /// The names of a slot digest (its count is of no meaning).
+    SlotNames(SlotId, String, String),
     Impression(Place),
     UnflaggedImpression,
-    Click(Place),
+    /// A clicked key's click, for the least by name of its impressions' places (one, unless
+    /// the key was logged in several).
+    Click(Vec<Place>),
     RepeatedClick,
     UnmatchedClick,
 }
@@ -47,7 +58,8 @@ enum Counted {
 /// What the report sums from what the readers counted alone (`read`), the keyed impressions of
 /// the range with their places, and the keyed clicks: a clicked key counts one click for its
 /// impression, once however often it was clicked (the repeats counted apart), or one unmatched
-/// click without one. A key of several impressions counts for the least of their places.
+/// click without one. A key of several impressions hands on all their places: which is the
+/// least by name is known only where the names are.
 /// Consolidated per worker and batch, not across workers.
 fn report_counts<'s>(
     read: VecCollection<'s, u64, Counted>,
@@ -60,7 +72,9 @@ fn report_counts<'s>(
         .concat(clicked.clone().map(|_| Counted::RepeatedClick).negate());
     let matched = impressions
         .semijoin(clicked.clone())
-        .reduce(|_key, places, once| once.push((places[0].0.clone(), 1)));
+        .reduce(|_key, places, once| {
+            once.push((places.iter().map(|(place, _)| **place).collect(), 1))
+        });
     let unmatched = clicked
         .map(|_| Counted::UnmatchedClick)
         .concat(matched.clone().map(|_| Counted::UnmatchedClick).negate());
@@ -119,21 +133,37 @@ pub fn run_report(job: ReportJob, cluster: &Cluster) -> Result<Option<ReportRun>
 fn report_of(totals: Totals) -> ReportRun {
     let mut report = Report::default();
     let mut invalid_rows = 0;
+    let names: FxHashMap<SlotId, (String, String)> = totals
+        .0
+        .keys()
+        .filter_map(|counted| match counted {
+            Counted::SlotNames(id, tenant, slot) => Some((*id, (tenant.clone(), slot.clone()))),
+            _ => None,
+        })
+        .collect();
+    let named = |&(id, holdout): &Place| (&names[&id], holdout);
     let mut slots: BTreeMap<(String, String), Groups> = BTreeMap::new();
     for (counted, n) in totals.0 {
         let n = u64::try_from(n).expect("a total is never negative");
         match counted {
             Counted::Event => report.events += n,
             Counted::InvalidRow => invalid_rows += n,
-            Counted::Impression((tenant, slot, holdout)) => {
+            Counted::SlotNames(..) => {}
+            Counted::Impression(place) => {
+                let (slot, holdout) = named(&place);
                 slots
-                    .entry((tenant, slot))
+                    .entry(slot.clone())
                     .or_default()
                     .add(holdout, Counts::new(n, 0));
             }
-            Counted::Click((tenant, slot, holdout)) => {
+            Counted::Click(places) => {
+                let (slot, holdout) = places
+                    .iter()
+                    .map(named)
+                    .min()
+                    .expect("a matched key has a place");
                 slots
-                    .entry((tenant, slot))
+                    .entry(slot.clone())
                     .or_default()
                     .add(holdout, Counts::new(0, n));
             }
@@ -205,7 +235,7 @@ fn report_worker(
                 }
             }
         }
-        for (counted, n) in read.0.drain() {
+        for (counted, n) in read.drain() {
             read_in.update(counted, n);
         }
         progress.add(unit.rows);
@@ -233,13 +263,25 @@ enum Keyed {
     Click(ImpressionKey),
 }
 
-/// What a worker counts alone in one row group.
+/// What a worker counts alone in one row group, and the names of the slots it saw.
 #[derive(Default)]
-struct UnitCounts(FxHashMap<Counted, isize>);
+struct UnitCounts {
+    counted: FxHashMap<Counted, isize>,
+    names: FxHashMap<SlotId, (String, String)>,
+    digest: PairDigest,
+}
 
 impl UnitCounts {
     fn count(&mut self, counted: Counted) {
-        *self.0.entry(counted).or_default() += 1;
+        *self.counted.entry(counted).or_default() += 1;
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (Counted, isize)> + '_ {
+        let names = self
+            .names
+            .drain()
+            .map(|(id, (tenant, slot))| (Counted::SlotNames(id, tenant, slot), 1));
+        self.counted.drain().chain(names)
     }
 
     /// Counts `event`, and returns it keyed if the dataflow must match it.
@@ -252,13 +294,17 @@ impl UnitCounts {
                     self.count(Counted::UnflaggedImpression);
                     return None;
                 };
-                let place = (event.tenant, event.slot, holdout);
-                self.count(Counted::Impression(place.clone()));
-                let request_id = event.request_id?;
-                Some(Keyed::Impression((request_id, event.banner), place))
+                let slot = self.digest.of(&event.tenant, &event.slot);
+                self.names
+                    .entry(slot)
+                    .or_insert_with(|| (event.tenant, event.slot));
+                let place = (slot, holdout);
+                self.count(Counted::Impression(place));
+                let key = self.digest.of(&event.request_id?, &event.banner);
+                Some(Keyed::Impression(key, place))
             }
             EventKind::Click => match event.request_id {
-                Some(request_id) => Some(Keyed::Click((request_id, event.banner))),
+                Some(request_id) => Some(Keyed::Click(self.digest.of(&request_id, &event.banner))),
                 None => {
                     self.count(Counted::UnmatchedClick);
                     None
@@ -385,12 +431,11 @@ mod tests {
         let mut keyless = shown("hero", "-", "b1", 1, Some(true));
         keyless.request_id = None;
         assert_eq!(read.add(keyless, &range), None);
+        let mut digest = PairDigest::default();
+        let hero = digest.of("ajio", "hero");
         assert_eq!(
             read.add(shown("hero", "r1", "b2", 2, Some(false)), &range),
-            Some(Keyed::Impression(
-                ("r1".into(), "b2".into()),
-                ("ajio".into(), "hero".into(), false)
-            ))
+            Some(Keyed::Impression(digest.of("r1", "b2"), (hero, false)))
         );
         assert_eq!(
             read.add(shown("hero", "r2", "b2", 60, Some(false)), &range),
@@ -398,18 +443,17 @@ mod tests {
         );
         assert_eq!(
             read.add(event(EventKind::Click, "hero", "r2", "b2", 61), &range),
-            Some(Keyed::Click(("r2".into(), "b2".into())))
+            Some(Keyed::Click(digest.of("r2", "b2")))
         );
-        let counts: BTreeMap<_, _> = read.0.into_iter().collect();
+        assert_ne!(digest.of("r2", "b2"), digest.of("r2b", "2"));
+        let counts: BTreeMap<_, _> = read.drain().collect();
         assert_eq!(
             counts,
             BTreeMap::from([
                 (Counted::Event, 4),
-                (Counted::Impression(("ajio".into(), "hero".into(), true)), 1),
-                (
-                    Counted::Impression(("ajio".into(), "hero".into(), false)),
-                    1
-                ),
+                (Counted::SlotNames(hero, "ajio".into(), "hero".into()), 1),
+                (Counted::Impression((hero, true)), 1),
+                (Counted::Impression((hero, false)), 1),
             ])
         );
     }

@@ -18,7 +18,9 @@ pub use event::{
     DecisionLog, DecisionLogFields, Event, EventError, EventFields, EventKind, EventRef, Policy,
     CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS, RANK_MAX, REFERRER_MAX, REQUEST_ID_MAX,
 };
-pub use keys::{owner_of, shard_hash, CountKey, Offset, Partition, ShardKey, ALL_CITIES, ALL_TIME};
+pub use keys::{
+    owner_of, shard_hash, CountKey, Offset, PairDigest, Partition, ShardKey, ALL_CITIES, ALL_TIME,
+};
 pub use slot::{
     Banner, Recency, SlotConfig, SlotConfigError, SlotRules, HOLDOUT_MAX_BP, RECENCY_MINUTES,
     SLOT_CSV_HEADER, SLOT_CSV_RULE_COLUMNS,

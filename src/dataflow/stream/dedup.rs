@@ -9,18 +9,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashSet;
-use twox_hash::XxHash3_128;
 
-use crate::model::EventRef;
+use crate::model::{EventRef, PairDigest};
 
 /// The (request_id, banner) pairs of one kind of event seen in the last `window` of event time,
-/// each held as a 128-bit digest (a collision among even 10^12 pairs is about 10^-15 likely).
+/// each held as its 128-bit digest.
 pub(super) struct RecentRequests {
     window: chrono::Duration,
     seen: FxHashSet<u128>,
     order: VecDeque<(DateTime<Utc>, u128)>,
     newest: Option<DateTime<Utc>>,
-    scratch: Vec<u8>,
+    digest: PairDigest,
 }
 
 impl RecentRequests {
@@ -30,7 +29,7 @@ impl RecentRequests {
             seen: FxHashSet::default(),
             order: VecDeque::new(),
             newest: None,
-            scratch: Vec::new(),
+            digest: PairDigest::default(),
         }
     }
 
@@ -40,11 +39,7 @@ impl RecentRequests {
         let Some(request) = event.request_id else {
             return true;
         };
-        self.scratch.clear();
-        self.scratch.extend_from_slice(request.as_bytes());
-        self.scratch.push(0);
-        self.scratch.extend_from_slice(event.banner.as_bytes());
-        let key = XxHash3_128::oneshot(&self.scratch);
+        let key = self.digest.of(request, event.banner);
         if !self.seen.insert(key) {
             return false;
         }
