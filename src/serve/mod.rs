@@ -109,6 +109,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error("token secret: {0}")]
     Secret(String),
+    #[error("token lifetime: {0}")]
+    TokenLifetime(String),
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("{0}")]
@@ -279,15 +281,30 @@ pub fn token_secret(
 /// Records the lifetime of the tokens this service signs, unless the store records a longer one
 /// (another replica's): the stream job remembers clicks at least that long, so that a click
 /// replayed at any time while its token is valid counts once.
+/// Every step is atomic, so replicas starting together with different lifetimes leave the
+/// longest recorded (a plain read-then-write could leave the shorter).
 pub fn record_token_lifetime(store: &dyn PosteriorStore, secs: u64) -> Result<(), ServeError> {
-    let recorded = store
-        .meta(META_TOKEN_TTL_SECS)?
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    if recorded.is_none_or(|r| r < secs) {
-        store.set_meta(META_TOKEN_TTL_SECS, &secs.to_string())?;
+    let value = secs.to_string();
+    let mut held = store.claim_meta(META_TOKEN_TTL_SECS, &value)?;
+    // Each failed replacement means another replica raised it: at most one try per replica.
+    for _ in 0..LIFETIME_ATTEMPTS {
+        if held
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|recorded| recorded >= secs)
+        {
+            return Ok(());
+        }
+        held = store.replace_meta(META_TOKEN_TTL_SECS, &held, &value)?;
     }
-    Ok(())
+    Err(ServeError::TokenLifetime(format!(
+        "store metadata `{META_TOKEN_TTL_SECS}` changed {LIFETIME_ATTEMPTS} times while this \
+         replica recorded {secs} s (it holds {held:?})"
+    )))
 }
+
+/// How often [`record_token_lifetime`] tries to raise the recorded lifetime.
+const LIFETIME_ATTEMPTS: usize = 32;
 
 /// A running service: its state and the cache refresher.
 pub struct Service {
@@ -415,5 +432,28 @@ mod tests {
                 Some(recorded)
             );
         }
+        store.set_meta(META_TOKEN_TTL_SECS, "not a number").unwrap();
+        record_token_lifetime(&store, 60).unwrap();
+        assert_eq!(
+            store.meta(META_TOKEN_TTL_SECS).unwrap().as_deref(),
+            Some("60")
+        );
+    }
+
+    #[test]
+    fn replicas_recording_together_leave_the_longest_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
+        let lifetimes = [600, 86_400, 3600, 7200, 60, 43_200];
+        std::thread::scope(|s| {
+            for secs in lifetimes {
+                let store = &store;
+                s.spawn(move || record_token_lifetime(store, secs).unwrap());
+            }
+        });
+        assert_eq!(
+            store.meta(META_TOKEN_TTL_SECS).unwrap().as_deref(),
+            Some("86400")
+        );
     }
 }

@@ -303,6 +303,9 @@ pub trait PosteriorStore: Send + Sync {
     /// Stores `value` under `key` unless the key holds a value already, atomically; returns
     /// what the key holds afterwards: the first writer's value, whichever process that was.
     fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    /// Stores `value` under `key` if the key holds `expected`, atomically; returns what the key
+    /// holds afterwards (`value` if this write won, or whatever another writer put there).
+    fn replace_meta(&self, key: &str, expected: &str, value: &str) -> Result<String, StoreError>;
     /// Whether several processes may write to it at once (else process 0 writes for all).
     fn shared_across_processes(&self) -> bool;
 

@@ -58,6 +58,7 @@ conformance!(
     customer_events_are_kept_once_newest_first_up_to_the_limit,
     meta_as_of_and_buckets_round_trip,
     the_first_claim_of_a_meta_key_is_every_claimants,
+    a_meta_value_is_replaced_only_by_who_expects_what_it_holds,
     posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior,
     a_parts_version_changes_exactly_when_the_part_is_written,
     keep_from_deletes_a_shards_earlier_buckets_and_never_its_all_time_rows,
@@ -670,6 +671,32 @@ fn the_first_claim_of_a_meta_key_is_every_claimants(store: &dyn PosteriorStore) 
     // A plain write still replaces it.
     store.set_meta("secret", "rotated").unwrap();
     assert_eq!(store.claim_meta("secret", "late").unwrap(), "rotated");
+}
+
+fn a_meta_value_is_replaced_only_by_who_expects_what_it_holds(store: &dyn PosteriorStore) {
+    store.set_meta("lifetime", "60").unwrap();
+    // Six writers expect 60; one wins, the others are told what it wrote.
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..6)
+            .map(|i| {
+                s.spawn(move || {
+                    store
+                        .replace_meta("lifetime", "60", &format!("w{i}"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let held = store.meta("lifetime").unwrap().expect("held");
+    assert!(held.starts_with('w'), "{held}");
+    assert!(answers.iter().all(|a| *a == held), "{answers:?} vs {held}");
+    assert_eq!(store.replace_meta("lifetime", "60", "late").unwrap(), held);
+    assert_eq!(
+        store.replace_meta("lifetime", &held, "next").unwrap(),
+        "next"
+    );
+    assert!(store.replace_meta("never-set", "x", "y").is_err());
 }
 
 fn posteriors_add_each_arms_prior_and_a_city_without_counts_gets_its_prior(

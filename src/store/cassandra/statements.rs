@@ -36,6 +36,7 @@ pub(super) struct Statements {
     pub meta: PreparedStatement,
     /// A lightweight transaction: the insert applies only if the name holds nothing yet.
     pub claim_meta: PreparedStatement,
+    pub replace_meta: PreparedStatement,
     /// A read at LOCAL_SERIAL: it sees the outcome of every lightweight transaction, finishing
     /// one left in progress.
     pub meta_serial: PreparedStatement,
@@ -167,6 +168,14 @@ impl Statements {
             claim_meta: {
                 let mut s = prepare(format!(
                     "INSERT INTO {ks}.meta (name, value) VALUES (?, ?) IF NOT EXISTS"
+                ))
+                .await?;
+                s.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+                s
+            },
+            replace_meta: {
+                let mut s = prepare(format!(
+                    "UPDATE {ks}.meta SET value = ? WHERE name = ? IF value = ?"
                 ))
                 .await?;
                 s.set_serial_consistency(Some(SerialConsistency::LocalSerial));

@@ -64,6 +64,24 @@ pub struct CassandraStore {
 type BatchValues<'a> = Vec<Box<dyn SerializeRow + 'a>>;
 
 impl CassandraStore {
+    /// What a meta key holds after a lightweight transaction on it: a read at LOCAL_SERIAL, so
+    /// whether this attempt or an earlier retried one applied, it says who won.
+    async fn meta_after_transaction(&self, key: &str, what: &str) -> Result<String, StoreError> {
+        self.conn
+            .select_unpaged(what, &self.st.meta_serial, (key,), |rows| {
+                Ok(rows
+                    .maybe_first_row::<(Option<String>,)>()?
+                    .and_then(|(v,)| v))
+            })
+            .await?
+            .ok_or_else(|| {
+                self.conn.failed(
+                    what,
+                    Failure::corrupt(format!("meta {key:?} is empty after a transaction on it")),
+                )
+            })
+    }
+
     /// Connects (retrying until the deadline), checks that the keyspace holds this build's
     /// schema version, and prepares the statements.
     pub fn open(url: &CassandraUrl) -> Result<Self, StoreError> {
@@ -683,23 +701,23 @@ impl PosteriorStore for CassandraStore {
 
     fn claim_meta(&self, key: &str, value: &str) -> Result<String, StoreError> {
         self.conn.run(async {
-            // Whether this attempt or an earlier one applied, the serial read says who won.
             self.conn
                 .execute("claim meta", &self.st.claim_meta, (key, value))
                 .await?;
+            self.meta_after_transaction(key, "read claimed meta").await
+        })
+    }
+
+    fn replace_meta(&self, key: &str, expected: &str, value: &str) -> Result<String, StoreError> {
+        self.conn.run(async {
             self.conn
-                .select_unpaged("read claimed meta", &self.st.meta_serial, (key,), |rows| {
-                    Ok(rows
-                        .maybe_first_row::<(Option<String>,)>()?
-                        .and_then(|(v,)| v))
-                })
-                .await?
-                .ok_or_else(|| {
-                    self.conn.failed(
-                        "read claimed meta",
-                        Failure::corrupt(format!("meta {key:?} is empty after it was claimed")),
-                    )
-                })
+                .execute(
+                    "replace meta",
+                    &self.st.replace_meta,
+                    (value, key, expected),
+                )
+                .await?;
+            self.meta_after_transaction(key, "read replaced meta").await
         })
     }
 

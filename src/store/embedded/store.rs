@@ -351,6 +351,25 @@ impl PosteriorStore for EmbeddedStore {
         Ok(held)
     }
 
+    fn replace_meta(&self, key: &str, expected: &str, value: &str) -> Result<String, StoreError> {
+        let mut held = None;
+        self.write(|tx| {
+            let mut t = tx.open_table(META)?;
+            let before = t.get(key)?.map(|v| v.value().to_string());
+            if before.as_deref() == Some(expected) {
+                t.insert(key, value)?;
+                held = Some(value.to_string());
+            } else {
+                held = before;
+            }
+            Ok(())
+        })?;
+        held.ok_or_else(|| StoreError::Meta {
+            key: "replace_meta",
+            detail: format!("{key:?} holds no value to replace"),
+        })
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|tx| {
             let t = tx.open_table(META)?;
