@@ -1,21 +1,22 @@
 //! `slotbandit evaluate`: off-policy estimates of other policies from the decision log in
-//! Parquet history (an event log becomes Parquet with `consume --parquet`), the valid banners
-//! from the store's slot definitions.
+//! Parquet history or an event log, computed by the dataflow job on one or several timely
+//! processes; the valid banners from the store's slot definitions.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Args;
-use slotbandit::eval::{Evaluation, EvaluationRow, EvaluationTally, Target};
+use clap::{ArgAction, Args};
+use slotbandit::dataflow::{run_evaluate, EvaluateJob, EvaluateRun};
+use slotbandit::eval::{Evaluation, EvaluationRow, Target};
 use slotbandit::store::open_store;
 
 use super::flags;
-use super::report::{Format, HistoryArgs};
+use super::report::{rows_bar, Format, HistoryArgs};
 
 #[derive(Args)]
+#[command(disable_help_flag = true)]
 pub struct EvaluateArgs {
     #[command(flatten)]
     history: HistoryArgs,
@@ -33,9 +34,15 @@ pub struct EvaluateArgs {
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Also write every weighed decision (policy, banners valid, propensity, reward, the
-    /// target's probabilities and the reward model) as JSON lines to this file.
+    /// target's probabilities and the reward model) as JSON lines to this file (process 0
+    /// writes it).
     #[arg(long)]
     decisions_out: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: flags::ClusterArgs,
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
 }
 
 fn target(s: &str) -> Result<Target, String> {
@@ -71,43 +78,61 @@ const COLUMNS: [&str; 17] = [
 ];
 
 pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
-    let mut tally = EvaluationTally::new(args.history.range()?);
-    let invalid = args.history.read(|e| tally.add(e))?;
-    let store = open_store(&args.store.store, false)?;
-    let mut configs = HashMap::new();
-    for (tenant, slot) in store.slots(None)? {
-        if let Some(config) = store.slot(&tenant, &slot)? {
-            configs.insert((tenant, slot), Arc::new(config));
+    let cluster = args.cluster.cluster()?;
+    let source = args.history.flag();
+    let history = args.history.open().with_context(|| source.clone())?;
+    // Process 0 hands the slot definitions to the workers that evaluate each slot.
+    let mut configs = Vec::new();
+    if cluster.process == 0 {
+        let store = open_store(&args.store.store, false)?;
+        for (tenant, slot) in store.slots(None)? {
+            configs.extend(store.slot(&tenant, &slot)?);
         }
     }
-    let mut out = match &args.decisions_out {
-        Some(path) => Some(std::io::BufWriter::new(
+    let mut out = match (&args.decisions_out, cluster.process) {
+        (Some(path), 0) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("--decisions-out {}", path.display()))?,
         )),
-        None => None,
+        _ => None,
     };
-    let mut write_error = None;
-    let evaluation = tally.finish(&configs, &args.policies, args.confidence, &mut |record| {
-        if let Some(out) = &mut out {
-            let line = serde_json::to_string(record).expect("serialisable");
-            if let Err(e) = writeln!(out, "{line}") {
-                write_error.get_or_insert(e);
-            }
+    let bar = rows_bar(history.rows());
+    let progress_bar = bar.clone();
+    let job = EvaluateJob {
+        history,
+        range: args.history.range()?,
+        configs,
+        targets: args.policies.clone(),
+        record_decisions: out.is_some(),
+        progress: Arc::new(move |n| progress_bar.set_position(n)),
+    };
+    let run = super::with_stdout_on_stderr(|| run_evaluate(job, &cluster))?
+        .with_context(|| format!("evaluation of {source}"))?;
+    bar.finish_and_clear();
+    // Process 0 gathers the evaluation; the other processes only read and weigh their share.
+    let Some(EvaluateRun {
+        parts,
+        decisions,
+        invalid_rows,
+    }) = run
+    else {
+        return Ok(());
+    };
+    let evaluation = parts
+        .evaluation(&args.policies, args.confidence)
+        .with_context(|| source.clone())?;
+    if let Some(mut out) = out.take() {
+        for line in &decisions {
+            writeln!(out, "{line}").context("--decisions-out")?;
         }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e).context("--decisions-out");
-    }
-    if let Some(mut out) = out {
         out.flush().context("--decisions-out")?;
     }
     print(&evaluation, args.format)?;
     let s = evaluation.skipped;
     eprintln!(
-        "{} events read, {invalid} invalid rows skipped; of {} impressions in the range, not \
-         evaluated: {} without a propensity, {} without a request_id, {} of carousels, {} of \
-         slots the store does not define, {} of banners not valid then; {} repeated clicks \
+        "{} events read, {invalid_rows} invalid rows skipped; of {} impressions in the range, \
+         not evaluated: {} without a propensity, {} without a request_id, {} of carousels, {} \
+         of slots the store does not define, {} of banners not valid then; {} repeated clicks \
          counted once",
         evaluation.events,
         evaluation.impressions,

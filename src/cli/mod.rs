@@ -86,7 +86,7 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Read an event log, validating every message as an event (inspection, benchmarks).
     Consume(consume::ConsumeArgs),
-    /// What TS earned over the holdout per (tenant, slot) and overall, from Parquet history.
+    /// What TS earned over the holdout per (tenant, slot) and overall, from history.
     Report(report::ReportArgs),
     /// Off-policy estimates (IPW, SNIPW, DR) of other policies from the logged propensities.
     Evaluate(evaluate::EvaluateArgs),
@@ -99,6 +99,19 @@ fn table(header: impl Into<comfy_table::Row>) -> comfy_table::Table {
         .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_header(header);
     table
+}
+
+/// Runs `job` with stdout going to stderr: timely prints its connection messages to stdout when
+/// a job spans processes, and a command's result must be all of stdout.
+fn with_stdout_on_stderr<T>(job: impl FnOnce() -> T) -> anyhow::Result<T> {
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let stdout = rustix::io::dup(std::io::stdout())?;
+    rustix::stdio::dup2_stdout(std::io::stderr())?;
+    let out = job();
+    std::io::stdout().flush()?;
+    rustix::stdio::dup2_stdout(&stdout)?;
+    Ok(out)
 }
 
 pub fn run() -> ExitCode {

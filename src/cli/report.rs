@@ -1,8 +1,6 @@
 //! `slotbandit report`: TS against the holdout per (tenant, slot) and overall, from Parquet
-//! history (an event log becomes Parquet with `consume --parquet`), computed by the dataflow job
-//! on one or several timely processes.
+//! history or an event log, computed by the dataflow job on one or several timely processes.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,10 +8,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::dataflow::{plan_history, run_report, ReportJob, ReportRun};
+use slotbandit::dataflow::{plan_history, run_report, History, LogHistory, ReportJob, ReportRun};
 use slotbandit::eval::{Report, ReportRange};
-use slotbandit::model::parquet::{list_parquet_files, EventFileReader};
-use slotbandit::model::Event;
+use slotbandit::source::{open_log, LogUrl};
 
 use super::flags;
 
@@ -38,12 +35,11 @@ pub struct ReportArgs {
     help: Option<bool>,
 }
 
-/// The impressions of a time range in Parquet history, with their clicks.
+/// The impressions of a time range in history, with their clicks.
 #[derive(Args)]
 pub struct HistoryArgs {
-    /// A folder of Parquet history (searched recursively), e.g. one `consume --parquet` wrote.
-    #[arg(long)]
-    input: PathBuf,
+    #[command(flatten)]
+    source: HistorySource,
     /// Impressions from this instant (RFC 3339, or IST DD-Mon-YY HH:MM:SS); default: all.
     #[arg(long, value_parser = flags::instant)]
     from: Option<DateTime<Utc>>,
@@ -52,41 +48,57 @@ pub struct HistoryArgs {
     to: Option<DateTime<Utc>>,
 }
 
+/// Where history is read: Parquet, or an event log (exactly one).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct HistorySource {
+    /// A folder of Parquet history (searched recursively), e.g. one `consume --parquet` wrote.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// An event log, kafka://HOST:PORT[,HOST:PORT...]/TOPIC or file:PATH, read from the start
+    /// of every partition to its end when the command starts.
+    #[arg(long, value_parser = flags::log_url)]
+    log: Option<String>,
+}
+
 impl HistoryArgs {
     pub fn range(&self) -> anyhow::Result<ReportRange> {
         let from = self.from.unwrap_or(DateTime::<Utc>::MIN_UTC);
         Ok(ReportRange::new(from, self.to.unwrap_or_else(Utc::now))?)
     }
 
-    /// Every valid event of the history, in file order, with a progress bar; returns how many
-    /// rows were invalid (skipped).
-    pub fn read(&self, mut add: impl FnMut(&Event)) -> anyhow::Result<u64> {
-        let files = list_parquet_files(&self.input)
-            .with_context(|| format!("--input {}", self.input.display()))?;
-        anyhow::ensure!(
-            !files.is_empty(),
-            "--input {}: no Parquet files",
-            self.input.display()
-        );
-        let bar = ProgressBar::new(files.len() as u64).with_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} files  {elapsed}").expect("valid"),
-        );
-        let mut invalid = 0u64;
-        for path in &files {
-            let mut reader = EventFileReader::open(path)?;
-            while let Some(rows) = reader.next_batch() {
-                for row in rows? {
-                    match row {
-                        Ok(event) => add(&event),
-                        Err(_) => invalid += 1,
-                    }
-                }
-            }
-            bar.inc(1);
+    /// The flag that names the history, with its value, for messages.
+    pub fn flag(&self) -> String {
+        match (&self.source.input, &self.source.log) {
+            (Some(input), _) => format!("--input {}", input.display()),
+            (None, Some(log)) => format!("--log {log}"),
+            (None, None) => unreachable!("clap requires --input or --log"),
         }
-        bar.finish_and_clear();
-        Ok(invalid)
     }
+
+    /// The history to read: the Parquet files planned, or the log with its end offsets now.
+    pub fn open(&self) -> anyhow::Result<History> {
+        let history = match (&self.source.input, &self.source.log) {
+            (Some(input), _) => plan_history(input, false).map(History::Parquet)?,
+            (None, Some(url)) => {
+                // Opening a file log creates it: a mistyped path would read as an empty log.
+                if let Ok(LogUrl::File { path, .. }) = url.parse::<LogUrl>() {
+                    anyhow::ensure!(path.is_dir(), "{}: no such log", self.flag());
+                }
+                History::Log(LogHistory::open(open_log(url)?)?)
+            }
+            (None, None) => unreachable!("clap requires --input or --log"),
+        };
+        Ok(history)
+    }
+}
+
+/// A progress bar of the rows (or log records) a history job reads.
+pub fn rows_bar(rows: u64) -> ProgressBar {
+    ProgressBar::new(rows).with_style(
+        ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} rows  {per_sec}  {elapsed}")
+            .expect("valid template"),
+    )
 }
 
 const COLUMNS: [&str; 12] = [
@@ -106,21 +118,17 @@ const COLUMNS: [&str; 12] = [
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let cluster = args.cluster.cluster()?;
-    let input = &args.history.input;
-    let plan =
-        plan_history(input, false).with_context(|| format!("--input {}", input.display()))?;
-    let bar = ProgressBar::new(plan.rows()).with_style(
-        ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} rows  {per_sec}  {elapsed}")
-            .expect("valid template"),
-    );
+    let source = args.history.flag();
+    let history = args.history.open().with_context(|| source.clone())?;
+    let bar = rows_bar(history.rows());
     let progress_bar = bar.clone();
     let job = ReportJob {
-        plan,
+        history,
         range: args.history.range()?,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
     };
-    let run = with_stdout_on_stderr(|| run_report(job, &cluster))?
-        .with_context(|| format!("report of {}", input.display()))?;
+    let run = super::with_stdout_on_stderr(|| run_report(job, &cluster))?
+        .with_context(|| format!("report of {source}"))?;
     bar.finish_and_clear();
     // Process 0 gathers the report; the other processes of a cluster only read their share.
     let Some(ReportRun {
@@ -140,18 +148,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         report.unmatched_clicks
     );
     Ok(())
-}
-
-/// Runs `job` with stdout going to stderr: timely prints its connection messages to stdout when
-/// a job spans processes, and the report must be all of stdout.
-fn with_stdout_on_stderr<T>(job: impl FnOnce() -> T) -> anyhow::Result<T> {
-    std::io::stdout().flush()?;
-    let stdout = rustix::io::dup(std::io::stdout())?;
-    rustix::stdio::dup2_stdout(std::io::stderr())?;
-    let out = job();
-    std::io::stdout().flush()?;
-    rustix::stdio::dup2_stdout(&stdout)?;
-    Ok(out)
 }
 
 fn cells(row: &slotbandit::eval::ReportRow) -> Vec<String> {

@@ -12,12 +12,18 @@
 //!   instant, bucket width and retention, the stream's cutoff and start).
 //! - `priors.rs`: the priors both jobs keep beside the counts (the hierarchical rule of
 //!   `bandit`, scheduled per slot), and `slotbandit priors` over a store's counts.
-//! - `report.rs`: `slotbandit report` over Parquet history, its row groups shared like the
-//!   backfill's, impressions and clicks joined by (request_id, banner) across the workers.
+//! - `history.rs`: what the jobs over history read: Parquet row groups shared like the
+//!   backfill's, or an event log up to the end offsets taken at its start.
+//! - `report.rs`: `slotbandit report` over history, impressions and clicks joined by
+//!   (request_id, banner) across the workers.
+//! - `evaluate.rs`: `slotbandit evaluate` over history, events exchanged by (tenant, slot) so
+//!   that each worker weighs whole slots, their parts merged on worker 0.
 
 mod backfill;
+mod evaluate;
 mod handoff;
 mod harness;
+mod history;
 mod priors;
 mod report;
 mod sink;
@@ -27,7 +33,9 @@ mod totals;
 pub use backfill::{
     plan_history, run_backfill, BackfillJob, BackfillReport, BackfillStore, DEFAULT_EPOCH_ROWS,
 };
+pub use evaluate::{run_evaluate, EvaluateJob, EvaluateRun};
 pub use handoff::{hand_off, stream_start, StreamStart};
+pub use history::{History, LogHistory};
 pub use priors::{
     write_priors, PriorSettings, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIORS_EVERY_MINUTES,
 };

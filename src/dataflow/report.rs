@@ -1,6 +1,6 @@
-//! `slotbandit report` as a dataflow over Parquet history (the semantics are those of
-//! `eval::report`). Row groups are shared among the workers as in the backfill; each worker reads
-//! its row groups as events, counts what it can alone (events, impressions per (tenant, slot,
+//! `slotbandit report` as a dataflow over history (the semantics are those of `eval::report`).
+//! Each worker reads its share of the history (`history.rs`: Parquet row groups shared as in the
+//! backfill, or the whole log on worker 0 of process 0) as events, counts what it can alone (events, impressions per (tenant, slot,
 //! group), impressions without a holdout flag, clicks without a request id), and hands the
 //! keyed impressions and clicks to the dataflow, which exchanges them by (request_id, banner),
 //! joins each clicked key to its impression and counts the rest. Every count ends on worker 0,
@@ -23,12 +23,11 @@ use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
 use timely::worker::Worker;
 
 use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
+use super::history::{History, Reading};
 use super::sink::SinkSpec;
 use super::{Cluster, DataflowError};
 use crate::eval::{report_rows, Groups, Report, ReportRange};
-use crate::model::parquet::EventFileReader;
 use crate::model::{Counts, Event, EventKind, PairDigest};
-use crate::source::parquet::ParquetPlan;
 
 /// The digest of the (request_id, banner) of an impression, which its clicks name.
 type ImpressionKey = u128;
@@ -85,7 +84,7 @@ fn report_counts<'s>(
 }
 
 pub struct ReportJob {
-    pub plan: ParquetPlan,
+    pub history: History,
     pub range: ReportRange,
     /// Called with the number of rows read so far by this process.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
@@ -179,7 +178,7 @@ fn report_of(totals: Totals) -> ReportRun {
     }
 }
 
-/// One worker's report: its share of the row groups, one epoch per row group.
+/// One worker's report: its share of the history, one epoch per unit read.
 fn report_worker(
     worker: &mut Worker,
     sink: &SinkSpec,
@@ -206,50 +205,33 @@ fn report_worker(
         });
     let mut read = UnitCounts::default();
     let mut epoch = 0u64;
-    for unit in job.plan.share(index, peers) {
-        let path = &job.plan.files[unit.file as usize].path;
-        let events = EventFileReader::open_row_group(path, unit.row_group);
-        let mut reader = match events {
-            Ok(reader) => reader,
-            Err(e) => {
-                failure.set(e);
-                break;
-            }
-        };
-        while let Some(rows) = reader.next_batch() {
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) => {
-                    failure.set(e);
-                    break;
+    let reading = job.history.read_share(index, peers, &mut |reading| {
+        match reading {
+            Reading::Event(event) => match read.add(event, &job.range) {
+                Some(Keyed::Impression(key, place)) => impressions_in.insert((key, place)),
+                Some(Keyed::Click(key)) => clicks_in.insert(key),
+                None => {}
+            },
+            Reading::Invalid => read.count(Counted::InvalidRow),
+            Reading::UnitRead { rows } => {
+                for (counted, n) in read.drain() {
+                    read_in.update(counted, n);
                 }
-            };
-            for row in rows {
-                match row {
-                    Ok(event) => match read.add(event, &job.range) {
-                        Some(Keyed::Impression(key, place)) => impressions_in.insert((key, place)),
-                        Some(Keyed::Click(key)) => clicks_in.insert(key),
-                        None => {}
-                    },
-                    Err(_) => read.count(Counted::InvalidRow),
-                }
+                progress.add(rows);
+                epoch += 1;
+                read_in.advance_to(epoch);
+                impressions_in.advance_to(epoch);
+                clicks_in.advance_to(epoch);
+                read_in.flush();
+                impressions_in.flush();
+                clicks_in.flush();
+                wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
             }
         }
-        for (counted, n) in read.drain() {
-            read_in.update(counted, n);
-        }
-        progress.add(unit.rows);
-        epoch += 1;
-        read_in.advance_to(epoch);
-        impressions_in.advance_to(epoch);
-        clicks_in.advance_to(epoch);
-        read_in.flush();
-        impressions_in.flush();
-        clicks_in.flush();
-        wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
-        if failure.is_set() {
-            break;
-        }
+        !failure.is_set()
+    });
+    if let Err(e) = reading {
+        failure.set(e);
     }
     drop((read_in, impressions_in, clicks_in));
     while worker.step_or_park(None) {}
@@ -319,6 +301,7 @@ mod tests {
     use super::*;
     use crate::model::parquet::PartitionedWriter;
     use crate::model::DecisionLog;
+    use crate::source::parquet::ParquetPlan;
     use chrono::DateTime;
 
     fn at(minute: i64) -> chrono::DateTime<chrono::Utc> {
@@ -356,7 +339,7 @@ mod tests {
         }
         writer.finish().unwrap();
         let job = ReportJob {
-            plan: ParquetPlan::new(dir.path(), false).unwrap(),
+            history: History::Parquet(ParquetPlan::new(dir.path(), false).unwrap()),
             range,
             progress: Arc::new(|_| {}),
         };

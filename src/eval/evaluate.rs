@@ -19,14 +19,20 @@
 //!   propensity, without a request_id (their clicks cannot be joined), of carousel decisions
 //!   (several banners per request), of a slot the store does not define, or of a banner its
 //!   definition does not make valid at that time.
+//! - **A slot is evaluated from its own events alone**, whatever order they come in: a request
+//!   and its clicks belong to one (tenant, slot), a click repeated for the same (request_id,
+//!   banner) counts once at its earliest time, and decisions at the same instant are taken in
+//!   request_id order. So a dataflow job can evaluate each slot on the worker that owns it and
+//!   merge the [`EvaluationParts`] of every worker into the same evaluation as one tally's.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ope::{OffPolicyEstimate, OffPolicyTally, Term};
 use super::ReportRange;
@@ -79,9 +85,9 @@ pub enum EvaluateError {
     #[error("--confidence must be between 0 and 1 exclusive (got {0})")]
     Confidence(f64),
     #[error(
-        "--input: none of the {impressions} impressions in the range carries a propensity (the \
-         decision log's `propensity` field, logged by the service since the decision log was \
-         added): nothing to evaluate"
+        "none of the {impressions} impressions in the range carries a propensity (the decision \
+         log's `propensity` field, logged by the service since the decision log was added): \
+         nothing to evaluate"
     )]
     NoPropensities { impressions: u64 },
 }
@@ -159,7 +165,7 @@ impl fmt::Display for Target {
 }
 
 /// Rows that could not take part, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Skipped {
     pub without_propensity: u64,
     pub without_request_id: u64,
@@ -168,6 +174,17 @@ pub struct Skipped {
     pub banner_not_valid: u64,
     /// Clicks beyond the first for the same (request_id, banner): counted once.
     pub repeated_clicks: u64,
+}
+
+impl Skipped {
+    fn merge(&mut self, other: &Skipped) {
+        self.without_propensity += other.without_propensity;
+        self.without_request_id += other.without_request_id;
+        self.carousel += other.carousel;
+        self.unknown_slot += other.unknown_slot;
+        self.banner_not_valid += other.banner_not_valid;
+        self.repeated_clicks += other.repeated_clicks;
+    }
 }
 
 /// One target's estimates per (tenant, slot), then overall (`*`, `*`).
@@ -214,6 +231,37 @@ pub struct DecisionRecord<'a> {
     pub model: &'a [f64],
 }
 
+/// An event as the evaluation reads it: what, where and when, and its decision's request_id,
+/// propensity and rank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationEvent {
+    pub kind: EventKind,
+    pub tenant: String,
+    pub slot: String,
+    pub city: String,
+    pub banner: String,
+    pub ts: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub propensity: Option<f64>,
+    pub rank: Option<u8>,
+}
+
+impl From<Event> for EvaluationEvent {
+    fn from(e: Event) -> Self {
+        Self {
+            kind: e.kind,
+            tenant: e.tenant,
+            slot: e.slot,
+            city: e.city,
+            banner: e.banner,
+            ts: e.ts,
+            request_id: e.request_id,
+            propensity: e.decision.propensity,
+            rank: e.decision.rank,
+        }
+    }
+}
+
 /// A logged decision of one banner: an impression with its propensity.
 #[derive(Debug)]
 struct Logged {
@@ -234,19 +282,42 @@ struct Observed {
     click: bool,
 }
 
+/// The (request_id, banner) of an impression, which its clicks name.
+type ImpressionKey = (String, String);
+
+/// Everything a slot's evaluation reads.
 #[derive(Debug, Default)]
 struct SlotLog {
+    /// Impressions of any time, and clicks without a request_id.
     observed: Vec<Observed>,
+    /// Per clicked (request_id, banner), its earliest click: (time, city).
+    first_clicks: HashMap<ImpressionKey, (DateTime<Utc>, String)>,
     decisions: Vec<Logged>,
+    impressions_per_request: HashMap<String, u32>,
 }
 
-/// Gathers events in any order, then [`finish`](EvaluationTally::finish)es.
+/// (tenant, slot)
+type SlotKey = (String, String);
+
+/// Gathers events in any order, then [`finish`](EvaluationTally::finish)es, or
+/// [`weigh`](EvaluationTally::weigh)s its slots into parts that merge with other tallies'.
 pub struct EvaluationTally {
     range: ReportRange,
-    slots: BTreeMap<(String, String), SlotLog>,
-    clicks: HashSet<(String, String)>,
-    impressions_per_request: HashMap<String, u32>,
+    slots: BTreeMap<SlotKey, SlotLog>,
     impressions: u64,
+    skipped: Skipped,
+    events: u64,
+}
+
+/// What the slots of one tally add to an evaluation: per (tenant, slot), each target's sums over
+/// its weighed decisions, and the counts. Parts of tallies of different slots merge into the
+/// parts of one tally of all their events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationParts {
+    /// Per slot with weighed decisions, one tally per target, in the targets' order.
+    slots: BTreeMap<SlotKey, Vec<OffPolicyTally>>,
+    impressions: u64,
+    with_propensity: u64,
     skipped: Skipped,
     events: u64,
 }
@@ -256,81 +327,106 @@ impl EvaluationTally {
         Self {
             range,
             slots: BTreeMap::new(),
-            clicks: HashSet::new(),
-            impressions_per_request: HashMap::new(),
             impressions: 0,
             skipped: Skipped::default(),
             events: 0,
         }
     }
 
-    pub fn add(&mut self, e: &Event) {
+    pub fn add(&mut self, e: EvaluationEvent) {
         self.events += 1;
-        let click = e.kind == EventKind::Click;
-        if click {
-            if let Some(request_id) = &e.request_id {
-                if !self.clicks.insert((request_id.clone(), e.banner.clone())) {
-                    self.skipped.repeated_clicks += 1;
-                    return;
-                }
-            }
-        }
         let log = self
             .slots
             .entry((e.tenant.clone(), e.slot.clone()))
             .or_default();
+        if e.kind == EventKind::Click {
+            let Some(request_id) = e.request_id else {
+                log.observed.push(Observed {
+                    ts: e.ts,
+                    city: e.city,
+                    banner: e.banner,
+                    click: true,
+                });
+                return;
+            };
+            match log.first_clicks.entry((request_id, e.banner)) {
+                Entry::Vacant(v) => {
+                    v.insert((e.ts, e.city));
+                }
+                Entry::Occupied(mut o) => {
+                    self.skipped.repeated_clicks += 1;
+                    if (e.ts, &e.city) < (o.get().0, &o.get().1) {
+                        o.insert((e.ts, e.city));
+                    }
+                }
+            }
+            return;
+        }
         log.observed.push(Observed {
             ts: e.ts,
             city: e.city.clone(),
             banner: e.banner.clone(),
-            click,
+            click: false,
         });
-        if click || !self.range.contains(e.ts) {
+        if !self.range.contains(e.ts) {
             return;
         }
         self.impressions += 1;
-        let Some(request_id) = &e.request_id else {
+        let Some(request_id) = e.request_id else {
             self.skipped.without_request_id += 1;
             return;
         };
-        *self
-            .impressions_per_request
+        *log.impressions_per_request
             .entry(request_id.clone())
             .or_default() += 1;
         log.decisions.push(Logged {
             ts: e.ts,
-            city: e.city.clone(),
-            banner: e.banner.clone(),
-            request_id: request_id.clone(),
-            propensity: e.decision.propensity,
-            rank: e.decision.rank.unwrap_or(1),
+            city: e.city,
+            banner: e.banner,
+            request_id,
+            propensity: e.propensity,
+            rank: e.rank.unwrap_or(1),
         });
     }
 
     /// The estimates of every target at `confidence`, the slots defined by `configs`; `record`
     /// sees every weighed decision.
     pub fn finish(
-        mut self,
-        configs: &HashMap<(String, String), Arc<SlotConfig>>,
+        self,
+        configs: &HashMap<SlotKey, Arc<SlotConfig>>,
         targets: &[Target],
         confidence: f64,
         record: &mut dyn FnMut(&DecisionRecord),
     ) -> Result<Evaluation, EvaluateError> {
-        if !(confidence > 0.0 && confidence < 1.0) {
-            return Err(EvaluateError::Confidence(confidence));
-        }
-        let mut tallies: Vec<Vec<(String, String, OffPolicyTally)>> = vec![vec![]; targets.len()];
-        let mut with_propensity = 0u64;
-        for ((tenant, slot), mut log) in std::mem::take(&mut self.slots) {
+        self.weigh(configs, targets, record)
+            .evaluation(targets, confidence)
+    }
+
+    /// Weighs every slot's decisions for every target, the slots defined by `configs`, in slot
+    /// order; `record` sees every weighed decision.
+    pub fn weigh(
+        self,
+        configs: &HashMap<SlotKey, Arc<SlotConfig>>,
+        targets: &[Target],
+        record: &mut dyn FnMut(&DecisionRecord),
+    ) -> EvaluationParts {
+        let mut parts = EvaluationParts {
+            slots: BTreeMap::new(),
+            impressions: self.impressions,
+            with_propensity: 0,
+            skipped: self.skipped,
+            events: self.events,
+        };
+        for ((tenant, slot), log) in self.slots {
             let mut decisions = Vec::with_capacity(log.decisions.len());
-            for d in log.decisions.drain(..) {
+            for d in log.decisions {
                 if d.propensity.is_none() {
-                    self.skipped.without_propensity += 1;
-                } else if d.rank != 1 || self.impressions_per_request[&d.request_id] != 1 {
-                    with_propensity += 1;
-                    self.skipped.carousel += 1;
+                    parts.skipped.without_propensity += 1;
+                } else if d.rank != 1 || log.impressions_per_request[&d.request_id] != 1 {
+                    parts.with_propensity += 1;
+                    parts.skipped.carousel += 1;
                 } else {
-                    with_propensity += 1;
+                    parts.with_propensity += 1;
                     decisions.push(d);
                 }
             }
@@ -338,41 +434,82 @@ impl EvaluationTally {
                 continue;
             }
             let Some(config) = configs.get(&(tenant.clone(), slot.clone())) else {
-                self.skipped.unknown_slot += decisions.len() as u64;
+                parts.skipped.unknown_slot += decisions.len() as u64;
                 continue;
             };
-            let slot_log = SlotDecisions::new(config, decisions, log.observed, &self.clicks);
-            self.skipped.banner_not_valid += slot_log.not_valid;
-            for (target, tally) in targets.iter().zip(&mut tallies) {
-                let mut t = OffPolicyTally::default();
-                slot_log.weigh(target, &mut t, &mut |r| {
-                    record(&DecisionRecord {
-                        policy: &target.name,
-                        tenant: &tenant,
-                        slot: &slot,
-                        ..r
-                    })
-                });
-                tally.push((tenant.clone(), slot.clone(), t));
-            }
+            let mut observed = log.observed;
+            observed.extend(
+                log.first_clicks
+                    .iter()
+                    .map(|((_, banner), (ts, city))| Observed {
+                        ts: *ts,
+                        city: city.clone(),
+                        banner: banner.clone(),
+                        click: true,
+                    }),
+            );
+            let slot_log = SlotDecisions::new(config, decisions, observed, &log.first_clicks);
+            parts.skipped.banner_not_valid += slot_log.not_valid;
+            let tallies = targets
+                .iter()
+                .map(|target| {
+                    let mut t = OffPolicyTally::default();
+                    slot_log.weigh(target, &mut t, &mut |r| {
+                        record(&DecisionRecord {
+                            policy: &target.name,
+                            tenant: &tenant,
+                            slot: &slot,
+                            ..r
+                        })
+                    });
+                    t
+                })
+                .collect();
+            parts.slots.insert((tenant, slot), tallies);
         }
-        if with_propensity == 0 {
+        parts
+    }
+}
+
+impl EvaluationParts {
+    /// Adds the parts of a tally of other slots.
+    pub fn merge(&mut self, other: EvaluationParts) {
+        self.slots.extend(other.slots);
+        self.impressions += other.impressions;
+        self.with_propensity += other.with_propensity;
+        self.skipped.merge(&other.skipped);
+        self.events += other.events;
+    }
+
+    /// The estimates of every target (the targets the parts were weighed for) at `confidence`:
+    /// per slot in name order, then overall.
+    pub fn evaluation(
+        self,
+        targets: &[Target],
+        confidence: f64,
+    ) -> Result<Evaluation, EvaluateError> {
+        if !(confidence > 0.0 && confidence < 1.0) {
+            return Err(EvaluateError::Confidence(confidence));
+        }
+        if self.with_propensity == 0 {
             return Err(EvaluateError::NoPropensities {
                 impressions: self.impressions,
             });
         }
         let policies = targets
             .iter()
-            .zip(tallies)
-            .map(|(target, slots)| {
+            .enumerate()
+            .map(|(i, target)| {
                 let mut overall = OffPolicyTally::default();
-                let mut rows: Vec<EvaluationRow> = slots
-                    .into_iter()
-                    .map(|(tenant, slot, t)| {
-                        overall.merge(&t);
+                let mut rows: Vec<EvaluationRow> = self
+                    .slots
+                    .iter()
+                    .map(|((tenant, slot), tallies)| {
+                        let t = &tallies[i];
+                        overall.merge(t);
                         EvaluationRow {
-                            tenant,
-                            slot,
+                            tenant: tenant.clone(),
+                            slot: slot.clone(),
                             estimate: t.estimate(confidence),
                         }
                     })
@@ -424,10 +561,12 @@ impl<'a> SlotDecisions<'a> {
         config: &'a Arc<SlotConfig>,
         mut decisions: Vec<Logged>,
         mut observed: Vec<Observed>,
-        clicks: &HashSet<(String, String)>,
+        clicks: &HashMap<ImpressionKey, (DateTime<Utc>, String)>,
     ) -> Self {
         let index = config.banner_index();
-        decisions.sort_by_key(|d| d.ts);
+        // Decisions at the same instant in request_id order (one decision per request here);
+        // observations at the same instant count together, in any order.
+        decisions.sort_by(|a, b| (a.ts, &a.request_id).cmp(&(b.ts, &b.request_id)));
         observed.sort_by_key(|o| o.ts);
         let observed = observed
             .into_iter()
@@ -441,7 +580,7 @@ impl<'a> SlotDecisions<'a> {
                 .collect();
             match index.get(d.banner.as_str()) {
                 Some(&shown) if valid.contains(&shown) => {
-                    let reward = clicks.contains(&(d.request_id.clone(), d.banner.clone()));
+                    let reward = clicks.contains_key(&(d.request_id.clone(), d.banner.clone()));
                     weighable.push(Weighable {
                         logged: d,
                         shown,

@@ -7,8 +7,8 @@ pub mod report;
 pub mod uplift;
 
 pub use evaluate::{
-    DecisionRecord, EvaluateError, Evaluation, EvaluationRow, EvaluationTally, PolicyEvaluation,
-    Skipped, Target, TargetPolicy, ThompsonTarget,
+    DecisionRecord, EvaluateError, Evaluation, EvaluationEvent, EvaluationParts, EvaluationRow,
+    EvaluationTally, PolicyEvaluation, Skipped, Target, TargetPolicy, ThompsonTarget,
 };
 pub use ope::{OffPolicyEstimate, OffPolicyTally, Term};
 pub use report::{report_rows, Groups, Report, ReportError, ReportRange, ReportRow};

@@ -11,7 +11,7 @@
 //! - DR: the mean of Σ_a π_target(a)·q̂(a) + w·(r − q̂(shown)), q̂ a reward model; unbiased like
 //!   IPW when the propensities are right, with less variance the better q̂ is.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::uplift::{z_of, Interval};
 
@@ -35,7 +35,7 @@ impl Term {
 }
 
 /// Sums over terms, added one at a time in any order.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct OffPolicyTally {
     n: u64,
     reward: Moments,
@@ -47,7 +47,7 @@ pub struct OffPolicyTally {
     max_weight: f64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Moments {
     sum: f64,
     sum2: f64,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
-use slotbandit::dataflow::{run_report, Cluster, ReportJob, ReportRun};
+use slotbandit::dataflow::{run_report, Cluster, History, ReportJob, ReportRun};
 use slotbandit::eval::{report_rows, Groups, Report, ReportRange};
 use slotbandit::model::parquet::PartitionedWriter;
 use slotbandit::model::{Counts, DecisionLog, Event, EventKind};
@@ -82,7 +82,7 @@ fn write_history(dir: &Path, events: &[Event], rows_per_file: usize) {
 
 fn dataflow_report(dir: &Path, range: ReportRange, workers: usize) -> ReportRun {
     let job = ReportJob {
-        plan: ParquetPlan::new(dir, false).unwrap(),
+        history: History::Parquet(ParquetPlan::new(dir, false).unwrap()),
         range,
         progress: Arc::new(|_| {}),
     };
