@@ -175,8 +175,8 @@ pub fn backfill(
         priors,
         progress: Arc::new(move |n| progress_bar.set_position(n)),
     };
-    let mut report =
-        run_backfill(job, cluster).with_context(|| format!("backfill of {}", input.display()))?;
+    let mut report = super::with_stdout_on_stderr(|| run_backfill(job, cluster))?
+        .with_context(|| format!("backfill of {}", input.display()))?;
     bar.finish_and_clear();
     for s in &report.skipped {
         tracing::warn!("skipped: {s}");

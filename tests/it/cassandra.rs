@@ -311,11 +311,19 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
             .spawn()
             .unwrap()
     };
-    let (p0, p1) = (spawn("0"), spawn("1"));
+    // Process 1 first: it retries connecting to process 0 until that one listens.
+    let p1 = spawn("1");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let p0 = spawn("0");
     let (out0, out1) = (
         ok(p0.wait_with_output().unwrap()),
         ok(p1.wait_with_output().unwrap()),
     );
+    // timely's connection messages ("worker 1:\terror connecting…; retrying") go to stderr:
+    // stdout is the command's own summary.
+    for out in [&out0, &out1] {
+        assert!(!out.lines().any(|l| l.starts_with("worker ")), "{out}");
+    }
     // Both processes wrote shards: each its own workers' share.
     assert!(shard_batches(&out0) > 0, "{out0}");
     assert!(shard_batches(&out1) > 0, "{out1}");
