@@ -4,7 +4,7 @@
 //! key without a store read once the key has been seen, and keeps working while the store is down
 //! or slow (a key is re-read in the background once it is a minute old).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
 
 use super::error::ApiError;
 use super::AppState;
@@ -80,12 +80,16 @@ impl Caller {
 /// Key hashes seen in the store, with when they were read. A key older than [`KEY_TTL`] is
 /// still answered from memory while one background read per key refreshes it (a revoked key
 /// stops working once that read returns), so requests never wait on a slow or quorum-less store
-/// for a key they have seen; an unseen key waits at most [`FIRST_READ_WAIT`].
+/// for a key they have seen. Requests with a key not seen before share one read of it and wait
+/// for it at most [`FIRST_READ_WAIT`].
 pub struct KeyCache {
     keys: Arc<ArcSwap<HashMap<String, (ApiKey, Instant)>>>,
-    /// Hashes being read from the store now.
-    reading: Arc<Mutex<HashSet<String>>>,
+    /// The reads under way, by hash.
+    reading: Arc<Mutex<HashMap<String, KeyRead>>>,
 }
+
+/// One read of a key from the store, which every request waiting for that key awaits.
+type KeyRead = Shared<BoxFuture<'static, Result<Option<ApiKey>, String>>>;
 
 /// How long a request with a key not seen before waits for the store to say whose it is.
 const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
@@ -106,18 +110,14 @@ impl KeyCache {
         let hash = key_hash(key);
         if let Some((found, at)) = self.keys.load().get(&hash) {
             if at.elapsed() >= KEY_TTL {
-                // The handle is dropped: the read goes on and updates the cache when it returns.
+                // Not awaited: the read goes on and updates the cache when it returns.
                 drop(self.read(store, hash));
             }
             return Ok(Some(found.clone()));
         }
-        let Some(read) = self.read(store, hash) else {
-            return Err(Self::unchecked("the store is being asked already"));
-        };
-        match tokio::time::timeout(FIRST_READ_WAIT, read).await {
-            Ok(Ok(Ok(found))) => Ok(found),
-            Ok(Ok(Err(e))) => Err(Self::unchecked(&e.to_string())),
-            Ok(Err(join)) => Err(Self::unchecked(&join.to_string())),
+        match tokio::time::timeout(FIRST_READ_WAIT, self.read(store, hash)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(Self::unchecked(&e)),
             Err(_) => Err(Self::unchecked(&format!(
                 "the store did not answer within {FIRST_READ_WAIT:?}"
             ))),
@@ -132,27 +132,24 @@ impl KeyCache {
         )
     }
 
-    /// Starts reading `hash` from the store, unless a read of it is under way; the cache takes
-    /// what the store says (a key removed from the store leaves the cache).
-    fn read(
-        &self,
-        store: &Arc<dyn PosteriorStore>,
-        hash: String,
-    ) -> Option<JoinHandle<Result<Option<ApiKey>, StoreError>>> {
-        if !self
+    /// The read of `hash` under way, or a new one; the cache takes what the store says (a key
+    /// removed from the store leaves the cache).
+    fn read(&self, store: &Arc<dyn PosteriorStore>, hash: String) -> KeyRead {
+        let mut reading = self
             .reading
             .lock()
-            .expect("not poisoned")
-            .insert(hash.clone())
-        {
-            return None;
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(read) = reading.get(&hash) {
+            return read.clone();
         }
-        let (store, keys) = (store.clone(), self.keys.clone());
+        let (store, keys, key) = (store.clone(), self.keys.clone(), hash.clone());
+        // The mark is dropped by the task, which takes the lock first: the read is in the map
+        // before the task can take it out.
         let mark = ReadMark {
             reading: self.reading.clone(),
             hash: hash.clone(),
         };
-        Some(tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let _unmarked_when_done = mark;
             let found = store.api_key(&hash);
             if let Ok(found) = &found {
@@ -166,14 +163,23 @@ impl KeyCache {
                 });
             }
             found
-        }))
+        });
+        let read = async move {
+            match task.await {
+                Ok(found) => found.map_err(|e: StoreError| e.to_string()),
+                Err(join) => Err(join.to_string()),
+            }
+        }
+        .boxed()
+        .shared();
+        reading.insert(key, read.clone());
+        read
     }
 }
-
-/// A hash marked as being read; the mark goes when the read ends, however it ends (a store call
-/// that panicked must not leave its key never refreshed again).
+/// A read's place in the map of reads under way; it goes when the read ends, however it ends (a
+/// store call that panicked must not leave its key never read again).
 struct ReadMark {
-    reading: Arc<Mutex<HashSet<String>>>,
+    reading: Arc<Mutex<HashMap<String, KeyRead>>>,
     hash: String,
 }
 

@@ -330,6 +330,45 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
     assert_same_posteriors(&ks.url, &h.embedded);
 }
 
+/// A key not seen before, in 16 requests at once, against a store whose read takes a network
+/// round trip: they all wait for the one read of the key, none is refused as unavailable.
+#[test]
+fn requests_arriving_together_with_a_new_key_share_its_read() {
+    let Some(node) = service("SLOTBANDIT_CASSANDRA") else {
+        return;
+    };
+    let ks = Keyspace::new(&node, "sbt_keys");
+    let key = crate::common::keys_add(&ks.url, "ajio", "serve");
+    let dir = tempfile::tempdir().unwrap();
+    let log = format!("file:{}", dir.path().join("log").display());
+    let spool = dir.path().join("spool").display().to_string();
+    let (child, base) = crate::common::spawn_serve(
+        &["--store", &ks.url, "--log", &log, "--spool-dir", &spool],
+        &[],
+    );
+    let _serve = crate::common::Killed(child);
+    let together = std::sync::Barrier::new(16);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = reqwest::blocking::Client::new();
+                    together.wait();
+                    client
+                        .get(format!("{base}/v1/me"))
+                        .bearer_auth(&key)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [200; 16]);
+}
+
 /// What the writer of the isolation test writes to every shard in epoch `e`: rows whose counts
 /// are a function of `e`, one row that exists only in even epochs, and applied offsets
 /// {0: e, 1: 1000 + e}.
