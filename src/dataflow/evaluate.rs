@@ -97,16 +97,7 @@ pub fn run_evaluate(
     job: EvaluateJob,
     cluster: &Cluster,
 ) -> Result<Option<EvaluateRun>, DataflowError> {
-    let setup = JobSetup {
-        name: "evaluate",
-        store: None,
-        shared_store: false,
-        store_in_every_process: false,
-        first_written_epoch: 0,
-        durable_epochs: false,
-        retention: None,
-        priors: None,
-    };
+    let setup = JobSetup::read_only("evaluate");
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
     let (gathering, _) = run_job(cluster, setup, move |worker, sink| {

@@ -59,6 +59,22 @@ pub(super) struct JobSetup {
     pub priors: Option<PriorSettings>,
 }
 
+impl JobSetup {
+    /// A job that reads history and writes nothing (the report, the evaluation).
+    pub fn read_only(name: &'static str) -> Self {
+        Self {
+            name,
+            store: None,
+            shared_store: false,
+            store_in_every_process: false,
+            first_written_epoch: 0,
+            durable_epochs: false,
+            retention: None,
+            priors: None,
+        }
+    }
+}
+
 /// Runs `work` on every worker of this process with the sink it builds its dataflow with, and
 /// returns the workers' merged report and what the sink wrote; the first error of any worker
 /// is returned instead.

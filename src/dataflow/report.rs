@@ -111,16 +111,7 @@ impl WorkerReport for Totals {
 
 /// Runs the report on this process's workers; process 0 returns it, the others `None`.
 pub fn run_report(job: ReportJob, cluster: &Cluster) -> Result<Option<ReportRun>, DataflowError> {
-    let setup = JobSetup {
-        name: "report",
-        store: None,
-        shared_store: false,
-        store_in_every_process: false,
-        first_written_epoch: 0,
-        durable_epochs: false,
-        retention: None,
-        priors: None,
-    };
+    let setup = JobSetup::read_only("report");
     let progress = Arc::new(ReadProgress::new(job.progress.clone()));
     let job = Arc::new(job);
     let (totals, _) = run_job(cluster, setup, move |worker, sink| {
