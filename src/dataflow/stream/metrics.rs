@@ -245,15 +245,10 @@ impl StreamMetrics {
         }
     }
 
-    /// Notes where a reader's partitions start: everything before is in the store.
     /// Adds the group counts of an epoch whose changes are in the store.
     pub(super) fn groups_stored(&self, groups: &[GroupCount]) {
-        for (arm, holdout, counts) in groups {
-            let labels = [
-                arm.tenant.as_str(),
-                arm.slot.as_str(),
-                group_label(*holdout),
-            ];
+        for (tenant, slot, holdout, counts) in groups {
+            let labels = [tenant.as_str(), slot.as_str(), group_label(*holdout)];
             self.group_impressions
                 .with_label_values(&labels)
                 .inc_by(counts.impressions);
@@ -263,6 +258,7 @@ impl StreamMetrics {
         }
     }
 
+    /// Notes where a reader's partitions start: everything before is in the store.
     pub(super) fn reading_from(&self, positions: &BTreeMap<Partition, Offset>) {
         let mut lag = self.lag.lock().expect("lag lock");
         lag.stored.extend(positions);

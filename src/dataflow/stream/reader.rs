@@ -34,7 +34,7 @@ pub(super) struct EpochBatch {
     /// When each counted click was appended to the log (ms since the Unix epoch).
     pub(super) clicks_appended_ms: Vec<i64>,
     pub(super) counts: Vec<(CountKey, (i64, i64))>,
-    /// The counted events of decisions whose group is known, per (arm, held out).
+    /// The counted events of decisions whose group is known, per (tenant, slot, held out).
     pub(super) groups: Vec<GroupCount>,
     pub(super) applied: Vec<AppliedOffset>,
     /// The newest event time counted in the epoch, at most the wall clock's (ms since the Unix
@@ -42,8 +42,9 @@ pub(super) struct EpochBatch {
     pub(super) newest_event_ms: Option<i64>,
 }
 
-/// The impressions and clicks of one arm's decisions of one group (held out or not) in an epoch.
-pub(crate) type GroupCount = (Arc<ArmKey>, bool, Counts);
+/// The impressions and clicks of one slot's decisions of one group (held out or not) in an
+/// epoch: (tenant, slot, held out, counts).
+pub(crate) type GroupCount = (String, String, bool, Counts);
 
 /// The arms and shards a reader has seen, numbered, so counting an event hashes one short
 /// string and allocates nothing once its arm is known.
@@ -234,10 +235,19 @@ impl PartitionReader {
                 (CountKey { arm, bucket }, diff)
             })
             .collect();
-        batch.groups = epoch
-            .groups
+        // Per slot, so that the metrics take one labelled update per slot and group an epoch.
+        let mut groups: FxHashMap<(&str, &str, bool), Counts> = FxHashMap::default();
+        for ((arm, holdout), counts) in epoch.groups {
+            let arm = &arms[arm as usize].0;
+            *groups
+                .entry((arm.tenant.as_str(), arm.slot.as_str(), holdout))
+                .or_default() += counts;
+        }
+        batch.groups = groups
             .into_iter()
-            .map(|((arm, holdout), counts)| (arms[arm as usize].0.clone(), holdout, counts))
+            .map(|((tenant, slot, holdout), counts)| {
+                (tenant.to_string(), slot.to_string(), holdout, counts)
+            })
             .collect();
         batch.applied = epoch
             .applied
