@@ -93,6 +93,39 @@ node_launch() {
   cmd_start
 }
 
+# A node answers CQL before gossip has told it of its peers: a keyspace created then misses the
+# nodes it does not know yet, and its first writes fail with "keyspace does not exist". A cluster
+# start therefore returns once every node has seen every other node come up since its own start.
+cluster_settle() {
+  local n="$1" i j start=$SECONDS missing
+  while :; do
+    missing=''
+    for ((i = 1; i <= n; i++)); do
+      select_node "$i"
+      for ((j = 1; j <= n; j++)); do
+        ((i != j)) || continue
+        peer_up "$(cluster_host "$j")" || missing+=" node $i does not see node $j;"
+      done
+    done
+    if [[ -z "$missing" ]]; then
+      log "all $n nodes see each other after $((SECONDS - start)) s"
+      return 0
+    fi
+    if ((SECONDS - start >= TIMEOUT)); then
+      die "gossip did not settle within ${TIMEOUT}s ($TIMEOUT_VAR):$missing logs: $CLUSTER_ROOT/node*/logs"
+    fi
+    sleep 1
+  done
+}
+
+# peer_up HOST: the selected node's log, since its last start, last says HOST is UP.
+peer_up() {
+  [[ "$(awk -v peer="/$1:$STORAGE_PORT is now " '
+    /Cassandra version:/ { state = "" }
+    index($0, peer) && / is now (UP|DOWN)$/ { state = $NF }
+    END { print state }' "$SYSTEM_LOG" 2>/dev/null)" == UP ]]
+}
+
 usage() {
   cat >&2 <<EOF
 usage: $0 start|stop|status|reset [--nodes N]

@@ -227,6 +227,7 @@ wait_ready() {
 #   node_launch     starts the selected node's JVM unless it runs; returns once the next node may
 #                   start (Cassandra: the node has joined and answers CQL)
 #   cmd_stop        stops the selected node
+#   cluster_settle N (optional) returns once the N started nodes form one cluster
 # and READY (a command: the selected node answers its clients).
 
 cluster_host() { printf '%s.%s\n' "$CLUSTER_NET" "$(($1 + 1))"; }
@@ -294,6 +295,7 @@ cluster_main() {
       select_node "$i"
       wait_node
     done
+    if declare -F cluster_settle >/dev/null; then cluster_settle "$n" >&2; fi
     echo "$ENV_NAME=$(cluster_contacts "$n")"
     ;;
   stop | reset)
