@@ -218,8 +218,9 @@ class Stack:
                      f"{base} to decide")
 
     def stop(self):
-        for p in [self.job, *getattr(self, "services", [])]:
-            if p.alive():
+        # start() may have failed before the job or the services existed
+        for p in [getattr(self, "job", None), *getattr(self, "services", [])]:
+            if p is not None and p.alive():
                 p.kill9()
         for cluster in (self.kafka, self.cassandra):
             cluster("reset", "--nodes", "3", check=False)
