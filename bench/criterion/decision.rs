@@ -1,10 +1,11 @@
 //! ns per Thompson decision (10 banners; carousel of 3), what one decision is made of (a Beta
-//! draw, a normal, a uniform, rand_distr's Beta for comparison), and generator rows/s.
+//! draw, a normal, a uniform, rand_distr's Beta for comparison), the propensity a shown banner
+//! logs (P(best) among 50 banners), and generator rows/s.
 
 use chrono::{Duration, NaiveDate};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand_distr::{Distribution, Open01, StandardNormal};
-use slotbandit::bandit::{seeded_rng, BetaPosterior, BetaSampler, SlotPolicy};
+use slotbandit::bandit::{prob_best_of, seeded_rng, BetaPosterior, BetaSampler, SlotPolicy};
 use slotbandit::model::SlotConfig;
 use slotbandit::synth::{generate, GenSpec};
 use slotbandit::time;
@@ -64,6 +65,42 @@ fn draws(c: &mut Criterion) {
     group.finish();
 }
 
+/// P(best) of one shown banner among 50, the propensity the service logs on a (slot, city,
+/// banner)'s first decision after its posteriors change: in a (slot, city) of the million-arm
+/// bench store (priors of ten thousand pseudo-impressions: narrow, mostly separated posteriors)
+/// for the best banner and for one far below it, and among 50 wide, overlapping posteriors.
+fn propensities(c: &mut Criterion) {
+    let separated: Vec<BetaSampler> = (0..50)
+        .map(|i| {
+            let clicks = 120.0 + f64::from(i * 37 % 541);
+            BetaSampler::new(clicks, 10_100.0 - clicks)
+        })
+        .collect();
+    let overlapping: Vec<BetaSampler> = (0..50)
+        .map(|i| BetaSampler::new(3.0 + f64::from(i % 7), 150.0 + f64::from(i * 3 % 11)))
+        .collect();
+    let valid: Vec<usize> = (0..50).collect();
+    let best = |arms: &[BetaSampler]| {
+        (0..arms.len())
+            .max_by(|&a, &b| arms[a].mean().total_cmp(&arms[b].mean()))
+            .unwrap()
+    };
+    let (top, low) = (best(&separated), 0);
+    let mut group = c.benchmark_group("propensity");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("p_best_of_50_separated_best", |b| {
+        b.iter(|| prob_best_of(&separated, &valid, top))
+    });
+    group.bench_function("p_best_of_50_separated_low", |b| {
+        b.iter(|| prob_best_of(&separated, &valid, low))
+    });
+    let top = best(&overlapping);
+    group.bench_function("p_best_of_50_overlapping_best", |b| {
+        b.iter(|| prob_best_of(&overlapping, &valid, top))
+    });
+    group.finish();
+}
+
 fn generator(c: &mut Criterion) {
     let spec = GenSpec {
         impressions: 200_000,
@@ -87,5 +124,5 @@ fn generator(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, draws, generator);
+criterion_group!(benches, decisions, draws, propensities, generator);
 criterion_main!(benches);
