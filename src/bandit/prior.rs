@@ -357,18 +357,23 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     // The banner effects under the levels kept, so each banner's evidence is the impressions
     // those levels weigh.
     let effects = banner_effects(cities, &levels, cap);
+    // Each arm's (mean, clicks, misses), looked up once for all the strengths tried.
+    let arms: Vec<(f64, f64, f64)> = cities
+        .iter()
+        .zip(&levels)
+        .filter_map(|(city, level)| Some((city, (*level)?)))
+        .flat_map(|(city, level)| city.banners.iter().map(move |c| (c, level)))
+        .filter(|(c, _)| c.impressions > 0)
+        .map(|(c, level)| {
+            let m = clamp_mean(effects.for_banner(&c.banner).mean() * level.level);
+            let k = c.clicks.min(c.impressions) as f64;
+            (m, k, c.impressions as f64 - k)
+        })
+        .collect();
     let log_likelihood = |strength: f64| -> f64 {
-        cities
-            .iter()
-            .zip(&levels)
-            .filter_map(|(city, level)| Some((city, (*level)?)))
-            .flat_map(|(city, level)| city.banners.iter().map(move |c| (c, level)))
-            .filter(|(c, _)| c.impressions > 0)
-            .map(|(c, level)| {
-                let m = clamp_mean(effects.for_banner(&c.banner).mean() * level.level);
+        arms.iter()
+            .map(|&(m, k, misses)| {
                 let (a, b) = (m * strength, (1.0 - m) * strength);
-                let k = c.clicks.min(c.impressions) as f64;
-                let misses = c.impressions as f64 - k;
                 ln_beta(a + k, b + misses) - ln_beta(a, b)
             })
             .sum()
