@@ -332,18 +332,19 @@ pub const DEFAULT_MAX_PRIOR_STRENGTH: f64 = 1e5;
 /// below two pseudo-impressions (property tests in this file).
 pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPriors {
     let cap = strength_cap(max_strength);
+    let index = BannerIndex::new(cities);
     // Banner and city effects in turn, until the levels settle.
     let mut levels: Vec<Option<CityEffect>> = vec![None; cities.len()];
     for _ in 0..FIT_ROUNDS {
-        let effects = banner_effects(cities, &levels, cap);
+        let effects = banner_effects(cities, &index, &levels, cap);
         if effects.slot.source == PriorSource::Uniform {
             return SlotPriors::uniform();
         }
-        let mut next: Vec<Option<CityEffect>> = cities
-            .iter()
-            .map(|city| city_effect(&effects, &city.banners))
+        let means = index.means(&effects);
+        let mut next: Vec<Option<CityEffect>> = (0..cities.len())
+            .map(|c| city_effect(index.arms(cities, c, &means)))
             .collect();
-        normalize_levels(&effects, cities, &mut next);
+        normalize_levels(cities, &index, &means, &mut next);
         let moved = next
             .iter()
             .zip(&levels)
@@ -356,18 +357,17 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     }
     // The banner effects under the levels kept, so each banner's evidence is the impressions
     // those levels weigh.
-    let effects = banner_effects(cities, &levels, cap);
-    // Each arm's (mean, clicks, misses), looked up once for all the strengths tried.
-    let arms: Vec<(f64, f64, f64)> = cities
-        .iter()
-        .zip(&levels)
-        .filter_map(|(city, level)| Some((city, (*level)?)))
-        .flat_map(|(city, level)| city.banners.iter().map(move |c| (c, level)))
-        .filter(|(c, _)| c.impressions > 0)
-        .map(|(c, level)| {
-            let m = clamp_mean(effects.for_banner(&c.banner).mean() * level.level);
-            let k = c.clicks.min(c.impressions) as f64;
-            (m, k, c.impressions as f64 - k)
+    let effects = banner_effects(cities, &index, &levels, cap);
+    let means = index.means(&effects);
+    // Each arm's (mean, clicks, misses), for all the strengths tried.
+    let arms: Vec<(f64, f64, f64)> = (0..cities.len())
+        .filter_map(|c| Some((c, levels[c]?)))
+        .flat_map(|(c, level)| index.arms(cities, c, &means).map(move |arm| (arm, level)))
+        .filter(|((counts, _), _)| counts.impressions > 0)
+        .map(|((counts, mean), level)| {
+            let m = clamp_mean(mean * level.level);
+            let k = counts.clicks.min(counts.impressions) as f64;
+            (m, k, counts.impressions as f64 - k)
         })
         .collect();
     let log_likelihood = |strength: f64| -> f64 {
@@ -400,19 +400,72 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     }
 }
 
+/// The slot's banner names in name order and, for each city's counts, the index of each of its
+/// banners among them: the fit's rounds look a banner's effect up by index, not by name.
+struct BannerIndex<'a> {
+    names: Vec<&'a str>,
+    /// Parallel to each city's `banners`.
+    of_city: Vec<Vec<usize>>,
+}
+
+impl<'a> BannerIndex<'a> {
+    fn new(cities: &'a [CityCounts]) -> Self {
+        let mut names: Vec<&str> = cities
+            .iter()
+            .flat_map(|city| city.banners.iter().map(|c| c.banner.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let of_city = cities
+            .iter()
+            .map(|city| {
+                let index = |c: &BannerCounts| names.binary_search(&c.banner.as_str());
+                city.banners
+                    .iter()
+                    .map(|c| index(c).expect("listed"))
+                    .collect()
+            })
+            .collect();
+        Self { names, of_city }
+    }
+
+    /// Each banner's mean under `effects`, by index.
+    fn means(&self, effects: &SlotPriors) -> Vec<f64> {
+        let mean = |banner: &&str| effects.for_banner(banner).mean();
+        self.names.iter().map(mean).collect()
+    }
+
+    /// City `c`'s counts, each with its banner's mean out of `means`.
+    fn arms<'c>(
+        &'c self,
+        cities: &'c [CityCounts],
+        c: usize,
+        means: &'c [f64],
+    ) -> impl Iterator<Item = (&'c BannerCounts, f64)> + 'c {
+        let banners = cities[c].banners.iter().zip(&self.of_city[c]);
+        banners.map(move |(counts, &b)| (counts, means[b]))
+    }
+}
+
 /// [`fit_banners`] on each banner's clicks over its impressions weighted by the levels of the
 /// cities that showed them (a city without a level counts at 1).
-fn banner_effects(cities: &[CityCounts], levels: &[Option<CityEffect>], cap: f64) -> SlotPriors {
-    let mut pooled: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for (city, level) in cities.iter().zip(levels) {
+fn banner_effects(
+    cities: &[CityCounts],
+    index: &BannerIndex<'_>,
+    levels: &[Option<CityEffect>],
+    cap: f64,
+) -> SlotPriors {
+    let mut pooled = vec![(0.0, 0.0); index.names.len()];
+    for ((city, banners), level) in cities.iter().zip(&index.of_city).zip(levels) {
         let level = level.map_or(1.0, |e| e.level);
-        for c in &city.banners {
-            let sum = pooled.entry(c.banner.as_str()).or_default();
-            sum.0 += c.impressions as f64 * level;
-            sum.1 += c.clicks as f64;
+        for (c, &b) in city.banners.iter().zip(banners) {
+            pooled[b].0 += c.impressions as f64 * level;
+            pooled[b].1 += c.clicks as f64;
         }
     }
-    let rows: Vec<(&str, f64, f64)> = pooled.into_iter().map(|(b, (n, k))| (b, n, k)).collect();
+    let rows: Vec<(&str, f64, f64)> = (index.names.iter().zip(pooled))
+        .map(|(&b, (n, k))| (b, n, k))
+        .collect();
     fit_banners(&rows, cap)
 }
 
@@ -420,17 +473,17 @@ fn banner_effects(cities: &[CityCounts], levels: &[Option<CityEffect>], cap: f64
 /// would bring at level 1, is 1: the banner effects are then the CTRs of the slot's average
 /// city, and the scale the fit could trade between banners and cities stays put.
 fn normalize_levels(
-    effects: &SlotPriors,
     cities: &[CityCounts],
+    index: &BannerIndex<'_>,
+    means: &[f64],
     levels: &mut [Option<CityEffect>],
 ) {
     let (mut weighted, mut weights) = (0.0, 0.0);
-    for (city, level) in cities.iter().zip(levels.iter()) {
+    for (c, level) in levels.iter().enumerate() {
         let Some(level) = level else { continue };
-        let expected: f64 = city
-            .banners
-            .iter()
-            .map(|c| c.impressions as f64 * effects.for_banner(&c.banner).mean())
+        let expected: f64 = index
+            .arms(cities, c, means)
+            .map(|(counts, mean)| counts.impressions as f64 * mean)
             .sum();
         weighted += expected * level.level;
         weights += expected;
@@ -444,13 +497,14 @@ fn normalize_levels(
     }
 }
 
-/// A city's effect under the banner means of `effects`; `None` for a city without impressions.
-fn city_effect(effects: &SlotPriors, counts: &[BannerCounts]) -> Option<CityEffect> {
+/// A city's effect from its counts, each with the mean of its banner's effect; `None` for a city
+/// without impressions.
+fn city_effect<'c>(arms: impl Iterator<Item = (&'c BannerCounts, f64)>) -> Option<CityEffect> {
     let mut clicks = 0.0;
     let mut expected = 0.0;
-    for c in counts.iter().filter(|c| c.impressions > 0) {
+    for (c, mean) in arms.filter(|(c, _)| c.impressions > 0) {
         clicks += c.clicks.min(c.impressions) as f64;
-        expected += c.impressions as f64 * effects.for_banner(&c.banner).mean();
+        expected += c.impressions as f64 * mean;
     }
     if expected <= 0.0 {
         return None;
@@ -730,8 +784,9 @@ mod tests {
                         .sum();
                     clicks / expected
                 };
-                let l_few = city_effect(&effects, &few).unwrap();
-                let l_many = city_effect(&effects, &many).unwrap();
+                let mean = |c: &BannerCounts| effects.for_banner(&c.banner).mean();
+                let l_few = city_effect(few.iter().map(|c| (c, mean(c)))).unwrap();
+                let l_many = city_effect(many.iter().map(|c| (c, mean(c)))).unwrap();
                 // Between the slot's level (1) and the city's own ratio...
                 for l in [l_few.level, l_many.level] {
                     prop_assert!((l - 1.0) * (raw - 1.0) >= 0.0, "{l} {raw}");

@@ -135,7 +135,7 @@ pub fn prob_best_of(arms: &[BetaSampler], valid: &[usize], i: usize) -> (f64, f6
 }
 
 /// A product of CDFs below this is treated as lying anywhere between 0 and its value (see
-/// [`prob_best_of`]); it adds at most this much to a propensity's error bound.
+/// [`prob_best_of`]); it adds at most twice this to a propensity's error bound.
 const NEGLIGIBLE: f64 = 1e-12;
 
 fn cdf_on(arm: &BetaSampler, grid: &[f64]) -> Vec<f64> {
