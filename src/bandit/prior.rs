@@ -336,15 +336,15 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     // Banner and city effects in turn, until the levels settle.
     let mut levels: Vec<Option<CityEffect>> = vec![None; cities.len()];
     for _ in 0..FIT_ROUNDS {
-        let effects = banner_effects(cities, &index, &levels, cap);
+        let effects = banner_effects(&index, &levels, cap);
         if effects.slot.source == PriorSource::Uniform {
             return SlotPriors::uniform();
         }
         let means = index.means(&effects);
         let mut next: Vec<Option<CityEffect>> = (0..cities.len())
-            .map(|c| city_effect(index.arms(cities, c, &means)))
+            .map(|c| city_effect(index.arms(c, &means)))
             .collect();
-        normalize_levels(cities, &index, &means, &mut next);
+        normalize_levels(&index, &means, &mut next);
         let moved = next
             .iter()
             .zip(&levels)
@@ -357,12 +357,12 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     }
     // The banner effects under the levels kept, so each banner's evidence is the impressions
     // those levels weigh.
-    let effects = banner_effects(cities, &index, &levels, cap);
+    let effects = banner_effects(&index, &levels, cap);
     let means = index.means(&effects);
     // Each arm's (mean, clicks, misses), for all the strengths tried.
     let arms: Vec<(f64, f64, f64)> = (0..cities.len())
         .filter_map(|c| Some((c, levels[c]?)))
-        .flat_map(|(c, level)| index.arms(cities, c, &means).map(move |arm| (arm, level)))
+        .flat_map(|(c, level)| index.arms(c, &means).map(move |arm| (arm, level)))
         .filter(|((counts, _), _)| counts.impressions > 0)
         .map(|((counts, mean), level)| {
             let m = clamp_mean(mean * level.level);
@@ -400,9 +400,11 @@ pub fn hierarchical_priors(cities: &[CityCounts], max_strength: f64) -> SlotPrio
     }
 }
 
-/// The slot's banner names in name order and, for each city's counts, the index of each of its
-/// banners among them: the fit's rounds look a banner's effect up by index, not by name.
+/// A slot's counts per city with its banner names in name order and, for each city's counts, the
+/// index of each of its banners among them: the fit's rounds look a banner's effect up by index,
+/// not by name.
 struct BannerIndex<'a> {
+    cities: &'a [CityCounts],
     names: Vec<&'a str>,
     /// Parallel to each city's `banners`.
     of_city: Vec<Vec<usize>>,
@@ -426,7 +428,11 @@ impl<'a> BannerIndex<'a> {
                     .collect()
             })
             .collect();
-        Self { names, of_city }
+        Self {
+            cities,
+            names,
+            of_city,
+        }
     }
 
     /// Each banner's mean under `effects`, by index.
@@ -438,25 +444,19 @@ impl<'a> BannerIndex<'a> {
     /// City `c`'s counts, each with its banner's mean out of `means`.
     fn arms<'c>(
         &'c self,
-        cities: &'c [CityCounts],
         c: usize,
         means: &'c [f64],
     ) -> impl Iterator<Item = (&'c BannerCounts, f64)> + 'c {
-        let banners = cities[c].banners.iter().zip(&self.of_city[c]);
+        let banners = self.cities[c].banners.iter().zip(&self.of_city[c]);
         banners.map(move |(counts, &b)| (counts, means[b]))
     }
 }
 
 /// [`fit_banners`] on each banner's clicks over its impressions weighted by the levels of the
 /// cities that showed them (a city without a level counts at 1).
-fn banner_effects(
-    cities: &[CityCounts],
-    index: &BannerIndex<'_>,
-    levels: &[Option<CityEffect>],
-    cap: f64,
-) -> SlotPriors {
+fn banner_effects(index: &BannerIndex<'_>, levels: &[Option<CityEffect>], cap: f64) -> SlotPriors {
     let mut pooled = vec![(0.0, 0.0); index.names.len()];
-    for ((city, banners), level) in cities.iter().zip(&index.of_city).zip(levels) {
+    for ((city, banners), level) in index.cities.iter().zip(&index.of_city).zip(levels) {
         let level = level.map_or(1.0, |e| e.level);
         for (c, &b) in city.banners.iter().zip(banners) {
             pooled[b].0 += c.impressions as f64 * level;
@@ -472,17 +472,12 @@ fn banner_effects(
 /// Scales the levels so that their mean, weighted by the clicks each city's impressions
 /// would bring at level 1, is 1: the banner effects are then the CTRs of the slot's average
 /// city, and the scale the fit could trade between banners and cities stays put.
-fn normalize_levels(
-    cities: &[CityCounts],
-    index: &BannerIndex<'_>,
-    means: &[f64],
-    levels: &mut [Option<CityEffect>],
-) {
+fn normalize_levels(index: &BannerIndex<'_>, means: &[f64], levels: &mut [Option<CityEffect>]) {
     let (mut weighted, mut weights) = (0.0, 0.0);
     for (c, level) in levels.iter().enumerate() {
         let Some(level) = level else { continue };
         let expected: f64 = index
-            .arms(cities, c, means)
+            .arms(c, means)
             .map(|(counts, mean)| counts.impressions as f64 * mean)
             .sum();
         weighted += expected * level.level;
