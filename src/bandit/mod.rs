@@ -17,7 +17,9 @@ pub use prior::{
     SlotPriors, DEFAULT_MAX_PRIOR_STRENGTH, DEFAULT_PRIOR_STRENGTH, LEVEL_PSEUDO_CLICKS,
 };
 pub use propensity::{prob_best_bounded, prob_best_of, RankPropensities, CAROUSEL_DRAWS};
-pub use thompson::{thompson_select, ComputeBudget, DecisionError, SlotPolicy, Unbounded};
+pub use thompson::{
+    thompson_select, ComputeBudget, DecisionError, KnownOnly, SlotPolicy, Unbounded,
+};
 
 /// The RNG of the decision path: a fast, seedable generator owned by one thread (no locks).
 pub type DecisionRng = rand::rngs::SmallRng;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngExt};
 use rand_distr::Distribution;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use super::cutoff::{cutoff_point, draw_above};
 use super::{prob_best_of, BetaPosterior, BetaSampler, RankPropensities, SlotPriors};
@@ -133,7 +133,8 @@ pub struct SlotPolicy {
     config: Arc<SlotConfig>,
     samplers: Vec<BetaSampler>,
     /// Propensities by (valid banners, banners shown), computed when a decision first needs
-    /// them: the posteriors do not change for the life of a policy.
+    /// them: the posteriors do not change for the life of a policy. A carousel's table is made
+    /// whole at once; one banner's fills in banner by banner.
     propensities: Mutex<Vec<PropensityEntry>>,
 }
 
@@ -152,6 +153,15 @@ impl ComputeBudget for Unbounded {
     fn run(&self, work: &mut dyn FnMut()) -> bool {
         work();
         true
+    }
+}
+
+/// No computation runs: only what is already known is used.
+pub struct KnownOnly;
+
+impl ComputeBudget for KnownOnly {
+    fn run(&self, _: &mut dyn FnMut()) -> bool {
+        false
     }
 }
 
@@ -194,7 +204,8 @@ impl SlotPolicy {
     /// For each banner of `shown` (at rank = its position), the probability that Thompson
     /// sampling alone shows it there in decisions of `n` banners at `now`, with the bound of its
     /// error; and how many banners are valid then. Computed once per banner and valid set, when
-    /// `budget` lets the work run; `None` where it does not.
+    /// `budget` lets the work run (outside the lock: decisions reading what is known do not wait
+    /// for a computation); `None` where it does not.
     pub fn propensities<R: Rng + ?Sized>(
         &self,
         now: DateTime<Utc>,
@@ -207,49 +218,81 @@ impl SlotPolicy {
             .filter(|&i| self.config.banners[i].is_valid_at(now))
             .collect();
         let count = valid.len();
-        let mut known = self.propensities.lock().expect("not poisoned");
-        let at = match known.iter().position(|(v, m, _)| *v == valid && *m == n) {
-            Some(at) => Some(at),
-            None => {
-                let mut table = None;
-                budget.run(&mut || {
-                    table = Some(if n == 1 {
-                        Propensities::Best(vec![None; self.samplers.len()])
-                    } else {
-                        let ranks = RankPropensities::compute(&self.samplers, &valid, n, rng);
-                        Propensities::Ranks(ranks)
-                    });
-                });
-                table.map(|table| {
-                    // Validity changes a few times a day: keep the latest few sets.
-                    if known.len() >= 4 {
-                        known.remove(0);
-                    }
-                    known.push((valid, n, table));
-                    known.len() - 1
-                })
-            }
-        };
-        let Some(at) = at else {
-            return (vec![None; shown.len()], count);
-        };
-        let (valid, _, table) = &mut known[at];
-        let out = shown
-            .iter()
-            .enumerate()
-            .map(|(rank, &arm)| match table {
-                Propensities::Best(best) => {
-                    if best[arm].is_none() {
-                        budget.run(&mut || {
-                            best[arm] = Some(prob_best_of(&self.samplers, valid, arm))
+        let mut out = self.known_propensities(&valid, n, shown);
+        if out.iter().all(Option::is_some) {
+            return (out, count);
+        }
+        if n == 1 {
+            for (known, &arm) in out.iter_mut().zip(shown) {
+                if known.is_none() {
+                    budget.run(&mut || *known = Some(prob_best_of(&self.samplers, &valid, arm)));
+                    if let Some(p) = *known {
+                        self.remember(&valid, n, |table| match table {
+                            Propensities::Best(best) => best[arm] = Some(p),
+                            Propensities::Ranks(_) => unreachable!("one banner keeps P(best)"),
                         });
                     }
-                    best[arm]
                 }
-                Propensities::Ranks(r) => Some((r.p[arm][rank], r.error[arm][rank])),
-            })
-            .collect();
+            }
+        } else {
+            let mut computed = None;
+            budget.run(&mut || {
+                computed = Some(RankPropensities::compute(&self.samplers, &valid, n, rng));
+            });
+            if let Some(ranks) = computed {
+                out = Self::of_ranks(&ranks, shown);
+                self.remember(&valid, n, |table| *table = Propensities::Ranks(ranks));
+            }
+        }
         (out, count)
+    }
+
+    /// What is known of the propensities of `shown` among `valid` in decisions of `n`; nothing
+    /// while another thread updates the table. Never waits: the thread that computes may run at
+    /// a low priority (the service's does), and a decision waiting for it would wait for as long
+    /// as the scheduler keeps it off the CPU.
+    fn known_propensities(
+        &self,
+        valid: &[usize],
+        n: usize,
+        shown: &[usize],
+    ) -> Vec<Option<(f64, f64)>> {
+        let known = match self.propensities.try_lock() {
+            Ok(known) => known,
+            Err(TryLockError::WouldBlock) => return vec![None; shown.len()],
+            Err(TryLockError::Poisoned(e)) => panic!("propensity table poisoned: {e}"),
+        };
+        match known.iter().find(|(v, m, _)| v == valid && *m == n) {
+            None => vec![None; shown.len()],
+            Some((_, _, Propensities::Best(best))) => shown.iter().map(|&arm| best[arm]).collect(),
+            Some((_, _, Propensities::Ranks(ranks))) => Self::of_ranks(ranks, shown),
+        }
+    }
+
+    fn of_ranks(ranks: &RankPropensities, shown: &[usize]) -> Vec<Option<(f64, f64)>> {
+        shown
+            .iter()
+            .enumerate()
+            .map(|(rank, &arm)| Some((ranks.p[arm][rank], ranks.error[arm][rank])))
+            .collect()
+    }
+
+    /// Updates the table of `valid` and `n`, made (empty) if there is none yet.
+    fn remember(&self, valid: &[usize], n: usize, update: impl FnOnce(&mut Propensities)) {
+        let mut known = self.propensities.lock().expect("not poisoned");
+        let at = match known.iter().position(|(v, m, _)| v == valid && *m == n) {
+            Some(at) => at,
+            None => {
+                // Validity changes a few times a day: keep the latest few sets.
+                if known.len() >= 4 {
+                    known.remove(0);
+                }
+                let empty = Propensities::Best(vec![None; self.samplers.len()]);
+                known.push((valid.to_vec(), n, empty));
+                known.len() - 1
+            }
+        };
+        update(&mut known[at].2);
     }
 
     /// The arms of one city as the service decides with them: each banner's prior

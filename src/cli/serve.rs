@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// slotbandit_propensities_skipped_total.
     #[arg(long, default_value_t = slotbandit::serve::DEFAULT_PROPENSITY_CPU, value_parser = flags::cpu_share)]
     propensity_cpu: f64,
+    /// Niceness of the thread that computes propensities, off the decisions' path: 19 (the
+    /// default) gives it only CPU that decisions leave spare, so a saturated service logs
+    /// impressions without propensities rather than answer fewer decisions; 0 gives it the
+    /// service's priority. Impressions wait for it at most a second.
+    #[arg(long, default_value_t = slotbandit::serve::propensity::DEFAULT_PROPENSITY_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    propensity_nice: i32,
 }
 
 impl ServeArgs {
@@ -81,6 +88,7 @@ impl ServeArgs {
             spool_dir: self.spool_dir.clone(),
             threads: self.threads.map_or(defaults.threads, usize::from),
             propensity_cpu: self.propensity_cpu,
+            propensity_nice: self.propensity_nice,
             tenants: if self.tenants.is_empty() {
                 TenantScope::All
             } else {

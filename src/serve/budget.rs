@@ -2,7 +2,8 @@
 //! time passes (a token bucket of seconds). A computation runs while the bucket holds time and
 //! is charged what it took; when it is empty the impression is logged without a propensity
 //! (counted), so a cold cache over a million arms cannot hold decisions up. Once computed, a
-//! propensity costs nothing until the posteriors change.
+//! propensity costs nothing until the posteriors change. The computations run on the propensity
+//! thread (`serve::propensity`), off the decisions' path.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,6 +58,28 @@ impl ComputeBudget for CpuBudget {
     }
 }
 
+impl CpuBudget {
+    /// A budget that refuses every computation, counting each refusal as this one does: for
+    /// work that cannot wait for its turn.
+    pub fn refusing(&self) -> Refusing<'_> {
+        Refusing(&self.skipped)
+    }
+
+    /// Whether no computation can ever run.
+    pub fn is_zero(&self) -> bool {
+        self.share <= 0.0
+    }
+}
+
+pub struct Refusing<'a>(&'a IntCounter);
+
+impl ComputeBudget for Refusing<'_> {
+    fn run(&self, _: &mut dyn FnMut()) -> bool {
+        self.0.inc();
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +115,15 @@ mod tests {
         let budget = CpuBudget::new(0.0, skipped.clone());
         assert!(!budget.run(&mut || panic!("must not run")));
         assert_eq!(skipped.get(), 1);
+        assert!(budget.is_zero());
+    }
+
+    #[test]
+    fn refusing_counts_like_the_budget_it_comes_from() {
+        let skipped = IntCounter::new("skipped", "test").unwrap();
+        let budget = CpuBudget::new(1.0, skipped.clone());
+        assert!(!budget.refusing().run(&mut || panic!("must not run")));
+        assert_eq!(skipped.get(), 1);
+        assert!(!budget.is_zero());
     }
 }

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::token::Shown;
 use super::AppState;
-use crate::bandit::{seeded_rng, ComputeBudget, DecisionRng, SlotPolicy};
+use crate::bandit::{seeded_rng, ComputeBudget, DecisionRng, KnownOnly, SlotPolicy};
 use crate::model::{Banner, DecisionLog, Event, EventKind, RANK_MAX};
 use crate::time;
 
@@ -124,14 +124,6 @@ pub(super) async fn decide(
         )
     })?;
     let (chosen, holdout) = chosen;
-    let logged = logging_propensities(
-        &arms.policy,
-        now,
-        n,
-        holdout_share,
-        &chosen,
-        &state.propensity_budget,
-    );
     let banners: Vec<&Banner> = chosen.iter().map(|&i| &arms.policy.banners()[i]).collect();
     let ids: Vec<&str> = banners.iter().map(|b| b.id.as_str()).collect();
     let nonce = with_rng(|rng| rng.next_u64());
@@ -144,10 +136,9 @@ pub(super) async fn decide(
     };
     let (token, decision_id) = state.tokens.sign(&shown, now, nonce);
 
-    let impressions = banners
+    let impressions: Vec<Event> = banners
         .iter()
-        .zip(logged)
-        .map(|(b, decision)| Event {
+        .map(|b| Event {
             event_id: uuid::Uuid::new_v4().to_string(),
             kind: EventKind::Impression,
             tenant: tenant.to_string(),
@@ -158,10 +149,31 @@ pub(super) async fn decide(
             customer_id: customer_id.clone(),
             referrer: referrer.clone(),
             request_id: Some(decision_id.clone()),
-            decision: decision.with_group(holdout),
+            decision: DecisionLog::default(),
         })
         .collect();
-    state.events.impressions(impressions);
+    let logging = Logging {
+        now,
+        n,
+        holdout_share,
+        holdout,
+    };
+    let known = logging.propensities(&arms.policy, &chosen, &KnownOnly);
+    if known.iter().all(|d| d.propensity.is_some()) {
+        state.events.impressions(logged(impressions, known));
+    } else {
+        let (entry, city) = (entry.clone(), city.to_string());
+        state.propensities.complete(Box::new(move |budget| {
+            let (arms, _) = entry
+                .window(window)
+                .expect("window_entry loads the window")
+                .for_city(&city);
+            logged(
+                impressions,
+                logging.propensities(&arms.policy, &chosen, budget),
+            )
+        }));
+    }
 
     Ok(DecisionResponse {
         request_id: token,
@@ -184,38 +196,57 @@ pub(super) async fn decide(
     })
 }
 
-/// What each shown banner logs: the probability that the slot's policy — Thompson sampling
-/// with `holdout_share` of decisions drawn uniformly instead — shows it at its rank, with the
-/// error bound (both absent when `budget` refused the computation), the policy version and the
-/// rank.
-fn logging_propensities(
-    policy: &SlotPolicy,
+/// How a decision was made, as its impressions log it.
+struct Logging {
     now: DateTime<Utc>,
     n: usize,
     holdout_share: f64,
-    chosen: &[usize],
-    budget: &dyn ComputeBudget,
-) -> Vec<DecisionLog> {
-    let (thompson, valid) = with_rng(|rng| policy.propensities(now, n, chosen, rng, budget));
-    let uniform = 1.0 / valid.max(1) as f64;
-    thompson
-        .into_iter()
-        .enumerate()
-        .map(|(rank, known)| {
-            let mixed = known.map(|(p, error)| {
-                let propensity = holdout_share * uniform + (1.0 - holdout_share) * p;
-                (
-                    propensity.clamp(f64::MIN_POSITIVE, 1.0),
-                    ((1.0 - holdout_share) * error).min(1.0),
-                )
-            });
-            DecisionLog {
-                policy_version: Some(POLICY_VERSION),
-                propensity: mixed.map(|m| m.0),
-                propensity_error: mixed.map(|m| m.1),
-                rank: Some(rank as u8 + 1),
-                ..DecisionLog::default()
-            }
-        })
-        .collect()
+    holdout: bool,
+}
+
+impl Logging {
+    /// What each banner of `chosen` logs: the probability that the slot's policy — Thompson
+    /// sampling with `holdout_share` of decisions drawn uniformly instead — shows it at its
+    /// rank, with the error bound (both absent when `budget` refused the computation), the
+    /// decision's group, the policy version and the rank.
+    fn propensities(
+        &self,
+        policy: &SlotPolicy,
+        chosen: &[usize],
+        budget: &dyn ComputeBudget,
+    ) -> Vec<DecisionLog> {
+        let (thompson, valid) =
+            with_rng(|rng| policy.propensities(self.now, self.n, chosen, rng, budget));
+        let uniform = 1.0 / valid.max(1) as f64;
+        let share = self.holdout_share;
+        thompson
+            .into_iter()
+            .enumerate()
+            .map(|(rank, known)| {
+                let mixed = known.map(|(p, error)| {
+                    let propensity = share * uniform + (1.0 - share) * p;
+                    (
+                        propensity.clamp(f64::MIN_POSITIVE, 1.0),
+                        ((1.0 - share) * error).min(1.0),
+                    )
+                });
+                DecisionLog {
+                    policy_version: Some(POLICY_VERSION),
+                    propensity: mixed.map(|m| m.0),
+                    propensity_error: mixed.map(|m| m.1),
+                    rank: Some(rank as u8 + 1),
+                    ..DecisionLog::default()
+                }
+                .with_group(self.holdout)
+            })
+            .collect()
+    }
+}
+
+/// The impressions with what each logs of its decision.
+fn logged(mut impressions: Vec<Event>, decisions: Vec<DecisionLog>) -> Vec<Event> {
+    for (impression, decision) in impressions.iter_mut().zip(decisions) {
+        impression.decision = decision;
+    }
+    impressions
 }

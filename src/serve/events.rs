@@ -42,6 +42,10 @@ pub enum ClickError {
 
 pub struct EventSink {
     tx: SyncSender<Msg>,
+    /// Impressions from a thread that may be descheduled at any point (the propensity thread runs
+    /// at a low priority): the appender only tries this lock, so it never waits for that thread,
+    /// as it would on a channel slot that thread had claimed and not yet filled.
+    late: Arc<Mutex<Vec<Event>>>,
     log: Arc<dyn EventLog>,
     spool: Arc<Mutex<Spool>>,
     metrics: Arc<Metrics>,
@@ -60,7 +64,9 @@ impl EventSink {
         let spool = Arc::new(Mutex::new(spool));
         let log_up = Arc::new(AtomicBool::new(true));
         metrics.log_up.set(1);
+        let late = Arc::new(Mutex::new(Vec::new()));
         let appender = Appender {
+            late: late.clone(),
             log: log.clone(),
             spool: spool.clone(),
             metrics: metrics.clone(),
@@ -73,6 +79,7 @@ impl EventSink {
             .spawn(move || appender.run(rx))?;
         Ok(Self {
             tx,
+            late,
             log,
             spool,
             metrics,
@@ -105,6 +112,11 @@ impl EventSink {
             }
             Err(_) => unreachable!("only impressions are sent here"),
         }
+    }
+
+    /// Queues impressions from a thread of low priority (see `late`).
+    pub fn late_impressions(&self, events: Vec<Event>) {
+        self.late.lock().expect("not poisoned").extend(events);
     }
 
     /// Appends a click and returns once the log has it durably.
@@ -152,6 +164,7 @@ fn spool_or_report(spool: &mut Spool, events: &[Event], metrics: &Metrics) {
 }
 
 struct Appender {
+    late: Arc<Mutex<Vec<Event>>>,
     log: Arc<dyn EventLog>,
     spool: Arc<Mutex<Spool>>,
     metrics: Arc<Metrics>,
@@ -182,16 +195,31 @@ impl Appender {
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
+                        self.take_late(&mut batch, true);
                         self.flush(&mut batch);
                         return;
                     }
                 }
             }
+            self.take_late(&mut batch, stop.is_some());
             self.flush(&mut batch);
             if let Some(done) = stop {
                 let _ = done.send(());
                 return;
             }
+        }
+    }
+
+    /// Adds the late impressions to `batch`: those there now when `wait`, else only if their
+    /// lock is free (they are taken at the next tick otherwise).
+    fn take_late(&self, batch: &mut Vec<Event>, wait: bool) {
+        let late = if wait {
+            Some(self.late.lock().expect("not poisoned"))
+        } else {
+            self.late.try_lock().ok()
+        };
+        if let Some(mut late) = late {
+            batch.append(&mut late);
         }
     }
 
@@ -259,7 +287,7 @@ impl Appender {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::sync::atomic::AtomicBool;
 
@@ -269,9 +297,9 @@ mod tests {
 
     /// A log that refuses appends while `down` is set and keeps what it accepted.
     #[derive(Default)]
-    struct FlakyLog {
-        down: AtomicBool,
-        accepted: Mutex<Vec<Event>>,
+    pub(in crate::serve) struct FlakyLog {
+        pub down: AtomicBool,
+        pub accepted: Mutex<Vec<Event>>,
     }
 
     impl FlakyLog {
@@ -318,7 +346,7 @@ mod tests {
         }
     }
 
-    fn impression(i: usize) -> Event {
+    pub(in crate::serve) fn impression(i: usize) -> Event {
         Event {
             event_id: format!("e{i}"),
             kind: EventKind::Impression,
@@ -334,7 +362,7 @@ mod tests {
         }
     }
 
-    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    pub(in crate::serve) fn wait_for(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cond() {
             assert!(Instant::now() < deadline, "{what} never happened");

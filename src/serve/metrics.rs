@@ -147,7 +147,7 @@ impl Metrics {
             ),
             propensities_skipped: counter(
                 "propensities_skipped_total",
-                "Propensity computations skipped for want of CPU budget (their impressions are logged without one)",
+                "Propensity computations skipped for want of CPU budget or spare CPU (their impressions are logged without one)",
             ),
             spool_pending: gauge(
                 "spool_pending_events",

@@ -5,7 +5,8 @@
 //! One module per concern: `routes` (the /v1 API and the router), `decide` (the decision both
 //! APIs make), `compat` (the seed's /adclick routes), `auth` (API keys), `token` (signed
 //! request_ids), `cache` (posteriors), `events` and `spool` (impressions and clicks to the log),
-//! `error` (the JSON error answer), `metrics`, `pages` (embedded HTML/JS), `openapi`, and
+//! `propensity` and `budget` (the propensities impressions log, computed off the decisions'
+//! path), `error` (the JSON error answer), `metrics`, `pages` (embedded HTML/JS), `openapi`, and
 //! `workers` (the serving threads). This file holds the options, the state every handler reads,
 //! and the service's start, refresh and stop.
 
@@ -19,6 +20,7 @@ pub mod events;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod propensity;
 pub mod routes;
 pub mod spool;
 pub mod token;
@@ -38,6 +40,7 @@ use self::cache::{CacheError, KeptWindows, PosteriorCache, SlotEntry, Snapshot, 
 use self::error::ApiError;
 use self::events::EventSink;
 use self::metrics::Metrics;
+use self::propensity::PropensityStage;
 use self::spool::{Spool, SpoolError};
 use self::token::TokenSigner;
 use crate::model::Recency;
@@ -76,6 +79,9 @@ pub struct ServeOptions {
     /// Share of one core that decisions may spend computing the propensities they log
     /// (`serve::budget`); beyond it impressions are logged without one.
     pub propensity_cpu: f64,
+    /// Niceness of the thread computing propensities (`serve::propensity`): 0 (the service's
+    /// priority) to 19 (only spare CPU).
+    pub propensity_nice: i32,
 }
 
 /// The share of one core decisions may spend on propensities unless told otherwise.
@@ -97,6 +103,7 @@ impl Default for ServeOptions {
             threads: std::thread::available_parallelism().map_or(1, usize::from),
             tenants: TenantScope::All,
             propensity_cpu: DEFAULT_PROPENSITY_CPU,
+            propensity_nice: propensity::DEFAULT_PROPENSITY_NICE,
         }
     }
 }
@@ -109,6 +116,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error("token secret: {0}")]
     Secret(String),
+    #[error("propensity nice must be 0 to 19, got {0}")]
+    PropensityNice(i32),
     #[error("token lifetime: {0}")]
     TokenLifetime(String),
     #[error(transparent)]
@@ -121,11 +130,11 @@ pub enum ServeError {
 pub struct AppState {
     pub cache: Arc<PosteriorCache>,
     pub keys: KeyCache,
-    pub events: EventSink,
+    pub events: Arc<EventSink>,
     pub tokens: TokenSigner,
     pub metrics: Arc<Metrics>,
     pub options: ServeOptions,
-    pub propensity_budget: budget::CpuBudget,
+    pub propensities: PropensityStage,
 }
 
 impl AppState {
@@ -325,7 +334,15 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(&options.spool_dir)?;
         metrics.spool_pending.set(spool.pending() as i64);
-        let events = EventSink::start(log, spool, metrics.clone())?;
+        if !(0..=19).contains(&options.propensity_nice) {
+            return Err(ServeError::PropensityNice(options.propensity_nice));
+        }
+        let events = Arc::new(EventSink::start(log, spool, metrics.clone())?);
+        let propensities = PropensityStage::start(
+            budget::CpuBudget::new(options.propensity_cpu, metrics.propensities_skipped.clone()),
+            events.clone(),
+            options.propensity_nice,
+        )?;
         options.tenants.check(store.as_ref())?;
         let cache = Arc::new(PosteriorCache::new(
             store,
@@ -347,10 +364,7 @@ impl Service {
             keys: KeyCache::new(),
             events,
             tokens: TokenSigner::new(secret, options.token_ttl_secs),
-            propensity_budget: budget::CpuBudget::new(
-                options.propensity_cpu,
-                metrics.propensities_skipped.clone(),
-            ),
+            propensities,
             metrics,
             options,
         });
@@ -378,9 +392,12 @@ impl Service {
         let served = workers::serve_on_threads(listener, self.router(), threads, shutdown).await;
         self.refresher.abort();
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || state.events.shutdown())
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || {
+            state.propensities.shutdown();
+            state.events.shutdown();
+        })
+        .await
+        .ok();
         served
     }
 }

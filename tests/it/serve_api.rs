@@ -1301,8 +1301,19 @@ fn logged_propensities_match_the_frequencies_of_the_choices() {
     let log_dir = dir.path().join("log");
     let log = format!("file:{}", log_dir.display());
     let spool = dir.path().join("spool").display().to_string();
+    // The values are under test, not the scheduling: at the service's priority the propensity
+    // thread computes each one in time even on a machine busy with other tests.
     let (mut child, base) = crate::common::spawn_serve(
-        &["--store", &store_url, "--log", &log, "--spool-dir", &spool],
+        &[
+            "--store",
+            &store_url,
+            "--log",
+            &log,
+            "--spool-dir",
+            &spool,
+            "--propensity-nice",
+            "0",
+        ],
         &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
     );
     let client = Client::new();
@@ -1404,6 +1415,16 @@ fn without_a_propensity_budget_impressions_are_logged_without_one_and_counted() 
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--propensity-cpu"));
+    for nice in ["20", "-1"] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+            .args(["serve", "--store", &store_url, "--log", &log])
+            .arg(format!("--propensity-nice={nice}"))
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("--propensity-nice"), "{stderr}");
+    }
     let (mut child, base) = crate::common::spawn_serve(
         &[
             "--store",
