@@ -1,4 +1,5 @@
-//! ns per Thompson decision (10 banners; carousel of 3), what one decision is made of (a Beta
+//! ns per Thompson decision (10 banners; carousel of 3; 50 banners of one of 20,000 policies at
+//! random, as over a million arms), what one decision is made of (a Beta
 //! draw, a normal, a uniform, rand_distr's Beta for comparison), the propensity a shown banner
 //! logs (P(best) among 50 banners), and generator rows/s.
 
@@ -37,6 +38,32 @@ fn decisions(c: &mut Criterion) {
     group.bench_function("thompson_10_banners_top3", |b| {
         b.iter(|| {
             policy.decide(now, 3, &mut rng, &mut out).unwrap();
+            out[0]
+        })
+    });
+    // A million arms as the service holds them: 20,000 (slot, city) policies of 50 banners,
+    // each decision for one of them at random, so that most of what it reads is not in cache.
+    let config = std::sync::Arc::new(slot(50));
+    let policies: Vec<SlotPolicy> = (0..20_000u64)
+        .map(|p| {
+            let mut i = 0u64;
+            SlotPolicy::new(&config, |_| {
+                i += 1;
+                let clicks = 120 + (p * 7 + i * 37) % 541;
+                BetaPosterior::uniform().updated(10_000, clicks)
+            })
+        })
+        .collect();
+    for policy in &policies {
+        for _ in 0..20 {
+            policy.decide(now, 1, &mut rng, &mut out).unwrap();
+        }
+    }
+    let mut pick = seeded_rng(7);
+    group.bench_function("thompson_50_banners_of_20000_policies", |b| {
+        b.iter(|| {
+            let policy = &policies[rand::RngExt::random_range(&mut pick, 0..policies.len())];
+            policy.decide(now, 1, &mut rng, &mut out).unwrap();
             out[0]
         })
     });
