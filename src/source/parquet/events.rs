@@ -171,16 +171,23 @@ impl EventBatch {
                 .map(|c| cast(c, &column_type(column)))
                 .transpose()
         };
-        let policy = match batch.column_by_name("policy") {
-            None => None,
-            Some(_) => Some(DictColumn::new(batch, "policy", |v| match v {
-                None | Some("") => Some(None),
-                Some(v) => Policy::parse("policy", v).ok().map(Some),
-            })?),
-        };
-        if let Some(policy) = &policy {
-            optional(policy, &mut valid);
-        }
+        // Mostly null (a decision log written before the policy was), so read as strings: a
+        // dictionary of one plain page of nulls would be built row by row by the reader.
+        let policy = strings("policy")?.filter(|p| p.null_count() < p.len());
+        let policies: Option<Vec<Option<Policy>>> = policy.as_ref().map(|policy| {
+            policy
+                .iter()
+                .zip(valid.iter_mut())
+                .map(|(p, ok)| match p {
+                    None | Some("") => None,
+                    Some(p) => {
+                        let parsed = Policy::parse("policy", p).ok();
+                        *ok &= parsed.is_some();
+                        parsed
+                    }
+                })
+                .collect()
+        });
         if let Some(version) = typed("policy_version")? {
             let version = version.as_primitive::<Int64Type>();
             each_present(version, &mut valid, |v| u32::try_from(v).is_ok());
@@ -208,11 +215,11 @@ impl EventBatch {
         }
         let holdout = typed("holdout")?.map(|h| h.as_boolean().clone());
         // A holdout decision is made by the uniform policy.
-        if let (Some(holdout), Some(policy)) = (&holdout, &policy) {
-            if holdout.true_count() > 0 && policy.verdicts.contains(&Some(Some(Policy::Thompson))) {
-                for (i, ok) in valid.iter_mut().enumerate() {
+        if let (Some(holdout), Some(policies)) = (&holdout, &policies) {
+            if holdout.true_count() > 0 {
+                for ((i, ok), policy) in valid.iter_mut().enumerate().zip(policies) {
                     let held_out = holdout.is_valid(i) && holdout.value(i);
-                    *ok &= !(held_out && policy.verdict(i) == Some(&Some(Policy::Thompson)));
+                    *ok &= !(held_out && *policy == Some(Policy::Thompson));
                 }
             }
         }
@@ -275,6 +282,14 @@ fn tokens(column: &StringArray, field: &str, max: usize, required: bool, valid: 
     };
     let bytes = &column.value_data()[first as usize..last as usize];
     let plain = bytes.iter().all(|&b| b > b' ' && b < 0x7f);
+    if plain && column.null_count() == 0 {
+        // The usual case: only the lengths to check, in a loop without branches.
+        for (ok, w) in valid.iter_mut().zip(offsets.windows(2)) {
+            let len = (w[1] - w[0]) as usize;
+            *ok &= (len > 0 || !required) && len <= max;
+        }
+        return;
+    }
     for (i, ok) in valid.iter_mut().enumerate() {
         if column.is_null(i) {
             *ok &= !required;

@@ -26,7 +26,6 @@ pub use tally::{ArmIds, Names, UnitReport};
 const NEEDED: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "ts"];
 
 /// The string columns read as dictionaries (few distinct values): the names and kind, and the
-/// optional referrer and policy that the event reader checks.
-const DICTIONARIES: [&str; 7] = [
-    "tenant", "slot", "city", "banner", "kind", "referrer", "policy",
-];
+/// optional referrer that the event reader checks. Not the policy: where the decision log has
+/// none, its plain pages of nulls would be made a dictionary row by row.
+const DICTIONARIES: [&str; 6] = ["tenant", "slot", "city", "banner", "kind", "referrer"];
