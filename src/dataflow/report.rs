@@ -1,10 +1,11 @@
 //! `slotbandit report` as a dataflow over history (the semantics are those of `eval::report`).
-//! Each worker reads its share of the history (`history.rs`: Parquet row groups shared as in the
-//! backfill, or the whole log on worker 0 of process 0) as events, counts what it can alone (events, impressions per (tenant, slot,
-//! group), impressions without a holdout flag, clicks without a request id), and hands the
-//! keyed impressions and clicks to the dataflow, which exchanges them by (request_id, banner),
-//! joins each clicked key to its impression and counts the rest. Every count ends on worker 0,
-//! which makes the report.
+//! Each worker reads its share of the history — Parquet row groups shared as in the backfill,
+//! read as checked event columns on dictionary keys (`source::parquet::events`, no `Event` made),
+//! or the whole log as events on worker 0 of process 0 (`history.rs`) — counts what it can alone
+//! (events, invalid rows, impressions per (tenant, slot, group), impressions without a holdout
+//! flag, clicks without a request id), and hands the keyed impressions and clicks to the
+//! dataflow, which exchanges them by (request_id, banner), joins each clicked key to its
+//! impression and counts the rest. Every count ends on worker 0, which makes the report.
 //!
 //! The dataflow holds no names: a (request_id, banner) is its 128-bit digest and a (tenant,
 //! slot) too, so the arrangement of millions of impressions holds fixed-size keys and values.
