@@ -1,7 +1,7 @@
-//! What the jobs over history (the report, the evaluation) read: Parquet history, its row
-//! groups shared among the workers, or an event log, every partition from its start to the end
-//! offsets taken when it was opened, read by worker 0 of process 0 (the jobs exchange what they
-//! read anyway).
+//! What the jobs over history read as events (the evaluation; the report for a log only, as it
+//! reads Parquet as columns): Parquet history, its row groups shared among the workers, or an
+//! event log, every partition from its start to the end offsets taken when it was opened, read
+//! by worker 0 of process 0 (the jobs exchange what they read anyway).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

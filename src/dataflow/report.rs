@@ -1,10 +1,11 @@
 //! `slotbandit report` as a dataflow over history (the semantics are those of `eval::report`).
-//! Each worker reads its share of the history (`history.rs`: Parquet row groups shared as in the
-//! backfill, or the whole log on worker 0 of process 0) as events, counts what it can alone (events, impressions per (tenant, slot,
-//! group), impressions without a holdout flag, clicks without a request id), and hands the
-//! keyed impressions and clicks to the dataflow, which exchanges them by (request_id, banner),
-//! joins each clicked key to its impression and counts the rest. Every count ends on worker 0,
-//! which makes the report.
+//! Each worker reads its share of the history — Parquet row groups shared as in the backfill,
+//! read as checked event columns on dictionary keys (`source::parquet::events`, no `Event` made),
+//! or the whole log as events on worker 0 of process 0 (`history.rs`) — counts what it can alone
+//! (events, invalid rows, impressions per (tenant, slot, group), impressions without a holdout
+//! flag, clicks without a request id), and hands the keyed impressions and clicks to the
+//! dataflow, which exchanges them by (request_id, banner), joins each clicked key to its
+//! impression and counts the rest. Every count ends on worker 0, which makes the report.
 //!
 //! The dataflow holds no names: a (request_id, banner) is its 128-bit digest and a (tenant,
 //! slot) too, so the arrangement of millions of impressions holds fixed-size keys and values.
@@ -15,19 +16,23 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::VecCollection;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::{Exchange as _, Inspect, Probe};
+use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
+use super::harness::{
+    run_job, wait_for_epochs_in_flight, Failure, JobSetup, ReadProgress, WorkerReport,
+};
 use super::history::{History, Reading};
 use super::sink::SinkSpec;
 use super::{Cluster, DataflowError};
 use crate::eval::{report_rows, Groups, Report, ReportRange};
 use crate::model::{Counts, Event, EventKind, PairDigest};
+use crate::source::parquet::{read_event_batches, EventBatch};
 
 /// The digest of the (request_id, banner) of an impression, which its clicks name.
 type ImpressionKey = u128;
@@ -180,53 +185,113 @@ fn report_worker(
     let (index, peers) = (worker.index(), worker.peers());
     let totals: Rc<RefCell<FxHashMap<Counted, i64>>> = Rc::default();
     let adding = totals.clone();
-    let (mut read_in, mut impressions_in, mut clicks_in, probe) =
-        worker.dataflow::<u64, _, _>(|scope| {
-            let (read_in, read) = scope.new_collection::<Counted, isize>();
-            let (impressions_in, impressions) = scope.new_collection();
-            let (clicks_in, clicks) = scope.new_collection();
-            let (probe, _) = report_counts(read, impressions, clicks)
-                .inner
-                .exchange(|_| 0)
-                .inspect(move |(counted, _, n): &(Counted, u64, isize)| {
-                    *adding.borrow_mut().entry(counted.clone()).or_default() += *n as i64;
-                })
-                .probe();
-            (read_in, impressions_in, clicks_in, probe)
-        });
-    let mut read = UnitCounts::default();
-    let mut epoch = 0u64;
-    let reading = job.history.read_share(index, peers, &mut |reading| {
-        match reading {
-            Reading::Event(event) => match read.add(event, &job.range) {
-                Some(Keyed::Impression(key, place)) => impressions_in.insert((key, place)),
-                Some(Keyed::Click(key)) => clicks_in.insert(key),
-                None => {}
-            },
-            Reading::Invalid => read.count(Counted::InvalidRow),
-            Reading::UnitRead { rows } => {
-                for (counted, n) in read.drain() {
-                    read_in.update(counted, n);
-                }
-                progress.add(rows);
-                epoch += 1;
-                read_in.advance_to(epoch);
-                impressions_in.advance_to(epoch);
-                clicks_in.advance_to(epoch);
-                read_in.flush();
-                impressions_in.flush();
-                clicks_in.flush();
-                wait_for_epochs_in_flight(worker, &probe, epoch, &failure);
-            }
-        }
-        !failure.is_set()
+    let (read_in, impressions_in, clicks_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (read_in, read) = scope.new_collection::<Counted, isize>();
+        let (impressions_in, impressions) = scope.new_collection();
+        let (clicks_in, clicks) = scope.new_collection();
+        let (probe, _) = report_counts(read, impressions, clicks)
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(counted, _, n): &(Counted, u64, isize)| {
+                *adding.borrow_mut().entry(counted.clone()).or_default() += *n as i64;
+            })
+            .probe();
+        (read_in, impressions_in, clicks_in, probe)
     });
-    if let Err(e) = reading {
+    let mut inputs = Inputs {
+        read_in,
+        impressions_in,
+        clicks_in,
+        epoch: 0,
+    };
+    let mut read = UnitCounts::default();
+    let reading = match &job.history {
+        // Parquet: each unit's rows as checked columns, with no `Event` made.
+        History::Parquet(plan) => plan.share(index, peers).try_for_each(|unit| {
+            let file = &plan.files[unit.file as usize];
+            read_event_batches(file, unit, |batch| {
+                read.add_batch(batch, &job.range, |keyed| inputs.insert(keyed));
+                !failure.is_set()
+            })
+            .map_err(|e| Some(e.into()))?;
+            inputs.unit_read(&mut read, unit.rows, worker, &probe, progress, &failure);
+            if failure.is_set() {
+                Err(None)
+            } else {
+                Ok(())
+            }
+        }),
+        History::Log(_) => job
+            .history
+            .read_share(index, peers, &mut |reading| {
+                match reading {
+                    Reading::Event(event) => {
+                        if let Some(keyed) = read.add(event, &job.range) {
+                            inputs.insert(keyed);
+                        }
+                    }
+                    Reading::Invalid => read.count(Counted::InvalidRow),
+                    Reading::UnitRead { rows } => {
+                        inputs.unit_read(&mut read, rows, worker, &probe, progress, &failure)
+                    }
+                }
+                !failure.is_set()
+            })
+            .map_err(Some),
+    };
+    if let Err(Some(e)) = reading {
         failure.set(e);
     }
+    let Inputs {
+        read_in,
+        impressions_in,
+        clicks_in,
+        ..
+    } = inputs;
     drop((read_in, impressions_in, clicks_in));
     while worker.step_or_park(None) {}
     Totals(totals.take())
+}
+
+/// A worker's inputs to the report's dataflow, and the epoch of the unit being read.
+struct Inputs {
+    read_in: InputSession<u64, Counted, isize>,
+    impressions_in: InputSession<u64, (ImpressionKey, Place), isize>,
+    clicks_in: InputSession<u64, ImpressionKey, isize>,
+    epoch: u64,
+}
+
+impl Inputs {
+    fn insert(&mut self, keyed: Keyed) {
+        match keyed {
+            Keyed::Impression(key, place) => self.impressions_in.insert((key, place)),
+            Keyed::Click(key) => self.clicks_in.insert(key),
+        }
+    }
+
+    /// Ends the unit of `rows` rows: what was counted alone goes in, and the epoch closes.
+    fn unit_read(
+        &mut self,
+        read: &mut UnitCounts,
+        rows: u64,
+        worker: &mut Worker,
+        probe: &ProbeHandle<u64>,
+        progress: &ReadProgress,
+        failure: &Failure,
+    ) {
+        for (counted, n) in read.drain() {
+            self.read_in.update(counted, n);
+        }
+        progress.add(rows);
+        self.epoch += 1;
+        self.read_in.advance_to(self.epoch);
+        self.impressions_in.advance_to(self.epoch);
+        self.clicks_in.advance_to(self.epoch);
+        self.read_in.flush();
+        self.impressions_in.flush();
+        self.clicks_in.flush();
+        wait_for_epochs_in_flight(worker, probe, self.epoch, failure);
+    }
 }
 
 /// An event the dataflow must match: a keyed impression of the range, or a keyed click.
@@ -255,6 +320,77 @@ impl UnitCounts {
             .drain()
             .map(|(id, (tenant, slot))| (Counted::SlotNames(id, tenant, slot), 1));
         self.counted.drain().chain(names)
+    }
+
+    /// Counts the rows of `batch` as [`UnitCounts::add`] counts their events, and hands
+    /// `keyed` those the dataflow must match. A (tenant, slot) is digested, and its impressions
+    /// summed, once per distinct pair of dictionary keys of the batch.
+    fn add_batch(&mut self, batch: &EventBatch, range: &ReportRange, mut keyed: impl FnMut(Keyed)) {
+        let invalid = batch.invalid();
+        let valid = batch.rows() as u64 - invalid;
+        for (counted, n) in [(Counted::Event, valid), (Counted::InvalidRow, invalid)] {
+            if n > 0 {
+                *self.counted.entry(counted).or_default() += n as isize;
+            }
+        }
+        let (from, to) = (range.from.timestamp_micros(), range.to.timestamp_micros());
+        // Per (tenant key, slot key): the slot's digest and its impressions per group.
+        let mut places: FxHashMap<(u32, u32), (SlotId, [isize; 2])> = FxHashMap::default();
+        let (mut unflagged, mut unmatched) = (0, 0);
+        for i in (0..batch.rows()).filter(|&i| batch.is_valid(i)) {
+            match batch.kind(i) {
+                EventKind::Impression => {
+                    let ts = batch.ts_micros(i);
+                    if ts < from || ts >= to {
+                        continue;
+                    }
+                    let Some(holdout) = batch.holdout(i) else {
+                        unflagged += 1;
+                        continue;
+                    };
+                    let (tenant, slot) = (batch.tenant_key(i), batch.slot_key(i));
+                    let (digest, names) = (&mut self.digest, &mut self.names);
+                    let (id, impressions) = places.entry((tenant, slot)).or_insert_with(|| {
+                        let (tenant, slot) = (batch.tenant(tenant), batch.slot(slot));
+                        let id = digest.of(tenant, slot);
+                        names
+                            .entry(id)
+                            .or_insert_with(|| (tenant.to_string(), slot.to_string()));
+                        (id, [0; 2])
+                    });
+                    impressions[usize::from(holdout)] += 1;
+                    let place = (*id, holdout);
+                    if let Some(request_id) = batch.request_id(i) {
+                        let banner = batch.banner(batch.banner_key(i));
+                        keyed(Keyed::Impression(digest.of(request_id, banner), place));
+                    }
+                }
+                EventKind::Click => match batch.request_id(i) {
+                    Some(request_id) => {
+                        let banner = batch.banner(batch.banner_key(i));
+                        keyed(Keyed::Click(self.digest.of(request_id, banner)));
+                    }
+                    None => unmatched += 1,
+                },
+            }
+        }
+        let impressions = places.into_values().flat_map(|(id, groups)| {
+            [false, true].into_iter().map(move |holdout| {
+                (
+                    Counted::Impression((id, holdout)),
+                    groups[usize::from(holdout)],
+                )
+            })
+        });
+        let alone = [
+            (Counted::UnflaggedImpression, unflagged),
+            (Counted::UnmatchedClick, unmatched),
+        ];
+        for (counted, n) in impressions.chain(alone) {
+            if n > 0 {
+                *self.counted.entry(counted).or_default() += n;
+            }
+        }
     }
 
     /// Counts `event`, and returns it keyed if the dataflow must match it.

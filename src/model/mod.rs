@@ -16,7 +16,7 @@ pub use arm::{ArmKey, PackedArm};
 pub use counts::{pool_cities, Counts};
 pub use event::{
     DecisionLog, DecisionLogFields, Event, EventError, EventFields, EventKind, EventRef, Policy,
-    CUSTOMER_ID_MAX, FIELDS as EVENT_FIELDS, RANK_MAX, REFERRER_MAX, REQUEST_ID_MAX,
+    CUSTOMER_ID_MAX, EVENT_ID_MAX, FIELDS as EVENT_FIELDS, RANK_MAX, REFERRER_MAX, REQUEST_ID_MAX,
 };
 pub use keys::{
     owner_of, shard_hash, CountKey, Offset, PairDigest, Partition, ShardKey, ALL_CITIES, ALL_TIME,

@@ -30,7 +30,7 @@ pub(crate) const REQUIRED: [&str; 7] =
     ["event_id", "kind", "tenant", "slot", "city", "banner", "ts"];
 
 /// The type of each column other than a string.
-fn column_type(name: &str) -> DataType {
+pub(crate) fn column_type(name: &str) -> DataType {
     match name {
         "ts" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         "holdout" => DataType::Boolean,
@@ -341,23 +341,10 @@ impl EventFileReader {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| ParquetEventError::corrupt(path, e))?;
         let schema = builder.schema().clone();
-        let mut wanted = Vec::new();
-        for name in FIELDS {
-            match schema.index_of(name) {
-                Ok(i) => {
-                    check_type(path, name, schema.field(i).data_type())?;
-                    wanted.push(i);
-                }
-                Err(_) if REQUIRED.contains(&name) => {
-                    return Err(ParquetEventError::Schema {
-                        path: path.to_path_buf(),
-                        column: name.to_string(),
-                        rule: "is required but missing".into(),
-                    })
-                }
-                Err(_) => {}
-            }
-        }
+        let mut wanted: Vec<usize> = event_columns(path, &schema)?
+            .into_iter()
+            .map(|name| schema.index_of(name).expect("present"))
+            .collect();
         wanted.sort_unstable();
         // Projected batches hold the wanted columns in file order; map each field to its position.
         let columns = FIELDS
@@ -544,6 +531,32 @@ impl EventFileReader {
             error,
         }
     }
+}
+
+/// The event fields that `schema` has as columns, each checked to be of its type; a missing
+/// required one is an error naming it.
+pub(crate) fn event_columns(
+    path: &Path,
+    schema: &Schema,
+) -> Result<Vec<&'static str>, ParquetEventError> {
+    let mut present = Vec::with_capacity(FIELDS.len());
+    for name in FIELDS {
+        match schema.field_with_name(name) {
+            Ok(field) => {
+                check_type(path, name, field.data_type())?;
+                present.push(name);
+            }
+            Err(_) if REQUIRED.contains(&name) => {
+                return Err(ParquetEventError::Schema {
+                    path: path.to_path_buf(),
+                    column: name.to_string(),
+                    rule: "is required but missing".into(),
+                })
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(present)
 }
 
 pub(crate) fn check_type(path: &Path, column: &str, t: &DataType) -> Result<(), ParquetEventError> {

@@ -231,3 +231,270 @@ fn the_report_command_equals_the_recount_with_1_and_2_workers_and_2_processes() 
     });
     assert!(ok(p1).is_empty(), "only process 0 prints the report");
 }
+
+/// A row as another tool might write it: every column nullable, any string.
+#[derive(Debug, Clone)]
+struct RawRow {
+    strings: [Option<String>; 10],
+    ts: Option<i64>,
+    policy_version: Option<i64>,
+    holdout: Option<bool>,
+    propensity: Option<f64>,
+    propensity_error: Option<f64>,
+    rank: Option<i64>,
+}
+
+/// The string columns of [`RawRow::strings`], in the event schema's order.
+const RAW_STRINGS: [&str; 10] = [
+    "event_id",
+    "kind",
+    "tenant",
+    "slot",
+    "city",
+    "banner",
+    "customer_id",
+    "referrer",
+    "request_id",
+    "policy",
+];
+
+impl RawRow {
+    fn of(e: &Event) -> Self {
+        let d = e.decision.fields();
+        Self {
+            strings: [
+                Some(e.event_id.clone()),
+                Some(e.kind.as_str().into()),
+                Some(e.tenant.clone()),
+                Some(e.slot.clone()),
+                Some(e.city.clone()),
+                Some(e.banner.clone()),
+                e.customer_id.clone(),
+                e.referrer.clone(),
+                e.request_id.clone(),
+                d.policy.map(String::from),
+            ],
+            ts: Some(e.ts.timestamp_micros()),
+            policy_version: d.policy_version,
+            holdout: d.holdout,
+            propensity: d.propensity,
+            propensity_error: d.propensity_error,
+            rank: d.rank,
+        }
+    }
+
+    fn set(&mut self, column: &str, value: Option<&str>) {
+        let i = RAW_STRINGS.iter().position(|c| *c == column).unwrap();
+        self.strings[i] = value.map(String::from);
+    }
+
+    /// Breaks (or bends, within the contract) the row the `n`th way.
+    fn mutate(&mut self, n: usize) {
+        match n {
+            0 => self.set("tenant", Some("Bad Tenant")),
+            1 => self.set("tenant", None),
+            2 => self.set("kind", Some("view")),
+            3 => self.set("kind", None),
+            4 => self.set("request_id", None),
+            5 => self.set("request_id", Some("")),
+            6 => self.holdout = None,
+            7 => self.set("event_id", Some("")),
+            8 => self.set("event_id", Some("has space")),
+            9 => self.set("city", Some("Straße")),
+            10 => self.set("city", Some(" New  Delhi ")),
+            11 => self.ts = None,
+            12 => self.set("policy", Some("greedy")),
+            13 => {
+                self.set("policy", Some("thompson"));
+                self.holdout = Some(true);
+            }
+            14 => {
+                self.set("policy", Some("uniform"));
+                self.holdout = Some(true);
+            }
+            15 => self.rank = Some(0),
+            16 => self.rank = Some(3),
+            17 => self.propensity = Some(2.0),
+            18 => self.propensity_error = Some(0.1),
+            19 => {
+                self.propensity = Some(0.5);
+                self.propensity_error = Some(0.1);
+            }
+            20 => self.set("customer_id", Some("tab\there")),
+            21 => self.set("referrer", Some(&"r".repeat(65))),
+            22 => self.policy_version = Some(-1),
+            23 => self.set("slot", Some("")),
+            24 => self.set("banner", Some("B1")),
+            25 => self.set("request_id", Some("r\u{e9}")),
+            _ => {}
+        }
+    }
+}
+
+/// Writes `rows` as one Parquet file of small row groups, with every column nullable, its
+/// strings dictionary-encoded or plain.
+fn write_raw(path: &Path, rows: &[RawRow], row_group_rows: usize, dictionary: bool) {
+    use arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+        TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    let schema = slotbandit::model::parquet::event_schema();
+    let nullable: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let schema = Arc::new(Schema::new(nullable));
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| -> ArrayRef {
+            let name = f.name().as_str();
+            if let Some(i) = RAW_STRINGS.iter().position(|c| *c == name) {
+                return Arc::new(StringArray::from_iter(
+                    rows.iter().map(|r| r.strings[i].as_deref()),
+                ));
+            }
+            match name {
+                "ts" => Arc::new(
+                    TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.ts))
+                        .with_timezone("UTC"),
+                ),
+                "policy_version" => {
+                    Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.policy_version)))
+                }
+                "rank" => Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.rank))),
+                "holdout" => Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.holdout))),
+                "propensity" => {
+                    Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.propensity)))
+                }
+                "propensity_error" => Arc::new(Float64Array::from_iter(
+                    rows.iter().map(|r| r.propensity_error),
+                )),
+                other => panic!("no column {other}"),
+            }
+        })
+        .collect();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_dictionary_enabled(dictionary)
+        .build();
+    let mut writer = ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        schema.clone(),
+        Some(props),
+    )
+    .unwrap();
+    if !rows.is_empty() {
+        writer
+            .write(&RecordBatch::try_new(schema, columns).unwrap())
+            .unwrap();
+    }
+    writer.close().unwrap();
+}
+
+/// The events of the files under `dir` as the `Event` path reads them (every row decoded and
+/// validated into an `Event`), and the number of rows it refuses.
+fn read_as_events(dir: &Path) -> (Vec<Event>, u64) {
+    use slotbandit::model::parquet::{list_parquet_files, EventFileReader};
+    let (mut events, mut invalid) = (Vec::new(), 0);
+    for path in list_parquet_files(dir).unwrap() {
+        let mut reader = EventFileReader::open(&path).unwrap();
+        while let Some(batch) = reader.next_batch() {
+            for row in batch.unwrap() {
+                match row {
+                    Ok(event) => events.push(event),
+                    Err(_) => invalid += 1,
+                }
+            }
+        }
+    }
+    (events, invalid)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The report reads Parquet as checked columns, never making an `Event`: it refuses exactly
+    /// the rows the `Event` path refuses, whichever column breaks the contract, and counts the
+    /// rest as the recount of those events does.
+    #[test]
+    fn the_column_reader_refuses_what_the_event_path_refuses_and_counts_the_same(
+        rows in prop::collection::vec(
+            (event(), proptest::option::weighted(0.4, 0..30usize)),
+            0..300,
+        ),
+        row_group_rows in 1usize..60,
+        dictionary in any::<bool>(),
+    ) {
+        let range = ReportRange::new(at(0), at(60)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Vec<RawRow> = rows
+            .iter()
+            .map(|(e, mutation)| {
+                let mut row = RawRow::of(e);
+                if let Some(n) = mutation {
+                    row.mutate(*n);
+                }
+                row
+            })
+            .collect();
+        let (first, second) = raw.split_at(raw.len() / 2);
+        write_raw(&dir.path().join("a.parquet"), first, row_group_rows, dictionary);
+        write_raw(&dir.path().join("b.parquet"), second, row_group_rows, !dictionary);
+        let (events, invalid) = read_as_events(dir.path());
+        let expected = recount(&events, range);
+        for workers in [1, 3] {
+            let run = dataflow_report(dir.path(), range, workers);
+            prop_assert_eq!(run.invalid_rows, invalid, "{} workers", workers);
+            prop_assert_eq!(&run.report, &expected, "{} workers", workers);
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_or_truncated_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = many_events(3_000);
+    let rows: Vec<RawRow> = events.iter().map(RawRow::of).collect();
+    let path = dir.path().join("corrupt.parquet");
+    write_raw(&path, &rows, 1_000, true);
+    let range = ReportRange::new(at(0), at(120)).unwrap();
+    assert_eq!(dataflow_report(dir.path(), range, 2).invalid_rows, 0);
+
+    // The footer stands, a page of the second row group's `event_id` does not.
+    let plan = ParquetPlan::new(dir.path(), false).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let meta = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    let chunk = parquet::file::reader::FileReader::metadata(&meta)
+        .row_group(1)
+        .column(0)
+        .byte_range();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = (chunk.0 + chunk.1 / 2) as usize;
+    bytes[middle..middle + 64].fill(0xa5);
+    std::fs::write(&path, &bytes).unwrap();
+    for workers in [1, 3] {
+        let job = ReportJob {
+            history: History::Parquet(plan.clone()),
+            range,
+            progress: Arc::new(|_| {}),
+        };
+        let err = run_report(job, &Cluster::single(workers))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corrupt.parquet") && err.contains("row group 1"),
+            "{err}"
+        );
+    }
+
+    // Cut short, the file has no footer: planning refuses it by name.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = ParquetPlan::new(dir.path(), false).unwrap_err().to_string();
+    assert!(err.contains("corrupt.parquet"), "{err}");
+}

@@ -12,7 +12,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::statistics::Statistics;
 use rayon::prelude::*;
 
-use super::NEEDED;
+use super::{DICTIONARIES, NEEDED};
 use crate::model::parquet::{check_type, list_parquet_files, ParquetEventError, REQUIRED};
 
 #[derive(Debug, Clone)]
@@ -133,7 +133,7 @@ fn plan_file(path: &Path) -> Result<(PlannedFile, Option<DateTime<Utc>>), Parque
         .iter()
         .map(|f| match f.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                if NEEDED.contains(&f.name().as_str()) =>
+                if DICTIONARIES.contains(&f.name().as_str()) =>
             {
                 f.as_ref().clone().with_data_type(DataType::Dictionary(
                     Box::new(DataType::Int32),

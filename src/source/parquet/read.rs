@@ -43,15 +43,7 @@ pub fn read_unit(
     mut emit: impl FnMut(ArmIds, i64, (i64, i64)),
 ) -> Result<UnitReport, ParquetEventError> {
     let mut unit_cells = UnitCells::default();
-    let corrupt = |e: &dyn std::fmt::Display| ParquetEventError::Corrupt {
-        path: file.path.clone(),
-        detail: format!("row group {}: {e}", unit.row_group),
-    };
-    let io = |source| ParquetEventError::Io {
-        path: file.path.clone(),
-        source,
-    };
-    let handle = File::open(&file.path).map_err(io)?;
+    let corrupt = |e: &dyn std::fmt::Display| corrupt_unit(file, unit, e);
     let until = until.map(|t| t.timestamp_micros()).unwrap_or(i64::MAX);
     let ts_pages = TsPages::of(file, unit.row_group, buckets, until);
     let name_columns: &[&str] = if ts_pages.is_some() {
@@ -59,8 +51,7 @@ pub fn read_unit(
     } else {
         &NEEDED
     };
-    let bytes =
-        RowGroupBytes::read(handle, &file.metadata, unit.row_group, name_columns).map_err(io)?;
+    let bytes = load_columns(file, unit, name_columns)?;
     let reader =
         row_group_reader(file, unit, &bytes, name_columns, None).map_err(|e| corrupt(&e))?;
     // A batch's timestamps come from its own `ts` column, or from the page index with only the
@@ -105,8 +96,35 @@ pub fn read_unit(
     Ok(out)
 }
 
-/// A reader of `columns` of one row group, every row or the `selection`.
-fn row_group_reader(
+/// The error for a unit whose row group cannot be decoded, naming the file and the row group.
+pub(super) fn corrupt_unit(
+    file: &PlannedFile,
+    unit: &Unit,
+    e: &dyn std::fmt::Display,
+) -> ParquetEventError {
+    ParquetEventError::Corrupt {
+        path: file.path.clone(),
+        detail: format!("row group {}: {e}", unit.row_group),
+    }
+}
+
+/// The chunks of `columns` of a unit's row group, each loaded with one read.
+pub(super) fn load_columns(
+    file: &PlannedFile,
+    unit: &Unit,
+    columns: &[&str],
+) -> Result<RowGroupBytes, ParquetEventError> {
+    let io = |source| ParquetEventError::Io {
+        path: file.path.clone(),
+        source,
+    };
+    let handle = File::open(&file.path).map_err(io)?;
+    RowGroupBytes::read(handle, &file.metadata, unit.row_group, columns).map_err(io)
+}
+
+/// A reader of `columns` of one row group, every row or the `selection`, in batches of
+/// [`BATCH_ROWS`].
+pub(super) fn row_group_reader(
     file: &PlannedFile,
     unit: &Unit,
     bytes: &RowGroupBytes,
@@ -320,7 +338,7 @@ impl TsFill {
 /// are decoded from memory without a read call per page; ranges outside them (the `ts` pages
 /// read one by one) are read from the file on demand.
 #[derive(Clone)]
-struct RowGroupBytes {
+pub(super) struct RowGroupBytes {
     file: Arc<File>,
     len: u64,
     chunks: Vec<(u64, Bytes)>,
@@ -395,7 +413,7 @@ impl ChunkReader for RowGroupBytes {
     }
 }
 
-enum ChunkRead {
+pub(super) enum ChunkRead {
     Memory(bytes::buf::Reader<Bytes>),
     File(BufReader<FileAt>),
 }
@@ -410,7 +428,7 @@ impl Read for ChunkRead {
 }
 
 /// Reads a shared file from a position of its own.
-struct FileAt {
+pub(super) struct FileAt {
     file: Arc<File>,
     position: u64,
 }

@@ -1,18 +1,14 @@
 //! Aggregation: names interned once per distinct dictionary value, rows checked against the
 //! event contract, and counts per (arm, bucket) in a dense grid or a hash map.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int32Type};
+use arrow::array::{Array, RecordBatch, TimestampMicrosecondArray};
 use rustc_hash::FxHashMap;
 
 use std::borrow::Cow;
 
 use std::sync::Arc;
 
+use super::dict::DictColumn;
 use crate::model::{
     normalize_city, validate_name, EventKind, FieldError, PackedArm, TenantAliases,
 };
@@ -84,90 +80,30 @@ impl UnitCells {
     }
 }
 
-/// Column `name` of a batch as an Int32-keyed dictionary of strings: the type the plan asks the
-/// reader for, cast where the reader could not give it.
-fn string_dictionary(
+/// A name column: each distinct value validated and interned once (its verdict the interned
+/// id).
+type NameColumn = DictColumn<u32>;
+
+fn name_column(
     batch: &RecordBatch,
-    name: &str,
-) -> Result<ArrayRef, arrow::error::ArrowError> {
-    let column = batch.column_by_name(name).expect("projected");
-    let dict_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-    if column.data_type() == &dict_type {
-        Ok(column.clone())
-    } else {
-        cast(column, &dict_type)
-    }
-}
-
-/// A dictionary column with each distinct value validated and interned once.
-struct NameColumn {
     name: &'static str,
-    keys: PrimitiveArray<Int32Type>,
-    values: StringArray,
-    /// The interned id of each dictionary value, `None` where it breaks the contract.
-    ids: Vec<Option<u32>>,
+    names: &mut Names,
+) -> Result<NameColumn, arrow::error::ArrowError> {
+    DictColumn::new(batch, name, |value| {
+        value
+            .and_then(|v| column_name(name, v).ok())
+            .map(|n| names.intern(&n))
+    })
 }
 
-impl NameColumn {
-    fn new(
-        batch: &RecordBatch,
-        name: &'static str,
-        names: &mut Names,
-    ) -> Result<Self, arrow::error::ArrowError> {
-        let column = string_dictionary(batch, name)?;
-        let dict: &DictionaryArray<Int32Type> = column.as_dictionary();
-        let values = dict.values().as_string::<i32>().clone();
-        let ids = (0..values.len())
-            .map(|i| {
-                values
-                    .is_valid(i)
-                    .then(|| column_name(name, values.value(i)).ok())
-                    .flatten()
-                    .map(|n| names.intern(&n))
-            })
-            .collect();
-        Ok(Self {
-            name,
-            keys: dict.keys().clone(),
-            values,
-            ids,
-        })
-    }
-
-    /// Whether every row has a key to a dictionary value that follows the contract, so that
-    /// rows need no checks.
-    fn all_valid(&self) -> bool {
-        self.keys.null_count() == 0
-            && self.ids.iter().all(Option::is_some)
-            && keys_below(&self.keys, self.ids.len())
-    }
-
-    /// The dictionary index of row `i` when its value follows the contract.
-    #[inline]
-    fn key(&self, i: usize) -> Option<u32> {
-        if self.keys.is_null(i) {
-            return None;
-        }
-        let k = self.keys.value(i);
-        self.ids
-            .get(usize::try_from(k).ok()?)
-            .copied()
-            .flatten()
-            .map(|_| k as u32)
-    }
-
-    /// Why row `i` has no valid key (the slow path, for rejected rows only).
-    fn error(&self, i: usize) -> FieldError {
-        if self.keys.is_null(i) {
-            return FieldError::new(self.name, "is required");
-        }
-        let k = self.keys.value(i) as usize;
-        if k >= self.values.len() || self.values.is_null(k) {
-            return FieldError::new(self.name, "is required");
-        }
-        column_name(self.name, self.values.value(k))
+/// Why row `i` of a required name column has no valid key (the slow path, for rejected rows
+/// only).
+pub(super) fn name_error<T>(column: &DictColumn<T>, i: usize) -> FieldError {
+    match column.value(i) {
+        None => FieldError::new(column.name, "is required"),
+        Some(value) => column_name(column.name, value)
             .err()
-            .unwrap_or_else(|| FieldError::new(self.name, "is invalid"))
+            .unwrap_or_else(|| FieldError::new(column.name, "is invalid")),
     }
 }
 
@@ -180,6 +116,26 @@ fn column_name<'v>(column: &str, value: &'v str) -> Result<Cow<'v, str>, FieldEr
     }
 }
 
+/// The `kind` column, each distinct value parsed once.
+pub(super) fn kind_column(
+    batch: &RecordBatch,
+) -> Result<DictColumn<EventKind>, arrow::error::ArrowError> {
+    DictColumn::new(batch, "kind", |value| {
+        EventKind::parse("kind", value.unwrap_or_default()).ok()
+    })
+}
+
+/// Why row `i` has no valid kind (the slow path, for rejected rows only).
+pub(super) fn kind_error(kind: &DictColumn<EventKind>, i: usize) -> FieldError {
+    FieldError::new(
+        "kind",
+        match kind.value(i) {
+            None => "is required".to_string(),
+            Some(v) => format!("must be \"impression\" or \"click\" (got {v:?})"),
+        },
+    )
+}
+
 pub(super) fn aggregate_batch(
     batch: &RecordBatch,
     ts: &TimestampMicrosecondArray,
@@ -190,36 +146,27 @@ pub(super) fn aggregate_batch(
     unit: &mut UnitCells,
 ) -> Result<(), arrow::error::ArrowError> {
     let names = [
-        NameColumn::new(batch, "tenant", interned)?,
-        NameColumn::new(batch, "slot", interned)?,
-        NameColumn::new(batch, "city", interned)?,
-        NameColumn::new(batch, "banner", interned)?,
+        name_column(batch, "tenant", interned)?,
+        name_column(batch, "slot", interned)?,
+        name_column(batch, "city", interned)?,
+        name_column(batch, "banner", interned)?,
     ];
-    let kind = string_dictionary(batch, "kind")?;
-    let kind: &DictionaryArray<Int32Type> = kind.as_dictionary();
-    let kind_values = kind.values().as_string::<i32>();
-    let kinds: Vec<Option<EventKind>> = (0..kind_values.len())
-        .map(|i| EventKind::parse("kind", kind_values.value(i)).ok())
-        .collect();
-    let kind_keys = kind.keys();
+    let kind = kind_column(batch)?;
 
     let dims = names.each_ref().map(|c| c.values.len());
     let mut tally = Tally::new(dims, ts, buckets, until);
     out.rows += batch.num_rows() as u64;
-    let clean = names.iter().all(NameColumn::all_valid)
-        && kind_keys.null_count() == 0
-        && kinds.iter().all(Option::is_some)
-        && keys_below(kind_keys, kinds.len())
-        && ts.null_count() == 0;
+    let clean = names.iter().all(NameColumn::all_valid) && kind.all_valid() && ts.null_count() == 0;
     if clean {
         // Every row follows the contract: read the keys straight from the buffers.
-        let increments: Vec<u64> = kinds
+        let increments: Vec<u64> = kind
+            .verdicts
             .iter()
             .map(|k| increment(*k == Some(EventKind::Click)))
             .collect();
         let n = batch.num_rows();
         let keys = names.each_ref().map(|c| &c.keys.values()[..n]);
-        let (kind_keys, ts) = (&kind_keys.values()[..n], &ts.values()[..n]);
+        let (kind_keys, ts) = (&kind.keys.values()[..n], &ts.values()[..n]);
         match &mut tally {
             Tally::Dense(dense) => {
                 dense.add_clean(keys, ts, kind_keys, &increments, until, &mut unit.row_cells)
@@ -238,33 +185,14 @@ pub(super) fn aggregate_batch(
                 match col.key(i) {
                     Some(k) => *slot = k,
                     None => {
-                        reject(out, col.error(i));
+                        reject(out, name_error(col, i));
                         continue 'rows;
                     }
                 }
             }
-            let kind_key = (!kind_keys.is_null(i))
-                .then(|| kind_keys.value(i))
-                .and_then(|k| usize::try_from(k).ok())
-                .filter(|&k| k < kinds.len());
-            let event_kind = match kind_key.and_then(|k| kinds[k]) {
-                Some(k) => k,
-                None => {
-                    let got = kind_key.map(|k| kind_values.value(k).to_string());
-                    reject(
-                        out,
-                        FieldError::new(
-                            "kind",
-                            match got {
-                                None => "is required".to_string(),
-                                Some(v) => {
-                                    format!("must be \"impression\" or \"click\" (got {v:?})")
-                                }
-                            },
-                        ),
-                    );
-                    continue;
-                }
+            let Some(&event_kind) = kind.verdict(i) else {
+                reject(out, kind_error(&kind, i));
+                continue;
             };
             if ts.is_null(i) {
                 reject(out, FieldError::new("ts", "is required"));
@@ -280,18 +208,11 @@ pub(super) fn aggregate_batch(
     tally.drain(|keys, bucket, counts| {
         let mut arm = [0u32; 4];
         for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
-            *id = col.ids[key as usize].expect("only valid keys are tallied");
+            *id = col.verdicts[key as usize].expect("only valid keys are tallied");
         }
         unit.add(arm, bucket, counts);
     });
     Ok(())
-}
-
-/// Whether every key slot indexes a dictionary of `len` values: one pass, where a negative key
-/// wraps to a huge unsigned one.
-fn keys_below(keys: &PrimitiveArray<Int32Type>, len: usize) -> bool {
-    let max = keys.values().iter().fold(0u32, |m, &k| m.max(k as u32));
-    keys.is_empty() || (max as usize) < len
 }
 
 /// The smallest and largest valid timestamp, in one pass.
