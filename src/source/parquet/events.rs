@@ -6,7 +6,7 @@
 //! bytes for the free-text identifiers, and per row only where something is off.
 
 use arrow::array::{
-    Array, AsArray, BooleanArray, PrimitiveArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
@@ -21,8 +21,8 @@ use super::tally::kind_column;
 use super::{PlannedFile, Unit};
 use crate::model::parquet::{column_type, event_columns, ParquetEventError};
 use crate::model::{
-    normalize_city, validate_name, validate_token, EventKind, Policy, CUSTOMER_ID_MAX,
-    EVENT_ID_MAX, RANK_MAX, REFERRER_MAX, REQUEST_ID_MAX,
+    normalize_city, validate_name, validate_token, DecisionLogFields, EventKind, CUSTOMER_ID_MAX,
+    EVENT_ID_MAX, REFERRER_MAX, REQUEST_ID_MAX,
 };
 
 /// One decoded batch of a row group: which rows follow the event contract, and, for those, the
@@ -164,7 +164,8 @@ impl EventBatch {
             optional(&referrer, &mut valid);
         }
 
-        // The decision log.
+        // The decision log: the contract's own rule (`DecisionLogFields::check`), on the rows
+        // that log anything of a decision.
         let typed = |column: &str| {
             batch
                 .column_by_name(column)
@@ -173,54 +174,48 @@ impl EventBatch {
         };
         // Mostly null (a decision log written before the policy was), so read as strings: a
         // dictionary of one plain page of nulls would be built row by row by the reader.
-        let policy = strings("policy")?.filter(|p| p.null_count() < p.len());
-        let policies: Option<Vec<Option<Policy>>> = policy.as_ref().map(|policy| {
-            policy
-                .iter()
-                .zip(valid.iter_mut())
-                .map(|(p, ok)| match p {
-                    None | Some("") => None,
-                    Some(p) => {
-                        let parsed = Policy::parse("policy", p).ok();
-                        *ok &= parsed.is_some();
-                        parsed
-                    }
-                })
-                .collect()
-        });
-        if let Some(version) = typed("policy_version")? {
-            let version = version.as_primitive::<Int64Type>();
-            each_present(version, &mut valid, |v| u32::try_from(v).is_ok());
-        }
-        if let Some(rank) = typed("rank")? {
-            let rank = rank.as_primitive::<Int64Type>();
-            each_present(rank, &mut valid, |r| (1..=i64::from(RANK_MAX)).contains(&r));
-        }
+        let policy = strings("policy")?;
+        let version = typed("policy_version")?;
+        let rank = typed("rank")?;
         let propensity = typed("propensity")?;
-        let propensity = propensity.as_ref().map(|p| p.as_primitive::<Float64Type>());
-        if let Some(p) = propensity {
-            each_present(p, &mut valid, |p| p.is_finite() && p > 0.0 && p <= 1.0);
-        }
-        if let Some(error) = typed("propensity_error")? {
-            let error = error.as_primitive::<Float64Type>();
-            each_present(error, &mut valid, |e| {
-                e.is_finite() && (0.0..=1.0).contains(&e)
-            });
-            // An error bound is given only with a propensity.
-            if error.null_count() < error.len() {
-                for (i, ok) in valid.iter_mut().enumerate() {
-                    *ok &= error.is_null(i) || propensity.is_some_and(|p| p.is_valid(i));
-                }
-            }
-        }
+        let error = typed("propensity_error")?;
         let holdout = typed("holdout")?.map(|h| h.as_boolean().clone());
-        // A holdout decision is made by the uniform policy.
-        if let (Some(holdout), Some(policies)) = (&holdout, &policies) {
-            if holdout.true_count() > 0 {
-                for ((i, ok), policy) in valid.iter_mut().enumerate().zip(policies) {
-                    let held_out = holdout.is_valid(i) && holdout.value(i);
-                    *ok &= !(held_out && *policy == Some(Policy::Thompson));
+        let int = |c: &Option<ArrayRef>| c.as_ref().map(|c| c.as_primitive::<Int64Type>().clone());
+        let float =
+            |c: &Option<ArrayRef>| c.as_ref().map(|c| c.as_primitive::<Float64Type>().clone());
+        let (version, rank) = (int(&version), int(&rank));
+        let (propensity, error) = (float(&propensity), float(&error));
+        let logged = [
+            policy.as_ref().map(|c| c as &dyn Array),
+            version.as_ref().map(|c| c as &dyn Array),
+            rank.as_ref().map(|c| c as &dyn Array),
+            propensity.as_ref().map(|c| c as &dyn Array),
+            error.as_ref().map(|c| c as &dyn Array),
+            holdout.as_ref().map(|c| c as &dyn Array),
+        ];
+        let logged: Vec<&dyn Array> = logged
+            .into_iter()
+            .flatten()
+            .filter(|c| c.null_count() < c.len())
+            .collect();
+        if !logged.is_empty() {
+            for (i, ok) in valid.iter_mut().enumerate() {
+                if !*ok || logged.iter().all(|c| c.is_null(i)) {
+                    continue;
                 }
+                let fields = DecisionLogFields {
+                    policy: policy
+                        .as_ref()
+                        .and_then(|p| p.is_valid(i).then(|| p.value(i))),
+                    policy_version: value_at(&version, i),
+                    holdout: holdout
+                        .as_ref()
+                        .and_then(|h| h.is_valid(i).then(|| h.value(i))),
+                    propensity: value_at(&propensity, i),
+                    propensity_error: value_at(&error, i),
+                    rank: value_at(&rank, i),
+                };
+                *ok = fields.check().is_ok();
             }
         }
 
@@ -258,18 +253,14 @@ fn optional<T>(column: &DictColumn<T>, valid: &mut [bool]) {
     }
 }
 
-/// Rows whose value is present must pass `rule`.
-fn each_present<T: ArrowPrimitiveType>(
-    column: &PrimitiveArray<T>,
-    valid: &mut [bool],
-    rule: impl Fn(T::Native) -> bool,
-) {
-    if column.null_count() == column.len() {
-        return;
-    }
-    for (i, ok) in valid.iter_mut().enumerate() {
-        *ok &= column.is_null(i) || rule(column.value(i));
-    }
+/// Row `i`'s value of an optional column, `None` when the column is absent or the row null.
+fn value_at<T: ArrowPrimitiveType>(
+    column: &Option<PrimitiveArray<T>>,
+    i: usize,
+) -> Option<T::Native> {
+    column
+        .as_ref()
+        .and_then(|c| c.is_valid(i).then(|| c.value(i)))
 }
 
 /// Free-text identifiers: present and non-empty where `required`, else null or empty for none;
