@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use rand::{Rng, RngExt};
 use rand_distr::Distribution;
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, RwLock, TryLockError};
 
 use super::cutoff::{cutoff_point, draw_above};
 use super::{prob_best_of, BetaPosterior, BetaSampler, RankPropensities, SlotPriors};
@@ -135,7 +135,7 @@ pub struct SlotPolicy {
     /// Propensities by (valid banners, banners shown), computed when a decision first needs
     /// them: the posteriors do not change for the life of a policy. A carousel's table is made
     /// whole at once; one banner's fills in banner by banner.
-    propensities: Mutex<Vec<PropensityEntry>>,
+    propensities: RwLock<Vec<PropensityEntry>>,
 }
 
 type PropensityEntry = (Vec<usize>, usize, Propensities);
@@ -179,7 +179,7 @@ impl Clone for SlotPolicy {
         Self {
             config: self.config.clone(),
             samplers: self.samplers.clone(),
-            propensities: Mutex::default(),
+            propensities: RwLock::default(),
         }
     }
 }
@@ -197,7 +197,7 @@ impl SlotPolicy {
         Self {
             config: config.clone(),
             samplers,
-            propensities: Mutex::default(),
+            propensities: RwLock::default(),
         }
     }
 
@@ -250,14 +250,15 @@ impl SlotPolicy {
     /// What is known of the propensities of `shown` among `valid` in decisions of `n`; nothing
     /// while another thread updates the table. Never waits: the thread that computes may run at
     /// a low priority (the service's does), and a decision waiting for it would wait for as long
-    /// as the scheduler keeps it off the CPU.
+    /// as the scheduler keeps it off the CPU. Readers share the lock, so decisions of one policy
+    /// on several threads do not miss each other's reads.
     fn known_propensities(
         &self,
         valid: &[usize],
         n: usize,
         shown: &[usize],
     ) -> Vec<Option<(f64, f64)>> {
-        let known = match self.propensities.try_lock() {
+        let known = match self.propensities.try_read() {
             Ok(known) => known,
             Err(TryLockError::WouldBlock) => return vec![None; shown.len()],
             Err(TryLockError::Poisoned(e)) => panic!("propensity table poisoned: {e}"),
@@ -279,7 +280,7 @@ impl SlotPolicy {
 
     /// Updates the table of `valid` and `n`, made (empty) if there is none yet.
     fn remember(&self, valid: &[usize], n: usize, update: impl FnOnce(&mut Propensities)) {
-        let mut known = self.propensities.lock().expect("not poisoned");
+        let mut known = self.propensities.write().expect("not poisoned");
         let at = match known.iter().position(|(v, m, _)| v == valid && *m == n) {
             Some(at) => at,
             None => {
