@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use slotbandit::serve::cache::TenantScope;
-use slotbandit::serve::{record_token_lifetime, token_secret, ServeOptions, Service};
+use slotbandit::serve::{propensity, record_token_lifetime, token_secret, ServeOptions, Service};
 use slotbandit::source::open_log;
 use slotbandit::store::open_store;
 
@@ -70,8 +70,9 @@ pub struct ServeArgs {
     /// default) gives it only CPU that decisions leave spare, so a saturated service logs
     /// impressions without propensities rather than answer fewer decisions; 0 gives it the
     /// service's priority. Impressions wait for it at most a second.
-    #[arg(long, default_value_t = slotbandit::serve::propensity::DEFAULT_PROPENSITY_NICE,
-          value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = propensity::DEFAULT_PROPENSITY_NICE,
+          value_parser = clap::value_parser!(i32).range(
+              i64::from(*propensity::PROPENSITY_NICE.start())..=i64::from(*propensity::PROPENSITY_NICE.end())))]
     propensity_nice: i32,
 }
 

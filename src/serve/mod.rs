@@ -116,8 +116,8 @@ pub enum ServeError {
     Spool(#[from] SpoolError),
     #[error("token secret: {0}")]
     Secret(String),
-    #[error("propensity nice must be 0 to 19, got {0}")]
-    PropensityNice(i32),
+    #[error(transparent)]
+    Propensity(#[from] propensity::PropensityError),
     #[error("token lifetime: {0}")]
     TokenLifetime(String),
     #[error(transparent)]
@@ -334,9 +334,6 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let spool = Spool::open(&options.spool_dir)?;
         metrics.spool_pending.set(spool.pending() as i64);
-        if !(0..=19).contains(&options.propensity_nice) {
-            return Err(ServeError::PropensityNice(options.propensity_nice));
-        }
         let events = Arc::new(EventSink::start(log, spool, metrics.clone())?);
         let propensities = PropensityStage::start(
             budget::CpuBudget::new(options.propensity_cpu, metrics.propensities_skipped.clone()),

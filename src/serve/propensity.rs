@@ -32,6 +32,20 @@ const LOCK_TRIES: usize = 64;
 
 /// The niceness the propensity thread runs at unless told otherwise: the lowest priority.
 pub const DEFAULT_PROPENSITY_NICE: i32 = 19;
+/// The niceness it may be given: from the service's own priority (0) to the lowest.
+pub const PROPENSITY_NICE: std::ops::RangeInclusive<i32> = 0..=19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PropensityError {
+    #[error(
+        "propensity nice must be {low} to {high}, got {0}",
+        low = PROPENSITY_NICE.start(),
+        high = PROPENSITY_NICE.end()
+    )]
+    Nice(i32),
+    #[error("starting the propensity thread: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Decisions waiting for the thread, with when each was queued. Decisions only ever try its
 /// lock: the thread may be descheduled while it holds it (it runs at a low priority), and a
@@ -50,8 +64,15 @@ pub struct PropensityStage {
 }
 
 impl PropensityStage {
-    /// Starts the propensity thread at niceness `nice` (0 to 19).
-    pub fn start(budget: CpuBudget, events: Arc<EventSink>, nice: i32) -> std::io::Result<Self> {
+    /// Starts the propensity thread at niceness `nice` ([`PROPENSITY_NICE`]).
+    pub fn start(
+        budget: CpuBudget,
+        events: Arc<EventSink>,
+        nice: i32,
+    ) -> Result<Self, PropensityError> {
+        if !PROPENSITY_NICE.contains(&nice) {
+            return Err(PropensityError::Nice(nice));
+        }
         let queue = Arc::new(Queue::default());
         let budget = Arc::new(budget);
         let worker = Worker {
@@ -182,7 +203,15 @@ mod tests {
         _spool: tempfile::TempDir,
     }
 
-    fn start(share: f64, nice: i32) -> Setup {
+    fn start_stage(
+        share: f64,
+        nice: i32,
+    ) -> (
+        Result<PropensityStage, PropensityError>,
+        Arc<FlakyLog>,
+        IntCounter,
+        tempfile::TempDir,
+    ) {
         let spool = tempfile::tempdir().unwrap();
         let log = Arc::new(FlakyLog::default());
         let sink = EventSink::start(
@@ -193,7 +222,13 @@ mod tests {
         .unwrap();
         let skipped = IntCounter::new("skipped", "test").unwrap();
         let budget = CpuBudget::new(share, skipped.clone());
-        let stage = PropensityStage::start(budget, Arc::new(sink), nice).unwrap();
+        let stage = PropensityStage::start(budget, Arc::new(sink), nice);
+        (stage, log, skipped, spool)
+    }
+
+    fn start(share: f64, nice: i32) -> Setup {
+        let (stage, log, skipped, spool) = start_stage(share, nice);
+        let stage = stage.unwrap();
         Setup {
             stage,
             log,
@@ -295,6 +330,15 @@ mod tests {
         assert!(!last.1);
         assert_ne!(last.2.as_deref(), Some("propensities"));
         wait_for("six impressions", || logged(&setup).len() == 6);
+    }
+
+    #[test]
+    fn a_niceness_out_of_range_is_refused_naming_the_rule() {
+        for nice in [-1, 20] {
+            let (stage, ..) = start_stage(1.0, nice);
+            let e = stage.err().expect("refused").to_string();
+            assert_eq!(e, format!("propensity nice must be 0 to 19, got {nice}"));
+        }
     }
 
     #[test]
