@@ -162,24 +162,28 @@ impl PriorsWriter {
 impl SlotTable {
     /// The counts per city, cities and banners in name order.
     fn cities(&self) -> Vec<CityCounts> {
-        let mut cities: BTreeMap<&str, Vec<BannerCounts>> = BTreeMap::new();
+        // Hashed, then sorted once per city: a slot of a million-arm store has thousands of arms
+        // over a few hundred cities.
+        let mut by_city: FxHashMap<&str, Vec<BannerCounts>> = FxHashMap::default();
         for (arm, c) in &self.arms {
-            cities.entry(&arm.city).or_default().push(BannerCounts {
+            by_city.entry(&arm.city).or_default().push(BannerCounts {
                 banner: arm.banner.clone(),
                 impressions: c.impressions,
                 clicks: c.clicks,
             });
         }
-        cities
+        let mut cities: Vec<CityCounts> = by_city
             .into_iter()
             .map(|(city, mut banners)| {
-                banners.sort_by(|a, b| a.banner.cmp(&b.banner));
+                banners.sort_unstable_by(|a, b| a.banner.cmp(&b.banner));
                 CityCounts {
                     city: city.to_string(),
                     banners,
                 }
             })
-            .collect()
+            .collect();
+        cities.sort_unstable_by(|a, b| a.city.cmp(&b.city));
+        cities
     }
 }
 
