@@ -31,6 +31,11 @@ pub struct EmbeddedStore {
     pub(super) db: Database,
 }
 
+/// redb's page cache. Its default (1 GiB) let a backfill's resident memory grow with the file it
+/// wrote (at a million arms, 1.05 GB peak instead of 0.85 GB, no faster): the jobs write far more
+/// than they read back, the service keeps its own snapshot, and the kernel caches the file anyway.
+const CACHE_BYTES: usize = 64 << 20;
+
 impl EmbeddedStore {
     /// Opens the file, created (with its folder) when opened for writing; a store written by an
     /// earlier build is moved to the current layout.
@@ -45,7 +50,10 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
         }
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(&e))?;
         let store = Self {
             path: path.to_path_buf(),
             db,
