@@ -339,21 +339,32 @@ pub(super) fn write_encoded_counts(
     }
     let mut t = tx.open_table(ARM_BLOCKS)?;
     for (key, changes) in counts.blocks {
-        let stored = t.get(key.as_slice())?.map(|v| {
-            decode_block(v.value()).ok_or_else(|| corrupt("arm_block_cells value", v.value()))
-        });
-        let mut block = stored
-            .transpose()?
-            .unwrap_or([(0, 0); BLOCK_BUCKETS as usize]);
-        for (cell, change) in block.iter_mut().zip(changes) {
-            if let Some(counts) = change {
-                *cell = counts;
+        let written: Block = changes.map(|change| change.unwrap_or((0, 0)));
+        // Written before it is read: a block not stored yet (all of a backfill's, a new day's)
+        // costs one descent of the tree; one that was is merged with what it replaced.
+        let replaced = match t.insert(key.as_slice(), encode_block(&written).as_slice())? {
+            Some(v) => Some(
+                decode_block(v.value())
+                    .ok_or_else(|| corrupt("arm_block_cells value", v.value()))?,
+            ),
+            None => None,
+        };
+        let block = match replaced {
+            None => written,
+            Some(mut block) => {
+                for (cell, change) in block.iter_mut().zip(changes) {
+                    if let Some(counts) = change {
+                        *cell = counts;
+                    }
+                }
+                if block != written {
+                    t.insert(key.as_slice(), encode_block(&block).as_slice())?;
+                }
+                block
             }
-        }
+        };
         if block.iter().all(|&c| c == (0, 0)) {
             t.remove(key.as_slice())?;
-        } else {
-            t.insert(key.as_slice(), encode_block(&block).as_slice())?;
         }
     }
     Ok(())
