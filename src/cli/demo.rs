@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use slotbandit::bandit::{prob_best, seeded_rng};
-use slotbandit::dataflow::{hand_off, Cluster};
+use slotbandit::dataflow::{hand_off, Cluster, Readiness, StreamMetrics};
 use slotbandit::model::{SlotConfig, SlotRules};
 use slotbandit::serve::auth::create_key;
 use slotbandit::serve::{token_secret, ServeOptions, Service};
@@ -254,8 +254,11 @@ fn live(
     let addr = listener.local_addr()?;
 
     let stop_job = Arc::new(AtomicBool::new(false));
+    let job_metrics = Arc::new(StreamMetrics::default());
+    let ready_max_lag = stream_options.ready_max_lag;
     let job = {
         let (log, store, stop) = (log.clone(), store.clone(), stop_job.clone());
+        let metrics = job_metrics.clone();
         std::thread::Builder::new()
             .name("stream".into())
             .spawn(move || {
@@ -266,9 +269,20 @@ fn live(
                     &Cluster::single(1),
                     false,
                     stop,
+                    metrics,
                 )
             })?
     };
+    // The service opens once the job has taken in the stored counts (seconds at a million arms):
+    // a click posted before would wait for that.
+    while job_metrics.readiness(ready_max_lag) != Readiness::Ready {
+        if job.is_finished() {
+            job.join()
+                .map_err(|_| anyhow::anyhow!("the stream job panicked"))??;
+            anyhow::bail!("the stream job stopped before it was ready");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Ctrl-C, SIGTERM, or the audience's last visit with --audience-visits.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {

@@ -108,10 +108,20 @@ pub fn stream(
     show_progress: bool,
 ) -> anyhow::Result<()> {
     let shutdown = Arc::new(AtomicBool::new(false));
-    stream_until(log, store, options, cluster, show_progress, shutdown)
+    let metrics = Arc::new(StreamMetrics::default());
+    stream_until(
+        log,
+        store,
+        options,
+        cluster,
+        show_progress,
+        shutdown,
+        metrics,
+    )
 }
 
-/// [`stream`], also stopping after the epoch in which `shutdown` is set.
+/// [`stream`], also stopping after the epoch in which `shutdown` is set, reporting into
+/// `metrics` (where a caller in the same process sees its readiness).
 pub fn stream_until(
     log: Arc<dyn EventLog>,
     store: Arc<dyn PosteriorStore>,
@@ -119,6 +129,7 @@ pub fn stream_until(
     cluster: &Cluster,
     show_progress: bool,
     shutdown: Arc<AtomicBool>,
+    metrics: Arc<StreamMetrics>,
 ) -> anyhow::Result<()> {
     let start = stream_start(
         store.as_ref(),
@@ -138,7 +149,6 @@ pub fn stream_until(
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress_bar = bar.clone();
-    let metrics = Arc::new(StreamMetrics::default());
     if let Some(addr) = options.metrics_listen {
         serve_metrics(addr, metrics.clone(), options.ready_max_lag)?;
     }

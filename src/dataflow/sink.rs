@@ -235,20 +235,23 @@ impl Expiry {
 
     /// Takes the rows of buckets before `horizon` out of what is held, each with the diff that
     /// retracts its total: fed back into the dataflow, they drop the keys from its arrangement
-    /// (the all-time rows keep the counts, and the store no longer has those buckets).
-    fn release(&mut self, horizon: i64) -> Vec<(PackedKey, (i64, i64))> {
-        let kept = self.held.split_off(&horizon);
-        let expired = std::mem::replace(&mut self.held, kept);
-        expired
-            .into_iter()
-            .flat_map(|(bucket, arms)| {
-                arms.into_iter().filter(|&(_, total)| total != (0, 0)).map(
-                    move |(arm, (impressions, clicks))| {
-                        (PackedKey { arm, bucket }, (-impressions, -clicks))
-                    },
-                )
-            })
-            .collect()
+    /// (the all-time rows keep the counts, and the store no longer has those buckets). Whole
+    /// buckets, oldest first, until at least `at_most` rows: when the horizon jumps (a job
+    /// started on history a day old) a million-arm store releases millions of rows, and
+    /// retracting them in one epoch held the clicks behind it for seconds; the rest goes at the
+    /// next looks.
+    fn release(&mut self, horizon: i64, at_most: usize) -> Vec<(PackedKey, (i64, i64))> {
+        let mut released = Vec::new();
+        while released.len() < at_most {
+            let Some(entry) = self.held.first_entry().filter(|e| *e.key() < horizon) else {
+                break;
+            };
+            let (bucket, arms) = entry.remove_entry();
+            released.extend(arms.into_iter().filter(|&(_, total)| total != (0, 0)).map(
+                |(arm, (impressions, clicks))| (PackedKey { arm, bucket }, (-impressions, -clicks)),
+            ));
+        }
+        released
     }
 
     /// The first bucket kept: the retention before the newest bucket counted, but never after
@@ -283,6 +286,9 @@ pub(super) type AppliedOffset = (ShardKey, Partition, Offset);
 
 /// One change of the totals: ((key, (impressions, clicks)), epoch, diff).
 type Update = ((PackedKey, (i64, i64)), u64, isize);
+
+/// Expired bucket rows one worker retracts per epoch at most (see [`Expiry::release`]).
+const RELEASE_ROWS: usize = 1 << 15;
 
 /// Bucket rows past the retention horizon, with the diffs that retract them, for the driver to
 /// feed back into the sink's input (this worker's): the dataflow then forgets them.
@@ -377,7 +383,7 @@ pub(super) fn count_and_sink<'s>(
                             spec.retention.and_then(|r| expiry.horizon(r, Utc::now()))
                         {
                             expiry.apply(&mut writes, horizon);
-                            let expired = expiry.release(horizon);
+                            let expired = expiry.release(horizon, RELEASE_ROWS);
                             if !expired.is_empty() {
                                 let arms = arms.borrow();
                                 spec.stats.lock().expect("sink stats lock").released +=
@@ -610,14 +616,38 @@ mod tests {
         // fell to zero and is no longer held.
         expiry.saw(&[((b1_100, (3, 1)), 2, 1), ((b1_100, (2, 1)), 2, -1)]);
         expiry.saw(&[((b2_100, (1, 0)), 3, -1)]);
-        assert_eq!(expiry.release(100), vec![]);
-        assert_eq!(expiry.release(101), vec![(b1_100, (-3, -1))]);
+        assert_eq!(expiry.release(100, usize::MAX), vec![]);
+        assert_eq!(expiry.release(101, usize::MAX), vec![(b1_100, (-3, -1))]);
         // A late event for a released bucket is held again, and released at the next look.
         expiry.saw(&[((b2_100, (1, 0)), 4, 1)]);
-        let mut released = expiry.release(102);
+        let mut released = expiry.release(102, usize::MAX);
         released.sort();
         assert_eq!(released, vec![(b1_101, (-1, 0)), (b2_100, (-1, 0))]);
         assert!(expiry.held.is_empty(), "the all-time rows are never held");
+    }
+
+    #[test]
+    fn a_release_takes_whole_buckets_oldest_first_up_to_its_bound_and_the_rest_later() {
+        let mut table = ArmTable::default();
+        let mut expiry = Expiry::default();
+        let keys: Vec<PackedKey> = [100, 100, 101, 101, 102, 103]
+            .into_iter()
+            .zip(["b1", "b2", "b1", "b2", "b1", "b1"])
+            .map(|(bucket, banner)| table.pack(key("t1", "hero", "pune", banner, bucket)))
+            .collect();
+        let updates: Vec<Update> = keys.iter().map(|&k| ((k, (1, 0)), 1, 1)).collect();
+        expiry.saw(&updates);
+        let buckets = |released: &[(PackedKey, (i64, i64))]| {
+            let mut b: Vec<i64> = released.iter().map(|(k, _)| k.bucket).collect();
+            b.sort();
+            b
+        };
+        // Bucket 100 alone has two rows: enough for a bound of 2, and never half a bucket.
+        assert_eq!(buckets(&expiry.release(103, 2)), [100, 100]);
+        assert_eq!(buckets(&expiry.release(103, 3)), [101, 101, 102]);
+        // Nothing at or after the horizon goes, however high the bound.
+        assert_eq!(buckets(&expiry.release(103, usize::MAX)), Vec::<i64>::new());
+        assert_eq!(expiry.held.keys().copied().collect::<Vec<_>>(), [103]);
     }
 
     #[test]

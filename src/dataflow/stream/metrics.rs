@@ -61,6 +61,9 @@ struct Lag {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
     Ready,
+    /// No epoch is in the store yet: the job is still taking in the stored counts it starts from
+    /// (at a million arms, millions of bucket rows), and a click read now would wait for that.
+    Loading,
     /// The log's end has not been read yet.
     Starting,
     /// The partition furthest behind, over the bound.
@@ -74,6 +77,10 @@ impl std::fmt::Display for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Readiness::Ready => write!(f, "ready"),
+            Readiness::Loading => write!(
+                f,
+                "loading: the stored counts the job starts from are not through its first epoch yet"
+            ),
             Readiness::Starting => write!(f, "starting: the log's end is not read yet"),
             Readiness::Behind { partition, records } => write!(
                 f,
@@ -309,21 +316,18 @@ impl StreamMetrics {
         self.oldest_uncounted_age.set(oldest_ms as f64 / 1000.0);
     }
 
-    /// Ready while no partition this process reads is more than `max_lag` records behind.
+    /// Behind while a partition this process reads is more than `max_lag` records behind;
+    /// otherwise ready once an epoch is in the store and the log's end has been read.
     pub fn readiness(&self, max_lag: u64) -> Readiness {
         let lag = self.lag.lock().expect("lag lock");
-        if lag.behind.is_empty() {
-            return Readiness::Starting;
-        }
-        let (&partition, &records) = lag
-            .behind
-            .iter()
-            .max_by_key(|(_, &records)| records)
-            .expect("not empty");
-        if records as u64 > max_lag {
-            Readiness::Behind { partition, records }
-        } else {
-            Readiness::Ready
+        let worst = lag.behind.iter().max_by_key(|(_, &records)| records);
+        match worst {
+            Some((&partition, &records)) if records as u64 > max_lag => {
+                Readiness::Behind { partition, records }
+            }
+            _ if self.epochs_stored.get() == 0 => Readiness::Loading,
+            None => Readiness::Starting,
+            Some(_) => Readiness::Ready,
         }
     }
 
@@ -403,6 +407,8 @@ mod tests {
         let m = StreamMetrics::default();
         let start = m.lag.lock().unwrap().started_ms;
         m.reading_from(&offsets(&[(0, 10), (1, 5)]));
+        assert_eq!(m.readiness(0), Readiness::Loading);
+        m.epoch_stored(&offsets(&[(0, 10), (1, 5)]));
         assert_eq!(m.readiness(0), Readiness::Starting);
         // Partition 1 was behind from the start: its wait is bounded by the job's start.
         m.log_ends(&offsets(&[(0, 10), (1, 8), (2, 40)]), start + 2_000);
