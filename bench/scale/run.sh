@@ -155,8 +155,8 @@ record priors wall_s "$wall_s"
 # A key per tenant (before serve: the redb file opens in one process only).
 : >"$work/keys.tsv"
 for tenant in $(tail -n +2 "$gen/_slots.csv" | cut -d, -f1 | sort -u); do
-  key="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role admin)" \
-    || die "slotbandit keys add --tenant $tenant failed"
+  key="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role admin 2>>"$work/keys.err")" \
+    || { cat "$work/keys.err" >&2; die "slotbandit keys add --tenant $tenant failed"; }
   [ -n "$key" ] || die "slotbandit keys add --tenant $tenant printed no key"
   printf '%s\t%s\n' "$tenant" "$key" >>"$work/keys.tsv"
 done
