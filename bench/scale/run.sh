@@ -6,6 +6,9 @@
 # 2. backfill -w 2 into an embedded store: wall, peak RSS, rows/s, beside DuckDB (2 threads) over
 #    the same Parquet (bench/backfill/peers.py: hourly and all-time counts), all-time counts
 #    checked equal on every arm;
+#    then every arm's counts in windows of 90, 360 and 1440 minutes ending at the newest event
+#    checked equal to DuckDB's recount (bench/scale/recount.py), and the same history backfilled
+#    with 1 worker checked the same way;
 # 3. priors: wall;
 # 4. serve on that store: start to /readyz, every slot imported (one POST per slot, timed), idle
 #    CPU with no traffic, RSS and bytes per arm (against the same service on an empty store),
@@ -65,7 +68,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   # The run folder keeps the results and logs, not the bulky copies (the store stays in $base).
-  rm -rf "$work/demo.redb" "$work/demo-tmp" "$work/empty.redb" "$work"/*-log "$work"/*-spool
+  rm -rf "$work/demo.redb" "$work/demo-tmp" "$work/empty.redb" "$work/w1.redb" "$work"/*-log "$work"/*-spool
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -139,13 +142,38 @@ record backfill peak_rss_mib "$sb_rss" "DuckDB $dk_rss" "$(ratio "$sb_rss" "$dk_
 "$bin" posteriors --store "$store" --format csv | cut -d, -f1-6 >"$work/slotbandit.csv"
 store_arms="$(($(wc -l <"$work/slotbandit.csv") - 1))"
 record backfill store_arms "$store_arms" "" "" "arms with counts in the store (of $arms in the generator's world)"
-if cmp -s "$work/slotbandit.csv" "$work/duckdb.csv"; then
-  record backfill all_time_counts "equal to DuckDB's on all $store_arms arms"
-  rm -f "$work/slotbandit.csv" "$work/duckdb.csv"
-else
-  diff "$work/slotbandit.csv" "$work/duckdb.csv" | head >&2
-  die "all-time counts differ between slotbandit and DuckDB ($work/slotbandit.csv, $work/duckdb.csv)"
-fi
+same_counts() { # ours theirs what: fails the run, showing the first differences, unless equal
+  if ! cmp -s "$1" "$2"; then
+    diff "$1" "$2" | head >&2
+    die "$3 differ between slotbandit and DuckDB ($1, $2)"
+  fi
+}
+same_counts "$work/slotbandit.csv" "$work/duckdb.csv" "all-time counts"
+record backfill all_time_counts "equal to DuckDB's on all $store_arms arms"
+
+# 2b. exactness against an independent recount: windows ending at the newest event (DuckDB over
+# the Parquet, bench/scale/recount.py), with 2 workers (the store above) and with 1.
+windows=(90 360 1440)
+now_utc="$("$venv/bin/python" bench/scale/recount.py "$gen" "$work/recount" "${windows[@]}")" \
+  || die "bench/scale/recount.py failed"
+check_store() { # store-url workers: every window and the all-time counts against the recount
+  local m arms_in=()
+  for m in "${windows[@]}"; do
+    "$bin" posteriors --store "$1" --window-minutes "$m" --now "$now_utc" --format csv |
+      cut -d, -f1-6 >"$work/window-$m.csv"
+    same_counts "$work/window-$m.csv" "$work/recount-$m.csv" "counts of the last $m minutes ($2 worker(s))"
+    arms_in+=("$(($(wc -l <"$work/window-$m.csv") - 1))")
+  done
+  record exact "workers_$2" "equal to DuckDB's recount: all-time ($store_arms arms) and windows of ${windows[*]} minutes (${arms_in[*]} arms)" \
+    "" "" "ending at the newest event, $now_utc"
+}
+check_store "$store" 2
+timed backfill-w1 "$bin" backfill --input "$gen" --store "embedded:$work/w1.redb" -w 1
+record exact backfill_w1_wall_s "$wall_s"
+"$bin" posteriors --store "embedded:$work/w1.redb" --format csv | cut -d, -f1-6 >"$work/slotbandit-w1.csv"
+same_counts "$work/slotbandit-w1.csv" "$work/duckdb.csv" "all-time counts (1 worker)"
+check_store "embedded:$work/w1.redb" 1
+rm -f "$work"/slotbandit*.csv "$work/duckdb.csv" "$work"/window-*.csv "$work"/recount-*.csv "$work/w1.redb"
 
 # 3. priors
 timed priors "$bin" priors --store "$store"
