@@ -7,8 +7,8 @@
 #    the same Parquet (bench/backfill/peers.py: hourly and all-time counts), all-time counts
 #    checked equal on every arm;
 #    then every arm's counts in windows of 90, 360 and 1440 minutes ending at the newest event
-#    checked equal to DuckDB's recount (bench/scale/recount.py), and the same history backfilled
-#    with 1 worker checked the same way;
+#    checked equal to DuckDB's recount (bench/backfill/peers.py duckdb-windows), and the same
+#    history backfilled with 1 worker checked the same way;
 # 3. priors: wall;
 # 4. serve on that store: start to /readyz, every slot imported (one POST per slot, timed), idle
 #    CPU with no traffic, RSS and bytes per arm (against the same service on an empty store),
@@ -152,10 +152,10 @@ same_counts "$work/slotbandit.csv" "$work/duckdb.csv" "all-time counts"
 record backfill all_time_counts "equal to DuckDB's on all $store_arms arms"
 
 # 2b. exactness against an independent recount: windows ending at the newest event (DuckDB over
-# the Parquet, bench/scale/recount.py), with 2 workers (the store above) and with 1.
+# the Parquet, bench/backfill/peers.py duckdb-windows), with 2 workers (the store above) and with 1.
 windows=(90 360 1440)
-now_utc="$("$venv/bin/python" bench/scale/recount.py "$gen" "$work/recount" "${windows[@]}")" \
-  || die "bench/scale/recount.py failed"
+now_utc="$("$venv/bin/python" bench/backfill/peers.py duckdb-windows "$gen" "$work/recount" "${windows[@]}")" \
+  || die "bench/backfill/peers.py duckdb-windows failed"
 check_store() { # store-url workers: every window and the all-time counts against the recount
   local m arms_in=()
   for m in "${windows[@]}"; do
