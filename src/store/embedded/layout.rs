@@ -3,8 +3,6 @@
 //! their tuples, so that a tenant or a window is one key range; bucket counts are kept in blocks of
 //! [`BLOCK_BUCKETS`] consecutive buckets per arm.
 
-use rustc_hash::FxHashMap;
-
 use redb::{ReadableTable, TableDefinition};
 
 use crate::model::{ArmKey, CountKey, Counts, Event, ShardKey, ALL_TIME};
@@ -283,12 +281,15 @@ pub(super) struct EncodedCounts {
 }
 
 impl EncodedCounts {
+    /// The rows' keys encoded and sorted; where rows share a key, the later one wins.
     pub(super) fn of<'k>(rows: impl Iterator<Item = (&'k CountKey, Counts)>) -> Self {
         let mut totals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
-        // Rows usually come grouped by arm (a sink's rows are), so a row of the block before it
-        // is found without a lookup.
-        let mut blocks: Vec<((i64, &ArmKey), BlockChanges)> = Vec::new();
-        let mut block_index: FxHashMap<(i64, &ArmKey), usize> = FxHashMap::default();
+        // A block row per run of rows of one (block, arm), with its place in arrival order: a
+        // sink's rows come grouped by arm, so runs are whole blocks and the merge below finds
+        // nothing to merge.
+        let mut block_keys: Vec<(Vec<u8>, u32)> = Vec::new();
+        let mut block_changes: Vec<BlockChanges> = Vec::new();
+        let mut last: Option<(i64, &ArmKey)> = None;
         for (
             key,
             Counts {
@@ -303,23 +304,41 @@ impl EncodedCounts {
             }
             let (block, place) = block_of(key.bucket);
             let id = (block, key.arm.as_ref());
-            let index = match blocks.last() {
-                Some((last, _)) if *last == id => blocks.len() - 1,
-                _ => *block_index.entry(id).or_insert_with(|| {
-                    blocks.push((id, [None; BLOCK_BUCKETS as usize]));
-                    blocks.len() - 1
-                }),
-            };
-            blocks[index].1[place] = Some((imp, clk));
+            if last != Some(id) {
+                block_keys.push((block_key(block, &key.arm), block_changes.len() as u32));
+                block_changes.push([None; BLOCK_BUCKETS as usize]);
+                last = Some(id);
+            }
+            if let Some(changes) = block_changes.last_mut() {
+                changes[place] = Some((imp, clk));
+            }
         }
         // In key order, so that the B-trees are written front to back; the keys are encoded
-        // first so that sorting compares bytes, not four names.
-        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut blocks: Vec<(Vec<u8>, BlockChanges)> = blocks
-            .into_iter()
-            .map(|((block, arm), changes)| (block_key(block, arm), changes))
-            .collect();
-        blocks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // first so that sorting compares bytes, not four names, and the blocks' cells stay put
+        // while their keys move.
+        totals.sort_by(|a, b| a.0.cmp(&b.0));
+        totals.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                (kept.1, kept.2) = (later.1, later.2);
+            }
+            same
+        });
+        block_keys.sort_unstable();
+        let mut blocks: Vec<(Vec<u8>, BlockChanges)> = Vec::with_capacity(block_keys.len());
+        for (key, index) in block_keys {
+            let changes = &block_changes[index as usize];
+            match blocks.last_mut() {
+                Some((last, merged)) if *last == key => {
+                    for (cell, change) in merged.iter_mut().zip(changes) {
+                        if change.is_some() {
+                            *cell = *change;
+                        }
+                    }
+                }
+                _ => blocks.push((key, *changes)),
+            }
+        }
         Self { totals, blocks }
     }
 }
@@ -485,6 +504,8 @@ pub(super) fn expire_buckets(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -554,5 +575,48 @@ mod tests {
             None
         );
         assert_eq!(decode_block(&[0; 3]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_counts_are_sorted_by_key_and_the_last_row_of_a_key_wins(
+            rows in proptest::collection::vec(
+                (0usize..3, proptest::option::of(0i64..72), 0u64..4, 0u64..2),
+                0..60,
+            ),
+        ) {
+            let arms = [
+                ArmKey::new("ajio", "hero", "pune", "b1"),
+                ArmKey::new("ajio", "hero", "pune", "b2"),
+                ArmKey::new("myntra", "hero", "delhi", "b1"),
+            ]
+            .map(Arc::new);
+            let keys: Vec<CountKey> = rows
+                .iter()
+                .map(|&(arm, bucket, _, _)| {
+                    CountKey::new(arms[arm].clone(), bucket.unwrap_or(ALL_TIME))
+                })
+                .collect();
+            let mut totals = std::collections::BTreeMap::new();
+            let mut blocks = std::collections::BTreeMap::new();
+            for (key, &(_, _, imp, clk)) in keys.iter().zip(&rows) {
+                if key.bucket == ALL_TIME {
+                    totals.insert(arm_key(&key.arm), (imp, clk));
+                } else {
+                    let (block, place) = block_of(key.bucket);
+                    let changes: &mut BlockChanges = blocks
+                        .entry(block_key(block, &key.arm))
+                        .or_insert([None; BLOCK_BUCKETS as usize]);
+                    changes[place] = Some((imp, clk));
+                }
+            }
+            let encoded = EncodedCounts::of(
+                keys.iter().zip(&rows).map(|(key, &(_, _, imp, clk))| (key, Counts::new(imp, clk))),
+            );
+            let want_totals: Vec<(Vec<u8>, u64, u64)> =
+                totals.into_iter().map(|(k, (imp, clk))| (k, imp, clk)).collect();
+            proptest::prop_assert_eq!(encoded.totals, want_totals);
+            proptest::prop_assert_eq!(encoded.blocks, blocks.into_iter().collect::<Vec<_>>());
+        }
     }
 }
