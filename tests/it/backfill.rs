@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use crate::common::{
-    events_of, free_port, gen, ist_hour, ok, posteriors, recount, slotbandit, Counts,
+    events_of, gen, hosts_file, ist_hour, ok, posteriors, recount, slotbandit, Counts,
 };
 
 use slotbandit::model::parquet::list_parquet_files;
@@ -82,12 +82,7 @@ fn backfill_is_exact_for_1_2_4_workers_and_2_processes() {
         );
     }
 
-    let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hosts = hosts_file(dir.path(), 2);
     let store = format!("embedded:{}", dir.path().join("n2.redb").display());
     let spawn = |p: &str| {
         Command::new(env!("CARGO_BIN_EXE_slotbandit"))

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::common::{free_port, gen, ok, service, slotbandit, stderr, unique_name, OwnService};
+use crate::common::{gen, hosts_file, ok, service, slotbandit, stderr, unique_name, OwnService};
 use crate::posterior_store::customer_history;
 
 use chrono::Utc;
@@ -294,12 +294,7 @@ fn two_processes_each_write_their_own_shards_and_the_counts_are_exact() {
         "1",
     );
 
-    let hosts = h.dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hosts = hosts_file(h.dir.path(), 2);
     let spawn = |p: &str| {
         Command::new(env!("CARGO_BIN_EXE_slotbandit"))
             .args(["backfill", "--input", h.data.to_str().unwrap()])

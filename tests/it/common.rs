@@ -121,11 +121,30 @@ pub fn posteriors(store: &str, extra: &[&str]) -> Counts {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports: every listener stays bound until all are chosen, so the kernel
+/// cannot hand the same port out twice (two listeners of one Kafka broker on one port fail).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Writes a timely hosts file for `n` processes on distinct local ports and returns its path.
+pub fn hosts_file(dir: &Path, n: usize) -> std::path::PathBuf {
+    let path = dir.join("hosts.txt");
+    let lines: String = free_ports(n)
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}\n"))
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    path
 }
 
 /// Starts `slotbandit serve ARGS --listen 127.0.0.1:0` and returns the process and its base URL
@@ -185,7 +204,7 @@ impl OwnService {
         let mut own = Self {
             name,
             dir: tempfile::tempdir().unwrap(),
-            ports: ports.iter().map(|p| (*p, free_port())).collect(),
+            ports: ports.iter().copied().zip(free_ports(ports.len())).collect(),
             address: String::new(),
         };
         own.address = format!("127.0.0.1:{}", own.ports[0].1);

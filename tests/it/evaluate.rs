@@ -24,7 +24,7 @@ use slotbandit::source::open_log;
 use slotbandit::source::parquet::ParquetPlan;
 use slotbandit::store::open_store;
 
-use crate::common::{free_port, ok, slotbandit, stderr};
+use crate::common::{hosts_file, ok, slotbandit, stderr};
 
 const BANNERS: usize = 5;
 const CITIES: usize = 4;
@@ -482,12 +482,7 @@ fn evaluate_from_a_log_equals_evaluate_from_its_archive_with_1_and_2_workers_and
     assert_eq!(report(&log), report(&input));
 
     for source in [&input, &log] {
-        let hosts = dir.path().join("hosts.txt");
-        std::fs::write(
-            &hosts,
-            format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-        )
-        .unwrap();
+        let hosts = hosts_file(dir.path(), 2);
         let (from, to) = (at(0).to_rfc3339(), at(60).to_rfc3339());
         let spawn = |p: &str| {
             let mut args = vec!["evaluate"];

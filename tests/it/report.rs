@@ -14,7 +14,7 @@ use slotbandit::model::parquet::PartitionedWriter;
 use slotbandit::model::{Counts, DecisionLog, Event, EventKind};
 use slotbandit::source::parquet::ParquetPlan;
 
-use crate::common::{free_port, ok, slotbandit};
+use crate::common::{hosts_file, ok, slotbandit};
 
 fn at(minute: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap()
@@ -209,12 +209,7 @@ fn the_report_command_equals_the_recount_with_1_and_2_workers_and_2_processes() 
         assert_eq!(out, expected, "{workers} workers");
     }
 
-    let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    let hosts = hosts_file(dir.path(), 2);
     let spawn = |p: &str| {
         let args = report_args(&["-w", "2", "-n", "2", "-p", p, "-h", hosts.to_str().unwrap()]);
         Command::new(env!("CARGO_BIN_EXE_slotbandit"))

@@ -618,9 +618,7 @@ fn two_processes_on_kafka_and_cassandra_count_what_one_process_counts() {
     ]));
 
     let two = store_of("two");
-    let hosts = f.dir.path().join("hosts.txt");
-    let (p0, p1) = (crate::common::free_port(), crate::common::free_port());
-    std::fs::write(&hosts, format!("127.0.0.1:{p0}\n127.0.0.1:{p1}\n")).unwrap();
+    let hosts = crate::common::hosts_file(f.dir.path(), 2);
     let processes: Vec<_> = (0..2)
         .map(|p| {
             std::process::Command::new(env!("CARGO_BIN_EXE_slotbandit"))

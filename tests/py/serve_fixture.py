@@ -38,10 +38,21 @@ def run(*args, timeout=600):
     return out.stdout
 
 
+def free_ports(n):
+    """n distinct free ports: every socket stays bound until all are chosen, so the kernel
+    cannot hand one port out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_for(check, timeout, what):

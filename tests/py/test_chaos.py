@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_fixture import BIN, ROOT, free_port, run, sample_slots_valid_for_years, wait_for
+from serve_fixture import BIN, ROOT, free_ports, run, sample_slots_valid_for_years, wait_for
 
 SERVICES = ROOT / "scripts" / "services"
 TENANT, SLOT = "ajio", "hero"
@@ -193,7 +193,8 @@ class Stack:
                                 "--role", "admin").strip()
         self.key = run("keys", "add", "--store", self.store, "--tenant", TENANT,
                               "--role", "serve").strip()
-        self.job_base = f"http://127.0.0.1:{free_port()}"
+        job_port, *serve_ports = free_ports(3)
+        self.job_base = f"http://127.0.0.1:{job_port}"
         self.job = Process(["stream", "--log", self.log, "--store", self.store,
                             "--metrics-listen", self.job_base.removeprefix("http://"),
                             "--ready-max-lag", "20"], self.tmp / "stream.log")
@@ -201,7 +202,7 @@ class Stack:
         wait_for(lambda: metrics(self.job_base), 120, "the stream job's metrics")
         self.bases, self.services = [], []
         for i in range(2):
-            base = f"http://127.0.0.1:{free_port()}"
+            base = f"http://127.0.0.1:{serve_ports[i]}"
             self.bases.append(base)
             self.services.append(Process(
                 ["serve", "--store", self.store, "--log", self.log,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_fixture import BIN, ROOT, free_port, hero_with_holdout, run, wait_for
+from serve_fixture import BIN, ROOT, free_port, free_ports, hero_with_holdout, run, wait_for
 
 SERVICES = ROOT / "scripts" / "services"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -76,14 +76,14 @@ class Services:
     """A Cassandra node and a Kafka broker on ports of their own, so faults touch nothing else."""
 
     def __init__(self, tmp: Path):
-        self.cassandra_port, self.kafka_port = free_port(), free_port()
+        self.cassandra_port, storage_port, self.kafka_port, controller_port = free_ports(4)
         self.env = {
             **os.environ,
             "SLOTBANDIT_CASSANDRA_PORT": str(self.cassandra_port),
-            "SLOTBANDIT_CASSANDRA_STORAGE_PORT": str(free_port()),
+            "SLOTBANDIT_CASSANDRA_STORAGE_PORT": str(storage_port),
             "SLOTBANDIT_CASSANDRA_DATA": str(tmp / "cassandra"),
             "SLOTBANDIT_KAFKA_PORT": str(self.kafka_port),
-            "SLOTBANDIT_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "SLOTBANDIT_KAFKA_CONTROLLER_PORT": str(controller_port),
             "SLOTBANDIT_KAFKA_DATA": str(tmp / "kafka"),
         }
         self.cassandra_pid_file = tmp / "cassandra" / "cassandra.pid"
