@@ -4,7 +4,7 @@
 //! once the frontier passes their epoch.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -187,6 +187,13 @@ impl SinkSpec {
         if let Err(e) = applied {
             self.failure.set(e);
         }
+        tracing::debug!(
+            shards = writes.len(),
+            rows = writes.iter().map(|w| w.rows.len()).sum::<usize>(),
+            expiring = writes.iter().filter(|w| w.keep_from.is_some()).count(),
+            seconds = started.elapsed().as_secs_f64(),
+            "epoch written"
+        );
         self.stats.lock().expect("sink stats lock").add(SinkStats {
             epochs: 1,
             shards: writes.len() as u64,
@@ -210,6 +217,8 @@ pub(super) struct SinkRetention {
 struct Expiry {
     newest_bucket: Option<i64>,
     kept_from: FxHashMap<ShardKey, i64>,
+    /// Shards seen since the horizon last moved whose earlier buckets are still in the store.
+    due: BTreeSet<ShardKey>,
     /// Per bucket, the current total of each arm with a row in it, as the dataflow holds it.
     held: BTreeMap<i64, FxHashMap<u32, (i64, i64)>>,
 }
@@ -233,23 +242,39 @@ impl Expiry {
         }
     }
 
-    /// Takes the rows of buckets before `horizon` out of what is held, each with the diff that
-    /// retracts its total: fed back into the dataflow, they drop the keys from its arrangement
-    /// (the all-time rows keep the counts, and the store no longer has those buckets). Whole
-    /// buckets, oldest first, until at least `at_most` rows: when the horizon jumps (a job
-    /// started on history a day old) a million-arm store releases millions of rows, and
-    /// retracting them in one epoch held the clicks behind it for seconds; the rest goes at the
-    /// next looks.
+    /// Takes at most `at_most` rows of buckets before `horizon` out of what is held, oldest
+    /// bucket first, each with the diff that retracts its total: fed back into the dataflow,
+    /// they drop the keys from its arrangement (the all-time rows keep the counts, and the
+    /// store no longer has those buckets). When the horizon jumps (a job started on history a
+    /// day old) a million-arm store releases millions of rows, and retracting them in one epoch
+    /// held the clicks behind it for seconds; even one hour's bucket (up to 240k rows a worker)
+    /// took half a second, so a bucket may go over several epochs.
     fn release(&mut self, horizon: i64, at_most: usize) -> Vec<(PackedKey, (i64, i64))> {
         let mut released = Vec::new();
+        let retraction = |bucket: i64, (arm, (impressions, clicks)): (u32, (i64, i64))| {
+            (PackedKey { arm, bucket }, (-impressions, -clicks))
+        };
         while released.len() < at_most {
-            let Some(entry) = self.held.first_entry().filter(|e| *e.key() < horizon) else {
+            let Some(mut entry) = self.held.first_entry().filter(|e| *e.key() < horizon) else {
                 break;
             };
-            let (bucket, arms) = entry.remove_entry();
-            released.extend(arms.into_iter().filter(|&(_, total)| total != (0, 0)).map(
-                |(arm, (impressions, clicks))| (PackedKey { arm, bucket }, (-impressions, -clicks)),
-            ));
+            let bucket = *entry.key();
+            let room = at_most - released.len();
+            let taken: Vec<(u32, (i64, i64))> = if entry.get().len() <= room {
+                entry.remove().into_iter().collect()
+            } else {
+                let arms = entry.get_mut();
+                let some: Vec<u32> = arms.keys().take(room).copied().collect();
+                some.into_iter()
+                    .map(|arm| (arm, arms.remove(&arm).expect("listed")))
+                    .collect()
+            };
+            released.extend(
+                taken
+                    .into_iter()
+                    .filter(|&(_, total)| total != (0, 0))
+                    .map(|row| retraction(bucket, row)),
+            );
         }
         released
     }
@@ -263,23 +288,50 @@ impl Expiry {
     }
 
     /// Drops the rows of buckets before `horizon` from `writes` (their counts stay in the
-    /// all-time rows) and asks the store to delete a shard's earlier buckets the first time it
-    /// is written with this horizon.
+    /// all-time rows) and asks the store to delete a shard's earlier buckets once per horizon,
+    /// at most [`EXPIRE_SHARDS`] shards an epoch: when the horizon moves, every shard has
+    /// buckets to delete, and deleting them all in one epoch held the clicks behind it for a
+    /// second at a million arms. A shard waits its turn in `due`; a write whose only change
+    /// was released rows is dropped. `writes` are in shard order, as [`shard_writes`] makes them.
     fn apply(&mut self, writes: &mut Vec<ShardWrite>, horizon: i64) {
+        let behind = |kept: &FxHashMap<ShardKey, i64>, shard: &ShardKey| {
+            kept.get(shard).is_none_or(|&k| k < horizon)
+        };
         for write in writes.iter_mut() {
             write
                 .rows
                 .retain(|(key, _)| key.bucket == ALL_TIME || key.bucket >= horizon);
-            let kept_from = self.kept_from.get(&write.shard).copied();
-            if kept_from.is_none_or(|k| k < horizon) {
-                write.keep_from = Some(horizon);
-                self.kept_from.insert(write.shard.clone(), horizon);
+            if behind(&self.kept_from, &write.shard) {
+                self.due.insert(write.shard.clone());
             }
         }
-        // A shard whose only change was released rows has nothing to write.
-        writes.retain(|w| !w.rows.is_empty() || !w.applied.is_empty() || w.keep_from.is_some());
+        writes.retain(|w| !w.rows.is_empty() || !w.applied.is_empty());
+        let mut expiring = 0;
+        while expiring < EXPIRE_SHARDS {
+            let Some(shard) = self.due.pop_first() else {
+                break;
+            };
+            if !behind(&self.kept_from, &shard) {
+                continue;
+            }
+            expiring += 1;
+            self.kept_from.insert(shard.clone(), horizon);
+            match writes.binary_search_by(|w| w.shard.cmp(&shard)) {
+                Ok(at) => writes[at].keep_from = Some(horizon),
+                Err(at) => writes.insert(
+                    at,
+                    ShardWrite {
+                        keep_from: Some(horizon),
+                        ..ShardWrite::new(shard)
+                    },
+                ),
+            }
+        }
     }
 }
+
+/// Shards whose expired buckets one worker deletes per epoch at most (see [`Expiry::apply`]).
+const EXPIRE_SHARDS: usize = 256;
 
 /// A shard's applied offset in one partition after an epoch.
 pub(super) type AppliedOffset = (ShardKey, Partition, Offset);
@@ -288,7 +340,7 @@ pub(super) type AppliedOffset = (ShardKey, Partition, Offset);
 type Update = ((PackedKey, (i64, i64)), u64, isize);
 
 /// Expired bucket rows one worker retracts per epoch at most (see [`Expiry::release`]).
-const RELEASE_ROWS: usize = 1 << 15;
+const RELEASE_ROWS: usize = 1 << 14;
 
 /// Bucket rows past the retention horizon, with the diffs that retract them, for the driver to
 /// feed back into the sink's input (this worker's): the dataflow then forgets them.
@@ -385,6 +437,11 @@ pub(super) fn count_and_sink<'s>(
                             expiry.apply(&mut writes, horizon);
                             let expired = expiry.release(horizon, RELEASE_ROWS);
                             if !expired.is_empty() {
+                                tracing::debug!(
+                                    epoch = t,
+                                    rows = expired.len(),
+                                    "expired rows released"
+                                );
                                 let arms = arms.borrow();
                                 spec.stats.lock().expect("sink stats lock").released +=
                                     expired.len() as u64;
@@ -599,6 +656,62 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_horizon_expires_at_most_a_bounded_number_of_shards_an_epoch_and_each_once() {
+        let shard = |i: usize| ShardKey::new("t1", &format!("city{i:04}"));
+        let released = |i: usize| ShardWrite {
+            rows: vec![(
+                key("t1", "hero", &format!("city{i:04}"), "b1", 100),
+                Counts::ZERO,
+            )],
+            ..ShardWrite::new(shard(i))
+        };
+        let shards = EXPIRE_SHARDS * 2 + 10;
+        let mut expiry = Expiry::default();
+        // One epoch releases a row of every shard; a live row of the last shard comes too.
+        let mut writes: Vec<ShardWrite> = (0..shards).map(released).collect();
+        writes[shards - 1].rows.push((
+            key("t1", "hero", &format!("city{:04}", shards - 1), "b1", 120),
+            Counts::new(1, 0),
+        ));
+        let mut expired = Vec::new();
+        let mut epochs = 0;
+        while epochs == 0 || !expiry.due.is_empty() {
+            expiry.apply(&mut writes, 110);
+            assert!(writes.len() <= EXPIRE_SHARDS + 1, "{} writes", writes.len());
+            assert!(
+                writes.windows(2).all(|w| w[0].shard < w[1].shard),
+                "in shard order"
+            );
+            for w in &writes {
+                assert!(
+                    w.rows.iter().all(|(k, _)| k.bucket >= 110),
+                    "no expired row written"
+                );
+                if w.keep_from.is_some() {
+                    assert_eq!(w.keep_from, Some(110));
+                    expired.push(w.shard.clone());
+                } else {
+                    assert!(!w.rows.is_empty(), "a write carries rows or an expiry");
+                }
+            }
+            writes.clear();
+            epochs += 1;
+        }
+        expired.sort();
+        let every: Vec<ShardKey> = (0..shards).map(shard).collect();
+        assert_eq!(expired, every, "every shard expired exactly once");
+        assert_eq!(epochs, shards.div_ceil(EXPIRE_SHARDS));
+        // The next horizon expires again the shards seen from then on.
+        let mut writes = vec![released(7)];
+        expiry.apply(&mut writes, 111);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            (&writes[0].shard, writes[0].keep_from),
+            (&shard(7), Some(111))
+        );
+    }
+
+    #[test]
     fn expired_bucket_rows_are_released_with_the_diffs_that_retract_their_totals() {
         let mut table = ArmTable::default();
         let b1_100 = table.pack(key("t1", "hero", "pune", "b1", 100));
@@ -627,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn a_release_takes_whole_buckets_oldest_first_up_to_its_bound_and_the_rest_later() {
+    fn a_release_takes_the_oldest_rows_first_up_to_its_bound_and_the_rest_later() {
         let mut table = ArmTable::default();
         let mut expiry = Expiry::default();
         let keys: Vec<PackedKey> = [100, 100, 101, 101, 102, 103]
@@ -642,9 +755,10 @@ mod tests {
             b.sort();
             b
         };
-        // Bucket 100 alone has two rows: enough for a bound of 2, and never half a bucket.
-        assert_eq!(buckets(&expiry.release(103, 2)), [100, 100]);
-        assert_eq!(buckets(&expiry.release(103, 3)), [101, 101, 102]);
+        // Oldest first, at most the bound, a bucket over several looks when it is larger.
+        assert_eq!(buckets(&expiry.release(103, 1)), [100]);
+        assert_eq!(buckets(&expiry.release(103, 2)), [100, 101]);
+        assert_eq!(buckets(&expiry.release(103, 3)), [101, 102]);
         // Nothing at or after the horizon goes, however high the bound.
         assert_eq!(buckets(&expiry.release(103, usize::MAX)), Vec::<i64>::new());
         assert_eq!(expiry.held.keys().copied().collect::<Vec<_>>(), [103]);

@@ -402,6 +402,13 @@ impl Service {
 async fn refresh_once(state: &AppState) {
     match state.cache.refresh().await {
         Ok(refreshed) => {
+            if refreshed.shards > 0 {
+                tracing::debug!(
+                    shards = refreshed.shards,
+                    seconds = refreshed.seconds,
+                    "posterior cache refreshed"
+                );
+            }
             let metrics = &state.metrics;
             metrics.cache_refreshes.inc();
             metrics.cache_refresh_seconds.observe(refreshed.seconds);

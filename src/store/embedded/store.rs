@@ -109,7 +109,9 @@ impl EmbeddedStore {
                 if let Some(keep_from) = shard.keep_from {
                     expire_buckets(tx, &shard.shard, keep_from)?;
                 }
-                bump_version(tx, &shard.shard.tenant, Part::Shard, &shard.shard.city)?;
+                if shard.changes_counts() {
+                    bump_version(tx, &shard.shard.tenant, Part::Shard, &shard.shard.city)?;
+                }
             }
             let mut applied = tx.open_table(APPLIED)?;
             for shard in shards {
