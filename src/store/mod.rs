@@ -72,8 +72,8 @@ pub type AppliedOffsets = BTreeMap<ShardKey, BTreeMap<Partition, Offset>>;
 /// per log partition up to which the shard has applied events (empty in a backfill). A row whose
 /// counts are both zero is deleted. With `keep_from`, the shard's bucket rows before that bucket
 /// are deleted too (retention: the all-time rows already hold them). A store applies a shard's
-/// rows, deletions, offsets and new version atomically; the version moves only when the rows
-/// change ([`ShardWrite::changes_counts`]).
+/// rows, deletions, offsets and new version atomically; the version moves unless the write
+/// only expires buckets ([`ShardWrite::moves_version`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardWrite {
     pub shard: ShardKey,
@@ -87,12 +87,13 @@ pub struct ShardWrite {
 pub type ShardState = ShardWrite;
 
 impl ShardWrite {
-    /// Whether a reader of the kept windows sees this write: only its rows. Its offsets are the
-    /// job's, and the buckets `keep_from` deletes lie before every kept window (a window longer
-    /// than the retention is refused), so a write of only those leaves the shard's version as it
-    /// was and the lookup service reads nothing again.
-    pub fn changes_counts(&self) -> bool {
-        !self.rows.is_empty()
+    /// Whether this write gives the shard a new version: when it writes rows or offsets (the
+    /// version is also the shard's entry in the store's index of shards, and a shard may have
+    /// offsets before it has rows). An expiry alone does not: the buckets `keep_from` deletes
+    /// lie before every kept window (a window longer than the retention is refused), so the
+    /// lookup service has nothing to read again.
+    pub fn moves_version(&self) -> bool {
+        !self.rows.is_empty() || !self.applied.is_empty()
     }
 
     pub fn new(shard: ShardKey) -> Self {

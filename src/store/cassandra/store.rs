@@ -428,7 +428,7 @@ impl PosteriorStore for CassandraStore {
         }
         let parts: Vec<(&str, Part, &str)> = shards
             .iter()
-            .filter(|s| s.changes_counts())
+            .filter(|s| s.moves_version())
             .map(|s| (s.shard.tenant.as_str(), Part::Shard, s.shard.city.as_str()))
             .collect();
         let write_shards = futures::stream::iter(batches.iter().map(|(what, (batch, values))| {

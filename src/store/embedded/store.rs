@@ -109,7 +109,7 @@ impl EmbeddedStore {
                 if let Some(keep_from) = shard.keep_from {
                     expire_buckets(tx, &shard.shard, keep_from)?;
                 }
-                if shard.changes_counts() {
+                if shard.moves_version() {
                     bump_version(tx, &shard.shard.tenant, Part::Shard, &shard.shard.city)?;
                 }
             }
