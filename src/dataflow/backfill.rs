@@ -16,7 +16,7 @@ use super::handoff::record_backfill;
 use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
 use super::priors::{keep_priors, AllTime, PriorSettings};
 use super::sink::{SinkSpec, SinkStats};
-use super::totals::{total_and_sink, BackfillCell};
+use super::totals::{total_and_sink, BackfillCell, SentArms};
 use super::{Cluster, DataflowError};
 use crate::model::{Counts, TenantAliases};
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
@@ -198,6 +198,7 @@ fn backfill_worker(
             (cells_in, bad_in, priors_in, probe, all_time)
         });
     let mut names = Names::new(job.store.aliases.clone());
+    let mut sent = SentArms::new(index);
     let mut epoch = EpochCounts {
         horizon: job.horizon(),
         ..EpochCounts::default()
@@ -240,7 +241,7 @@ fn backfill_worker(
         if epoch.rows < job.epoch_rows && units.peek().is_some() {
             continue;
         }
-        for cell in epoch.drain(&names) {
+        for cell in epoch.drain(&names, &mut sent) {
             cells_in.send(cell);
         }
         next += 1;
@@ -253,9 +254,10 @@ fn backfill_worker(
     }
     drop(cells_in);
     drop(bad_in);
-    // The owners write once every worker has read everything; the epoch's emptied map would
-    // hold its memory through the writes.
+    // The owners write once every worker has read everything; the epoch's emptied map and the
+    // arms' numbers would hold their memory through the writes.
     drop(epoch);
+    drop(sent);
     if let Some((rows_in, _)) = priors_in.as_mut() {
         // A backfill computes the priors once, at its end, from every arm's all-time row as
         // written (the priors' clock stays silent).
@@ -293,14 +295,14 @@ impl EpochCounts {
         cell.clicks += clk.max(0) as u64;
     }
 
-    /// The epoch's cells with their names; empties the epoch.
-    fn drain(&mut self, names: &Names) -> Vec<BackfillCell> {
+    /// The epoch's cells, each arm as `sent` sends it; empties the epoch.
+    fn drain(&mut self, names: &Names, sent: &mut SentArms) -> Vec<BackfillCell> {
         self.rows = 0;
         self.cells
             .drain()
             .map(|((file, arm, bucket), counts)| BackfillCell {
                 file,
-                arm: names.arm(arm),
+                arm: sent.arm(arm, || names.arm(arm)),
                 bucket,
                 counts,
             })

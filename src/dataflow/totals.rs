@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
@@ -19,6 +20,7 @@ use super::priors::AllTime;
 use super::sink::SinkSpec;
 use super::DataflowError;
 use crate::model::{CountKey, Counts, PackedArm, ShardKey, ALL_TIME};
+use crate::source::parquet::ArmIds;
 use crate::store::ShardWrite;
 
 /// One file's counts of one arm in one bucket, as a reader hands them to the arm's owner.
@@ -27,9 +29,58 @@ use crate::store::ShardWrite;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct BackfillCell {
     pub(super) file: u32,
-    pub(super) arm: PackedArm,
+    pub(super) arm: SentArm,
     pub(super) bucket: Option<i64>,
     pub(super) counts: Counts,
+}
+
+/// An arm as a reader sends it to the arm's owner: by the reader's number for it, with its names
+/// the first time. A backfill sends each arm's cells many times over; numbers spare the owner
+/// hashing and comparing four names for each, and the reader building them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SentArm {
+    /// The reading worker's index.
+    reader: u32,
+    number: u32,
+    shard_hash: u64,
+    names: Option<PackedArm>,
+}
+
+/// The arms one reader has sent, by their interned names: each arm's number and shard hash.
+pub(super) struct SentArms {
+    reader: u32,
+    numbers: FxHashMap<ArmIds, (u32, u64)>,
+}
+
+impl SentArms {
+    pub(super) fn new(reader: usize) -> Self {
+        Self {
+            reader: reader as u32,
+            numbers: FxHashMap::default(),
+        }
+    }
+
+    /// The arm of `ids` as this reader sends it: named (by `build`) the first time.
+    pub(super) fn arm(&mut self, ids: ArmIds, build: impl FnOnce() -> PackedArm) -> SentArm {
+        let next = self.numbers.len() as u32;
+        let (number, shard_hash, names) = match self.numbers.entry(ids) {
+            Entry::Occupied(known) => {
+                let (number, shard_hash) = *known.get();
+                (number, shard_hash, None)
+            }
+            Entry::Vacant(new) => {
+                let arm = build();
+                new.insert((next, arm.shard_hash()));
+                (next, arm.shard_hash(), Some(arm))
+            }
+        };
+        SentArm {
+            reader: self.reader,
+            number,
+            shard_hash,
+            names,
+        }
+    }
 }
 
 /// The bucket of a [`Cell`] whose counts go into the all-time row only. Buckets of events
@@ -97,9 +148,39 @@ struct OwnedArms {
     arms: Vec<(PackedArm, u32)>,
     shard_ids: FxHashMap<ShardKey, u32>,
     shards: Vec<ShardKey>,
+    /// Per reader, the id of each arm it numbered ([`UNNAMED`] until its names arrive).
+    by_reader: Vec<Vec<u32>>,
 }
 
+/// An arm number whose names have not arrived.
+const UNNAMED: u32 = u32::MAX;
+
 impl OwnedArms {
+    /// The id of a sent arm, interning it when it comes with its names; `None` for a number
+    /// whose names have not arrived yet.
+    fn id_of(&mut self, sent: &SentArm) -> Option<u32> {
+        let reader = sent.reader as usize;
+        if self.by_reader.len() <= reader {
+            self.by_reader.resize_with(reader + 1, Vec::new);
+        }
+        let number = sent.number as usize;
+        match &sent.names {
+            Some(names) => {
+                let id = self.intern(names.clone());
+                let numbers = &mut self.by_reader[reader];
+                if numbers.len() <= number {
+                    numbers.resize(number + 1, UNNAMED);
+                }
+                numbers[number] = id;
+                Some(id)
+            }
+            None => self.by_reader[reader]
+                .get(number)
+                .copied()
+                .filter(|&id| id != UNNAMED),
+        }
+    }
+
     fn intern(&mut self, arm: PackedArm) -> u32 {
         if let Some(&id) = self.ids.get(&arm) {
             return id;
@@ -123,10 +204,23 @@ impl OwnedArms {
 struct ShardTotals {
     arms: OwnedArms,
     files: FxHashMap<u32, Cells>,
+    /// Cells that came before their arm's names: timely keeps no order between a reader's
+    /// messages, so the names may come later.
+    unnamed: Vec<BackfillCell>,
 }
 
 impl ShardTotals {
     fn add(&mut self, cell: BackfillCell) -> Result<(), DataflowError> {
+        match self.arms.id_of(&cell.arm) {
+            Some(arm) => self.add_to(arm, &cell),
+            None => {
+                self.unnamed.push(cell);
+                Ok(())
+            }
+        }
+    }
+
+    fn add_to(&mut self, arm: u32, cell: &BackfillCell) -> Result<(), DataflowError> {
         let bucket = match cell.bucket {
             None => FOLDED,
             Some(b) => u32::try_from(b)
@@ -135,16 +229,29 @@ impl ShardTotals {
                 .ok_or_else(|| {
                     DataflowError::Config(format!(
                         "bucket {b} of {} is out of range",
-                        cell.arm.unpack()
+                        self.arms.arms[arm as usize].0.unpack()
                     ))
                 })?,
         };
-        let arm = self.arms.intern(cell.arm);
         self.files.entry(cell.file).or_default().push(Cell {
             arm,
             bucket,
             counts: cell.counts,
         });
+        Ok(())
+    }
+
+    /// Adds the cells that came before their arm's names, once every cell is in.
+    fn add_unnamed(&mut self) -> Result<(), DataflowError> {
+        for cell in std::mem::take(&mut self.unnamed) {
+            let arm = self.arms.id_of(&cell.arm).ok_or_else(|| {
+                DataflowError::Timely(format!(
+                    "reader {} sent cells of its arm {} without ever naming it",
+                    cell.arm.reader, cell.arm.number
+                ))
+            })?;
+            self.add_to(arm, &cell)?;
+        }
         Ok(())
     }
 
@@ -239,7 +346,7 @@ pub(super) fn total_and_sink<'s>(
     let written_all_time = all_time.clone();
     let stream = cells.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
         bad_files.broadcast(),
-        Exchange::new(move |c: &BackfillCell| placement.exchange_key_of_hash(c.arm.shard_hash())),
+        Exchange::new(move |c: &BackfillCell| placement.exchange_key_of_hash(c.arm.shard_hash)),
         Pipeline,
         "Totals",
         move |_cap, _info| {
@@ -263,6 +370,9 @@ pub(super) fn total_and_sink<'s>(
                 let Some(store) = spec.store.as_ref() else {
                     return;
                 };
+                if let Err(e) = totals.add_unnamed() {
+                    spec.failure.set(e);
+                }
                 if spec.failure.is_set() {
                     return;
                 }
@@ -292,12 +402,51 @@ pub(super) fn total_and_sink<'s>(
 mod tests {
     use super::*;
 
-    fn cell(file: u32, banner: &str, city: &str, bucket: Option<i64>, imp: u64) -> BackfillCell {
-        BackfillCell {
-            file,
-            arm: PackedArm::new("t1", "hero", city, banner),
-            bucket,
-            counts: Counts::new(imp, imp / 2),
+    /// A reader that names arms by banner and city (tenant t1, slot hero).
+    struct Reader {
+        sent: SentArms,
+        names: FxHashMap<String, u32>,
+    }
+
+    impl Default for Reader {
+        fn default() -> Self {
+            Self::numbered(0)
+        }
+    }
+
+    impl Reader {
+        fn numbered(index: usize) -> Self {
+            Self {
+                sent: SentArms::new(index),
+                names: FxHashMap::default(),
+            }
+        }
+
+        fn id(&mut self, name: &str) -> u32 {
+            let next = self.names.len() as u32;
+            *self.names.entry(name.to_string()).or_insert(next)
+        }
+
+        fn arm(&mut self, banner: &str, city: &str) -> SentArm {
+            let ids = [0, 0, self.id(city), self.id(banner)];
+            self.sent
+                .arm(ids, || PackedArm::new("t1", "hero", city, banner))
+        }
+
+        fn cell(
+            &mut self,
+            file: u32,
+            banner: &str,
+            city: &str,
+            bucket: Option<i64>,
+            imp: u64,
+        ) -> BackfillCell {
+            BackfillCell {
+                file,
+                arm: self.arm(banner, city),
+                bucket,
+                counts: Counts::new(imp, imp / 2),
+            }
         }
     }
 
@@ -323,6 +472,8 @@ mod tests {
     #[test]
     fn cells_of_one_arm_and_bucket_are_summed_and_folded_ones_count_only_all_time() {
         let mut totals = ShardTotals::default();
+        let mut reader = Reader::default();
+        let mut cell = |f, b, c, bucket, imp| reader.cell(f, b, c, bucket, imp);
         for c in [
             cell(0, "b1", "pune", Some(10), 4),
             cell(1, "b1", "pune", Some(10), 6),
@@ -351,6 +502,8 @@ mod tests {
     #[test]
     fn a_bad_file_takes_back_every_count_it_contributed() {
         let mut totals = ShardTotals::default();
+        let mut reader = Reader::default();
+        let mut cell = |f, b, c, bucket, imp| reader.cell(f, b, c, bucket, imp);
         for c in [
             cell(0, "b1", "pune", Some(10), 4),
             cell(1, "b1", "pune", Some(10), 6),
@@ -372,9 +525,10 @@ mod tests {
     #[test]
     fn a_bucket_outside_the_cells_range_is_refused() {
         let mut totals = ShardTotals::default();
+        let mut reader = Reader::default();
         for bucket in [-5, i64::from(u32::MAX), i64::MAX] {
             let e = totals
-                .add(cell(0, "b1", "pune", Some(bucket), 1))
+                .add(reader.cell(0, "b1", "pune", Some(bucket), 1))
                 .unwrap_err();
             assert!(e.to_string().contains(&format!("bucket {bucket}")), "{e}");
         }
@@ -383,13 +537,14 @@ mod tests {
     #[test]
     fn many_cells_merge_as_they_grow_and_are_written_in_bounded_groups_of_whole_arms() {
         let mut totals = ShardTotals::default();
+        let mut reader = Reader::default();
         let (arms, buckets) = (3_000u32, 60i64);
         for round in 0..2 {
             for arm in 0..arms {
                 for bucket in 0..buckets {
                     let city = format!("c{}", arm % 7);
                     totals
-                        .add(cell(round, &format!("b{arm}"), &city, Some(bucket), 2))
+                        .add(reader.cell(round, &format!("b{arm}"), &city, Some(bucket), 2))
                         .unwrap();
                 }
             }
@@ -411,5 +566,48 @@ mod tests {
         // Shards come in order, each arm's rows together.
         let shards: Vec<&ShardKey> = rows.iter().map(|r| &r.0).collect();
         assert!(shards.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn arms_numbered_by_several_readers_meet_even_when_their_names_come_after_their_cells() {
+        let mut totals = ShardTotals::default();
+        let (mut first, mut second) = (Reader::default(), Reader::numbered(1));
+        // The second reader numbers b2 0 and b1 1; the first, b1 0.
+        let b2_named = second.cell(0, "b2", "pune", Some(10), 2);
+        let b1_named = second.cell(0, "b1", "pune", Some(10), 4);
+        let b1_again = second.cell(0, "b1", "pune", Some(11), 6);
+        totals
+            .add(first.cell(0, "b1", "pune", Some(10), 8))
+            .unwrap();
+        totals.add(b1_again).unwrap();
+        totals.add(b2_named).unwrap();
+        assert_eq!(totals.unnamed.len(), 1);
+        totals.add(b1_named).unwrap();
+        totals.add_unnamed().unwrap();
+        let pune = ShardKey::new("t1", "pune");
+        let mut rows = rows(&written(&mut totals, &[]));
+        rows.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
+        assert_eq!(
+            rows,
+            vec![
+                (pune.clone(), "b1".into(), ALL_TIME, Counts::new(18, 9)),
+                (pune.clone(), "b1".into(), 10, Counts::new(12, 6)),
+                (pune.clone(), "b1".into(), 11, Counts::new(6, 3)),
+                (pune.clone(), "b2".into(), ALL_TIME, Counts::new(2, 1)),
+                (pune, "b2".into(), 10, Counts::new(2, 1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cell_whose_arm_is_never_named_fails_the_job() {
+        let mut totals = ShardTotals::default();
+        let mut reader = Reader::default();
+        reader.cell(0, "b1", "pune", Some(10), 1);
+        totals
+            .add(reader.cell(0, "b1", "pune", Some(11), 1))
+            .unwrap();
+        let e = totals.add_unnamed().unwrap_err();
+        assert!(e.to_string().contains("without ever naming it"), "{e}");
     }
 }
