@@ -359,6 +359,22 @@ impl SlotEntry {
         }
     }
 
+    /// This entry with the windows of `rows` built anew from them (every shard's rows of the
+    /// window).
+    fn with_windows(&self, rows: &[(u32, ArmRows)]) -> Self {
+        let mut windows = self.windows.clone();
+        for (w, rows) in rows {
+            let cities = counts_per_city(&self.config, rows.iter());
+            windows.insert(*w, WindowArms::new(&self.config, &self.priors, cities));
+        }
+        Self {
+            config: self.config.clone(),
+            priors: self.priors.clone(),
+            all_time: self.all_time.clone(),
+            windows,
+        }
+    }
+
     /// The arms of a window (`None` = all time), if that window is loaded.
     pub fn window(&self, minutes: Option<u32>) -> Option<&WindowArms> {
         match minutes {
@@ -452,7 +468,7 @@ impl Snapshot {
     }
 
     /// The snapshot after `previous`, reading again only what changed in the store since it
-    /// (everything when there is none, or when a window's first bucket moved).
+    /// (everything when there is none), and the windows whose first bucket moved.
     pub fn refresh(
         previous: Option<&Snapshot>,
         store: &dyn PosteriorStore,
@@ -468,12 +484,15 @@ impl Snapshot {
             .collect();
         // Read before the versions: a write after this read moves the marker again.
         let marker = store.change_marker()?;
-        let previous = previous.filter(|p| p.window_starts == window_starts);
         // A tenant whose kept windows changed is read whole.
         let same_windows =
             |p: &Snapshot, tenant: &str| p.windows.of_tenant(tenant) == windows.of_tenant(tenant);
         if let Some(p) = previous {
-            if marker.is_some() && marker == p.marker && p.windows == *windows {
+            if marker.is_some()
+                && marker == p.marker
+                && p.windows == *windows
+                && p.window_starts == window_starts
+            {
                 return Ok(Refresh::Unchanged);
             }
         }
@@ -492,6 +511,14 @@ impl Snapshot {
                 .into_iter()
                 .map(|w| (w, window_starts[&w]))
                 .collect();
+            // The tenant's windows whose first bucket moved since `previous`.
+            let moved: BTreeSet<u32> = previous.map_or_else(BTreeSet::new, |p| {
+                tenant_starts
+                    .iter()
+                    .filter(|&(w, from)| p.window_starts.get(w) != Some(from))
+                    .map(|(&w, _)| w)
+                    .collect()
+            });
             let read_before = previous.and_then(|p| p.tenants.get(&tenant));
             let before = read_before.map(|r| &r.versions);
             let alias_version = |v: &Versions| v.get(&(Part::Aliases, String::new())).copied();
@@ -504,7 +531,7 @@ impl Snapshot {
                 (None, None) => Arc::default(),
             };
             let loaded = match before {
-                Some(before) if **before == *current => {
+                Some(before) if **before == *current && moved.is_empty() => {
                     previous.and_then(|p| p.slots.get(&tenant)).cloned()
                 }
                 Some(before) => {
@@ -517,7 +544,7 @@ impl Snapshot {
                         old.map(Arc::as_ref),
                         &diff,
                         &current,
-                        &tenant_starts,
+                        (&tenant_starts, &moved),
                     )?))
                 }
                 None => {
@@ -635,16 +662,18 @@ fn load_tenant(
     Ok(entries)
 }
 
-/// A tenant's slots after `diff`: slots whose configuration changed read whole, new priors
-/// applied to the counts held (the job writes priors often; they change no count), changed
-/// shards patched in, the rest shared with `old`.
+/// A tenant's slots after `diff` and the `moved` windows (those whose first bucket moved since
+/// `old` was read): slots whose configuration changed read whole, new priors applied to the
+/// counts held (the job writes priors often; they change no count), changed shards patched in,
+/// moved windows read again over every shard (their all-time counts and other windows kept), the
+/// rest shared with `old`.
 fn update_tenant(
     store: &dyn PosteriorStore,
     tenant: &str,
     old: Option<&TenantSlots>,
     diff: &VersionDiff,
     versions: &Versions,
-    window_starts: &BTreeMap<u32, i64>,
+    (window_starts, moved): (&BTreeMap<u32, i64>, &BTreeSet<u32>),
 ) -> Result<TenantSlots, StoreError> {
     let mut changed = Vec::with_capacity(diff.cities.len());
     for city in &diff.cities {
@@ -660,6 +689,14 @@ fn update_tenant(
             windows: windows.into_iter().collect(),
         });
     }
+    let tenant_query = CountQuery {
+        tenant: Some(tenant.to_string()),
+        ..Default::default()
+    };
+    let moved_rows = moved
+        .iter()
+        .map(|&w| Ok((w, window_counts(store, &tenant_query, window_starts[&w])?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut entries = TenantSlots::new();
     for name in names_of(versions, Part::Slot) {
         let kept = old
@@ -672,8 +709,16 @@ fn update_tenant(
             }
         };
         let entry = match kept {
-            Some(entry) if changed.is_empty() => Some(reprior(entry)?),
-            Some(entry) => Some(Arc::new(reprior(entry)?.with_cities(&changed))),
+            Some(entry) => {
+                let mut entry = reprior(entry)?;
+                if !changed.is_empty() {
+                    entry = Arc::new(entry.with_cities(&changed));
+                }
+                if !moved_rows.is_empty() {
+                    entry = Arc::new(entry.with_windows(&moved_rows));
+                }
+                Some(entry)
+            }
             None => {
                 let query = CountQuery {
                     tenant: Some(tenant.to_string()),
@@ -700,15 +745,21 @@ fn read_counts(
     let all_time = store.counts(query)?;
     let windows = window_starts
         .iter()
-        .map(|(&w, &from)| {
-            let query = CountQuery {
-                from_bucket: Some(from),
-                ..query.clone()
-            };
-            Ok((w, store.counts(&query)?))
-        })
+        .map(|(&w, &from)| Ok((w, window_counts(store, query, from)?)))
         .collect::<Result<_, StoreError>>()?;
     Ok((all_time, windows))
+}
+
+/// The counts `query` names over the buckets from `from` on.
+fn window_counts(
+    store: &dyn PosteriorStore,
+    query: &CountQuery,
+    from: i64,
+) -> Result<ArmRows, StoreError> {
+    store.counts(&CountQuery {
+        from_bucket: Some(from),
+        ..query.clone()
+    })
 }
 
 /// A slot's configuration and priors with its arms from `all_time` and `windows`; `None` when
@@ -1071,6 +1122,8 @@ mod tests {
             },
             /// An admin key of the tenant registers a window.
             Window { tenant: usize, minutes: u32 },
+            /// Time passes: the windows' first buckets move when an hour starts.
+            Clock { minutes: i64 },
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -1090,11 +1143,13 @@ mod tests {
                     .prop_map(|(tenant, slot, alpha0, level)| Op::Priors { tenant, slot, alpha0, level }),
                 1 => (0..TENANTS.len(), prop::sample::select(vec![120u32, 180, 600]))
                     .prop_map(|(tenant, minutes)| Op::Window { tenant, minutes }),
+                1 => (1i64..150).prop_map(|minutes| Op::Clock { minutes }),
             ]
         }
 
         fn apply(store: &EmbeddedStore, windows: &mut KeptWindows, op: &Op, now_bucket: i64) {
             match op {
+                Op::Clock { .. } => {}
                 Op::Window { tenant, minutes } => {
                     windows.register(TENANTS[*tenant], *minutes).unwrap();
                 }
@@ -1221,8 +1276,7 @@ mod tests {
             ) {
                 let dir = tempfile::tempdir().unwrap();
                 let store = EmbeddedStore::open(&dir.path().join("s.redb"), true).unwrap();
-                let now = crate::time::parse_rfc3339(NOW).unwrap();
-                let now_bucket = store.buckets().unwrap().index(now);
+                let mut now = crate::time::parse_rfc3339(NOW).unwrap();
                 let mut windows = KeptWindows::service([600]);
                 let scope = if only_ajio {
                     TenantScope::Only(BTreeSet::from(["ajio".to_string()]))
@@ -1231,6 +1285,10 @@ mod tests {
                 };
                 let mut current = Snapshot::load(&store, &windows, now, &scope).unwrap();
                 for op in &ops {
+                    if let Op::Clock { minutes } = op {
+                        now += chrono::Duration::minutes(*minutes);
+                    }
+                    let now_bucket = store.buckets().unwrap().index(now);
                     apply(&store, &mut windows, op, now_bucket);
                     let refreshed = Snapshot::refresh(Some(&current), &store, &windows, now, &scope)
                         .unwrap();
