@@ -407,8 +407,14 @@ pub(super) fn bump_version(
 /// The block keys in `block` of the arms whose leading names are `names` (a tenant, or a
 /// tenant and a city): `block name 0 … name 0` up to, not including, `block name 0 … name 1`.
 fn block_range(block: i64, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    names_range(&ordered_i64(block), names)
+}
+
+/// The key range of the arms whose leading names are `names`, in a table whose keys are `prefix`
+/// then an encoded arm.
+pub(super) fn names_range(prefix: &[u8], names: &[&str]) -> (Vec<u8>, Vec<u8>) {
     let bound = |end: u8| {
-        let mut key = ordered_i64(block).to_vec();
+        let mut key = prefix.to_vec();
         for (i, name) in names.iter().enumerate() {
             key.extend_from_slice(name.as_bytes());
             key.push(if i + 1 == names.len() { end } else { 0 });
@@ -437,29 +443,38 @@ fn stored_blocks(
 
 /// Each (block, arm) row in the blocks that hold buckets from `from` on, of the arms whose
 /// leading names are `names` (a tenant, or a tenant and a city; none: every arm), reading only
-/// their key ranges.
+/// their key ranges: the arm as [`arm_key`] encodes it, in key order within each block.
 pub(super) fn block_rows_from(
     t: &impl ReadableTable<&'static [u8], &'static [u8]>,
     names: &[&str],
     from: i64,
-    mut each: impl FnMut(i64, ArmKey, &Block) -> Result<(), redb::Error>,
+    mut each: impl FnMut(i64, &[u8], &Block) -> Result<(), redb::Error>,
 ) -> Result<(), redb::Error> {
     let Some((first, last)) = stored_blocks(t)? else {
         return Ok(());
     };
+    let mut each_row = |entry: BlockEntry<'_>| {
+        let (k, v) = entry?;
+        let (block, arm) = k
+            .value()
+            .split_at_checked(8)
+            .and_then(|(block, arm)| Some((from_ordered_i64(block)?, arm)))
+            .ok_or_else(|| corrupt("arm_block_cells key", k.value()))?;
+        let cells =
+            decode_block(v.value()).ok_or_else(|| corrupt("arm_block_cells value", v.value()))?;
+        each(block, arm, &cells)
+    };
     if names.is_empty() {
         let start = ordered_i64(block_of(from).0);
-        for row in block_rows(t.range(start.as_slice()..)?) {
-            let (block, arm, cells) = row?;
-            each(block, arm, &cells)?;
+        for entry in t.range(start.as_slice()..)? {
+            each_row(entry)?;
         }
         return Ok(());
     }
     for block in first.max(block_of(from).0)..=last {
         let (start, end) = block_range(block, names);
-        for row in block_rows(t.range(start.as_slice()..end.as_slice())?) {
-            let (block, arm, cells) = row?;
-            each(block, arm, &cells)?;
+        for entry in t.range(start.as_slice()..end.as_slice())? {
+            each_row(entry)?;
         }
     }
     Ok(())
