@@ -145,19 +145,27 @@ impl SlotPriors {
     /// city without counts in the slot gets the slot's level, 1: every new city starts from the
     /// same shrinkage prior, the slot's.
     pub fn for_arm(&self, city: &str, banner: &str) -> Prior {
-        let effect = self.for_banner(banner);
-        if effect.source == PriorSource::Uniform {
-            return effect;
-        }
-        let (level, source) = match self.cities.get(city) {
-            Some(c) if effect.source == PriorSource::EmpiricalBayes => {
-                (c.level, PriorSource::Hierarchical)
+        self.for_city(city)(banner)
+    }
+
+    /// [`Self::for_arm`] of each banner in `city`, the city's effect looked up once.
+    pub fn for_city(&self, city: &str) -> impl Fn(&str) -> Prior + '_ {
+        let city = self.cities.get(city).copied();
+        move |banner| {
+            let effect = self.for_banner(banner);
+            if effect.source == PriorSource::Uniform {
+                return effect;
             }
-            Some(c) => (c.level, effect.source),
-            None => (1.0, effect.source),
-        };
-        let strength = effect.strength().max(MIN_STRENGTH);
-        Prior::of_mean(effect.mean() * level, strength, source)
+            let (level, source) = match city {
+                Some(c) if effect.source == PriorSource::EmpiricalBayes => {
+                    (c.level, PriorSource::Hierarchical)
+                }
+                Some(c) => (c.level, effect.source),
+                None => (1.0, effect.source),
+            };
+            let strength = effect.strength().max(MIN_STRENGTH);
+            Prior::of_mean(effect.mean() * level, strength, source)
+        }
     }
 }
 

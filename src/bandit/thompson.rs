@@ -306,11 +306,10 @@ impl SlotPolicy {
         counts: &[Counts],
     ) -> Self {
         let mut counts = counts.iter();
+        let prior_of = priors.for_city(city);
         Self::new(config, |b| {
             let c = counts.next().copied().unwrap_or(Counts::ZERO);
-            priors
-                .for_arm(city, &b.id)
-                .posterior(c.impressions, c.clicks)
+            prior_of(&b.id).posterior(c.impressions, c.clicks)
         })
     }
 
