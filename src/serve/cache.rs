@@ -544,7 +544,8 @@ impl Snapshot {
                         old.map(Arc::as_ref),
                         &diff,
                         &current,
-                        (&tenant_starts, &moved),
+                        &tenant_starts,
+                        &moved,
                     )?))
                 }
                 None => {
@@ -673,7 +674,8 @@ fn update_tenant(
     old: Option<&TenantSlots>,
     diff: &VersionDiff,
     versions: &Versions,
-    (window_starts, moved): (&BTreeMap<u32, i64>, &BTreeSet<u32>),
+    window_starts: &BTreeMap<u32, i64>,
+    moved: &BTreeSet<u32>,
 ) -> Result<TenantSlots, StoreError> {
     let mut changed = Vec::with_capacity(diff.cities.len());
     for city in &diff.cities {
