@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use chrono::{Duration, Utc};
 use slotbandit::serve::cache::{KeptWindows, Refresh, Snapshot, TenantScope};
-use slotbandit::store::open_store;
+use slotbandit::store::{open_store_for, StoreUse};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         None => vec![720],
     };
-    let store = open_store(&url, false)?;
+    let store = open_store_for(&url, false, StoreUse::Lookup)?;
     let windows = KeptWindows::service(windows);
     let scope = TenantScope::All;
     let mut now = store.as_of()?.unwrap_or_else(Utc::now);

@@ -11,7 +11,7 @@ use clap::Args;
 use slotbandit::serve::cache::TenantScope;
 use slotbandit::serve::{propensity, record_token_lifetime, token_secret, ServeOptions, Service};
 use slotbandit::source::open_log;
-use slotbandit::store::open_store;
+use slotbandit::store::{open_store_for, StoreUse};
 
 use super::flags::{self, LogArg, StoreArg};
 
@@ -106,7 +106,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let store: Arc<dyn slotbandit::store::PosteriorStore> =
-        Arc::from(open_store(&args.store.store, true)?);
+        Arc::from(open_store_for(&args.store.store, true, StoreUse::Lookup)?);
     let log = open_log(&args.log.log)?;
     let secret = token_secret(store.as_ref(), args.token_secret.as_deref())?;
     record_token_lifetime(store.as_ref(), args.token_ttl_secs)?;

@@ -462,11 +462,31 @@ pub trait PosteriorStore: Send + Sync {
     }
 }
 
-/// Opens a store named by URL (see [`StoreUrl`]). `writable` matters to the embedded store,
-/// which is created when it is opened for writing.
+/// What a process mostly does with the store it opens, which sizes what the store caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreUse {
+    /// Jobs and commands: bulk writes and whole scans.
+    Batch,
+    /// The lookup service: it reads changed shards into a snapshot of its own.
+    Lookup,
+}
+
+/// Opens a store named by URL (see [`StoreUrl`]) for [`StoreUse::Batch`]. `writable` matters to
+/// the embedded store, which is created when it is opened for writing.
 pub fn open_store(url: &str, writable: bool) -> Result<Box<dyn PosteriorStore>, StoreError> {
+    open_store_for(url, writable, StoreUse::Batch)
+}
+
+/// [`open_store`] for `store_use`.
+pub fn open_store_for(
+    url: &str,
+    writable: bool,
+    store_use: StoreUse,
+) -> Result<Box<dyn PosteriorStore>, StoreError> {
     match url.parse::<StoreUrl>()? {
-        StoreUrl::Embedded(path) => Ok(Box::new(EmbeddedStore::open(&path, writable)?)),
+        StoreUrl::Embedded(path) => Ok(Box::new(EmbeddedStore::open_for(
+            &path, writable, store_use,
+        )?)),
         StoreUrl::Cassandra(url) => Ok(Box::new(CassandraStore::open(&url)?)),
     }
 }
