@@ -7,7 +7,10 @@
 #   uvicorn[standard] with uvloop and httptools, 2 workers (checked: fails unless every worker
 #   runs uvloop and httptools);
 # - nginx: 2 worker processes answering every URL with one constant decision body (captured from
-#   slotbandit, so the same shape and size): the HTTP ceiling of this box.
+#   slotbandit, so the same shape and size): the HTTP ceiling of this box;
+# - healthz: the same slotbandit process answering GET /healthz (a constant through the same
+#   router, middleware and serving threads): the ceiling of slotbandit's own HTTP stack, so that
+#   the decision's own cost (slotbandit / healthz) and the stack's (healthz / nginx) show apart.
 # For each, the maximum throughput, then p50/p99 at 80% of it (each connection pauses between
 # requests; the pause is calibrated by two 5 s runs). ROUNDS rounds, the order rotated each round;
 # every run is listed, then a summary with the ratios slotbandit / python and slotbandit / nginx.
@@ -152,19 +155,29 @@ pids+=($!)
 wait_http http://127.0.0.1:18082/healthz 20 "${pids[-1]}" || { cat "$work/nginx.out" >&2; exit 1; }
 [ "$(curl -sf "http://127.0.0.1:18082$first_path")" = "$body" ] || die "nginx does not answer the decision body"
 
-declare -A url=([slotbandit]=http://127.0.0.1:18080 [python]=http://127.0.0.1:18081 [nginx]=http://127.0.0.1:18082)
-services=(slotbandit python nginx)
+declare -A url=([slotbandit]=http://127.0.0.1:18080 [python]=http://127.0.0.1:18081
+  [nginx]=http://127.0.0.1:18082 [healthz]=http://127.0.0.1:18080)
+services=(slotbandit python nginx healthz)
+[ "$(curl -sf http://127.0.0.1:18080/healthz)" = '{"status":"ok"}' ] || die "slotbandit /healthz does not answer its constant"
+measure() { # service -> max_and_80 of it (healthz: the same Lua script, one path, no targets)
+  if [ "$1" = healthz ]; then
+    SB_TARGETS="" SB_PATH=/healthz max_and_80 "${url[$1]}"
+  else
+    max_and_80 "${url[$1]}"
+  fi
+}
 raw="$work/runs.tsv"
 : >"$raw"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
-  order=("${services[@]:$(((r - 1) % 3))}" "${services[@]:0:$(((r - 1) % 3))}")
+  shift_by=$(((r - 1) % ${#services[@]}))
+  order=("${services[@]:$shift_by}" "${services[@]:0:$shift_by}")
   echo "round $r: ${order[*]} (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
   for name in "${order[@]}"; do
     before="$(wc -l <"$raw")"
     while read -r asked rps p50 p99 mx errors n; do
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$asked" "$rps" "$p50" "$p99" "$mx" "$errors" "$n" >>"$raw"
-    done < <(max_and_80 "${url[$name]}")
+    done < <(measure "$name")
     [ "$(wc -l <"$raw")" -eq $((before + 2)) ] || die "round $r: the runs against $name failed"
   done
 done
@@ -200,8 +213,8 @@ function cell(s, what, fmt,   i, a, lo, hi) {
 END {
   print "| service | max decisions/s | at ~80%: decisions/s | share of max % | p50 ms | p99 ms |"
   print "|---|---|---|---|---|---|"
-  split("slotbandit python nginx", names, " ")
-  for (i = 1; i <= 3; i++) {
+  split("slotbandit python nginx healthz", names, " ")
+  for (i = 1; i <= 4; i++) {
     s = names[i]
     printf "| %s | %s | %s | %s | %s | %s |\n", s, cell(s, "max", "%.0f"), cell(s, "at80", "%.0f"),
       cell(s, "share", "%.0f"), cell(s, "p50", "%.2f"), cell(s, "p99", "%.2f")
@@ -209,11 +222,13 @@ END {
   print ""
   print "| ratio of max throughput | median of the rounds | each round |"
   print "|---|---|---|"
-  split("python nginx", peers, " ")
-  for (i = 1; i <= 2; i++) {
-    p = peers[i]; list = ""
-    for (r = 1; r <= rounds; r++) { q[r] = bymax[r, "slotbandit"] / bymax[r, p]; list = list sprintf("%s%.2f", r > 1 ? ", " : "", q[r]) }
-    printf "| slotbandit / %s | %.2f× | %s |\n", p, median(q, rounds), list
+  # slotbandit / healthz: what the decision itself costs on top of its HTTP stack; healthz /
+  # nginx: the ceiling of that stack on this box.
+  split("slotbandit/python slotbandit/nginx slotbandit/healthz healthz/nginx", pairs, " ")
+  for (i = 1; i <= 4; i++) {
+    split(pairs[i], pq, "/"); list = ""
+    for (r = 1; r <= rounds; r++) { q[r] = bymax[r, pq[1]] / bymax[r, pq[2]]; list = list sprintf("%s%.2f", r > 1 ? ", " : "", q[r]) }
+    printf "| %s / %s | %.2f× | %s |\n", pq[1], pq[2], median(q, rounds), list
   }
 }' "$raw"
 echo
