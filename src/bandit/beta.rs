@@ -20,37 +20,34 @@ use rand_distr::{Distribution, Open01, StandardNormal};
 use super::cutoff::Cutoff;
 
 /// Gamma(shape, 1), prepared. Marsaglia–Tsang needs shape ≥ 1; a smaller shape a is drawn as
-/// Gamma(a + 1) · U^(1/a) (the standard boost).
+/// Gamma(a + 1) · U^(1/a) (the standard boost), the caller keeping the shape. Two numbers: a
+/// million-arm service holds one sampler per arm and window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct GammaSampler {
     /// d = s − 1/3 and c = 1 / sqrt(9d) for s = the shape (or shape + 1 when boosted).
     d: f64,
     c: f64,
-    /// The squeeze's x⁴ coefficient ¾·d·c⁴ = c² / 12 = 1 / (108 d).
-    squeeze: f64,
-    /// 1 / shape when the shape is below 1 (boosted), else 0.
-    inv_boost: f64,
+}
+
+/// Whether a Gamma shape is drawn through the boost.
+fn boosted(shape: f64) -> bool {
+    shape < 1.0
 }
 
 impl GammaSampler {
     fn new(shape: f64) -> Self {
-        let (s, inv_boost) = if shape < 1.0 {
-            (shape + 1.0, 1.0 / shape)
-        } else {
-            (shape, 0.0)
-        };
+        let s = if boosted(shape) { shape + 1.0 } else { shape };
         let d = s - 1.0 / 3.0;
-        let c_squared = 1.0 / (9.0 * d);
         Self {
             d,
-            c: c_squared.sqrt(),
-            squeeze: c_squared * (1.0 / 12.0),
-            inv_boost,
+            c: (1.0 / (9.0 * d)).sqrt(),
         }
     }
 
-    fn boosted(&self) -> bool {
-        self.inv_boost > 0.0
+    /// The squeeze's x⁴ coefficient ¾·d·c⁴ = c² / 12 = 1 / (108 d).
+    #[inline(always)]
+    fn squeeze(&self) -> f64 {
+        self.c * self.c * (1.0 / 12.0)
     }
 
     /// A Gamma(s) draw, s ≥ 1 (Marsaglia & Tsang 2000, the squeeze of the module doc first).
@@ -65,7 +62,7 @@ impl GammaSampler {
             let v = cube_root * cube_root * cube_root;
             let u: f64 = Open01.sample(rng);
             let x2 = x * x;
-            if (1.0 - u) * cube_root.min(1.0) > self.squeeze * x2 * x2
+            if (1.0 - u) * cube_root.min(1.0) > self.squeeze() * x2 * x2
                 || u.ln() < 0.5 * x2 + self.d * (1.0 - v + v.ln())
             {
                 return self.d * v;
@@ -73,25 +70,34 @@ impl GammaSampler {
         }
     }
 
-    /// A Gamma(shape) draw as (g, u), the draw being g · u^(1/shape): g ~ Gamma(s) and u the
+    /// A Gamma(`shape`) draw as (g, u), the draw being g · u^(1/shape): g ~ Gamma(s) and u the
     /// boost's uniform (1 when the shape is not boosted).
-    fn draw_boosted<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, f64) {
+    fn draw_boosted<R: Rng + ?Sized>(&self, shape: f64, rng: &mut R) -> (f64, f64) {
         let g = self.draw_unboosted(rng);
-        let u = if self.boosted() {
+        let u = if boosted(shape) {
             Open01.sample(rng)
         } else {
             1.0
         };
         (g, u)
     }
+}
 
-    /// g · u^(1/shape), or g when the shape is not boosted.
-    fn boost(&self, g: f64, u: f64) -> f64 {
-        if self.boosted() {
-            g * u.powf(self.inv_boost)
-        } else {
-            g
-        }
+/// g · u^(1/shape), or g when the shape is not boosted.
+fn boost(shape: f64, g: f64, u: f64) -> f64 {
+    if boosted(shape) {
+        g * u.powf(1.0 / shape)
+    } else {
+        g
+    }
+}
+
+/// ln(g · u^(1/shape)), for draws whose product underflows.
+fn ln_boosted(shape: f64, g: f64, u: f64) -> f64 {
+    if boosted(shape) {
+        g.ln() + u.ln() * (1.0 / shape)
+    } else {
+        g.ln()
     }
 }
 
@@ -100,8 +106,6 @@ impl GammaSampler {
 pub struct BetaSampler {
     x: GammaSampler,
     y: GammaSampler,
-    /// Whether either shape is below 1 (then the draw takes the boost path).
-    boosted: bool,
     alpha: f64,
     beta: f64,
     mean: f64,
@@ -109,6 +113,9 @@ pub struct BetaSampler {
     /// posteriors of sequential Thompson sampling change before that.
     cutoff: OnceLock<Cutoff>,
 }
+
+// The service holds a sampler per arm and window: a million arms' worth stays small.
+const _: () = assert!(std::mem::size_of::<BetaSampler>() <= 80);
 
 /// Samplers are equal when their distributions are (whether a cut-off is cached or not).
 impl PartialEq for BetaSampler {
@@ -122,11 +129,9 @@ impl BetaSampler {
     /// invariant).
     pub fn new(alpha: f64, beta: f64) -> Self {
         debug_assert!(alpha > 0.0 && beta > 0.0 && alpha.is_finite() && beta.is_finite());
-        let (x, y) = (GammaSampler::new(alpha), GammaSampler::new(beta));
         Self {
-            x,
-            y,
-            boosted: x.boosted() || y.boosted(),
+            x: GammaSampler::new(alpha),
+            y: GammaSampler::new(beta),
             alpha,
             beta,
             mean: alpha / (alpha + beta),
@@ -145,7 +150,6 @@ impl BetaSampler {
             self.beta += 1.0;
             self.y = GammaSampler::new(self.beta);
         }
-        self.boosted = self.x.boosted() || self.y.boosted();
         self.mean = self.alpha / (self.alpha + self.beta);
         self.cutoff = OnceLock::new();
     }
@@ -180,7 +184,7 @@ impl BetaSampler {
     /// comparing draws by cross-multiplying saves the division.
     #[inline(always)]
     pub fn draw_parts<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, f64) {
-        if !self.boosted {
+        if !boosted(self.alpha) && !boosted(self.beta) {
             let x = self.x.draw_unboosted(rng);
             let y = self.y.draw_unboosted(rng);
             return (x, y);
@@ -194,15 +198,15 @@ impl BetaSampler {
     /// m = max(ln X, ln Y), so the larger part is 1 and nothing underflows that matters.
     #[cold]
     fn draw_parts_boosted<R: Rng + ?Sized>(&self, rng: &mut R) -> (f64, f64) {
-        let (gx, ux) = self.x.draw_boosted(rng);
-        let (gy, uy) = self.y.draw_boosted(rng);
-        let x = self.x.boost(gx, ux);
-        let y = self.y.boost(gy, uy);
+        let (gx, ux) = self.x.draw_boosted(self.alpha, rng);
+        let (gy, uy) = self.y.draw_boosted(self.beta, rng);
+        let x = boost(self.alpha, gx, ux);
+        let y = boost(self.beta, gy, uy);
         if x >= f64::MIN_POSITIVE && y >= f64::MIN_POSITIVE {
             return (x, y);
         }
-        let ln_x = gx.ln() + ux.ln() * self.x.inv_boost;
-        let ln_y = gy.ln() + uy.ln() * self.y.inv_boost;
+        let ln_x = ln_boosted(self.alpha, gx, ux);
+        let ln_y = ln_boosted(self.beta, gy, uy);
         let m = ln_x.max(ln_y);
         ((ln_x - m).exp(), (ln_y - m).exp())
     }
@@ -321,7 +325,7 @@ mod tests {
         // at every shape ≥ 1 and x ≥ 0 (where min(1, 1 + t) = 1).
         for &(a, _) in &SHAPES {
             let g = GammaSampler::new(a.max(1.0));
-            assert!(g.squeeze < 0.0331, "shape {a}: {}", g.squeeze);
+            assert!(g.squeeze() < 0.0331, "shape {a}: {}", g.squeeze());
         }
     }
 
@@ -338,8 +342,8 @@ mod tests {
                     BetaSampler::new(a, b + 1.0)
                 };
                 assert_eq!(
-                    (observed.x, observed.y, observed.boosted, observed.mean),
-                    (rebuilt.x, rebuilt.y, rebuilt.boosted, rebuilt.mean),
+                    (observed.x, observed.y, observed.mean),
+                    (rebuilt.x, rebuilt.y, rebuilt.mean),
                     "Beta({a}, {b}), click {click}"
                 );
                 assert_eq!(
