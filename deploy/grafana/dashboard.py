@@ -178,7 +178,7 @@ SERVE = [
     ),
     PanelSpec(
         "Cache age",
-        "Seconds since each replica last checked its cache against the store (every 500 ms by "
+        "Seconds since each replica last checked its cache against the store (every 250 ms by "
         "default), and since a check last found new counts, slots or priors.",
         "s",
         [

@@ -26,7 +26,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// How often the posterior cache is reloaded from the store, in milliseconds.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    #[arg(long, default_value_t = slotbandit::serve::DEFAULT_REFRESH_MS, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     refresh_ms: u64,
     /// How long after a decision its clicks are accepted, in seconds.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]

@@ -84,13 +84,19 @@ pub struct ServeOptions {
     pub propensity_nice: i32,
 }
 
+/// How often the service checks the store for changes unless told otherwise. A stored click
+/// reaches decisions within the stream job's epoch (250 ms), this interval and one refresh; a
+/// check that finds nothing reads one marker on the embedded store and one versions partition
+/// per served tenant on Cassandra.
+pub const DEFAULT_REFRESH_MS: u64 = 250;
+
 /// The share of one core decisions may spend on propensities unless told otherwise.
 pub const DEFAULT_PROPENSITY_CPU: f64 = 0.25;
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            refresh: Duration::from_millis(500),
+            refresh: Duration::from_millis(DEFAULT_REFRESH_MS),
             token_ttl_secs: 24 * 3600,
             click_timeout: Duration::from_secs(10),
             compat_tenants: BTreeSet::new(),
