@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// How often the posterior cache is reloaded from the store, in milliseconds.
+    /// How often the posterior cache checks the store for changes (and reads them), in milliseconds.
     #[arg(long, default_value_t = slotbandit::serve::DEFAULT_REFRESH_MS, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     refresh_ms: u64,
     /// How long after a decision its clicks are accepted, in seconds.
