@@ -192,14 +192,22 @@ impl PosteriorStore for EmbeddedStore {
     fn counts(&self, q: &CountQuery) -> Result<Vec<(ArmKey, Counts)>, StoreError> {
         self.read(|tx| {
             // Summed by encoded arm: decoding and comparing four names per row cost most of a
-            // read at a million arms.
-            let mut rows: Vec<(Vec<u8>, Counts)> = Vec::new();
+            // read at a million arms. Each arm is decoded once, as it is kept.
+            let mut sums: Vec<(ArmKey, Counts)> = Vec::new();
+            let mut keep = |key: &[u8], counts: Counts| {
+                let arm = decode_arm(key).ok_or_else(|| corrupt("arm key", key))?;
+                if q.matches(&arm) {
+                    sums.push((arm, counts));
+                }
+                Ok::<(), redb::Error>(())
+            };
             let names: Vec<&str> = match (&q.tenant, &q.city) {
                 (Some(tenant), Some(city)) => vec![tenant, city],
                 (Some(tenant), None) => vec![tenant],
                 (None, _) => vec![],
             };
             match q.from_bucket {
+                // One row per arm, in key order.
                 None => {
                     let t = tx.open_table(ARM_TOTALS)?;
                     let (start, end) = match names.as_slice() {
@@ -209,11 +217,13 @@ impl PosteriorStore for EmbeddedStore {
                     for entry in t.range(start.as_slice()..end.as_slice())? {
                         let (k, v) = entry?;
                         let (imp, clk) = v.value();
-                        rows.push((k.value().to_vec(), Counts::new(imp, clk)));
+                        keep(k.value(), Counts::new(imp, clk))?;
                     }
                 }
+                // A row per (block, arm): summed over the blocks by arm.
                 Some(from) => {
                     let t = tx.open_table(ARM_BLOCKS)?;
+                    let mut rows: Vec<(Vec<u8>, Counts)> = Vec::new();
                     block_rows_from(&t, &names, from, |block, arm, cells| {
                         let (imp, clk) = cells
                             .iter()
@@ -227,23 +237,10 @@ impl PosteriorStore for EmbeddedStore {
                     })?;
                     // One sorted run per block: a stable sort merges them.
                     rows.sort_by(|a, b| a.0.cmp(&b.0));
-                }
-            }
-            let mut sums: Vec<(ArmKey, Counts)> = Vec::with_capacity(rows.len());
-            let mut last: Option<&[u8]> = None;
-            for (key, counts) in &rows {
-                if last == Some(key.as_slice()) {
-                    if let Some((_, sum)) = sums.last_mut() {
-                        *sum += *counts;
+                    for run in rows.chunk_by(|a, b| a.0 == b.0) {
+                        let total = run.iter().fold(Counts::ZERO, |t, (_, c)| t + *c);
+                        keep(&run[0].0, total)?;
                     }
-                    continue;
-                }
-                last = Some(key);
-                let arm = decode_arm(key).ok_or_else(|| corrupt("arm key", key))?;
-                if q.matches(&arm) {
-                    sums.push((arm, *counts));
-                } else {
-                    last = None;
                 }
             }
             // Key order is (tenant, city, slot, banner); a stable sort by (tenant, slot) keeps
