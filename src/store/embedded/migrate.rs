@@ -1,6 +1,6 @@
 //! Stores written by earlier builds are moved to the current layout when opened for writing: the
-//! counts kept one row per bucket move into the block layout, blocks that kept every bucket's
-//! cell into the sparse encoding, the customer history kept as JSON into the compact rows.
+//! counts kept one row per bucket, blocks that kept every bucket's cell, and counts kept one row
+//! per arm move into the slot rows; the customer history kept as JSON into the compact rows.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
 use super::layout::{
-    bump_version, corrupt, decode_arm, encode_block, from_ordered_i64, insert_customer_event,
-    write_counts, Block, ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CUSTOMER_EVENTS, PRIORS, SLOTS,
+    bump_version, corrupt, decode_arm, from_ordered_i64, insert_customer_event, shard_of_slot_key,
+    take_block, write_counts, Block, BLOCK_BUCKETS, CUSTOMER_EVENTS, PRIORS, SLOTS, SLOT_TOTALS,
     VERSIONS,
 };
 use crate::model::{CountKey, Counts, Event};
@@ -18,9 +18,18 @@ use crate::store::Part;
 /// Where stores written before the block layout kept the counts: (tenant, city, slot, banner,
 /// bucket) → (impressions, clicks), the key read by [`decode_legacy_arm_state_key`].
 const LEGACY_ARM_STATE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_counts");
+/// Where stores written before the slot rows kept the all-time counts: (tenant, city, slot,
+/// banner) as `tenant 0 city 0 slot 0 banner 0` → (impressions, clicks).
+const ARM_TOTALS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("arm_totals");
+/// Where stores written before the slot rows kept the bucket counts: the block as
+/// [`super::layout::ordered_i64`], then the arm as in [`ARM_TOTALS`] → the arm's block, as one
+/// entry of a slot row encodes it.
+const ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_block_cells");
 /// Where stores written before the sparse block encoding kept the bucket counts: the key of
 /// [`ARM_BLOCKS`] → every bucket's (impressions, clicks) as two little-endian u64.
 const DENSE_ARM_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("arm_blocks");
+/// Rows moved per write while moving counts: bounds the memory a move holds.
+const MOVE_ROWS: usize = 1 << 16;
 /// Where stores written before the compact encoding kept the customer history: the key of
 /// [`CUSTOMER_EVENTS`] → the event as JSON.
 const CUSTOMER_EVENTS_JSON: TableDefinition<(&str, &str, i64, &str), &str> =
@@ -32,7 +41,13 @@ pub(super) fn move_earlier_layouts(tx: &redb::WriteTransaction) -> Result<(), re
         Ok(tx.list_tables()?.any(|t| t.name() == name))
     };
     if exists(DENSE_ARM_BLOCKS.name())? {
-        move_dense_blocks(tx)?;
+        move_blocks(tx, DENSE_ARM_BLOCKS, decode_dense_block)?;
+    }
+    if exists(ARM_BLOCKS.name())? {
+        move_blocks(tx, ARM_BLOCKS, decode_arm_block)?;
+    }
+    if exists(ARM_TOTALS.name())? {
+        move_arm_totals(tx)?;
     }
     if exists(LEGACY_ARM_STATE.name())? {
         move_legacy_counts(tx)?;
@@ -50,10 +65,11 @@ pub(super) fn move_earlier_layouts(tx: &redb::WriteTransaction) -> Result<(), re
 /// that readers can tell when they change.
 fn version_every_part(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     let mut parts = BTreeSet::new();
-    for entry in tx.open_table(ARM_TOTALS)?.iter()? {
+    for entry in tx.open_table(SLOT_TOTALS)?.iter()? {
         let (k, _) = entry?;
-        let arm = decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
-        parts.insert((arm.tenant, Part::Shard, arm.city));
+        let (tenant, city) =
+            shard_of_slot_key(k.value()).ok_or_else(|| corrupt("slot_totals key", k.value()))?;
+        parts.insert((tenant.to_string(), Part::Shard, city.to_string()));
     }
     for entry in tx.open_table(SLOTS)?.iter()? {
         let (key, _) = entry?;
@@ -81,7 +97,7 @@ fn decode_legacy_arm_state_key(key: &[u8]) -> Option<CountKey> {
     })
 }
 
-/// Moves the counts of a store written before the block layout into it.
+/// Moves the counts of a store written before the block layout into the slot rows.
 fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
     let mut rows = Vec::new();
     for entry in tx.open_table(LEGACY_ARM_STATE)?.iter()? {
@@ -90,9 +106,37 @@ fn move_legacy_counts(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
             .ok_or_else(|| corrupt("arm_state key", k.value()))?;
         let (imp, clk) = v.value();
         rows.push((key, Counts::new(imp, clk)));
+        write_when_full(tx, &mut rows)?;
     }
     write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
     tx.delete_table(LEGACY_ARM_STATE)?;
+    Ok(())
+}
+
+/// Writes `rows` once they are [`MOVE_ROWS`], and empties them.
+fn write_when_full(
+    tx: &redb::WriteTransaction,
+    rows: &mut Vec<(CountKey, Counts)>,
+) -> Result<(), redb::Error> {
+    if rows.len() >= MOVE_ROWS {
+        write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
+        rows.clear();
+    }
+    Ok(())
+}
+
+/// Moves the all-time counts of a store written before the slot rows into them.
+fn move_arm_totals(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut rows = Vec::new();
+    for entry in tx.open_table(ARM_TOTALS)?.iter()? {
+        let (k, v) = entry?;
+        let arm = decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
+        let (imp, clk) = v.value();
+        rows.push((CountKey::all_time(Arc::new(arm)), Counts::new(imp, clk)));
+        write_when_full(tx, &mut rows)?;
+    }
+    write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
+    tx.delete_table(ARM_TOTALS)?;
     Ok(())
 }
 
@@ -111,19 +155,38 @@ fn decode_dense_block(bytes: &[u8]) -> Option<Block> {
     Some(block)
 }
 
-/// Moves the blocks of a store written before the sparse encoding into it (same keys).
-fn move_dense_blocks(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    let mut sparse = tx.open_table(ARM_BLOCKS)?;
-    for entry in tx.open_table(DENSE_ARM_BLOCKS)?.iter()? {
+fn decode_arm_block(mut bytes: &[u8]) -> Option<Block> {
+    take_block(&mut bytes).filter(|_| bytes.is_empty())
+}
+
+/// Moves the bucket counts of a store written before the slot rows (one row per (block, arm),
+/// its value read by `decode`) into them.
+fn move_blocks(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&[u8], &[u8]>,
+    decode: fn(&[u8]) -> Option<Block>,
+) -> Result<(), redb::Error> {
+    let mut rows = Vec::new();
+    for entry in tx.open_table(table)?.iter()? {
         let (k, v) = entry?;
-        let block =
-            decode_dense_block(v.value()).ok_or_else(|| corrupt("arm_blocks value", v.value()))?;
-        if block.iter().any(|&c| c != (0, 0)) {
-            sparse.insert(k.value(), encode_block(&block).as_slice())?;
+        let bad = |what: &str, bytes: &[u8]| corrupt(&format!("{} {what}", table.name()), bytes);
+        let (block, arm) = k
+            .value()
+            .split_at_checked(8)
+            .and_then(|(block, arm)| Some((from_ordered_i64(block)?, decode_arm(arm)?)))
+            .ok_or_else(|| bad("key", k.value()))?;
+        let cells = decode(v.value()).ok_or_else(|| bad("value", v.value()))?;
+        let arm = Arc::new(arm);
+        for (place, &(imp, clk)) in cells.iter().enumerate() {
+            if (imp, clk) != (0, 0) {
+                let key = CountKey::new(arm.clone(), block * BLOCK_BUCKETS + place as i64);
+                rows.push((key, Counts::new(imp, clk)));
+            }
         }
+        write_when_full(tx, &mut rows)?;
     }
-    drop(sparse);
-    tx.delete_table(DENSE_ARM_BLOCKS)?;
+    write_counts(tx, rows.iter().map(|(k, c)| (k, *c)))?;
+    tx.delete_table(table)?;
     Ok(())
 }
 
@@ -145,7 +208,7 @@ fn move_json_customer_history(tx: &redb::WriteTransaction) -> Result<(), redb::E
 mod tests {
     use redb::{Database, ReadableDatabase};
 
-    use super::super::layout::{arm_key, ordered_i64};
+    use super::super::layout::{arm_key, ordered_i64, push_block};
     use super::super::store::tests::{row, stored_rows, window};
     use super::super::EmbeddedStore;
     use super::*;
@@ -201,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_with_dense_blocks_is_moved_to_the_sparse_encoding_on_open() {
+    fn a_store_with_dense_blocks_is_moved_to_the_slot_rows_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
         let rows = vec![
@@ -250,14 +313,98 @@ mod tests {
                 (arm("b2"), Counts::new(3, 0))
             ]
         );
+        assert_eq!(tables(&store), CURRENT_COUNT_TABLES);
+    }
+
+    /// The count tables a store has: only the current ones once it is moved.
+    fn tables(store: &EmbeddedStore) -> Vec<String> {
         let tx = store.db.begin_read().unwrap();
-        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
-        assert!(!names.contains(&"arm_blocks".to_string()), "{names:?}");
-        assert!(names.contains(&"arm_block_cells".to_string()), "{names:?}");
+        let mut names: Vec<String> = tx
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with("arm_") || CURRENT_COUNT_TABLES.contains(&n.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    const CURRENT_COUNT_TABLES: [&str; 2] = ["slot_blocks", "slot_totals"];
+
+    #[test]
+    fn a_store_with_a_row_per_arm_is_moved_to_the_slot_rows_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let mut rows = vec![
+            row("ajio", "pune", "hero", "b1", ALL_TIME, 9, 2),
+            row("ajio", "pune", "hero", "b1", 20, 4, 1),
+            row("ajio", "pune", "hero", "b1", 25, 5, 1),
+            row("ajio", "pune", "hero", "b2", ALL_TIME, 3, 0),
+            row("ajio", "pune", "hero", "b2", 25, 3, 0),
+            row("ajio", "pune", "side", "b1", 47, 1, 1),
+            row("zara", "goa", "hero", "b1", ALL_TIME, 1, 0),
+        ];
+        // More rows than one move writes at once.
+        for banner in 0..MOVE_ROWS / 2 + 10 {
+            let banner = format!("x{banner}");
+            rows.push(row("myntra", "delhi", "hero", &banner, ALL_TIME, 2, 1));
+            rows.push(row("myntra", "delhi", "hero", &banner, 30, 2, 1));
+        }
+        {
+            // The layout as the previous build wrote it: a row per arm, a row per (block, arm).
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut totals = tx.open_table(ARM_TOTALS).unwrap();
+                let mut blocks = tx.open_table(ARM_BLOCKS).unwrap();
+                let mut cells: std::collections::BTreeMap<Vec<u8>, Block> = Default::default();
+                for (k, c) in &rows {
+                    let counts = (c.impressions, c.clicks);
+                    if k.bucket == ALL_TIME {
+                        totals.insert(arm_key(&k.arm).as_slice(), counts).unwrap();
+                        continue;
+                    }
+                    let mut key = ordered_i64(k.bucket.div_euclid(24)).to_vec();
+                    key.extend_from_slice(&arm_key(&k.arm));
+                    cells.entry(key).or_insert([(0, 0); 24])[k.bucket.rem_euclid(24) as usize] =
+                        counts;
+                }
+                for (key, block) in &cells {
+                    let mut value = Vec::new();
+                    push_block(&mut value, block);
+                    blocks.insert(key.as_slice(), value.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, true).unwrap();
+        rows.sort();
+        assert_eq!(stored_rows(&store), rows);
+        let arm = |b: &str| ArmKey::new("ajio", "hero", "pune", b);
+        assert_eq!(
+            store
+                .counts(&crate::store::CountQuery {
+                    tenant: Some("ajio".into()),
+                    from_bucket: Some(21),
+                    ..Default::default()
+                })
+                .unwrap(),
+            vec![
+                (arm("b1"), Counts::new(5, 1)),
+                (arm("b2"), Counts::new(3, 0)),
+                (ArmKey::new("ajio", "side", "pune", "b1"), Counts::new(1, 1)),
+            ]
+        );
+        assert_eq!(tables(&store), CURRENT_COUNT_TABLES);
+        let versions = store.versions("myntra").unwrap();
+        assert_eq!(
+            versions.into_keys().collect::<Vec<_>>(),
+            [(Part::Shard, "delhi".into())]
+        );
     }
 
     #[test]
-    fn a_store_with_one_row_per_bucket_is_moved_to_the_block_layout_on_open() {
+    fn a_store_with_one_row_per_bucket_is_moved_to_the_slot_rows_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
         let rows = vec![
@@ -290,9 +437,7 @@ mod tests {
                 (arm("b2"), Counts::new(3, 0))
             ]
         );
-        let tx = store.db.begin_read().unwrap();
-        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().into()).collect();
-        assert!(!names.contains(&"arm_counts".to_string()), "{names:?}");
+        assert_eq!(tables(&store), CURRENT_COUNT_TABLES);
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::layout::{
-    block_rows, block_rows_from, bump_version, corrupt, customer_event, decode_arm, expire_buckets,
-    insert_customer_event, names_range, write_encoded_counts, EncodedCounts, API_KEYS, APPLIED,
-    ARM_BLOCKS, ARM_TOTALS, BLOCK_BUCKETS, CHECKPOINTS, CITY_ALIASES, CUSTOMER_EVENTS, META,
-    META_CHANGE_MARKER, PRIORS, PRIOR_CITIES, SLOTS, VERSIONS,
+    block_rows_from, bump_version, corrupt, customer_event, decode_arm, decode_totals, each_arm,
+    expire_buckets, insert_customer_event, names_range, shard_of_slot_key, write_encoded_counts,
+    EncodedCounts, API_KEYS, APPLIED, BLOCK_BUCKETS, CHECKPOINTS, CITY_ALIASES, CUSTOMER_EVENTS,
+    META, META_CHANGE_MARKER, PRIORS, PRIOR_CITIES, SLOTS, SLOT_BLOCKS, SLOT_TOTALS, VERSIONS,
 };
 use super::migrate::move_earlier_layouts;
 use crate::bandit::SlotPriors;
@@ -72,8 +72,8 @@ impl EmbeddedStore {
             db,
         };
         store.write(|tx| {
-            tx.open_table(ARM_TOTALS)?;
-            tx.open_table(ARM_BLOCKS)?;
+            tx.open_table(SLOT_TOTALS)?;
+            tx.open_table(SLOT_BLOCKS)?;
             tx.open_table(PRIORS)?;
             tx.open_table(PRIOR_CITIES)?;
             tx.open_table(META)?;
@@ -174,10 +174,10 @@ impl PosteriorStore for EmbeddedStore {
 
     fn clear_counts(&self) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.delete_table(ARM_TOTALS)?;
-            tx.open_table(ARM_TOTALS)?;
-            tx.delete_table(ARM_BLOCKS)?;
-            tx.open_table(ARM_BLOCKS)?;
+            tx.delete_table(SLOT_TOTALS)?;
+            tx.open_table(SLOT_TOTALS)?;
+            tx.delete_table(SLOT_BLOCKS)?;
+            tx.open_table(SLOT_BLOCKS)?;
             tx.delete_table(APPLIED)?;
             tx.open_table(APPLIED)?;
             // A shard whose version is gone reads as changed: readers drop what they had.
@@ -207,22 +207,23 @@ impl PosteriorStore for EmbeddedStore {
                 (None, _) => vec![],
             };
             match q.from_bucket {
-                // One row per arm, in key order.
+                // One row per slot of a shard, in key order.
                 None => {
-                    let t = tx.open_table(ARM_TOTALS)?;
+                    let t = tx.open_table(SLOT_TOTALS)?;
                     let (start, end) = match names.as_slice() {
                         [] => (Vec::new(), vec![0xff]),
                         leading => names_range(&[], leading),
                     };
                     for entry in t.range(start.as_slice()..end.as_slice())? {
                         let (k, v) = entry?;
-                        let (imp, clk) = v.value();
-                        keep(k.value(), Counts::new(imp, clk))?;
+                        each_arm(k.value(), decode_totals(v.value())?, |arm, (imp, clk)| {
+                            keep(arm, Counts::new(imp, clk))
+                        })?;
                     }
                 }
-                // A row per (block, arm): summed over the blocks by arm.
+                // A row per (block, slot of a shard): summed over the blocks by arm.
                 Some(from) => {
-                    let t = tx.open_table(ARM_BLOCKS)?;
+                    let t = tx.open_table(SLOT_BLOCKS)?;
                     let mut rows: Vec<(Vec<u8>, Counts)> = Vec::new();
                     block_rows_from(&t, &names, from, |block, arm, cells| {
                         let (imp, clk) = cells
@@ -411,19 +412,23 @@ impl PosteriorStore for EmbeddedStore {
     fn shards(&self, owns: &dyn Fn(&str, &str) -> bool) -> Result<Vec<ShardState>, StoreError> {
         self.read(|tx| {
             let mut shards: BTreeMap<ShardKey, ShardState> = BTreeMap::new();
-            for entry in tx.open_table(ARM_TOTALS)?.iter()? {
+            let arm_of = |key: &[u8]| decode_arm(key).ok_or_else(|| corrupt("arm key", key));
+            for entry in tx.open_table(SLOT_TOTALS)?.iter()? {
                 let (k, v) = entry?;
-                let arm =
-                    decode_arm(k.value()).ok_or_else(|| corrupt("arm_totals key", k.value()))?;
-                if owns(&arm.tenant, &arm.city) {
-                    let (imp, clk) = v.value();
-                    let state = ShardState::entry(&mut shards, &ShardKey::of(&arm));
-                    let key = CountKey::all_time(Arc::new(arm));
-                    state.rows.push((key, Counts::new(imp, clk)));
+                let (tenant, city) = shard_of_slot_key(k.value())
+                    .ok_or_else(|| corrupt("slot_totals key", k.value()))?;
+                if owns(tenant, city) {
+                    let state = ShardState::entry(&mut shards, &ShardKey::new(tenant, city));
+                    each_arm(k.value(), decode_totals(v.value())?, |arm, (imp, clk)| {
+                        let key = CountKey::all_time(Arc::new(arm_of(arm)?));
+                        state.rows.push((key, Counts::new(imp, clk)));
+                        Ok(())
+                    })?;
                 }
             }
-            for row in block_rows(tx.open_table(ARM_BLOCKS)?.iter()?) {
-                let (block, arm, cells) = row?;
+            let t = tx.open_table(SLOT_BLOCKS)?;
+            block_rows_from(&t, &[], i64::MIN, |block, arm, cells| {
+                let arm = arm_of(arm)?;
                 if owns(&arm.tenant, &arm.city) {
                     let state = ShardState::entry(&mut shards, &ShardKey::of(&arm));
                     let arm = Arc::new(arm);
@@ -435,7 +440,8 @@ impl PosteriorStore for EmbeddedStore {
                         }
                     }
                 }
-            }
+                Ok(())
+            })?;
             for entry in tx.open_table(APPLIED)?.iter()? {
                 let (k, v) = entry?;
                 let (tenant, city, partition) = k.value();
@@ -781,6 +787,6 @@ pub(super) mod tests {
         );
         assert_eq!(window(&store, None, Some(491)), vec![]);
         let tx = store.db.begin_read().unwrap();
-        assert_eq!(tx.open_table(ARM_BLOCKS).unwrap().len().unwrap(), 1);
+        assert_eq!(tx.open_table(SLOT_BLOCKS).unwrap().len().unwrap(), 1);
     }
 }
