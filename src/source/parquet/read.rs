@@ -87,6 +87,7 @@ pub fn read_unit(
             names,
             &mut out,
             &mut unit_cells,
+            &mut emit,
         )
         .map_err(|e| corrupt(&e))?;
     }

@@ -63,9 +63,9 @@ pub struct UnitReport {
     pub first_rejection: Option<String>,
 }
 
-/// A row group's counts per (arm, bucket), summed over its batches: few cells that stay in
-/// cache, so the caller's map, which holds many row groups' cells, is touched once per cell
-/// rather than once per batch. And the tally's per-row scratch, kept across batches.
+/// A row group's counts per (arm, bucket), summed over the batches tallied in a dense grid: few
+/// cells that stay in cache, so the caller's map, which holds many row groups' cells, is touched
+/// once per cell rather than once per batch. And the tally's per-row scratch, kept across batches.
 #[derive(Default)]
 pub(super) struct UnitCells {
     pub(super) cells: FxHashMap<(ArmIds, i64), (i64, i64)>,
@@ -136,6 +136,9 @@ pub(super) fn kind_error(kind: &DictColumn<EventKind>, i: usize) -> FieldError {
     )
 }
 
+/// Counts a batch's rows: a batch whose keys and buckets fit a dense grid into `unit`, any other
+/// (many distinct arms, whose cells rarely meet within a row group) straight into `emit`, with
+/// no map of its own in between.
 pub(super) fn aggregate_batch(
     batch: &RecordBatch,
     ts: &TimestampMicrosecondArray,
@@ -144,6 +147,7 @@ pub(super) fn aggregate_batch(
     interned: &mut Names,
     out: &mut UnitReport,
     unit: &mut UnitCells,
+    emit: &mut impl FnMut(ArmIds, i64, (i64, i64)),
 ) -> Result<(), arrow::error::ArrowError> {
     let names = [
         name_column(batch, "tenant", interned)?,
@@ -154,6 +158,20 @@ pub(super) fn aggregate_batch(
     let kind = kind_column(batch)?;
 
     let dims = names.each_ref().map(|c| c.values.len());
+    let arm_ids = |keys: [u32; 4]| -> ArmIds {
+        let mut arm = [0u32; 4];
+        for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
+            *id = col.verdicts[key as usize].expect("only valid keys are tallied");
+        }
+        arm
+    };
+    let mut direct = |keys: [u32; 4], micros: i64, increment: u64| {
+        emit(
+            arm_ids(keys),
+            buckets.index_of_micros(micros),
+            counts_of(increment),
+        );
+    };
     let mut tally = Tally::new(dims, ts, buckets, until);
     out.rows += batch.num_rows() as u64;
     let clean = names.iter().all(NameColumn::all_valid) && kind.all_valid() && ts.null_count() == 0;
@@ -171,10 +189,10 @@ pub(super) fn aggregate_batch(
             Tally::Dense(dense) => {
                 dense.add_clean(keys, ts, kind_keys, &increments, until, &mut unit.row_cells)
             }
-            sparse => {
+            Tally::Sparse => {
                 for (i, &micros) in ts.iter().enumerate().filter(|(_, &m)| m < until) {
                     let key = keys.map(|k| k[i] as u32);
-                    sparse.add(key, micros, increments[kind_keys[i] as usize]);
+                    direct(key, micros, increments[kind_keys[i] as usize]);
                 }
             }
         }
@@ -202,16 +220,16 @@ pub(super) fn aggregate_batch(
             if micros >= until {
                 continue;
             }
-            tally.add(key, micros, increment(event_kind == EventKind::Click));
+            let increment = increment(event_kind == EventKind::Click);
+            match &mut tally {
+                Tally::Dense(dense) => dense.add(key, micros, increment),
+                Tally::Sparse => direct(key, micros, increment),
+            }
         }
     }
-    tally.drain(|keys, bucket, counts| {
-        let mut arm = [0u32; 4];
-        for ((id, key), col) in arm.iter_mut().zip(keys).zip(&names) {
-            *id = col.verdicts[key as usize].expect("only valid keys are tallied");
-        }
-        unit.add(arm, bucket, counts);
-    });
+    if let Tally::Dense(dense) = tally {
+        dense.drain(|keys, bucket, counts| unit.add(arm_ids(keys), bucket, counts));
+    }
     Ok(())
 }
 
@@ -232,16 +250,14 @@ fn min_max(ts: &TimestampMicrosecondArray) -> Option<(i64, i64)> {
 /// Cells of a dense grid beyond which a batch is tallied in a hash map instead.
 const DENSE_CELLS: usize = 1 << 18;
 
-/// A batch's counts per (dictionary keys, bucket): a dense grid over the batch's dictionaries and
-/// bucket range when it is small (an index computation per row instead of a hash lookup), else a
-/// hash map. A cell holds impressions in its low 32 bits and clicks in its high 32 bits, so that
-/// a row adds its [`increment`] without a branch (a batch has far fewer than 2^32 rows).
+/// How a batch is counted: per (dictionary keys, bucket) in a dense grid over the batch's
+/// dictionaries and bucket range when it is small (an index computation per row instead of a
+/// hash lookup), else row by row into the caller's map. A cell holds impressions in its low 32
+/// bits and clicks in its high 32 bits, so that a row adds its [`increment`] without a branch (a
+/// batch has far fewer than 2^32 rows).
 enum Tally {
     Dense(DenseTally),
-    Sparse {
-        buckets: Buckets,
-        map: FxHashMap<([u32; 4], i64), u64>,
-    },
+    Sparse,
 }
 
 struct DenseTally {
@@ -336,49 +352,28 @@ impl Tally {
                 cells: vec![0; cells],
                 touched: Vec::new(),
             }),
-            _ => Tally::Sparse {
-                buckets,
-                map: FxHashMap::default(),
-            },
+            _ => Tally::Sparse,
         }
     }
+}
 
-    #[inline]
-    fn add(&mut self, key: [u32; 4], micros: i64, increment: u64) {
-        match self {
-            Tally::Dense(dense) => dense.add(key, micros, increment),
-            Tally::Sparse { buckets, map } => {
-                *map.entry((key, buckets.index_of_micros(micros)))
-                    .or_default() += increment;
-            }
-        }
-    }
-
+impl DenseTally {
     fn drain(self, mut emit: impl FnMut([u32; 4], i64, (i64, i64))) {
-        match self {
-            Tally::Dense(DenseTally {
-                dims,
-                range,
-                cells,
-                touched,
-                ..
-            }) => {
-                for index in touched {
-                    let mut rest = index as usize / range.len;
-                    let bucket = range.first + (index as usize % range.len) as i64;
-                    let mut key = [0u32; 4];
-                    for (k, d) in key.iter_mut().zip(dims).rev() {
-                        *k = (rest % d) as u32;
-                        rest /= d;
-                    }
-                    emit(key, bucket, counts_of(cells[index as usize]));
-                }
+        let DenseTally {
+            dims,
+            range,
+            cells,
+            touched,
+        } = self;
+        for index in touched {
+            let mut rest = index as usize / range.len;
+            let bucket = range.first + (index as usize % range.len) as i64;
+            let mut key = [0u32; 4];
+            for (k, d) in key.iter_mut().zip(dims).rev() {
+                *k = (rest % d) as u32;
+                rest /= d;
             }
-            Tally::Sparse { map, .. } => {
-                for ((key, bucket), cell) in map {
-                    emit(key, bucket, counts_of(cell));
-                }
-            }
+            emit(key, bucket, counts_of(cells[index as usize]));
         }
     }
 }
