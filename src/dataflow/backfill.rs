@@ -288,18 +288,45 @@ struct EpochCounts {
     rows: u64,
 }
 
+/// A cell as read: its arm's four ids, then its file and the bucket kept (0 for none, else the
+/// bucket with its sign bit flipped; no bucket of an event is `i64::MIN`), packed into two
+/// integers so that sorting compares two integers, not seven fields.
 struct EpochCell {
-    key: (u32, ArmIds, Option<i64>),
+    key: (u128, u128),
     counts: Counts,
+}
+
+impl EpochCell {
+    fn new(file: u32, arm: ArmIds, bucket: Option<i64>, counts: Counts) -> Self {
+        let arm = arm
+            .iter()
+            .fold(0u128, |key, &id| (key << 32) | u128::from(id));
+        let bucket = bucket.map_or(0, |b| b as u64 ^ (1 << 63));
+        Self {
+            key: (arm, (u128::from(file) << 64) | u128::from(bucket)),
+            counts,
+        }
+    }
+
+    fn file(&self) -> u32 {
+        (self.key.1 >> 64) as u32
+    }
+
+    fn arm(&self) -> ArmIds {
+        [96, 64, 32, 0].map(|shift| (self.key.0 >> shift) as u32)
+    }
+
+    fn bucket(&self) -> Option<i64> {
+        let bucket = self.key.1 as u64;
+        (bucket != 0).then(|| (bucket ^ (1 << 63)) as i64)
+    }
 }
 
 impl EpochCounts {
     fn add(&mut self, file: u32, arm: ArmIds, bucket: i64, (imp, clk): (i64, i64)) {
         let kept = self.horizon.is_none_or(|h| bucket >= h).then_some(bucket);
-        self.cells.push(EpochCell {
-            key: (file, arm, kept),
-            counts: Counts::new(imp.max(0) as u64, clk.max(0) as u64),
-        });
+        let counts = Counts::new(imp.max(0) as u64, clk.max(0) as u64);
+        self.cells.push(EpochCell::new(file, arm, kept, counts));
     }
 
     /// The epoch's cells, summed per (file, arm, bucket), each arm as `sent` sends it; empties
@@ -308,11 +335,11 @@ impl EpochCounts {
         self.rows = 0;
         self.cells.sort_unstable_by_key(|cell| cell.key);
         let cells = self.cells.chunk_by(|a, b| a.key == b.key).map(|run| {
-            let (file, arm, bucket) = run[0].key;
+            let arm = run[0].arm();
             BackfillCell {
-                file,
+                file: run[0].file(),
                 arm: sent.arm(arm, || names.arm(arm)),
-                bucket,
+                bucket: run[0].bucket(),
                 counts: run.iter().fold(Counts::ZERO, |sum, cell| sum + cell.counts),
             }
         });
