@@ -318,7 +318,7 @@ impl EpochCell {
 
     fn bucket(&self) -> Option<i64> {
         let bucket = self.key.1 as u64;
-        (bucket != 0).then(|| (bucket ^ (1 << 63)) as i64)
+        (bucket != 0).then_some((bucket ^ (1 << 63)) as i64)
     }
 }
 

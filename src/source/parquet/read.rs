@@ -65,7 +65,6 @@ pub fn read_unit(
         }
         None => None,
     };
-    let mut out = UnitReport::default();
     let mut first_row = 0;
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(&e))?;
@@ -85,7 +84,6 @@ pub fn read_unit(
             buckets,
             until,
             names,
-            &mut out,
             &mut unit_cells,
             &mut emit,
         )
@@ -94,7 +92,7 @@ pub fn read_unit(
     for ((arm, bucket), counts) in unit_cells.cells {
         emit(arm, bucket, counts);
     }
-    Ok(out)
+    Ok(unit_cells.report)
 }
 
 /// The error for a unit whose row group cannot be decoded, naming the file and the row group.

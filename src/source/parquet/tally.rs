@@ -70,6 +70,8 @@ pub struct UnitReport {
 pub(super) struct UnitCells {
     pub(super) cells: FxHashMap<(ArmIds, i64), (i64, i64)>,
     row_cells: Vec<u32>,
+    /// The unit's rows, and what was refused.
+    pub(super) report: UnitReport,
 }
 
 impl UnitCells {
@@ -145,7 +147,6 @@ pub(super) fn aggregate_batch(
     buckets: Buckets,
     until: i64,
     interned: &mut Names,
-    out: &mut UnitReport,
     unit: &mut UnitCells,
     emit: &mut impl FnMut(ArmIds, i64, (i64, i64)),
 ) -> Result<(), arrow::error::ArrowError> {
@@ -173,7 +174,7 @@ pub(super) fn aggregate_batch(
         );
     };
     let mut tally = Tally::new(dims, ts, buckets, until);
-    out.rows += batch.num_rows() as u64;
+    unit.report.rows += batch.num_rows() as u64;
     let clean = names.iter().all(NameColumn::all_valid) && kind.all_valid() && ts.null_count() == 0;
     if clean {
         // Every row follows the contract: read the keys straight from the buffers.
@@ -203,17 +204,17 @@ pub(super) fn aggregate_batch(
                 match col.key(i) {
                     Some(k) => *slot = k,
                     None => {
-                        reject(out, name_error(col, i));
+                        reject(&mut unit.report, name_error(col, i));
                         continue 'rows;
                     }
                 }
             }
             let Some(&event_kind) = kind.verdict(i) else {
-                reject(out, kind_error(&kind, i));
+                reject(&mut unit.report, kind_error(&kind, i));
                 continue;
             };
             if ts.is_null(i) {
-                reject(out, FieldError::new("ts", "is required"));
+                reject(&mut unit.report, FieldError::new("ts", "is required"));
                 continue;
             }
             let micros = ts.value(i);

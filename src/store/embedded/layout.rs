@@ -288,6 +288,9 @@ fn decode_entries<'v, T>(
     Some(entries)
 }
 
+/// A banner of a slot row and its value.
+pub(super) type Entry<'v, T> = (&'v [u8], T);
+
 /// A [`SLOT_TOTALS`] value: each banner with counts, then its impressions and clicks as varints.
 fn encode_totals<'a>(entries: impl IntoIterator<Item = (&'a [u8], (u64, u64))>) -> Vec<u8> {
     encode_entries(
@@ -300,7 +303,7 @@ fn encode_totals<'a>(entries: impl IntoIterator<Item = (&'a [u8], (u64, u64))>) 
     )
 }
 
-pub(super) fn decode_totals(bytes: &[u8]) -> Result<Vec<(&[u8], (u64, u64))>, redb::Error> {
+pub(super) fn decode_totals(bytes: &[u8]) -> Result<Vec<Entry<'_, (u64, u64)>>, redb::Error> {
     decode_entries(bytes, take_counts).ok_or_else(|| corrupt("slot_totals value", bytes))
 }
 
@@ -310,7 +313,7 @@ fn encode_slot_blocks<'a>(entries: impl IntoIterator<Item = (&'a [u8], Block)>) 
     encode_entries(entries, |block| *block != EMPTY_BLOCK, push_block)
 }
 
-pub(super) fn decode_slot_blocks(bytes: &[u8]) -> Result<Vec<(&[u8], Block)>, redb::Error> {
+pub(super) fn decode_slot_blocks(bytes: &[u8]) -> Result<Vec<Entry<'_, Block>>, redb::Error> {
     decode_entries(bytes, take_block).ok_or_else(|| corrupt("slot_blocks value", bytes))
 }
 
@@ -347,12 +350,15 @@ pub(super) fn write_counts<'k>(
 
 type BlockChanges = [Option<(u64, u64)>; BLOCK_BUCKETS as usize];
 
+/// A slot row's key and the changes to it, by banner in name order.
+type SlotChanges<'k, C> = (Vec<u8>, Vec<(&'k str, C)>);
+
 /// Count rows grouped into the slot rows they change, in key order and each row's banners in name
 /// order: built before the write transaction, so that a writer holds redb's single write lock
 /// only to read, merge and insert.
 pub(super) struct EncodedCounts<'k> {
-    totals: Vec<(Vec<u8>, Vec<(&'k str, (u64, u64))>)>,
-    blocks: Vec<(Vec<u8>, Vec<(&'k str, BlockChanges)>)>,
+    totals: Vec<SlotChanges<'k, (u64, u64)>>,
+    blocks: Vec<SlotChanges<'k, BlockChanges>>,
 }
 
 impl<'k> EncodedCounts<'k> {
@@ -665,6 +671,9 @@ mod tests {
 
     use super::*;
 
+    /// A slot row's key and its changes by banner, owned.
+    type Owned<C> = (Vec<u8>, Vec<(String, C)>);
+
     #[test]
     fn slot_keys_sort_like_their_tuples_and_arm_keys_extend_them() {
         let tuples = [
@@ -794,20 +803,20 @@ mod tests {
             let encoded = EncodedCounts::of(
                 keys.iter().zip(&rows).map(|(key, &(_, _, imp, clk))| (key, Counts::new(imp, clk))),
             );
-            let got_totals: Vec<(Vec<u8>, Vec<(String, (u64, u64))>)> = encoded
+            let got_totals: Vec<Owned<(u64, u64)>> = encoded
                 .totals
                 .into_iter()
                 .map(|(k, b)| (k, b.into_iter().map(|(b, c)| (b.to_string(), c)).collect()))
                 .collect();
-            let want_totals: Vec<(Vec<u8>, Vec<(String, (u64, u64))>)> =
+            let want_totals: Vec<Owned<(u64, u64)>> =
                 totals.into_iter().map(|(k, b)| (k, b.into_iter().collect())).collect();
             proptest::prop_assert_eq!(got_totals, want_totals);
-            let got_blocks: Vec<(Vec<u8>, Vec<(String, BlockChanges)>)> = encoded
+            let got_blocks: Vec<Owned<BlockChanges>> = encoded
                 .blocks
                 .into_iter()
                 .map(|(k, b)| (k, b.into_iter().map(|(b, c)| (b.to_string(), c)).collect()))
                 .collect();
-            let want_blocks: Vec<(Vec<u8>, Vec<(String, BlockChanges)>)> =
+            let want_blocks: Vec<Owned<BlockChanges>> =
                 blocks.into_iter().map(|(k, b)| (k, b.into_iter().collect())).collect();
             proptest::prop_assert_eq!(got_blocks, want_blocks);
         }
