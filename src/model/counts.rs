@@ -28,6 +28,14 @@ impl Counts {
     }
 
     /// One event of `kind`.
+    /// The sum, each count saturating at `u64::MAX` rather than wrapping.
+    pub const fn saturating_add(self, o: Counts) -> Counts {
+        Counts::new(
+            self.impressions.saturating_add(o.impressions),
+            self.clicks.saturating_add(o.clicks),
+        )
+    }
+
     pub fn of(kind: EventKind) -> Self {
         match kind {
             EventKind::Impression => Self::new(1, 0),
