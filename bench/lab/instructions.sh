@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="${1:-}"
 if [ -z "$bin" ]; then
-  source bench/lab/release.sh
-  release_binary
+  source bench/lib/env.sh
+  bench_release_copy
 fi
 shift || true
 refreshes=("$@")

@@ -3,8 +3,8 @@
 # Usage: bench/lab/run_all.sh [experiment …]   (default: all; names are the .toml files here)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source bench/lab/release.sh
-release_binary
+source bench/lib/env.sh
+bench_release_copy
 "$bin" simulate --help >/dev/null 2>&1 || {
   echo "run_all.sh: $CARGO_TARGET_DIR/release/slotbandit was replaced by another checkout's build; rerun" >&2
   exit 1

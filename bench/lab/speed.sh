@@ -9,8 +9,8 @@ cd "$(dirname "$0")/../.."
 repeats="${1:-3}"
 bin="${2:-}"
 if [ -z "$bin" ]; then
-  source bench/lab/release.sh
-  release_binary
+  source bench/lib/env.sh
+  bench_release_copy
 fi
 out="$(mktemp -d)"
 trap 'rm -rf "$out" "${release_dir:-}"' EXIT

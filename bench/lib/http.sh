@@ -6,30 +6,14 @@
 # request picked at random each time) for the Lua script.
 # shellcheck shell=bash
 
-bench_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=bench/lib/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 wrk_lua="$bench_lib_dir/../lookup/wrk_decision.lua"
 
 die() { echo "${0##*/}: $*" >&2; exit 1; }
 
 need() { # command hint: fails loudly when a command is missing
   command -v "$1" >/dev/null || die "$1 is required ($2)"
-}
-
-bench_venv() { # module... -> sets $venv: the bench venv (bench/requirements.txt) with them all
-  venv="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}/bench-venv"
-  local imports
-  imports="$(IFS=,; echo "$*")"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import $imports" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet -r "$bench_lib_dir/../requirements.txt"
-  fi
-  "$venv/bin/python" -c "import $imports" || die "$imports missing from $venv"
-}
-
-release_binary() { # -> sets $bin: the release build of this checkout
-  cargo build --release --quiet
-  bin="$CARGO_TARGET_DIR/release/slotbandit"
-  [ -x "$bin" ] || die "no release binary at $bin"
 }
 
 wait_http() { # url seconds [pid] -> waits for a 200; else says why (the url, a dead pid), returns 1

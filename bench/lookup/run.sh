@@ -41,7 +41,7 @@ if ! command -v nginx >/dev/null; then
 fi
 need nginx "apt-get install nginx"
 bench_venv fastapi uvicorn uvloop httptools
-release_binary
+bench_release_build
 
 work="$(mktemp -d)"
 pids=()

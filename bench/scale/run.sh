@@ -49,7 +49,7 @@ need curl "apt-get install curl"
 need python3 "apt-get install python3"
 [ -x /usr/bin/time ] || die "/usr/bin/time is required (apt-get install time)"
 bench_venv duckdb
-release_binary
+bench_release_build
 
 base="$cache/bench-scale/e$events-d$days-t$tenants-c$cities-b$banners-s1"
 gen="$base/gen"
