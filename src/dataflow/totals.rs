@@ -184,9 +184,9 @@ impl Cell {
 }
 
 /// Cells appended as they arrive and merged whenever the vector is full, so that memory follows
-/// the distinct cells and grows by halves, not doublings. A merge sorts only what arrived since the last one and merges
-/// it into the sorted front from the back: sorting the whole vector each time was most of an
-/// owner's CPU at a million arms.
+/// the distinct cells and grows by halves, not doublings. A merge sorts only what arrived since
+/// the last one and merges it into the sorted front from the back: sorting the whole vector each
+/// time was most of an owner's CPU at a million arms.
 #[derive(Default)]
 struct Cells {
     cells: Vec<Cell>,
@@ -662,7 +662,10 @@ mod tests {
         #[test]
         fn a_reader_numbers_each_arm_once_however_it_is_asked(
             passes in proptest::collection::vec(
-                (proptest::collection::vec([0u32..3, 0u32..2, 0u32..20, 0u32..9], 0..200), proptest::bool::ANY),
+                (
+                    proptest::collection::vec([0u32..3, 0u32..2, 0u32..20, 0u32..9], 0..200),
+                    proptest::bool::ANY,
+                ),
                 1..8,
             ),
         ) {
@@ -673,16 +676,16 @@ mod tests {
                     ids.sort();
                 }
                 for ids in ids {
-                    let arm = sent.arm(ids, || {
-                        PackedArm::new(&format!("t{}", ids[0]), &format!("s{}", ids[1]), &format!("c{}", ids[2]), &format!("b{}", ids[3]))
-                    });
+                    let [tenant, slot, city, banner] = [("t", 0), ("s", 1), ("c", 2), ("b", 3)]
+                        .map(|(prefix, i)| format!("{prefix}{}", ids[i]));
+                    let arm = sent.arm(ids, || PackedArm::new(&tenant, &slot, &city, &banner));
                     proptest::prop_assert_eq!(arm.reader, 1);
                     let next = numbers.len() as u32;
                     let number = *numbers.entry(ids).or_insert(next);
                     proptest::prop_assert_eq!(arm.number, number);
                     proptest::prop_assert_eq!(arm.names.is_some(), number == next);
-                    let shard = crate::model::shard_hash(&format!("t{}", ids[0]), &format!("c{}", ids[2]));
-                    proptest::prop_assert_eq!(arm.shard_hash, shard);
+                    let shard_hash = crate::model::shard_hash(&tenant, &city);
+                    proptest::prop_assert_eq!(arm.shard_hash, shard_hash);
                 }
             }
         }
@@ -694,7 +697,10 @@ mod tests {
         #[test]
         fn merged_cells_are_the_sums_of_what_was_pushed(
             parts in proptest::collection::vec(
-                proptest::collection::vec((0u32..40, 0u32..6, 0u64..1000, proptest::bool::ANY), 0..300),
+                proptest::collection::vec(
+                    (0u32..40, 0u32..6, 0u64..1000, proptest::bool::ANY),
+                    0..300,
+                ),
                 1..4,
             ),
         ) {
@@ -718,7 +724,8 @@ mod tests {
                 }
             }
             all.merge();
-            let got: Vec<(u64, Counts)> = all.cells.iter().map(|c| (c.key(), c.counts)).collect();
+            let got: Vec<(u64, Counts)> =
+                all.cells.iter().map(|c| (c.key(), c.counts)).collect();
             let want: Vec<(u64, Counts)> = expected.into_iter().collect();
             proptest::prop_assert_eq!(got, want);
             proptest::prop_assert_eq!(all.sorted, all.cells.len());

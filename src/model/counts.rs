@@ -27,7 +27,6 @@ impl Counts {
         }
     }
 
-    /// One event of `kind`.
     /// The sum, each count saturating at `u64::MAX` rather than wrapping.
     pub const fn saturating_add(self, o: Counts) -> Counts {
         Counts::new(
@@ -36,6 +35,7 @@ impl Counts {
         )
     }
 
+    /// One event of `kind`.
     pub fn of(kind: EventKind) -> Self {
         match kind {
             EventKind::Impression => Self::new(1, 0),
