@@ -29,8 +29,6 @@ duration="${DURATION:-20}"
 conns="${CONNECTIONS:-64}"
 rounds="${ROUNDS:-3}"
 store_scale="${STORE_SCALE:-}"
-cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 need wrk "apt-get install wrk"
 need curl "apt-get install curl"

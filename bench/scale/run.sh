@@ -42,7 +42,6 @@ conns="${CONNECTIONS:-64}"
 idle="${IDLE:-25}"
 clicks="${CLICKS:-30}"
 cache="${SLOTBANDIT_CACHE:-$HOME/.cache/slotbandit}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 need wrk "apt-get install wrk"
 need curl "apt-get install curl"

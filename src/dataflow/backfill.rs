@@ -14,7 +14,7 @@ use super::handoff::record_backfill;
 use super::harness::{run_job, wait_for_epochs_in_flight, JobSetup, ReadProgress, WorkerReport};
 use super::priors::{keep_priors, AllTime, PriorSettings};
 use super::sink::{SinkSpec, SinkStats};
-use super::totals::{total_and_sink, BackfillCell, SentArms};
+use super::totals::{packed_ids, total_and_sink, BackfillCell, SentArms};
 use super::{Cluster, DataflowError};
 use crate::model::{Counts, TenantAliases};
 use crate::source::parquet::{read_unit, ArmIds, Names, ParquetPlan};
@@ -298,12 +298,12 @@ struct EpochCell {
 
 impl EpochCell {
     fn new(file: u32, arm: ArmIds, bucket: Option<i64>, counts: Counts) -> Self {
-        let arm = arm
-            .iter()
-            .fold(0u128, |key, &id| (key << 32) | u128::from(id));
         let bucket = bucket.map_or(0, |b| b as u64 ^ (1 << 63));
         Self {
-            key: (arm, (u128::from(file) << 64) | u128::from(bucket)),
+            key: (
+                packed_ids(arm),
+                (u128::from(file) << 64) | u128::from(bucket),
+            ),
             counts,
         }
     }
@@ -334,15 +334,15 @@ impl EpochCounts {
     fn drain(&mut self, names: &Names, sent: &mut SentArms) -> Vec<BackfillCell> {
         self.rows = 0;
         self.cells.sort_unstable_by_key(|cell| cell.key);
-        let cells = self.cells.chunk_by(|a, b| a.key == b.key).map(|run| {
-            let arm = run[0].arm();
-            BackfillCell {
+        let cells = self
+            .cells
+            .chunk_by(|a, b| a.key == b.key)
+            .map(|run| BackfillCell {
                 file: run[0].file(),
-                arm: sent.arm(arm, || names.arm(arm)),
+                arm: sent.arm(run[0].key.0, || names.arm(run[0].arm())),
                 bucket: run[0].bucket(),
                 counts: run.iter().fold(Counts::ZERO, |sum, cell| sum + cell.counts),
-            }
-        });
+            });
         let cells = cells.collect();
         self.cells.clear();
         cells

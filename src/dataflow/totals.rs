@@ -74,8 +74,9 @@ struct KnownArm {
     shard_hash: u64,
 }
 
-/// An arm's ids as one integer, ordered as the ids are.
-fn packed_ids(ids: ArmIds) -> u128 {
+/// An arm's ids as one integer, ordered as the ids are (how the backfill's epoch sorts them and
+/// [`SentArms`] knows them).
+pub(super) fn packed_ids(ids: ArmIds) -> u128 {
     ids.iter().fold(0, |key, &id| (key << 32) | u128::from(id))
 }
 
@@ -91,9 +92,9 @@ impl SentArms {
         }
     }
 
-    /// The arm of `ids` as this reader sends it: named (by `build`) the first time.
-    pub(super) fn arm(&mut self, ids: ArmIds, build: impl FnOnce() -> PackedArm) -> SentArm {
-        let key = packed_ids(ids);
+    /// The arm of `key` (its [`packed_ids`]) as this reader sends it: named (by `build`) the
+    /// first time.
+    pub(super) fn arm(&mut self, key: u128, build: impl FnOnce() -> PackedArm) -> SentArm {
         if self.last.is_some_and(|last| key < last) {
             self.end_pass();
         }
@@ -551,8 +552,9 @@ mod tests {
 
         fn arm(&mut self, banner: &str, city: &str) -> SentArm {
             let ids = [0, 0, self.id(city), self.id(banner)];
-            self.sent
-                .arm(ids, || PackedArm::new("t1", "hero", city, banner))
+            self.sent.arm(packed_ids(ids), || {
+                PackedArm::new("t1", "hero", city, banner)
+            })
         }
 
         fn cell(
@@ -678,7 +680,9 @@ mod tests {
                 for ids in ids {
                     let [tenant, slot, city, banner] = [("t", 0), ("s", 1), ("c", 2), ("b", 3)]
                         .map(|(prefix, i)| format!("{prefix}{}", ids[i]));
-                    let arm = sent.arm(ids, || PackedArm::new(&tenant, &slot, &city, &banner));
+                    let arm = sent.arm(packed_ids(ids), || {
+                        PackedArm::new(&tenant, &slot, &city, &banner)
+                    });
                     proptest::prop_assert_eq!(arm.reader, 1);
                     let next = numbers.len() as u32;
                     let number = *numbers.entry(ids).or_insert(next);
