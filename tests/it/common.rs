@@ -136,6 +136,34 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// `n` free local ports below the kernel's ephemeral range (32768 and up by default), for a
+/// service that a test stops and starts again on the same ports: a port from the ephemeral range
+/// can be handed to some client socket while the service is down, and the restart then fails to
+/// bind it. Distinct within this test process; free when picked.
+fn service_ports(n: usize) -> Vec<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let offset = std::process::id().wrapping_mul(7919);
+    let mut listeners = Vec::new();
+    while listeners.len() < n {
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            next < SPAN,
+            "no free service port left in {FIRST}..{}",
+            FIRST + SPAN
+        );
+        let port = FIRST + (offset.wrapping_add(next) % SPAN);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            listeners.push(listener);
+        }
+    }
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// Writes a timely hosts file for `n` processes on distinct local ports and returns its path.
 pub fn hosts_file(dir: &Path, n: usize) -> std::path::PathBuf {
     let path = dir.join("hosts.txt");
@@ -204,7 +232,11 @@ impl OwnService {
         let mut own = Self {
             name,
             dir: tempfile::tempdir().unwrap(),
-            ports: ports.iter().copied().zip(free_ports(ports.len())).collect(),
+            ports: ports
+                .iter()
+                .copied()
+                .zip(service_ports(ports.len()))
+                .collect(),
             address: String::new(),
         };
         own.address = format!("127.0.0.1:{}", own.ports[0].1);
