@@ -67,7 +67,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = slotbandit::serve::DEFAULT_PROPENSITY_CPU, value_parser = flags::cpu_share)]
     propensity_cpu: f64,
     /// Niceness of the thread that computes propensities, off the decisions' path: 19 (the
-    /// default) gives it only CPU that decisions leave spare, so a saturated service logs
+    /// default, and on Linux the idle scheduling class) gives it only CPU that decisions leave
+    /// spare, so a saturated service logs
     /// impressions without propensities rather than answer fewer decisions; 0 gives it the
     /// service's priority. Impressions wait for it at most a second.
     #[arg(long, default_value_t = propensity::DEFAULT_PROPENSITY_NICE,
