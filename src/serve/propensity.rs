@@ -194,8 +194,7 @@ fn lower_priority(nice: i32) {
 }
 
 /// Moves the calling thread to SCHED_IDLE: a thread of niceness 19 still takes a small share
-/// from busy threads (measured on a saturated 2-core service: about 1% of its decisions), an idle
-/// one runs only on CPU that no other thread wants.
+/// from busy threads, an idle one runs only on CPU that no other thread wants.
 #[cfg(target_os = "linux")]
 fn run_as_idle_task() {
     let param = libc::sched_param { sched_priority: 0 };
