@@ -64,6 +64,44 @@ max_and_80() {
   echo "$target $(wrk_load "$url" "$(pause_for "$url" "$target")")"
 }
 
+# The store decisions are served from, and what to ask for (needs `bin`): with a folder left by
+# bench/scale/run.sh (its store.redb with every slot imported, targets.tsv, banners), a copy of
+# its store, a serve key per tenant and SB_TARGETS (one "PATH KEY" line per (tenant, slot,
+# city)); without, the sample backfilled with its priors and an admin key as SB_KEY (its slot is
+# imported through a running service: import_sample_slot). Sets `banners` (a slot's count).
+decision_store() { # work_dir [scale_dir] -> work_dir/store.redb; exports SB_TARGETS or SB_KEY
+  local work="$1" scale="${2:-}" store="embedded:$1/store.redb" f tenant slot city
+  if [ -n "$scale" ]; then
+    for f in store.redb targets.tsv banners; do
+      [ -f "$scale/$f" ] || die "$scale has no $f (run bench/scale/run.sh first)"
+    done
+    echo "serving a copy of $scale/store.redb ($(du -h "$scale/store.redb" | cut -f1))" >&2
+    cp "$scale/store.redb" "$work/store.redb"
+    banners="$(cat "$scale/banners")"
+    local -A keys
+    while read -r tenant; do
+      keys[$tenant]="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role serve 2>/dev/null)"
+    done < <(cut -f1 "$scale/targets.tsv" | sort -u)
+    while IFS=$'\t' read -r tenant slot city; do
+      printf '/v1/tenants/%s/slots/%s/decision?city=%s %s\n' "$tenant" "$slot" "$city" "${keys[$tenant]}"
+    done <"$scale/targets.tsv" >"$work/targets"
+    export SB_TARGETS="$work/targets"
+    echo "$(wc -l <"$work/targets") (tenant, slot, city) targets over ${#keys[@]} tenants, $banners banners a slot" >&2
+  else
+    RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
+    RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1
+    SB_KEY="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
+    export SB_KEY
+    banners=10
+  fi
+}
+
+import_sample_slot() { # base_url -> imports datasets/slots/ajio_hero.csv with SB_KEY
+  curl -sf -X POST -H "Authorization: Bearer $SB_KEY" -H 'content-type: text/csv' \
+    --data-binary @datasets/slots/ajio_hero.csv "$1/v1/tenants/ajio/slot-imports" >/dev/null \
+    || die "importing datasets/slots/ajio_hero.csv failed"
+}
+
 cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }

@@ -53,29 +53,7 @@ trap 'exit 130' INT TERM
 
 # The store and what to ask for.
 store="embedded:$work/store.redb"
-if [ -n "$store_scale" ]; then
-  for f in store.redb targets.tsv banners; do
-    [ -f "$store_scale/$f" ] || die "STORE_SCALE=$store_scale has no $f (run bench/scale/run.sh first)"
-  done
-  echo "serving a copy of $store_scale/store.redb ($(du -h "$store_scale/store.redb" | cut -f1))" >&2
-  cp "$store_scale/store.redb" "$work/store.redb"
-  banners="$(cat "$store_scale/banners")"
-  declare -A keys
-  while read -r tenant; do
-    keys[$tenant]="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role serve 2>/dev/null)"
-  done < <(cut -f1 "$store_scale/targets.tsv" | sort -u)
-  while IFS=$'\t' read -r tenant slot city; do
-    printf '/v1/tenants/%s/slots/%s/decision?city=%s %s\n' "$tenant" "$slot" "$city" "${keys[$tenant]}"
-  done <"$store_scale/targets.tsv" >"$work/targets"
-  export SB_TARGETS="$work/targets"
-  echo "$(wc -l <"$work/targets") (tenant, slot, city) targets over ${#keys[@]} tenants, $banners banners a slot" >&2
-else
-  RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
-  RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1
-  SB_KEY="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant ajio --role admin 2>/dev/null)"
-  export SB_KEY
-  banners=10
-fi
+decision_store "$work" "$store_scale"
 
 RUST_LOG=warn "$bin" serve --store "$store" --log "file:$work/log" --spool-dir "$work/spool" \
   --listen 127.0.0.1:18080 --threads "${SERVE_THREADS:-2}" >"$work/serve.out" 2>&1 &
@@ -83,9 +61,7 @@ pids+=($!)
 wait_http http://127.0.0.1:18080/readyz 600 "${pids[-1]}" \
   || { cat "$work/serve.out" >&2; exit 1; }
 if [ -z "$store_scale" ]; then
-  curl -sf -X POST -H "Authorization: Bearer $SB_KEY" -H 'content-type: text/csv' \
-    --data-binary @datasets/slots/ajio_hero.csv http://127.0.0.1:18080/v1/tenants/ajio/slot-imports >/dev/null \
-    || die "importing datasets/slots/ajio_hero.csv failed"
+  import_sample_slot http://127.0.0.1:18080
   first_path="/v1/tenants/ajio/slots/hero/decision?city=mumbai"; first_key="$SB_KEY"
 else
   read -r first_path first_key <"$work/targets"

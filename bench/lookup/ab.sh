@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Two slotbandit binaries (or one binary under two sets of serve flags) side by side on the same
+# store, alternating run by run: the comparison of a change to the lookup's hot path. Each run
+# starts a fresh service, drives it at full speed with wrk -t2 (bench/lookup/wrk_decision.lua),
+# and reports the decisions/s and the CPU time the service spent per decision (all its threads,
+# from /proc). On a host whose speed drifts, the throughput of two runs a minute apart can differ
+# by 10%; the CPU per decision moves far less, so a change of a few percent shows in it first.
+#
+# Usage: bench/lookup/ab.sh A B
+#   A, B: LABEL=BINARY[,serve flags...], e.g.
+#     bench/lookup/ab.sh head=/tmp/head/slotbandit new=target/release/slotbandit
+#     bench/lookup/ab.sh nice19=$bin,--propensity-nice,19 nice0=$bin,--propensity-nice,0
+# env: ROUNDS (default 5); DURATION seconds per run (default 10); CONNECTIONS (default 64);
+#      STORE_SCALE=DIR to serve a folder left by bench/scale/run.sh instead of the sample
+#      (as bench/lookup/run.sh); SERVE_THREADS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=bench/lib/http.sh
+source bench/lib/http.sh
+[ $# -eq 2 ] || die "usage: bench/lookup/ab.sh LABEL=BINARY[,FLAG...] LABEL=BINARY[,FLAG...]"
+duration="${DURATION:-10}"
+conns="${CONNECTIONS:-64}"
+rounds="${ROUNDS:-5}"
+need wrk "apt-get install wrk"
+need curl "apt-get install curl"
+
+declare -A binary flags
+labels=()
+for spec in "$@"; do
+  [[ "$spec" == *=* ]] || die "$spec: expected LABEL=BINARY[,FLAG...]"
+  label="${spec%%=*}"
+  IFS=, read -r -a parts <<<"${spec#*=}"
+  [ -x "${parts[0]}" ] || die "$label: ${parts[0]} is not an executable"
+  [ -z "${binary[$label]:-}" ] || die "two runs are labelled $label"
+  binary[$label]="${parts[0]}"
+  flags[$label]="${parts[*]:1}"
+  labels+=("$label")
+done
+
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+url=http://127.0.0.1:18083
+start() { # label -> starts the service of `label` on a fresh log, sets pid
+  rm -rf "$work/log" "$work/spool"
+  # shellcheck disable=SC2086 # the flags are split on purpose
+  RUST_LOG=warn "${binary[$1]}" serve --store "embedded:$work/store.redb" --log "file:$work/log" \
+    --spool-dir "$work/spool" --listen 127.0.0.1:18083 --threads "${SERVE_THREADS:-2}" \
+    ${flags[$1]} >"$work/serve.out" 2>&1 &
+  pid=$!
+  wait_http "$url/readyz" 600 "$pid" || { cat "$work/serve.out" >&2; exit 1; }
+}
+stop() {
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=""
+}
+
+bin="${binary[${labels[0]}]}"
+decision_store "$work" "${STORE_SCALE:-}"
+if [ -z "${STORE_SCALE:-}" ]; then
+  start "${labels[0]}"
+  import_sample_slot "$url"
+  stop
+fi
+
+ticks_per_second="$(getconf CLK_TCK)"
+raw="$work/runs.tsv"
+: >"$raw"
+for ((r = 1; r <= rounds; r++)); do
+  # Each round swaps who goes first, so neither always runs on a warmer or cooler host.
+  order=("${labels[@]}")
+  [ $((r % 2)) -eq 0 ] && order=("${labels[1]}" "${labels[0]}")
+  for label in "${order[@]}"; do
+    start "$label"
+    wrk_load "$url" 0 2 >/dev/null
+    c0="$(cpu_ticks "$pid")"
+    read -r rps p50 p99 _ errors n < <(wrk_load "$url" 0)
+    c1="$(cpu_ticks "$pid")"
+    stop
+    [ "$errors" = 0 ] || die "round $r, $label: $errors of $n requests failed"
+    cpu_us="$(awk -v t="$((c1 - c0))" -v hz="$ticks_per_second" -v n="$n" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$label" "$rps" "$cpu_us" "$p50" "$p99" >>"$raw"
+    echo "round $r: $label $rps decisions/s, $cpu_us µs of CPU a decision" >&2
+  done
+done
+
+echo
+echo "Every run (wrk -t2 -c$conns, $duration s each, a fresh service each):"
+echo
+echo "| round | run | decisions/s | service CPU µs / decision | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|---|"
+awk -F'\t' '{ printf "| %s | %s | %.0f | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6 }' "$raw"
+echo
+a="${labels[0]}"; b="${labels[1]}"
+echo "| round | $b / $a decisions/s | $b / $a CPU a decision |"
+echo "|---|---|---|"
+awk -F'\t' -v a="$a" -v b="$b" '
+function median(x, n,   i, j, t) {
+  for (i = 2; i <= n; i++) { t = x[i]; for (j = i - 1; j >= 1 && x[j] > t; j--) x[j + 1] = x[j]; x[j + 1] = t }
+  return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+}
+{ rps[$1, $2] = $3; cpu[$1, $2] = $4; if ($1 > rounds) rounds = $1 }
+END {
+  for (r = 1; r <= rounds; r++) {
+    q = rps[r, b] / rps[r, a]; c = cpu[r, b] / cpu[r, a]
+    printf "| %d | %.3f | %.3f |\n", r, q, c
+    qs[r] = q; cs[r] = c
+  }
+  printf "| median | %.3f | %.3f |\n", median(qs, rounds), median(cs, rounds)
+}' "$raw"
