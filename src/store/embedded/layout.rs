@@ -480,35 +480,65 @@ pub(super) fn write_encoded_counts(
     tx: &redb::WriteTransaction,
     counts: EncodedCounts<'_>,
 ) -> Result<(), redb::Error> {
-    let mut t = tx.open_table(SLOT_TOTALS)?;
-    for (key, changes) in counts.totals {
-        let stored = t.get(key.as_slice())?.map(|v| v.value().to_vec());
-        let stored = match &stored {
-            Some(bytes) => decode_totals(bytes)?,
-            None => Vec::new(),
-        };
-        let changes = changes.into_iter().map(|(b, c)| (b.as_bytes(), c));
-        let value = encode_totals(merge_by_banner(stored, changes.collect(), |_, c| c));
-        put_or_remove(&mut t, &key, &value)?;
-    }
-    let mut t = tx.open_table(SLOT_BLOCKS)?;
-    for (key, changes) in counts.blocks {
-        let stored = t.get(key.as_slice())?.map(|v| v.value().to_vec());
-        let stored = match &stored {
-            Some(bytes) => decode_slot_blocks(bytes)?,
-            None => Vec::new(),
-        };
-        let changes = changes.into_iter().map(|(b, c)| (b.as_bytes(), c));
-        let merged = merge_by_banner(stored, changes.collect(), |old, changes| {
-            let mut block = old.unwrap_or(EMPTY_BLOCK);
-            for (cell, change) in block.iter_mut().zip(changes) {
-                if let Some(counts) = change {
-                    *cell = counts;
-                }
+    merge_slot_rows(
+        tx,
+        SLOT_TOTALS,
+        counts.totals,
+        decode_totals,
+        |_, totals| totals,
+        |e| encode_totals(e),
+    )?;
+    let apply_block_changes = |old: Option<Block>, changes: BlockChanges| {
+        let mut block = old.unwrap_or(EMPTY_BLOCK);
+        for (cell, change) in block.iter_mut().zip(changes) {
+            if let Some(counts) = change {
+                *cell = counts;
             }
-            block
-        });
-        put_or_remove(&mut t, &key, &encode_slot_blocks(merged))?;
+        }
+        block
+    };
+    merge_slot_rows(
+        tx,
+        SLOT_BLOCKS,
+        counts.blocks,
+        decode_slot_blocks,
+        apply_block_changes,
+        |e| encode_slot_blocks(e),
+    )
+}
+
+/// How a slot row's stored value reads: its banners in name order, each with its value.
+type DecodeRow<T> = for<'v> fn(&'v [u8]) -> Result<Vec<Entry<'v, T>>, redb::Error>;
+
+/// Each slot row of `table` in `rows` read, merged with its changes by banner (`apply` gives a
+/// banner's new value from its stored one and its change) and written back, or removed once no
+/// banner is left.
+fn merge_slot_rows<T, C>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&[u8], &[u8]>,
+    rows: Vec<SlotChanges<'_, C>>,
+    decode: DecodeRow<T>,
+    apply: impl Fn(Option<T>, C) -> T + Copy,
+    encode: fn(Vec<Entry<'_, T>>) -> Vec<u8>,
+) -> Result<(), redb::Error> {
+    let mut t = tx.open_table(table)?;
+    for (key, changes) in rows {
+        // Copied out: the table is written below while the stored row would still be borrowed.
+        let stored = t.get(key.as_slice())?.map(|v| v.value().to_vec());
+        let stored = stored
+            .as_deref()
+            .map(decode)
+            .transpose()?
+            .unwrap_or_default();
+        let changes = changes
+            .into_iter()
+            .map(|(b, c)| (b.as_bytes(), c))
+            .collect();
+        put_or_remove(
+            &mut t,
+            &key,
+            &encode(merge_by_banner(stored, changes, apply)),
+        )?;
     }
     Ok(())
 }
