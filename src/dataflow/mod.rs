@@ -19,6 +19,7 @@
 //! - `evaluate.rs`: `slotbandit evaluate` over history, events exchanged by (tenant, slot) so
 //!   that each worker weighs whole slots, their parts merged on worker 0.
 
+mod arm_table;
 mod backfill;
 mod evaluate;
 mod handoff;

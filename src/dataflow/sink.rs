@@ -21,6 +21,7 @@ use timely::dataflow::operators::vec::Map as _;
 use timely::dataflow::operators::{Capability, Exchange as _, Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
+use super::arm_table;
 use super::harness::Failure;
 use super::priors::{AllTime, PriorSettings};
 use crate::model::{owner_of, ArmKey, CountKey, Counts, Offset, Partition, ShardKey, ALL_TIME};
@@ -38,45 +39,20 @@ struct PackedKey {
 }
 
 /// The arms and shards one worker owns, by id.
-#[derive(Default)]
-struct ArmTable {
-    ids: FxHashMap<Arc<ArmKey>, u32>,
-    /// Each arm with the id of its shard.
-    arms: Vec<(Arc<ArmKey>, u32)>,
-    shard_ids: FxHashMap<ShardKey, u32>,
-    shards: Vec<ShardKey>,
-}
+type ArmTable = arm_table::ArmTable<Arc<ArmKey>>;
 
 impl ArmTable {
     fn pack(&mut self, key: CountKey) -> PackedKey {
         let CountKey { arm, bucket } = key;
-        let arm = match self.ids.get(&arm) {
-            Some(&id) => id,
-            None => {
-                let shard = ShardKey::of(&arm);
-                let next_shard = self.shards.len() as u32;
-                let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
-                    self.shards.push(shard.clone());
-                    next_shard
-                });
-                let id = self.arms.len() as u32;
-                self.arms.push((arm.clone(), shard));
-                self.ids.insert(arm, id);
-                id
-            }
-        };
+        let arm = self.intern(arm, |arm| ShardKey::of(arm));
         PackedKey { arm, bucket }
     }
 
     fn unpack(&self, key: PackedKey) -> CountKey {
         CountKey {
-            arm: self.arms[key.arm as usize].0.clone(),
+            arm: self.arm(key.arm).clone(),
             bucket: key.bucket,
         }
-    }
-
-    fn shard_of(&self, key: PackedKey) -> u32 {
-        self.arms[key.arm as usize].1
     }
 }
 
@@ -479,7 +455,7 @@ fn all_time_changes<'a>(
     }
     changed
         .into_iter()
-        .map(|(arm, counts)| (arms.arms[arm as usize].0.clone(), counts))
+        .map(|(arm, counts)| (arms.arm(arm).clone(), counts))
 }
 
 /// The new absolute value of every key changed in one epoch and the highest applied offset per
@@ -494,7 +470,7 @@ fn shard_writes(
     // arrive as runs already in key order, which a stable sort merges cheaply.
     updates.sort_by_key(|&((key, _), _, diff)| (key, diff));
     // Per shard id, its rows in (arm, bucket) order, so each arm's rows are together.
-    let mut rows: Vec<Vec<(CountKey, Counts)>> = vec![Vec::new(); arms.shards.len()];
+    let mut rows: Vec<Vec<(CountKey, Counts)>> = vec![Vec::new(); arms.shard_count()];
     for run in updates.chunk_by(|a, b| a.0 .0 == b.0 .0) {
         let &((key, (imp, clk)), _, diff) = run.last().expect("a run has an update");
         let counts = if diff > 0 {
@@ -502,12 +478,12 @@ fn shard_writes(
         } else {
             Counts::ZERO
         };
-        rows[arms.shard_of(key) as usize].push((arms.unpack(key), counts));
+        rows[arms.shard_of(key.arm) as usize].push((arms.unpack(key), counts));
     }
     let mut shards: BTreeMap<ShardKey, ShardWrite> = BTreeMap::new();
     for (shard, rows) in rows.into_iter().enumerate() {
         if !rows.is_empty() {
-            ShardWrite::entry(&mut shards, &arms.shards[shard]).rows = rows;
+            ShardWrite::entry(&mut shards, arms.shard(shard as u32)).rows = rows;
         }
     }
     for (shard, partition, offset) in applied {
@@ -551,7 +527,7 @@ mod tests {
             }
         }
         assert_eq!(table.pack(keys[3].clone()), packed[3]);
-        assert_eq!(table.arms.len(), 5);
+        assert_eq!(table.len(), 5);
     }
 
     #[test]
@@ -561,10 +537,10 @@ mod tests {
         let b = table.pack(key("t1", "side", "pune", "b2", 4));
         let c = table.pack(key("t1", "hero", "delhi", "b1", 3));
         let d = table.pack(key("t2", "hero", "pune", "b1", 3));
-        assert_eq!(table.shard_of(a), table.shard_of(b));
-        assert_ne!(table.shard_of(a), table.shard_of(c));
-        assert_ne!(table.shard_of(a), table.shard_of(d));
-        assert_ne!(table.shard_of(c), table.shard_of(d));
+        assert_eq!(table.shard_of(a.arm), table.shard_of(b.arm));
+        assert_ne!(table.shard_of(a.arm), table.shard_of(c.arm));
+        assert_ne!(table.shard_of(a.arm), table.shard_of(d.arm));
+        assert_ne!(table.shard_of(c.arm), table.shard_of(d.arm));
     }
 
     #[test]

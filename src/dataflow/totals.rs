@@ -15,6 +15,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Operator, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
+use super::arm_table::ArmTable;
 use super::priors::AllTime;
 use super::sink::SinkSpec;
 use super::DataflowError;
@@ -268,11 +269,7 @@ const WRITE_ROWS: usize = 1 << 17;
 /// The arms and shards one worker owns, by id.
 #[derive(Default)]
 struct OwnedArms {
-    ids: FxHashMap<PackedArm, u32>,
-    /// Each arm with the id of its shard.
-    arms: Vec<(PackedArm, u32)>,
-    shard_ids: FxHashMap<ShardKey, u32>,
-    shards: Vec<ShardKey>,
+    table: ArmTable<PackedArm>,
     /// Per reader, the id of each arm it numbered ([`UNNAMED`] until its names arrive).
     by_reader: Vec<Vec<u32>>,
 }
@@ -307,19 +304,8 @@ impl OwnedArms {
     }
 
     fn intern(&mut self, arm: PackedArm) -> u32 {
-        if let Some(&id) = self.ids.get(&arm) {
-            return id;
-        }
-        let next_shard = self.shards.len() as u32;
-        let shard = ShardKey::new(arm.tenant(), arm.city());
-        let shard = *self.shard_ids.entry(shard).or_insert_with_key(|shard| {
-            self.shards.push(shard.clone());
-            next_shard
-        });
-        let id = self.arms.len() as u32;
-        self.arms.push((arm.clone(), shard));
-        self.ids.insert(arm, id);
-        id
+        self.table
+            .intern(arm, |arm| ShardKey::new(arm.tenant(), arm.city()))
     }
 }
 
@@ -354,7 +340,7 @@ impl ShardTotals {
                 .ok_or_else(|| {
                     DataflowError::Config(format!(
                         "bucket {b} of {} is out of range",
-                        self.arms.arms[arm as usize].0.unpack()
+                        self.arms.table.arm(arm).unpack()
                     ))
                 })?,
         };
@@ -401,21 +387,21 @@ impl ShardTotals {
     /// arm's rows together, handed to `write` in groups of about [`WRITE_ROWS`] rows (a shard
     /// larger than that is split between arms). `cells` are [`ShardTotals::finish`]'s.
     fn write_in_groups(&self, cells: &Cells, mut write: impl FnMut(Vec<ShardWrite>)) {
-        let arms = &self.arms;
+        let arms = &self.arms.table;
         let runs: Vec<&[Cell]> = cells.cells.chunk_by(|a, b| a.arm == b.arm).collect();
-        let mut shard_order: Vec<u32> = (0..arms.shards.len() as u32).collect();
-        shard_order.sort_by(|&a, &b| arms.shards[a as usize].cmp(&arms.shards[b as usize]));
-        let mut runs_by_shard: Vec<Vec<u32>> = vec![Vec::new(); arms.shards.len()];
+        let mut shard_order: Vec<u32> = (0..arms.shard_count() as u32).collect();
+        shard_order.sort_by(|&a, &b| arms.shard(a).cmp(arms.shard(b)));
+        let mut runs_by_shard: Vec<Vec<u32>> = vec![Vec::new(); arms.shard_count()];
         for (run, cells) in runs.iter().enumerate() {
-            runs_by_shard[arms.arms[cells[0].arm as usize].1 as usize].push(run as u32);
+            runs_by_shard[arms.shard_of(cells[0].arm) as usize].push(run as u32);
         }
         let mut group: Vec<ShardWrite> = Vec::new();
         let mut group_rows = 0;
         for shard in shard_order {
-            let mut current = ShardWrite::new(arms.shards[shard as usize].clone());
+            let mut current = ShardWrite::new(arms.shard(shard).clone());
             for &run in &runs_by_shard[shard as usize] {
                 let cells = runs[run as usize];
-                let arm = Arc::new(arms.arms[cells[0].arm as usize].0.unpack());
+                let arm = Arc::new(arms.arm(cells[0].arm).unpack());
                 let mut all_time = Counts::ZERO;
                 for cell in cells {
                     all_time = all_time.saturating_add(cell.counts);
