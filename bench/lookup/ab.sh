@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Two slotbandit binaries (or one binary under two sets of serve flags) side by side on the same
-# store, alternating run by run: the comparison of a change to the lookup's hot path. Each run
+# Two slotbandit binaries (or one binary under two sets of serve flags, or on two stores) side by
+# side, alternating run by run: the comparison of a change to the lookup's hot path, or of one
+# build on the sample and on a million arms. Each run
 # starts a fresh service, drives it at full speed with wrk -t2 (bench/lookup/wrk_decision.lua),
 # and reports the decisions/s and the CPU time the service spent per decision (all its threads,
 # from /proc). On a host whose speed drifts, the throughput of two runs a minute apart can differ
@@ -10,9 +11,11 @@
 #   A, B: LABEL=BINARY[,serve flags...], e.g.
 #     bench/lookup/ab.sh head=/tmp/head/slotbandit new=target/release/slotbandit
 #     bench/lookup/ab.sh nice19=$bin,--propensity-nice,19 nice0=$bin,--propensity-nice,0
+#   A flag store=DIR (a folder left by bench/scale/run.sh) or store=sample picks that run's store:
+#     bench/lookup/ab.sh sample=$bin,store=sample 1m=$bin,store=$HOME/.cache/slotbandit/bench-scale/…
 # env: ROUNDS (default 5); DURATION seconds per run (default 10); CONNECTIONS (default 64);
-#      STORE_SCALE=DIR to serve a folder left by bench/scale/run.sh instead of the sample
-#      (as bench/lookup/run.sh); SERVE_THREADS (default 2).
+#      STORE_SCALE=DIR: the store of runs without store= (default: the sample, as
+#      bench/lookup/run.sh); SERVE_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib/http.sh
@@ -24,7 +27,7 @@ rounds="${ROUNDS:-5}"
 need wrk "apt-get install wrk"
 need curl "apt-get install curl"
 
-declare -A binary flags
+declare -A binary flags store
 labels=()
 for spec in "$@"; do
   [[ "$spec" == *=* ]] || die "$spec: expected LABEL=BINARY[,FLAG...]"
@@ -33,7 +36,14 @@ for spec in "$@"; do
   [ -x "${parts[0]}" ] || die "$label: ${parts[0]} is not an executable"
   [ -z "${binary[$label]:-}" ] || die "two runs are labelled $label"
   binary[$label]="${parts[0]}"
-  flags[$label]="${parts[*]:1}"
+  store[$label]="${STORE_SCALE:-sample}"
+  flags[$label]=""
+  for flag in "${parts[@]:1}"; do
+    case "$flag" in
+      store=*) store[$label]="${flag#store=}" ;;
+      *) flags[$label]+=" $flag" ;;
+    esac
+  done
   labels+=("$label")
 done
 
@@ -48,10 +58,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 url=http://127.0.0.1:18083
-start() { # label -> starts the service of `label` on a fresh log, sets pid
+start() { # label -> starts the service of `label` on a fresh log, sets pid and wrk's targets
   rm -rf "$work/log" "$work/spool"
+  export SB_TARGETS="${targets_of[$1]}" SB_KEY="${key_of[$1]}"
   # shellcheck disable=SC2086 # the flags are split on purpose
-  RUST_LOG=warn "${binary[$1]}" serve --store "embedded:$work/store.redb" --log "file:$work/log" \
+  RUST_LOG=warn "${binary[$1]}" serve --store "embedded:$work/$1/store.redb" --log "file:$work/log" \
     --spool-dir "$work/spool" --listen 127.0.0.1:18083 --threads "${SERVE_THREADS:-2}" \
     ${flags[$1]} >"$work/serve.out" 2>&1 &
   pid=$!
@@ -63,13 +74,24 @@ stop() {
   pid=""
 }
 
-bin="${binary[${labels[0]}]}"
-decision_store "$work" "${STORE_SCALE:-}"
-if [ -z "${STORE_SCALE:-}" ]; then
-  start "${labels[0]}"
-  import_sample_slot "$url"
-  stop
-fi
+declare -A targets_of key_of
+for label in "${labels[@]}"; do
+  bin="${binary[$label]}"
+  mkdir "$work/$label"
+  unset SB_TARGETS SB_KEY
+  if [ "${store[$label]}" = sample ]; then
+    decision_store "$work/$label"
+  else
+    decision_store "$work/$label" "${store[$label]}"
+  fi
+  targets_of[$label]="${SB_TARGETS:-}"
+  key_of[$label]="${SB_KEY:-}"
+  if [ "${store[$label]}" = sample ]; then
+    start "$label"
+    import_sample_slot "$url"
+    stop
+  fi
+done
 
 ticks_per_second="$(getconf CLK_TCK)"
 raw="$work/runs.tsv"
