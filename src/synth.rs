@@ -71,6 +71,14 @@ const DIURNAL: [f64; 24] = [
 pub const CTR_MIN: f64 = 0.005;
 pub const CTR_MAX: f64 = 0.08;
 
+/// The largest world `gen` makes: a million-arm platform (e.g. 100 tenants × 2 slots × 500 cities
+/// × 10 banners, or 50 × 2 × 200 × 50) fits four times over; the ground truth lists every arm, so
+/// the bound keeps `_truth.json` and the generator's memory within a laptop's.
+pub const MAX_ARMS: usize = 4_000_000;
+pub const MAX_TENANTS: u16 = 1000;
+pub const MAX_CITIES: u16 = 1000;
+pub const MAX_BANNERS: u16 = 100;
+
 /// What to generate. `impressions` is the number of impressions; each click adds a row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenSpec {
@@ -143,17 +151,22 @@ impl GenSpec {
             (1..=3660).contains(&self.days),
             "--days must be between 1 and 3660",
         )?;
+        let within = |value: usize, max: u16, flag: &str| {
+            check(
+                (1..=usize::from(max)).contains(&value),
+                &format!("{flag} must be between 1 and {max}"),
+            )
+        };
+        within(self.tenants, MAX_TENANTS, "--tenants")?;
+        within(self.cities, MAX_CITIES, "--cities")?;
+        within(self.banners, MAX_BANNERS, "--banners")?;
+        let arms = self.tenants * SLOTS.len() * self.cities * self.banners;
         check(
-            (1..=100).contains(&self.tenants),
-            "--tenants must be between 1 and 100",
-        )?;
-        check(
-            (1..=200).contains(&self.cities),
-            "--cities must be between 1 and 200",
-        )?;
-        check(
-            (1..=100).contains(&self.banners),
-            "--banners must be between 1 and 100",
+            arms <= MAX_ARMS,
+            &format!(
+                "--tenants × {} slots × --cities × --banners is {arms} arms; at most {MAX_ARMS}",
+                SLOTS.len()
+            ),
         )?;
         Ok(())
     }
@@ -508,6 +521,42 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), GenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_million_arm_world_is_within_bounds_and_too_large_a_one_names_its_flags() {
+        let spec = |tenants, cities, banners| GenSpec {
+            impressions: 1,
+            days: 1,
+            seed: 1,
+            tenants,
+            cities,
+            banners,
+            start: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        };
+        // A million arms at 10 banners a slot, and the bench's shape.
+        spec(100, 500, 10).validate().unwrap();
+        spec(50, 200, 50).validate().unwrap();
+        spec(usize::from(MAX_TENANTS), usize::from(MAX_CITIES), 2)
+            .validate()
+            .unwrap();
+        let too_large = spec(1000, 1000, 3).validate().unwrap_err().to_string();
+        for word in [
+            "--tenants",
+            "--cities",
+            "--banners",
+            "6000000 arms",
+            "4000000",
+        ] {
+            assert!(too_large.contains(word), "{word} in {too_large}");
+        }
+        let err = spec(1001, 1, 1).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--tenants must be between 1 and 1000"),
+            "{err}"
+        );
+        let err = spec(1, 1, 0).validate().unwrap_err().to_string();
+        assert!(err.contains("--banners must be between 1 and 100"), "{err}");
+    }
 
     #[test]
     fn apportion_is_exact_and_proportional() {

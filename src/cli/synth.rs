@@ -7,7 +7,9 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use slotbandit::synth::{generate, GenSpec, SLOTS_FILE, TRUTH_FILE};
+use slotbandit::synth::{
+    generate, GenSpec, MAX_BANNERS, MAX_CITIES, MAX_TENANTS, SLOTS_FILE, TRUTH_FILE,
+};
 
 #[derive(Args)]
 pub struct GenArgs {
@@ -24,13 +26,13 @@ pub struct GenArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
     /// Number of tenants (platforms).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_TENANTS)))]
     tenants: u16,
     /// Number of cities, most traffic first.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=200))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_CITIES)))]
     cities: u16,
     /// Banners per slot.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_BANNERS)))]
     banners: u16,
     /// First IST date of the data (YYYY-MM-DD).
     #[arg(long, default_value = "2026-11-01", value_parser = super::flags::ist_date)]

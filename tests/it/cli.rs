@@ -38,7 +38,7 @@ fn gen_flags_are_validated() {
         ("--events", "ten"),
         ("--days", "0"),
         ("--days", "100000"),
-        ("--tenants", "101"),
+        ("--tenants", "1001"),
         ("--cities", "0"),
         ("--banners", "-3"),
         ("--start", "2026-13-01"),
@@ -53,6 +53,11 @@ fn gen_flags_are_validated() {
         );
     }
     assert_fails_with(&slotbandit(&["gen"]), &["--out"]);
+    let too_many_arms = gen(&out, "--tenants 1000 --cities 1000 --banners 5");
+    assert_fails_with(
+        &too_many_arms,
+        &["--tenants", "--cities", "--banners", "arms"],
+    );
     assert!(!out.exists(), "nothing is written on a usage error");
 }
 
