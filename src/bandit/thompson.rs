@@ -345,13 +345,17 @@ impl SlotPolicy {
         let valid = |i: usize| self.config.banners[i].is_valid_at(now);
         thompson_select(&self.samplers, valid, n, rng, out);
         if out.is_empty() {
-            return Err(DecisionError::NoValidBanner {
-                tenant: self.config.tenant.clone(),
-                slot: self.config.slot.clone(),
-                at: time::format_ist(now),
-            });
+            return Err(self.no_valid_banner(now));
         }
         Ok(())
+    }
+
+    fn no_valid_banner(&self, now: DateTime<Utc>) -> DecisionError {
+        DecisionError::NoValidBanner {
+            tenant: self.config.tenant.clone(),
+            slot: self.config.slot.clone(),
+            at: time::format_ist(now),
+        }
     }
 
     /// Up to `n` distinct banners valid at `now`, each ordering equally likely: the holdout's
@@ -370,11 +374,7 @@ impl SlotPolicy {
             (0..self.config.banners.len()).filter(|&i| self.config.banners[i].is_valid_at(now)),
         );
         if out.is_empty() {
-            return Err(DecisionError::NoValidBanner {
-                tenant: self.config.tenant.clone(),
-                slot: self.config.slot.clone(),
-                at: time::format_ist(now),
-            });
+            return Err(self.no_valid_banner(now));
         }
         let shown = n.min(out.len());
         for k in 0..shown {

@@ -402,34 +402,6 @@ impl EventFileReader {
         &mut self,
         batch: &RecordBatch,
     ) -> Result<Vec<Result<Event, ParquetEventError>>, ParquetEventError> {
-        let strings = |field: &str| -> Result<Option<StringArray>, ParquetEventError> {
-            let pos = FIELDS
-                .iter()
-                .position(|f| *f == field)
-                .expect("known field");
-            self.columns[pos]
-                .map(|c| {
-                    cast(batch.column(c), &DataType::Utf8)
-                        .map(|a| {
-                            a.as_any()
-                                .downcast_ref::<StringArray>()
-                                .expect("cast to Utf8")
-                                .clone()
-                        })
-                        .map_err(|e| ParquetEventError::corrupt(&self.path, e))
-                })
-                .transpose()
-        };
-        let [event_id, kind, tenant, slot, city, banner] =
-            ["event_id", "kind", "tenant", "slot", "city", "banner"].map(&strings);
-        let (event_id, kind, tenant, slot, city, banner) =
-            (event_id?, kind?, tenant?, slot?, city?, banner?);
-        let (customer_id, referrer, request_id, policy) = (
-            strings("customer_id")?,
-            strings("referrer")?,
-            strings("request_id")?,
-            strings("policy")?,
-        );
         let typed = |field: &str| -> Result<Option<ArrayRef>, ParquetEventError> {
             let pos = FIELDS
                 .iter()
@@ -442,6 +414,24 @@ impl EventFileReader {
                 })
                 .transpose()
         };
+        let strings = |field: &str| -> Result<Option<StringArray>, ParquetEventError> {
+            Ok(typed(field)?.map(|a| {
+                a.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8")
+                    .clone()
+            }))
+        };
+        let [event_id, kind, tenant, slot, city, banner] =
+            ["event_id", "kind", "tenant", "slot", "city", "banner"].map(&strings);
+        let (event_id, kind, tenant, slot, city, banner) =
+            (event_id?, kind?, tenant?, slot?, city?, banner?);
+        let (customer_id, referrer, request_id, policy) = (
+            strings("customer_id")?,
+            strings("referrer")?,
+            strings("request_id")?,
+            strings("policy")?,
+        );
         let (policy_version, holdout, propensity, propensity_error, rank) = (
             typed("policy_version")?,
             typed("holdout")?,
