@@ -3,9 +3,9 @@
 //! hands them to the propensity thread, which computes within the CPU budget
 //! ([`super::budget`]) and then queues them for the log. The thread runs at a lower priority
 //! (`serve --propensity-nice`, default 19, which on Linux also puts it in the idle scheduling
-//! class): it takes spare CPU, and when the service is saturated it yields to decisions. Impressions are never held back for long: those that waited longer
-//! than [`MAX_WAIT`] for the thread, or that find its queue full, are logged without a
-//! propensity and counted as skipped.
+//! class): it takes spare CPU, and when the service is saturated it yields to decisions.
+//! Impressions are never held back for long: those that waited longer than [`MAX_WAIT`] for the
+//! thread, or that find its queue full, are logged without a propensity and counted as skipped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
