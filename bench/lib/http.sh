@@ -69,10 +69,17 @@ max_and_80() {
 # its store, a serve key per tenant and SB_TARGETS (one "PATH KEY" line per (tenant, slot,
 # city)); without, the sample backfilled with its priors and an admin key as SB_KEY (its slot is
 # imported through a running service: import_sample_slot). Sets `banners` (a slot's count).
+# With a scale_dir, TARGETS picks the decisions asked: uniform (default: every (tenant, slot,
+# city) equally likely, targets.tsv) or traffic (as the history's traffic asks, targets-traffic.tsv).
 decision_store() { # work_dir [scale_dir] -> work_dir/store.redb; exports SB_TARGETS or SB_KEY
-  local work="$1" scale="${2:-}" store="embedded:$1/store.redb" f tenant slot city
+  local work="$1" scale="${2:-}" store="embedded:$1/store.redb" f tenant slot city targets
   if [ -n "$scale" ]; then
-    for f in store.redb targets.tsv banners; do
+    case "${TARGETS:-uniform}" in
+      uniform) targets=targets.tsv ;;
+      traffic) targets=targets-traffic.tsv ;;
+      *) die "TARGETS=${TARGETS}: expected uniform or traffic" ;;
+    esac
+    for f in store.redb "$targets" banners; do
       [ -f "$scale/$f" ] || die "$scale has no $f (run bench/scale/run.sh first)"
     done
     echo "serving a copy of $scale/store.redb ($(du -h "$scale/store.redb" | cut -f1))" >&2
@@ -81,12 +88,12 @@ decision_store() { # work_dir [scale_dir] -> work_dir/store.redb; exports SB_TAR
     local -A keys
     while read -r tenant; do
       keys[$tenant]="$(RUST_LOG=warn "$bin" keys add --store "$store" --tenant "$tenant" --role serve 2>/dev/null)"
-    done < <(cut -f1 "$scale/targets.tsv" | sort -u)
+    done < <(cut -f1 "$scale/$targets" | sort -u)
     while IFS=$'\t' read -r tenant slot city; do
       printf '/v1/tenants/%s/slots/%s/decision?city=%s %s\n' "$tenant" "$slot" "$city" "${keys[$tenant]}"
-    done <"$scale/targets.tsv" >"$work/targets"
+    done <"$scale/$targets" >"$work/targets"
     export SB_TARGETS="$work/targets"
-    echo "$(wc -l <"$work/targets") (tenant, slot, city) targets over ${#keys[@]} tenants, $banners banners a slot" >&2
+    echo "$(wc -l <"$work/targets") decisions to ask from $scale/$targets ($(sort -u "$scale/$targets" | wc -l) (tenant, slot, city)) over ${#keys[@]} tenants, $banners banners a slot" >&2
   else
     RUST_LOG=warn "$bin" backfill --input datasets/sample --store "$store" >/dev/null 2>&1
     RUST_LOG=warn "$bin" priors --store "$store" >/dev/null 2>&1

@@ -11,11 +11,13 @@
 #   A, B: LABEL=BINARY[,serve flags...], e.g.
 #     bench/lookup/ab.sh head=/tmp/head/slotbandit new=target/release/slotbandit
 #     bench/lookup/ab.sh nice19=$bin,--propensity-nice,19 nice0=$bin,--propensity-nice,0
-#   A flag store=DIR (a folder left by bench/scale/run.sh) or store=sample picks that run's store:
+#   A flag store=DIR (a folder left by bench/scale/run.sh) or store=sample picks that run's store,
+#   and targets=uniform|traffic the decisions asked of a bench/scale store (as TARGETS below):
 #     bench/lookup/ab.sh sample=$bin,store=sample 1m=$bin,store=$HOME/.cache/slotbandit/bench-scale/…
 # env: ROUNDS (default 5); DURATION seconds per run (default 10); CONNECTIONS (default 64);
 #      STORE_SCALE=DIR: the store of runs without store= (default: the sample, as
-#      bench/lookup/run.sh); SERVE_THREADS (default 2).
+#      bench/lookup/run.sh); TARGETS=uniform|traffic: the decisions asked of a bench/scale store
+#      by runs without targets= (bench/lib/http.sh decision_store); SERVE_THREADS (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib/http.sh
@@ -27,7 +29,7 @@ rounds="${ROUNDS:-5}"
 need wrk "apt-get install wrk"
 need curl "apt-get install curl"
 
-declare -A binary flags store
+declare -A binary flags store targets
 labels=()
 for spec in "$@"; do
   [[ "$spec" == *=* ]] || die "$spec: expected LABEL=BINARY[,FLAG...]"
@@ -37,10 +39,12 @@ for spec in "$@"; do
   [ -z "${binary[$label]:-}" ] || die "two runs are labelled $label"
   binary[$label]="${parts[0]}"
   store[$label]="${STORE_SCALE:-sample}"
+  targets[$label]="${TARGETS:-uniform}"
   flags[$label]=""
   for flag in "${parts[@]:1}"; do
     case "$flag" in
       store=*) store[$label]="${flag#store=}" ;;
+      targets=*) targets[$label]="${flag#targets=}" ;;
       *) flags[$label]+=" $flag" ;;
     esac
   done
@@ -82,7 +86,7 @@ for label in "${labels[@]}"; do
   if [ "${store[$label]}" = sample ]; then
     decision_store "$work/$label"
   else
-    decision_store "$work/$label" "${store[$label]}"
+    TARGETS="${targets[$label]}" decision_store "$work/$label" "${store[$label]}"
   fi
   targets_of[$label]="${SB_TARGETS:-}"
   key_of[$label]="${SB_KEY:-}"

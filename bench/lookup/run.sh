@@ -20,7 +20,8 @@
 #      CONNECTIONS (default 64); ROUNDS (default 3); SERVE_THREADS (default 2);
 #      STORE_SCALE=DIR to serve a big store instead of the sample: a folder left by
 #      bench/scale/run.sh (its store.redb with every slot imported, targets.tsv, banners), each
-#      request then a random (tenant, slot, city) of it.
+#      request then a random (tenant, slot, city) of it; with TARGETS=traffic, a random line of
+#      its targets-traffic.tsv (busy cities as often as the history asks for them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=bench/lib/http.sh

@@ -18,8 +18,10 @@
 #    service in one process: an embedded redb file opens in one process only), the time from
 #    posting a click until the slot's posteriors show it (bench/scale/click_latency.py).
 # Raw results: results.tsv and results.json under the run folder (printed at the end). The store,
-# with every slot imported, is left with targets.tsv and banners for
-# `STORE_SCALE=<that folder> bench/lookup/run.sh`.
+# with every slot imported, is left with targets.tsv (every (tenant, slot, city) once, each
+# equally likely: the worst case for the lookup's caches), targets-traffic.tsv (200,000
+# impressions' targets sampled from the history, busy cities as often as the traffic asks for
+# them) and banners for `STORE_SCALE=<that folder> [TARGETS=traffic] bench/lookup/run.sh`.
 #
 # Usage: bench/scale/run.sh
 # env: EVENTS (16000000), DAYS (2), TENANTS (50), CITIES (200), BANNERS (50): the history;
@@ -127,6 +129,11 @@ print(d["rows"], len(d["arms"]))' "$gen/_truth.json" "$base/targets.tsv")
 record gen rows "$rows"
 record gen arms "$arms"
 echo "$banners" >"$base/banners"
+# The targets as the history's traffic asks for them (busy cities more often), for
+# TARGETS=traffic in bench/lookup.
+read -r _ traffic_targets < <("$venv/bin/python" bench/scale/traffic_targets.py "$gen" \
+  "$base/targets-traffic.tsv" 200000) || die "cannot sample the traffic's targets"
+record gen traffic_targets "$traffic_targets" "" "" "distinct (tenant, slot, city) among 200,000 impressions sampled for targets-traffic.tsv"
 
 # 2. backfill beside DuckDB
 rm -f "$store_file"
