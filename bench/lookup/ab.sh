@@ -84,16 +84,15 @@ for label in "${labels[@]}"; do
   mkdir "$work/$label"
   unset SB_TARGETS SB_KEY
   if [ "${store[$label]}" = sample ]; then
+    [ "${targets[$label]}" = uniform ] || die "$label: targets= needs a bench/scale store, not the sample"
     decision_store "$work/$label"
-  else
-    TARGETS="${targets[$label]}" decision_store "$work/$label" "${store[$label]}"
-  fi
-  targets_of[$label]="${SB_TARGETS:-}"
-  key_of[$label]="${SB_KEY:-}"
-  if [ "${store[$label]}" = sample ]; then
+    key_of[$label]="$SB_KEY" targets_of[$label]=""
     start "$label"
     import_sample_slot "$url"
     stop
+  else
+    TARGETS="${targets[$label]}" decision_store "$work/$label" "${store[$label]}"
+    key_of[$label]="" targets_of[$label]="$SB_TARGETS"
   fi
 done
 

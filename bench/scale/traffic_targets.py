@@ -11,9 +11,12 @@ import sys
 
 import duckdb
 
-data, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if count < 1:
-    sys.exit("COUNT must be at least 1")
+if len(sys.argv) != 4:
+    sys.exit("usage: traffic_targets.py PARQUET_DIR OUT_TSV COUNT")
+data, out = sys.argv[1], sys.argv[2]
+if not sys.argv[3].isdigit() or int(sys.argv[3]) < 1:
+    sys.exit(f"COUNT must be a whole number of at least 1 (got {sys.argv[3]!r})")
+count = int(sys.argv[3])
 con = duckdb.connect()
 con.execute("SET threads = 2")
 rows = con.execute(
