@@ -25,9 +25,16 @@ use crate::store::{ApiKey, PosteriorStore, Role, StoreError};
 const KEY_TTL: Duration = Duration::from_secs(60);
 const KEY_PREFIX: &str = "sbk_";
 
+/// The SHA-256 of a key; the store keeps it in hex ([`stored_hash`]).
+type KeyDigest = [u8; 32];
+
+fn key_digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The hex SHA-256 of a key, as stored.
-pub fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+fn stored_hash(digest: &KeyDigest) -> String {
+    hex::encode(digest)
 }
 
 /// Makes a new random key for a tenant and role, stores its hash, and returns the key (the only
@@ -41,7 +48,7 @@ pub fn create_key(
     rand::rng().fill_bytes(&mut bytes);
     let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     store.put_api_key(
-        &key_hash(&key),
+        &stored_hash(&key_digest(&key)),
         &ApiKey {
             tenant: tenant.to_string(),
             role,
@@ -83,9 +90,9 @@ impl Caller {
 /// for a key they have seen. Requests with a key not seen before share one read of it and wait
 /// for it at most [`FIRST_READ_WAIT`].
 pub struct KeyCache {
-    keys: Arc<ArcSwap<HashMap<String, (ApiKey, Instant)>>>,
+    keys: Arc<ArcSwap<HashMap<KeyDigest, (ApiKey, Instant)>>>,
     /// The reads under way, by hash.
-    reading: Arc<Mutex<HashMap<String, KeyRead>>>,
+    reading: Arc<Mutex<HashMap<KeyDigest, KeyRead>>>,
 }
 
 /// One read of a key from the store, which every request waiting for that key awaits.
@@ -107,7 +114,7 @@ impl KeyCache {
         store: &Arc<dyn PosteriorStore>,
         key: &str,
     ) -> Result<Option<ApiKey>, ApiError> {
-        let hash = key_hash(key);
+        let hash = key_digest(key);
         if let Some((found, at)) = self.keys.load().get(&hash) {
             if at.elapsed() >= KEY_TTL {
                 // Not awaited: the read goes on and updates the cache when it returns.
@@ -134,7 +141,7 @@ impl KeyCache {
 
     /// The read of `hash` under way, or a new one; the cache takes what the store says (a key
     /// removed from the store leaves the cache).
-    fn read(&self, store: &Arc<dyn PosteriorStore>, hash: String) -> KeyRead {
+    fn read(&self, store: &Arc<dyn PosteriorStore>, hash: KeyDigest) -> KeyRead {
         let mut reading = self
             .reading
             .lock()
@@ -142,21 +149,21 @@ impl KeyCache {
         if let Some(read) = reading.get(&hash) {
             return read.clone();
         }
-        let (store, keys, key) = (store.clone(), self.keys.clone(), hash.clone());
+        let (store, keys) = (store.clone(), self.keys.clone());
         // The mark is dropped by the task, which takes the lock first: the read is in the map
         // before the task can take it out.
         let mark = ReadMark {
             reading: self.reading.clone(),
-            hash: hash.clone(),
+            hash,
         };
         let task = tokio::task::spawn_blocking(move || {
             let _unmarked_when_done = mark;
-            let found = store.api_key(&hash);
+            let found = store.api_key(&stored_hash(&hash));
             if let Ok(found) = &found {
                 keys.rcu(|keys| {
                     let mut keys = HashMap::clone(keys);
                     match found {
-                        Some(k) => keys.insert(hash.clone(), (k.clone(), Instant::now())),
+                        Some(k) => keys.insert(hash, (k.clone(), Instant::now())),
                         None => keys.remove(&hash),
                     };
                     keys
@@ -172,15 +179,15 @@ impl KeyCache {
         }
         .boxed()
         .shared();
-        reading.insert(key, read.clone());
+        reading.insert(hash, read.clone());
         read
     }
 }
 /// A read's place in the map of reads under way; it goes when the read ends, however it ends (a
 /// store call that panicked must not leave its key never read again).
 struct ReadMark {
-    reading: Arc<Mutex<HashMap<String, KeyRead>>>,
-    hash: String,
+    reading: Arc<Mutex<HashMap<KeyDigest, KeyRead>>>,
+    hash: KeyDigest,
 }
 
 impl Drop for ReadMark {
