@@ -31,12 +31,37 @@ wait_http() { # url seconds [pid] -> waits for a 200; else says why (the url, a 
 
 # One wrk run: url delay_ms [seconds] -> "rps p50_ms p99_ms max_ms errors requests".
 # A delay of 0 runs as fast as wrk can (the Lua script then defines no delay function).
+# With `cpu_pid` set (a process whose tree serves the url), two more fields: the CPU time that
+# tree and wrk itself spent per request, in µs (user + system; on loopback each side's system
+# time includes some of the other's TCP work, so only their sum is exact).
 wrk_load() {
-  local out
-  out="$(SB_DELAY_MS="$2" wrk -t2 -c"${conns:?}" -d"${3:-${duration:?}}s" -s "$wrk_lua" "$1")" \
-    || die "wrk failed against $1"
-  awk '/^RESULT/ { $1 = ""; sub(/^ /, ""); print; found = 1 } END { exit !found }' <<<"$out" \
-    || die "wrk printed no RESULT line against $1: $out"
+  local out c0=0 c1=0 TIMEFORMAT='WRKCPU %U %S'
+  [ -n "${cpu_pid:-}" ] && c0="$(tree_cpu_ticks "$cpu_pid")"
+  out="$( { time SB_DELAY_MS="$2" wrk -t2 -c"${conns:?}" -d"${3:-${duration:?}}s" -s "$wrk_lua" "$1"; } 2>&1)" \
+    || die "wrk failed against $1: $out"
+  [ -n "${cpu_pid:-}" ] && c1="$(tree_cpu_ticks "$cpu_pid")"
+  awk -v cpu="${cpu_pid:+1}" -v ticks="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" '
+    /^RESULT/ { $1 = ""; sub(/^ /, ""); result = $0; requests = $NF }
+    /^WRKCPU/ { wrk = $2 + $3 }
+    END {
+      if (result == "") exit 1
+      if (cpu) result = result sprintf(" %.2f %.2f", ticks / hz / requests * 1e6, wrk / requests * 1e6)
+      print result
+    }' <<<"$out" || die "wrk printed no RESULT line against $1: $out"
+}
+
+tree_cpu_ticks() { # pid -> utime + stime of the process and all its descendants, in clock ticks
+  local total=0 p
+  for p in $(descendants "$1"); do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(cpu_ticks "$p" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+descendants() { # pid -> the pid and every descendant's
+  local child
+  echo "$1"
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do descendants "$child"; done
 }
 
 # The pause per connection that gives `target` requests/s: a closed loop does

@@ -132,9 +132,13 @@ wait_http http://127.0.0.1:18082/healthz 20 "${pids[-1]}" || { cat "$work/nginx.
 
 declare -A url=([slotbandit]=http://127.0.0.1:18080 [python]=http://127.0.0.1:18081
   [nginx]=http://127.0.0.1:18082 [healthz]=http://127.0.0.1:18080)
+# The process whose tree serves each (for the CPU per request: bench/lib/http.sh wrk_load).
+declare -A server_pid=([slotbandit]="${pids[0]}" [python]="${pids[1]}" [nginx]="${pids[2]}"
+  [healthz]="${pids[0]}")
 services=(slotbandit python nginx healthz)
 [ "$(curl -sf http://127.0.0.1:18080/healthz)" = '{"status":"ok"}' ] || die "slotbandit /healthz does not answer its constant"
 measure() { # service -> max_and_80 of it (healthz: the same Lua script, one path, no targets)
+  local cpu_pid="${server_pid[$1]}"
   if [ "$1" = healthz ]; then
     SB_TARGETS="" SB_PATH=/healthz max_and_80 "${url[$1]}"
   else
@@ -150,8 +154,8 @@ for ((r = 1; r <= rounds; r++)); do
   echo "round $r: ${order[*]} (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
   for name in "${order[@]}"; do
     before="$(wc -l <"$raw")"
-    while read -r asked rps p50 p99 mx errors n; do
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$asked" "$rps" "$p50" "$p99" "$mx" "$errors" "$n" >>"$raw"
+    while read -r asked rps p50 p99 mx errors n cpu wrk_cpu; do
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" "$asked" "$rps" "$p50" "$p99" "$mx" "$errors" "$n" "$cpu" "$wrk_cpu" >>"$raw"
     done < <(measure "$name")
     [ "$(wc -l <"$raw")" -eq $((before + 2)) ] || die "round $r: the runs against $name failed"
   done
@@ -161,11 +165,11 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "Every run (wrk -t2 -c$conns, ${duration} s each):"
 echo
-echo "| round | service | load | decisions/s | p50 ms | p99 ms | max ms | errors / requests |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| round | service | load | decisions/s | p50 ms | p99 ms | max ms | errors / requests | service CPU µs / request | wrk CPU µs / request |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 awk -F'\t' '{
   load = $3 == "max" ? "max" : sprintf("80%% (%d/s asked)", $3)
-  printf "| %s | %s | %s | %.0f | %s | %s | %s | %s / %s |\n", $1, $2, load, $4, $5, $6, $7, $8, $9
+  printf "| %s | %s | %s | %.0f | %s | %s | %s | %s / %s | %s | %s |\n", $1, $2, load, $4, $5, $6, $7, $8, $9, $10, $11
 }' "$raw"
 
 echo
@@ -181,7 +185,9 @@ function cell(s, what, fmt,   i, a, lo, hi) {
   return sprintf(fmt " (" fmt "–" fmt ")", median(a, cnt[s, what]), lo, hi)
 }
 {
-  if ($3 == "max") { k = "max"; v[$2, k, ++cnt[$2, k]] = $4; bymax[$1, $2] = $4 }
+  if ($3 == "max") { k = "max"; v[$2, k, ++cnt[$2, k]] = $4; bymax[$1, $2] = $4
+                     v[$2, "cpu", ++cnt[$2, "cpu"]] = $10; v[$2, "wrk", ++cnt[$2, "wrk"]] = $11
+                     v[$2, "both", ++cnt[$2, "both"]] = $10 + $11 }
   else { v[$2, "at80", ++cnt[$2, "at80"]] = $4; v[$2, "p50", ++cnt[$2, "p50"]] = $5; v[$2, "p99", ++cnt[$2, "p99"]] = $6
          v[$2, "share", ++cnt[$2, "share"]] = 100 * $4 / bymax[$1, $2] }
 }
@@ -205,6 +211,22 @@ END {
     for (r = 1; r <= rounds; r++) { q[r] = bymax[r, pq[1]] / bymax[r, pq[2]]; list = list sprintf("%s%.2f", r > 1 ? ", " : "", q[r]) }
     printf "| %s / %s | %.2f× | %s |\n", pq[1], pq[2], median(q, rounds), list
   }
+  print ""
+  print "CPU per request at the maximum (µs, user + system; median and range over the rounds):"
+  print ""
+  print "| service | the service | wrk | both |"
+  print "|---|---|---|---|"
+  for (i = 1; i <= 4; i++) {
+    s = names[i]
+    printf "| %s | %s | %s | %s |\n", s, cell(s, "cpu", "%.1f"), cell(s, "wrk", "%.1f"), cell(s, "both", "%.1f")
+  }
+  # Both cores are busy at the maximum, so its rate is about 2 cores / (both sides CPU a request):
+  # 0.7 of nginx leaves slotbandit (nginx both) / 0.7 - (wrk against slotbandit) a request.
+  for (i = 1; i <= 4; i++) { s = names[i]; for (j = 1; j <= cnt[s, "both"]; j++) a[j] = v[s, "both", j]; both[s] = median(a, cnt[s, "both"])
+                             for (j = 1; j <= cnt[s, "wrk"]; j++) a[j] = v[s, "wrk", j]; wrkm[s] = median(a, cnt[s, "wrk"])
+                             for (j = 1; j <= cnt[s, "cpu"]; j++) a[j] = v[s, "cpu", j]; cpum[s] = median(a, cnt[s, "cpu"]) }
+  printf "\nAt 0.7 of nginx a decision would have %.1f µs of the service CPU (it takes %.1f; its HTTP stack alone, healthz, %.1f).\n",
+    both["nginx"] / 0.7 - wrkm["slotbandit"], cpum["slotbandit"], cpum["healthz"]
 }' "$raw"
 echo
 echo "impressions logged by slotbandit: $(curl -s http://127.0.0.1:18080/metrics | awk '/^slotbandit_impressions_logged_total/ { print $2 }')"
