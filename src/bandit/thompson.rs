@@ -339,23 +339,33 @@ impl SlotPolicy {
         rng: &mut R,
         out: &mut Vec<usize>,
     ) -> Result<(), DecisionError> {
+        self.checked(now, n, out, |out| {
+            let valid = |i: usize| self.config.banners[i].is_valid_at(now);
+            thompson_select(&self.samplers, valid, n, rng, out);
+        })
+    }
+
+    /// `choose`'s banners in `out`, refusing a decision of no banner and one that found none
+    /// valid at `now`.
+    fn checked(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+        out: &mut Vec<usize>,
+        choose: impl FnOnce(&mut Vec<usize>),
+    ) -> Result<(), DecisionError> {
         if n == 0 {
             return Err(DecisionError::ZeroBanners);
         }
-        let valid = |i: usize| self.config.banners[i].is_valid_at(now);
-        thompson_select(&self.samplers, valid, n, rng, out);
+        choose(out);
         if out.is_empty() {
-            return Err(self.no_valid_banner(now));
+            return Err(DecisionError::NoValidBanner {
+                tenant: self.config.tenant.clone(),
+                slot: self.config.slot.clone(),
+                at: time::format_ist(now),
+            });
         }
         Ok(())
-    }
-
-    fn no_valid_banner(&self, now: DateTime<Utc>) -> DecisionError {
-        DecisionError::NoValidBanner {
-            tenant: self.config.tenant.clone(),
-            slot: self.config.slot.clone(),
-            at: time::format_ist(now),
-        }
     }
 
     /// Up to `n` distinct banners valid at `now`, each ordering equally likely: the holdout's
@@ -367,22 +377,17 @@ impl SlotPolicy {
         rng: &mut R,
         out: &mut Vec<usize>,
     ) -> Result<(), DecisionError> {
-        if n == 0 {
-            return Err(DecisionError::ZeroBanners);
-        }
-        out.extend(
-            (0..self.config.banners.len()).filter(|&i| self.config.banners[i].is_valid_at(now)),
-        );
-        if out.is_empty() {
-            return Err(self.no_valid_banner(now));
-        }
-        let shown = n.min(out.len());
-        for k in 0..shown {
-            let pick = rng.random_range(k..out.len());
-            out.swap(k, pick);
-        }
-        out.truncate(shown);
-        Ok(())
+        self.checked(now, n, out, |out| {
+            out.extend(
+                (0..self.config.banners.len()).filter(|&i| self.config.banners[i].is_valid_at(now)),
+            );
+            let shown = n.min(out.len());
+            for k in 0..shown {
+                let pick = rng.random_range(k..out.len());
+                out.swap(k, pick);
+            }
+            out.truncate(shown);
+        })
     }
 }
 

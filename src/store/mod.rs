@@ -295,16 +295,18 @@ pub trait PosteriorStore: Send + Sync {
     }
     /// Every tenant with counts, a slot, priors or an API key.
     fn tenants(&self) -> Result<Vec<String>, StoreError>;
-    /// Replaces a slot's priors (its slot, banner and city rows) and gives them a new version
-    /// (`Part::Priors`), atomically.
-    fn write_priors(&self, tenant: &str, slot: &str, priors: &SlotPriors)
-        -> Result<(), StoreError>;
-    /// [`PosteriorStore::write_priors`] of several slots, each atomically (the embedded store
-    /// writes them all in one transaction).
-    fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
-        slots
-            .iter()
-            .try_for_each(|(tenant, slot, priors)| self.write_priors(tenant, slot, priors))
+    /// Replaces each slot's priors (its slot, banner and city rows) and gives them a new version
+    /// (`Part::Priors`), each slot atomically (the embedded store writes them all in one
+    /// transaction).
+    fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError>;
+    /// [`PosteriorStore::write_all_priors`] of one slot.
+    fn write_priors(
+        &self,
+        tenant: &str,
+        slot: &str,
+        priors: &SlotPriors,
+    ) -> Result<(), StoreError> {
+        self.write_all_priors(&[(tenant.to_string(), slot.to_string(), priors.clone())])
     }
     /// The priors of a slot; Beta(1, 1) when none were computed.
     fn priors(&self, tenant: &str, slot: &str) -> Result<SlotPriors, StoreError>;

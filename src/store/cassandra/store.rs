@@ -585,15 +585,6 @@ impl PosteriorStore for CassandraStore {
         })
     }
 
-    fn write_priors(
-        &self,
-        tenant: &str,
-        slot: &str,
-        priors: &SlotPriors,
-    ) -> Result<(), StoreError> {
-        self.write_all_priors(&[(tenant.to_string(), slot.to_string(), priors.clone())])
-    }
-
     fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
         // A slot's old rows are deleted one microsecond before the new ones are written, in one
         // batch of its partition key (both tables): one mutation, atomic and isolated.

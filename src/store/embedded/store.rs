@@ -300,15 +300,6 @@ impl PosteriorStore for EmbeddedStore {
         })
     }
 
-    fn write_priors(
-        &self,
-        tenant: &str,
-        slot: &str,
-        priors: &SlotPriors,
-    ) -> Result<(), StoreError> {
-        self.write(|tx| replace_priors(tx, tenant, slot, priors))
-    }
-
     fn write_all_priors(&self, slots: &[SlotPriorsWrite]) -> Result<(), StoreError> {
         self.write(|tx| {
             slots
