@@ -9,9 +9,10 @@ use chrono::Utc;
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use slotbandit::model::{Event, EventKind, Offset};
+use slotbandit::model::{Event, EventKind, Offset, SlotConfig, SlotRules, ALL_TIME};
 use slotbandit::serve::token::{Shown, TokenSigner};
 use slotbandit::source::open_log;
+use slotbandit::store::{open_store, PosteriorStore};
 
 const SECRET: &str = "test secret for the lookup service, 32+ bytes";
 const SLOT_CSV: &str = "platform,slotname,imageid,imagename,validfrom,validto\n\
@@ -35,9 +36,32 @@ impl Server {
         Self::start_with(&[])
     }
 
+    /// A service with ajio's hero and expired slots (SLOT_CSV) and myntra's home imported.
     fn start_with(extra: &[&str]) -> Server {
+        let server = Self::start_on(|_| {}, extra);
+        let r = server.post_csv(
+            "/v1/tenants/ajio/slot-imports",
+            &server.admin.clone(),
+            SLOT_CSV,
+        );
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+        let myntra = json!({"banners": [{"id": "m1", "image": "m1.png",
+            "valid_from": "2026-01-01T00:00:00+05:30", "valid_to": "2036-01-01T00:00:00+05:30"}]});
+        let r = server.put(
+            "/v1/tenants/myntra/slots/home",
+            &server.other_tenant.clone(),
+            &myntra,
+        );
+        assert_eq!(r.status(), 200);
+        server
+    }
+
+    /// A service on an embedded store of its own that `seed` wrote first, with keys for ajio
+    /// (serve and admin) and myntra (admin), and `extra` flags.
+    fn start_on(seed: impl FnOnce(&dyn PosteriorStore), extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = format!("embedded:{}", dir.path().join("store.redb").display());
+        seed(open_store(&store, true).unwrap().as_ref());
         let serve = crate::common::keys_add(&store, "ajio", "serve");
         let admin = crate::common::keys_add(&store, "ajio", "admin");
         let other_tenant = crate::common::keys_add(&store, "myntra", "admin");
@@ -61,7 +85,7 @@ impl Server {
             .collect::<Vec<_>>(),
             &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
         );
-        let server = Server {
+        Server {
             child,
             base,
             dir,
@@ -72,22 +96,15 @@ impl Server {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-        };
-        let r = server.post_csv(
-            "/v1/tenants/ajio/slot-imports",
-            &server.admin.clone(),
-            SLOT_CSV,
-        );
-        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-        let myntra = json!({"banners": [{"id": "m1", "image": "m1.png",
-            "valid_from": "2026-01-01T00:00:00+05:30", "valid_to": "2036-01-01T00:00:00+05:30"}]});
-        let r = server.put(
-            "/v1/tenants/myntra/slots/home",
-            &server.other_tenant.clone(),
-            &myntra,
-        );
-        assert_eq!(r.status(), 200);
-        server
+        }
+    }
+
+    fn store_url(&self) -> String {
+        format!("embedded:{}", self.dir.path().join("store.redb").display())
+    }
+
+    fn log_url(&self) -> String {
+        format!("file:{}", self.dir.path().join("log").display())
     }
 
     fn url(&self, path: &str) -> String {
@@ -170,6 +187,27 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// ajio's slot hero with `counts`' banners (valid from yesterday for 30 days) under `rules`, and
+/// their all-time (impressions, clicks) in pune.
+fn seed_pune(store: &dyn PosteriorStore, counts: &[(&str, u64, u64)], rules: SlotRules) {
+    use crate::posterior_store::{arm, epoch, offsets, row};
+    let from = Utc::now() - chrono::Duration::days(1);
+    let mut slot = SlotConfig::with_banners(
+        "ajio",
+        "hero",
+        counts.iter().map(|c| c.0),
+        from,
+        from + chrono::Duration::days(30),
+    );
+    slot.rules = rules;
+    store.put_slot(&slot).unwrap();
+    let rows: Vec<_> = counts
+        .iter()
+        .map(|&(b, imp, clk)| row(&arm("ajio", "pune", "hero", b), ALL_TIME, imp, clk))
+        .collect();
+    store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
 }
 
 fn read_log(path: &Path) -> Vec<Event> {
@@ -1266,74 +1304,28 @@ fn a_service_recency_below_a_bucket_is_a_usage_error() {
 /// standard errors) is under 10% of every propensity above 0.2, so a propensity off by 10% fails.
 #[test]
 fn logged_propensities_match_the_frequencies_of_the_choices() {
-    use crate::posterior_store::{arm, epoch, offsets, row};
-    use slotbandit::model::{Policy, SlotConfig, SlotRules, ALL_TIME};
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = format!("embedded:{}", dir.path().join("store.redb").display());
-    {
-        let store = slotbandit::store::open_store(&store_url, true).unwrap();
-        let from = Utc::now() - chrono::Duration::days(1);
-        let mut slot = SlotConfig::with_banners(
-            "ajio",
-            "hero",
-            ["b1", "b2", "b3", "b4"],
-            from,
-            from + chrono::Duration::days(30),
-        );
-        slot.rules = SlotRules {
-            recency: None,
-            holdout_bp: 1000,
-        };
-        store.put_slot(&slot).unwrap();
-        let counts = [
-            ("b1", 300, 30),
-            ("b2", 300, 27),
-            ("b3", 200, 15),
-            ("b4", 400, 8),
-        ];
-        let rows: Vec<_> = counts
-            .iter()
-            .map(|&(b, imp, clk)| row(&arm("ajio", "pune", "hero", b), ALL_TIME, imp, clk))
-            .collect();
-        store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
-    }
-    let key = crate::common::keys_add(&store_url, "ajio", "serve");
-    let log_dir = dir.path().join("log");
-    let log = format!("file:{}", log_dir.display());
-    let spool = dir.path().join("spool").display().to_string();
+    use slotbandit::model::Policy;
+    let rules = SlotRules {
+        recency: None,
+        holdout_bp: 1000,
+    };
+    let counts = [
+        ("b1", 300, 30),
+        ("b2", 300, 27),
+        ("b3", 200, 15),
+        ("b4", 400, 8),
+    ];
     // The values are under test, not the scheduling: at the service's priority the propensity
     // thread computes each one in time even on a machine busy with other tests.
-    let (mut child, base) = crate::common::spawn_serve(
-        &[
-            "--store",
-            &store_url,
-            "--log",
-            &log,
-            "--spool-dir",
-            &spool,
-            "--propensity-nice",
-            "0",
-        ],
-        &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
+    let server = Server::start_on(
+        |store| seed_pune(store, &counts, rules),
+        &["--propensity-nice", "0"],
     );
-    let client = Client::new();
     let decisions = 12_000;
     for _ in 0..decisions {
-        let r = client
-            .get(format!(
-                "{base}/v1/tenants/ajio/slots/hero/decision?city=pune"
-            ))
-            .bearer_auth(&key)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        server.decide("pune");
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let impressions = read_log(&log_dir);
+    let impressions = server.stop_and_read_log();
     assert_eq!(impressions.len(), decisions);
     let mut by_banner = std::collections::BTreeMap::<String, (f64, f64)>::new();
     for e in &impressions {
@@ -1376,95 +1368,36 @@ fn logged_propensities_match_the_frequencies_of_the_choices() {
 /// logged, without a propensity, and counted as skipped in /metrics; a bad share is refused.
 #[test]
 fn without_a_propensity_budget_impressions_are_logged_without_one_and_counted() {
-    use crate::posterior_store::{arm, epoch, offsets, row};
-    use slotbandit::model::{SlotConfig, ALL_TIME};
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = format!("embedded:{}", dir.path().join("store.redb").display());
-    {
-        let store = slotbandit::store::open_store(&store_url, true).unwrap();
-        let from = Utc::now() - chrono::Duration::days(1);
-        let slot = SlotConfig::with_banners(
-            "ajio",
-            "hero",
-            ["b1", "b2"],
-            from,
-            from + chrono::Duration::days(30),
-        );
-        store.put_slot(&slot).unwrap();
-        let rows = [
-            row(&arm("ajio", "pune", "hero", "b1"), ALL_TIME, 300, 30),
-            row(&arm("ajio", "pune", "hero", "b2"), ALL_TIME, 300, 20),
-        ];
-        store.apply_epoch(&epoch(&rows, &offsets(&[]))).unwrap();
-    }
-    let key = crate::common::keys_add(&store_url, "ajio", "serve");
-    let log_dir = dir.path().join("log");
-    let log = format!("file:{}", log_dir.display());
-    let spool = dir.path().join("spool").display().to_string();
-    let refused = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-        .args([
-            "serve",
-            "--store",
-            &store_url,
-            "--log",
-            &log,
-            "--propensity-cpu",
-            "65",
-        ])
-        .output()
-        .unwrap();
+    let counts = [("b1", 300, 30), ("b2", 300, 20)];
+    let server = Server::start_on(
+        |store| seed_pune(store, &counts, SlotRules::default()),
+        &["--propensity-cpu", "0"],
+    );
+    let (store, log) = (server.store_url(), server.log_url());
+    let refused = crate::common::slotbandit(&[
+        "serve",
+        "--store",
+        &store,
+        "--log",
+        &log,
+        "--propensity-cpu",
+        "65",
+    ]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--propensity-cpu"));
+    assert!(crate::common::stderr(&refused).contains("--propensity-cpu"));
     for nice in ["20", "-1"] {
-        let refused = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-            .args(["serve", "--store", &store_url, "--log", &log])
-            .arg(format!("--propensity-nice={nice}"))
-            .output()
-            .unwrap();
+        let flag = format!("--propensity-nice={nice}");
+        let refused =
+            crate::common::slotbandit(&["serve", "--store", &store, "--log", &log, &flag]);
         assert!(!refused.status.success());
-        let stderr = String::from_utf8_lossy(&refused.stderr);
+        let stderr = crate::common::stderr(&refused);
         assert!(stderr.contains("--propensity-nice"), "{stderr}");
     }
-    let (mut child, base) = crate::common::spawn_serve(
-        &[
-            "--store",
-            &store_url,
-            "--log",
-            &log,
-            "--spool-dir",
-            &spool,
-            "--propensity-cpu",
-            "0",
-        ],
-        &[("SLOTBANDIT_TOKEN_SECRET", SECRET)],
-    );
-    let client = Client::new();
     for _ in 0..20 {
-        let r = client
-            .get(format!(
-                "{base}/v1/tenants/ajio/slots/hero/decision?city=pune"
-            ))
-            .bearer_auth(&key)
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        server.decide("pune");
     }
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics.contains("slotbandit_propensities_skipped_total 20"),
-        "{metrics}"
-    );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let impressions = read_log(&log_dir);
+    assert_eq!(server.metric("slotbandit_propensities_skipped_total"), 20.0);
+    let impressions = server.stop_and_read_log();
     assert_eq!(impressions.len(), 20);
     for e in &impressions {
         assert_eq!(e.decision.propensity, None, "{e:?}");
