@@ -139,18 +139,7 @@ fn stream_spellings_then_a_later_alias(dir: &Path, store: &str) {
             file.to_str().unwrap(),
         ]));
     };
-    let stream = || {
-        ok(slotbandit(&[
-            "stream",
-            "--log",
-            &log,
-            "--store",
-            store,
-            "--stop-at-end",
-            "--epoch-ms",
-            "50",
-        ]))
-    };
+    let stream = || crate::common::stream_to_end(&log, store, 50, &[]);
 
     produce("early.jsonl", early);
     stream();

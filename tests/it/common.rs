@@ -293,3 +293,41 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// `slotbandit stream` from `log` into `store` up to the log's end, in epochs of `epoch_ms`,
+/// with `extra` flags; fails the test unless it succeeds, and returns its stdout.
+pub fn stream_to_end(log: &str, store: &str, epoch_ms: u32, extra: &[&str]) -> String {
+    let epoch_ms = epoch_ms.to_string();
+    let mut args = vec![
+        "stream",
+        "--log",
+        log,
+        "--store",
+        store,
+        "--stop-at-end",
+        "--epoch-ms",
+        &epoch_ms,
+    ];
+    args.extend_from_slice(extra);
+    ok(slotbandit(&args))
+}
+
+/// `slotbandit stream` from `log` into `store` in the background, in epochs of 200 ms, until
+/// dropped.
+pub fn stream_job(log: &str, store: &str) -> Killed {
+    let job = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
+        .args([
+            "stream",
+            "--log",
+            log,
+            "--store",
+            store,
+            "--epoch-ms",
+            "200",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    Killed(job)
+}

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
@@ -265,16 +264,7 @@ fn on_the_embedded_default_backfill_and_stream_keep_priors_that_new_cities_decid
         &history.path(),
     ]));
     let streamed = format!("embedded:{}", dir.path().join("stream.redb").display());
-    ok(slotbandit(&[
-        "stream",
-        "--log",
-        &log,
-        "--store",
-        &streamed,
-        "--stop-at-end",
-        "--epoch-ms",
-        "100",
-    ]));
+    crate::common::stream_to_end(&log, &streamed, 100, &[]);
 
     for store in [&backfilled, &streamed] {
         let decisions = format!("file:{}", dir.path().join("decisions").display());
@@ -307,21 +297,7 @@ fn on_kafka_and_cassandra_the_running_stream_keeps_priors_that_new_cities_decide
         "--from",
         &history.path(),
     ]));
-    let job = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-        .args([
-            "stream",
-            "--log",
-            &log,
-            "--store",
-            &store,
-            "--epoch-ms",
-            "200",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _job = Killed(job);
+    let _job = crate::common::stream_job(&log, &store);
     let service = Service::start(&store, &log, &banners);
     service.wait_for_priors(Duration::from_secs(180));
     // The history's last minute of event time may not be in the priors yet; the slot's best

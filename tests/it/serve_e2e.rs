@@ -3,7 +3,6 @@
 //! service into Kafka, the job counts them into Cassandra, the service's cache picks them up:
 //! the posterior moves, and later decisions prefer the banner that was clicked.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
@@ -73,21 +72,7 @@ fn clicks_through_kafka_cassandra_and_the_job_steer_later_decisions() {
         &[],
     );
     let _service = Killed(service);
-    let job = Command::new(env!("CARGO_BIN_EXE_slotbandit"))
-        .args([
-            "stream",
-            "--log",
-            &log,
-            "--store",
-            &store,
-            "--epoch-ms",
-            "200",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _job = Killed(job);
+    let _job = crate::common::stream_job(&log, &store);
 
     let client = Client::builder()
         .timeout(Duration::from_secs(30))

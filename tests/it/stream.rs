@@ -47,18 +47,7 @@ impl Fixture {
     }
 
     fn stream(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "stream",
-            "--log",
-            &self.log,
-            "--store",
-            &self.store,
-            "--stop-at-end",
-            "--epoch-ms",
-            "50",
-        ];
-        args.extend_from_slice(extra);
-        ok(slotbandit(&args))
+        crate::common::stream_to_end(&self.log, &self.store, 50, extra)
     }
 
     fn counts(&self) -> Counts {
@@ -708,18 +697,7 @@ fn a_click_replayed_two_hours_later_counts_once_with_the_defaults_and_after_a_re
         append_click_at(&producer, &topic, id, request, at);
     }
     producer.flush(std::time::Duration::from_secs(30)).unwrap();
-    let stream = || {
-        ok(slotbandit(&[
-            "stream",
-            "--log",
-            &log,
-            "--store",
-            &store,
-            "--stop-at-end",
-            "--epoch-ms",
-            "50",
-        ]))
-    };
+    let stream = || crate::common::stream_to_end(&log, &store, 50, &[]);
     let clicks = |store: &str| {
         posteriors(store, &[])
             .get(&("ajio".into(), "hero".into(), "pune".into(), "b1".into()))
