@@ -680,6 +680,30 @@ fn a_backfill_fails_clearly_when_cassandra_stops_and_is_exact_after_a_restart() 
     assert_same_posteriors(&ks.url, &h.embedded);
 }
 
+/// The schema version this build writes.
+const SCHEMA_VERSION: u32 = 5;
+
+/// A keyspace left at schema version `from` is refused, naming the command that moves it on;
+/// `schema apply` then applies every later version.
+fn refused_until_schema_apply(ks: &Keyspace, from: u32) {
+    let refused = open_store(&ks.url, true).err().unwrap().to_string();
+    assert!(
+        refused.contains(&format!(
+            "schema version {from} is older than this build's {SCHEMA_VERSION}"
+        )) && refused.contains("run `slotbandit schema apply --store"),
+        "{refused}"
+    );
+    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
+    let versions: Vec<String> = (from + 1..=SCHEMA_VERSION).map(|v| v.to_string()).collect();
+    assert!(
+        applied.contains(&format!(
+            "applied schema version(s) {}; now at {SCHEMA_VERSION}",
+            versions.join(", ")
+        )),
+        "{applied}"
+    );
+}
+
 /// The keys of versions, in order.
 fn parts(versions: &Versions) -> Vec<(Part, &str)> {
     versions.keys().map(|(p, n)| (*p, n.as_str())).collect()
@@ -713,16 +737,7 @@ fn schema_apply_moves_a_version_3_keyspace_to_version_4_keeping_its_priors() {
         ],
     )
     .unwrap();
-    let refused = open_store(&ks.url, true).err().unwrap().to_string();
-    assert!(
-        refused.contains("schema version 3 is older than this build's 5"),
-        "{refused}"
-    );
-    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
-    assert!(
-        applied.contains("applied schema version(s) 4, 5; now at 5"),
-        "{applied}"
-    );
+    refused_until_schema_apply(&ks, 3);
     let store = ks.store();
     let priors = store.priors("ajio", "hero").unwrap();
     assert!(priors.cities.is_empty());
@@ -766,16 +781,7 @@ fn schema_apply_moves_a_version_4_keyspace_to_version_5_keeping_its_slots() {
         ],
     )
     .unwrap();
-    let refused = open_store(&ks.url, true).err().unwrap().to_string();
-    assert!(
-        refused.contains("schema version 4 is older than this build's 5"),
-        "{refused}"
-    );
-    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
-    assert!(
-        applied.contains("applied schema version(s) 5; now at 5"),
-        "{applied}"
-    );
+    refused_until_schema_apply(&ks, 4);
     let store = ks.store();
     let mut hero = store
         .slot("ajio", "hero")
@@ -820,16 +826,7 @@ fn schema_apply_moves_a_version_2_keyspace_to_version_3_keeping_its_counts() {
         ],
     )
     .unwrap();
-    let refused = open_store(&ks.url, true).err().unwrap().to_string();
-    assert!(
-        refused.contains("schema version 2 is older than this build's 5"),
-        "{refused}"
-    );
-    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
-    assert!(
-        applied.contains("applied schema version(s) 3, 4, 5; now at 5"),
-        "{applied}"
-    );
+    refused_until_schema_apply(&ks, 2);
     let store = ks.store();
     assert!(store.city_aliases("ajio").unwrap().is_empty());
     let all = store.counts(&CountQuery::default()).unwrap();
@@ -890,17 +887,7 @@ fn schema_apply_moves_a_version_1_keyspace_to_version_2_keeping_every_count_and_
     ];
     cql_rows(&node, &fill).unwrap();
 
-    let refused = open_store(&ks.url, true).err().unwrap().to_string();
-    assert!(
-        refused.contains("schema version 1 is older than this build's 5")
-            && refused.contains("run `slotbandit schema apply --store"),
-        "{refused}"
-    );
-    let applied = ok(slotbandit(&["schema", "apply", "--store", &ks.url]));
-    assert!(
-        applied.contains("applied schema version(s) 2, 3, 4, 5; now at 5"),
-        "{applied}"
-    );
+    refused_until_schema_apply(&ks, 1);
 
     let store = ks.store();
     let arm = |t: &str, c: &str, s: &str, b: &str| ArmKey::new(t, s, c, b);
