@@ -13,7 +13,9 @@
 #   the decision's own cost (slotbandit / healthz) and the stack's (healthz / nginx) show apart.
 # For each, the maximum throughput, then p50/p99 at 80% of it (each connection pauses between
 # requests; the pause is calibrated by two 5 s runs). ROUNDS rounds, the order rotated each round;
-# every run is listed, then a summary with the ratios slotbandit / python and slotbandit / nginx.
+# every run is listed, then a summary with the ratios slotbandit / python and slotbandit / nginx,
+# and the CPU each side (the service's process tree, wrk) spent a request at the maximum, with the
+# service CPU a decision may take at 0.7 of nginx.
 #
 # Usage: bench/lookup/run.sh
 # env: DURATION seconds per measured run (default 20); WARMUP seconds (default 5);
