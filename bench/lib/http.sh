@@ -138,6 +138,14 @@ cpu_ticks() { # pid -> utime + stime of the process, in clock ticks
   awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
+thread_cpu_ticks() { # pid name -> utime + stime of the process's threads called `name`, in clock ticks
+  local total=0 task
+  for task in /proc/"$1"/task/*; do
+    [ "$(cat "$task/comm" 2>/dev/null)" = "$2" ] && total=$((total + $(cpu_ticks "${task#/proc/}" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
 rss_kib() { # pid -> resident set size in KiB
   awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }

@@ -4,7 +4,9 @@
 # build on the sample and on a million arms. Each run
 # starts a fresh service, drives it at full speed with wrk -t2 (bench/lookup/wrk_decision.lua),
 # and reports the decisions/s and the CPU time the service spent per decision (all its threads,
-# from /proc). On a host whose speed drifts, the throughput of two runs a minute apart can differ
+# from /proc; and apart, the share of the propensity thread, which runs in the idle scheduling
+# class and so takes only CPU nothing else wanted: a million arms keep it busy, the sample not).
+# On a host whose speed drifts, the throughput of two runs a minute apart can differ
 # by 10%; the CPU per decision moves far less, so a change of a few percent shows in it first.
 #
 # Usage: bench/lookup/ab.sh A B
@@ -97,6 +99,9 @@ for label in "${labels[@]}"; do
 done
 
 ticks_per_second="$(getconf CLK_TCK)"
+per_decision() { # clock ticks -> µs a decision over the run's $n requests
+  awk -v t="$1" -v hz="$ticks_per_second" -v n="$n" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }'
+}
 raw="$work/runs.tsv"
 : >"$raw"
 for ((r = 1; r <= rounds; r++)); do
@@ -106,13 +111,13 @@ for ((r = 1; r <= rounds; r++)); do
   for label in "${order[@]}"; do
     start "$label"
     wrk_load "$url" 0 2 >/dev/null
-    c0="$(cpu_ticks "$pid")"
+    c0="$(cpu_ticks "$pid")" p0="$(thread_cpu_ticks "$pid" propensities)"
     read -r rps p50 p99 _ errors n < <(wrk_load "$url" 0)
-    c1="$(cpu_ticks "$pid")"
+    c1="$(cpu_ticks "$pid")" p1="$(thread_cpu_ticks "$pid" propensities)"
     stop
     [ "$errors" = 0 ] || die "round $r, $label: $errors of $n requests failed"
-    cpu_us="$(awk -v t="$((c1 - c0))" -v hz="$ticks_per_second" -v n="$n" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$label" "$rps" "$cpu_us" "$p50" "$p99" >>"$raw"
+    cpu_us="$(per_decision $((c1 - c0)))" propensity_us="$(per_decision $((p1 - p0)))"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$label" "$rps" "$cpu_us" "$p50" "$p99" "$propensity_us" >>"$raw"
     echo "round $r: $label $rps decisions/s, $cpu_us µs of CPU a decision" >&2
   done
 done
@@ -120,9 +125,9 @@ done
 echo
 echo "Every run (wrk -t2 -c$conns, $duration s each, a fresh service each):"
 echo
-echo "| round | run | decisions/s | service CPU µs / decision | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|---|"
-awk -F'\t' '{ printf "| %s | %s | %.0f | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6 }' "$raw"
+echo "| round | run | decisions/s | service CPU µs / decision | of which the propensity thread (idle class) | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|---|---|"
+awk -F'\t' '{ printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", $1, $2, $3, $4, $7, $5, $6 }' "$raw"
 echo
 a="${labels[0]}"; b="${labels[1]}"
 echo "| round | $b / $a decisions/s | $b / $a CPU a decision |"
