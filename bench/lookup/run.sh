@@ -182,9 +182,13 @@ function median(a, n,   i, j, t) {
   for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
   return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-function cell(s, what, fmt,   i, a, lo, hi) {
-  for (i = 1; i <= cnt[s, what]; i++) { a[i] = v[s, what, i]; if (i == 1 || a[i] < lo) lo = a[i]; if (i == 1 || a[i] > hi) hi = a[i] }
-  return sprintf(fmt " (" fmt "–" fmt ")", median(a, cnt[s, what]), lo, hi)
+function med(s, what,   i, a) {
+  for (i = 1; i <= cnt[s, what]; i++) a[i] = v[s, what, i]
+  return median(a, cnt[s, what])
+}
+function cell(s, what, fmt,   i, lo, hi) {
+  for (i = 1; i <= cnt[s, what]; i++) { if (i == 1 || v[s, what, i] < lo) lo = v[s, what, i]; if (i == 1 || v[s, what, i] > hi) hi = v[s, what, i] }
+  return sprintf(fmt " (" fmt "–" fmt ")", med(s, what), lo, hi)
 }
 {
   if ($3 == "max") { k = "max"; v[$2, k, ++cnt[$2, k]] = $4; bymax[$1, $2] = $4
@@ -224,11 +228,8 @@ END {
   }
   # Both cores are busy at the maximum, so its rate is about 2 cores / (both sides CPU a request):
   # 0.7 of nginx leaves slotbandit (nginx both) / 0.7 - (wrk against slotbandit) a request.
-  for (i = 1; i <= 4; i++) { s = names[i]; for (j = 1; j <= cnt[s, "both"]; j++) a[j] = v[s, "both", j]; both[s] = median(a, cnt[s, "both"])
-                             for (j = 1; j <= cnt[s, "wrk"]; j++) a[j] = v[s, "wrk", j]; wrkm[s] = median(a, cnt[s, "wrk"])
-                             for (j = 1; j <= cnt[s, "cpu"]; j++) a[j] = v[s, "cpu", j]; cpum[s] = median(a, cnt[s, "cpu"]) }
   printf "\nAt 0.7 of nginx a decision would have %.1f µs of the service CPU (it takes %.1f; its HTTP stack alone, healthz, %.1f).\n",
-    both["nginx"] / 0.7 - wrkm["slotbandit"], cpum["slotbandit"], cpum["healthz"]
+    med("nginx", "both") / 0.7 - med("slotbandit", "wrk"), med("slotbandit", "cpu"), med("healthz", "cpu")
 }' "$raw"
 echo
 echo "impressions logged by slotbandit: $(curl -s http://127.0.0.1:18080/metrics | awk '/^slotbandit_impressions_logged_total/ { print $2 }')"
